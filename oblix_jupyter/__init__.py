@@ -1,0 +1,37 @@
+"""oblix_jupyter: persistent, notebook-aware conversations with language models.
+
+Importing the package is cheap on purpose (no litellm): the public names are loaded
+on first use, so ``%load_ext oblix_jupyter`` and ``import oblix_jupyter`` stay fast.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "OblixClient": "client",
+    "SessionManager": "sessions",
+    "OblixError": "errors",
+    "SessionNotFound": "errors",
+    "InvalidSessionId": "errors",
+    "ModelError": "errors",
+    "NoModelConfigured": "errors",
+}
+
+if TYPE_CHECKING:
+    from .client import OblixClient
+    from .errors import InvalidSessionId, ModelError, NoModelConfigured, OblixError, SessionNotFound
+    from .sessions import SessionManager
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'oblix_jupyter' has no attribute {name!r}")
+    return getattr(import_module(f".{module}", __name__), name)
+
+
+__all__ = sorted(_LAZY)

@@ -1,0 +1,92 @@
+"""Exception types whose messages are written for the person at the keyboard.
+
+Front ends (magics, chat panel, command line) show ``str(error)`` as one line and
+never a traceback, so every message here must say what went wrong and what to do.
+"""
+
+from __future__ import annotations
+
+
+class OblixError(Exception):
+    """Base class: anything a front end may show to the user as-is."""
+
+
+class InvalidSessionId(OblixError, ValueError):
+    """A string that is not an id this store could have issued (e.g. a path)."""
+
+    def __init__(self, session_id: object) -> None:
+        super().__init__(
+            f"{session_id!r} is not a valid session id (expected a UUID such as "
+            "'5f3e9a7b-6c1d-4d8e-9e7a-9b8c7d6e5f4a', or a unique prefix of one)."
+        )
+        self.session_id = session_id
+
+
+class SessionNotFound(OblixError, KeyError):
+    """No session with this id exists in the store."""
+
+    def __init__(self, session_id: str, base_dir: str | None = None) -> None:
+        where = f" in {base_dir}" if base_dir else ""
+        super().__init__(f"No session {session_id!r}{where}. List them with `oblix sessions`.")
+        self.session_id = session_id
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return str(self.args[0])
+
+
+class AmbiguousSessionId(OblixError, ValueError):
+    """A prefix that matches more than one session."""
+
+    def __init__(self, prefix: str, candidates: list[str]) -> None:
+        shown = ", ".join(sorted(candidates)[:5])
+        more = "" if len(candidates) <= 5 else f" and {len(candidates) - 5} more"
+        super().__init__(f"Session prefix {prefix!r} matches {len(candidates)} sessions: {shown}{more}. Type more characters.")
+        self.candidates = candidates
+
+
+class CorruptSession(OblixError):
+    """A session file exists but cannot be read; it is left untouched on disk."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(
+            f"Session file {path} is unreadable ({reason}). It was left as it is; "
+            "move it away or repair it by hand."
+        )
+        self.path = path
+        self.reason = reason
+
+
+class InvalidContext(OblixError, TypeError):
+    """A session context value that cannot be stored as JSON."""
+
+
+class ImportFormatError(OblixError, ValueError):
+    """A file given to import is not a session this project can read."""
+
+
+class NoModelConfigured(OblixError):
+    """Nothing tells us which model to call."""
+
+    def __init__(self, extra: str = "") -> None:
+        super().__init__(
+            "No model configured. Set the OBLIX_MODEL environment variable to a litellm "
+            "model string (for example OBLIX_MODEL=openai/gpt-4o-mini, with OPENAI_API_KEY set), "
+            "or pass model=... to OblixClient." + (f" {extra}" if extra else "")
+        )
+
+
+class ModelError(OblixError):
+    """A model call failed; ``partial`` holds any text that had already arrived."""
+
+    def __init__(self, message: str, *, model: str | None = None, partial: str = "") -> None:
+        super().__init__(message)
+        self.model = model
+        self.partial = partial
+
+
+class AnswerInterrupted(ModelError):
+    """The user stopped the answer (Ctrl-C, Stop button); the partial answer was kept."""
+
+
+class PromptTooLarge(OblixError):
+    """The prompt alone does not fit in the model's input window; nothing was sent."""

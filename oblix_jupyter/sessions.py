@@ -1,0 +1,524 @@
+"""The session store: one TinyDB file per session, in the Oblix SDK's data shape.
+
+Layout of ``base_dir`` (default ``~/.oblix/sessions``, or ``$OBLIX_HOME/sessions``)::
+
+    <id>.json                  the session (TinyDB, one document in the seed's shape)
+    .index/<stamp>.<id>.json   a small header per session: title, counts, model
+    .locks/<id>.lock           per-session write locks
+    .bindings.json             notebook path -> session id
+
+Listing must stay cheap with thousands of sessions and an append must never rewrite
+a store-wide file, so recency lives in the *names* of the header files: the stamp is
+the session's ``updated_at``, and one directory scan of ``.index`` orders every
+session without opening or even ``stat``-ing them. Headers are a cache: any that is
+missing, stale or unreadable is rebuilt from its session file.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import uuid
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, Protocol
+
+from tinydb import TinyDB
+
+from .errors import (
+    AmbiguousSessionId,
+    CorruptSession,
+    ImportFormatError,
+    InvalidContext,
+    InvalidSessionId,
+    SessionNotFound,
+)
+from .storage import (
+    DIR_MODE,
+    LockedAtomicStorage,
+    atomic_write_bytes,
+    dump_json,
+    ensure_private_dir,
+    read_json_file,
+)
+
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_PREFIX = re.compile(r"^[0-9a-f][0-9a-f-]{0,35}$")
+_SESSION_FILE = re.compile(r"^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\.json$")
+_HEADER_FILE = re.compile(r"^(\d{8}T\d{6}\.\d{3}Z)\.([0-9a-f-]{36})\.json$")
+_DOC_ID = 1  # each session file holds exactly one TinyDB document
+SEED_FIELDS = ("id", "title", "created_at", "updated_at", "messages", "context")
+
+
+def now_iso() -> str:
+    """UTC now as ISO 8601 with milliseconds and ``Z``, the seed's timestamp format."""
+    return format_time(datetime.now(timezone.utc))
+
+
+def format_time(moment: datetime) -> str:
+    moment = moment.astimezone(timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def parse_time(text: str) -> datetime:
+    """Read our timestamps and the original SDK's (``isoformat()``, with or without zone)."""
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def validate_session_id(session_id: object) -> str:
+    """Reject anything that could name a path outside the store, before any file is touched."""
+    if not isinstance(session_id, str) or not _UUID.match(session_id):
+        raise InvalidSessionId(session_id)
+    return session_id
+
+
+def default_base_dir() -> str:
+    home = os.environ.get("OBLIX_HOME") or os.path.join(os.path.expanduser("~"), ".oblix")
+    return os.path.join(home, "sessions")
+
+
+def check_context(context: Any) -> dict[str, Any]:
+    """Refuse a context that JSON cannot hold, naming the key, so nothing half-valid is written."""
+    if context is None:
+        return {}
+    if not isinstance(context, dict):
+        raise InvalidContext(f"Session context must be a dict, not {type(context).__name__}.")
+    for key, value in context.items():
+        if not isinstance(key, str):
+            raise InvalidContext(f"Session context keys must be strings; got {key!r}.")
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError) as exc:
+            raise InvalidContext(
+                f"Session context key {key!r} holds a {type(value).__name__}, which cannot be stored as JSON ({exc})."
+            ) from None
+    return copy.deepcopy(context)
+
+
+def _stamp(updated_at: str) -> str:
+    return format_time(parse_time(updated_at)).replace("-", "").replace(":", "")
+
+
+def summarize(session: dict[str, Any]) -> dict[str, Any]:
+    """The listing view of a session: what ``list_sessions`` returns for it."""
+    return {
+        "id": session["id"],
+        "title": session["title"],
+        "created_at": session["created_at"],
+        "updated_at": session["updated_at"],
+        "message_count": len(session["messages"]),
+        "model": session.get("model"),
+        "metadata": session.get("metadata", {}),
+    }
+
+
+def check_session_shape(data: Any, where: str) -> dict[str, Any]:
+    """Make sure ``data`` has every field of the seed's session shape, with the right types."""
+    if not isinstance(data, dict):
+        raise ImportFormatError(f"{where}: a session must be a JSON object, not {type(data).__name__}.")
+    missing = [field for field in ("id", "messages", "created_at", "updated_at") if field not in data]
+    if missing:
+        raise ImportFormatError(f"{where}: not a session, missing field(s) {', '.join(missing)}.")
+    if not isinstance(data["messages"], list):
+        raise ImportFormatError(f"{where}: 'messages' must be a list.")
+    for index, message in enumerate(data["messages"]):
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+            raise ImportFormatError(f"{where}: message {index + 1} has no text 'content'.")
+        if message.get("role") not in ("user", "assistant", "system"):
+            raise ImportFormatError(f"{where}: message {index + 1} has role {message.get('role')!r}.")
+    for field in ("created_at", "updated_at"):
+        try:
+            parse_time(str(data[field]))
+        except ValueError:
+            raise ImportFormatError(f"{where}: {field} {data[field]!r} is not an ISO 8601 time.") from None
+    check_context(data.get("context"))
+    return data
+
+
+class SessionStore(Protocol):
+    """The few operations the client needs, so another store (e.g. a team server) can stand in."""
+
+    def create_session(
+        self, initial_context: dict[str, Any] | None = None, title: str | None = None, metadata: dict[str, Any] | None = None
+    ) -> str: ...
+    def load_session(self, session_id: str) -> dict[str, Any] | None: ...
+    def save_message(self, session_id: str, message: Any, role: str = "user", **fields: Any) -> dict[str, Any]: ...
+    def update_session(self, session_id: str, **fields: Any) -> dict[str, Any]: ...
+    def list_sessions(self, limit: int = 50) -> list[dict[str, Any]]: ...
+    def delete_session(self, session_id: str) -> bool: ...
+    def resolve_id(self, id_or_prefix: str) -> str: ...
+
+
+@dataclass(frozen=True)
+class _Header:
+    stamp: str
+    session_id: str
+    filename: str
+
+
+class SessionManager:
+    """Sessions on disk, with the Oblix SDK's method names and argument order."""
+
+    def __init__(self, base_dir: str | os.PathLike[str] | None = None, lock_timeout: float = 30.0) -> None:
+        self.base_dir = os.path.abspath(os.fspath(base_dir) if base_dir is not None else default_base_dir())
+        self.lock_timeout = lock_timeout
+        self._index_dir = os.path.join(self.base_dir, ".index")
+        self._locks_dir = os.path.join(self.base_dir, ".locks")
+        self.problems: list[CorruptSession] = []
+        for directory in (self.base_dir, self._index_dir, self._locks_dir):
+            ensure_private_dir(directory)
+        os.chmod(self.base_dir, DIR_MODE)
+
+    # -- paths and transactions -------------------------------------------------
+
+    def session_path(self, session_id: str) -> str:
+        return os.path.join(self.base_dir, f"{validate_session_id(session_id)}.json")
+
+    @contextmanager
+    def _transaction(self, session_id: str) -> Iterator[TinyDB]:
+        path = self.session_path(session_id)
+        lock = os.path.join(self._locks_dir, f"{session_id}.lock")
+        with TinyDB(path, storage=LockedAtomicStorage, lock_path=lock, lock_timeout=self.lock_timeout) as db:
+            yield db
+
+    def _modify(self, session_id: str, change: Callable[[dict[str, Any]], Any], touch: bool = True) -> Any:
+        """Apply ``change`` to the stored session under its lock; return what ``change`` returned."""
+        with self._transaction(session_id) as db:
+            current = self._document(db, session_id)
+            if current is None:
+                raise SessionNotFound(session_id, self.base_dir)
+            old_stamp = _stamp(current["updated_at"])
+            result: list[Any] = []
+
+            def apply(document: dict[str, Any]) -> None:
+                result.append(change(document))
+                if touch:
+                    document["updated_at"] = max(now_iso(), document["updated_at"])
+
+            db.update(apply, doc_ids=[_DOC_ID])
+            self._write_header(self._document(db, session_id), old_stamp)
+        return result[0]
+
+    def _document(self, db: TinyDB, session_id: str) -> dict[str, Any] | None:
+        path = self.session_path(session_id)
+        if not os.path.exists(path):
+            return None
+        document = db.get(doc_id=_DOC_ID)
+        if document is None or not isinstance(document.get("messages"), list):
+            raise CorruptSession(path, "not an oblix session (no session document)")
+        return document
+
+    # -- headers (the listing cache) --------------------------------------------
+
+    def _write_header(self, session: dict[str, Any], old_stamp: str | None = None) -> None:
+        stamp = _stamp(session["updated_at"])
+        header = summarize(session)
+        stat = os.stat(self.session_path(session["id"]))
+        header["file"] = [stat.st_mtime_ns, stat.st_size]
+        atomic_write_bytes(os.path.join(self._index_dir, f"{stamp}.{session['id']}.json"), dump_json(header))
+        if old_stamp and old_stamp != stamp:
+            self._remove(os.path.join(self._index_dir, f"{old_stamp}.{session['id']}.json"))
+
+    def _scan_headers(self) -> dict[str, _Header]:
+        """Newest header per session id from one directory scan; stale duplicates are removed."""
+        newest: dict[str, _Header] = {}
+        with os.scandir(self._index_dir) as entries:
+            for entry in entries:
+                match = _HEADER_FILE.match(entry.name)
+                if not match:
+                    continue
+                header = _Header(match.group(1), match.group(2), entry.name)
+                previous = newest.get(header.session_id)
+                if previous is None or previous.stamp < header.stamp:
+                    newest[header.session_id] = header
+                    stale = previous
+                else:
+                    stale = header
+                if stale is not None:
+                    self._remove(os.path.join(self._index_dir, stale.filename))
+        return newest
+
+    def _session_ids_on_disk(self) -> set[str]:
+        with os.scandir(self.base_dir) as entries:
+            return {m.group(1) for m in (_SESSION_FILE.match(e.name) for e in entries) if m}
+
+    def _rebuild_header(self, session_id: str) -> dict[str, Any] | None:
+        """Read the session file and write its header; record it as a problem if unreadable."""
+        try:
+            session = self.load_session(session_id)
+        except CorruptSession as problem:
+            self._report(problem)
+            return None
+        if session is None:
+            return None
+        with self._transaction(session_id):  # the header must describe a settled file
+            self._write_header(session)
+        return summarize(session)
+
+    def _report(self, problem: CorruptSession) -> None:
+        if all(p.path != problem.path for p in self.problems):
+            self.problems.append(problem)
+        warnings.warn(str(problem), RuntimeWarning, stacklevel=3)
+
+    def _read_header(self, header: _Header) -> dict[str, Any] | None:
+        try:
+            data = read_json_file(os.path.join(self._index_dir, header.filename))
+            stat = os.stat(self.session_path(header.session_id))
+            if data.get("file") == [stat.st_mtime_ns, stat.st_size]:
+                data.pop("file")
+                return data
+        except (FileNotFoundError, CorruptSession, AttributeError):
+            pass
+        return self._rebuild_header(header.session_id)
+
+    def _headers(self) -> list[_Header]:
+        """All sessions' headers, newest first, after reconciling them with the session files."""
+        self.problems = []
+        headers = self._scan_headers()
+        on_disk = self._session_ids_on_disk()
+        for session_id in set(headers) - on_disk:
+            self._remove(os.path.join(self._index_dir, headers.pop(session_id).filename))
+        for session_id in on_disk - set(headers):
+            summary = self._rebuild_header(session_id)
+            if summary is not None:
+                stamp = _stamp(summary["updated_at"])
+                headers[session_id] = _Header(stamp, session_id, f"{stamp}.{session_id}.json")
+        return sorted(headers.values(), key=lambda h: (h.stamp, h.session_id), reverse=True)
+
+    @staticmethod
+    def _remove(path: str) -> None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+    # -- the Oblix SDK's SessionManager API ---------------------------------------
+
+    def create_session(
+        self,
+        initial_context: dict[str, Any] | None = None,
+        title: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        model: str | None = None,
+    ) -> str:
+        """Create an empty session and return its id (a UUID4 string)."""
+        created = now_iso()
+        session = {
+            "id": str(uuid.uuid4()),
+            "title": title or f"Chat Session {datetime.now().strftime('%Y-%m-%d %H:%M')}",
+            "created_at": created,
+            "updated_at": created,
+            "messages": [],
+            "context": check_context(initial_context),
+            "model": model,
+            "metadata": check_context(metadata),
+        }
+        return self._store_new(session)
+
+    def _store_new(self, session: dict[str, Any]) -> str:
+        with self._transaction(session["id"]) as db:
+            if os.path.exists(self.session_path(session["id"])):
+                raise ImportFormatError(f"A session with id {session['id']} already exists.")
+            db.insert(session)
+            self._write_header(session)
+        return session["id"]
+
+    def save_message(self, session_id: str, message: Any, role: str = "user", **fields: Any) -> dict[str, Any]:
+        """Append a message and return it as stored (a truthy dict, where the SDK returned True).
+
+        ``message`` may be text or a dict with ``content`` (as the SDK accepted); extra
+        ``fields`` (``model``, ``status``, ``usage``...) are stored on the message.
+        """
+        if role not in ("user", "assistant", "system"):
+            raise ValueError(f"role must be 'user', 'assistant' or 'system', not {role!r}")
+        content = message.get("content", "") if isinstance(message, dict) else str(message)
+        extra = {key: value for key, value in fields.items() if value is not None}
+        check_context(extra)
+
+        def append(session: dict[str, Any]) -> dict[str, Any]:
+            taken = {m.get("id") for m in session["messages"]}
+            number = len(session["messages"]) + 1
+            while f"msg_{number}" in taken:
+                number += 1
+            stored = {"id": f"msg_{number}", "role": role, "content": content, "timestamp": now_iso(), **extra}
+            session["messages"].append(stored)
+            return stored
+
+        return self._modify(session_id, append)
+
+    def update_message(self, session_id: str, message_id: str, **fields: Any) -> dict[str, Any]:
+        """Change fields of one stored message (e.g. cache its token count) without touching ``updated_at``."""
+        check_context(fields)
+
+        def patch(session: dict[str, Any]) -> dict[str, Any]:
+            for message in session["messages"]:
+                if message.get("id") == message_id:
+                    message.update(fields)
+                    return dict(message)
+            raise KeyError(f"Session {session_id} has no message {message_id!r}.")
+
+        return self._modify(session_id, patch, touch=False)
+
+    def load_session(self, session_id: str) -> dict[str, Any] | None:
+        """The whole session as a plain dict, or None when no such session exists (as in the SDK)."""
+        path = self.session_path(session_id)
+        db = TinyDB(path, storage=LockedAtomicStorage)
+        try:
+            document = self._document(db, session_id)
+        finally:
+            db.close()
+        return None if document is None else dict(document)
+
+    def get_session(self, session_id: str) -> dict[str, Any]:
+        """Like ``load_session`` but a missing session is an error, for callers that need one."""
+        session = self.load_session(session_id)
+        if session is None:
+            raise SessionNotFound(session_id, self.base_dir)
+        return session
+
+    def list_sessions(self, limit: int | None = 50) -> list[dict[str, Any]]:
+        """Summaries of the most recently updated sessions, newest first.
+
+        Unreadable session files are left out, warned about, and kept in ``self.problems``.
+        """
+        listed: list[dict[str, Any]] = []
+        for header in self._headers():
+            if limit is not None and len(listed) >= limit:
+                break
+            summary = self._read_header(header)
+            if summary is not None:
+                listed.append(summary)
+        return listed
+
+    def iter_sessions(self) -> Iterator[dict[str, Any]]:
+        """Every readable session, newest first (for search and export of everything)."""
+        for header in self._headers():
+            try:
+                session = self.load_session(header.session_id)
+            except CorruptSession as problem:
+                self._report(problem)
+                continue
+            if session is not None:
+                yield session
+
+    def delete_session(self, session_id: str) -> bool:
+        """Remove a session; False when there was none."""
+        path = self.session_path(session_id)
+        with self._transaction(session_id):
+            existed = os.path.exists(path)
+            self._remove(path)
+            with os.scandir(self._index_dir) as entries:
+                for entry in entries:
+                    if entry.name.endswith(f".{session_id}.json"):
+                        self._remove(entry.path)
+        self._remove(os.path.join(self._locks_dir, f"{session_id}.lock"))
+        return existed
+
+    def update_session(self, session_id: str, **fields: Any) -> dict[str, Any]:
+        """Change ``title``, ``context``, ``model``, ``metadata`` or other extra fields; returns the session."""
+        protected = {"id", "messages", "created_at", "updated_at"} & set(fields)
+        if protected:
+            raise ValueError(f"update_session cannot change {', '.join(sorted(protected))}")
+        if "context" in fields:
+            fields["context"] = check_context(fields["context"])
+        check_context(fields)
+
+        def patch(session: dict[str, Any]) -> dict[str, Any]:
+            session.update(copy.deepcopy(fields))
+            return session
+
+        self._modify(session_id, patch)
+        return self.get_session(session_id)
+
+    def update_session_metadata(self, session_id: str, metadata: dict[str, Any]) -> bool:
+        """Merge ``metadata`` into the session's metadata (the SDK's call)."""
+        metadata = check_context(metadata)
+        self._modify(session_id, lambda session: session.setdefault("metadata", {}).update(metadata))
+        return True
+
+    def search_sessions(self, query: str, limit: int = 50) -> list[dict[str, Any]]:
+        """Sessions whose title or any message contains ``query`` (case-insensitive), newest first."""
+        needle = query.casefold()
+        found = []
+        for session in self.iter_sessions():
+            texts = [session.get("title") or ""] + [m.get("content", "") for m in session["messages"]]
+            if any(needle in text.casefold() for text in texts):
+                found.append(summarize(session))
+                if len(found) >= limit:
+                    break
+        return found
+
+    def export_session(self, session_id: str, export_path: str | os.PathLike[str]) -> bool:
+        """Write the session as one JSON object in the seed's shape."""
+        session = self.get_session(session_id)
+        export_path = os.fspath(export_path)
+        os.makedirs(os.path.dirname(os.path.abspath(export_path)), exist_ok=True)
+        atomic_write_bytes(export_path, json.dumps(session, ensure_ascii=False, indent=2).encode("utf-8"))
+        return True
+
+    def import_session(self, import_path: str | os.PathLike[str], new_id: bool = True) -> str:
+        """Read a session JSON file (ours or the original SDK's) and store it; returns its id."""
+        import_path = os.fspath(import_path)
+        try:
+            data = read_json_file(import_path)
+        except FileNotFoundError:
+            raise ImportFormatError(f"{import_path}: no such file.") from None
+        except CorruptSession as exc:
+            raise ImportFormatError(f"{import_path}: {exc.reason}.") from None
+        return self.add_session(check_session_shape(data, import_path), new_id=new_id)
+
+    def add_session(self, data: dict[str, Any], new_id: bool = True) -> str:
+        """Store a complete session dict (from an import); timestamps are normalised to ours."""
+        session = copy.deepcopy(check_session_shape(data, "session"))
+        if new_id:
+            session["id"] = str(uuid.uuid4())
+        else:
+            validate_session_id(session["id"])
+        session.setdefault("title", "Imported session")
+        session["context"] = check_context(session.get("context"))
+        for field in ("created_at", "updated_at"):
+            session[field] = format_time(parse_time(str(session[field])))
+        for number, message in enumerate(session["messages"], start=1):
+            message.setdefault("id", f"msg_{number}")
+            message["timestamp"] = format_time(parse_time(str(message.get("timestamp") or session["updated_at"])))
+        return self._store_new(session)
+
+    def copy_session(self, session_id: str, new_title: str | None = None) -> str:
+        """Duplicate a session under a new id, e.g. to branch a conversation."""
+        session = self.get_session(session_id)
+        session["title"] = new_title or f"Copy of {session['title']}"
+        session["created_at"] = session["updated_at"] = now_iso()
+        return self.add_session(session, new_id=True)
+
+    # -- beyond the SDK -------------------------------------------------------------
+
+    def prune(self, older_than: timedelta, dry_run: bool = False) -> list[str]:
+        """Delete sessions not updated within ``older_than``; returns their ids."""
+        cutoff = _stamp(format_time(datetime.now(timezone.utc) - older_than))
+        doomed = [h.session_id for h in self._headers() if h.stamp < cutoff]
+        if not dry_run:
+            for session_id in doomed:
+                self.delete_session(session_id)
+        return doomed
+
+    def resolve_id(self, id_or_prefix: str) -> str:
+        """Turn a full id or a unique prefix of one into the full id."""
+        candidate = (id_or_prefix or "").strip().lower()
+        if _UUID.match(candidate):
+            if not os.path.exists(self.session_path(candidate)):
+                raise SessionNotFound(candidate, self.base_dir)
+            return candidate
+        if not _PREFIX.match(candidate):
+            raise InvalidSessionId(id_or_prefix)
+        matches = [sid for sid in self._session_ids_on_disk() if sid.startswith(candidate)]
+        if not matches:
+            raise SessionNotFound(candidate, self.base_dir)
+        if len(matches) > 1:
+            raise AmbiguousSessionId(candidate, matches)
+        return matches[0]

@@ -1,0 +1,118 @@
+"""Crash-safe, multi-process-safe file storage under TinyDB.
+
+Several kernels, a chat panel and the command line may write the same session at
+once, and any of them may be killed mid-write. TinyDB's stock ``JSONStorage``
+rewrites the file in place, so a kill leaves half a file and two writers lose each
+other's changes. This storage fixes both at the one place every write passes:
+it holds an exclusive per-file lock for the lifetime of the TinyDB instance (so a
+read-modify-write is one transaction) and replaces the file atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any
+
+from filelock import FileLock
+from tinydb.storages import Storage
+
+from .errors import CorruptSession
+
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+
+
+def ensure_private_dir(path: str) -> None:
+    """Create ``path`` (and parents) readable by the owner only."""
+    os.makedirs(path, mode=DIR_MODE, exist_ok=True)
+
+
+def atomic_write_bytes(path: str, payload: bytes) -> None:
+    """Write ``payload`` to ``path`` so that readers see the old or the new file, never a mix.
+
+    The temp file lives in the same directory so ``os.replace`` is a rename on one
+    file system; ``mkstemp`` creates it 0600, which the final file keeps.
+    """
+    directory = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def dump_json(data: Any) -> bytes:
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def read_json_file(path: str) -> Any:
+    """Parse a JSON file, turning every way it can be unreadable into ``CorruptSession``.
+
+    ``FileNotFoundError`` is left to the caller: a missing file is not corrupt.
+    """
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read()
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise CorruptSession(path, exc.strerror or str(exc)) from exc
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        reason = "empty file" if not raw.strip() else f"invalid JSON: {exc}"
+        raise CorruptSession(path, reason) from exc
+
+
+class LockedAtomicStorage(Storage):
+    """TinyDB storage: one JSON file, atomically replaced, locked while the database is open.
+
+    Open it with ``lock_path`` for a write transaction (``with TinyDB(..., storage=...)``)
+    and without for a lock-free read: atomic replacement means a reader always sees a
+    whole file. The parsed data is kept while the instance lives, which is safe because
+    nobody else can write while we hold the lock.
+    """
+
+    def __init__(self, path: str, lock_path: str | None = None, lock_timeout: float = 30.0) -> None:
+        self._path = path
+        self._lock: FileLock | None = None
+        self._data: dict[str, Any] | None = None
+        if lock_path is not None:
+            self._lock = FileLock(lock_path, timeout=lock_timeout, mode=FILE_MODE)
+            self._lock.acquire()
+
+    def read(self) -> dict[str, Any] | None:
+        if self._data is None:
+            try:
+                data = read_json_file(self._path)
+            except FileNotFoundError:
+                return None
+            if not isinstance(data, dict):
+                raise CorruptSession(self._path, "not a TinyDB document store")
+            self._data = data
+        return self._data
+
+    def write(self, data: dict[str, Any]) -> None:
+        if self._lock is None:
+            raise RuntimeError("LockedAtomicStorage opened without a lock is read-only")
+        try:
+            atomic_write_bytes(self._path, dump_json(data))
+        except BaseException:
+            self._data = None  # TinyDB mutated our cached copy; the file is the truth
+            raise
+        self._data = data
+
+    def close(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None

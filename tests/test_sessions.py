@@ -1,0 +1,343 @@
+"""The session store on real TinyDB files in temporary directories."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from datetime import timedelta
+from multiprocessing import get_context
+
+import pytest
+from tinydb import TinyDB
+
+from oblix_jupyter.errors import (
+    AmbiguousSessionId,
+    CorruptSession,
+    ImportFormatError,
+    InvalidContext,
+    InvalidSessionId,
+    SessionNotFound,
+)
+from oblix_jupyter.sessions import SEED_FIELDS, SessionManager
+
+TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+
+
+@pytest.fixture
+def store(tmp_path):
+    return SessionManager(base_dir=tmp_path / "sessions")
+
+
+def tree(path) -> dict[str, bytes]:
+    """Every file under ``path`` with its bytes, to prove nothing was touched."""
+    found = {}
+    for root, _, files in os.walk(path):
+        for name in files:
+            full = os.path.join(root, name)
+            with open(full, "rb") as handle:
+                found[os.path.relpath(full, path)] = handle.read()
+    return found
+
+
+def test_session_file_has_the_seed_shape(store):
+    session_id = store.create_session(initial_context={"customer_id": "cust_123"}, title="Support")
+    store.save_message(session_id, "I'm having trouble installing the software.")
+    store.save_message(session_id, "What operating system?", role="assistant", model="openai/x")
+    path = os.path.join(store.base_dir, f"{session_id}.json")
+    with TinyDB(path) as db:
+        documents = db.all()
+    assert len(documents) == 1
+    stored = documents[0]
+    assert set(SEED_FIELDS) <= set(stored)
+    assert UUID4.match(stored["id"]) and stored["id"] == session_id
+    assert stored["title"] == "Support"
+    assert stored["context"] == {"customer_id": "cust_123"}
+    assert TIME.match(stored["created_at"]) and TIME.match(stored["updated_at"])
+    assert stored["updated_at"] >= stored["created_at"]
+    first, second = stored["messages"]
+    assert (first["id"], first["role"]) == ("msg_1", "user")
+    assert (second["id"], second["role"], second["model"]) == ("msg_2", "assistant", "openai/x")
+    assert set(first) == {"id", "role", "content", "timestamp"}
+    assert TIME.match(first["timestamp"])
+    assert store.load_session(session_id) == stored
+
+
+def test_default_title_and_location(tmp_path, monkeypatch):
+    monkeypatch.setenv("OBLIX_HOME", str(tmp_path / "home"))
+    manager = SessionManager()
+    assert manager.base_dir == str(tmp_path / "home" / "sessions")
+    session = manager.load_session(manager.create_session())
+    assert re.match(r"^Chat Session \d{4}-\d\d-\d\d \d\d:\d\d$", session["title"])
+
+
+def test_files_and_directories_are_private(store):
+    session_id = store.create_session(title="secret")
+    store.save_message(session_id, "hello")
+    assert stat.S_IMODE(os.stat(store.base_dir).st_mode) == 0o700
+    for root, dirs, files in os.walk(store.base_dir):
+        for name in dirs:
+            assert stat.S_IMODE(os.stat(os.path.join(root, name)).st_mode) == 0o700, name
+        for name in files:
+            assert stat.S_IMODE(os.stat(os.path.join(root, name)).st_mode) == 0o600, name
+
+
+@pytest.mark.parametrize("bad", ["../x", "/etc/passwd", "a/b", "", "..", "5f3e9a7b-6c1d-4d8e-9e7a-9b8c7d6e5f4a/../../x", None])
+def test_path_traversal_ids_are_rejected_before_any_file_is_touched(store, bad):
+    store.create_session(title="keep")
+    before = tree(os.path.dirname(store.base_dir))
+    for call in (
+        lambda: store.load_session(bad),
+        lambda: store.save_message(bad, "x"),
+        lambda: store.delete_session(bad),
+        lambda: store.update_session(bad, title="x"),
+        lambda: store.export_session(bad, os.path.join(store.base_dir, "out.json")),
+        lambda: store.resolve_id(bad),
+    ):
+        with pytest.raises(InvalidSessionId):
+            call()
+    assert tree(os.path.dirname(store.base_dir)) == before
+
+
+def test_unknown_ids(store):
+    missing = str(uuid.uuid4())
+    assert store.load_session(missing) is None
+    assert store.delete_session(missing) is False
+    with pytest.raises(SessionNotFound):
+        store.save_message(missing, "hello")
+    with pytest.raises(SessionNotFound):
+        store.get_session(missing)
+    assert not os.path.exists(os.path.join(store.base_dir, f"{missing}.json"))
+
+
+def test_list_update_delete_prune_search(store):
+    ids = [store.create_session(title=f"session {n}") for n in range(5)]
+    store.save_message(ids[1], "the cat sat on the mat")
+    listed = store.list_sessions(limit=3)
+    assert [s["id"] for s in listed] == [ids[1], ids[4], ids[3]]
+    assert listed[0]["message_count"] == 1 and listed[0]["title"] == "session 1"
+    assert {"id", "title", "message_count", "created_at", "updated_at"} <= set(listed[0])
+
+    updated = store.update_session(ids[2], title="renamed", context={"k": 1}, model="openai/m")
+    assert (updated["title"], updated["context"], updated["model"]) == ("renamed", {"k": 1}, "openai/m")
+    assert store.list_sessions(limit=1)[0]["title"] == "renamed"
+    assert store.update_session_metadata(ids[2], {"tag": "x"}) is True
+    assert store.load_session(ids[2])["metadata"] == {"tag": "x"}
+
+    assert [s["id"] for s in store.search_sessions("CAT SAT")] == [ids[1]]
+    assert [s["id"] for s in store.search_sessions("renamed")] == [ids[2]]
+
+    assert store.delete_session(ids[0]) is True
+    assert store.load_session(ids[0]) is None
+    assert ids[0] not in [s["id"] for s in store.list_sessions()]
+
+    assert store.prune(older_than=timedelta(days=1)) == []
+    doomed = store.prune(older_than=timedelta(seconds=0), dry_run=True)
+    assert sorted(doomed) == sorted(ids[1:])
+    assert len(store.list_sessions()) == 4
+    store.prune(older_than=timedelta(seconds=0))
+    assert store.list_sessions() == []
+
+
+def test_context_must_be_json(store):
+    before = tree(store.base_dir)
+    with pytest.raises(InvalidContext, match="'when'"):
+        store.create_session(initial_context={"ok": 1, "when": object()})
+    assert tree(store.base_dir) == before
+    session_id = store.create_session(initial_context={"ok": 1})
+    with pytest.raises(InvalidContext, match="'bad'"):
+        store.update_session(session_id, context={"bad": {1, 2}})
+    assert store.load_session(session_id)["context"] == {"ok": 1}
+
+
+def test_prefix_resolution(store):
+    first = store.create_session()
+    assert store.resolve_id(first[:8]) == first
+    assert store.resolve_id(first.upper()) == first
+    with pytest.raises(SessionNotFound):
+        store.resolve_id("ffffffff-ffff")
+    # Make an ambiguous prefix with ids chosen on purpose.
+    for suffix in ("1", "2"):
+        twin = dict(store.load_session(first), id=f"abcdef0{suffix}-0000-4000-8000-000000000000")
+        store.add_session(twin, new_id=False)
+    with pytest.raises(AmbiguousSessionId) as info:
+        store.resolve_id("abcdef0")
+    assert len(info.value.candidates) == 2
+
+
+def test_export_import_copy(store, tmp_path):
+    session_id = store.create_session(title="T", initial_context={"a": 1})
+    store.save_message(session_id, "q")
+    store.save_message(session_id, "a", role="assistant", model="m")
+    out = tmp_path / "export.json"
+    assert store.export_session(session_id, out) is True
+    exported = json.loads(out.read_text())
+    assert exported == store.load_session(session_id)
+
+    new_id = store.import_session(out)
+    assert new_id != session_id
+    imported = store.load_session(new_id)
+    assert imported["messages"] == exported["messages"] and imported["context"] == {"a": 1}
+    with pytest.raises(ImportFormatError, match="already exists"):
+        store.import_session(out, new_id=False)
+
+    copy_id = store.copy_session(session_id, new_title="Branch")
+    copied = store.load_session(copy_id)
+    assert copied["title"] == "Branch" and copied["messages"] == exported["messages"]
+
+
+def test_import_of_a_file_written_by_the_original_sdk(store, tmp_path):
+    sdk = {
+        "id": str(uuid.uuid4()),
+        "created_at": "2023-07-15T14:30:22.123456+00:00",
+        "updated_at": "2023-07-15T14:35:46.789012",
+        "title": "Old chat",
+        "messages": [
+            {"id": str(uuid.uuid4()), "role": "user", "content": "hi", "timestamp": "2023-07-15T14:30:22.123456+00:00"},
+            {"id": str(uuid.uuid4()), "role": "assistant", "content": "hello", "timestamp": "2023-07-15T14:30:25"},
+        ],
+        "context": {},
+        "metadata": {},
+    }
+    path = tmp_path / "sdk.json"
+    path.write_text(json.dumps(sdk, indent=2))
+    session_id = store.import_session(path, new_id=False)
+    assert session_id == sdk["id"]
+    session = store.load_session(session_id)
+    assert session["updated_at"] == "2023-07-15T14:35:46.789Z"
+    assert [m["id"] for m in session["messages"]] == [m["id"] for m in sdk["messages"]]
+    assert all(TIME.match(m["timestamp"]) for m in session["messages"])
+    store.save_message(session_id, "next")
+    assert store.load_session(session_id)["messages"][-1]["id"] == "msg_3"
+
+
+@pytest.mark.parametrize(
+    "content, complaint",
+    [("{\"id\": ", "invalid JSON"), ("[]", "JSON object"), ('{"id": "x"}', "missing field"), ("", "empty")],
+)
+def test_malformed_import_creates_nothing(store, tmp_path, content, complaint):
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    before = tree(store.base_dir)
+    with pytest.raises(ImportFormatError, match=complaint):
+        store.import_session(path)
+    assert tree(store.base_dir) == before
+
+
+def test_a_corrupt_session_never_hides_the_others(store):
+    good = [store.create_session(title=f"good {n}") for n in range(3)]
+    bad = store.create_session(title="bad")
+    bad_path = os.path.join(store.base_dir, f"{bad}.json")
+    with open(bad_path, "w") as handle:
+        handle.write('{"_default": {"1": {"id": "trunc')
+    broken_bytes = open(bad_path, "rb").read()
+    # Remove the index so the store must read every session file to rebuild it.
+    for name in os.listdir(os.path.join(store.base_dir, ".index")):
+        os.unlink(os.path.join(store.base_dir, ".index", name))
+    with pytest.warns(RuntimeWarning, match=re.escape(bad_path)):
+        listed = store.list_sessions()
+    assert sorted(s["id"] for s in listed) == sorted(good)
+    assert [p.path for p in store.problems] == [bad_path]
+    with pytest.raises(CorruptSession, match=re.escape(bad_path)):
+        store.load_session(bad)
+    with pytest.raises(CorruptSession):
+        store.save_message(bad, "must not overwrite")
+    assert open(bad_path, "rb").read() == broken_bytes
+
+
+def test_listing_reads_only_the_listed_sessions(store):
+    """A corrupt session outside the top N is not even opened by list_sessions(limit=N)."""
+    old = store.create_session(title="old")
+    newer = [store.create_session(title=f"new {n}") for n in range(3)]
+    store.list_sessions()  # headers exist for all
+    with open(os.path.join(store.base_dir, f"{old}.json"), "w") as handle:
+        handle.write("garbage")
+    os.utime(os.path.join(store.base_dir, f"{old}.json"), ns=(1, 1))
+    listed = store.list_sessions(limit=3)
+    assert [s["id"] for s in listed] == newer[::-1]
+    assert store.problems == []
+
+
+def test_index_is_rebuilt_when_missing_or_stale(store):
+    ids = [store.create_session(title=f"s{n}") for n in range(3)]
+    store.save_message(ids[0], "latest")
+    index = os.path.join(store.base_dir, ".index")
+    for name in os.listdir(index):
+        os.unlink(os.path.join(index, name))
+    assert [s["id"] for s in store.list_sessions()] == [ids[0], ids[2], ids[1]]
+    assert len(os.listdir(index)) == 3
+    # A header left behind by a writer killed between its two writes is noticed.
+    path = os.path.join(store.base_dir, f"{ids[1]}.json")
+    with TinyDB(path) as db:
+        db.update({"title": "edited behind our back"}, doc_ids=[1])
+    assert {s["title"] for s in store.list_sessions()} >= {"edited behind our back"}
+
+
+def _append_many(base_dir: str, session_ids: list[str], count: int, tag: str) -> None:
+    manager = SessionManager(base_dir)
+    for number in range(count):
+        manager.save_message(session_ids[number % len(session_ids)], f"{tag}-{number}")
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("shared", [True, False], ids=["one-session", "own-sessions"])
+def test_four_processes_appending_lose_nothing(store, shared):
+    workers = 4
+    ids = [store.create_session(title=f"w{n}") for n in range(1 if shared else workers)]
+    context = get_context("spawn")
+    processes = [
+        context.Process(target=_append_many, args=(store.base_dir, ids if shared else [ids[n]], 250, f"p{n}"))
+        for n in range(workers)
+    ]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(150)
+        assert process.exitcode == 0
+    contents = []
+    for session_id in ids:
+        with open(os.path.join(store.base_dir, f"{session_id}.json")) as handle:
+            json.load(handle)  # every file valid JSON
+        messages = store.load_session(session_id)["messages"]
+        assert len({m["id"] for m in messages}) == len(messages)
+        contents += [m["content"] for m in messages]
+    assert sorted(contents) == sorted(f"p{p}-{n}" for p in range(workers) for n in range(250))
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys
+    from oblix_jupyter.sessions import SessionManager
+    manager = SessionManager(sys.argv[1])
+    print("ready", flush=True)
+    for number in range(200):
+        manager.save_message(sys.argv[2], "x" * 2000 + str(number))
+    """
+)
+
+
+@pytest.mark.timeout(180)
+def test_kill_minus_nine_never_leaves_a_half_written_file(store):
+    session_id = store.create_session(title="victim")
+    rng = random.Random(7)
+    for _ in range(8):
+        writer = subprocess.Popen([sys.executable, "-c", WRITER, store.base_dir, session_id], stdout=subprocess.PIPE)
+        assert writer.stdout.readline().strip() == b"ready"
+        time.sleep(rng.uniform(0.0, 0.3))
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+        with open(os.path.join(store.base_dir, f"{session_id}.json")) as handle:
+            json.load(handle)
+        session = store.load_session(session_id)
+        assert [m["id"] for m in session["messages"]] == [f"msg_{n}" for n in range(1, len(session["messages"]) + 1)]
+    assert [s["id"] for s in store.list_sessions()] == [session_id]
+    store.save_message(session_id, "still writable after the kills")
