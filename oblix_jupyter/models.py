@@ -1,0 +1,286 @@
+"""The model gateway: which models to call, and calling them through litellm.
+
+Everything that touches litellm lives here, so the rest of the package stays cheap to
+import (litellm takes seconds to import) and provider quirks stay out of the client.
+A turn streams from the session's model; only when that model fails *before any
+text arrived* with an error worth retrying elsewhere (connection, timeout, 5xx, 429)
+does the gateway try the next configured model.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+from .errors import ModelError, NoModelConfigured
+
+DEFAULT_MAX_INPUT_TOKENS = 8192
+DEFAULT_ANSWER_RESERVE = 1024
+DEFAULT_TIMEOUT = 120.0
+_SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD)", re.IGNORECASE)
+
+_litellm: ModuleType | None = None
+_import_lock = threading.Lock()
+
+
+def litellm_module() -> ModuleType:
+    """Import litellm on first use, configured to stay quiet and offline."""
+    global _litellm
+    if _litellm is None:
+        with _import_lock:
+            if _litellm is None:
+                # Without this litellm downloads its price map at import, which hangs offline.
+                os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+                import litellm
+
+                litellm.suppress_debug_info = True
+                litellm.telemetry = False
+                _litellm = litellm
+    return _litellm
+
+
+def preload_litellm() -> threading.Thread:
+    """Start importing litellm in the background so the first turn does not wait for it."""
+    thread = threading.Thread(target=litellm_module, name="oblix-litellm-import", daemon=True)
+    thread.start()
+    return thread
+
+
+def redact(text: str) -> str:
+    """Remove the values of secret-looking environment variables from ``text``.
+
+    Provider error messages sometimes echo request details; they are shown to the
+    user and stored on failed messages, where a key must never appear.
+    """
+    for name, value in os.environ.items():
+        if len(value) >= 8 and _SECRET_NAME.search(name) and value in text:
+            text = text.replace(value, "***")
+    return text
+
+
+def _split_models(value: str | Sequence[str] | None) -> list[str]:
+    if value is None:
+        return []
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return [item.strip() for item in items if item and item.strip()]
+
+
+def configured_models(model: str | None = None, fallback_models: str | Sequence[str] | None = None) -> list[str]:
+    """The model chain for new sessions: an explicit model, else ``OBLIX_MODEL``; then fallbacks.
+
+    Raises ``NoModelConfigured`` when nothing names a model.
+    """
+    primary = model or os.environ.get("OBLIX_MODEL", "").strip() or None
+    if primary is None:
+        raise NoModelConfigured()
+    fallbacks = _split_models(fallback_models if fallback_models is not None else os.environ.get("OBLIX_FALLBACK_MODELS"))
+    return _dedupe([primary, *fallbacks])
+
+
+def _dedupe(models: Sequence[str]) -> list[str]:
+    return list(dict.fromkeys(models))
+
+
+def max_input_tokens(model: str, override: int | None = None) -> int:
+    """The model's input window: an explicit override, else litellm's model map, else a default."""
+    if override:
+        return override
+    try:
+        info = litellm_module().get_model_info(model)
+    except Exception:  # litellm raises several types for models it does not know
+        return DEFAULT_MAX_INPUT_TOKENS
+    return int(info.get("max_input_tokens") or info.get("max_tokens") or DEFAULT_MAX_INPUT_TOKENS)
+
+
+def count_tokens(model: str, text: str) -> int:
+    """Tokens in ``text`` for ``model``'s tokenizer (litellm ships cl100k for unknown models)."""
+    return int(litellm_module().token_counter(model=model, text=text))
+
+
+@dataclass
+class Completion:
+    """One model answer, possibly partial, and what it cost."""
+
+    text: str
+    model: str
+    status: str = "complete"  # or "interrupted" / "error"
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cost: float | None = None
+    failed_models: list[tuple[str, str]] = field(default_factory=list)
+    error: str | None = None
+
+
+def _is_retryable(error: BaseException, litellm: ModuleType) -> bool:
+    if isinstance(error, (litellm.APIConnectionError, litellm.Timeout)):
+        return True
+    status = getattr(error, "status_code", None)
+    return isinstance(status, int) and (status == 429 or status >= 500)
+
+
+def _explain(error: BaseException, model: str, litellm: ModuleType) -> str:
+    """One line for the user: what failed, and what to do when we know."""
+    status = getattr(error, "status_code", None)
+    if isinstance(error, (litellm.AuthenticationError, litellm.PermissionDeniedError)) or status in (401, 403):
+        try:
+            missing = litellm.validate_environment(model=model).get("missing_keys") or []
+        except Exception:
+            missing = []
+        hint = f"Set {' or '.join(missing)} in the environment." if missing else "Check the API key for this provider."
+        return f"{model} refused the request: authentication failed. {hint}"
+    if isinstance(error, litellm.NotFoundError) or status == 404:
+        return f"{model} was not found by its provider. Check the model name (OBLIX_MODEL or --model)."
+    if isinstance(error, litellm.ContextWindowExceededError):
+        return f"{model}: the conversation sent is larger than the model's window. Lower max_input_tokens."
+    if isinstance(error, litellm.Timeout):
+        return f"{model} did not answer in time."
+    if isinstance(error, litellm.APIConnectionError) and status is None:
+        return f"{model} could not be reached ({type(error).__name__})."
+    detail = str(getattr(error, "message", "") or error).strip().splitlines()
+    text = detail[0] if detail else type(error).__name__
+    return f"{model} failed{f' with HTTP {status}' if status else ''}: {text[:300]}"
+
+
+class ModelGateway:
+    """Streams answers through litellm with per-session model consistency and fallback."""
+
+    def __init__(self, model_options: dict[str, dict[str, Any]] | None = None, timeout: float | None = None) -> None:
+        # Per-model litellm arguments such as ``api_base``; never stored in a session.
+        self.model_options = dict(model_options or {})
+        self.timeout = timeout if timeout is not None else float(os.environ.get("OBLIX_TIMEOUT", DEFAULT_TIMEOUT))
+
+    def complete(
+        self,
+        models: Sequence[str],
+        messages: list[dict[str, Any]],
+        on_text: Callable[[str], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        **params: Any,
+    ) -> Completion:
+        """Stream an answer from the first model in ``models`` that works.
+
+        Returns a ``Completion`` whose status is ``complete``, or ``interrupted`` when
+        ``should_stop`` said so or the user pressed Ctrl-C; raises ``ModelError`` (with
+        the partial text) when every model failed or the stream broke mid-answer.
+        """
+        litellm = litellm_module()
+        failed: list[tuple[str, str]] = []
+        for model in _dedupe(models):
+            try:
+                completion = self._stream(litellm, model, messages, on_text, should_stop, params)
+            except _FailedBeforeText as failure:
+                failed.append((model, failure.message))
+                if failure.retryable:
+                    continue
+                raise ModelError(self._summary(failed), model=model) from None
+            completion.failed_models = failed
+            return completion
+        if not failed:
+            raise NoModelConfigured()
+        raise ModelError(self._summary(failed), model=failed[-1][0])
+
+    @staticmethod
+    def _summary(failed: list[tuple[str, str]]) -> str:
+        if len(failed) == 1:
+            return failed[0][1]
+        return "Every configured model failed: " + "; ".join(message for _, message in failed)
+
+    def _stream(
+        self,
+        litellm: ModuleType,
+        model: str,
+        messages: list[dict[str, Any]],
+        on_text: Callable[[str], None] | None,
+        should_stop: Callable[[], bool] | None,
+        params: dict[str, Any],
+    ) -> Completion:
+        arguments = {"timeout": self.timeout, "num_retries": 0, "max_retries": 0, **self.model_options.get(model, {})}
+        arguments.update({key: value for key, value in params.items() if value is not None})
+        try:
+            stream = litellm.completion(
+                model=model, messages=messages, stream=True, stream_options={"include_usage": True}, **arguments
+            )
+        except Exception as error:
+            raise _FailedBeforeText(redact(_explain(error, model, litellm)), _is_retryable(error, litellm)) from None
+        pieces: list[str] = []
+        usage: Any = None
+        status = "complete"
+        try:
+            for chunk in stream:
+                usage = getattr(chunk, "usage", None) or usage
+                delta = chunk.choices[0].delta.content if chunk.choices else None
+                if delta:
+                    pieces.append(delta)
+                    if on_text is not None:
+                        on_text(delta)
+                if should_stop is not None and should_stop():
+                    status = "interrupted"
+                    break
+        except KeyboardInterrupt:
+            status = "interrupted"
+        except Exception as error:
+            if not pieces:
+                raise _FailedBeforeText(redact(_explain(error, model, litellm)), _is_retryable(error, litellm)) from None
+            message = redact(_explain(error, model, litellm)) + " The partial answer was kept."
+            raise ModelError(message, model=model, partial="".join(pieces)) from None
+        finally:
+            _close_quietly(stream)
+        text = "".join(pieces)
+        completion = Completion(text=text, model=model, status=status)
+        self._account(litellm, completion, messages, usage)
+        return completion
+
+    @staticmethod
+    def _account(litellm: ModuleType, completion: Completion, messages: list[dict[str, Any]], usage: Any) -> None:
+        """Fill token counts (from the provider when it sent them) and the cost when litellm knows prices."""
+        if usage is not None and getattr(usage, "prompt_tokens", None) is not None:
+            completion.prompt_tokens = int(usage.prompt_tokens)
+            completion.completion_tokens = int(usage.completion_tokens or 0)
+        else:
+            completion.prompt_tokens = int(litellm.token_counter(model=completion.model, messages=messages))
+            completion.completion_tokens = count_tokens(completion.model, completion.text) if completion.text else 0
+        try:
+            prompt_cost, answer_cost = litellm.cost_per_token(
+                model=completion.model,
+                prompt_tokens=completion.prompt_tokens,
+                completion_tokens=completion.completion_tokens,
+            )
+            completion.cost = float(prompt_cost + answer_cost)
+        except Exception:  # unknown price: leave the cost out rather than guess
+            completion.cost = None
+
+
+class _FailedBeforeText(Exception):
+    """Internal: a model failed before streaming any text, so another may be tried."""
+
+    def __init__(self, message: str, retryable: bool) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retryable = retryable
+
+
+def _close_quietly(stream: Any) -> None:
+    close = getattr(stream, "close", None)
+    if close is None:
+        return
+    try:
+        close()
+    except Exception:
+        pass
+
+
+__all__ = [
+    "Completion",
+    "ModelGateway",
+    "configured_models",
+    "count_tokens",
+    "litellm_module",
+    "max_input_tokens",
+    "preload_litellm",
+    "redact",
+]

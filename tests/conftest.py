@@ -1,0 +1,47 @@
+"""Shared fixtures: a private store for every test and the loopback model server."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from model_server import ModelServer
+
+TEST_MODEL = "openai/test-model"
+TEST_KEY = "sk-test-0123456789abcdef"  # looks like a key, so leaks of it can be detected
+
+# litellm would otherwise try to download its price map when first imported.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+
+@pytest.fixture(autouse=True)
+def private_home(tmp_path, monkeypatch):
+    """No test may read or write the real ~/.oblix, nor inherit a configured model."""
+    monkeypatch.setenv("OBLIX_HOME", str(tmp_path / "oblix-home"))
+    for name in ("OBLIX_MODEL", "OBLIX_FALLBACK_MODELS", "OPENAI_API_BASE", "OPENAI_BASE_URL", "OPENAI_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    return tmp_path / "oblix-home"
+
+
+@pytest.fixture(scope="session")
+def model_server():
+    with ModelServer() as server:
+        yield server
+
+
+@pytest.fixture
+def server(model_server):
+    """The loopback server with fresh behaviour and an empty request log."""
+    model_server.reset()
+    yield model_server
+    model_server.release()
+
+
+@pytest.fixture
+def model_env(server, monkeypatch):
+    """A model configured the way a user configures one: environment variables only."""
+    monkeypatch.setenv("OBLIX_MODEL", TEST_MODEL)
+    monkeypatch.setenv("OPENAI_API_BASE", server.url)
+    monkeypatch.setenv("OPENAI_API_KEY", TEST_KEY)
+    return server
