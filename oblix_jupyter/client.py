@@ -20,6 +20,7 @@ from .models import (
     configured_models,
     count_tokens,
     max_input_tokens,
+    model_notice,
     redact,
 )
 from .sessions import SessionManager, SessionStore
@@ -181,6 +182,7 @@ class OblixClient:
             "usage": {"prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens},
             "cost": completion.cost,
             "failed_models": completion.failed_models,
+            "notice": model_notice(completion.model),
             "plan": plan,
         }
 

@@ -27,6 +27,8 @@ def main() -> int:
             result = client.execute_sync(prompt, session_id, stream_to=sys.stdout)
             usage = result["usage"]
             print(f"\n  [{result['model']} · {usage['prompt_tokens']} tokens in, {usage['completion_tokens']} out]")
+            if result["notice"]:
+                print(f"  ({result['notice']})")
     except OblixError as error:
         print(f"\noblix demo: {error}", file=sys.stderr)
         return 1

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
+from . import local_model
 from .errors import ModelError, NoModelConfigured
 
 DEFAULT_MAX_INPUT_TOKENS = 8192
@@ -40,6 +41,8 @@ def litellm_module() -> ModuleType:
 
                 litellm.suppress_debug_info = True
                 litellm.telemetry = False
+                if local_model.is_available():
+                    local_model.register(litellm)
                 _litellm = litellm
     return _litellm
 
@@ -71,15 +74,32 @@ def _split_models(value: str | Sequence[str] | None) -> list[str]:
 
 
 def configured_models(model: str | None = None, fallback_models: str | Sequence[str] | None = None) -> list[str]:
-    """The model chain for new sessions: an explicit model, else ``OBLIX_MODEL``; then fallbacks.
+    """The model chain for new sessions; the one place every front end resolves the default.
 
-    Raises ``NoModelConfigured`` when nothing names a model.
+    An explicit model wins, then ``OBLIX_MODEL``; with neither, the embedded offline
+    model when it is installed (unless ``OBLIX_LOCAL_MODEL=off``). Fallbacks come from
+    the argument or ``OBLIX_FALLBACK_MODELS``. Raises ``NoModelConfigured`` otherwise.
     """
     primary = model or os.environ.get("OBLIX_MODEL", "").strip() or None
     if primary is None:
-        raise NoModelConfigured()
+        if not local_model_allowed():
+            raise NoModelConfigured("(The offline model is turned off by OBLIX_LOCAL_MODEL=off.)")
+        if not local_model.is_available():
+            raise NoModelConfigured(f"Or add the small offline model: {local_model.INSTALL_HINT}")
+        primary = local_model.LOCAL_MODEL
     fallbacks = _split_models(fallback_models if fallback_models is not None else os.environ.get("OBLIX_FALLBACK_MODELS"))
     return _dedupe([primary, *fallbacks])
+
+
+def local_model_allowed() -> bool:
+    return os.environ.get("OBLIX_LOCAL_MODEL", "").strip().lower() not in ("0", "off", "false", "no")
+
+
+def model_notice(model: str) -> str | None:
+    """A one-line warning to show with answers from the offline model, or None."""
+    if model != local_model.LOCAL_MODEL:
+        return None
+    return "Answered by a tiny offline model (SmolLM2-135M): answers are unreliable. Set OBLIX_MODEL for a real one."
 
 
 def _dedupe(models: Sequence[str]) -> list[str]:
@@ -281,6 +301,7 @@ __all__ = [
     "count_tokens",
     "litellm_module",
     "max_input_tokens",
+    "model_notice",
     "preload_litellm",
     "redact",
 ]

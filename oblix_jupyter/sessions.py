@@ -24,7 +24,6 @@ import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
 
@@ -49,8 +48,7 @@ from .storage import (
 
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _PREFIX = re.compile(r"^[0-9a-f][0-9a-f-]{0,35}$")
-_SESSION_FILE = re.compile(r"^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\.json$")
-_HEADER_FILE = re.compile(r"^(\d{8}T\d{6}\.\d{3}Z)\.([0-9a-f-]{36})\.json$")
+_HEADER_NAME_LENGTH = len("20260101T000000.000Z.") + 36 + len(".json")
 _DOC_ID = 1  # each session file holds exactly one TinyDB document
 SEED_FIELDS = ("id", "title", "created_at", "updated_at", "messages", "context")
 
@@ -155,13 +153,6 @@ class SessionStore(Protocol):
     def resolve_id(self, id_or_prefix: str) -> str: ...
 
 
-@dataclass(frozen=True)
-class _Header:
-    stamp: str
-    session_id: str
-    filename: str
-
-
 class SessionManager:
     """Sessions on disk, with the Oblix SDK's method names and argument order."""
 
@@ -221,32 +212,16 @@ class SessionManager:
         header = summarize(session)
         stat = os.stat(self.session_path(session["id"]))
         header["file"] = [stat.st_mtime_ns, stat.st_size]
-        atomic_write_bytes(os.path.join(self._index_dir, f"{stamp}.{session['id']}.json"), dump_json(header))
+        # Not fsynced: a header lost in a crash is noticed (file stamp) and rebuilt.
+        atomic_write_bytes(self._header_path(stamp, session["id"]), dump_json(header), durable=False)
         if old_stamp and old_stamp != stamp:
-            self._remove(os.path.join(self._index_dir, f"{old_stamp}.{session['id']}.json"))
+            self._remove(self._header_path(old_stamp, session["id"]))
 
-    def _scan_headers(self) -> dict[str, _Header]:
-        """Newest header per session id from one directory scan; stale duplicates are removed."""
-        newest: dict[str, _Header] = {}
-        with os.scandir(self._index_dir) as entries:
-            for entry in entries:
-                match = _HEADER_FILE.match(entry.name)
-                if not match:
-                    continue
-                header = _Header(match.group(1), match.group(2), entry.name)
-                previous = newest.get(header.session_id)
-                if previous is None or previous.stamp < header.stamp:
-                    newest[header.session_id] = header
-                    stale = previous
-                else:
-                    stale = header
-                if stale is not None:
-                    self._remove(os.path.join(self._index_dir, stale.filename))
-        return newest
+    def _header_path(self, stamp: str, session_id: str) -> str:
+        return os.path.join(self._index_dir, f"{stamp}.{session_id}.json")
 
     def _session_ids_on_disk(self) -> set[str]:
-        with os.scandir(self.base_dir) as entries:
-            return {m.group(1) for m in (_SESSION_FILE.match(e.name) for e in entries) if m}
+        return {name[:36] for name in os.listdir(self.base_dir) if len(name) == 41 and name.endswith(".json")}
 
     def _rebuild_header(self, session_id: str) -> dict[str, Any] | None:
         """Read the session file and write its header; record it as a problem if unreadable."""
@@ -266,30 +241,45 @@ class SessionManager:
             self.problems.append(problem)
         warnings.warn(str(problem), RuntimeWarning, stacklevel=3)
 
-    def _read_header(self, header: _Header) -> dict[str, Any] | None:
+    def _read_header(self, stamp: str, session_id: str) -> dict[str, Any] | None:
+        """The header if it still describes the session file, else one rebuilt from the file."""
         try:
-            data = read_json_file(os.path.join(self._index_dir, header.filename))
-            stat = os.stat(self.session_path(header.session_id))
+            data = read_json_file(self._header_path(stamp, session_id))
+            stat = os.stat(self.session_path(session_id))
             if data.get("file") == [stat.st_mtime_ns, stat.st_size]:
                 data.pop("file")
                 return data
-        except (FileNotFoundError, CorruptSession, AttributeError):
+        except (FileNotFoundError, CorruptSession, AttributeError, InvalidSessionId):
             pass
-        return self._rebuild_header(header.session_id)
+        return self._rebuild_header(session_id)
 
-    def _headers(self) -> list[_Header]:
-        """All sessions' headers, newest first, after reconciling them with the session files."""
+    def _headers(self) -> list[tuple[str, str]]:
+        """(stamp, id) of every session, newest first, after reconciling headers with session files.
+
+        Header names are ``<stamp>.<uuid>.json`` (20 + 1 + 36 + 5 characters), so sorting
+        the names sorts by recency: no header is opened and no file is stat-ed here.
+        """
         self.problems = []
-        headers = self._scan_headers()
+        names = [n for n in os.listdir(self._index_dir) if len(n) == _HEADER_NAME_LENGTH and n.endswith(".json")]
+        names.sort(reverse=True)
         on_disk = self._session_ids_on_disk()
-        for session_id in set(headers) - on_disk:
-            self._remove(os.path.join(self._index_dir, headers.pop(session_id).filename))
-        for session_id in on_disk - set(headers):
+        ordered: list[tuple[str, str]] = []
+        seen: set[str] = set()
+        for name in names:
+            session_id = name[21:57]
+            if session_id in seen or session_id not in on_disk:  # superseded, or session deleted
+                self._remove(os.path.join(self._index_dir, name))
+                continue
+            seen.add(session_id)
+            ordered.append((name[:20], session_id))
+        missing = on_disk - seen
+        for session_id in missing:
             summary = self._rebuild_header(session_id)
             if summary is not None:
-                stamp = _stamp(summary["updated_at"])
-                headers[session_id] = _Header(stamp, session_id, f"{stamp}.{session_id}.json")
-        return sorted(headers.values(), key=lambda h: (h.stamp, h.session_id), reverse=True)
+                ordered.append((_stamp(summary["updated_at"]), session_id))
+        if missing:
+            ordered.sort(reverse=True)
+        return ordered
 
     @staticmethod
     def _remove(path: str) -> None:
@@ -388,19 +378,19 @@ class SessionManager:
         Unreadable session files are left out, warned about, and kept in ``self.problems``.
         """
         listed: list[dict[str, Any]] = []
-        for header in self._headers():
+        for stamp, session_id in self._headers():
             if limit is not None and len(listed) >= limit:
                 break
-            summary = self._read_header(header)
+            summary = self._read_header(stamp, session_id)
             if summary is not None:
                 listed.append(summary)
         return listed
 
     def iter_sessions(self) -> Iterator[dict[str, Any]]:
         """Every readable session, newest first (for search and export of everything)."""
-        for header in self._headers():
+        for _, session_id in self._headers():
             try:
-                session = self.load_session(header.session_id)
+                session = self.load_session(session_id)
             except CorruptSession as problem:
                 self._report(problem)
                 continue
@@ -501,7 +491,7 @@ class SessionManager:
     def prune(self, older_than: timedelta, dry_run: bool = False) -> list[str]:
         """Delete sessions not updated within ``older_than``; returns their ids."""
         cutoff = _stamp(format_time(datetime.now(timezone.utc) - older_than))
-        doomed = [h.session_id for h in self._headers() if h.stamp < cutoff]
+        doomed = [session_id for stamp, session_id in self._headers() if stamp < cutoff]
         if not dry_run:
             for session_id in doomed:
                 self.delete_session(session_id)

@@ -29,11 +29,12 @@ def ensure_private_dir(path: str) -> None:
     os.makedirs(path, mode=DIR_MODE, exist_ok=True)
 
 
-def atomic_write_bytes(path: str, payload: bytes) -> None:
+def atomic_write_bytes(path: str, payload: bytes, durable: bool = True) -> None:
     """Write ``payload`` to ``path`` so that readers see the old or the new file, never a mix.
 
     The temp file lives in the same directory so ``os.replace`` is a rename on one
-    file system; ``mkstemp`` creates it 0600, which the final file keeps.
+    file system; ``mkstemp`` creates it 0600, which the final file keeps. ``durable``
+    (fsync before the rename) can be skipped for caches that are rebuilt when lost.
     """
     directory = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=directory)
@@ -41,7 +42,8 @@ def atomic_write_bytes(path: str, payload: bytes) -> None:
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:

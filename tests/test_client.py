@@ -177,7 +177,8 @@ def test_result_and_stored_answer_record_model_usage(client, server):
     assert client.load_session(session_id)["model"] == TEST_MODEL
 
 
-def test_no_model_configured_is_a_clear_error(server, tmp_path):
+def test_no_model_configured_is_a_clear_error(server, monkeypatch):
+    monkeypatch.setenv("OBLIX_LOCAL_MODEL", "off")
     client = OblixClient()
     session_id = client.create_session_sync()
     with pytest.raises(NoModelConfigured, match="OBLIX_MODEL"):

