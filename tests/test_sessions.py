@@ -341,3 +341,27 @@ def test_kill_minus_nine_never_leaves_a_half_written_file(store):
         assert [m["id"] for m in session["messages"]] == [f"msg_{n}" for n in range(1, len(session["messages"]) + 1)]
     assert [s["id"] for s in store.list_sessions()] == [session_id]
     store.save_message(session_id, "still writable after the kills")
+
+
+def test_notebook_bindings(store):
+    first, second = store.create_session(), store.create_session()
+    store.bind("/work/a.ipynb", first)
+    store.bind("b.ipynb", second)
+    store.bind("/work/a.ipynb", second)  # rebinding replaces
+    assert store.bindings() == {"/work/a.ipynb": second, "b.ipynb": second}
+    assert store.bound_session("missing.ipynb") is None
+    store.delete_session(second)
+    assert store.bound_session("b.ipynb") is None
+    store.unbind("b.ipynb")
+    assert "b.ipynb" not in store.bindings()
+    with pytest.raises(InvalidSessionId):
+        store.bind("x.ipynb", "../etc")
+    with open(os.path.join(store.base_dir, ".bindings.json"), "w") as handle:
+        handle.write("{broken")
+    with pytest.warns(RuntimeWarning):
+        assert store.bindings() == {}
+    assert store.load_session(first) is not None
+    with pytest.warns(RuntimeWarning):
+        store.bind("c.ipynb", first)
+    assert store.bindings() == {"c.ipynb": first}
+    assert any(name.startswith(".bindings.json.corrupt-") for name in os.listdir(store.base_dir))
