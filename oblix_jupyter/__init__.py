@@ -27,6 +27,20 @@ if TYPE_CHECKING:
     from .sessions import SessionManager
 
 
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext oblix_jupyter``: register ``%%oblix``/``%oblix`` (litellm loads in the background)."""
+    from .magics import load
+
+    load(ipython)
+
+
+def current() -> Any:
+    """This notebook's session as a scripting object (``.messages``, ``.ask(...)``)."""
+    from .magics import active
+
+    return active().current()
+
+
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:

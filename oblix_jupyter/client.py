@@ -89,15 +89,17 @@ class OblixClient:
     # -- turns --------------------------------------------------------------------
 
     def models_for(self, session: dict[str, Any] | None) -> list[str]:
-        """The model chain of a turn: the session's pinned model first, then the configured ones."""
-        pinned = (session or {}).get("model")
+        """The model chain of a turn: the session's pinned model, its own fallbacks, then the configured ones."""
+        session = session or {}
+        pinned = session.get("model")
         try:
             configured = configured_models(self.model, self.fallback_models)
         except NoModelConfigured:
             if not pinned:
                 raise
             configured = []  # a pinned session still works on its own model
-        return list(dict.fromkeys([pinned, *configured])) if pinned else configured
+        chain = [pinned or configured[0], *(session.get("fallback_models") or []), *configured]
+        return list(dict.fromkeys(chain))
 
     def plan(
         self,

@@ -1,41 +1,66 @@
-"""``make demo``: a short scripted conversation, streamed to the terminal.
+"""``make demo``: the quick-start notebook run for real, then JupyterLab to continue it.
 
-It goes through the same ``OblixClient`` a notebook uses, so what it shows (a session
-stored on disk, history carried from turn to turn, the model recorded per answer) is
-the product itself, not a mock-up.
+The notebook runs headless in a real kernel, so what the terminal shows (answers
+streamed by the configured model, or the offline one, into a session bound to the
+notebook) is the product itself. JupyterLab then opens the same notebook, and its
+next ``%%oblix`` cell carries on that conversation. Set ``NO_LAB=1`` (or ``CI``) to
+stop after the headless run.
 """
 
 from __future__ import annotations
 
+import os
+import pathlib
+import subprocess
 import sys
 
-from .client import OblixClient
 from .errors import OblixError
-
-PROMPTS = (
-    "In one sentence: what is a pandas DataFrame?",
-    "And how do I count the missing values in each of its columns?",
-)
+from .sessions import SessionManager
 
 
-def main() -> int:
-    client = OblixClient()
+def run_notebook(path: pathlib.Path) -> None:
+    """Execute ``path`` in place in a fresh kernel, as a reader would run it."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebook = nbformat.read(path, as_version=4)
+    client = NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
+    client.execute(env={**os.environ, "JPY_SESSION_NAME": str(path)})
+    nbformat.write(notebook, path)
+
+
+def print_conversation(path: pathlib.Path) -> None:
+    store = SessionManager()
+    session_id = store.bound_session(str(path))
+    if session_id is None:
+        raise OblixError(f"{path} ran, but no session is bound to it.")
+    session = store.get_session(session_id)
+    print(f"Session {session['title']!r} ({session_id}) in {store.base_dir}\n")
+    for message in session["messages"]:
+        who = "You" if message["role"] == "user" else f"Assistant [{message.get('model')}]"
+        print(f"{who}:\n{message['content']}\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    source = pathlib.Path(argv[0] if argv else "notebooks/quickstart.ipynb")
+    # Run a working copy, so the documentation notebook itself stays free of outputs.
+    notebook = (pathlib.Path("build") / "demo" / source.name).resolve()
+    notebook.parent.mkdir(parents=True, exist_ok=True)
+    if not notebook.exists():
+        notebook.write_bytes(source.read_bytes())
+    print(f"Running {notebook} in a real kernel...\n", flush=True)
     try:
-        session_id = client.create_session_sync(title="oblix demo", initial_context={"audience": "data scientist"})
-        for prompt in PROMPTS:
-            print(f"\nYou: {prompt}\nAssistant: ", end="", flush=True)
-            result = client.execute_sync(prompt, session_id, stream_to=sys.stdout)
-            usage = result["usage"]
-            print(f"\n  [{result['model']} · {usage['prompt_tokens']} tokens in, {usage['completion_tokens']} out]")
-            if result["notice"]:
-                print(f"  ({result['notice']})")
+        run_notebook(notebook)
+        print_conversation(notebook)
     except OblixError as error:
-        print(f"\noblix demo: {error}", file=sys.stderr)
+        print(f"oblix demo: {error}", file=sys.stderr)
         return 1
-    session = client.load_session(session_id)
-    print(f"\nStored session {session_id} ({len(session['messages'])} messages) in {client.session_manager.base_dir}")
-    return 0
+    if os.environ.get("CI") or os.environ.get("NO_LAB"):
+        return 0
+    print("Opening JupyterLab on http://127.0.0.1:8888 (Ctrl-C to stop). Run the notebook's next %%oblix cell to continue.")
+    command = [sys.executable, "-m", "jupyter", "lab", "--ip=127.0.0.1", str(notebook.relative_to(pathlib.Path.cwd()))]
+    return subprocess.call(command)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -56,12 +56,20 @@ class CorruptSession(OblixError):
         self.reason = reason
 
 
+class BadArguments(OblixError, ValueError):
+    """Options of a magic or command that cannot be accepted; the message includes the usage."""
+
+
 class InvalidContext(OblixError, TypeError):
     """A session context value that cannot be stored as JSON."""
 
 
 class ImportFormatError(OblixError, ValueError):
     """A file given to import is not a session this project can read."""
+
+
+class ExportFormatError(OblixError, ValueError):
+    """A path given to export whose extension names no format we can write."""
 
 
 class NoModelConfigured(OblixError):

@@ -139,6 +139,16 @@ def check_session_shape(data: Any, where: str) -> dict[str, Any]:
     return data
 
 
+def read_import_file(path: str) -> Any:
+    """Parse a JSON file given to import; every way it can be unreadable becomes ``ImportFormatError``."""
+    try:
+        return read_json_file(path)
+    except FileNotFoundError:
+        raise ImportFormatError(f"{path}: no such file.") from None
+    except CorruptSession as exc:
+        raise ImportFormatError(f"{path}: {exc.reason}.") from None
+
+
 class SessionStore(Protocol):
     """The few operations the client needs, so another store (e.g. a team server) can stand in."""
 
@@ -502,12 +512,7 @@ class SessionManager:
     def import_session(self, import_path: str | os.PathLike[str], new_id: bool = True) -> str:
         """Read a session JSON file (ours or the original SDK's) and store it; returns its id."""
         import_path = os.fspath(import_path)
-        try:
-            data = read_json_file(import_path)
-        except FileNotFoundError:
-            raise ImportFormatError(f"{import_path}: no such file.") from None
-        except CorruptSession as exc:
-            raise ImportFormatError(f"{import_path}: {exc.reason}.") from None
+        data = read_import_file(import_path)
         return self.add_session(check_session_shape(data, import_path), new_id=new_id)
 
     def add_session(self, data: dict[str, Any], new_id: bool = True) -> str:

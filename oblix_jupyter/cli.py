@@ -1,0 +1,390 @@
+"""``oblix``: sessions and one-off questions from the shell.
+
+A front end like the magics: it parses arguments, calls ``SessionManager``,
+``OblixClient`` and ``exchange``, and prints. Only ``ask``, ``chat`` and ``doctor``
+import the client (and so litellm, which takes seconds); everything else imports
+just the store, inside the command, so ``oblix sessions`` answers at Python's own
+start-up speed.
+
+Exit status: 0 on success, 1 on a user error (shown as one ``oblix: ...`` line,
+never a traceback), 130 when interrupted. Usage mistakes are user errors too, so
+they exit 1 like the rest rather than argparse's 2: a script needs one test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from . import __version__
+from .errors import NoModelConfigured, OblixError
+
+if TYPE_CHECKING:
+    from .sessions import SessionManager
+
+LAB_EXTENSION = "oblix-jupyter"
+TITLE_WIDTH = 40
+_DURATION = re.compile(r"^(\d+)([smhdw])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+class UsageError(OblixError):
+    """The command line itself is wrong (a missing argument, an empty prompt...)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors shown and counted like every other user error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        raise UsageError(message)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one ``oblix`` command; returns the exit status."""
+    parser = build_parser()
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            args = parser.parse_args(argv)
+            return args.run(args)
+        except OblixError as error:
+            print(f"oblix: {error}", file=sys.stderr)
+            return 1
+        except BrokenPipeError:
+            # The reader of our output (head, less) has gone: stop quietly, and point
+            # stdout at nowhere so Python's final flush does not complain either.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 1
+        except OSError as error:  # an unwritable export path, an unreadable file...
+            print(f"oblix: {error}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print(file=sys.stderr)
+            return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="oblix",
+        description="Persistent conversations with language models. Sessions are kept in "
+        "$OBLIX_HOME/sessions (default ~/.oblix/sessions); ids may be shortened to any unique prefix.",
+    )
+    parser.add_argument("--version", action="version", version=f"oblix {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, run: Callable[[argparse.Namespace], int], summary: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=summary, description=summary)
+        sub.set_defaults(run=run)
+        return sub
+
+    sub = command("sessions", _sessions, "List sessions, most recently updated first.")
+    sub.add_argument("--limit", type=_positive, default=20, metavar="N", help="show at most N sessions (default 20)")
+    sub.add_argument("--search", metavar="TEXT", help="only sessions whose title or messages contain TEXT")
+    sub.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
+
+    sub = command("show", _show, "Print a conversation as Markdown.")
+    sub.add_argument("id", metavar="ID")
+    sub.add_argument("--last", type=_positive, metavar="N", help="only the last N messages")
+    sub.add_argument("--json", action="store_true", help="the session as JSON, in the seed's shape")
+
+    sub = command("chat", _chat, "Chat in the terminal, in a new session or in session ID.")
+    sub.add_argument("id", metavar="ID", nargs="?")
+    sub.add_argument("--model", metavar="M", help="litellm model string for new sessions (default: OBLIX_MODEL)")
+
+    sub = command("ask", _ask, "Ask one question; the answer is streamed to stdout.")
+    target = sub.add_mutually_exclusive_group()
+    target.add_argument("--session", metavar="ID", help="continue session ID")
+    target.add_argument("--new", action="store_true", help="start a new session (the default); its id goes to stderr")
+    sub.add_argument("--model", metavar="M", help="litellm model string for a new session (default: OBLIX_MODEL)")
+    sub.add_argument("prompt", metavar="PROMPT", nargs="*", help="the question; '-' or nothing reads it from piped stdin")
+
+    sub = command("export", _export, "Write a session to PATH: .ipynb, .md or .json, by extension.")
+    sub.add_argument("id", metavar="ID")
+    sub.add_argument("path", metavar="PATH")
+
+    sub = command("import", _import, "Add the session in PATH (.json or an .ipynb exported by oblix); prints its id.")
+    sub.add_argument("path", metavar="PATH")
+    sub.add_argument("--keep-id", action="store_true", help="keep the file's session id when it is free")
+
+    sub = command("rename", _rename, "Give a session a new title.")
+    sub.add_argument("id", metavar="ID")
+    sub.add_argument("title", metavar="TITLE", nargs="+")
+
+    sub = command("delete", _delete, "Delete a session (asks first on a terminal).")
+    sub.add_argument("id", metavar="ID")
+    sub.add_argument("--yes", action="store_true", help="do not ask; required when stdin is not a terminal")
+
+    sub = command("prune", _prune, "Delete the sessions not updated for a while.")
+    sub.add_argument("--older-than", type=_duration, required=True, metavar="AGE", help="e.g. 90m, 12h, 30d, 8w")
+    sub.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
+
+    command("doctor", _doctor, "Check the store, the model configuration and the JupyterLab extension.")
+    return parser
+
+
+# -- argument types -----------------------------------------------------------------
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of 1 or more, not {text!r}")
+    return int(text)
+
+
+def _duration(text: str) -> timedelta:
+    match = _DURATION.match(text.strip().lower())
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an age such as 30d (units: s, m, h, d, w)")
+    return timedelta(**{_UNITS[match[2]]: int(match[1])})
+
+
+# -- commands -----------------------------------------------------------------------
+
+
+def _store() -> SessionManager:
+    from .sessions import SessionManager
+
+    return SessionManager()
+
+
+def _sessions(args: argparse.Namespace) -> int:
+    from .exchange import display_time
+
+    store = _store()
+    found = store.search_sessions(args.search, limit=args.limit) if args.search else store.list_sessions(limit=args.limit)
+    notebooks: dict[str, list[str]] = {}
+    for notebook, session_id in store.bindings().items():
+        notebooks.setdefault(session_id, []).append(notebook)
+    if args.json:
+        for summary in found:
+            print(json.dumps({**summary, "notebooks": notebooks.get(summary["id"], [])}, ensure_ascii=False))
+        return 0
+    if not found:
+        print("No sessions found." if args.search else "No sessions yet: start one with `oblix chat` or `oblix ask`.")
+        return 0
+    rows = [["TITLE", "ID", "MESSAGES", "MODEL", "UPDATED", "NOTEBOOK"]]
+    for summary in found:
+        rows.append(
+            [
+                _clip(summary["title"]),
+                summary["id"][:8],
+                str(summary["message_count"]),
+                summary.get("model") or "-",
+                display_time(summary["updated_at"]),
+                ", ".join(notebooks.get(summary["id"], [])),
+            ]
+        )
+    print(format_table(rows))
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from .exchange import transcript
+
+    store = _store()
+    session = store.get_session(store.resolve_id(args.id))
+    if args.last:
+        session["messages"] = session["messages"][-args.last :]
+    if args.json:
+        print(json.dumps(session, ensure_ascii=False, indent=2))
+    else:
+        print(transcript(session), end="")
+    return 0
+
+
+def _chat(args: argparse.Namespace) -> int:
+    from .client import OblixClient
+    from .models import preload_litellm
+    from .terminal_chat import run_terminal_chat
+
+    preload_litellm()  # imported while the user types the first line
+    run_terminal_chat(OblixClient(model=args.model), args.id)
+    return 0
+
+
+def _ask(args: argparse.Namespace) -> int:
+    prompt = _read_prompt(args.prompt)
+    from .client import OblixClient
+
+    client = OblixClient(model=args.model)
+    if args.session:
+        session_id = client.resolve_session_id(args.session)
+    else:
+        client.models_for(None)  # with no model configured, fail before creating a session that would stay empty
+        session_id = client.create_session_sync()
+        print(f"oblix: new session {session_id}", file=sys.stderr)
+    result = client.execute_sync(prompt, session_id, stream_to=sys.stdout)
+    if not result["response"].endswith("\n"):
+        print()
+    for model, reason in result["failed_models"]:
+        print(f"oblix: {model} failed ({reason}); answered by {result['model']}.", file=sys.stderr)
+    if args.model and result["model"] != args.model and not result["failed_models"]:
+        print(f"oblix: answered by {result['model']}, the model this session started with.", file=sys.stderr)
+    if result["notice"]:
+        print(f"oblix: {result['notice']}", file=sys.stderr)
+    return 0
+
+
+def _read_prompt(words: list[str]) -> str:
+    """The prompt from the arguments; from stdin for ``-``, or when nothing is given and stdin is piped."""
+    if words in ([], ["-"]):
+        if not words and sys.stdin.isatty():
+            raise UsageError("no prompt: give one, or pipe one in (echo hi | oblix ask -).")
+        text = sys.stdin.read()
+    else:
+        text = " ".join(words)
+    if not text.strip():
+        raise UsageError("the prompt is empty.")
+    return text.strip()
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .exchange import export_session
+
+    store = _store()
+    print(f"Exported to {export_session(store, store.resolve_id(args.id), args.path)}")
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from .exchange import import_session
+
+    print(import_session(_store(), args.path, keep_id=args.keep_id))
+    return 0
+
+
+def _rename(args: argparse.Namespace) -> int:
+    title = " ".join(args.title).strip()
+    if not title:
+        raise UsageError("the title is empty.")
+    store = _store()
+    session_id = store.resolve_id(args.id)
+    store.update_session(session_id, title=title)
+    print(f"Renamed {session_id[:8]} to {title!r}.")
+    return 0
+
+
+def _delete(args: argparse.Namespace) -> int:
+    store = _store()
+    session = store.get_session(store.resolve_id(args.id))
+    described = f"{session['title']!r} ({session['id'][:8]}, {len(session['messages'])} messages)"
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise UsageError(f"not deleting {described} without --yes: stdin is not a terminal to confirm on.")
+        try:
+            answer = input(f"Delete {described}? [y/N] ")
+        except EOFError:
+            answer = ""
+        if answer.strip().lower() not in ("y", "yes"):
+            print("Kept.")
+            return 0
+    store.delete_session(session["id"])
+    print(f"Deleted {described}.")
+    return 0
+
+
+def _prune(args: argparse.Namespace) -> int:
+    doomed = _store().prune(args.older_than, dry_run=args.dry_run)
+    print(f"{'Would delete' if args.dry_run else 'Deleted'} {len(doomed)} session(s){':' if doomed else '.'}")
+    for session_id in doomed:
+        print(f"  {session_id}")
+    return 0
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    store = _store()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # unreadable files are listed below instead
+        readable = store.list_sessions(limit=None)
+    rows = [["oblix", __version__], ["store", store.base_dir], ["sessions", str(len(readable))]]
+    rows += [["unreadable", f"{problem.path} ({problem.reason})"] for problem in store.problems] or [["unreadable", "none"]]
+    rows += _model_rows()
+    rows.append(["lab extension", _lab_extension_status()])
+    print(format_table(rows))
+    return 0
+
+
+def _model_rows() -> list[list[str]]:
+    """Which models a new session would use, and whether each can authenticate; never a key's value."""
+    from . import local_model
+    from .models import configured_models, litellm_module, local_model_allowed
+
+    offline = local_model.unavailable_reason() or "installed"
+    rows = [["offline model", offline if local_model_allowed() else f"{offline}, turned off by OBLIX_LOCAL_MODEL"]]
+    try:
+        models = configured_models()
+    except NoModelConfigured as error:
+        return [["model", f"none. {error}"], *rows]
+    if models[0] == local_model.LOCAL_MODEL:
+        first = f"{models[0]}, the offline default (tiny, unreliable); set OBLIX_MODEL, e.g. OBLIX_MODEL=openai/gpt-4o-mini"
+    else:
+        first = f"{models[0]} (OBLIX_MODEL)"
+    rows = [["model", first], *[["fallback", model] for model in models[1:]], *rows]
+    for model in models:
+        if model == local_model.LOCAL_MODEL:
+            continue  # needs no key, and so no litellm import just to say so
+        litellm = litellm_module()
+        try:
+            missing = litellm.validate_environment(model=model).get("missing_keys") or []
+        except Exception as error:  # litellm raises various types for providers it cannot check
+            rows.append([f"key for {model}", f"cannot tell ({type(error).__name__})"])
+            continue
+        rows.append([f"key for {model}", f"missing: set {' or '.join(missing)}" if missing else "set"])
+    return rows
+
+
+def _lab_extension_status() -> str:
+    """Installed and enabled, judged from the files JupyterLab itself reads (no subprocess)."""
+    from jupyter_core.paths import jupyter_config_path, jupyter_path
+
+    from .storage import read_json_file
+
+    installed = [
+        os.path.join(directory, LAB_EXTENSION)
+        for directory in jupyter_path("labextensions")
+        if os.path.isfile(os.path.join(directory, LAB_EXTENSION, "package.json"))
+    ]
+    if not installed:
+        return f"not installed (no {LAB_EXTENSION}/package.json in any Jupyter labextensions directory)"
+    for directory in jupyter_config_path():
+        page_config = os.path.join(directory, "labconfig", "page_config.json")
+        try:
+            disabled = read_json_file(page_config).get("disabledExtensions") or {}
+        except (FileNotFoundError, OblixError, AttributeError):
+            continue
+        if isinstance(disabled, list):  # the layout before JupyterLab 3
+            disabled = dict.fromkeys(disabled, True)
+        if any(off and name.split(":")[0] == LAB_EXTENSION for name, off in disabled.items()):
+            return f"installed in {installed[0]}, but disabled in {page_config} (jupyter labextension enable {LAB_EXTENSION})"
+    return f"installed in {installed[0]}, enabled"
+
+
+# -- output -------------------------------------------------------------------------
+
+
+def format_table(rows: list[list[str]]) -> str:
+    """Rows as left-aligned columns, the widest cell of each setting its width."""
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+
+
+def _clip(text: str, width: int = TITLE_WIDTH) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, *rest: Any) -> None:
+    """Warnings (an unreadable session file...) as one line for a person, not a source location."""
+    print(f"oblix: warning: {message}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""What the magics show: rich outputs with a readable plain-text twin.
+
+Every object here has ``_repr_mimebundle_`` giving ``text/plain`` next to Markdown or
+HTML, so the same magic reads well in JupyterLab and in terminal IPython.
+"""
+
+from __future__ import annotations
+
+import html
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from .context import ContextPlan
+
+UPDATE_INTERVAL = 0.05  # seconds between display updates while an answer streams
+
+
+class AnswerView:
+    """An answer (possibly still arriving) with its footer."""
+
+    def __init__(self, text: str, footer: str = "", as_text: bool = False) -> None:
+        self.text = text
+        self.footer = footer
+        self.as_text = as_text
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
+        plain = self.text + (f"\n\n[{self.footer}]" if self.footer else "")
+        if self.as_text:
+            return {"text/plain": plain}
+        markdown = self.text + (f"\n\n<sub>{html.escape(self.footer)}</sub>" if self.footer else "")
+        return {"text/markdown": markdown, "text/plain": plain}
+
+
+class Message:
+    """A short notice or error: red for errors, never a traceback."""
+
+    def __init__(self, text: str, error: bool = True, detail: str = "") -> None:
+        self.text = text
+        self.error = error
+        self.detail = detail
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
+        colour = "#c62828" if self.error else "#555"
+        prefix = "Oblix error: " if self.error else ""
+        detail = f"<pre style='margin:4px 0 0 0'>{html.escape(self.detail)}</pre>" if self.detail else ""
+        return {
+            "text/html": f"<div style='color:{colour}'><b>{prefix}</b>{html.escape(self.text)}{detail}</div>",
+            "text/plain": f"{prefix}{self.text}" + (f"\n{self.detail}" if self.detail else ""),
+        }
+
+
+class Table:
+    """A small table: HTML in Jupyter, aligned columns in a terminal."""
+
+    def __init__(self, headers: Sequence[str], rows: Sequence[Sequence[str]], caption: str = "") -> None:
+        self.headers = list(headers)
+        self.rows = [[str(cell) for cell in row] for row in rows]
+        self.caption = caption
+
+    def plain(self) -> str:
+        widths = [max(len(h), *(len(r[i]) for r in self.rows)) if self.rows else len(h) for i, h in enumerate(self.headers)]
+        lines = ["  ".join(h.ljust(w) for h, w in zip(self.headers, widths)).rstrip()]
+        lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in self.rows]
+        return "\n".join(([self.caption] if self.caption else []) + lines)
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
+        head = "".join(f"<th style='text-align:left'>{html.escape(h)}</th>" for h in self.headers)
+        body = "".join(
+            "<tr>" + "".join(f"<td style='text-align:left'>{html.escape(c)}</td>" for c in row) + "</tr>" for row in self.rows
+        )
+        caption = f"<caption style='text-align:left'>{html.escape(self.caption)}</caption>" if self.caption else ""
+        return {"text/html": f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>", "text/plain": self.plain()}
+
+
+class Conversation:
+    """A session's messages, roles clear and the model on each answer."""
+
+    def __init__(self, session: dict[str, Any], last: int | None = None) -> None:
+        self.session = session
+        self.messages = session["messages"][-last:] if last else session["messages"]
+
+    def _turns(self) -> list[tuple[str, str]]:
+        turns = []
+        for message in self.messages:
+            who = "You" if message["role"] == "user" else message["role"].capitalize()
+            notes = [n for n in (message.get("model"), message.get("status")) if n]
+            label = f"{who} ({', '.join(notes)})" if notes else who
+            turns.append((f"{label} · {message.get('timestamp', '')[:16].replace('T', ' ')}", message["content"]))
+        return turns
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
+        title = f"{self.session['title']} ({self.session['id'][:8]}, {len(self.session['messages'])} messages)"
+        turns = self._turns()
+        markdown = [f"### {title}"] + [f"**{label}**\n\n{content}" for label, content in turns]
+        plain = [title] + [f"--- {label}\n{content}" for label, content in turns]
+        return {"text/markdown": "\n\n".join(markdown), "text/plain": "\n\n".join(plain)}
+
+
+class PlanView:
+    """The context selector's plan: what was sent, and why."""
+
+    def __init__(self, plan: ContextPlan) -> None:
+        self.plan = plan
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
+        text = "#### Context sent\n\n" + self.plan.explain()
+        return {"text/markdown": text, "text/plain": text}
+
+
+def footer(result: dict[str, Any], session_title: str | None) -> str:
+    """One line under an answer: model, session, tokens and, when litellm knows the price, the cost."""
+    parts = [result["model"]]
+    if result.get("session_id"):
+        parts.append(f"session {session_title or ''} ({result['session_id'][:8]})".replace("  ", " "))
+    usage = result.get("usage") or {}
+    if usage.get("prompt_tokens") is not None:
+        parts.append(f"{usage['prompt_tokens']} tokens in, {usage.get('completion_tokens') or 0} out")
+    if result.get("cost"):
+        parts.append(f"${result['cost']:.4f}")
+    if result.get("failed_models"):
+        parts.append("fallback after " + ", ".join(model for model, _ in result["failed_models"]) + " failed")
+    line = " · ".join(parts)
+    return f"{line} · {result['notice']}" if result.get("notice") else line
+
+
+class StreamingOutput:
+    """Shows an answer as it arrives: an updated display in Jupyter, plain writes in a terminal."""
+
+    def __init__(self, rich: bool, as_text: bool = False) -> None:
+        self.rich = rich
+        self.as_text = as_text
+        self.text = ""
+        self._handle: Any = None
+        self._last_update = 0.0
+
+    def __call__(self, piece: str) -> None:
+        self.text += piece
+        if not self.rich:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+            return
+        now = time.monotonic()
+        if self._handle is None or now - self._last_update >= UPDATE_INTERVAL:
+            self._show(AnswerView(self.text + " ▌", as_text=self.as_text))
+            self._last_update = now
+
+    def _show(self, view: Any) -> None:
+        from IPython.display import display
+
+        if self._handle is None:
+            self._handle = display(view, display_id=True)
+        else:
+            self._handle.update(view)
+
+    def finish(self, text: str, footer_line: str) -> None:
+        """Replace the streamed text by the final answer and its footer."""
+        if not self.rich:
+            print(f"\n\n[{footer_line}]" if footer_line else "")
+            return
+        self._show(AnswerView(text, footer_line, as_text=self.as_text))

@@ -1,0 +1,483 @@
+"""``%%oblix`` and ``%oblix``: the notebook front end over ``OblixClient``.
+
+Parsing and display only: sessions, models and context are the client's business.
+Configuration uses traitlets, so ``%config Oblix.model = "..."`` and
+``c.Oblix.model`` in ``ipython_config.py`` both work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments
+from IPython.display import display
+from IPython.utils._process_common import arg_split
+from traitlets import Bool, Int, List, Unicode, observe
+
+from .client import OblixClient
+from .display import Conversation, Message, PlanView, StreamingOutput, Table, footer
+from .errors import AnswerInterrupted, BadArguments, OblixError
+from .handle import SessionHandle
+from .notebook import NotebookBinding, load_dotenv
+from .sessions import SessionManager
+
+_FIELD = re.compile(r"\{\{|\}\}|\{([A-Za-z_]\w*)(?:\[(-?\d+)\])?\}")
+_CODE_BLOCK = re.compile(r"```[^\n`]*\n(.*?)```", re.DOTALL)
+
+
+def interpolate(text: str, namespace: Mapping[str, Any]) -> str:
+    """Replace ``{name}`` and ``{name[i]}`` (e.g. ``{In[3]}``) by values; ``{{``/``}}`` escape.
+
+    Unknown names, bad indexes and values whose ``str`` fails are left as typed.
+    """
+
+    def replace(match: re.Match[str]) -> str:
+        token = match.group(0)
+        if token in ("{{", "}}"):
+            return token[0]
+        name, index = match.group(1), match.group(2)
+        if name not in namespace:
+            return token
+        try:
+            value = namespace[name]
+            if index is not None:
+                value = value[int(index)]
+            return str(value)
+        except Exception:  # whatever a user object raises, the prompt stays as typed
+            return token
+
+    return _FIELD.sub(replace, text)
+
+
+def first_code_block(text: str) -> str | None:
+    """The first fenced code block of an answer, for ``--format code``."""
+    match = _CODE_BLOCK.search(text)
+    return match.group(1).rstrip("\n") if match else None
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises ``BadArguments`` (with the usage line) instead of exiting."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise BadArguments(f"{message}\n{usage(self)}")
+
+    def exit(self, status: int = 0, message: str | None = None) -> None:  # type: ignore[override]
+        raise BadArguments((message or "").strip() or usage(self))
+
+
+def usage(parser: argparse.ArgumentParser) -> str:
+    """The usage line, without the reST markup IPython's help formatter adds."""
+    return "usage: " + " ".join(parser.format_usage().replace("::", "").split()).removeprefix("usage: ")
+
+
+def split_line(line: str) -> list[str]:
+    try:
+        return arg_split(line, posix=True)
+    except ValueError as error:  # e.g. "No closing quotation"
+        raise BadArguments(f"Could not read the options: {error}.") from None
+
+
+@dataclass
+class CellOptions:
+    session: str | None
+    new: bool
+    title: str | None
+    model: str | None
+    no_history: bool
+    vars: list[str]
+    format: str
+    explain: bool
+    temperature: float | None
+    max_tokens: int | None
+
+
+def parse_cell_options(line: str) -> CellOptions:
+    """Parse a ``%%oblix`` line; raises ``BadArguments`` for anything it cannot accept.
+
+    The options are declared once, with ``magic_arguments`` on ``Oblix.oblix_cell``,
+    which also gives ``%%oblix?`` its help.
+    """
+    parser = Oblix.oblix_cell.parser
+    try:
+        options = parser.parse_args(split_line(line))
+    except UsageError as error:
+        raise BadArguments(f"{error}\n{usage(parser)}") from None
+    except SystemExit:  # argparse exits on --help-like input despite add_help=False in some versions
+        raise BadArguments(usage(parser)) from None
+    if options.new and options.session:
+        raise BadArguments("--new and --session cannot be used together.")
+    if options.title and not options.new:
+        raise BadArguments("--title only goes with --new.")
+    if options.max_tokens is not None and options.max_tokens <= 0:
+        raise BadArguments("--max-tokens must be a positive number.")
+    if options.temperature is not None and not 0 <= options.temperature <= 2:
+        raise BadArguments("--temperature must be between 0 and 2.")
+    names = [name.strip() for name in (options.vars or "").split(",") if name.strip()]
+    bad = [name for name in names if not name.isidentifier()]
+    if bad:
+        raise BadArguments(f"--vars takes variable names separated by commas; not a name: {', '.join(bad)}")
+    return CellOptions(
+        session=options.session,
+        new=options.new,
+        title=options.title,
+        model=options.model,
+        no_history=options.no_history,
+        vars=names,
+        format=options.format or "markdown",
+        explain=options.explain,
+        temperature=options.temperature,
+        max_tokens=options.max_tokens,
+    )
+
+
+def _line_parser() -> _Parser:
+    parser = _Parser(prog="%oblix", add_help=False, description="Manage this notebook's Oblix sessions.")
+    commands = parser.add_subparsers(dest="command", parser_class=_Parser)
+    listing = commands.add_parser("sessions", add_help=False, help="list sessions")
+    listing.add_argument("--all", action="store_true")
+    listing.add_argument("--search")
+    commands.add_parser("new", add_help=False, help="start a new session for this notebook").add_argument("title", nargs="*")
+    commands.add_parser("use", add_help=False, help="bind this notebook to a session").add_argument("session")
+    show = commands.add_parser("show", add_help=False, help="show a conversation")
+    show.add_argument("session", nargs="?")
+    show.add_argument("--last", type=int)
+    delete = commands.add_parser("delete", add_help=False, help="delete a session")
+    delete.add_argument("session")
+    delete.add_argument("--force", action="store_true")
+    commands.add_parser("rename", add_help=False, help="rename this notebook's session").add_argument("title", nargs="+")
+    model = commands.add_parser("model", add_help=False, help="show or set the session's model")
+    model.add_argument("model", nargs="?")
+    model.add_argument("--fallbacks", help="comma-separated fallback models for this session")
+    context = commands.add_parser("context", add_help=False, help="show or change the session's context")
+    context.add_argument("pairs", nargs="*", metavar="KEY=VALUE")
+    context.add_argument("--clear", action="append", default=[], metavar="KEY")
+    commands.add_parser("export", add_help=False, help="export the session (.ipynb, .md, .json)").add_argument("path")
+    commands.add_parser("import", add_help=False, help="import a session file and bind to it").add_argument("path")
+    commands.add_parser("help", add_help=False, help="this help")
+    return parser
+
+
+LINE_PARSER = _line_parser()
+
+
+def parse_line_command(line: str) -> argparse.Namespace:
+    """Parse a ``%oblix`` line; raises ``BadArguments`` for anything it cannot accept."""
+    options = LINE_PARSER.parse_args(split_line(line) or ["help"])
+    if options.command == "show" and options.last is not None and options.last <= 0:
+        raise BadArguments("--last must be a positive number.")
+    return options
+
+
+@magics_class
+class Oblix(Magics):
+    """Persistent, notebook-bound conversations with language models."""
+
+    model = Unicode(None, allow_none=True, help="litellm model for new sessions (else OBLIX_MODEL)").tag(config=True)
+    fallback_models = List(Unicode(), default_value=None, allow_none=True, help="models tried when one fails").tag(config=True)
+    base_dir = Unicode(None, allow_none=True, help="session store directory (else ~/.oblix/sessions)").tag(config=True)
+    max_input_tokens = Int(None, allow_none=True, help="override the model's input window").tag(config=True)
+    show_footer = Bool(True, help="show model, session and tokens under each answer").tag(config=True)
+
+    def __init__(self, shell: Any, **kwargs: Any) -> None:
+        super().__init__(shell=shell, **kwargs)
+        self._client: OblixClient | None = None
+        self._binding: NotebookBinding | None = None
+        self._reported_path: str | None = None
+        self._dotenv_loaded = False
+        self.litellm_import: threading.Thread | None = None
+
+    @observe("model", "fallback_models", "base_dir", "max_input_tokens")
+    def _configuration_changed(self, change: Any) -> None:
+        self._client = None
+        self._binding = None
+
+    @property
+    def client(self) -> OblixClient:
+        if self._client is None:
+            self._client = OblixClient(
+                model=self.model or None,
+                fallback_models=self.fallback_models,
+                session_manager=SessionManager(self.base_dir or None),
+                max_input_tokens=self.max_input_tokens or None,
+            )
+        return self._client
+
+    @property
+    def binding(self) -> NotebookBinding:
+        if self._binding is None:
+            self._binding = NotebookBinding(self.client.session_manager, self.shell.user_ns)
+            self._binding.reported_path = self._reported_path
+        return self._binding
+
+    def follow_path(self, path: str) -> None:
+        """Called when the JupyterLab extension reports this notebook's path."""
+        self.binding.follow_path(path)
+        self._reported_path = path
+
+    @property
+    def rich(self) -> bool:
+        """True in a Jupyter kernel (display updates work); False in terminal IPython."""
+        return getattr(self.shell, "kernel", None) is not None
+
+    def _prepare(self) -> None:
+        """Per-turn set-up that must not run at load time: .env keys, litellm import."""
+        if not self._dotenv_loaded:
+            self._dotenv_loaded = True
+            load_dotenv(os.getcwd())
+        if self.litellm_import is not None:
+            self.litellm_import.join()
+
+    # -- %%oblix ---------------------------------------------------------------------
+
+    @magic_arguments(name="%oblix")  # IPython adds one more "%"
+    @argument("--session", help="continue this session (id or unique prefix) instead of the notebook's")
+    @argument("--new", action="store_true", help="start a new session and bind this notebook to it")
+    @argument("--title", help="title of the session started by --new")
+    @argument("--model", help="litellm model for this session from now on")
+    @argument("--no-history", action="store_true", help="send no earlier messages")
+    @argument("--vars", help="notebook variables to include, comma-separated")
+    @argument("--format", choices=("markdown", "code", "text"), help="markdown (default), code (next cell), text")
+    @argument("--explain", action="store_true", help="show what context was sent")
+    @argument("--temperature", type=float, help="sampling temperature")
+    @argument("--max-tokens", type=int, help="longest answer, in tokens")
+    @cell_magic("oblix")
+    def oblix_cell(self, line: str, cell: str) -> None:
+        """Ask the model in this notebook's session; the cell body is the prompt.
+
+        ``{name}`` in the prompt is replaced by the variable's value (``{{`` escapes).
+        """
+        stream: StreamingOutput | None = None
+        try:
+            options = parse_cell_options(line)
+            prompt = interpolate(cell, self.shell.user_ns).strip()
+            if not prompt:
+                raise BadArguments("The cell is empty: write the question below the %%oblix line.")
+            session_id = self._session_for(options)
+            if options.model:
+                self.client.session_manager.update_session(session_id, model=options.model)
+            self._prepare()
+            stream = StreamingOutput(self.rich, as_text=options.format == "text")
+            result = self.client.execute_sync(
+                prompt,
+                session_id,
+                stream_to=stream,
+                history=not options.no_history,
+                temperature=options.temperature,
+                max_tokens=options.max_tokens,
+            )
+            title = self.client.session_manager.get_session(session_id)["title"]
+            stream.finish(result["response"], footer(result, title) if self.show_footer else "")
+            if options.explain:
+                display(PlanView(result["plan"]))
+            if options.format == "code":
+                self._next_cell(result["response"])
+        except AnswerInterrupted as stopped:
+            if stream is not None:
+                stream.finish(stopped.partial, "interrupted: the partial answer was kept")
+        except KeyboardInterrupt:
+            display(Message("Interrupted. Your message was kept in the session.", error=False))
+        except OblixError as error:
+            if stream is not None and stream.text:
+                stream.finish(stream.text, "failed: the partial answer was kept")
+            display(Message(str(error)))
+
+    def _session_for(self, options: CellOptions) -> str:
+        store = self.client.session_manager
+        if options.new:
+            session_id = store.create_session(title=options.title or None, metadata={"notebook": self.binding.key})
+            self.binding.use(session_id)
+            return session_id
+        if options.session:
+            return self.client.resolve_session_id(options.session)
+        session_id = self.binding.session_id(create=True)
+        assert session_id is not None
+        return session_id
+
+    def _next_cell(self, answer: str) -> None:
+        code = first_code_block(answer)
+        if code is None:
+            display(Message("--format code: the answer has no code block.", error=False))
+        else:
+            self.shell.set_next_input(code, replace=False)
+
+    # -- %oblix ----------------------------------------------------------------------
+
+    @line_magic("oblix")
+    def oblix_line(self, line: str) -> Any:
+        """Manage sessions: sessions, new, use, show, delete, rename, model, context, export, import, help."""
+        try:
+            options = parse_line_command(line)
+            return getattr(self, f"_command_{options.command}")(options)
+        except OblixError as error:
+            display(Message(str(error)))
+        return None
+
+    def _command_help(self, options: argparse.Namespace) -> None:
+        display(Message(LINE_PARSER.format_help() + "\n" + Oblix.oblix_cell.parser.format_help(), error=False))
+
+    def _command_sessions(self, options: argparse.Namespace) -> None:
+        store = self.client.session_manager
+        sessions = store.search_sessions(options.search) if options.search else store.list_sessions(None if options.all else 20)
+        bound = self.binding.session_id(create=False)
+        rows = [
+            [s["title"], s["id"][:8], str(s["message_count"]), s.get("model") or "", s["updated_at"][:16].replace("T", " "),
+             "◀ this notebook" if s["id"] == bound else ""]
+            for s in sessions
+        ]
+        display(Table(["title", "id", "messages", "model", "updated", ""], rows))
+        for problem in store.problems:
+            display(Message(str(problem)))
+
+    def _command_new(self, options: argparse.Namespace) -> None:
+        title = " ".join(options.title) or None
+        session_id = self.client.session_manager.create_session(title=title, metadata={"notebook": self.binding.key})
+        self.binding.use(session_id)
+        display(Message(f"New session {session_id[:8]} bound to this notebook.", error=False))
+
+    def _command_use(self, options: argparse.Namespace) -> None:
+        session_id = self.client.resolve_session_id(options.session)
+        self.binding.use(session_id)
+        title = self.client.session_manager.get_session(session_id)["title"]
+        display(Message(f"This notebook now continues {title!r} ({session_id[:8]}).", error=False))
+
+    def _target(self, session: str | None, create: bool = False) -> str:
+        """The session a command is about: the one named, else the notebook's (made if ``create``)."""
+        if session:
+            return self.client.resolve_session_id(session)
+        session_id = self.binding.session_id(create=create)
+        if session_id is None:
+            raise BadArguments("This notebook has no session yet: run a %%oblix cell first, or name a session.")
+        return session_id
+
+    def _command_show(self, options: argparse.Namespace) -> None:
+        display(Conversation(self.client.session_manager.get_session(self._target(options.session)), options.last))
+
+    def _command_delete(self, options: argparse.Namespace) -> None:
+        session_id = self.client.resolve_session_id(options.session)
+        if session_id == self.binding.session_id(create=False) and not options.force:
+            raise BadArguments("That is this notebook's session; add --force to delete it anyway.")
+        self.client.delete_session(session_id)
+        display(Message(f"Deleted session {session_id[:8]}.", error=False))
+
+    def _command_rename(self, options: argparse.Namespace) -> None:
+        session_id = self._target(None, create=True)
+        self.client.session_manager.update_session(session_id, title=" ".join(options.title))
+        display(Message(f"Renamed session {session_id[:8]} to {' '.join(options.title)!r}.", error=False))
+
+    def _command_model(self, options: argparse.Namespace) -> None:
+        store = self.client.session_manager
+        session_id = self._target(None, create=True)
+        changes: dict[str, Any] = {}
+        if options.model:
+            changes["model"] = options.model
+        if options.fallbacks is not None:
+            changes["fallback_models"] = [m.strip() for m in options.fallbacks.split(",") if m.strip()]
+        session = store.update_session(session_id, **changes) if changes else store.get_session(session_id)
+        chain = self.client.models_for(session)
+        display(Message(f"Model: {chain[0]}; fallbacks: {', '.join(chain[1:]) or 'none'}.", error=False))
+
+    def _command_context(self, options: argparse.Namespace) -> None:
+        store = self.client.session_manager
+        session_id = self._target(None, create=True)
+        context = dict(store.get_session(session_id).get("context") or {})
+        for key in options.clear:
+            context.pop(key, None)
+        context.update(_parse_pairs(options.pairs))
+        if options.pairs or options.clear:
+            store.update_session(session_id, context=context)
+        display(Message(json.dumps(context, indent=1, ensure_ascii=False), error=False))
+
+    def _command_export(self, options: argparse.Namespace) -> None:
+        from .exchange import export_session
+
+        path = export_session(self.client.session_manager, self._target(None), options.path)
+        display(Message(f"Exported to {path}.", error=False))
+
+    def _command_import(self, options: argparse.Namespace) -> None:
+        from .exchange import import_session
+
+        session_id = import_session(self.client.session_manager, options.path)
+        self.binding.use(session_id)
+        display(Message(f"Imported session {session_id[:8]}; this notebook now continues it.", error=False))
+
+    def current(self) -> SessionHandle:
+        """The notebook's session as a scripting object (created if there is none yet)."""
+        session_id = self.binding.session_id(create=True)
+        assert session_id is not None
+        return SessionHandle(self.client, session_id)
+
+
+def _parse_pairs(pairs: Sequence[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` words; a VALUE that reads as JSON (numbers, lists...) is kept typed."""
+    parsed: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise BadArguments(f"Context entries are KEY=VALUE; got {pair!r}.")
+        try:
+            parsed[key] = json.loads(value)
+        except ValueError:
+            parsed[key] = value
+    return parsed
+
+
+_active: Oblix | None = None
+COMM_TARGET = "oblix.session"
+
+
+def load(shell: Any) -> Oblix:
+    """Register the magics on ``shell`` (once), start importing litellm, and listen to the lab extension."""
+    global _active
+    if _active is not None and _active.shell is shell:
+        return _active
+    from .models import preload_litellm
+
+    magics = Oblix(shell=shell, parent=shell)
+    shell.register_magics(magics)
+    shell.configurables.append(magics)
+    magics.litellm_import = preload_litellm()
+    if getattr(shell, "kernel", None) is not None:
+        import comm
+
+        comm.get_comm_manager().register_target(COMM_TARGET, lambda channel, message: _open_channel(magics, channel, message))
+    _active = magics
+    return magics
+
+
+def active() -> Oblix:
+    """The loaded magics; ``%load_ext oblix_jupyter`` must have run in this kernel."""
+    if _active is None:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+        if shell is None:
+            raise BadArguments("Not in IPython: use OblixClient directly, or run %load_ext oblix_jupyter.")
+        return load(shell)
+    return _active
+
+
+def _open_channel(magics: Oblix, channel: Any, message: dict[str, Any]) -> None:
+    """The JupyterLab extension opened its comm: it reports the notebook path, and asks for the chat panel."""
+
+    def receive(data: Mapping[str, Any]) -> None:
+        try:
+            if data.get("notebook_path"):
+                magics.follow_path(str(data["notebook_path"]))
+            if data.get("action") == "open_chat":
+                panel = magics.chat_panel()
+                channel.send({"action": "chat_widget", "model_id": panel.model_id})
+        except Exception as error:  # a comm handler must never take the kernel down
+            channel.send({"action": "error", "message": str(error)})
+
+    receive(message["content"]["data"] or {})
+    channel.send({"action": "ack"})
+    channel.on_msg(lambda update: receive(update["content"]["data"] or {}))

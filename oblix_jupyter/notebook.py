@@ -1,0 +1,116 @@
+"""Which notebook this kernel runs, and which session that notebook is bound to.
+
+A kernel is not told its notebook's path reliably, so it is looked for in order of
+trust: the JupyterLab extension (which also reports renames), jupyter_server's
+``JPY_SESSION_NAME`` (and ipykernel's ``__session__`` derived from it), VS Code's
+``__vsc_ipynb_file__``, and, outside any notebook, the working directory. Whatever
+is found is only an identifier: the store's bindings table maps it to a session.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from .sessions import SessionStore
+
+
+def notebook_key(namespace: Mapping[str, Any], reported_path: str | None = None) -> str:
+    """A stable identifier of the current notebook (a path when one is known)."""
+    for candidate in (
+        reported_path,
+        os.environ.get("JPY_SESSION_NAME"),
+        namespace.get("__session__"),
+        namespace.get("__vsc_ipynb_file__"),
+    ):
+        if isinstance(candidate, str) and candidate.strip():
+            return candidate.strip()
+    return f"cwd:{os.getcwd()}"
+
+
+def notebook_title(key: str) -> str:
+    """A session title from a notebook key: the notebook's file name without extension."""
+    if key.startswith("cwd:"):
+        return f"IPython in {os.path.basename(key[4:].rstrip(os.sep)) or key[4:]}"
+    name = os.path.basename(key.rstrip("/\\")) or key
+    return name[:-6] if name.endswith(".ipynb") else name
+
+
+class NotebookBinding:
+    """The session of one notebook: found again after restarts, created on first use."""
+
+    def __init__(self, store: SessionStore, namespace: Mapping[str, Any]) -> None:
+        self.store = store
+        self.namespace = namespace
+        self.reported_path: str | None = None  # set by the JupyterLab extension
+
+    @property
+    def key(self) -> str:
+        return notebook_key(self.namespace, self.reported_path)
+
+    def session_id(self, create: bool = True) -> str | None:
+        """The bound session's id; a new session titled after the notebook when there is none."""
+        key = self.key
+        session_id = self.store.bound_session(key)
+        if session_id is None and create:
+            session_id = self.store.create_session(title=notebook_title(key), metadata={"notebook": key})
+            self.store.bind(key, session_id)
+        return session_id
+
+    def use(self, session_id: str) -> None:
+        """Bind this notebook to an existing session (the user's explicit choice)."""
+        self.store.bind(self.key, session_id)
+
+    def follow_path(self, new_path: str) -> None:
+        """The extension reported the notebook's path (on open or after a rename): keep the binding.
+
+        The server's ``JPY_SESSION_NAME`` may be absolute where the extension's path is
+        relative to the server root; when one ends with the other, both forms are bound,
+        so the next kernel start finds the session before the extension reports again.
+        """
+        started_as = os.environ.get("JPY_SESSION_NAME") or self.namespace.get("__session__")
+        previous = self.reported_path
+        self.reported_path = new_path
+        base = previous if previous is not None else new_path
+        keys = [new_path]
+        if isinstance(started_as, str) and started_as != base and started_as.endswith(base):
+            keys.append(started_as[: len(started_as) - len(base)] + new_path)
+        stale = [k for k in (previous, started_as) if isinstance(k, str) and k and k not in keys]
+        bound = (self.store.bound_session(k) for k in [*keys, *stale])
+        session_id = next((s for s in bound if s is not None), None)
+        if session_id is None:
+            return
+        current = self.store.bindings()
+        for key in keys:
+            if current.get(key) != session_id:
+                self.store.bind(key, session_id)
+        for key in stale:
+            if current.get(key) == session_id:
+                self.store.unbind(key)
+
+
+def load_dotenv(directory: str) -> list[str]:
+    """Read ``directory/.env`` into the environment without overriding what is set.
+
+    Returns the names loaded (never their values: they are usually keys).
+    """
+    path = os.path.join(directory, ".env")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return []
+    loaded = []
+    for line in lines:
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        name, _, value = line.removeprefix("export ").partition("=")
+        name, value = name.strip(), value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        if name and name not in os.environ:
+            os.environ[name] = value
+            loaded.append(name)
+    return loaded

@@ -1,0 +1,317 @@
+"""The ``oblix`` command, run as a real process against a temp store and the loopback model server.
+
+Processes that call a model import litellm (seconds each), so only four do: two
+``ask``, one ``chat`` and one ``doctor``. Everything else must stay fast, and a test
+checks that none of those commands imports litellm at all.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import uuid
+
+import nbformat
+import pytest
+
+from conftest import TEST_KEY, TEST_MODEL
+from oblix_jupyter import local_model
+from oblix_jupyter.cli import main
+from oblix_jupyter.sessions import SessionManager
+
+pytestmark = pytest.mark.timeout(120)
+
+FIRST = "abcdef01-0000-4000-8000-000000000000"
+SECOND = "abcdef02-0000-4000-8000-000000000000"
+
+
+def oblix(*arguments: str, stdin: str = "", env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "oblix_jupyter.cli", *arguments],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env or dict(os.environ),
+        timeout=90,
+    )
+
+
+def fails_with(result: subprocess.CompletedProcess[str], *phrases: str) -> str:
+    """The single ``oblix: ...`` line of a user error, after checking the exit code."""
+    assert result.returncode == 1, result
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("usage:")]
+    assert len(lines) == 1 and lines[0].startswith("oblix: "), result.stderr
+    for phrase in phrases:
+        assert phrase in lines[0]
+    return lines[0]
+
+
+@pytest.fixture
+def store():
+    return SessionManager()
+
+
+@pytest.fixture
+def twins(store):
+    """Two sessions whose ids share the prefix ``abcdef0``, the first bound to a notebook."""
+    for session_id, title in ((FIRST, "Iris plots"), (SECOND, "Titanic cleaning")):
+        store.add_session(
+            {"id": session_id, "title": title, "created_at": "2024-05-01T10:00:00Z", "updated_at": "2024-05-01T10:00:00Z",
+             "messages": [], "context": {"dataset": title.split()[0].lower()}},
+            new_id=False,
+        )
+    store.save_message(FIRST, "How do I plot petal length?")
+    store.save_message(FIRST, "Use df.petal_length.hist().", role="assistant", model="openai/gpt-4o-mini")
+    store.update_session(FIRST, model="openai/gpt-4o-mini")
+    store.bind("/work/iris.ipynb", FIRST)
+    return store
+
+
+def test_version_through_the_installed_console_script():
+    script = pathlib.Path(sys.executable).with_name("oblix")
+    result = subprocess.run([str(script), "--version"], capture_output=True, text=True, check=True)
+    assert result.stdout.startswith("oblix 0.")
+
+
+def test_sessions_table_json_search_and_limit(twins):
+    table = oblix("sessions")
+    assert table.returncode == 0 and table.stderr == ""
+    header, first, second = table.stdout.splitlines()
+    assert header.split() == ["TITLE", "ID", "MESSAGES", "MODEL", "UPDATED", "NOTEBOOK"]
+    assert first.split()[:5] == ["Iris", "plots", "abcdef01", "2", "openai/gpt-4o-mini"]
+    assert first.endswith("/work/iris.ipynb")
+    assert header.index("ID") == first.index("abcdef01") == second.index("abcdef02")  # aligned
+    lines = oblix("sessions", "--json").stdout.splitlines()
+    assert [json.loads(line)["id"] for line in lines] == [FIRST, SECOND]
+    assert json.loads(lines[0])["notebooks"] == ["/work/iris.ipynb"]
+    assert "abcdef01" in oblix("sessions", "--search", "PETAL").stdout
+    assert "abcdef02" not in oblix("sessions", "--search", "PETAL").stdout
+    assert len(oblix("sessions", "--limit", "1").stdout.splitlines()) == 2
+
+
+def test_sessions_warns_about_an_unreadable_file_and_lists_the_rest(twins):
+    broken = pathlib.Path(twins.base_dir, f"{uuid.uuid4()}.json")
+    broken.write_text("{ not json")
+    result = oblix("sessions")
+    assert result.returncode == 0 and "abcdef01" in result.stdout
+    assert result.stderr.startswith("oblix: warning: ") and str(broken) in result.stderr
+
+
+def test_show_resolves_a_prefix_and_prints_roles_and_models(twins):
+    result = oblix("show", "abcdef01")
+    assert result.returncode == 0
+    assert result.stdout.startswith("# Iris plots\n")
+    assert "**User**\n\nHow do I plot petal length?" in result.stdout
+    assert "**Assistant** · openai/gpt-4o-mini\n\nUse df.petal_length.hist()." in result.stdout
+    last = json.loads(oblix("show", "ABCDEF01", "--last", "1", "--json").stdout)
+    assert last["id"] == FIRST and [m["role"] for m in last["messages"]] == ["assistant"]
+
+
+def test_an_ambiguous_prefix_lists_the_candidates(twins):
+    fails_with(oblix("show", "abcdef0"), "matches 2 sessions", FIRST, SECOND)
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [["show", "0123"], ["export", "0123", "x.json"], ["rename", "0123", "T"], ["delete", "0123", "--yes"],
+     ["ask", "--session", "0123", "hi"]],
+)
+def test_an_unknown_id_is_one_error_line(twins, arguments):
+    fails_with(oblix(*arguments), "No session '0123'", "oblix sessions")
+
+
+def test_usage_mistakes_exit_1_with_the_usage_line():
+    result = oblix("sessions", "--limit", "many")
+    fails_with(result, "--limit", "'many'")
+    assert result.stderr.startswith("usage: oblix sessions")
+    fails_with(oblix("prune", "--older-than", "3 fortnights"), "not an age such as 30d")
+    fails_with(oblix(), "COMMAND")
+
+
+def test_rename_prune_and_delete(twins):
+    assert oblix("rename", "abcdef02", "Titanic,", "cleaned").returncode == 0
+    assert twins.get_session(SECOND)["title"] == "Titanic, cleaned"
+    stale = twins.add_session(dict(twins.get_session(SECOND), updated_at="2020-01-01T00:00:00Z"))
+    dry = oblix("prune", "--older-than", "4w", "--dry-run")
+    assert dry.returncode == 0 and stale in dry.stdout and SECOND not in dry.stdout  # the rename touched it
+    assert twins.load_session(stale) is not None
+    assert oblix("prune", "--older-than", "4w").returncode == 0
+    assert twins.load_session(stale) is None and twins.load_session(SECOND) is not None
+    fails_with(oblix("delete", "abcdef02"), "without --yes", "not a terminal")
+    assert twins.load_session(SECOND) is not None
+    assert oblix("delete", "abcdef02", "--yes").returncode == 0
+    assert twins.load_session(SECOND) is None
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("answer, kept", [("y\n", False), ("\n", True)])
+def test_delete_asks_on_a_terminal(twins, monkeypatch, capsys, answer, kept):
+    monkeypatch.setattr(sys, "stdin", Terminal(answer))
+    assert main(["delete", "abcdef02"]) == 0
+    assert "Delete 'Titanic cleaning' (abcdef02, 0 messages)? [y/N]" in capsys.readouterr().out
+    assert (twins.load_session(SECOND) is not None) is kept
+
+
+@pytest.mark.parametrize("extension", [".json", ".ipynb"])
+def test_export_import_round_trip(twins, tmp_path, extension):
+    path = tmp_path / f"iris{extension}"
+    exported = oblix("export", "abcdef01", str(path))
+    assert exported.returncode == 0 and str(path) in exported.stdout
+    if extension == ".ipynb":
+        nbformat.validate(nbformat.read(path, as_version=4))
+    imported = oblix("import", str(path))
+    assert imported.returncode == 0
+    copy_id = imported.stdout.strip()
+    original, copy = twins.get_session(FIRST), twins.get_session(copy_id)
+    assert copy_id != FIRST
+    for field in ("title", "model", "context", "messages", "created_at", "updated_at"):
+        assert copy[field] == original[field]
+
+
+def test_export_markdown(twins, tmp_path):
+    assert oblix("export", "abcdef01", str(tmp_path / "iris.md")).returncode == 0
+    assert (tmp_path / "iris.md").read_text(encoding="utf-8") == oblix("show", "abcdef01").stdout
+
+
+# A session file as the original Oblix SDK wrote it: uuid message ids, isoformat() times without a zone.
+SDK_FILE = """{
+  "id": "7c9e6679-7425-40de-944b-e07fc1f90ae7",
+  "title": "Customer Support Chat",
+  "created_at": "2023-07-15T14:30:22.123456",
+  "updated_at": "2023-07-15T14:35:46.789012",
+  "messages": [
+    {"id": "0b5a4d0e-3f0c-4c5e-9d57-6c1b2d3e4f50", "role": "user", "content": "Hello", "timestamp": "2023-07-15T14:30:22.123456"},
+    {"id": "9a1f6e2b-8c7d-4e3f-a2b1-c0d9e8f7a6b5", "role": "assistant", "content": "Hi!", "timestamp": "2023-07-15T14:30:25.000001"}
+  ],
+  "context": {"customer_id": "cust_123", "subscription_tier": "premium"},
+  "metadata": {}
+}"""
+
+
+def test_import_of_a_file_in_the_original_sdk_layout(store, tmp_path):
+    (tmp_path / "sdk.json").write_text(SDK_FILE)
+    result = oblix("import", str(tmp_path / "sdk.json"), "--keep-id")
+    assert result.returncode == 0 and result.stdout == "7c9e6679-7425-40de-944b-e07fc1f90ae7\n"
+    session = store.get_session("7c9e6679-7425-40de-944b-e07fc1f90ae7")
+    assert [m["id"] for m in session["messages"]] == [m["id"] for m in json.loads(SDK_FILE)["messages"]]
+    assert session["updated_at"] == "2023-07-15T14:35:46.789Z"
+    assert session["context"] == {"customer_id": "cust_123", "subscription_tier": "premium"}
+
+
+@pytest.mark.parametrize(
+    "name, content, complaint",
+    [
+        ("truncated.json", '{"id": "abc", "messages": [{"role": "us', "invalid JSON"),
+        ("shape.json", '{"title": "not a session"}', "missing field(s) id, messages"),
+        ("plain.ipynb", nbformat.writes(nbformat.v4.new_notebook()), "no oblix session"),
+    ],
+)
+def test_a_malformed_import_is_one_error_line_and_creates_nothing(store, tmp_path, name, content, complaint):
+    path = tmp_path / name
+    path.write_text(content)
+    fails_with(oblix("import", str(path)), str(path), complaint)
+    assert store.list_sessions() == []
+
+
+def test_commands_that_call_no_model_never_import_litellm(twins, tmp_path):
+    commands = [
+        ["sessions"], ["sessions", "--search", "petal"], ["show", "abcdef01"],
+        ["export", "abcdef01", str(tmp_path / "a.json")], ["export", "abcdef01", str(tmp_path / "a.md")],
+        ["import", str(tmp_path / "a.json")], ["rename", "abcdef02", "Renamed"],
+        ["prune", "--older-than", "1000w"], ["delete", "abcdef02", "--yes"], ["show", "no-such-id"],
+    ]
+    code = (
+        "import sys; from oblix_jupyter.cli import main\n"
+        f"for command in {commands!r}: main(command)\n"
+        "print(sorted({'litellm', 'nbformat'} & set(sys.modules)), file=sys.stderr)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ))
+    assert result.returncode == 0
+    assert result.stderr.splitlines()[-1] == "[]"
+
+
+def test_doctor_without_a_model_says_how_to_configure_one(store, tmp_path):
+    pathlib.Path(store.base_dir, f"{uuid.uuid4()}.json").write_text("")
+    store.create_session(title="fine")
+    result = oblix("doctor")
+    assert result.returncode == 0
+    rows = dict(re.split(r"\s{2,}", line, maxsplit=1) for line in result.stdout.splitlines())
+    assert rows["store"] == store.base_dir and rows["sessions"] == "1"
+    assert "empty file" in rows["unreadable"]
+    if local_model.is_available():
+        assert "the offline default" in rows["model"] and "OBLIX_MODEL" in rows["model"]
+    else:
+        assert "No model configured" in rows["model"] and "OBLIX_MODEL" in rows["model"]
+        assert "Local model unavailable" in rows["offline model"]
+    assert "not installed" in rows["lab extension"]
+
+
+def test_doctor_reads_the_lab_extension_state_from_jupyter_paths(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("OBLIX_LOCAL_MODEL", "off")
+    data, config = tmp_path / "data", tmp_path / "config"
+    (data / "labextensions" / "oblix-jupyter").mkdir(parents=True)
+    (data / "labextensions" / "oblix-jupyter" / "package.json").write_text('{"name": "oblix-jupyter"}')
+    monkeypatch.setenv("JUPYTER_PATH", str(data))
+    monkeypatch.setenv("JUPYTER_CONFIG_DIR", str(config))
+    assert main(["doctor"]) == 0
+    assert "oblix-jupyter, enabled" in capsys.readouterr().out
+    (config / "labconfig").mkdir(parents=True)
+    (config / "labconfig" / "page_config.json").write_text('{"disabledExtensions": {"oblix-jupyter": true}}')
+    assert main(["doctor"]) == 0
+    assert "but disabled in" in capsys.readouterr().out
+
+
+def test_ask_without_a_model_fails_before_creating_a_session(store):
+    result = oblix("ask", "hello", env={**os.environ, "OBLIX_LOCAL_MODEL": "off"})
+    fails_with(result, "No model configured")
+    assert store.list_sessions() == []
+
+
+# -- the four processes that talk to the model server ----------------------------------
+
+
+def test_ask_from_stdin_in_a_new_session_and_by_prefix_in_an_old_one(model_env, twins):
+    # The two processes run side by side: each spends seconds importing litellm.
+    def start(*arguments: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "oblix_jupyter.cli", "ask", *arguments],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ),
+        )
+
+    new, old = start("-"), start("--session", "abcdef01", "and", "the", "sepals?")
+    new_out, new_err = new.communicate("hi\n", timeout=90)
+    old_out, old_err = old.communicate("", timeout=90)
+    assert (new.returncode, new_out) == (0, "Echo: hi\n"), new_err
+    assert (old.returncode, old_out, old_err) == (0, "Echo: and the sepals?\n", "")
+    session_id = new_err.split("new session ")[1].split()[0]
+    assert [(m["role"], m["content"], m.get("model")) for m in twins.get_session(session_id)["messages"]] == [
+        ("user", "hi", None), ("assistant", "Echo: hi", TEST_MODEL)
+    ]
+    assert twins.get_session(FIRST)["messages"][-1]["model"] == "openai/gpt-4o-mini"  # the session's own model
+    sent = next(body["messages"] for body in model_env.chat_requests() if body["messages"][-1]["content"] != "hi")
+    assert [m["content"] for m in sent][-3:] == ["How do I plot petal length?", "Use df.petal_length.hist().", "and the sepals?"]
+
+
+def test_chat_runs_the_terminal_loop_in_a_session(model_env, twins):
+    result = oblix("chat", "abcdef02", stdin="hello there\nexit\n")
+    assert result.returncode == 0, result.stderr
+    assert "Session Titanic cleaning (abcdef02)" in result.stdout and "Echo: hello there" in result.stdout
+    assert [m["content"] for m in twins.get_session(SECOND)["messages"]] == ["hello there", "Echo: hello there"]
+
+
+def test_doctor_with_a_model_checks_its_key_without_showing_it(model_env, store):
+    result = oblix("doctor")
+    assert result.returncode == 0, result.stderr
+    assert f"{TEST_MODEL} (OBLIX_MODEL)" in result.stdout
+    assert f"key for {TEST_MODEL}  set" in result.stdout
+    assert TEST_KEY not in result.stdout + result.stderr

@@ -1,0 +1,155 @@
+"""Export and import by file extension (``oblix_jupyter.exchange``), in-process against a temp store."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import nbformat
+import pytest
+
+from oblix_jupyter.errors import ImportFormatError
+from oblix_jupyter.exchange import ExportFormatError, export_session, import_session, transcript
+from oblix_jupyter.sessions import SessionManager
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def store():
+    return SessionManager()
+
+
+@pytest.fixture
+def conversation(store):
+    """A session with every kind of message field the store writes, and awkward contents."""
+    session_id = store.create_session(title="Ünïcode · plots", initial_context={"dataset": "iris", "rows": 150})
+    store.save_message(session_id, "You are terse.", role="system")
+    store.save_message(session_id, "How do I plot *petal* length?\n\n```python\ndf.plot()\n```\n")
+    store.save_message(
+        session_id, "Use `df.petal_length.hist()`.", role="assistant", model="openai/gpt-4o-mini",
+        usage={"prompt_tokens": 12, "completion_tokens": 5}, cost=0.0001,
+    )
+    store.save_message(session_id, "\n\nstarts with blank lines")
+    store.save_message(session_id, "", role="assistant", model="openai/gpt-4o-mini", status="interrupted")
+    store.update_session(session_id, model="openai/gpt-4o-mini", metadata={"notebook": "iris.ipynb"})
+    return session_id
+
+
+def tree(base: str) -> list[str]:
+    return sorted(str(path.relative_to(base)) for path in pathlib.Path(base).rglob("*"))
+
+
+def without_id(session: dict) -> dict:
+    return {key: value for key, value in session.items() if key != "id"}
+
+
+@pytest.mark.parametrize("extension", [".ipynb", ".json"])
+def test_round_trip_gives_back_the_same_session(store, conversation, tmp_path, extension):
+    path = export_session(store, conversation, tmp_path / f"out{extension}")
+    assert path == str(tmp_path / f"out{extension}")
+    copy_id = import_session(store, path)
+    assert copy_id != conversation
+    assert without_id(store.get_session(copy_id)) == without_id(store.get_session(conversation))
+
+
+def test_notebook_is_valid_nbformat_v4_with_one_markdown_cell_per_message(store, conversation, tmp_path):
+    path = export_session(store, conversation, tmp_path / "chat.ipynb")
+    notebook = nbformat.read(path, as_version=4)
+    nbformat.validate(notebook)
+    session = store.get_session(conversation)
+    assert notebook.nbformat == 4
+    assert [cell.cell_type for cell in notebook.cells] == ["markdown"] * len(session["messages"])
+    headers = [cell.source.splitlines()[0] for cell in notebook.cells]
+    assert headers == [
+        "**System**",
+        "**User**",
+        "**Assistant** · openai/gpt-4o-mini",
+        "**User**",
+        "**Assistant** · openai/gpt-4o-mini · interrupted",
+    ]
+    stored = notebook.metadata["oblix"]["session"]
+    assert stored["id"] == conversation and stored["context"] == {"dataset": "iris", "rows": 150}
+    assert notebook.cells[2].metadata["oblix"]["usage"] == {"prompt_tokens": 12, "completion_tokens": 5}
+
+
+def test_keep_id_keeps_a_free_id_and_replaces_a_taken_one(store, conversation, tmp_path):
+    path = export_session(store, conversation, tmp_path / "chat.ipynb")
+    assert import_session(store, path, keep_id=True) != conversation  # taken here
+    other = SessionManager(tmp_path / "other-store")
+    assert import_session(other, path, keep_id=True) == conversation
+    assert without_id(other.get_session(conversation)) == without_id(store.get_session(conversation))
+
+
+def test_cells_added_by_hand_in_jupyter_are_not_imported(store, conversation, tmp_path):
+    path = export_session(store, conversation, tmp_path / "chat.ipynb")
+    notebook = nbformat.read(path, as_version=4)
+    notebook.cells.insert(1, nbformat.v4.new_code_cell("print('my own experiment')"))
+    nbformat.write(notebook, path)
+    copy_id = import_session(store, path)
+    assert store.get_session(copy_id)["messages"] == store.get_session(conversation)["messages"]
+
+
+def test_markdown_export_is_a_readable_transcript(store, conversation, tmp_path):
+    path = export_session(store, conversation, tmp_path / "notes" / "chat.md")
+    text = pathlib.Path(path).read_text(encoding="utf-8")
+    assert text == transcript(store.get_session(conversation))
+    assert text.startswith("# Ünïcode · plots\n")
+    assert "**Assistant** · openai/gpt-4o-mini\n\nUse `df.petal_length.hist()`." in text
+    assert '"dataset": "iris"' in text
+    with pytest.raises(ImportFormatError, match="cannot import .md"):
+        import_session(store, path)
+
+
+def test_export_to_an_unknown_extension_writes_nothing(store, conversation, tmp_path):
+    with pytest.raises(ExportFormatError, match=r"\.txt"):
+        export_session(store, conversation, tmp_path / "chat.txt")
+    assert list(tmp_path.iterdir()) == [tmp_path / "oblix-home"]
+
+
+def notebook_without_our_metadata() -> str:
+    return nbformat.writes(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("**User**\n\nhi")]))
+
+
+@pytest.mark.parametrize(
+    "name, content, complaint",
+    [
+        ("truncated.json", '{"id": "5f3e9a7b-6c1d-4d8e-9e7a-9b8c7d6e5f4a", "messages": [', "invalid JSON"),
+        ("list.json", "[1, 2]", "JSON object"),
+        ("shape.json", '{"title": "no messages"}', "missing field"),
+        ("role.json", json.dumps({"id": "x", "created_at": "2024-01-01T00:00:00", "updated_at": "2024-01-01T00:00:00",
+                                  "messages": [{"role": "robot", "content": "hi"}]}), "role 'robot'"),
+        ("truncated.ipynb", '{"cells": [', "invalid JSON"),
+        ("old.ipynb", '{"nbformat": 3, "worksheets": []}', "nbformat v4"),
+        ("broken.ipynb", '{"nbformat": 4, "nbformat_minor": 5, "cells": 3, "metadata": {}}', "not a valid notebook"),
+        ("plain.ipynb", notebook_without_our_metadata(), "no oblix session"),
+        ("missing.ipynb", None, "no such file"),
+        ("chat.txt", "hello", "cannot import .txt"),
+    ],
+)
+def test_a_malformed_file_names_the_problem_and_creates_nothing(store, conversation, tmp_path, name, content, complaint):
+    path = tmp_path / name
+    if content is not None:
+        path.write_text(content, encoding="utf-8")
+    before = tree(store.base_dir)
+    with pytest.raises(ImportFormatError, match=complaint):
+        import_session(store, path, keep_id=True)
+    assert tree(store.base_dir) == before
+
+
+def test_a_notebook_message_with_a_bad_role_is_refused(store, conversation, tmp_path):
+    path = export_session(store, conversation, tmp_path / "chat.ipynb")
+    notebook = nbformat.read(path, as_version=4)
+    notebook.cells[0].metadata["oblix"]["role"] = "robot"
+    nbformat.write(notebook, path)
+    with pytest.raises(ImportFormatError, match=rf"{path}: message 1 has role 'robot'"):
+        import_session(store, path)
+
+
+def test_importing_exchange_loads_neither_litellm_nor_nbformat():
+    code = "import sys, oblix_jupyter.exchange; print(sorted({'litellm', 'nbformat'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ), check=True)
+    assert out.stdout.strip() == "[]"

@@ -1,0 +1,251 @@
+"""``%%oblix`` and ``%oblix`` in real kernels, against the loopback model server."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jupyter_client.manager import start_new_kernel
+
+from kernels import outputs_text, run_cells
+from model_server import Behavior
+from oblix_jupyter.errors import BadArguments
+from oblix_jupyter.magics import interpolate, parse_cell_options, parse_line_command
+from oblix_jupyter.sessions import SessionManager
+
+pytestmark = pytest.mark.timeout(180)
+LOAD = "%load_ext oblix_jupyter"
+
+
+def conversation(store: SessionManager, session_id: str) -> list[tuple[str, str]]:
+    return [(m["role"], m["content"]) for m in store.get_session(session_id)["messages"]]
+
+
+def test_streaming_history_restart_and_two_notebooks(model_env, tmp_path):
+    server = model_env
+    server.default = Behavior(token_delay=0.03)
+    notebook = str(tmp_path / "work" / "analysis.ipynb")
+    first = run_cells([LOAD, "%%oblix\nfirst question about pandas", "%%oblix\nsecond question"], notebook)
+
+    answer_cell = first.nb.cells[1]
+    final = answer_cell.outputs[-1]
+    assert final["output_type"] == "display_data"
+    assert final["data"]["text/markdown"].startswith("Echo: first question about pandas")
+    assert "openai/test-model" in final["data"]["text/markdown"]  # the footer
+    assert final["data"]["text/plain"].startswith("Echo: first question about pandas")
+    updates = [kind for index, kind in first.message_types if index == 1 and kind == "update_display_data"]
+    assert len(updates) >= 2, "the answer must stream into the output"
+
+    assert server.chat_requests()[-1]["messages"][-3:] == [
+        {"role": "user", "content": "first question about pandas"},
+        {"role": "assistant", "content": "Echo: first question about pandas"},
+        {"role": "user", "content": "second question"},
+    ]
+    store = SessionManager()
+    session_id = store.bound_session(notebook)
+    assert store.get_session(session_id)["title"] == "analysis"
+
+    server.default = Behavior()
+    run_cells([LOAD, "%%oblix\nthird, after a restart"], notebook)
+    assert [m["content"] for m in server.chat_requests()[-1]["messages"] if m["role"] == "user"] == [
+        "first question about pandas",
+        "second question",
+        "third, after a restart",
+    ]
+    assert len(store.get_session(session_id)["messages"]) == 6
+
+    other = str(tmp_path / "work" / "other.ipynb")
+    run_cells([LOAD, "%%oblix\nfresh notebook"], other)
+    assert server.chat_requests()[-1]["messages"] == [{"role": "user", "content": "fresh notebook"}]
+    assert store.bound_session(other) not in (None, session_id)
+
+
+def test_line_commands(model_env, tmp_path):
+    notebook = str(tmp_path / "nb" / "commands.ipynb")
+    store = SessionManager()
+    spare = store.create_session(title="spare session")
+    store.save_message(spare, "an old question")
+    store.save_message(spare, "a newer answer", role="assistant", model="openai/x")
+    export_path = tmp_path / "exported.json"
+    client = run_cells(
+        [
+            LOAD,
+            "%%oblix\nhello",
+            "%oblix sessions",
+            "%oblix rename My analysis",
+            "%oblix context dataset=iris rows=150",
+            "%oblix context --clear rows",
+            "%oblix model --fallbacks openai/backup",
+            f"%oblix show {spare[:8]} --last 1",
+            "%oblix delete " + spare[:8],
+            "%oblix delete {bound}",
+            f"%oblix export {export_path}",
+            "%oblix help",
+            "import oblix_jupyter\nhandle = oblix_jupyter.current()\nprint(handle.title, len(handle.messages))\nhandle",
+            f"%oblix import {export_path}",
+            "%oblix new Second thoughts",
+            "%oblix sessions --search analysis",
+        ],
+        notebook,
+    )
+    cells = client.nb.cells
+    bound = json.loads(export_path.read_text())["id"]  # the notebook's first session
+    assert "◀ this notebook" in outputs_text(cells[2]) and "spare session" in outputs_text(cells[2])
+    assert "<table>" in cells[2].outputs[0]["data"]["text/html"]
+    assert "Renamed" in outputs_text(cells[3])
+    assert json.loads(cells[5].outputs[0]["data"]["text/plain"]) == {"dataset": "iris"}
+    assert "fallbacks: openai/backup" in outputs_text(cells[6])
+    assert "a newer answer" in outputs_text(cells[7]) and "an old question" not in outputs_text(cells[7])
+    assert "Deleted" in outputs_text(cells[8]) and store.load_session(spare) is None
+    assert "No session '{bound}'" in outputs_text(cells[9]) or "not a valid session id" in outputs_text(cells[9])
+    assert json.loads(export_path.read_text())["title"] == "My analysis"
+    assert "sessions" in outputs_text(cells[11]) and "--explain" in outputs_text(cells[11])
+    assert "My analysis 2" in outputs_text(cells[12])
+    assert "<b>My analysis</b>" in outputs_text(cells[12])
+    assert "Imported session" in outputs_text(cells[13])
+    newest = store.bound_session(notebook)
+    assert newest != bound and store.get_session(newest)["title"] == "Second thoughts"
+    assert "My analysis" in outputs_text(cells[15])
+    session = store.get_session(bound)
+    assert session["title"] == "My analysis" and session["context"] == {"dataset": "iris"}
+    assert session["fallback_models"] == ["openai/backup"]
+
+
+def test_deleting_the_bound_session_needs_force(model_env, tmp_path):
+    notebook = str(tmp_path / "nb" / "delete.ipynb")
+    client = run_cells(
+        [
+            LOAD,
+            "%%oblix\nhello",
+            "from oblix_jupyter import current\nsid = current().id",
+            "%oblix delete {sid}",
+            "%oblix delete {sid} --force",
+        ],
+        notebook,
+    )
+    assert "add --force" in outputs_text(client.nb.cells[3])
+    assert "Deleted" in outputs_text(client.nb.cells[4])
+    assert SessionManager().bound_session(notebook) is None
+
+
+def test_interpolation_code_format_and_explain(model_env, tmp_path):
+    server = model_env
+    notebook = str(tmp_path / "nb" / "interp.ipynb")
+    server.for_model("coder", Behavior(reply="Here:\n```python\nprint('generated')\n```\nDone."))
+    client = run_cells(
+        [
+            LOAD,
+            "threshold = 0.75\nnames = ['a', 'b']",
+            "%%oblix\nIs {threshold} high? {{literal}} {missing} {names[1]}",
+            "%%oblix --model openai/coder --format code\nwrite code",
+            "%%oblix --explain --no-history --max-tokens 50 --temperature 0.1\nexplain me",
+        ],
+        notebook,
+    )
+    sent = server.chat_requests()[0]["messages"][-1]["content"]
+    assert sent == "Is 0.75 high? {literal} {missing} b"
+    payloads = client.replies[3]["content"].get("payload", [])
+    assert any(p.get("source") == "set_next_input" and p.get("text") == "print('generated')" for p in payloads)
+    explain = outputs_text(client.nb.cells[4])
+    assert "Context sent" in explain and "| prompt |" in explain
+    last = server.chat_requests()[-1]
+    assert last["messages"] == [{"role": "user", "content": "explain me"}]
+    assert last["max_tokens"] == 50 and last["temperature"] == 0.1
+    session = SessionManager().get_session(SessionManager().bound_session(notebook))
+    assert session["model"] == "openai/coder"
+
+
+def test_errors_are_one_clear_line_and_lose_nothing(model_env, tmp_path):
+    server = model_env
+    notebook = str(tmp_path / "nb" / "errors.ipynb")
+    store = SessionManager()
+    for prefix in ("abcdef01", "abcdef02"):
+        store.add_session({**store.get_session(store.create_session()), "id": f"{prefix}-0000-4000-8000-000000000000"}, new_id=False)
+    server.for_model("test-model", Behavior(status=500))
+    client = run_cells(
+        [
+            LOAD,
+            "%%oblix --session 5f3e9a7b-6c1d-4d8e-9e7a-9b8c7d6e5f4a\nhello",
+            "%%oblix --session abcdef0\nhello",
+            "%%oblix --colour red\nhello",
+            "%%oblix\nplease keep this message",
+            "%%oblix\n   ",
+        ],
+        notebook,
+    )
+    texts = [outputs_text(cell) for cell in client.nb.cells]
+    assert "No session '5f3e9a7b" in texts[1]
+    assert "matches 2 sessions" in texts[2]
+    assert "unrecognized arguments: --colour" in texts[3] and "usage: %%oblix" in texts[3]
+    assert "HTTP 500" in texts[4]
+    assert "The cell is empty" in texts[5]
+    for text in texts[1:]:
+        assert "Traceback" not in text and "Oblix error" in text
+    assert all(cell.outputs[0]["output_type"] == "display_data" for cell in client.nb.cells[1:])
+    session_id = store.bound_session(notebook)
+    assert conversation(store, session_id) == [("user", "please keep this message")]
+
+
+def test_no_model_configured_says_what_to_do(server, tmp_path):
+    client = run_cells([LOAD, "%%oblix\nhello"], str(tmp_path / "nb" / "nomodel.ipynb"), env={"OBLIX_LOCAL_MODEL": "off"})
+    text = outputs_text(client.nb.cells[1])
+    assert "No model configured" in text and "OBLIX_MODEL" in text and "Traceback" not in text
+
+
+def test_interrupting_a_streaming_cell_keeps_the_partial_answer(model_env, tmp_path):
+    server = model_env
+    server.default = Behavior(reply="word " * 200, token_delay=0.05)
+    notebook = str(tmp_path / "nb" / "interrupt.ipynb")
+    manager, kernel = start_new_kernel(kernel_name="python3", env={**os.environ, "JPY_SESSION_NAME": notebook})
+    try:
+        kernel.execute_interactive(LOAD, timeout=60)
+        kernel.execute("%%oblix\ntell me a long story")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # wait until the answer is visibly streaming
+            try:
+                message = kernel.get_iopub_msg(timeout=1)
+            except queue.Empty:
+                continue
+            if message["msg_type"] == "update_display_data":
+                break
+        manager.interrupt_kernel()
+        after = kernel.execute_interactive("print('kernel alive', 6 * 7)", timeout=60)
+        assert after["content"]["status"] == "ok"
+    finally:
+        kernel.stop_channels()
+        manager.shutdown_kernel(now=True)
+    store = SessionManager()
+    user, answer = store.get_session(store.bound_session(notebook))["messages"]
+    assert user["content"] == "tell me a long story"
+    assert answer["status"] == "interrupted" and 0 < len(answer["content"]) < len("word " * 200)
+
+
+def test_interpolation_rules():
+    namespace = {"x": 3, "In": ["", "df.describe()"], "Out": {1: "table"}, "bad": _Unprintable()}
+    assert interpolate("{x} {{x}} {y} {In[1]} {Out[1]} {Out[7]} {bad}", namespace) == "3 {x} {y} df.describe() table {Out[7]} {bad}"
+    assert interpolate('{"json": 1}', namespace) == '{"json": 1}'
+
+
+class _Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("no")
+
+
+WORDS = ["--session", "--new", "--title", "--model", "--vars", "--format", "code", "xml", "--max-tokens", "-1", "5",
+         "--temperature", "3", "--explain", "sessions", "show", "--last", "delete", "--force", "context", "a=1", "=",
+         "--clear", "use", "model", "export", "\"", "'", "--", "-h", "--help", "a,b", "1x,"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(WORDS) | st.text(max_size=8), max_size=8).map(" ".join))
+def test_any_magic_line_parses_or_gives_a_usage_error(line):
+    for parse in (parse_cell_options, parse_line_command):
+        try:
+            parse(line)
+        except BadArguments as error:
+            assert str(error).strip()
