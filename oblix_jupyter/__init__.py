@@ -27,6 +27,11 @@ if TYPE_CHECKING:
     from .sessions import SessionManager
 
 
+def _jupyter_labextension_paths() -> list[dict[str, str]]:
+    """Where JupyterLab finds the built extension (for ``jupyter labextension develop``)."""
+    return [{"src": "labextension", "dest": "oblix-jupyter"}]
+
+
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext oblix_jupyter``: register ``%%oblix``/``%oblix`` (litellm loads in the background)."""
     from .magics import load
