@@ -9,6 +9,7 @@ does the gateway try the next configured model.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import threading
@@ -108,8 +109,11 @@ def _dedupe(models: Sequence[str]) -> list[str]:
 
 def max_input_tokens(model: str, override: int | None = None) -> int:
     """The model's input window: an explicit override, else litellm's model map, else a default."""
-    if override:
-        return override
+    return override or _model_window(model)
+
+
+@functools.lru_cache(maxsize=64)
+def _model_window(model: str) -> int:
     try:
         info = litellm_module().get_model_info(model)
     except Exception:  # litellm raises several types for models it does not know
@@ -228,11 +232,12 @@ class ModelGateway:
         except Exception as error:
             raise _FailedBeforeText(redact(_explain(error, model, litellm)), _is_retryable(error, litellm)) from None
         pieces: list[str] = []
-        usage: Any = None
+        usage_chunk: Any = None
         status = "complete"
         try:
             for chunk in stream:
-                usage = getattr(chunk, "usage", None) or usage
+                if getattr(chunk, "usage", None) is not None:
+                    usage_chunk = chunk
                 delta = chunk.choices[0].delta.content if chunk.choices else None
                 if delta:
                     pieces.append(delta)
@@ -252,27 +257,23 @@ class ModelGateway:
             _close_quietly(stream)
         text = "".join(pieces)
         completion = Completion(text=text, model=model, status=status)
-        self._account(litellm, completion, messages, usage)
+        self._account(litellm, completion, messages, usage_chunk)
         return completion
 
     @staticmethod
-    def _account(litellm: ModuleType, completion: Completion, messages: list[dict[str, Any]], usage: Any) -> None:
-        """Fill token counts (from the provider when it sent them) and the cost when litellm knows prices."""
+    def _account(litellm: ModuleType, completion: Completion, messages: list[dict[str, Any]], usage_chunk: Any) -> None:
+        """Token counts (from the provider when it sent them) and the cost litellm computed, if it knows prices."""
+        usage = getattr(usage_chunk, "usage", None)
         if usage is not None and getattr(usage, "prompt_tokens", None) is not None:
             completion.prompt_tokens = int(usage.prompt_tokens)
             completion.completion_tokens = int(usage.completion_tokens or 0)
         else:
             completion.prompt_tokens = int(litellm.token_counter(model=completion.model, messages=messages))
             completion.completion_tokens = count_tokens(completion.model, completion.text) if completion.text else 0
-        try:
-            prompt_cost, answer_cost = litellm.cost_per_token(
-                model=completion.model,
-                prompt_tokens=completion.prompt_tokens,
-                completion_tokens=completion.completion_tokens,
-            )
-            completion.cost = float(prompt_cost + answer_cost)
-        except Exception:  # unknown price: leave the cost out rather than guess
-            completion.cost = None
+        # litellm prices the chunk that carries the usage (``_hidden_params["response_cost"]``);
+        # None for models without a known price, which is then left out rather than guessed.
+        cost = (getattr(usage_chunk, "_hidden_params", None) or {}).get("response_cost")
+        completion.cost = float(cost) if cost is not None else None
 
 
 class _FailedBeforeText(Exception):

@@ -15,7 +15,6 @@ import os
 import tempfile
 from typing import Any
 
-from filelock import FileLock
 from tinydb.storages import Storage
 
 from .errors import CorruptSession
@@ -87,9 +86,11 @@ class LockedAtomicStorage(Storage):
 
     def __init__(self, path: str, lock_path: str | None = None, lock_timeout: float = 30.0) -> None:
         self._path = path
-        self._lock: FileLock | None = None
+        self._lock: Any = None  # a filelock.FileLock while writing
         self._data: dict[str, Any] | None = None
         if lock_path is not None:
+            from filelock import FileLock  # imported on the first write: it costs start-up time
+
             self._lock = FileLock(lock_path, timeout=lock_timeout, mode=FILE_MODE)
             self._lock.acquire()
 

@@ -253,7 +253,10 @@ def test_doctor_without_a_model_says_how_to_configure_one(store, tmp_path):
     else:
         assert "No model configured" in rows["model"] and "OBLIX_MODEL" in rows["model"]
         assert "Local model unavailable" in rows["offline model"]
-    assert "not installed" in rows["lab extension"]
+    installed = pathlib.Path(sys.prefix, "share", "jupyter", "labextensions", "oblix-jupyter", "package.json").exists()
+    assert rows["lab extension"].startswith("installed in" if installed else "not installed")
+    if installed:
+        assert rows["lab extension"].endswith("enabled")
 
 
 def test_doctor_reads_the_lab_extension_state_from_jupyter_paths(tmp_path, monkeypatch, capsys):

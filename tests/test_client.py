@@ -363,3 +363,10 @@ def test_session_files_hold_json_only(client):
     session_id = client.chat_once_sync("hello")["session_id"]
     with open(os.path.join(client.session_manager.base_dir, f"{session_id}.json")) as handle:
         assert json.load(handle)["_default"]["1"]["id"] == session_id
+
+
+def test_cost_is_reported_when_litellm_knows_the_price(model_env):
+    priced = OblixClient(model="openai/gpt-4o-mini").chat_once_sync("what does this cost?")
+    assert priced["cost"] and priced["cost"] > 0
+    unpriced = OblixClient().chat_once_sync("and this?")
+    assert unpriced["cost"] is None
