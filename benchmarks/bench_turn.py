@@ -11,7 +11,7 @@ import tempfile
 
 from common import ModelServer, median_ms, report
 
-from oblix_jupyter import OblixClient, SessionManager
+from oblix_jupyter import OblixClient, SessionManager, local_model
 from oblix_jupyter.models import litellm_module
 
 MODEL = "openai/bench-model"
@@ -48,6 +48,32 @@ def main() -> None:
             report(f"bare litellm.completion, {len(messages)} msgs, {label}", f"{baseline:.2f} ms")
             report(f"execute turn, 1,000-message session, {label}", f"{ours:.2f} ms")
             report(f"  ratio execute / bare ({label})", f"{ours / baseline:.3f}", "goal <= 1.05")
+    if local_model.is_available():
+        local_turn_ratio(litellm)
+
+
+def local_turn_ratio(litellm) -> None:
+    """The same comparison against the in-process offline model (greedy, 24 tokens, so both do equal work)."""
+    model = local_model.LOCAL_MODEL
+    with tempfile.TemporaryDirectory() as base:
+        client = OblixClient(model=model, session_manager=SessionManager(base))
+        session_id = client.create_session_sync(title="local")
+        prompt = "Name three colours."
+        messages = client.plan(prompt, client.load_session(session_id), model).messages
+        settings = {"temperature": 0.0, "max_tokens": 24}
+
+        def bare() -> None:
+            stream = litellm.completion(model=model, messages=messages, stream=True, stream_options={"include_usage": True}, **settings)
+            "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+
+        def turn() -> None:
+            client.execute_sync(prompt, session_id, history=False, **settings)
+
+        baseline = median_ms(bare, repeat=10)
+        ours = median_ms(turn, repeat=10)
+    report("bare litellm.completion, offline model, 24 tokens", f"{baseline:.2f} ms")
+    report("execute turn, offline model, same messages", f"{ours:.2f} ms")
+    report("  ratio execute / bare (offline model)", f"{ours / baseline:.3f}", "goal <= 1.05")
 
 
 if __name__ == "__main__":
