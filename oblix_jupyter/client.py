@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable, Sequence
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from .context import ContextPlan, select_context
+from .context import ContextPlan, conversation_messages, select_context
 from .errors import AnswerInterrupted, ModelError, NoModelConfigured
 from .models import (
     DEFAULT_ANSWER_RESERVE,
@@ -23,7 +23,13 @@ from .models import (
     model_notice,
     redact,
 )
+from .notebook_state import NotebookContext
+from .relevance import LexicalIndex
 from .sessions import SessionManager, SessionStore
+from .variables import VariableSummary
+
+if TYPE_CHECKING:
+    from .embeddings import VectorCache
 
 TextSink = Callable[[str], Any] | IO[str]
 
@@ -46,6 +52,8 @@ class OblixClient:
         max_input_tokens: int | None = None,
         model_options: dict[str, dict[str, Any]] | None = None,
         timeout: float | None = None,
+        semantic: bool | None = None,
+        embed_seconds: float = 2.0,
     ) -> None:
         del oblix_api_key  # deliberately not kept: nothing of it may reach a session or a log
         self.model = model
@@ -54,7 +62,11 @@ class OblixClient:
         self.session_manager: SessionStore = session_manager or SessionManager()
         self.current_session_id: str | None = None
         self.gateway = ModelGateway(model_options=model_options, timeout=timeout)
+        self.semantic = semantic
+        self.embed_seconds = embed_seconds
         self._token_cache: dict[tuple[str, str], int] = {}
+        self._indexes: dict[str, LexicalIndex] = {}
+        self._vectors: VectorCache | None = None
 
     # -- sessions -----------------------------------------------------------------
 
@@ -80,6 +92,9 @@ class OblixClient:
     def delete_session(self, session_id: str) -> bool:
         if self.current_session_id == session_id:
             self.current_session_id = None
+        if self._vectors is not None:
+            self._vectors.forget(session_id)
+        self._indexes.pop(session_id, None)
         return self.session_manager.delete_session(session_id)
 
     def resolve_session_id(self, id_or_prefix: str) -> str:
@@ -108,11 +123,61 @@ class OblixClient:
         model: str,
         history: bool = True,
         max_tokens: int | None = None,
+        *,
+        variables: Sequence[VariableSummary] = (),
+        notebook: NotebookContext | None = None,
+        pinned: Sequence[str] | None = None,
     ) -> ContextPlan:
-        """What would be sent for ``prompt`` to ``model``: the context selector's plan."""
+        """What would be sent for ``prompt`` to ``model``: the context selector's plan.
+
+        Relevance signals (a word index, embeddings) are gathered only when the
+        conversation does not fit the budget whole: otherwise everything is sent anyway.
+        """
         window = max_input_tokens(model, self.max_input_tokens)
         reserve = min(max_tokens or DEFAULT_ANSWER_RESERVE, window // 2)
-        return select_context(session, prompt, window - reserve, lambda text: self._count(model, text), history=history)
+        budget = window - reserve
+
+        def count(text: str) -> int:
+            return self._count(model, text)
+
+        messages = conversation_messages(session, history)
+        signals: dict[str, Any] = {}
+        if session is not None and messages and sum(count(m["content"]) for m in messages) + count(prompt) > budget:
+            signals["lexical_index"] = self._lexical_index(session["id"], messages)
+            vectors = self._vector_cache()
+            if vectors is not None:
+                signals["message_vectors"] = vectors.vectors(session["id"], messages, max_seconds=self.embed_seconds)
+                signals["prompt_vector"] = vectors.embed_prompt(prompt)
+        return select_context(
+            session,
+            prompt,
+            budget,
+            count,
+            history=history,
+            variables=variables,
+            notebook=notebook,
+            pinned=pinned if pinned is not None else (session or {}).get("pinned", ()),
+            **signals,
+        )
+
+    def _lexical_index(self, session_id: str, messages: list[dict[str, Any]]) -> LexicalIndex:
+        """The session's word index, extended with new messages rather than rebuilt each turn."""
+        index = self._indexes.get(session_id)
+        if index is None or len(index.ids) > len(messages) or index.ids[:1] != [messages[0].get("id")]:
+            index = self._indexes[session_id] = LexicalIndex()
+        return index.extend(messages)
+
+    def _vector_cache(self) -> VectorCache | None:
+        """The embedding cache beside the store, or None without the ``semantic`` extra."""
+        if self._vectors is None and self.semantic is not False and isinstance(self.session_manager, SessionManager):
+            from .embeddings import VectorCache, load_embedder
+
+            embedder = load_embedder()
+            if embedder is None:
+                self.semantic = False
+            else:
+                self._vectors = VectorCache(self.session_manager.base_dir, embedder)
+        return self._vectors
 
     def _count(self, model: str, text: str) -> int:
         key = (model, text)
@@ -131,17 +196,24 @@ class OblixClient:
         history: bool = True,
         temperature: float | None = None,
         max_tokens: int | None = None,
+        variables: Sequence[VariableSummary] = (),
+        notebook: NotebookContext | None = None,
+        pinned: Sequence[str] | None = None,
     ) -> dict[str, Any]:
         """One turn: store the prompt, stream the answer to ``stream_to``, store the answer.
 
         Without a session (none given and no ``current_session_id``) nothing is stored.
+        ``variables`` and ``notebook`` are what the front end saw in the notebook
+        (``variables.summarize_variables``, ``notebook_state.gather_notebook_context``).
         Raises ``AnswerInterrupted`` or ``ModelError`` after keeping any partial answer.
         """
         session_id = session_id or self.current_session_id
         store = self.session_manager
         session = store.get_session(session_id) if session_id else None
         models = self.models_for(session)
-        plan = self.plan(prompt, session, models[0], history=history, max_tokens=max_tokens)
+        plan = self.plan(
+            prompt, session, models[0], history=history, max_tokens=max_tokens, variables=variables, notebook=notebook, pinned=pinned
+        )
         if session_id:
             store.save_message(session_id, redact(prompt), role="user")
         try:
@@ -212,10 +284,32 @@ class OblixClient:
         return self.execute_sync(message, session_id, **options)
 
     async def start_chat(self, session_id: str | None = None) -> str | None:
-        """An interactive chat in the terminal (``exit`` to leave); returns the last session id."""
+        """An interactive chat: the chat panel inside Jupyter, a terminal loop elsewhere (``exit`` to leave).
+
+        Returns the session id the chat is in.
+        """
+        if _in_jupyter_kernel():
+            from IPython.display import display
+
+            from .panel import ChatPanel
+
+            panel = ChatPanel(self, session_id=session_id)
+            display(panel)
+            return panel.session_id
         from .terminal_chat import run_terminal_chat
 
         return await asyncio.to_thread(run_terminal_chat, self, session_id)
+
+
+def _in_jupyter_kernel() -> bool:
+    """True when running in a Jupyter kernel, where widgets can be shown."""
+    import sys
+
+    if "IPython" not in sys.modules:
+        return False
+    from IPython import get_ipython
+
+    return getattr(get_ipython(), "kernel", None) is not None
 
 
 def _sink(stream_to: TextSink | None) -> Callable[[str], None] | None:

@@ -1,33 +1,89 @@
 """The context selector: what the model sees on a turn, and why.
 
-A pure function of (session, prompt, budget, token counter) so it can be tested
-exhaustively and shown to the user: the plan it returns is exactly what the gateway
-sends, with one explanation line per choice. This is the recency version; its
-budget rules (system first, prompt always, then the newest messages that fit) are
-the floor the relevance-based selector builds on.
+A pure function of (session, prompt, notebook state, budget, token counter) so it can be
+tested exhaustively and shown to the user: the plan it returns is exactly what the
+gateway sends, with one explanation line per choice. The budget is shared out rather
+than filled from the newest message back:
+
+1. the system message (the session's context, instructions, the notebook variables,
+   error and cells the prompt refers to, and a line saying how much was left out);
+2. the prompt itself (``PromptTooLarge`` when it cannot fit);
+3. pinned messages, and the session's first exchange (it usually states the task);
+4. the last two exchanges, then older recent exchanges up to ``recent_share`` of what is left;
+5. everything else goes to the earlier messages most relevant to the prompt, by words
+   (BM25) and meaning (embedding vectors, when the caller passes them), chosen by value
+   per token; a relevant message brings its partner (question with answer), and an
+   over-long one is cut to its relevant part with a visible ``[…]``;
+6. room that relevance leaves unused goes back to recency.
+
+The plan is always chronological, and exchanges stay whole where the budget allows.
 """
 
 from __future__ import annotations
 
+import html
 import json
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import PromptTooLarge
+from .notebook_state import NotebookContext
+from .relevance import (
+    ELLIPSIS,
+    LexicalIndex,
+    best_passages,
+    cut_to_relevant,
+    fuse,
+    join_passages,
+    query_terms,
+    semantic_scores,
+    truncate_to_tokens,
+    unknown_count,
+)
+from .variables import VariableSummary
 
 # Chat formats wrap each message in a few tokens of their own (role markers etc.).
 MESSAGE_OVERHEAD = 4
+DEFAULT_RECENT_SHARE = 0.25
+NOTEBOOK_SHARE = 0.5  # variables, error and cells together take at most this share of the room
+FIRST_EXCHANGE_SHARE = 0.25  # the automatically pinned first exchange is cut beyond this share
+RELEVANCE_FLOOR = 0.05  # fused relevance (0..1) below which a message does not count as relevant
+VALUE_EXPONENT = 0.25  # value per token = relevance / tokens ** VALUE_EXPONENT
+PASSAGE_OVERHEAD = 2  # the "[…]" around a passage sent without the rest of its message
+NEIGHBOUR_WHOLE = 80  # a chosen passage's partner message comes along whole if it is this short...
+NEIGHBOUR_RELEVANCE = 0.7  # ...and the passage at least this relevant
+MIN_PIECE = 24  # no cut message is made smaller than this
+CANDIDATES = 400  # passages considered per turn (the rest could never fit)
+LEXICAL_WEIGHT = 0.15  # of BM25 in the fused relevance when embeddings are given (tuned on benchmarks/context_eval)
+
+_STATUS_MARKS = {
+    "error": "[answer incomplete: the model failed while answering]",
+    "interrupted": "[answer incomplete: interrupted]",
+}
+_ASKS_ABOUT_NOTEBOOK = re.compile(
+    r"\b(error|errors|exception|traceback|stack ?trace|fail\w*|crash\w*|broke\w*|bug\w*|went wrong|"
+    r"(does ?n[o']t|not) work\w*|this cell|that cell|the cell|last cell|above)\b",
+    re.IGNORECASE,
+)
+_CONVERSATION_ROLES = frozenset({"user", "assistant"})
+# Lower numbers are dropped last when the assembled plan must shrink.
+_PRIORITY = {"pinned": 0, "recent": 2, "relevant": 3, "neighbour": 3, "fill": 4}
 
 
 @dataclass(frozen=True)
 class PlanItem:
-    """One message of the plan and the reason it was chosen."""
+    """One entry of the plan: a message, or a part of the system message, and why it is there."""
 
     role: str
-    reason: str  # "system", "prompt", "recent"
+    reason: str  # system, prompt, pinned, recent, relevant, neighbour, variable, error, cells
     tokens: int
     message_id: str | None = None
+    score: float | None = None
+    note: str = ""
+    in_system: bool = False  # a part of the system message: its tokens are in the system item's
+    label: str | None = None  # what to show in the "message" column when it is not a message id
 
 
 @dataclass
@@ -38,27 +94,62 @@ class ContextPlan:
     items: list[PlanItem]
     budget: int
     omitted: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)  # variables and notebook parts left out, with why
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # how relevance was judged
+    variables: list[VariableSummary] = field(default_factory=list)
 
     @property
     def used(self) -> int:
-        return sum(item.tokens for item in self.items)
+        return sum(item.tokens for item in self.items if not item.in_system)
+
+    def _rows(self) -> list[tuple[str, ...]]:
+        rows = []
+        for number, item in enumerate(self.items, start=1):
+            why = item.reason if item.score is None else f"{item.reason} ({item.score:.2f})"
+            what = item.label or item.message_id or ""
+            rows.append((str(number), item.role, why, what, str(item.tokens), item.note))
+        return rows
+
+    def _summary(self) -> str:
+        return f"{self.used} of {self.budget} tokens used; {len(self.omitted)} earlier message(s) left out."
 
     def explain(self) -> str:
         """A Markdown table of the plan, for ``--explain`` and the chat panel."""
-        rows = ["| # | role | why | message | tokens |", "|---|---|---|---|---|"]
-        for number, item in enumerate(self.items, start=1):
-            rows.append(f"| {number} | {item.role} | {item.reason} | {item.message_id or ''} | {item.tokens} |")
-        rows.append(f"\n**{self.used} of {self.budget} tokens used**; {len(self.omitted)} earlier message(s) left out.")
-        return "\n".join(rows)
+        lines = ["| # | role | why | message | tokens | note |", "|---|---|---|---|---|---|"]
+        lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in self._rows()]
+        lines.append(f"\n**{self._summary()}**")
+        lines += [f"- {text}" for text in [*self.warnings, *self.dropped, *self.notes]]
+        return "\n".join(lines)
+
+    def explain_html(self) -> str:
+        """The same table as HTML, for notebooks and the chat panel."""
+        head = "".join(f"<th>{name}</th>" for name in ("#", "role", "why", "message", "tokens", "note"))
+        body = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in self._rows()
+        )
+        extra = "".join(f"<li>{html.escape(text)}</li>" for text in [*self.warnings, *self.dropped, *self.notes])
+        return (
+            f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+            f"<p><b>{html.escape(self._summary())}</b></p>" + (f"<ul>{extra}</ul>" if extra else "")
+        )
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
+        return {"text/plain": self.explain(), "text/markdown": self.explain(), "text/html": self.explain_html()}
 
 
-def system_text(context: dict[str, Any], omitted: int) -> str | None:
-    """The system message: the session's initial context, and a note when history was cut."""
-    parts = []
+def system_text(context: dict[str, Any], omitted: int, sections: Sequence[str] = (), instructions: str | None = None) -> str | None:
+    """The system message: instructions, the session's initial context, notebook state, and a note when history was cut."""
+    parts = [instructions] if instructions else []
     if context:
         parts.append("Context for this conversation (JSON):\n" + json.dumps(context, ensure_ascii=False, indent=1))
+    if sections:
+        parts.append("The user's notebook, as it is now:\n\n" + "\n\n".join(sections))
     if omitted:
-        parts.append(f"{omitted} earlier message(s) of this conversation were omitted to fit the context window.")
+        parts.append(
+            f"{omitted} earlier message(s) of this conversation were omitted to fit the context window; "
+            "the earlier ones shown were chosen as relevant to the new prompt."
+        )
     return "\n\n".join(parts) or None
 
 
@@ -68,49 +159,346 @@ def select_context(
     budget: int,
     count: Callable[[str], int],
     history: bool = True,
+    *,
+    variables: Sequence[VariableSummary] = (),
+    notebook: NotebookContext | None = None,
+    pinned: Collection[str] = (),
+    pin_first_exchange: bool = True,
+    message_vectors: Mapping[str, Any] | None = None,
+    prompt_vector: Sequence[float] | None = None,
+    lexical_index: LexicalIndex | None = None,
+    recent_share: float = DEFAULT_RECENT_SHARE,
+    instructions: str | None = None,
 ) -> ContextPlan:
-    """Choose the system message, the newest earlier messages that fit, and the prompt.
+    """Choose what to send for ``prompt`` within ``budget`` tokens; see the module docstring.
 
-    ``count`` gives the tokens of a text; ``budget`` is the input window left after
-    the answer's reserve. Raises ``PromptTooLarge`` when the prompt alone does not fit.
+    ``count`` gives the tokens of a text; ``budget`` is the input window left after the
+    answer's reserve. ``variables`` come from ``variables.summarize_variables`` and
+    ``notebook`` from ``notebook_state.gather_notebook_context``. ``message_vectors`` (by
+    message id) and ``prompt_vector`` switch on semantic relevance; ``lexical_index``
+    (a ``relevance.LexicalIndex`` of the same messages) saves rebuilding it each turn.
+    Raises ``PromptTooLarge`` when the prompt alone does not fit.
     """
-    context = (session or {}).get("context") or {}
-    earlier = [m for m in (session or {}).get("messages", []) if m.get("content") and m.get("role") in ("user", "assistant")]
-    if not history:
-        earlier = []
+    session = session or {}
+    context = session.get("context") or {}
+    earlier = conversation_messages(session, history)
     prompt_tokens = count(prompt) + MESSAGE_OVERHEAD
-    # Reserve room for the system message as it would read if history were cut.
-    system_reserve = _system_tokens(context, len(earlier), count)
-    if prompt_tokens + system_reserve > budget:
+    # Reserve room for the system message as it would read if every earlier message were cut.
+    reserve = _system_tokens(context, len(earlier), (), instructions, count)
+    if prompt_tokens + reserve > budget:
         raise PromptTooLarge(
-            f"The prompt needs about {prompt_tokens} tokens but the model's input budget is {budget - system_reserve}. "
+            f"The prompt needs about {prompt_tokens} tokens but the model's input budget is {budget - reserve}. "
             "Shorten it or use a model with a larger window."
         )
-    room = budget - prompt_tokens - system_reserve
-    chosen: list[tuple[dict[str, Any], int]] = []
-    for message in reversed(earlier):
-        tokens = count(message["content"]) + MESSAGE_OVERHEAD
-        if tokens > room:
-            break
-        chosen.append((message, tokens))
-        room -= tokens
-    chosen.reverse()
-    omitted = [m.get("id", "") for m in earlier[: len(earlier) - len(chosen)]]
-
-    messages: list[dict[str, str]] = []
-    items: list[PlanItem] = []
-    system = system_text(context, len(omitted))
-    if system:
-        messages.append({"role": "system", "content": system})
-        items.append(PlanItem("system", "system", count(system) + MESSAGE_OVERHEAD))
-    for message, tokens in chosen:
-        messages.append({"role": message["role"], "content": message["content"]})
-        items.append(PlanItem(message["role"], "recent", tokens, message.get("id")))
-    messages.append({"role": "user", "content": prompt})
-    items.append(PlanItem("user", "prompt", prompt_tokens))
-    return ContextPlan(messages=messages, items=items, budget=budget, omitted=omitted)
+    if lexical_index is None or not lexical_index.describes(earlier):
+        lexical_index = LexicalIndex(earlier)
+    turn = _Turn(earlier, lexical_index, count, budget - prompt_tokens - reserve)
+    turn.add_notebook(prompt, variables, notebook)
+    turn.add_pinned(set(pinned), pin_first_exchange)
+    turn.add_recent(recent_share)
+    turn.add_relevant(message_vectors, prompt_vector)
+    turn.settle_partial()
+    turn.add_fill()
+    return turn.plan(prompt, prompt_tokens, context, instructions, budget)
 
 
-def _system_tokens(context: dict[str, Any], earlier: int, count: Callable[[str], int]) -> int:
-    text = system_text(context, earlier)
+def conversation_messages(session: dict[str, Any] | None, history: bool = True) -> list[dict[str, Any]]:
+    """The messages the selector chooses from: user and assistant messages with text, in order.
+
+    Callers that cache a ``LexicalIndex`` or vectors build them from this same list.
+    """
+    if not history:
+        return []
+    return [m for m in (session or {}).get("messages", []) if m.get("role") in _CONVERSATION_ROLES and m.get("content")]
+
+
+def _normal(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def _system_tokens(
+    context: dict[str, Any], omitted: int, sections: Sequence[str], instructions: str | None, count: Callable[[str], int]
+) -> int:
+    text = system_text(context, omitted, sections, instructions)
     return count(text) + MESSAGE_OVERHEAD if text else 0
+
+
+@dataclass
+class _Choice:
+    reason: str
+    text: str
+    tokens: int
+    score: float | None = None
+    note: str = ""
+
+
+@dataclass
+class _Section:
+    item: PlanItem
+    text: str
+
+
+class _Turn:
+    """The working state of one selection: what is chosen so far and the room left."""
+
+    def __init__(self, earlier: list[dict[str, Any]], index: LexicalIndex, count: Callable[[str], int], room: int) -> None:
+        self.earlier = earlier
+        self.index = index
+        self.count = count
+        self.room = room
+        self.chosen: dict[int, _Choice] = {}
+        self.sections: list[_Section] = []
+        self.dropped: list[str] = []
+        self.warnings: list[str] = []
+        self.notes: list[str] = []
+        self.included_variables: list[VariableSummary] = []
+        self._tokens: dict[int, int] = {}
+        # Exchanges: a user message and the answers after it. starts[k] is where exchange k begins.
+        self.starts = index.starts
+        self.terms: dict[str, float] = {}
+        self.partial: dict[int, dict[int, float]] = {}  # position -> {passage: relevance} chosen from it
+
+    # -- helpers -------------------------------------------------------------------
+
+    def text(self, position: int) -> str:
+        message = self.earlier[position]
+        mark = _STATUS_MARKS.get(message.get("status") or "")
+        return f"{message['content']}\n\n{mark}" if mark else message["content"]
+
+    def tokens(self, position: int) -> int:
+        tokens = self._tokens.get(position)
+        if tokens is None:
+            tokens = self._tokens[position] = self.count(self.text(position)) + MESSAGE_OVERHEAD
+        return tokens
+
+    def exchange(self, number: int) -> range:
+        end = self.starts[number + 1] if number + 1 < len(self.starts) else len(self.earlier)
+        return range(self.starts[number], end)
+
+    def partner(self, position: int) -> int | None:
+        """The question of an answer, or the first answer of a question."""
+        role = self.earlier[position]["role"]
+        if role == "assistant" and position > 0:
+            return position - 1
+        if role == "user" and position + 1 < len(self.earlier) and self.earlier[position + 1]["role"] == "assistant":
+            return position + 1
+        return None
+
+    def take(self, position: int, reason: str, limit: int | None = None, score: float | None = None) -> bool:
+        """Choose a message whole if it fits ``limit`` (default: the room), else cut to fit; False if neither."""
+        if position in self.chosen:
+            return False
+        limit = self.room if limit is None else min(limit, self.room)
+        tokens = self.tokens(position)
+        if tokens <= limit:
+            self.chosen[position] = _Choice(reason, self.text(position), tokens, score)
+            self.room -= tokens
+            return True
+        if limit < MIN_PIECE + MESSAGE_OVERHEAD:
+            return False
+        return self.take_cut(position, reason, limit, score)
+
+    def take_cut(self, position: int, reason: str, limit: int, score: float | None) -> bool:
+        text = self.text(position)
+        allowance = limit - MESSAGE_OVERHEAD
+        if self.terms:
+            cut = cut_to_relevant(text, self.terms, allowance, self.count, self.index.idf)
+        else:
+            cut = truncate_to_tokens(text, allowance, self.count)
+        if not cut.strip():
+            return False
+        tokens = self.count(cut) + MESSAGE_OVERHEAD
+        if tokens > limit:
+            return False
+        self.chosen[position] = _Choice(reason, cut, tokens, score, note="cut to its relevant part " + ELLIPSIS)
+        self.room -= tokens
+        return True
+
+    # -- the phases ----------------------------------------------------------------
+
+    def add_notebook(self, prompt: str, variables: Sequence[VariableSummary], notebook: NotebookContext | None) -> None:
+        """Variables, the last error and the last cells, within ``NOTEBOOK_SHARE`` of the room."""
+        allowance = int(self.room * NOTEBOOK_SHARE)
+        parts: list[tuple[PlanItem, str, VariableSummary | None]] = []
+        for summary in variables:
+            if summary.warning:
+                self.warnings.append(summary.warning)
+            if summary.excluded:
+                self.dropped.append(f"variable `{summary.name}` not sent")
+                continue
+            parts.append((PlanItem("system", "variable", 0, label=f"`{summary.name}`", in_system=True), summary.text, summary))
+        if notebook is not None:
+            asked = bool(_ASKS_ABOUT_NOTEBOOK.search(prompt))
+            if notebook.error and (asked or notebook.force_error):
+                text = truncate_to_tokens(notebook.error, notebook.error_cap_tokens, self.count)
+                parts.append((PlanItem("system", "error", 0, label="last error", in_system=True), "Last error:\n" + text, None))
+            shown = notebook.force_cells or (len(notebook.cells) if asked else 0)
+            cells = list(notebook.cells)[-shown:] if shown else []
+            for back, source in enumerate(cells):
+                label = f"cell -{len(cells) - back}"
+                text = truncate_to_tokens(source, notebook.cell_cap_tokens, self.count)
+                source_text = f"Executed cell ({label}):\n```python\n{text}\n```"
+                parts.append((PlanItem("system", "cells", 0, label=label, in_system=True), source_text, None))
+        for item, text, summary in parts:
+            tokens = self.count(text) + 2  # the blank line between sections
+            if tokens > allowance:
+                self.dropped.append(f"{item.label} left out: no room ({tokens} tokens)")
+                continue
+            allowance -= tokens
+            self.room -= tokens
+            self.sections.append(_Section(PlanItem(item.role, item.reason, tokens, label=item.label, in_system=True), text))
+            if summary is not None:
+                self.included_variables.append(summary)
+        self.terms = query_terms(prompt, [v.name for v in self.included_variables])
+
+    def add_pinned(self, pinned: set[str], pin_first_exchange: bool) -> None:
+        if pinned:
+            for position, message in enumerate(self.earlier):
+                if message.get("id") in pinned:
+                    self.take(position, "pinned")
+        if pin_first_exchange and self.starts:
+            limit = int(self.room * FIRST_EXCHANGE_SHARE)
+            for position in self.exchange(0):
+                before = self.room
+                if self.take(position, "pinned", limit=limit):
+                    limit -= before - self.room
+
+    def add_recent(self, recent_share: float) -> None:
+        """The last two exchanges as far as they fit, then more up to ``recent_share`` of the room."""
+        exchanges = len(self.starts)
+        for number in range(exchanges - 1, max(exchanges - 3, -1), -1):
+            positions = [p for p in self.exchange(number) if p not in self.chosen]
+            if sum(self.tokens(p) for p in positions) <= self.room:
+                for position in positions:
+                    self.take(position, "recent")
+            else:
+                for position in reversed(positions):  # the newest part of the exchange matters most
+                    self.take(position, "recent")
+        share = int(self.room * max(0.0, min(1.0, recent_share)))
+        for number in range(exchanges - 3, -1, -1):
+            positions = [p for p in self.exchange(number) if p not in self.chosen]
+            cost = sum(self.tokens(p) for p in positions)
+            if cost > share:
+                break
+            for position in positions:
+                self.take(position, "recent")
+            share -= cost
+
+    def add_relevant(self, message_vectors: Mapping[str, Any] | None, prompt_vector: Sequence[float] | None) -> None:
+        """Passages of older messages by relevance to the prompt, most value per token first.
+
+        A message shows the passages chosen from it, the rest replaced by ``[…]``; a
+        passage already sent (a repeated sentence) is not sent twice; a short partner
+        (the question of a chosen answer, or the reverse) comes along whole.
+        """
+        if not self.earlier:
+            return
+        index = self.index
+        semantic = semantic_scores(prompt_vector, message_vectors, index)
+        if semantic is None:
+            self.notes.append("Relevance judged by words only (BM25): no embeddings (install oblix-jupyter[semantic]).")
+        else:
+            missing = unknown_count(semantic)
+            self.notes.append(
+                "Relevance judged by words (BM25) and meaning (embeddings)"
+                + (f"; {missing} passage(s) not embedded yet." if missing else ".")
+            )
+        fused = fuse(index.scores(self.terms), semantic, len(index.texts), LEXICAL_WEIGHT)
+        candidates = best_passages(fused, CANDIDATES, RELEVANCE_FLOOR)
+        fused = {c: float(fused[c]) for c in candidates}
+        cost = {c: self.count(index.texts[c]) + PASSAGE_OVERHEAD for c in candidates}
+        sent = {_normal(index.texts[c]) for p in self.chosen for c in range(*index.spans[p])}
+        for passage in sorted(candidates, key=lambda c: fused[c] / cost[c] ** VALUE_EXPONENT, reverse=True):
+            if self.room < MIN_PIECE:
+                break
+            position = index.owners[passage]
+            key = _normal(index.texts[passage])
+            if position in self.chosen or key in sent:
+                continue
+            extra = cost[passage] + (0 if position in self.partial else MESSAGE_OVERHEAD + PASSAGE_OVERHEAD)
+            if extra > self.room:
+                continue
+            self.partial.setdefault(position, {})[passage] = fused[passage]
+            self.room -= extra
+            sent.add(key)
+            partner = self.partner(position)
+            if fused[passage] >= NEIGHBOUR_RELEVANCE and partner is not None and partner not in self.chosen:
+                if partner not in self.partial and self.tokens(partner) <= NEIGHBOUR_WHOLE:
+                    self.take(partner, "neighbour", limit=self.tokens(partner))
+
+    def settle_partial(self) -> None:
+        """Turn the passages chosen per message into the text sent for it."""
+        index = self.index
+        for position, kept in self.partial.items():
+            first, end = index.spans[position]
+            pieces = index.texts[first:end]
+            numbers = {passage - first for passage in kept}
+            if len(numbers) == len(pieces):
+                text, note = self.text(position), ""
+            else:
+                text, note = join_passages(pieces, numbers), f"{len(numbers)} of {len(pieces)} passages " + ELLIPSIS
+            self.chosen[position] = _Choice("relevant", text, self.count(text) + MESSAGE_OVERHEAD, max(kept.values()), note)
+        self.partial = {}
+
+    def add_fill(self) -> None:
+        """Room that relevance left unused: the newest remaining exchanges that fit whole, as recency would."""
+        for number in range(len(self.starts) - 1, -1, -1):
+            positions = [p for p in self.exchange(number) if p not in self.chosen]
+            if sum(self.tokens(p) for p in positions) > self.room:
+                break
+            for position in positions:
+                self.take(position, "fill")
+
+    # -- the result ----------------------------------------------------------------
+
+    def plan(self, prompt: str, prompt_tokens: int, context: dict[str, Any], instructions: str | None, budget: int) -> ContextPlan:
+        sections = [section.text for section in self.sections]
+        while True:
+            omitted = len(self.earlier) - len(self.chosen)
+            system = system_text(context, omitted, sections, instructions)
+            system_tokens = self.count(system) + MESSAGE_OVERHEAD if system else 0
+            total = system_tokens + prompt_tokens + sum(choice.tokens for choice in self.chosen.values())
+            if total <= budget or not (self.chosen or sections):
+                break
+            # Token counts of joined texts are not exactly the sum of their parts: drop the least valuable piece.
+            if self.chosen:
+                victim = max(self.chosen, key=lambda p: (_PRIORITY.get(self.chosen[p].reason, 1), -(self.chosen[p].score or 0), -p))
+                del self.chosen[victim]
+            else:
+                dropped = self.sections.pop()
+                sections.pop()
+                self.dropped.append(f"{dropped.item.label} left out: no room")
+        messages: list[dict[str, str]] = []
+        items: list[PlanItem] = []
+        if system:
+            messages.append({"role": "system", "content": system})
+            items.append(PlanItem("system", "system", system_tokens))
+            items.extend(section.item for section in self.sections)
+        for position in sorted(self.chosen):
+            choice = self.chosen[position]
+            message = self.earlier[position]
+            note = choice.note
+            status = message.get("status")
+            if status in _STATUS_MARKS:
+                note = f"{status} answer" + (f"; {note}" if note else "")
+            reason = "recent" if choice.reason == "fill" else choice.reason
+            messages.append({"role": message["role"], "content": choice.text})
+            items.append(PlanItem(message["role"], reason, choice.tokens, message.get("id"), choice.score, note))
+        messages.append({"role": "user", "content": prompt})
+        items.append(PlanItem("user", "prompt", prompt_tokens))
+        omitted_ids: list[str] = []
+        previous = 0
+        for position in sorted(self.chosen):  # whole runs at a time: sessions can be long
+            omitted_ids.extend(self.index.ids[previous:position])
+            previous = position + 1
+        omitted_ids.extend(self.index.ids[previous:])
+        return ContextPlan(
+            messages=messages,
+            items=items,
+            budget=budget,
+            omitted=omitted_ids,
+            dropped=self.dropped,
+            warnings=self.warnings,
+            notes=self.notes,
+            variables=self.included_variables,
+        )

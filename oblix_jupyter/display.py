@@ -87,7 +87,8 @@ class Conversation:
             who = "You" if message["role"] == "user" else message["role"].capitalize()
             notes = [n for n in (message.get("model"), message.get("status")) if n]
             label = f"{who} ({', '.join(notes)})" if notes else who
-            turns.append((f"{label} · {message.get('timestamp', '')[:16].replace('T', ' ')}", message["content"]))
+            when = message.get("timestamp", "")[:16].replace("T", " ")
+            turns.append((f"{label} · {message.get('id', '')} · {when}", message["content"]))
         return turns
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:

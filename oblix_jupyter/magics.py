@@ -8,6 +8,7 @@ Configuration uses traitlets, so ``%config Oblix.model = "..."`` and
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -28,7 +29,9 @@ from .display import Conversation, Message, PlanView, StreamingOutput, Table, fo
 from .errors import AnswerInterrupted, BadArguments, OblixError
 from .handle import SessionHandle
 from .notebook import NotebookBinding, load_dotenv
+from .notebook_state import gather_notebook_context
 from .sessions import SessionManager
+from .variables import summarize_variables
 
 _FIELD = re.compile(r"\{\{|\}\}|\{([A-Za-z_]\w*)(?:\[(-?\d+)\])?\}")
 _CODE_BLOCK = re.compile(r"```[^\n`]*\n(.*?)```", re.DOTALL)
@@ -98,6 +101,8 @@ class CellOptions:
     explain: bool
     temperature: float | None
     max_tokens: int | None
+    error: bool
+    cells: int
 
 
 def parse_cell_options(line: str) -> CellOptions:
@@ -121,6 +126,8 @@ def parse_cell_options(line: str) -> CellOptions:
         raise BadArguments("--max-tokens must be a positive number.")
     if options.temperature is not None and not 0 <= options.temperature <= 2:
         raise BadArguments("--temperature must be between 0 and 2.")
+    if options.cells is not None and not 0 <= options.cells <= 50:
+        raise BadArguments("--cells must be between 0 and 50.")
     names = [name.strip() for name in (options.vars or "").split(",") if name.strip()]
     bad = [name for name in names if not name.isidentifier()]
     if bad:
@@ -136,10 +143,14 @@ def parse_cell_options(line: str) -> CellOptions:
         explain=options.explain,
         temperature=options.temperature,
         max_tokens=options.max_tokens,
+        error=options.error,
+        cells=options.cells or 0,
     )
 
 
-def _line_parser() -> _Parser:
+@functools.cache
+def line_parser() -> _Parser:
+    """The ``%oblix`` command parser, built on first use to keep ``%load_ext`` fast."""
     parser = _Parser(prog="%oblix", add_help=False, description="Manage this notebook's Oblix sessions.")
     commands = parser.add_subparsers(dest="command", parser_class=_Parser)
     listing = commands.add_parser("sessions", add_help=False, help="list sessions")
@@ -162,16 +173,17 @@ def _line_parser() -> _Parser:
     context.add_argument("--clear", action="append", default=[], metavar="KEY")
     commands.add_parser("export", add_help=False, help="export the session (.ipynb, .md, .json)").add_argument("path")
     commands.add_parser("import", add_help=False, help="import a session file and bind to it").add_argument("path")
+    commands.add_parser("pin", add_help=False, help="always send this message (e.g. msg_3)").add_argument("message")
+    commands.add_parser("unpin", add_help=False, help="stop always sending this message").add_argument("message")
+    commands.add_parser("chat", add_help=False, help="show the chat panel")
     commands.add_parser("help", add_help=False, help="this help")
     return parser
 
 
-LINE_PARSER = _line_parser()
-
 
 def parse_line_command(line: str) -> argparse.Namespace:
     """Parse a ``%oblix`` line; raises ``BadArguments`` for anything it cannot accept."""
-    options = LINE_PARSER.parse_args(split_line(line) or ["help"])
+    options = line_parser().parse_args(split_line(line) or ["help"])
     if options.command == "show" and options.last is not None and options.last <= 0:
         raise BadArguments("--last must be a positive number.")
     return options
@@ -193,6 +205,7 @@ class Oblix(Magics):
         self._binding: NotebookBinding | None = None
         self._reported_path: str | None = None
         self._dotenv_loaded = False
+        self._panel: Any = None
         self.litellm_import: threading.Thread | None = None
 
     @observe("model", "fallback_models", "base_dir", "max_input_tokens")
@@ -249,11 +262,15 @@ class Oblix(Magics):
     @argument("--explain", action="store_true", help="show what context was sent")
     @argument("--temperature", type=float, help="sampling temperature")
     @argument("--max-tokens", type=int, help="longest answer, in tokens")
+    @argument("--error", action="store_true", help="include the last exception and its traceback")
+    @argument("--cells", type=int, help="include the source of the last N executed cells")
     @cell_magic("oblix")
     def oblix_cell(self, line: str, cell: str) -> None:
         """Ask the model in this notebook's session; the cell body is the prompt.
 
         ``{name}`` in the prompt is replaced by the variable's value (``{{`` escapes).
+        Variables named in --vars, written as ``{name}`` or mentioned in the prompt are
+        summarised for the model; secret-looking names only when --vars names them.
         """
         stream: StreamingOutput | None = None
         try:
@@ -265,6 +282,9 @@ class Oblix(Magics):
             if options.model:
                 self.client.session_manager.update_session(session_id, model=options.model)
             self._prepare()
+            # Variables are read from the cell as typed: {name} still marks a reference there.
+            variables = summarize_variables(self.shell.user_ns, cell, named=options.vars)
+            notebook = gather_notebook_context(self.shell, force_error=options.error, force_cells=options.cells)
             stream = StreamingOutput(self.rich, as_text=options.format == "text")
             result = self.client.execute_sync(
                 prompt,
@@ -273,9 +293,13 @@ class Oblix(Magics):
                 history=not options.no_history,
                 temperature=options.temperature,
                 max_tokens=options.max_tokens,
+                variables=variables,
+                notebook=notebook,
             )
             title = self.client.session_manager.get_session(session_id)["title"]
             stream.finish(result["response"], footer(result, title) if self.show_footer else "")
+            if self._panel is not None:
+                self._panel.refresh()
             if options.explain:
                 display(PlanView(result["plan"]))
             if options.format == "code":
@@ -322,7 +346,7 @@ class Oblix(Magics):
         return None
 
     def _command_help(self, options: argparse.Namespace) -> None:
-        display(Message(LINE_PARSER.format_help() + "\n" + Oblix.oblix_cell.parser.format_help(), error=False))
+        display(Message(line_parser().format_help() + "\n" + Oblix.oblix_cell.parser.format_help(), error=False))
 
     def _command_sessions(self, options: argparse.Namespace) -> None:
         store = self.client.session_manager
@@ -396,6 +420,23 @@ class Oblix(Magics):
             store.update_session(session_id, context=context)
         display(Message(json.dumps(context, indent=1, ensure_ascii=False), error=False))
 
+    def _command_pin(self, options: argparse.Namespace) -> None:
+        self._set_pinned(options.message, pin=True)
+
+    def _command_unpin(self, options: argparse.Namespace) -> None:
+        self._set_pinned(options.message, pin=False)
+
+    def _set_pinned(self, message_id: str, pin: bool) -> None:
+        """Pinned messages are always sent, whatever the budget pressure (the selector keeps them first)."""
+        store = self.client.session_manager
+        session_id = self._target(None)
+        session = store.get_session(session_id)
+        if all(m.get("id") != message_id for m in session["messages"]):
+            raise BadArguments(f"This session has no message {message_id!r}; `%oblix show` lists the ids.")
+        pinned = [m for m in session.get("pinned", []) if m != message_id] + ([message_id] if pin else [])
+        store.update_session(session_id, pinned=pinned)
+        display(Message(f"Pinned messages: {', '.join(pinned) or 'none'}.", error=False))
+
     def _command_export(self, options: argparse.Namespace) -> None:
         from .exchange import export_session
 
@@ -408,6 +449,17 @@ class Oblix(Magics):
         session_id = import_session(self.client.session_manager, options.path)
         self.binding.use(session_id)
         display(Message(f"Imported session {session_id[:8]}; this notebook now continues it.", error=False))
+
+    def chat_panel(self) -> Any:
+        """This notebook's chat panel (one per kernel), sharing the session with ``%%oblix`` cells."""
+        from .panel import ChatPanel
+
+        if self._panel is None:
+            self._panel = ChatPanel(self.client, namespace=self.shell.user_ns, binding=self.binding)
+        return self._panel
+
+    def _command_chat(self, options: argparse.Namespace) -> None:
+        display(self.chat_panel())
 
     def current(self) -> SessionHandle:
         """The notebook's session as a scripting object (created if there is none yet)."""
@@ -444,12 +496,12 @@ def load(shell: Any) -> Oblix:
     magics = Oblix(shell=shell, parent=shell)
     shell.register_magics(magics)
     shell.configurables.append(magics)
-    magics.litellm_import = preload_litellm()
     if getattr(shell, "kernel", None) is not None:
         import comm
 
         comm.get_comm_manager().register_target(COMM_TARGET, lambda channel, message: _open_channel(magics, channel, message))
     _active = magics
+    magics.litellm_import = preload_litellm()  # last: the import competes for the GIL
     return magics
 
 

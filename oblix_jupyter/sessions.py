@@ -160,53 +160,11 @@ class SessionStore(Protocol):
     def update_session(self, session_id: str, **fields: Any) -> dict[str, Any]: ...
     def list_sessions(self, limit: int = 50) -> list[dict[str, Any]]: ...
     def delete_session(self, session_id: str) -> bool: ...
-    # -- notebook bindings ----------------------------------------------------------
-
-    @contextmanager
-    def _bindings_db(self, write: bool) -> Iterator[TinyDB]:
-        path = os.path.join(self.base_dir, ".bindings.json")
-        lock = os.path.join(self._locks_dir, "bindings.lock") if write else None
-        with TinyDB(path, storage=LockedAtomicStorage, lock_path=lock, lock_timeout=self.lock_timeout) as db:
-            yield db.table("bindings")
-
-    def bind(self, key: str, session_id: str) -> None:
-        """Bind a notebook (any stable identifier of it, usually its path) to a session.
-
-        An unreadable bindings file is moved aside (kept for inspection), not overwritten.
-        """
-        validate_session_id(session_id)
-        if not key:
-            raise ValueError("a binding needs a non-empty notebook key")
-        row = {"notebook": key, "session_id": session_id, "updated_at": now_iso()}
-        try:
-            with self._bindings_db(write=True) as table:
-                table.upsert(row, Query().notebook == key)
-        except CorruptSession as problem:
-            self._report(problem)
-            os.replace(problem.path, f"{problem.path}.corrupt-{_stamp(now_iso())}")
-            with self._bindings_db(write=True) as table:
-                table.upsert(row, Query().notebook == key)
-
-    def unbind(self, key: str) -> None:
-        with self._bindings_db(write=True) as table:
-            table.remove(Query().notebook == key)
-
-    def bound_session(self, key: str) -> str | None:
-        """The session bound to ``key``, or None if there is none or it was deleted."""
-        session_id = self.bindings().get(key)
-        if session_id and os.path.exists(self.session_path(session_id)):
-            return session_id
-        return None
-
-    def bindings(self) -> dict[str, str]:
-        """Every notebook key and the session bound to it."""
-        try:
-            with self._bindings_db(write=False) as table:
-                return {row["notebook"]: row["session_id"] for row in table.all()}
-        except CorruptSession as problem:
-            self._report(problem)  # an unreadable bindings file only loses bindings, never sessions
-            return {}
-
+    def get_session(self, session_id: str) -> dict[str, Any]: ...
+    def bind(self, key: str, session_id: str) -> None: ...
+    def unbind(self, key: str) -> None: ...
+    def bound_session(self, key: str) -> str | None: ...
+    def bindings(self) -> dict[str, str]: ...
     def resolve_id(self, id_or_prefix: str) -> str: ...
 
 

@@ -249,3 +249,56 @@ def test_any_magic_line_parses_or_gives_a_usage_error(line):
             parse(line)
         except BadArguments as error:
             assert str(error).strip()
+
+
+def test_configuration_from_traitlets_profile_and_dotenv(model_env, tmp_path, monkeypatch):
+    server = model_env
+    profile = tmp_path / "ipython" / "profile_default"
+    profile.mkdir(parents=True)
+    (profile / "ipython_config.py").write_text("c.Oblix.show_footer = False\n")
+    notebook_dir = tmp_path / "project"
+    notebook_dir.mkdir()
+    (notebook_dir / ".env").write_text("# keys for this project\nOBLIX_MODEL=openai/from-dotenv\nexport EXTRA_SETTING='quoted value'\n")
+    monkeypatch.delenv("OBLIX_MODEL")
+    env = {"IPYTHONDIR": str(tmp_path / "ipython"), "OBLIX_LOCAL_MODEL": "off"}
+    client = run_cells(
+        [
+            LOAD,
+            "%%oblix\nfrom the dotenv model",
+            'import os\nprint(os.environ["EXTRA_SETTING"])',
+            '%config Oblix.model = "openai/configured"',
+            "%%oblix --new\nfrom the configured model",
+        ],
+        str(notebook_dir / "config.ipynb"),
+        env=env,
+    )
+    assert [r["model"] for r in server.chat_requests()] == ["from-dotenv", "configured"]
+    assert "quoted value" in outputs_text(client.nb.cells[2])
+    assert "<sub>" not in outputs_text(client.nb.cells[1])  # show_footer = False from the profile
+
+
+def test_variables_errors_and_pins_reach_the_model(model_env, tmp_path):
+    server = model_env
+    client = run_cells(
+        [
+            LOAD,
+            'import pandas as pd\ndf = pd.DataFrame({"height": [1.5, None, 1.8]})\napi_key = "sk-notebook-secret-123"',
+            "%%oblix\nWhat is in df, and is api_key set?",
+            "%%oblix --vars api_key\nCheck this one.",
+            "1 / 0",
+            "%%oblix\nWhy did that fail?",
+            "%oblix pin msg_1",
+            "%oblix pin msg_99",
+            "%oblix show --last 1",
+        ],
+        str(tmp_path / "nb" / "vars.ipynb"),
+    )
+    first, named, failure = (json.dumps(r["messages"]) for r in server.chat_requests())
+    assert "height" in first and "sk-notebook-secret-123" not in first
+    assert "sk-notebook-secret-123" in named
+    assert "ZeroDivisionError" in failure
+    assert "Pinned messages: msg_1" in outputs_text(client.nb.cells[6])
+    assert "no message 'msg_99'" in outputs_text(client.nb.cells[7])
+    assert "msg_6" in outputs_text(client.nb.cells[8])
+    session = SessionManager().get_session(SessionManager().bound_session(str(tmp_path / "nb" / "vars.ipynb")))
+    assert session["pinned"] == ["msg_1"]

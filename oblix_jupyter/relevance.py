@@ -1,0 +1,387 @@
+"""How relevant each earlier message is to a new prompt, by its words and by its meaning.
+
+Words: BM25 over a light-stemmed bag of words in which identifiers (``cust_df``) stay
+whole, so notebook variable names count as words. Meaning: cosine similarity of
+sentence-embedding vectors, computed elsewhere (``embeddings``) and passed in. The two
+are fused into one score per message. Also here: cutting an over-long text down to
+its relevant passages, since that is scored with the same words.
+
+Everything is pure (no I/O, no model): the selector calls it on every turn.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import re
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+# BM25's usual constants; the corpus is short chat messages, where they are known to work.
+BM25_K1 = 1.2
+BM25_B = 0.75
+ELLIPSIS = "[…]"
+MIN_CHUNK_CHARS = 40  # shorter passages ("Sure.", "Try this:") join a neighbour
+COMMON_SHARE = 0.1  # terms in more passages than this share (and than COMMON_MINIMUM) are skipped
+COMMON_MINIMUM = 1000
+VECTORISE_ABOVE = 5000  # passages; below this, plain Python scores faster than building arrays
+
+_TOKEN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|\d+(?:[.,:]\d+)*")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z`'\"(\[])|\n+")
+
+STOPWORDS = frozenset(
+    """a about above after again all also am an and any are as at be because been before being below between both
+    but by can could did do does doing done down during each few for from further get got had has have having he her
+    here hers him his how i if in into is it its itself just let lets like me more most my no nor not now of off on
+    once only or other our ours out over own same she should so some such than that the their them then there these
+    they this those through to too under until up very was we were what when where which while who whom why will with
+    would you your yours yourself ok okay please thanks thank sure yes one two use using used want need make way
+    know think see go going well really still thing things something anything much many also could""".split()
+)
+
+
+def stem(word: str) -> str:
+    """A few English suffixes off, so 'flagging'/'flagged'/'flags' meet; not a real stemmer on purpose."""
+    if len(word) <= 3 or not word.isalpha():
+        return word
+    for suffix, replacement, minimum in (
+        ("ies", "y", 5),
+        ("sses", "ss", 5),
+        ("ing", "", 6),
+        ("edly", "", 7),
+        ("ed", "", 5),
+        ("ly", "", 6),
+        ("es", "", 6),
+        ("s", "", 4),
+    ):
+        if word.endswith(suffix) and len(word) >= minimum and not (suffix == "s" and word[-2] in "su"):
+            word = word[: len(word) - len(suffix)] + replacement
+            break
+    if len(word) > 4 and word[-1] == word[-2] and word[-1] not in "lsz":
+        word = word[:-1]  # "stopp(ing)" -> "stop"
+    return word
+
+
+def words(text: str) -> list[str]:
+    """The terms of ``text``: stemmed words without stopwords, identifiers whole and split."""
+    terms: list[str] = []
+    for match in _TOKEN.finditer(text):
+        token = match.group().lower()
+        if "_" in token.strip("_"):
+            terms.append(token)  # a variable or column name: a word of its own
+            terms.extend(stem(part) for part in token.split("_") if len(part) > 1 and part not in STOPWORDS)
+        elif token not in STOPWORDS and (len(token) > 1 or token.isdigit()):
+            terms.append(stem(token))
+    return terms
+
+
+def query_terms(prompt: str, extra_words: Iterable[str] = ()) -> dict[str, float]:
+    """The prompt's terms with their counts; ``extra_words`` (variable names) count as words too."""
+    weights: dict[str, float] = {}
+    for term in words(prompt):
+        weights[term] = weights.get(term, 0.0) + 1.0
+    for name in extra_words:
+        for term in words(name):
+            weights.setdefault(term, 1.0)
+    return weights
+
+
+def chunks(text: str) -> list[str]:
+    """The passages relevance is judged on: sentences and code blocks, tiny ones merged with a neighbour.
+
+    Facts sit in one sentence of a long answer; scoring (and embedding) whole messages
+    dilutes them among the rest, so both signals work on these pieces.
+    """
+    merged: list[str] = []
+    for piece in passages(text):
+        code = piece.startswith("```")
+        if merged and not code and not merged[-1].startswith("```") and min(len(piece), len(merged[-1])) < MIN_CHUNK_CHARS:
+            merged[-1] = f"{merged[-1]} {piece}"
+        else:
+            merged.append(piece)
+    return merged or [text]
+
+
+class LexicalIndex:
+    """BM25 statistics of a session's messages, by passage: built once, then extended as messages arrive.
+
+    ``texts[c]`` is passage ``c``, ``owners[c]`` the position of its message, and
+    ``spans[p]`` the passages of message ``p``. Scoring a prompt touches only the
+    postings of its own terms, so it stays fast on sessions of thousands of messages.
+    ``describes`` tells whether the index still matches a list of messages.
+    """
+
+    def __init__(self, messages: Iterable[Mapping[str, Any]] = ()) -> None:
+        self.ids: list[Any] = []
+        self.spans: list[tuple[int, int]] = []
+        self.texts: list[str] = []
+        self.owners: list[int] = []
+        self.lengths: list[int] = []
+        self.postings: dict[str, list[tuple[int, int]]] = {}
+        self.starts: list[int] = []  # positions where an exchange begins (a user message, or the first)
+        self.total_length = 0
+        self._norm_cache: list[float] = []
+        self._arrays: dict[str, tuple[Any, Any]] = {}  # term -> postings as arrays (long sessions, with NumPy)
+        self._norm_array: Any = ()
+        self.extend(messages)
+
+    def add(self, message_id: Any, text: str, role: str = "user") -> None:
+        position = len(self.ids)
+        if role == "user" or not position:
+            self.starts.append(position)
+        first = len(self.texts)
+        for piece in chunks(text):
+            number = len(self.texts)
+            counts: dict[str, int] = {}
+            for term in words(piece):
+                counts[term] = counts.get(term, 0) + 1
+            for term, frequency in counts.items():
+                self.postings.setdefault(term, []).append((number, frequency))
+            length = sum(counts.values())
+            self.texts.append(piece)
+            self.owners.append(position)
+            self.lengths.append(length)
+            self.total_length += length
+        self.ids.append(message_id)
+        self.spans.append((first, len(self.texts)))
+
+    def extend(self, messages: Iterable[Mapping[str, Any]]) -> LexicalIndex:
+        """Add the messages past the ones already indexed (a session only grows at its end)."""
+        for number, message in enumerate(messages):
+            if number >= len(self.ids):
+                self.add(message.get("id"), str(message.get("content") or ""), str(message.get("role")))
+        return self
+
+    def describes(self, messages: Sequence[Mapping[str, Any]]) -> bool:
+        """True when this index was built from exactly these messages (checked by their ids)."""
+        if len(messages) != len(self.ids):
+            return False
+        return not messages or (messages[-1].get("id") == self.ids[-1] and messages[0].get("id") == self.ids[0])
+
+    def idf(self, term: str) -> float:
+        frequency = len(self.postings.get(term, ()))
+        documents = len(self.texts)
+        return math.log(1.0 + (documents - frequency + 0.5) / (frequency + 0.5)) if frequency else 0.0
+
+    def scores(self, terms: Mapping[str, float]) -> dict[int, float]:
+        """BM25 score of every passage that shares a term with the query (others score 0)."""
+        if not self.texts:
+            return {}
+        common = max(COMMON_SHARE * len(self.texts), COMMON_MINIMUM)
+        numpy = sys.modules.get("numpy")  # used only if something already imported it
+        if numpy is not None and len(self.texts) >= VECTORISE_ABOVE:
+            return self._scores_numpy(numpy, terms, common)
+        norms = self._norms()
+        result: dict[int, float] = {}
+        get = result.get
+        boost = BM25_K1 + 1.0
+        for term, weight in terms.items():
+            postings = self.postings.get(term)
+            if not postings or len(postings) > common:
+                continue  # in a large share of a long session's passages: says little, and is the slowest to score
+            idf = self.idf(term) * weight * boost
+            for number, frequency in postings:
+                result[number] = get(number, 0.0) + idf * frequency / (frequency + norms[number])
+        return result
+
+    def _scores_numpy(self, numpy: Any, terms: Mapping[str, float], common: float) -> dict[int, float]:
+        """``scores`` with each term's postings as arrays: a long session's common terms cost microseconds."""
+        if len(self._norm_array) != len(self.texts):
+            self._norm_array = numpy.asarray(self._norms())
+        norms = self._norm_array
+        total = numpy.zeros(len(self.texts))
+        for term, weight in terms.items():
+            postings = self.postings.get(term)
+            if not postings or len(postings) > common:
+                continue
+            cached = self._arrays.get(term)
+            if cached is None or len(cached[0]) != len(postings):
+                pairs = numpy.array(postings, dtype=numpy.int64)
+                cached = self._arrays[term] = (pairs[:, 0], pairs[:, 1].astype(numpy.float64))
+            numbers, frequencies = cached
+            total[numbers] += self.idf(term) * weight * (BM25_K1 + 1.0) * frequencies / (frequencies + norms[numbers])
+        hits = numpy.flatnonzero(total)
+        return dict(zip(hits.tolist(), total[hits].tolist()))
+
+    def _norms(self) -> list[float]:
+        """BM25's length normalisation per passage, recomputed only when passages were added."""
+        if len(self._norm_cache) != len(self.texts):
+            average = self.total_length / len(self.texts) or 1.0
+            self._norm_cache = [BM25_K1 * (1.0 - BM25_B + BM25_B * length / average) for length in self.lengths]
+        return self._norm_cache
+
+
+def semantic_scores(
+    prompt_vector: Sequence[float] | None, message_vectors: Mapping[str, Any] | None, index: LexicalIndex
+) -> Any:
+    """Cosine similarity of the prompt to each passage of ``index`` (None where there is no vector).
+
+    A vector table with a ``passage_similarities`` method (``embeddings.VectorTable``)
+    answers in one matrix product, as a NumPy array with NaN for the gaps. A plain
+    mapping may hold one vector per message (used for all its passages) or one per
+    passage; it is handled in pure Python.
+    """
+    if prompt_vector is None or not message_vectors:
+        return None
+    fast = getattr(message_vectors, "passage_similarities", None)
+    if fast is not None:
+        return fast(prompt_vector, index.ids, index.spans)
+    query = [float(x) for x in prompt_vector]
+    result: list[float | None] = []
+    for message_id, (first, end) in zip(index.ids, index.spans):
+        value = message_vectors.get(message_id) if message_id is not None else None
+        if value is None or not len(value):
+            result.extend([None] * (end - first))
+            continue
+        rows = value if _is_matrix(value) else [value]
+        sims = [_cosine(row, query) for row in rows]
+        result.extend(sims if len(sims) == end - first else [max(sims)] * (end - first))
+    return result
+
+
+def unknown_count(semantic: Any) -> int:
+    """How many passages ``semantic_scores`` had no vector for."""
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and isinstance(semantic, numpy.ndarray):
+        return int(numpy.isnan(semantic).sum())
+    return sum(1 for value in semantic if value is None)
+
+
+def _is_matrix(value: Any) -> bool:
+    first = value[0]
+    return hasattr(first, "__len__") and not isinstance(first, str)
+
+
+def _cosine(vector: Sequence[float], query: Sequence[float]) -> float:
+    dot = sum(float(a) * b for a, b in zip(vector, query))
+    norm = math.sqrt(sum(float(a) * float(a) for a in vector)) * math.sqrt(sum(b * b for b in query))
+    return dot / norm if norm else 0.0
+
+
+def fuse(lexical: Mapping[int, float], semantic: Any, size: int, lexical_weight: float = 0.5) -> Any:
+    """One relevance in [0, 1] per passage from its BM25 and cosine scores.
+
+    Each signal is scaled so the session's best passage scores 1; cosine is measured
+    from the session's median (typical, unrelated passages score 0). With one signal
+    the result is that signal alone. A NumPy ``semantic`` gives a NumPy result.
+    """
+    best_lexical = max(lexical.values(), default=0.0)
+    if semantic is None:
+        fused = [0.0] * size
+        for number, score in lexical.items():
+            fused[number] = score / best_lexical
+        return fused
+    numpy = sys.modules.get("numpy")
+    semantic_weight = 1.0 - lexical_weight if best_lexical > 0 else 1.0
+    if numpy is not None and isinstance(semantic, numpy.ndarray):
+        gaps = numpy.isnan(semantic)
+        known = semantic[~gaps] if gaps.any() else semantic
+        if not known.size:
+            return fuse(lexical, None, size)
+        floor = float(numpy.median(known[:: max(1, known.size // 4096)]))  # a sample's median is close enough
+        span = (float(known.max()) - floor) or 1.0
+        fused = numpy.clip((semantic - floor) * (semantic_weight / span), 0.0, None)
+        if gaps.any():
+            fused[gaps] = 0.0
+        if lexical:
+            numbers = numpy.fromiter(lexical.keys(), dtype=numpy.int64, count=len(lexical))
+            values = numpy.fromiter(lexical.values(), dtype=numpy.float64, count=len(lexical))
+            fused[numbers] += lexical_weight * values / best_lexical
+        return fused
+    known_values = sorted(value for value in semantic if value is not None)
+    if not known_values:
+        return fuse(lexical, None, size)
+    floor = known_values[len(known_values) // 2]
+    span = (known_values[-1] - floor) or 1.0
+    fused = [semantic_weight * (value - floor) / span if value is not None and value > floor else 0.0 for value in semantic]
+    for number, score in lexical.items():
+        fused[number] += lexical_weight * score / best_lexical
+    return fused
+
+
+def best_passages(fused: Any, limit: int, floor: float) -> list[int]:
+    """The ``limit`` passages with the highest fused relevance of at least ``floor``, best first."""
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and isinstance(fused, numpy.ndarray):
+        if fused.size > limit:
+            top = numpy.argpartition(-fused, limit)[:limit]
+        else:
+            top = numpy.arange(fused.size)
+        top = top[fused[top] >= floor]
+        return top[numpy.argsort(-fused[top], kind="stable")].tolist()
+    chosen = heapq.nlargest(limit, (number for number, value in enumerate(fused) if value >= floor), key=fused.__getitem__)
+    return chosen
+
+
+def passages(text: str) -> list[str]:
+    """``text`` in pieces that can be kept or dropped: code blocks whole, prose by sentence."""
+    pieces: list[str] = []
+    for number, block in enumerate(text.split("```")):
+        if number % 2:  # inside a code fence
+            pieces.append(f"```{block}```")
+        else:
+            pieces.extend(piece for piece in _SENTENCE_END.split(block) if piece.strip())
+    return [piece.strip() for piece in pieces if piece.strip()]
+
+
+def truncate_to_tokens(text: str, max_tokens: int, count: Callable[[str], int], marker: str = " " + ELLIPSIS) -> str:
+    """The longest prefix of ``text`` (cut at a word) that fits ``max_tokens`` with ``marker`` added."""
+    if count(text) <= max_tokens:
+        return text
+    low, high = 0, len(text)
+    while low < high:  # binary search on characters: a handful of count() calls
+        middle = (low + high + 1) // 2
+        if count(text[:middle] + marker) <= max_tokens:
+            low = middle
+        else:
+            high = middle - 1
+    cut = text[:low]
+    space = cut.rfind(" ")
+    if space > len(cut) * 0.6:
+        cut = cut[:space]
+    return (cut.rstrip() + marker) if cut.strip() else ""
+
+
+def cut_to_relevant(
+    text: str, terms: Mapping[str, float], max_tokens: int, count: Callable[[str], int], idf: Callable[[str], float]
+) -> str:
+    """The passages of ``text`` that best match ``terms``, in their order, within ``max_tokens``.
+
+    Skipped stretches are shown as ``[…]`` so the model (and the user) can see the cut.
+    When no passage shares a word with the query, the beginning is kept.
+    """
+    pieces = passages(text)
+    scores = [sum(idf(term) * terms[term] for term in set(words(piece)) if term in terms) for piece in pieces]
+    matching = sorted((n for n, score in enumerate(scores) if score > 0), key=lambda n: -scores[n])
+    if matching:  # the matching passages, best first, then the ones next to them for context
+        order = matching + [n for m in matching for n in (m - 1, m + 1) if 0 <= n < len(pieces) and scores[n] <= 0]
+    else:
+        order = list(range(len(pieces)))
+    kept: set[int] = set()
+    result = ""
+    for number in dict.fromkeys(order):
+        trial = join_passages(pieces, kept | {number})
+        if count(trial) <= max_tokens:
+            kept.add(number)
+            result = trial
+    if not kept:  # even the best passage alone is too long: keep its beginning
+        return truncate_to_tokens(pieces[order[0]] if pieces else text, max_tokens, count)
+    return result
+
+
+def join_passages(pieces: Sequence[str], kept: set[int]) -> str:
+    """The ``kept`` pieces in order, with ``[…]`` wherever something was left out."""
+    parts: list[str] = []
+    previous = -1
+    for number in sorted(kept):
+        if number != previous + 1:
+            parts.append(ELLIPSIS)
+        parts.append(pieces[number])
+        previous = number
+    if previous != len(pieces) - 1:
+        parts.append(ELLIPSIS)
+    text = parts[0] if parts else ""
+    for before, after in zip(parts, parts[1:]):
+        text += ("\n" if before.startswith("```") or after.startswith("```") else " ") + after
+    return text

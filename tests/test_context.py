@@ -1,0 +1,262 @@
+"""The context selector as a pure function: budgets, order, pins, relevance and the notebook's state."""
+
+from __future__ import annotations
+
+import functools
+import re
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from oblix_jupyter.context import MESSAGE_OVERHEAD, conversation_messages, select_context
+from oblix_jupyter.errors import PromptTooLarge
+from oblix_jupyter.models import count_tokens
+from oblix_jupyter.notebook_state import NotebookContext
+from oblix_jupyter.relevance import LexicalIndex
+from oblix_jupyter.variables import VariableSummary
+
+FILLER = (
+    "Sure, here is how to plot the monthly totals with matplotlib and keep the labels readable.",
+    "How do I merge the two frames on the customer id without duplicating rows?",
+    "You can use groupby with agg and then reset_index to get a flat table back.",
+    "Thanks, that worked. Next I want to check the distribution of the prices.",
+    "A histogram with 50 bins and a log scale on the x axis shows the long tail well.",
+    "Can you explain the difference between loc and iloc once more?",
+)
+
+
+def approx(text: str) -> int:
+    return len(text.split()) + 1
+
+
+@functools.lru_cache(maxsize=None)
+def litellm_count(model: str, text: str) -> int:
+    return count_tokens(model, text)
+
+
+def session_of(*texts: str, roles: tuple[str, ...] = ("user", "assistant"), **fields) -> dict:
+    messages = [{"id": f"msg_{n + 1}", "role": roles[n % len(roles)], "content": text} for n, text in enumerate(texts)]
+    return {"id": "s", "messages": messages, "context": {}, **fields}
+
+
+def filler_session(size: int, **fields) -> dict:
+    return session_of(*(f"{FILLER[n % len(FILLER)]} (step {n})" for n in range(size)), **fields)
+
+
+def sent_ids(plan) -> list[str]:
+    return [item.message_id for item in plan.items if item.message_id]
+
+
+def recount(plan, count) -> int:
+    return sum(count(message["content"]) + MESSAGE_OVERHEAD for message in plan.messages)
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "gpt-3.5-turbo", "claude-3-5-sonnet-20241022", "ollama/llama3"])
+@pytest.mark.parametrize("budget", [120, 400, 1500])
+def test_budget_is_respected_exactly_with_litellm_counts(model, budget):
+    count = functools.partial(litellm_count, model)
+    session = filler_session(60, context={"project": "sales"})
+    plan = select_context(session, "How do I plot the monthly totals by customer?", budget, count)
+    assert plan.used == recount(plan, count) <= budget
+    assert plan.used > budget * 0.6  # the budget is used, not wasted
+    assert plan.messages[-1] == {"role": "user", "content": "How do I plot the monthly totals by customer?"}
+
+
+def test_recent_exchanges_stay_whole_and_in_order():
+    session = session_of(*(f"question {n} " + "word " * 8 if n % 2 == 0 else f"answer {n} " + "word " * 20 for n in range(40)))
+    plan = select_context(session, "next question", 200, approx, pin_first_exchange=False)
+    chosen = sent_ids(plan)
+    numbers = [int(i.split("_")[1]) for i in chosen]
+    assert numbers == sorted(numbers) and numbers[-1] == 40
+    answers = [n for n in numbers if n % 2 == 0]
+    assert all(n - 1 in numbers for n in answers)  # every answer sent with its question
+    assert plan.omitted and "earlier message(s)" in plan.messages[0]["content"]
+
+
+@pytest.mark.parametrize("share", [0.0, 0.25, 0.5])
+def test_recent_share_is_bounded_when_older_messages_are_relevant(share):
+    texts = [f"The churn_threshold for segment {n} is {n / 100:.2f}, set by finance." for n in range(80)]
+    texts += [FILLER[n % len(FILLER)] + f" ({n})" for n in range(60)]
+    session = session_of(*texts)
+    plan = select_context(session, "What churn_threshold did finance set?", 700, approx, recent_share=share, pin_first_exchange=False)
+    last_two = {f"msg_{n}" for n in range(137, 141)}
+    recent = sum(i.tokens for i in plan.items if i.reason == "recent" and i.message_id not in last_two)
+    assert recent <= share * 700
+    relevant = [i for i in plan.items if i.reason == "relevant"]
+    assert relevant and all("churn_threshold" in m["content"] for m, i in zip(plan.messages, _message_items(plan)) if i.reason == "relevant")
+
+
+def _message_items(plan):
+    return [item for item in plan.items if not item.in_system]
+
+
+def test_needle_about_a_named_variable_in_a_long_session():
+    texts = [FILLER[n % len(FILLER)] + f" (step {n})" for n in range(2000)]
+    texts[2] = "Note: orders_df stores the order dates as strings in its `day` column, so parse them before sorting."
+    session = session_of(*texts)
+    per_message = sum(approx(t) + MESSAGE_OVERHEAD for t in texts) / len(texts)
+    budget = int(per_message * 20)
+    variables = [VariableSummary("orders_df", "`orders_df`: pandas DataFrame, 120 rows × 3 columns", 12)]
+    plan = select_context(session, "Why does sorting orders_df by day give a strange order?", budget, approx, variables=variables)
+    assert "msg_3" in sent_ids(plan)
+    assert plan.used <= budget and len(sent_ids(plan)) <= 25
+
+
+def test_pinned_messages_survive_pressure():
+    session = filler_session(300)
+    plan = select_context(session, "What next?", 150, approx, pinned={"msg_100", "msg_42"})
+    reasons = {i.message_id: i.reason for i in plan.items if i.message_id}
+    assert reasons["msg_100"] == reasons["msg_42"] == "pinned"
+    assert "msg_300" in reasons  # and the conversation's flow still
+    plan = select_context(session, "What next?", 400, approx)
+    assert {i.message_id: i.reason for i in plan.items}.get("msg_1") == "pinned"  # the first exchange, by default
+    plan = select_context(session, "What next?", 400, approx, pin_first_exchange=False)
+    assert "msg_1" not in sent_ids(plan)
+
+
+def test_an_oversized_prompt_is_refused():
+    with pytest.raises(PromptTooLarge, match="Shorten it"):
+        select_context(filler_session(4), "word " * 500, 300, approx)
+
+
+def test_history_off_sends_only_context_and_prompt():
+    plan = select_context(filler_session(10, context={"k": 1}), "hi", 1000, approx, history=False)
+    assert [m["role"] for m in plan.messages] == ["system", "user"] and plan.omitted == []
+
+
+@pytest.mark.parametrize(
+    "prompt, expected",
+    [
+        ("Why did this fail?", True),
+        ("What is wrong with the cell above?", True),
+        ("I get a traceback, explain it", True),
+        ("Summarise the monthly totals", False),
+    ],
+)
+def test_last_error_is_included_when_the_prompt_asks_about_it(prompt, expected):
+    notebook = NotebookContext(
+        error='Traceback (most recent call last):\n  File "cell", line 2, in <module>\n    df.loc["x"]\nKeyError: \'x\'',
+        cells=("df = load()", 'df.loc["x"]'),
+    )
+    plan = select_context(filler_session(6), prompt, 1000, approx, notebook=notebook)
+    system = plan.messages[0]["content"]
+    assert ("KeyError: 'x'" in system) is expected
+    assert ('df.loc["x"]' in system) is expected
+    assert any(i.reason == "error" for i in plan.items) is expected
+
+
+def test_forced_error_and_cells_and_their_caps():
+    notebook = NotebookContext(error="E " * 2000, cells=("a = 1", "b = 2 " * 900, "c = 3"), force_error=True, force_cells=2, error_cap_tokens=50, cell_cap_tokens=40)
+    plan = select_context(filler_session(4), "Summarise", 2000, approx, notebook=notebook)
+    parts = {i.label: i.tokens for i in plan.items if i.in_system}
+    assert set(parts) == {"last error", "cell -2", "cell -1"}
+    assert all(tokens <= 60 for tokens in parts.values())
+    assert "a = 1" not in plan.messages[0]["content"]
+
+
+def test_variables_go_to_the_system_message_and_secrets_are_reported():
+    variables = [
+        VariableSummary("df", "`df`: pandas DataFrame, 3 rows × 2 columns", 10),
+        VariableSummary("api_key", "", 0, "`api_key` looks like a secret and was not sent; name it in --vars to send it.", excluded=True),
+    ]
+    plan = select_context(filler_session(4), "Plot df", 1000, approx, variables=variables)
+    assert "`df`: pandas DataFrame" in plan.messages[0]["content"]
+    assert [v.name for v in plan.variables] == ["df"]
+    assert any("api_key" in w for w in plan.warnings)
+    assert "api_key" not in plan.messages[0]["content"]
+    assert "`api_key` looks like a secret" in plan.explain()
+
+
+def test_interrupted_and_failed_answers_are_marked():
+    session = session_of("first", "partial answer", "second", "broken answer")
+    session["messages"][1]["status"] = "interrupted"
+    session["messages"][3]["status"] = "error"
+    plan = select_context(session, "go on", 1000, approx)
+    assert "[answer incomplete: interrupted]" in plan.messages[1]["content"]
+    notes = {i.message_id: i.note for i in plan.items}
+    assert notes["msg_2"].startswith("interrupted") and notes["msg_4"].startswith("error")
+
+
+def test_relevance_by_meaning_uses_the_vectors_given():
+    session = filler_session(200)
+    session["messages"][10]["content"] = "The raw extracts sit in an S3 bucket refreshed each Monday."
+    vectors = {m["id"]: [1.0, 0.0] for m in session["messages"]}
+    vectors["msg_11"] = [0.0, 1.0]
+    plan = select_context(session, "Where is the source data kept?", 300, approx, message_vectors=vectors, prompt_vector=[0.1, 1.0])
+    assert "msg_11" in sent_ids(plan)
+    assert "meaning (embeddings)" in " ".join(plan.notes)
+    lexical_only = select_context(session, "Where is the source data kept?", 300, approx)
+    assert "msg_11" not in sent_ids(lexical_only)
+    assert "words only" in " ".join(lexical_only.notes)
+
+
+def test_long_relevant_message_is_cut_to_its_relevant_part():
+    long_answer = " ".join(f"Sentence {n} talks about plotting and colours in some detail." for n in range(60))
+    long_answer += " The warehouse cannot ship more than 4,000 pallets a week. " + long_answer
+    session = session_of(*([long_answer] + [FILLER[n % 6] for n in range(50)]), roles=("assistant", "user"))
+    plan = select_context(session, "How many pallets can the warehouse ship?", 300, approx, pin_first_exchange=False)
+    item = next(i for i in plan.items if i.message_id == "msg_1")
+    text = plan.messages[[i for i in plan.items if not i.in_system].index(item)]["content"]
+    assert "4,000 pallets" in text and "[…]" in text and item.tokens < 120
+    assert "passages" in item.note
+
+
+def test_a_repeated_sentence_is_not_sent_twice():
+    texts = ["The seed is 2718 for every run." if n % 10 == 0 else FILLER[n % 6] + f" {n}" for n in range(200)]
+    plan = select_context(session_of(*texts), "Which seed do we use?", 400, approx, pin_first_exchange=False, recent_share=0)
+    relevant = [m["content"] for m, i in zip(plan.messages, _message_items(plan)) if i.reason == "relevant"]
+    assert sum("2718" in c for c in relevant) == 1
+
+
+def test_a_stale_index_is_rebuilt_not_trusted():
+    session = filler_session(50)
+    stale = LexicalIndex(conversation_messages(session)[:10])
+    fresh = select_context(session, "merge frames", 300, approx)
+    reused = select_context(session, "merge frames", 300, approx, lexical_index=stale)
+    assert sent_ids(fresh) == sent_ids(reused)
+
+
+def test_explanation_lists_every_choice():
+    plan = select_context(filler_session(100, context={"user": "Alex"}), "How do I merge frames?", 400, approx)
+    table = plan.explain()
+    assert table.startswith("| # | role | why | message | tokens | note |")
+    assert re.search(r"\| relevant \(\d\.\d\d\) \|", table) and "| pinned |" in table and "| prompt |" in table
+    assert f"**{plan.used} of 400 tokens used; {len(plan.omitted)} earlier message(s) left out.**" in table
+    assert "<table>" in plan.explain_html() and set(plan._repr_mimebundle_()) == {"text/plain", "text/markdown", "text/html"}
+
+
+roles = st.sampled_from(["user", "assistant", "system"])
+texts = st.lists(st.sampled_from(["alpha", "beta", "gamma", "df", "plot", "x_1", "error", "."]), min_size=0, max_size=60).map(" ".join)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    messages=st.lists(st.tuples(roles, texts, st.sampled_from([None, "error", "interrupted"])), max_size=40),
+    prompt=texts.filter(bool),
+    budget=st.integers(min_value=1, max_value=600),
+    share=st.floats(min_value=0, max_value=1),
+    pins=st.sets(st.integers(min_value=1, max_value=40), max_size=4),
+    vectors=st.booleans(),
+)
+def test_property_within_budget_chronological_prompt_last(messages, prompt, budget, share, pins, vectors):
+    session = {
+        "messages": [
+            {"id": f"msg_{n + 1}", "role": role, "content": text, **({"status": status} if status else {})}
+            for n, (role, text, status) in enumerate(messages)
+        ],
+        "context": {"topic": "tests"},
+    }
+    options = {}
+    if vectors:
+        options = {"message_vectors": {m["id"]: [len(m["content"]) % 7, 1.0] for m in session["messages"]}, "prompt_vector": [1.0, 0.5]}
+    try:
+        plan = select_context(session, prompt, budget, approx, recent_share=share, pinned={f"msg_{p}" for p in pins}, **options)
+    except PromptTooLarge:
+        assert approx(prompt) + MESSAGE_OVERHEAD > budget - 10 or budget < 80
+        return
+    assert plan.used == recount(plan, approx) <= budget
+    assert plan.messages[-1] == {"role": "user", "content": prompt}
+    numbers = [int(i.split("_")[1]) for i in sent_ids(plan)]
+    assert numbers == sorted(set(numbers))
+    assert len(plan.omitted) + len(numbers) == len(conversation_messages(session))

@@ -1,0 +1,216 @@
+"""The chat panel driven in-process, as a front end's clicks would drive it, against the loopback server."""
+
+from __future__ import annotations
+
+import json
+
+import time
+
+import pytest
+
+from model_server import Behavior
+from oblix_jupyter.client import OblixClient
+from oblix_jupyter.notebook import NotebookBinding
+from oblix_jupyter.panel import NO_SESSION, ChatPanel, notebook_variables
+
+pytestmark = pytest.mark.timeout(60)
+NOTEBOOK = "work/analysis.ipynb"
+
+
+def wait_for(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def rendered(panel: ChatPanel) -> list[str]:
+    """The Markdown of every message the panel shows, in order."""
+    texts = []
+    for view in panel.messages.children:
+        for output in getattr(view, "outputs", ()):
+            texts.append(output["data"]["text/markdown"])
+    return texts
+
+
+@pytest.fixture
+def client(model_env):
+    return OblixClient()
+
+
+@pytest.fixture
+def binding(client, monkeypatch):
+    monkeypatch.delenv("JPY_SESSION_NAME", raising=False)
+    bound = NotebookBinding(client.session_manager, {})
+    bound.reported_path = NOTEBOOK
+    return bound
+
+
+@pytest.fixture
+def panel(client, binding):
+    panel = ChatPanel(client, namespace={"df": [1, 2], "threshold": 0.5, "_hidden": 1, "In": [], "_i3": ""}, binding=binding)
+    yield panel
+    panel.stop()
+    panel.wait(10)
+    panel.close()
+
+
+def ask(panel: ChatPanel, text: str) -> None:
+    panel.textarea.value = text
+    panel.send_button.click()
+
+
+def test_send_streams_the_answer_and_stores_the_exchange(panel, client, server):
+    server.default = Behavior(reply="Hello **world**, in several streamed words", first_token_delay=0.3, token_delay=0.03)
+    assert panel.session_id is None and panel.session_picker.value == NO_SESSION
+    ask(panel, "first question")
+    assert panel.progress.layout.display is None and panel.stop_button.layout.display is None
+    seen = []
+    panel._turn["answer_view"].observe(lambda change: seen.append(change["new"][0]["data"]["text/markdown"]), names="outputs")
+    assert any("first question" in text for text in rendered(panel)), "the prompt shows at once"
+    assert panel.wait(20)
+
+    assert seen and seen[0].endswith("▌") and "several streamed words" not in seen[0], "the answer streamed in"
+    assert panel.progress.layout.display == "none" and panel.stop_button.layout.display == "none"
+    texts = rendered(panel)
+    assert len(texts) == 2 and "**User**" in texts[0] and "first question" in texts[0]
+    assert "**Assistant** · openai/test-model" in texts[1] and texts[1].endswith("Hello **world**, in several streamed words")
+    assert panel.textarea.value == "" and panel.notice.layout.display == "none"
+    session = client.session_manager.get_session(panel.session_id)
+    assert [(m["role"], m["content"]) for m in session["messages"]] == [
+        ("user", "first question"),
+        ("assistant", "Hello **world**, in several streamed words"),
+    ]
+    assert client.session_manager.bound_session(NOTEBOOK) == panel.session_id
+    assert session["title"] == "analysis"
+
+    panel.explain_toggle.value = True
+    assert panel.explain_output.layout.display is None
+    assert "Context sent" in panel.explain_output.outputs[0]["data"]["text/markdown"]
+    panel.explain_toggle.value = False
+    assert panel.explain_output.layout.display == "none"
+
+
+def test_stop_keeps_the_partial_answer_marked_interrupted(panel, client, server):
+    server.default = Behavior(reply="word " * 300, token_delay=0.02)
+    ask(panel, "a long story please")
+    wait_for(lambda: panel._turn is not None and len(panel._turn["text"]) > 20)
+    panel.stop_button.click()
+    assert panel.wait(20)
+    user, answer = client.session_manager.get_session(panel.session_id)["messages"]
+    assert answer["status"] == "interrupted" and 0 < len(answer["content"]) < len("word " * 300)
+    assert "Interrupted" in rendered(panel)[-1] and "interrupted" in rendered(panel)[-1].splitlines()[0]
+    assert "Stopped" in panel.notice.value and "oblix-error" not in panel.notice.value
+    assert panel.textarea.value == ""
+    classes = panel.messages.children[-1]._dom_classes
+    assert "oblix-incomplete" in classes and "oblix-assistant" in classes
+
+
+def test_an_error_shows_inline_and_keeps_the_typed_text(panel, client, server):
+    server.for_model("test-model", Behavior(status=500))
+    ask(panel, "please keep this text")
+    assert panel.wait(30)
+    assert "oblix-error" in panel.notice.value and "500" in panel.notice.value
+    assert panel.textarea.value == "please keep this text"
+    assert not panel.send_button.disabled and panel.stop_button.layout.display == "none"
+    assert [m["content"] for m in client.session_manager.get_session(panel.session_id)["messages"]] == ["please keep this text"]
+
+
+def test_session_picker_new_rename_and_delete_with_confirmation(panel, client, binding):
+    store = client.session_manager
+    other = store.create_session(title="older work")
+    store.save_message(other, "old question")
+    mine = binding.session_id(create=True)
+    panel.refresh()
+    assert panel.session_id == mine
+    assert panel.session_picker.options[0][1] == mine, "the notebook's session comes first"
+    assert other in [value for _, value in panel.session_picker.options]
+
+    panel.session_picker.value = other
+    assert panel.session_id == other and store.bound_session(NOTEBOOK) == other
+    assert "old question" in rendered(panel)[0]
+    assert panel.title_field.value == "older work"
+
+    panel.new_button.click()
+    fresh = panel.session_id
+    assert fresh not in (mine, other) and store.bound_session(NOTEBOOK) == fresh
+    assert store.get_session(fresh)["title"] == "analysis" and rendered(panel) == []
+
+    panel.title_field.value = "Renamed session"
+    panel.rename_button.click()
+    assert store.get_session(fresh)["title"] == "Renamed session"
+    assert panel.session_picker.options[0][0].startswith("Renamed session")
+
+    panel.delete_button.click()
+    assert panel.delete_button.description == "Confirm delete" and store.load_session(fresh) is not None
+    panel.delete_button.click()
+    assert store.load_session(fresh) is None and panel.session_id is None
+    assert panel.session_picker.value == NO_SESSION and panel.delete_button.description == "Delete"
+    assert "Deleted session" in panel.notice.value
+
+
+def test_model_apply_pins_the_model_and_fallbacks(panel, client, server):
+    panel.model_field.value = "openai/other-model"
+    panel.fallbacks_field.value = "openai/backup, openai/second"
+    panel.apply_model_button.click()
+    session = client.session_manager.get_session(panel.session_id)
+    assert session["model"] == "openai/other-model"
+    assert session["fallback_models"] == ["openai/backup", "openai/second"]
+    assert "Model: openai/other-model; fallbacks: openai/backup, openai/second" in panel.notice.value
+    ask(panel, "which model?")
+    assert panel.wait(20)
+    assert server.chat_requests()[-1]["model"] == "other-model"
+    assert "openai/other-model" in rendered(panel)[-1].splitlines()[0]
+
+
+def test_refresh_follows_turns_and_bindings_made_elsewhere(panel, client, binding):
+    store = client.session_manager
+    session_id = binding.session_id(create=True)
+    panel.refresh()
+    assert not panel.check_for_changes()
+
+    OblixClient().execute_sync("asked from a %%oblix cell", session_id)
+    assert panel.check_for_changes()
+    assert any("asked from a %%oblix cell" in text for text in rendered(panel))
+
+    panel.poll_interval = 0.05
+    panel._view_count = 1  # a front end shows the panel: it watches the session file
+    OblixClient().execute_sync("asked from another kernel", session_id)
+    wait_for(lambda: any("asked from another kernel" in text for text in rendered(panel)))
+    elsewhere = store.create_session(title="chosen with %oblix use")
+    binding.use(elsewhere)
+    wait_for(lambda: panel.session_id == elsewhere)
+    poller = panel._poller
+    panel._view_count = 0
+    poller.join(5)
+    assert not poller.is_alive(), "no view left: the watching stops"
+
+
+def test_context_chips_offer_user_variables_and_reach_the_model(model_env):
+    namespace = {"df": [3, 1, 2], "threshold": 0.125, "_private": 3, "In": [], "Out": {}, "_i2": "", "get_ipython": None}
+    assert notebook_variables(namespace) == ["df", "threshold"]
+    panel = ChatPanel(OblixClient(), namespace=namespace)
+    try:
+        assert list(panel.variables_input.allowed_tags) == ["df", "threshold"]
+        panel.variables_input.value = ["threshold"]
+        ask(panel, "is this sensible?")
+        assert panel.wait(20)
+        sent = json.dumps(model_env.chat_requests()[-1]["messages"])
+        assert "threshold" in sent and "0.125" in sent and "[3, 1, 2]" not in sent
+        del namespace["df"]
+        namespace["late"] = 4
+        panel.check_for_changes()
+        assert list(panel.variables_input.allowed_tags) == ["late", "threshold"]
+    finally:
+        panel.close()
+
+
+def test_closing_stops_everything(panel):
+    panel.poll_interval = 0.05
+    panel._view_count = 1
+    poller = panel._poller
+    assert poller.is_alive()
+    panel.close()
+    poller.join(5)
+    assert not poller.is_alive()
+    panel.refresh()  # after close, a late refresh from the magics is harmless

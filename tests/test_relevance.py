@@ -1,0 +1,167 @@
+"""Relevance by words and by meaning, cutting text to its relevant part, and the vector cache."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from oblix_jupyter.context import conversation_messages, select_context
+from oblix_jupyter.relevance import (
+    LexicalIndex,
+    chunks,
+    cut_to_relevant,
+    fuse,
+    query_terms,
+    semantic_scores,
+    stem,
+    truncate_to_tokens,
+    words,
+)
+
+
+def approx(text: str) -> int:
+    return len(text.split()) + 1
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("Plot sales_df by region", ["plot", "sales_df", "sale", "df", "region"]),
+        ("The flagged customers were flagging", ["flag", "customer", "flag"]),
+        ("threshold of 0.37 and 4,000 pallets", ["threshold", "0.37", "4,000", "pallet"]),
+        ("What is the __init__ of it?", ["__init__"]),
+    ],
+)
+def test_words_keep_identifiers_and_numbers(text, expected):
+    assert words(text) == expected
+
+
+def test_stem_joins_inflections():
+    assert stem("queries") == stem("query") and stem("stopping") == "stop" and stem("class") == "class"
+
+
+def test_bm25_prefers_the_rare_matching_word_and_shorter_passages():
+    messages = [
+        {"id": "a", "role": "user", "content": "How do I plot the data?"},
+        {"id": "b", "role": "assistant", "content": "Set random_state=2718 so runs repeat."},
+        {"id": "c", "role": "user", "content": "Plot it again, the plot of the data looks odd, plot plot."},
+    ]
+    index = LexicalIndex(messages)
+    scores = index.scores(query_terms("which random_state did we set for the data?"))
+    assert max(scores, key=scores.get) == index.spans[1][0]
+    assert index.describes(messages) and not index.describes(messages[:2])
+    grown = LexicalIndex(messages[:1]).extend(messages)
+    assert grown.texts == index.texts and grown.starts == [0, 2]
+
+
+def test_chunks_split_prose_by_sentence_and_keep_code_whole():
+    text = "Sure. Here is how:\n\n```python\ndf.plot()\ndf.show()\n```\n\nThe first point is long enough to stand alone. And a second one too, which is also long enough."
+    pieces = chunks(text)
+    assert pieces[0] == "Sure. Here is how:"
+    assert pieces[1] == "```python\ndf.plot()\ndf.show()\n```"
+    assert pieces[2:] == ["The first point is long enough to stand alone.", "And a second one too, which is also long enough."]
+
+
+def test_fuse_scales_each_signal_and_falls_back_to_words():
+    assert fuse({0: 2.0, 2: 1.0}, None, 3) == [1.0, 0.0, 0.5]
+    fused = fuse({2: 4.0}, [0.1, 0.9, 0.2, None], 4, lexical_weight=0.5)
+    assert fused[1] == 0.5 and fused[2] == pytest.approx(0.5 + 0.5 * (0.2 - 0.2) / 0.7) and fused[3] == 0.0
+
+
+def test_semantic_scores_accept_one_vector_per_message_or_per_passage():
+    messages = [
+        {"id": "a", "role": "user", "content": "The first sentence is long enough to stand alone. The second sentence is long enough as well."},
+        {"id": "b", "role": "assistant", "content": "Short."},
+    ]
+    index = LexicalIndex(messages)
+    per_passage = {"a": [[1.0, 0.0], [0.0, 1.0]], "b": [1.0, 1.0]}
+    assert semantic_scores([0.0, 1.0], per_passage, index) == pytest.approx([0.0, 1.0, 2**-0.5])
+    assert semantic_scores([0.0, 1.0], {"a": [0.0, 2.0]}, index) == [1.0, 1.0, None]
+    assert semantic_scores(None, per_passage, index) is None
+
+
+def test_cut_to_relevant_keeps_the_matching_sentence_and_marks_the_cuts():
+    text = " ".join(f"Filler sentence number {n} about colours." for n in range(30)) + " The warehouse ships 4,000 pallets a week. Closing words here."
+    index = LexicalIndex([{"id": "x", "role": "user", "content": text}])
+    cut = cut_to_relevant(text, query_terms("how many pallets per week"), 30, approx, index.idf)
+    assert "4,000 pallets" in cut and cut.startswith("[…] Filler sentence number 29") and approx(cut) <= 30
+    assert truncate_to_tokens("one two three four five six", 4, approx) == "one two […]"
+    assert truncate_to_tokens("short", 4, approx) == "short"
+
+
+def test_importing_the_package_and_selector_loads_no_embedding_runtime():
+    code = (
+        "import sys, oblix_jupyter, oblix_jupyter.context, oblix_jupyter.variables, oblix_jupyter.embeddings;"
+        "print(sorted(m for m in ('numpy', 'onnxruntime', 'tokenizers', 'torch', 'pandas', 'litellm') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "[]", result.stderr
+
+
+# -- with the [semantic] extra --------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def embedder():
+    from oblix_jupyter.embeddings import load_embedder, unavailable_reason
+
+    loaded = load_embedder()
+    if loaded is None:
+        pytest.skip(unavailable_reason() or "the [semantic] extra is not installed")
+    return loaded
+
+
+def test_embeddings_find_a_paraphrase_that_shares_no_word(embedder):
+    facts = [
+        "The raw extracts sit in an S3 bucket and they are refreshed every Monday at 6am.",
+        "Use a histogram with fifty bins for the prices.",
+        "Merging on the customer id duplicates rows when ids repeat.",
+        "The learning rate warm-up covers ten percent of the steps.",
+    ]
+    vectors = embedder.embed([*facts, "Where is the source data kept, and how often is it updated?"])
+    scores = vectors[:-1] @ vectors[-1]
+    assert scores.argmax() == 0
+    assert abs(float((vectors[0] ** 2).sum()) - 1.0) < 1e-4
+
+
+def test_vector_cache_embeds_each_message_once_and_keeps_the_file_private(embedder, tmp_path):
+    from oblix_jupyter.embeddings import VectorCache
+
+    calls = []
+
+    class Counting:
+        name = embedder.name
+
+        def embed(self, texts):
+            calls.append(len(texts))
+            return embedder.embed(texts)
+
+    session = {
+        "messages": [
+            {"id": "msg_1", "role": "user", "content": "Where do the raw extracts live? They come from the CRM."},
+            {"id": "msg_2", "role": "assistant", "content": "In the S3 bucket telco-raw-eu, refreshed on Mondays."},
+        ]
+    }
+    messages = conversation_messages(session)
+    cache = VectorCache(tmp_path, Counting())
+    table = cache.vectors("5f3e9a7b-6c1d-4d8e-9e7a-9b8c7d6e5f4a", messages)
+    path = cache.path("5f3e9a7b-6c1d-4d8e-9e7a-9b8c7d6e5f4a")
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600 and ".vectors" in path
+    assert table["msg_1"].shape == (len(chunks(messages[0]["content"])), 384)
+    embedded = sum(calls)
+    cache.vectors("5f3e9a7b-6c1d-4d8e-9e7a-9b8c7d6e5f4a", messages)
+    assert sum(calls) == embedded  # nothing embedded twice
+    session["messages"].append({"id": "msg_3", "role": "user", "content": "Thanks."})
+    fresh = VectorCache(tmp_path, Counting())  # another process: reads the file
+    table = fresh.vectors("5f3e9a7b-6c1d-4d8e-9e7a-9b8c7d6e5f4a", conversation_messages(session))
+    assert sum(calls) == embedded + 1 and list(table) == ["msg_1", "msg_2", "msg_3"]
+
+    prompt = "Which storage location holds the source files?"
+    plan = select_context(
+        session, prompt, 200, approx, message_vectors=table, prompt_vector=fresh.embed_prompt(prompt), pin_first_exchange=False
+    )
+    assert "meaning (embeddings)" in " ".join(plan.notes)
