@@ -7,6 +7,7 @@ HTML, so the same magic reads well in JupyterLab and in terminal IPython.
 from __future__ import annotations
 
 import html
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -15,6 +16,12 @@ from typing import Any
 from .context import ContextPlan
 
 UPDATE_INTERVAL = 0.05  # seconds between display updates while an answer streams
+_CODE_BLOCK = re.compile(r"```[^\n`]*\n(.*?)```", re.DOTALL)
+
+
+def code_blocks(text: str) -> list[str]:
+    """The fenced code blocks of an answer, for "insert into a new cell" actions."""
+    return [match.group(1).rstrip("\n") for match in _CODE_BLOCK.finditer(text)]
 
 
 class AnswerView:

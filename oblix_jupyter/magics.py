@@ -25,7 +25,7 @@ from IPython.utils._process_common import arg_split
 from traitlets import Bool, Int, List, Unicode, observe
 
 from .client import OblixClient
-from .display import Conversation, Message, PlanView, StreamingOutput, Table, footer
+from .display import Conversation, Message, PlanView, StreamingOutput, Table, code_blocks, footer
 from .errors import AnswerInterrupted, BadArguments, OblixError
 from .handle import SessionHandle
 from .notebook import NotebookBinding, load_dotenv
@@ -34,7 +34,6 @@ from .sessions import SessionManager
 from .variables import summarize_variables
 
 _FIELD = re.compile(r"\{\{|\}\}|\{([A-Za-z_]\w*)(?:\[(-?\d+)\])?\}")
-_CODE_BLOCK = re.compile(r"```[^\n`]*\n(.*?)```", re.DOTALL)
 
 
 def interpolate(text: str, namespace: Mapping[str, Any]) -> str:
@@ -59,12 +58,6 @@ def interpolate(text: str, namespace: Mapping[str, Any]) -> str:
             return token
 
     return _FIELD.sub(replace, text)
-
-
-def first_code_block(text: str) -> str | None:
-    """The first fenced code block of an answer, for ``--format code``."""
-    match = _CODE_BLOCK.search(text)
-    return match.group(1).rstrip("\n") if match else None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -206,6 +199,7 @@ class Oblix(Magics):
         self._reported_path: str | None = None
         self._dotenv_loaded = False
         self._panel: Any = None
+        self._frontend: Any = None  # the lab extension's comm, when it opened one
         self.litellm_import: threading.Thread | None = None
 
     @observe("model", "fallback_models", "base_dir", "max_input_tokens")
@@ -327,11 +321,11 @@ class Oblix(Magics):
         return session_id
 
     def _next_cell(self, answer: str) -> None:
-        code = first_code_block(answer)
-        if code is None:
+        blocks = code_blocks(answer)
+        if not blocks:
             display(Message("--format code: the answer has no code block.", error=False))
         else:
-            self.shell.set_next_input(code, replace=False)
+            self.shell.set_next_input(blocks[0], replace=False)
 
     # -- %oblix ----------------------------------------------------------------------
 
@@ -455,8 +449,15 @@ class Oblix(Magics):
         from .panel import ChatPanel
 
         if self._panel is None:
-            self._panel = ChatPanel(self.client, namespace=self.shell.user_ns, binding=self.binding)
+            self._panel = ChatPanel(self.client, namespace=self.shell.user_ns, binding=self.binding, insert_code=self.insert_cell)
         return self._panel
+
+    def insert_cell(self, code: str) -> bool:
+        """Ask the JupyterLab extension to insert ``code`` as a new cell; False without the extension."""
+        if self._frontend is None:
+            return False
+        self._frontend.send({"action": "insert_cell", "code": code})
+        return True
 
     def _command_chat(self, options: argparse.Namespace) -> None:
         display(self.chat_panel())
@@ -530,6 +531,7 @@ def _open_channel(magics: Oblix, channel: Any, message: dict[str, Any]) -> None:
         except Exception as error:  # a comm handler must never take the kernel down
             channel.send({"action": "error", "message": str(error)})
 
+    magics._frontend = channel
     receive(message["content"]["data"] or {})
     channel.send({"action": "ack"})
     channel.on_msg(lambda update: receive(update["content"]["data"] or {}))

@@ -14,13 +14,13 @@ import html
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 
-from .display import UPDATE_INTERVAL
+from .display import UPDATE_INTERVAL, code_blocks
 from .errors import AnswerInterrupted, OblixError
 from .exchange import message_header
 from .notebook import NotebookBinding, notebook_title
@@ -115,7 +115,9 @@ class ChatPanel(widgets.VBox):
         session_id: str | None = None,
         namespace: Mapping[str, Any] | None = None,
         binding: NotebookBinding | None = None,
+        insert_code: Callable[[str], bool] | None = None,
     ) -> None:
+        """``insert_code`` puts code into a new notebook cell (the magics pass the lab extension's)."""
         if client is None:
             from .client import OblixClient
 
@@ -124,6 +126,7 @@ class ChatPanel(widgets.VBox):
         self.store = client.session_manager
         self.namespace: Mapping[str, Any] = namespace if namespace is not None else {}
         self.binding = binding
+        self.insert_code = insert_code
         if session_id is not None:
             session_id = client.resolve_session_id(session_id)
             if binding is not None:
@@ -142,7 +145,7 @@ class ChatPanel(widgets.VBox):
         self._closed = threading.Event()
         self._stop = threading.Event()
         self._turn: dict[str, Any] | None = None  # prompt, messages before it, streamed text
-        self._views: dict[tuple[str, str], tuple[widgets.Output, str]] = {}
+        self._views: dict[tuple[str, str], tuple[widgets.Output, str, widgets.HBox | None]] = {}
         self._settings_for: str | None = None
         self._syncing_picker = False
         self._confirming_delete = False
@@ -231,7 +234,7 @@ class ChatPanel(widgets.VBox):
         super().close()
 
     def _owned_widgets(self) -> list[widgets.Widget]:
-        owned = [self.empty_note, *(view for view, _ in self._views.values())]
+        owned = [self.empty_note, *(view for view, _, _ in self._views.values())]
         pending = [self.settings, *self.children]
         while pending:
             widget = pending.pop()
@@ -328,15 +331,20 @@ class ChatPanel(widgets.VBox):
             key = (session["id"] if session else "", str(message.get("id") or number))
             markdown = message_markdown(message)
             keep.add(key)
-            view, rendered = self._views.get(key, (None, ""))
+            view, rendered, actions = self._views.get(key, (None, "", None))
             if view is None:
                 view = message_view(str(message.get("role", "user")))
             if message.get("status") in INCOMPLETE:
                 view.add_class("oblix-incomplete")
             if rendered != markdown:
                 view.outputs = markdown_outputs(markdown, f"{message.get('role')}: {message['content']}")
-            self._views[key] = (view, markdown)
+                if actions is not None:
+                    actions.close()
+                actions = self._code_actions(message)
+            self._views[key] = (view, markdown, actions)
             shown.append(view)
+            if actions is not None:
+                shown.append(actions)
         turn = self._turn
         if turn is not None and turn["session_id"] == self._session_id:
             if len(stored) <= turn["before"]:  # the prompt is not stored yet
@@ -344,8 +352,32 @@ class ChatPanel(widgets.VBox):
             if len(stored) < turn["before"] + 2:  # nor the answer
                 shown.append(turn["answer_view"])
         for key in [k for k in self._views if k not in keep]:
-            self._views.pop(key)[0].close()
+            view, _, actions = self._views.pop(key)
+            view.close()
+            if actions is not None:
+                actions.close()
         self.messages.children = tuple(shown or [self.empty_note])
+
+    def _code_actions(self, message: Mapping[str, Any]) -> widgets.HBox | None:
+        """"Insert" buttons under an answer's code blocks, when cells can be inserted."""
+        if self.insert_code is None or message.get("role") != "assistant":
+            return None
+        blocks = code_blocks(str(message.get("content", "")))
+        if not blocks:
+            return None
+        buttons = []
+        for number, code in enumerate(blocks, start=1):
+            label = "Insert code" if len(blocks) == 1 else f"Insert code {number}"
+            button = widgets.Button(description=label, icon="plus", tooltip="Insert as a new cell below the active cell")
+            button.layout.width = "auto"
+            button.add_class("oblix-insert")
+            button.on_click(lambda _button, code=code: self._insert(code))
+            buttons.append(button)
+        return widgets.HBox(buttons)
+
+    def _insert(self, code: str) -> None:
+        if self.insert_code is None or not self.insert_code(code):
+            self._show_notice("Inserting cells needs the oblix JupyterLab extension.", error=True)
 
     def _update_variables(self) -> None:
         names = notebook_variables(self.namespace)

@@ -12,6 +12,7 @@
  *                         {action: 'open_chat'}
  *   kernel -> front end   {action: 'ack'}          (path registered)
  *                         {action: 'chat_widget', model_id}
+ *                         {action: 'insert_cell', code}  (a new code cell below the active one)
  */
 
 import { PathExt } from '@jupyterlab/coreutils';
@@ -189,7 +190,11 @@ export class SessionLink implements IDisposable {
     if (comm !== this._comm) {
       return;
     }
-    const data = msg.content.data as { action?: string; model_id?: string };
+    const data = msg.content.data as {
+      action?: string;
+      model_id?: string;
+      code?: string;
+    };
     switch (data.action) {
       case 'ack':
         this._state = 'ready';
@@ -204,6 +209,14 @@ export class SessionLink implements IDisposable {
       case 'chat_widget':
         if (typeof data.model_id === 'string') {
           this._chatWidget.emit(data.model_id);
+        }
+        break;
+      case 'insert_cell':
+        // "Insert code" in the chat panel: the kernel cannot edit the notebook itself.
+        if (typeof data.code === 'string') {
+          const notebook = this._panel.content;
+          NotebookActions.insertBelow(notebook);
+          notebook.activeCell?.model.sharedModel.setSource(data.code);
         }
         break;
     }

@@ -123,3 +123,17 @@ def test_a_failing_model_shows_inline_and_keeps_the_typed_text(jlab, server):
     assert textarea.input_value() == "please keep\nthis text"
     assert len(server.chat_requests()) == 1
 
+
+
+def test_insert_code_from_the_chat_panel_adds_a_cell(jlab, server):
+    server.default = Behavior(reply="Try this:\n\n```python\nprint('from the panel')\n```\n")
+    jlab.lab.write_notebook("insert/code.ipynb", [LOAD])
+    jlab.open_notebook("insert/code.ipynb")
+    jlab.run_cell(0)
+    chat = jlab.chat_from_toolbar()
+    chat.wait_for()
+    chat.locator(".oblix-input textarea").fill("write some code")
+    chat.locator("button.oblix-send").click()
+    chat.locator("button.oblix-insert").click()
+    sources = "() => jupyterapp.shell.currentWidget.content.widgets.map(cell => cell.model.sharedModel.getSource())"
+    jlab.wait_until(lambda: "print('from the panel')" in jlab.evaluate(sources), 30, "the code cell to be inserted")
