@@ -12,7 +12,6 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import IO, TYPE_CHECKING, Any
 
-from .context import ContextPlan, conversation_messages, select_context
 from .errors import AnswerInterrupted, ModelError, NoModelConfigured
 from .models import (
     DEFAULT_ANSWER_RESERVE,
@@ -23,13 +22,14 @@ from .models import (
     model_notice,
     redact,
 )
-from .notebook_state import NotebookContext
-from .relevance import LexicalIndex
 from .sessions import SessionManager, SessionStore
-from .variables import VariableSummary
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the selector's modules load on the first turn, keeping %load_ext light
+    from .context import ContextPlan
     from .embeddings import VectorCache
+    from .notebook_state import NotebookContext
+    from .relevance import LexicalIndex
+    from .variables import VariableSummary
 
 TextSink = Callable[[str], Any] | IO[str]
 
@@ -133,6 +133,8 @@ class OblixClient:
         Relevance signals (a word index, embeddings) are gathered only when the
         conversation does not fit the budget whole: otherwise everything is sent anyway.
         """
+        from .context import conversation_messages, select_context
+
         window = max_input_tokens(model, self.max_input_tokens)
         reserve = min(max_tokens or DEFAULT_ANSWER_RESERVE, window // 2)
         budget = window - reserve
@@ -162,6 +164,8 @@ class OblixClient:
 
     def _lexical_index(self, session_id: str, messages: list[dict[str, Any]]) -> LexicalIndex:
         """The session's word index, extended with new messages rather than rebuilt each turn."""
+        from .relevance import LexicalIndex
+
         index = self._indexes.get(session_id)
         if index is None or len(index.ids) > len(messages) or index.ids[:1] != [messages[0].get("id")]:
             index = self._indexes[session_id] = LexicalIndex()

@@ -11,9 +11,10 @@ import re
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .context import ContextPlan
+if TYPE_CHECKING:
+    from .context import ContextPlan
 
 UPDATE_INTERVAL = 0.05  # seconds between display updates while an answer streams
 _CODE_BLOCK = re.compile(r"```[^\n`]*\n(.*?)```", re.DOTALL)

@@ -29,9 +29,7 @@ from .display import Conversation, Message, PlanView, StreamingOutput, Table, co
 from .errors import AnswerInterrupted, BadArguments, OblixError
 from .handle import SessionHandle
 from .notebook import NotebookBinding, load_dotenv
-from .notebook_state import gather_notebook_context
 from .sessions import SessionManager
-from .variables import summarize_variables
 
 _FIELD = re.compile(r"\{\{|\}\}|\{([A-Za-z_]\w*)(?:\[(-?\d+)\])?\}")
 
@@ -276,6 +274,9 @@ class Oblix(Magics):
             if options.model:
                 self.client.session_manager.update_session(session_id, model=options.model)
             self._prepare()
+            from .notebook_state import gather_notebook_context
+            from .variables import summarize_variables
+
             # Variables are read from the cell as typed: {name} still marks a reference there.
             variables = summarize_variables(self.shell.user_ns, cell, named=options.vars)
             notebook = gather_notebook_context(self.shell, force_error=options.error, force_cells=options.cells)
