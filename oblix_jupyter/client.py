@@ -254,6 +254,7 @@ class OblixClient:
         return {
             "response": completion.text,
             "session_id": session_id,
+            "session_title": session["title"] if session is not None else None,
             "message_id": message_id,
             "model": completion.model,
             "status": completion.status,

@@ -118,11 +118,11 @@ class PlanView:
         return {"text/markdown": text, "text/plain": text}
 
 
-def footer(result: dict[str, Any], session_title: str | None) -> str:
+def footer(result: dict[str, Any]) -> str:
     """One line under an answer: model, session, tokens and, when litellm knows the price, the cost."""
     parts = [result["model"]]
     if result.get("session_id"):
-        parts.append(f"session {session_title or ''} ({result['session_id'][:8]})".replace("  ", " "))
+        parts.append(f"session {result.get('session_title') or ''} ({result['session_id'][:8]})".replace("  ", " "))
     usage = result.get("usage") or {}
     if usage.get("prompt_tokens") is not None:
         parts.append(f"{usage['prompt_tokens']} tokens in, {usage.get('completion_tokens') or 0} out")

@@ -291,8 +291,7 @@ class Oblix(Magics):
                 variables=variables,
                 notebook=notebook,
             )
-            title = self.client.session_manager.get_session(session_id)["title"]
-            stream.finish(result["response"], footer(result, title) if self.show_footer else "")
+            stream.finish(result["response"], footer(result) if self.show_footer else "")
             if self._panel is not None:
                 self._panel.refresh()
             if options.explain:
