@@ -228,10 +228,6 @@ def load() -> float:
     return _get_runtime().load_seconds
 
 
-def is_loaded() -> bool:
-    return _runtime is not None
-
-
 # --------------------------------------------------------------------------- #
 # Requests and generations
 # --------------------------------------------------------------------------- #

@@ -357,19 +357,6 @@ class SessionManager:
 
         return self._modify(session_id, append)
 
-    def update_message(self, session_id: str, message_id: str, **fields: Any) -> dict[str, Any]:
-        """Change fields of one stored message (e.g. cache its token count) without touching ``updated_at``."""
-        check_context(fields)
-
-        def patch(session: dict[str, Any]) -> dict[str, Any]:
-            for message in session["messages"]:
-                if message.get("id") == message_id:
-                    message.update(fields)
-                    return dict(message)
-            raise KeyError(f"Session {session_id} has no message {message_id!r}.")
-
-        return self._modify(session_id, patch, touch=False)
-
     def load_session(self, session_id: str) -> dict[str, Any] | None:
         """The whole session as a plain dict, or None when no such session exists (as in the SDK)."""
         path = self.session_path(session_id)
