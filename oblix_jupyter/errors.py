@@ -56,6 +56,17 @@ class CorruptSession(OblixError):
         self.reason = reason
 
 
+class StoreBusy(OblixError, TimeoutError):
+    """Another process held a session file's lock for longer than the store waits."""
+
+    def __init__(self, path: str, seconds: float) -> None:
+        super().__init__(
+            f"{path} stayed locked by another process for {seconds:g} s, so nothing was written to it. "
+            "Is a kernel or `oblix` command stuck on it? Try again."
+        )
+        self.path = path
+
+
 class BadArguments(OblixError, ValueError):
     """Options of a magic or command that cannot be accepted; the message includes the usage."""
 

@@ -40,6 +40,7 @@ from .errors import (
 from .storage import (
     DIR_MODE,
     LockedAtomicStorage,
+    ParsedFiles,
     atomic_write_bytes,
     dump_json,
     ensure_private_dir,
@@ -177,6 +178,7 @@ class SessionManager:
         self._index_dir = os.path.join(self.base_dir, ".index")
         self._locks_dir = os.path.join(self.base_dir, ".locks")
         self.problems: list[CorruptSession] = []
+        self._parsed = ParsedFiles()
         for directory in (self.base_dir, self._index_dir, self._locks_dir):
             ensure_private_dir(directory)
         os.chmod(self.base_dir, DIR_MODE)
@@ -190,7 +192,7 @@ class SessionManager:
     def _transaction(self, session_id: str) -> Iterator[TinyDB]:
         path = self.session_path(session_id)
         lock = os.path.join(self._locks_dir, f"{session_id}.lock")
-        with TinyDB(path, storage=LockedAtomicStorage, lock_path=lock, lock_timeout=self.lock_timeout) as db:
+        with TinyDB(path, storage=LockedAtomicStorage, lock_path=lock, lock_timeout=self.lock_timeout, parsed=self._parsed) as db:
             yield db
 
     def _modify(self, session_id: str, change: Callable[[dict[str, Any]], Any], touch: bool = True) -> Any:
@@ -353,7 +355,7 @@ class SessionManager:
                 number += 1
             stored = {"id": f"msg_{number}", "role": role, "content": content, "timestamp": now_iso(), **extra}
             session["messages"].append(stored)
-            return stored
+            return copy.deepcopy(stored)  # the stored dict stays with the transaction's data
 
         return self._modify(session_id, append)
 

@@ -13,11 +13,13 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
+from collections import OrderedDict
 from typing import Any
 
 from tinydb.storages import Storage
 
-from .errors import CorruptSession
+from .errors import CorruptSession, StoreBusy
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
@@ -61,18 +63,51 @@ def read_json_file(path: str) -> Any:
 
     ``FileNotFoundError`` is left to the caller: a missing file is not corrupt.
     """
+    return _parse(path, _read_bytes(path))
+
+
+def _read_bytes(path: str) -> bytes:
     try:
         with open(path, "rb") as handle:
-            raw = handle.read()
+            return handle.read()
     except FileNotFoundError:
         raise
     except OSError as exc:
         raise CorruptSession(path, exc.strerror or str(exc)) from exc
+
+
+def _parse(path: str, raw: bytes) -> Any:
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         reason = "empty file" if not raw.strip() else f"invalid JSON: {exc}"
         raise CorruptSession(path, reason) from exc
+
+
+class ParsedFiles:
+    """The data that write transactions last stored, by path, so the next one need not parse the file.
+
+    A long session is re-parsed on every append otherwise. An entry is used only when
+    the file still holds exactly the bytes it was stored as (compared in full, which
+    costs far less than parsing), and only inside a transaction, which takes the entry
+    out while it works: data that TinyDB may have changed is never handed out twice.
+    """
+
+    def __init__(self, size: int = 8) -> None:
+        self._size = size
+        self._entries: OrderedDict[str, tuple[bytes, dict[str, Any]]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def take(self, path: str, raw: bytes) -> dict[str, Any] | None:
+        with self._lock:
+            entry = self._entries.pop(path, None)
+        return entry[1] if entry is not None and entry[0] == raw else None
+
+    def keep(self, path: str, raw: bytes, data: dict[str, Any]) -> None:
+        with self._lock:
+            self._entries[path] = (raw, data)
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
 
 
 class LockedAtomicStorage(Storage):
@@ -84,22 +119,32 @@ class LockedAtomicStorage(Storage):
     nobody else can write while we hold the lock.
     """
 
-    def __init__(self, path: str, lock_path: str | None = None, lock_timeout: float = 30.0) -> None:
+    def __init__(
+        self, path: str, lock_path: str | None = None, lock_timeout: float = 30.0, parsed: ParsedFiles | None = None
+    ) -> None:
         self._path = path
         self._lock: Any = None  # a filelock.FileLock while writing
         self._data: dict[str, Any] | None = None
+        self._parsed = parsed if lock_path is not None else None  # only a lock holder may reuse parsed data
         if lock_path is not None:
-            from filelock import FileLock  # imported on the first write: it costs start-up time
+            from filelock import FileLock, Timeout  # imported on the first write: it costs start-up time
 
-            self._lock = FileLock(lock_path, timeout=lock_timeout, mode=FILE_MODE)
-            self._lock.acquire()
+            lock = FileLock(lock_path, timeout=lock_timeout, mode=FILE_MODE)
+            try:
+                lock.acquire()
+            except Timeout:
+                raise StoreBusy(path, lock_timeout) from None
+            self._lock = lock
 
     def read(self) -> dict[str, Any] | None:
         if self._data is None:
             try:
-                data = read_json_file(self._path)
+                raw = _read_bytes(self._path)
             except FileNotFoundError:
                 return None
+            data = self._parsed.take(self._path, raw) if self._parsed is not None else None
+            if data is None:
+                data = _parse(self._path, raw)
             if not isinstance(data, dict):
                 raise CorruptSession(self._path, "not a TinyDB document store")
             self._data = data
@@ -108,12 +153,15 @@ class LockedAtomicStorage(Storage):
     def write(self, data: dict[str, Any]) -> None:
         if self._lock is None:
             raise RuntimeError("LockedAtomicStorage opened without a lock is read-only")
+        payload = dump_json(data)
         try:
-            atomic_write_bytes(self._path, dump_json(data))
+            atomic_write_bytes(self._path, payload)
         except BaseException:
             self._data = None  # TinyDB mutated our cached copy; the file is the truth
             raise
         self._data = data
+        if self._parsed is not None:
+            self._parsed.keep(self._path, payload, data)
 
     def close(self) -> None:
         if self._lock is not None:
