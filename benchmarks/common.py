@@ -14,19 +14,44 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests")
 
 from model_server import Behavior, ModelServer  # noqa: E402  (the tests' own server)
 
-__all__ = ["Behavior", "ModelServer", "median_ms", "report"]
+__all__ = ["Behavior", "ModelServer", "median_ms", "paired_medians", "report"]
 
 
-def median_ms(action: Callable[[], object], repeat: int = 30, warmup: int = 3) -> float:
-    """Median wall time of ``action`` in milliseconds, after a few warm-up runs."""
+def median_ms(action: Callable[[], object], repeat: int = 30, warmup: int = 3, pause: float = 0.0) -> float:
+    """Median wall time of ``action`` in milliseconds, after a few warm-up runs.
+
+    ``pause`` (untimed, between runs) stands for a person reading an answer before the
+    next turn, so work a turn leaves to the background is not billed to the next one.
+    """
     for _ in range(warmup):
         action()
+        time.sleep(pause)
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
         action()
         times.append(time.perf_counter() - start)
+        time.sleep(pause)
     return statistics.median(times) * 1000
+
+
+def paired_medians(
+    baseline: Callable[[], object], candidate: Callable[[], object], repeat: int = 20, warmup: int = 2, pause: float = 0.0
+) -> tuple[float, float]:
+    """Median milliseconds of ``baseline`` and ``candidate``, run alternately.
+
+    Alternating cancels the drift of a shared machine (other work, clock speed) that
+    would otherwise land on whichever of the two ran second.
+    """
+    times: tuple[list[float], list[float]] = ([], [])
+    for number in range(warmup + repeat):
+        for action, bucket in ((baseline, times[0]), (candidate, times[1])):
+            start = time.perf_counter()
+            action()
+            if number >= warmup:
+                bucket.append(time.perf_counter() - start)
+            time.sleep(pause)
+    return statistics.median(times[0]) * 1000, statistics.median(times[1]) * 1000
 
 
 def report(name: str, value: str, goal: str = "") -> None:

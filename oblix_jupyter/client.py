@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from collections.abc import Callable, Sequence
 from typing import IO, TYPE_CHECKING, Any
 
@@ -26,7 +27,7 @@ from .sessions import SessionManager, SessionStore
 
 if TYPE_CHECKING:  # the selector's modules load on the first turn, keeping %load_ext light
     from .context import ContextPlan
-    from .embeddings import VectorCache
+    from .embeddings import VectorCache, VectorTable
     from .notebook_state import NotebookContext
     from .relevance import LexicalIndex
     from .variables import VariableSummary
@@ -64,9 +65,13 @@ class OblixClient:
         self.gateway = ModelGateway(model_options=model_options, timeout=timeout)
         self.semantic = semantic
         self.embed_seconds = embed_seconds
-        self._token_cache: dict[tuple[str, str], int] = {}
+        self._token_counts: dict[str, dict[str, int]] = {}  # by model, then text
         self._indexes: dict[str, LexicalIndex] = {}
         self._vectors: VectorCache | None = None
+        self._embedding: set[str] = set()  # sessions whose turns needed embeddings
+        # One thread writes to the store while the model answers, another embeds finished turns.
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="oblix-store")
+        self._embedder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="oblix-embed")
 
     # -- sessions -----------------------------------------------------------------
 
@@ -130,36 +135,34 @@ class OblixClient:
     ) -> ContextPlan:
         """What would be sent for ``prompt`` to ``model``: the context selector's plan.
 
-        Relevance signals (a word index, embeddings) are gathered only when the
-        conversation does not fit the budget whole: otherwise everything is sent anyway.
+        The word index is kept per session and extended, never rebuilt; embeddings are
+        computed only if the selector asks for them (the conversation does not fit whole).
         """
         from .context import conversation_messages, select_context
 
         window = max_input_tokens(model, self.max_input_tokens)
         reserve = min(max_tokens or DEFAULT_ANSWER_RESERVE, window // 2)
-        budget = window - reserve
-
-        def count(text: str) -> int:
-            return self._count(model, text)
-
         messages = conversation_messages(session, history)
-        signals: dict[str, Any] = {}
-        if session is not None and messages and sum(count(m["content"]) for m in messages) + count(prompt) > budget:
-            signals["lexical_index"] = self._lexical_index(session["id"], messages)
+        session_id = (session or {}).get("id")
+
+        def semantic() -> tuple[VectorTable | None, Any]:
             vectors = self._vector_cache()
-            if vectors is not None:
-                signals["message_vectors"] = vectors.vectors(session["id"], messages, max_seconds=self.embed_seconds)
-                signals["prompt_vector"] = vectors.embed_prompt(prompt)
+            if vectors is None or session_id is None:
+                return None, None
+            self._embedding.add(session_id)  # from now on its vectors are kept current after each turn
+            return vectors.vectors(session_id, messages, max_seconds=self.embed_seconds), vectors.embed_prompt(prompt)
+
         return select_context(
             session,
             prompt,
-            budget,
-            count,
+            window - reserve,
+            self._counter(model),
             history=history,
             variables=variables,
             notebook=notebook,
             pinned=pinned if pinned is not None else (session or {}).get("pinned", ()),
-            **signals,
+            lexical_index=(lambda: self._lexical_index(session_id, messages)) if session_id else None,
+            semantic=semantic,
         )
 
     def _lexical_index(self, session_id: str, messages: list[dict[str, Any]]) -> LexicalIndex:
@@ -167,7 +170,7 @@ class OblixClient:
         from .relevance import LexicalIndex
 
         index = self._indexes.get(session_id)
-        if index is None or len(index.ids) > len(messages) or index.ids[:1] != [messages[0].get("id")]:
+        if index is None or len(index.ids) > len(messages) or index.ids[:1] != [m.get("id") for m in messages[:1]]:
             index = self._indexes[session_id] = LexicalIndex()
         return index.extend(messages)
 
@@ -183,12 +186,28 @@ class OblixClient:
                 self._vectors = VectorCache(self.session_manager.base_dir, embedder)
         return self._vectors
 
-    def _count(self, model: str, text: str) -> int:
-        key = (model, text)
-        tokens = self._token_cache.get(key)
-        if tokens is None:
-            tokens = self._token_cache[key] = count_tokens(model, text)
-        return tokens
+    def _embed_later(self, session_id: str, messages: list[dict[str, Any]]) -> None:
+        """Embed a finished turn in the background, so the next turn's selection finds it ready.
+
+        A failure here is not reported: the next turn's own call embeds what is missing.
+        """
+        from .context import conversation_messages
+
+        vectors = self._vector_cache()
+        if vectors is not None:
+            self._embedder.submit(vectors.vectors, session_id, conversation_messages({"messages": messages}))
+
+    def _counter(self, model: str) -> Callable[[str], int]:
+        """A token counter for ``model`` that remembers its answers: every turn counts the same messages."""
+        counts = self._token_counts.setdefault(model, {})
+
+        def count(text: str) -> int:
+            tokens = counts.get(text)
+            if tokens is None:
+                tokens = counts[text] = count_tokens(model, text)
+            return tokens
+
+        return count
 
     def execute_sync(
         self,
@@ -218,21 +237,24 @@ class OblixClient:
         plan = self.plan(
             prompt, session, models[0], history=history, max_tokens=max_tokens, variables=variables, notebook=notebook, pinned=pinned
         )
-        if session_id:
-            store.save_message(session_id, redact(prompt), role="user")
+        # The prompt is written while the request goes out; the answer's first text is not
+        # shown, nor the answer stored, nor any failure reported, before that write is done.
+        saving = self._writer.submit(store.save_message, session_id, redact(prompt), role="user") if session_id else None
         try:
             completion = self.gateway.complete(
                 models,
                 plan.messages,
-                on_text=_sink(stream_to),
+                on_text=_after(saving, _sink(stream_to)),
                 should_stop=should_stop,
                 temperature=temperature,
                 max_tokens=max_tokens,
             )
-        except ModelError as error:
-            if session_id and error.partial:
+        except BaseException as error:
+            _settle(saving)
+            if isinstance(error, ModelError) and session_id and error.partial:
                 store.save_message(session_id, redact(error.partial), role="assistant", model=error.model, status="error")
             raise
+        question = _settle(saving)
         message_id = None
         if session_id:
             stored = store.save_message(
@@ -247,6 +269,8 @@ class OblixClient:
             message_id = stored["id"]
             if session is not None and not session.get("model"):
                 store.update_session(session_id, model=completion.model)
+            if session_id in self._embedding and history:
+                self._embed_later(session_id, [*session["messages"], question, stored])
         if completion.status == "interrupted":
             raise AnswerInterrupted(
                 "The answer was interrupted; the part that arrived was kept.", model=completion.model, partial=completion.text
@@ -315,6 +339,32 @@ def _in_jupyter_kernel() -> bool:
     from IPython import get_ipython
 
     return getattr(get_ipython(), "kernel", None) is not None
+
+
+def _settle(pending: Future[Any] | None) -> Any:
+    """The result of a background store write, waited for even through Ctrl-C: a turn never leaves one behind."""
+    while pending is not None:
+        try:
+            return pending.result()
+        except KeyboardInterrupt:
+            continue
+    return None
+
+
+def _after(pending: Future[Any] | None, sink: Callable[[str], None] | None) -> Callable[[str], None] | None:
+    """``sink``, made to wait for ``pending`` before it passes on the first text.
+
+    Only waits: a failed write is raised after the answer, by the turn, and not here,
+    where the gateway would take it for the model failing.
+    """
+    if pending is None or sink is None:
+        return sink
+
+    def write(text: str) -> None:
+        wait([pending])
+        sink(text)
+
+    return write
 
 
 def _sink(stream_to: TextSink | None) -> Callable[[str], None] | None:

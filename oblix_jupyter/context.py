@@ -72,7 +72,7 @@ _CONVERSATION_ROLES = frozenset({"user", "assistant"})
 _PRIORITY = {"pinned": 0, "recent": 2, "relevant": 3, "neighbour": 3, "fill": 4}
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # one per message sent: plain slots keep a long plan cheap to build
 class PlanItem:
     """One entry of the plan: a message, or a part of the system message, and why it is there."""
 
@@ -164,9 +164,8 @@ def select_context(
     notebook: NotebookContext | None = None,
     pinned: Collection[str] = (),
     pin_first_exchange: bool = True,
-    message_vectors: Mapping[str, Any] | None = None,
-    prompt_vector: Sequence[float] | None = None,
-    lexical_index: LexicalIndex | None = None,
+    semantic: Callable[[], tuple[Mapping[str, Any] | None, Sequence[float] | None]] | None = None,
+    lexical_index: Callable[[], LexicalIndex] | None = None,
     recent_share: float = DEFAULT_RECENT_SHARE,
     instructions: str | None = None,
 ) -> ContextPlan:
@@ -174,9 +173,11 @@ def select_context(
 
     ``count`` gives the tokens of a text; ``budget`` is the input window left after the
     answer's reserve. ``variables`` come from ``variables.summarize_variables`` and
-    ``notebook`` from ``notebook_state.gather_notebook_context``. ``message_vectors`` (by
-    message id) and ``prompt_vector`` switch on semantic relevance; ``lexical_index``
-    (a ``relevance.LexicalIndex`` of the same messages) saves rebuilding it each turn.
+    ``notebook`` from ``notebook_state.gather_notebook_context``. ``semantic`` switches on
+    semantic relevance: it returns (vectors by message id, the prompt's vector) and is
+    called only when the conversation does not fit whole, so a turn that sends everything
+    never pays for embeddings. ``lexical_index``, likewise called only then, returns a
+    kept ``relevance.LexicalIndex`` of these messages (rebuilt here if it is stale).
     Raises ``PromptTooLarge`` when the prompt alone does not fit.
     """
     session = session or {}
@@ -190,15 +191,14 @@ def select_context(
             f"The prompt needs about {prompt_tokens} tokens but the model's input budget is {budget - reserve}. "
             "Shorten it or use a model with a larger window."
         )
-    if lexical_index is None or not lexical_index.describes(earlier):
-        lexical_index = LexicalIndex(earlier)
     turn = _Turn(earlier, lexical_index, count, budget - prompt_tokens - reserve)
     turn.add_notebook(prompt, variables, notebook)
-    turn.add_pinned(set(pinned), pin_first_exchange)
-    turn.add_recent(recent_share)
-    turn.add_relevant(message_vectors, prompt_vector)
-    turn.settle_partial()
-    turn.add_fill()
+    if not turn.add_everything():
+        turn.add_pinned(set(pinned), pin_first_exchange)
+        turn.add_recent(recent_share)
+        turn.add_relevant(semantic)
+        turn.settle_partial()
+        turn.add_fill()
     return turn.plan(prompt, prompt_tokens, context, instructions, budget)
 
 
@@ -241,9 +241,12 @@ class _Section:
 class _Turn:
     """The working state of one selection: what is chosen so far and the room left."""
 
-    def __init__(self, earlier: list[dict[str, Any]], index: LexicalIndex, count: Callable[[str], int], room: int) -> None:
+    def __init__(
+        self, earlier: list[dict[str, Any]], index: Callable[[], LexicalIndex] | None, count: Callable[[str], int], room: int
+    ) -> None:
         self.earlier = earlier
-        self.index = index
+        self._kept_index = index
+        self._index: LexicalIndex | None = None
         self.count = count
         self.room = room
         self.chosen: dict[int, _Choice] = {}
@@ -253,12 +256,23 @@ class _Turn:
         self.notes: list[str] = []
         self.included_variables: list[VariableSummary] = []
         self._tokens: dict[int, int] = {}
-        # Exchanges: a user message and the answers after it. starts[k] is where exchange k begins.
-        self.starts = index.starts
         self.terms: dict[str, float] = {}
         self.partial: dict[int, dict[int, float]] = {}  # position -> {passage: relevance} chosen from it
 
     # -- helpers -------------------------------------------------------------------
+
+    @property
+    def index(self) -> LexicalIndex:
+        """The passages and word statistics of ``earlier``; built only when there is a choice to make."""
+        if self._index is None:
+            kept = self._kept_index() if self._kept_index is not None else None
+            self._index = kept if kept is not None and kept.describes(self.earlier) else LexicalIndex(self.earlier)
+        return self._index
+
+    @property
+    def starts(self) -> list[int]:
+        """Exchanges: a user message and the answers after it; ``starts[k]`` is where exchange k begins."""
+        return self.index.starts
 
     def text(self, position: int) -> str:
         message = self.earlier[position]
@@ -351,6 +365,14 @@ class _Turn:
                 self.included_variables.append(summary)
         self.terms = query_terms(prompt, [v.name for v in self.included_variables])
 
+    def add_everything(self) -> bool:
+        """Take the whole conversation when it fits: then there is nothing to choose, and nothing is cut."""
+        if sum(self.tokens(position) for position in range(len(self.earlier))) > self.room:
+            return False
+        for position in range(len(self.earlier)):
+            self.take(position, "recent")
+        return True
+
     def add_pinned(self, pinned: set[str], pin_first_exchange: bool) -> None:
         if pinned:
             for position, message in enumerate(self.earlier):
@@ -384,7 +406,7 @@ class _Turn:
                 self.take(position, "recent")
             share -= cost
 
-    def add_relevant(self, message_vectors: Mapping[str, Any] | None, prompt_vector: Sequence[float] | None) -> None:
+    def add_relevant(self, semantic: Callable[[], tuple[Mapping[str, Any] | None, Sequence[float] | None]] | None) -> None:
         """Passages of older messages by relevance to the prompt, most value per token first.
 
         A message shows the passages chosen from it, the rest replaced by ``[…]``; a
@@ -394,16 +416,17 @@ class _Turn:
         if not self.earlier:
             return
         index = self.index
-        semantic = semantic_scores(prompt_vector, message_vectors, index)
-        if semantic is None:
+        message_vectors, prompt_vector = semantic() if semantic is not None else (None, None)
+        similarities = semantic_scores(prompt_vector, message_vectors, index)
+        if similarities is None:
             self.notes.append("Relevance judged by words only (BM25): no embeddings (install oblix-jupyter[semantic]).")
         else:
-            missing = unknown_count(semantic)
+            missing = unknown_count(similarities)
             self.notes.append(
                 "Relevance judged by words (BM25) and meaning (embeddings)"
                 + (f"; {missing} passage(s) not embedded yet." if missing else ".")
             )
-        fused = fuse(index.scores(self.terms), semantic, len(index.texts), LEXICAL_WEIGHT)
+        fused = fuse(index.scores(self.terms), similarities, len(index.texts), LEXICAL_WEIGHT)
         candidates = best_passages(fused, CANDIDATES, RELEVANCE_FLOOR)
         fused = {c: float(fused[c]) for c in candidates}
         cost = {c: self.count(index.texts[c]) + PASSAGE_OVERHEAD for c in candidates}
@@ -486,12 +509,7 @@ class _Turn:
             items.append(PlanItem(message["role"], reason, choice.tokens, message.get("id"), choice.score, note))
         messages.append({"role": "user", "content": prompt})
         items.append(PlanItem("user", "prompt", prompt_tokens))
-        omitted_ids: list[str] = []
-        previous = 0
-        for position in sorted(self.chosen):  # whole runs at a time: sessions can be long
-            omitted_ids.extend(self.index.ids[previous:position])
-            previous = position + 1
-        omitted_ids.extend(self.index.ids[previous:])
+        omitted_ids = [message.get("id") for position, message in enumerate(self.earlier) if position not in self.chosen]
         return ContextPlan(
             messages=messages,
             items=items,

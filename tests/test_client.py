@@ -370,3 +370,22 @@ def test_cost_is_reported_when_litellm_knows_the_price(model_env):
     assert priced["cost"] and priced["cost"] > 0
     unpriced = OblixClient().chat_once_sync("and this?")
     assert unpriced["cost"] is None
+
+
+def test_a_prompt_that_cannot_be_stored_is_reported_as_a_store_error(model_env, tmp_path):
+    from filelock import FileLock
+
+    from oblix_jupyter.errors import StoreBusy
+
+    store = SessionManager(tmp_path, lock_timeout=0.3)
+    client = OblixClient(session_manager=store, fallback_models=["openai/never-tried"])
+    session_id = client.create_session_sync()
+    shown: list[str] = []
+    with FileLock(os.path.join(tmp_path, ".locks", f"{session_id}.lock")):  # another writer holds the session
+        with pytest.raises(StoreBusy, match="locked by another process"):
+            client.execute_sync("keep me", session_id, stream_to=shown.append)
+    assert shown, "the answer still streamed"
+    assert [r["model"] for r in model_env.chat_requests()] == ["test-model"]  # not taken for a model failure
+    assert client.load_session(session_id)["messages"] == []  # nothing half-recorded
+    client.execute_sync("keep me", session_id)
+    assert [m["content"] for m in client.load_session(session_id)["messages"]][0] == "keep me"

@@ -183,12 +183,23 @@ def test_relevance_by_meaning_uses_the_vectors_given():
     session["messages"][10]["content"] = "The raw extracts sit in an S3 bucket refreshed each Monday."
     vectors = {m["id"]: [1.0, 0.0] for m in session["messages"]}
     vectors["msg_11"] = [0.0, 1.0]
-    plan = select_context(session, "Where is the source data kept?", 300, approx, message_vectors=vectors, prompt_vector=[0.1, 1.0])
+    plan = select_context(session, "Where is the source data kept?", 300, approx, semantic=lambda: (vectors, [0.1, 1.0]))
     assert "msg_11" in sent_ids(plan)
     assert "meaning (embeddings)" in " ".join(plan.notes)
     lexical_only = select_context(session, "Where is the source data kept?", 300, approx)
     assert "msg_11" not in sent_ids(lexical_only)
     assert "words only" in " ".join(lexical_only.notes)
+
+
+def test_a_conversation_that_fits_goes_whole_without_asking_for_embeddings():
+    long_answer = " ".join(f"Sentence {n} is about colours." for n in range(30))
+    session = session_of("Plot the prices", long_answer, "And the volumes?", "Use a bar chart.")
+    asked = []
+    plan = select_context(session, "Which colours again?", 2000, approx, semantic=lambda: asked.append(1) or (None, None))
+    assert asked == [] and plan.omitted == []
+    assert [m["content"] for m in plan.messages[:-1]] == [m["content"] for m in session["messages"]]
+    tight = select_context(session, "Which colours again?", 120, approx, semantic=lambda: asked.append(1) or (None, None))
+    assert asked == [1] and long_answer not in [m["content"] for m in tight.messages]
 
 
 def test_long_relevant_message_is_cut_to_its_relevant_part():
@@ -213,7 +224,7 @@ def test_a_stale_index_is_rebuilt_not_trusted():
     session = filler_session(50)
     stale = LexicalIndex(conversation_messages(session)[:10])
     fresh = select_context(session, "merge frames", 300, approx)
-    reused = select_context(session, "merge frames", 300, approx, lexical_index=stale)
+    reused = select_context(session, "merge frames", 300, approx, lexical_index=lambda: stale)
     assert sent_ids(fresh) == sent_ids(reused)
 
 
@@ -249,7 +260,8 @@ def test_property_within_budget_chronological_prompt_last(messages, prompt, budg
     }
     options = {}
     if vectors:
-        options = {"message_vectors": {m["id"]: [len(m["content"]) % 7, 1.0] for m in session["messages"]}, "prompt_vector": [1.0, 0.5]}
+        table = {m["id"]: [len(m["content"]) % 7, 1.0] for m in session["messages"]}
+        options = {"semantic": lambda: (table, [1.0, 0.5])}
     try:
         plan = select_context(session, prompt, budget, approx, recent_share=share, pinned={f"msg_{p}" for p in pins}, **options)
     except PromptTooLarge:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -79,3 +80,29 @@ def test_a_turn_with_nothing_configured_answers_offline():
 def test_redact_removes_secret_values(monkeypatch):
     monkeypatch.setenv("MY_SERVICE_API_KEY", "sk-live-abcdefgh12345")
     assert redact("error: key sk-live-abcdefgh12345 rejected") == "error: key *** rejected"
+
+
+def test_stream_logging_is_skipped_only_while_nothing_listens(model_env):
+    from oblix_jupyter.models import litellm_module
+
+    litellm = litellm_module()
+    client = OblixClient()
+    client.chat_once_sync("first")
+    assert litellm.disable_streaming_logging is True
+    seen = []
+
+    def listener(kwargs, response, start, end):
+        seen.append(response)
+
+    litellm.success_callback.append(listener)
+    try:
+        client.chat_once_sync("second")
+        assert litellm.disable_streaming_logging is False
+        deadline = time.monotonic() + 10
+        while not seen and time.monotonic() < deadline:  # litellm calls back from a worker thread
+            time.sleep(0.05)
+        assert seen, "a configured litellm callback must still receive streamed answers"
+    finally:
+        litellm.success_callback.remove(listener)
+    client.chat_once_sync("third")
+    assert litellm.disable_streaming_logging is True
