@@ -55,6 +55,7 @@ def main() -> None:
                 case = f"{label}, {server_label}"
                 report(f"bare litellm.completion, {len(messages)} msgs, {case}", f"{baseline:.2f} ms")
                 report("execute turn, 1,000-message session, same server", f"{ours:.2f} ms")
+                report(f"  execute adds ({case})", f"{ours - baseline:.2f} ms")
                 report(f"  ratio execute / bare ({case})", f"{ours / baseline:.3f}", "goal <= 1.05")
     if local_model.is_available():
         local_turn_ratio(litellm)

@@ -68,10 +68,11 @@ class OblixClient:
         self._token_counts: dict[str, dict[str, int]] = {}  # by model, then text
         self._indexes: dict[str, LexicalIndex] = {}
         self._vectors: VectorCache | None = None
-        self._embedding: set[str] = set()  # sessions whose turns needed embeddings
-        # One thread writes to the store while the model answers, another embeds finished turns.
+        self._needs_vectors: set[str] = set()  # sessions whose turns needed embeddings
+        self._early_prompt_vectors: dict[str, Future[Any]] = {}
+        # One thread writes to the store while the model answers, another embeds.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="oblix-store")
-        self._embedder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="oblix-embed")
+        self._embedding = ThreadPoolExecutor(max_workers=1, thread_name_prefix="oblix-embed")
 
     # -- sessions -----------------------------------------------------------------
 
@@ -149,8 +150,10 @@ class OblixClient:
             vectors = self._vector_cache()
             if vectors is None or session_id is None:
                 return None, None
-            self._embedding.add(session_id)  # from now on its vectors are kept current after each turn
-            return vectors.vectors(session_id, messages, max_seconds=self.embed_seconds), vectors.embed_prompt(prompt)
+            self._needs_vectors.add(session_id)  # from now on its vectors are kept current after each turn
+            table = vectors.vectors(session_id, messages, max_seconds=self.embed_seconds)
+            early = self._early_prompt_vectors.pop(prompt, None)
+            return table, early.result() if early is not None else vectors.embed_prompt(prompt)
 
         return select_context(
             session,
@@ -195,7 +198,7 @@ class OblixClient:
 
         vectors = self._vector_cache()
         if vectors is not None:
-            self._embedder.submit(vectors.vectors, session_id, conversation_messages({"messages": messages}))
+            self._embedding.submit(vectors.vectors, session_id, conversation_messages({"messages": messages}))
 
     def _counter(self, model: str) -> Callable[[str], int]:
         """A token counter for ``model`` that remembers its answers: every turn counts the same messages."""
@@ -232,11 +235,16 @@ class OblixClient:
         """
         session_id = session_id or self.current_session_id
         store = self.session_manager
-        session = store.get_session(session_id) if session_id else None
-        models = self.models_for(session)
-        plan = self.plan(
-            prompt, session, models[0], history=history, max_tokens=max_tokens, variables=variables, notebook=notebook, pinned=pinned
-        )
+        if session_id in self._needs_vectors and self._vectors is not None:  # embedded while the session is read
+            self._early_prompt_vectors[prompt] = self._embedding.submit(self._vectors.embed_prompt, prompt)
+        try:
+            session = store.get_session(session_id) if session_id else None
+            models = self.models_for(session)
+            plan = self.plan(
+                prompt, session, models[0], history=history, max_tokens=max_tokens, variables=variables, notebook=notebook, pinned=pinned
+            )
+        finally:
+            self._early_prompt_vectors.pop(prompt, None)
         # The prompt is written while the request goes out; the answer's first text is not
         # shown, nor the answer stored, nor any failure reported, before that write is done.
         saving = self._writer.submit(store.save_message, session_id, redact(prompt), role="user") if session_id else None
@@ -269,7 +277,7 @@ class OblixClient:
             message_id = stored["id"]
             if session is not None and not session.get("model"):
                 store.update_session(session_id, model=completion.model)
-            if session_id in self._embedding and history:
+            if session_id in self._needs_vectors and history:
                 self._embed_later(session_id, [*session["messages"], question, stored])
         if completion.status == "interrupted":
             raise AnswerInterrupted(

@@ -166,3 +166,37 @@ def test_vector_cache_embeds_each_message_once_and_keeps_the_file_private(embedd
     )
     assert "meaning (embeddings)" in " ".join(plan.notes)
     assert "msg_2" in [item.message_id for item in plan.items]
+
+
+def test_turns_on_a_long_session_find_a_fact_by_meaning_and_embed_each_finished_turn(embedder, model_env):
+    import time
+
+    from oblix_jupyter import OblixClient
+    from oblix_jupyter.embeddings import VectorTable
+
+    client = OblixClient(max_input_tokens=1200)
+    session_id = client.create_session_sync()
+    store = client.session_manager
+    for number in range(80):
+        text = f"Step {number}: plot the weekly sales as a bar chart with readable labels."
+        if number == 20:
+            text = "The raw extracts sit in an S3 bucket that is refreshed every Monday."
+        store.save_message(session_id, text, role="assistant" if number % 2 else "user")
+    vector_file = os.path.join(store.base_dir, ".vectors", embedder.name, f"{session_id}.bin")
+
+    def embedded_ids() -> list[str]:
+        try:
+            with open(vector_file, "rb") as handle:
+                return VectorTable.from_bytes(handle.read()).ids
+        except FileNotFoundError:
+            return []
+
+    for prompt in ("Where is the source data kept?", "Where is the source data kept, again?"):
+        result = client.execute_sync(prompt, session_id)
+        plan = result["plan"]
+        assert "meaning (embeddings)" in " ".join(plan.notes) and "not embedded yet" not in " ".join(plan.notes)
+        assert "msg_21" in [item.message_id for item in plan.items]
+        deadline = time.monotonic() + 30
+        while result["message_id"] not in embedded_ids() and time.monotonic() < deadline:
+            time.sleep(0.05)  # the finished turn is embedded in the background
+        assert result["message_id"] in embedded_ids()
