@@ -5,7 +5,9 @@ client adds (store reads and writes, context selection) on a 1,000-message sessi
 once with a 128k window, where the whole conversation fits, and once with a 4k window,
 where the selector must choose (word index, embeddings). Turns are 0.2 s apart
 (untimed), as a person's are: the embedding of a finished turn runs in the background
-in that time. The server answers instantly, or with a hosted model's first-token delay.
+in that time. The server answers a short echo instantly, the same after a hosted
+model's 300 ms first-token delay, and a typical answer (150 words at 15 ms each after
+300 ms). Each case also prints what the turn adds in milliseconds.
 """
 
 from __future__ import annotations
@@ -13,13 +15,19 @@ from __future__ import annotations
 import os
 import tempfile
 
-from common import ModelServer, paired_medians, report
+from common import Behavior, ModelServer, paired_medians, report
 
 from oblix_jupyter import OblixClient, SessionManager, local_model
 from oblix_jupyter.models import litellm_module
 
 MODEL = "openai/bench-model"
 PAUSE = 0.2
+ANSWER = " ".join(f"word{number}" for number in range(150))
+SERVERS = (
+    ("instant server", Behavior()),
+    ("first token after 300 ms", Behavior(first_token_delay=0.3)),
+    ("typical answer", Behavior(reply=ANSWER, first_token_delay=0.3, token_delay=0.015)),
+)
 
 
 def main() -> None:
@@ -48,9 +56,8 @@ def main() -> None:
             def turn() -> None:
                 client.execute_sync(prompt, session_id)
 
-            # A hosted model's first token typically takes a few hundred milliseconds.
-            for server_label, first_token in (("instant server", 0.0), ("first token after 300 ms", 0.3)):
-                server.default.first_token_delay = first_token
+            for server_label, behavior in SERVERS:
+                server.default = behavior
                 baseline, ours = paired_medians(bare, turn, repeat=15, pause=PAUSE)
                 case = f"{label}, {server_label}"
                 report(f"bare litellm.completion, {len(messages)} msgs, {case}", f"{baseline:.2f} ms")

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .context import ContextPlan
 
-UPDATE_INTERVAL = 0.05  # seconds between display updates while an answer streams
+UPDATE_INTERVAL = 0.1  # seconds between display updates while an answer streams (10 a second read as smooth)
 _CODE_BLOCK = re.compile(r"```[^\n`]*\n(.*?)```", re.DOTALL)
 
 

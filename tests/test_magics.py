@@ -28,7 +28,7 @@ def conversation(store: SessionManager, session_id: str) -> list[tuple[str, str]
 
 def test_streaming_history_restart_and_two_notebooks(model_env, tmp_path):
     server = model_env
-    server.default = Behavior(token_delay=0.03)
+    server.default = Behavior(token_delay=0.06)
     notebook = str(tmp_path / "work" / "analysis.ipynb")
     first = run_cells([LOAD, "%%oblix\nfirst question about pandas", "%%oblix\nsecond question"], notebook)
 
