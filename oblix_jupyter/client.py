@@ -2,7 +2,9 @@
 
 It decides which session and which model a turn uses, asks the context selector what
 to send, has the gateway stream the answer, and has the store record the exchange.
-The user's message is stored before the model is called, so no failure can lose it.
+The user's message is written while the request goes out, and the turn waits for that
+write before it shows any answer, stores the answer or reports a failure, so no failure
+can lose it.
 """
 
 from __future__ import annotations

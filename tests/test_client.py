@@ -287,7 +287,7 @@ def test_keyboard_interrupt_keeps_the_partial_answer_marked_interrupted(client, 
     assert client.execute_sync("again", session_id)["response"] == "Echo: again"
 
 
-def test_the_user_message_is_stored_before_the_model_is_called(client, server):
+def test_the_user_message_is_stored_before_any_answer_text_shows(client, server):
     session_id = client.create_session_sync()
     server.enqueue(Behavior(reply="a b c", stall_after=1))
     seen_while_streaming: list[list[str]] = []
