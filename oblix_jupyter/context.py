@@ -26,6 +26,7 @@ import json
 import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from .errors import PromptTooLarge
@@ -246,7 +247,6 @@ class _Turn:
     ) -> None:
         self.earlier = earlier
         self._kept_index = index
-        self._index: LexicalIndex | None = None
         self.count = count
         self.room = room
         self.chosen: dict[int, _Choice] = {}
@@ -261,15 +261,13 @@ class _Turn:
 
     # -- helpers -------------------------------------------------------------------
 
-    @property
+    @cached_property
     def index(self) -> LexicalIndex:
         """The passages and word statistics of ``earlier``; built only when there is a choice to make."""
-        if self._index is None:
-            kept = self._kept_index() if self._kept_index is not None else None
-            self._index = kept if kept is not None and kept.describes(self.earlier) else LexicalIndex(self.earlier)
-        return self._index
+        kept = self._kept_index() if self._kept_index is not None else None
+        return kept if kept is not None and kept.describes(self.earlier) else LexicalIndex(self.earlier)
 
-    @property
+    @cached_property
     def starts(self) -> list[int]:
         """Exchanges: a user message and the answers after it; ``starts[k]`` is where exchange k begins."""
         return self.index.starts
@@ -367,8 +365,11 @@ class _Turn:
 
     def add_everything(self) -> bool:
         """Take the whole conversation when it fits: then there is nothing to choose, and nothing is cut."""
-        if sum(self.tokens(position) for position in range(len(self.earlier))) > self.room:
-            return False
+        total = 0
+        for position in reversed(range(len(self.earlier))):  # newest first: recency reuses these counts
+            total += self.tokens(position)
+            if total > self.room:  # stop early: a long session is far over any window
+                return False
         for position in range(len(self.earlier)):
             self.take(position, "recent")
         return True
