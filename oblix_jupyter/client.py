@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor, wait
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import IO, TYPE_CHECKING, Any
 
 from .errors import AnswerInterrupted, ModelError, NoModelConfigured

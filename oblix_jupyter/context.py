@@ -16,6 +16,7 @@ than filled from the newest message back:
    over-long one is cut to its relevant part with a visible ``[…]``;
 6. room that relevance leaves unused goes back to recency.
 
+A conversation that fits the budget whole is sent whole, and steps 3 to 6 are skipped.
 The plan is always chronological, and exchanges stay whole where the budget allows.
 """
 
@@ -194,7 +195,7 @@ def select_context(
         )
     turn = _Turn(earlier, lexical_index, count, budget - prompt_tokens - reserve)
     turn.add_notebook(prompt, variables, notebook)
-    if not turn.add_everything():
+    if not turn.add_everything(set(pinned)):
         turn.add_pinned(set(pinned), pin_first_exchange)
         turn.add_recent(recent_share)
         turn.add_relevant(semantic)
@@ -363,15 +364,15 @@ class _Turn:
                 self.included_variables.append(summary)
         self.terms = query_terms(prompt, [v.name for v in self.included_variables])
 
-    def add_everything(self) -> bool:
+    def add_everything(self, pinned: set[str]) -> bool:
         """Take the whole conversation when it fits: then there is nothing to choose, and nothing is cut."""
         total = 0
         for position in reversed(range(len(self.earlier))):  # newest first: recency reuses these counts
             total += self.tokens(position)
             if total > self.room:  # stop early: a long session is far over any window
                 return False
-        for position in range(len(self.earlier)):
-            self.take(position, "recent")
+        for position, message in enumerate(self.earlier):
+            self.take(position, "pinned" if message.get("id") in pinned else "recent")
         return True
 
     def add_pinned(self, pinned: set[str], pin_first_exchange: bool) -> None:

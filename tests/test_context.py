@@ -195,8 +195,11 @@ def test_a_conversation_that_fits_goes_whole_without_asking_for_embeddings():
     long_answer = " ".join(f"Sentence {n} is about colours." for n in range(30))
     session = session_of("Plot the prices", long_answer, "And the volumes?", "Use a bar chart.")
     asked = []
-    plan = select_context(session, "Which colours again?", 2000, approx, semantic=lambda: asked.append(1) or (None, None))
+    plan = select_context(
+        session, "Which colours again?", 2000, approx, pinned={"msg_2"}, semantic=lambda: asked.append(1) or (None, None)
+    )
     assert asked == [] and plan.omitted == []
+    assert {item.message_id: item.reason for item in plan.items if item.message_id}["msg_2"] == "pinned"
     assert [m["content"] for m in plan.messages[:-1]] == [m["content"] for m in session["messages"]]
     tight = select_context(session, "Which colours again?", 120, approx, semantic=lambda: asked.append(1) or (None, None))
     assert asked == [1] and long_answer not in [m["content"] for m in tight.messages]
