@@ -216,6 +216,7 @@ class VectorCache:
         self.directory = os.path.join(os.fspath(base_dir), ".vectors", embedder.name)
         self.embedder = embedder
         self._tables: dict[str, VectorTable] = {}
+        self._forgotten: set[str] = set()  # deleted sessions: a late background call must not write them again
         self._lock = threading.Lock()
 
     def path(self, session_id: str) -> str:
@@ -231,10 +232,11 @@ class VectorCache:
             if missing:
                 table = self._embed(table, missing, max_seconds)
             table = table.arranged([m.get("id") for m in messages])
-            if missing:
-                ensure_private_dir(self.directory)
-                atomic_write_bytes(self.path(session_id), table.to_bytes(), durable=False)  # a cache: rebuilt if lost
-            self._tables[session_id] = table
+            if session_id not in self._forgotten:
+                if missing:
+                    ensure_private_dir(self.directory)
+                    atomic_write_bytes(self.path(session_id), table.to_bytes(), durable=False)  # a cache: rebuilt if lost
+                self._tables[session_id] = table
             return table
 
     def embed_prompt(self, prompt: str) -> Any:
@@ -273,9 +275,11 @@ class VectorCache:
         return VectorTable(ids, digests, spans, numpy.concatenate(blocks))
 
     def forget(self, session_id: str) -> None:
-        """Drop a session's vectors (when the session is deleted)."""
-        self._tables.pop(session_id, None)
-        try:
-            os.remove(self.path(session_id))
-        except FileNotFoundError:
-            pass
+        """Drop a session's vectors (when the session is deleted), after any embedding under way."""
+        with self._lock:
+            self._forgotten.add(session_id)
+            self._tables.pop(session_id, None)
+            try:
+                os.remove(self.path(session_id))
+            except FileNotFoundError:
+                pass

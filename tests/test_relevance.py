@@ -200,3 +200,19 @@ def test_turns_on_a_long_session_find_a_fact_by_meaning_and_embed_each_finished_
         while result["message_id"] not in embedded_ids() and time.monotonic() < deadline:
             time.sleep(0.05)  # the finished turn is embedded in the background
         assert result["message_id"] in embedded_ids()
+
+
+def test_deleting_a_session_removes_its_vectors_even_with_a_turn_still_embedding(embedder, model_env):
+    import time
+
+    from oblix_jupyter import OblixClient
+
+    client = OblixClient(max_input_tokens=600)
+    session_id = client.create_session_sync()
+    for number in range(40):
+        client.session_manager.save_message(session_id, f"Note {number}: the weekly sales chart needs readable labels.")
+    client.execute_sync("Which labels?", session_id)  # overflows: embeds now, and the finished turn in the background
+    vector_file = os.path.join(client.session_manager.base_dir, ".vectors", embedder.name, f"{session_id}.bin")
+    assert client.delete_session(session_id)
+    time.sleep(1.0)  # anything still queued has run by now
+    assert not os.path.exists(vector_file)
