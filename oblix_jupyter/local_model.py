@@ -394,9 +394,33 @@ class _Assembler:
                 self.finish_reason = choice["finish_reason"]
         return text
 
-    def final(self) -> tuple[str, dict]:
+    def event(self, chunk: Any) -> tuple[str, None, None] | None:
+        """The stream event for one llama.cpp chunk, or None when it carries no text."""
+        text = self.feed(chunk)
+        return (text, None, None) if text else None
+
+    def last(self) -> tuple[str, str, dict]:
+        """The closing event: no text, the finish reason and the usage."""
         usage = self.usage or {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-        return self.finish_reason or "stop", usage
+        return "", self.finish_reason or "stop", usage
+
+
+class _Answer:
+    """Stream events folded into one (text, finish_reason, usage), for the non-streaming calls."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.finish = "stop"
+        self.usage: dict = {}
+
+    def add(self, event: tuple[str, str | None, dict | None]) -> None:
+        text, finish, usage = event
+        self.parts.append(text)
+        if finish is not None:
+            self.finish, self.usage = finish, usage or {}
+
+    def result(self) -> tuple[str, str, dict]:
+        return "".join(self.parts), self.finish, self.usage
 
 
 def stream_sync(request: dict) -> Iterator[tuple[str, str | None, dict | None]]:
@@ -405,21 +429,16 @@ def stream_sync(request: dict) -> Iterator[tuple[str, str | None, dict | None]]:
     gen = Generation(request, q.put).start()
     asm = _Assembler()
     try:
-        while True:
-            item = q.get()
-            if item is _DONE:
-                break
-            text = asm.feed(item)
-            if text:
-                yield text, None, None
-        finish, usage = asm.final()
-        yield "", finish, usage
+        for item in iter(q.get, _DONE):
+            if event := asm.event(item):
+                yield event
+        yield asm.last()
     finally:
         gen.cancel()
 
 
 async def stream_async(request: dict) -> AsyncIterator[tuple[str, str | None, dict | None]]:
-    """Async twin of ``stream_sync``; never blocks the event loop while generating."""
+    """``stream_sync`` for asyncio: the engine's chunks arrive through the loop, which never blocks."""
     loop = asyncio.get_running_loop()
     aq: asyncio.Queue = asyncio.Queue()
 
@@ -429,35 +448,26 @@ async def stream_async(request: dict) -> AsyncIterator[tuple[str, str | None, di
     gen = Generation(request, sink).start()
     asm = _Assembler()
     try:
-        while True:
-            item = await aq.get()
-            if item is _DONE:
-                break
-            text = asm.feed(item)
-            if text:
-                yield text, None, None
-        finish, usage = asm.final()
-        yield "", finish, usage
+        while (item := await aq.get()) is not _DONE:
+            if event := asm.event(item):
+                yield event
+        yield asm.last()
     finally:
         gen.cancel()
 
 
 def complete_sync(request: dict) -> tuple[str, str, dict]:
-    parts, finish, usage = [], "stop", {}
-    for text, fin, use in stream_sync(request):
-        parts.append(text)
-        if fin is not None:
-            finish, usage = fin, use or {}
-    return "".join(parts), finish, usage
+    answer = _Answer()
+    for event in stream_sync(request):
+        answer.add(event)
+    return answer.result()
 
 
 async def complete_async(request: dict) -> tuple[str, str, dict]:
-    parts, finish, usage = [], "stop", {}
-    async for text, fin, use in stream_async(request):
-        parts.append(text)
-        if fin is not None:
-            finish, usage = fin, use or {}
-    return "".join(parts), finish, usage
+    answer = _Answer()
+    async for event in stream_async(request):
+        answer.add(event)
+    return answer.result()
 
 
 # --------------------------------------------------------------------------- #
