@@ -16,7 +16,7 @@ from common import Behavior, ModelServer, report
 from jupyter_client.manager import start_new_kernel
 
 MEASURE = """
-import time, statistics
+import time
 shell = get_ipython()
 start = time.perf_counter()
 shell.run_line_magic("load_ext", "oblix_jupyter")
@@ -24,7 +24,8 @@ print("LOAD", (time.perf_counter() - start) * 1000)
 """
 
 TURNS = """
-import litellm, time, statistics
+import litellm
+from common import paired_medians  # the benchmarks' directory is on the kernel's PYTHONPATH
 from oblix_jupyter.magics import active
 magics = active()
 magics.litellm_import.join()
@@ -42,15 +43,9 @@ def bare():
 def turn():
     shell.run_cell_magic("oblix", "", "how do I pivot this table?")
 
-times = {"BARE": [], "TURN": []}
-for number in range(17):
-    for key, action in (("BARE", bare), ("TURN", turn)):
-        start = time.perf_counter(); action()
-        if number >= 2:
-            times[key].append(time.perf_counter() - start)
-        time.sleep(0.2)
-for key, values in times.items():
-    print(key, statistics.median(values) * 1000)
+bare_ms, turn_ms = paired_medians(bare, turn, repeat=15, pause=0.2)
+print("BARE", bare_ms)
+print("TURN", turn_ms)
 """
 
 
@@ -71,7 +66,8 @@ def run(kernel, code: str) -> dict[str, float]:
 def main() -> None:
     with ModelServer() as server, tempfile.TemporaryDirectory() as home:
         env = {**os.environ, "OBLIX_HOME": home, "OBLIX_MODEL": "openai/bench", "OPENAI_API_BASE": server.url,
-               "OPENAI_API_KEY": "sk-bench", "JPY_SESSION_NAME": os.path.join(home, "bench.ipynb")}
+               "OPENAI_API_KEY": "sk-bench", "JPY_SESSION_NAME": os.path.join(home, "bench.ipynb"),
+               "PYTHONPATH": os.pathsep.join(filter(None, [os.path.dirname(os.path.abspath(__file__)), os.environ.get("PYTHONPATH")]))}
         manager, kernel = start_new_kernel(kernel_name="python3", env=env)
         try:
             load = run(kernel, MEASURE)["LOAD"]

@@ -17,21 +17,15 @@ from model_server import Behavior, ModelServer  # noqa: E402  (the tests' own se
 __all__ = ["Behavior", "ModelServer", "median_ms", "paired_medians", "report"]
 
 
-def median_ms(action: Callable[[], object], repeat: int = 30, warmup: int = 3, pause: float = 0.0) -> float:
-    """Median wall time of ``action`` in milliseconds, after a few warm-up runs.
-
-    ``pause`` (untimed, between runs) stands for a person reading an answer before the
-    next turn, so work a turn leaves to the background is not billed to the next one.
-    """
+def median_ms(action: Callable[[], object], repeat: int = 30, warmup: int = 3) -> float:
+    """Median wall time of ``action`` in milliseconds, after a few warm-up runs."""
     for _ in range(warmup):
         action()
-        time.sleep(pause)
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
         action()
         times.append(time.perf_counter() - start)
-        time.sleep(pause)
     return statistics.median(times) * 1000
 
 
@@ -41,7 +35,9 @@ def paired_medians(
     """Median milliseconds of ``baseline`` and ``candidate``, run alternately.
 
     Alternating cancels the drift of a shared machine (other work, clock speed) that
-    would otherwise land on whichever of the two ran second.
+    would otherwise land on whichever of the two ran second. ``pause`` (untimed, after
+    each run) stands for a person reading an answer before the next turn, so work a
+    turn leaves to the background is not billed to the next one.
     """
     times: tuple[list[float], list[float]] = ([], [])
     for number in range(warmup + repeat):

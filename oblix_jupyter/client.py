@@ -70,11 +70,7 @@ class OblixClient:
         self._token_counts: dict[str, dict[str, int]] = {}  # by model, then text
         self._indexes: dict[str, LexicalIndex] = {}
         self._vectors: VectorCache | None = None
-        self._needs_vectors: set[str] = set()  # sessions whose turns needed embeddings
-        self._early_prompt_vectors: dict[str, Future[Any]] = {}
-        # One thread writes to the store while the model answers, another embeds.
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="oblix-store")
-        self._embedding = ThreadPoolExecutor(max_workers=1, thread_name_prefix="oblix-embed")
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="oblix-store")  # writes while the model answers
 
     # -- sessions -----------------------------------------------------------------
 
@@ -152,10 +148,7 @@ class OblixClient:
             vectors = self._vector_cache()
             if vectors is None or session_id is None:
                 return None, None
-            self._needs_vectors.add(session_id)  # from now on its vectors are kept current after each turn
-            table = vectors.vectors(session_id, messages, max_seconds=self.embed_seconds)
-            early = self._early_prompt_vectors.pop(prompt, None)
-            return table, early.result() if early is not None else vectors.embed_prompt(prompt)
+            return vectors.vectors(session_id, messages, max_seconds=self.embed_seconds), vectors.embed_prompt(prompt)
 
         return select_context(
             session,
@@ -175,9 +168,9 @@ class OblixClient:
         from .relevance import LexicalIndex
 
         index = self._indexes.get(session_id)
-        if index is None or len(index.ids) > len(messages) or index.ids[:1] != [m.get("id") for m in messages[:1]]:
-            index = self._indexes[session_id] = LexicalIndex()
-        return index.extend(messages)
+        if index is None or not index.extend(messages).describes(messages):
+            index = self._indexes[session_id] = LexicalIndex(messages)
+        return index
 
     def _vector_cache(self) -> VectorCache | None:
         """The embedding cache beside the store, or None without the ``semantic`` extra."""
@@ -190,17 +183,6 @@ class OblixClient:
             else:
                 self._vectors = VectorCache(self.session_manager.base_dir, embedder)
         return self._vectors
-
-    def _embed_later(self, session_id: str, messages: list[dict[str, Any]]) -> None:
-        """Embed a finished turn in the background, so the next turn's selection finds it ready.
-
-        A failure here is not reported: the next turn's own call embeds what is missing.
-        """
-        from .context import conversation_messages
-
-        vectors = self._vector_cache()
-        if vectors is not None:
-            self._embedding.submit(vectors.vectors, session_id, conversation_messages({"messages": messages}))
 
     def _counter(self, model: str) -> Callable[[str], int]:
         """A token counter for ``model`` that remembers its answers: every turn counts the same messages."""
@@ -237,16 +219,13 @@ class OblixClient:
         """
         session_id = session_id or self.current_session_id
         store = self.session_manager
-        if session_id in self._needs_vectors and self._vectors is not None:  # embedded while the session is read
-            self._early_prompt_vectors[prompt] = self._embedding.submit(self._vectors.embed_prompt, prompt)
-        try:
-            session = store.get_session(session_id) if session_id else None
-            models = self.models_for(session)
-            plan = self.plan(
-                prompt, session, models[0], history=history, max_tokens=max_tokens, variables=variables, notebook=notebook, pinned=pinned
-            )
-        finally:
-            self._early_prompt_vectors.pop(prompt, None)
+        if session_id and self._vectors is not None and self._vectors.keeps(session_id):
+            self._vectors.embed_prompt_ahead(prompt)  # while the session is read
+        session = store.get_session(session_id) if session_id else None
+        models = self.models_for(session)
+        plan = self.plan(
+            prompt, session, models[0], history=history, max_tokens=max_tokens, variables=variables, notebook=notebook, pinned=pinned
+        )
         # The prompt is written while the request goes out; the answer's first text is not
         # shown, nor the answer stored, nor any failure reported, before that write is done.
         saving = self._writer.submit(store.save_message, session_id, redact(prompt), role="user") if session_id else None
@@ -279,8 +258,10 @@ class OblixClient:
             message_id = stored["id"]
             if session is not None and not session.get("model"):
                 store.update_session(session_id, model=completion.model)
-            if session_id in self._needs_vectors and history:
-                self._embed_later(session_id, [*session["messages"], question, stored])
+            if history and self._vectors is not None and self._vectors.keeps(session_id):
+                from .context import conversation_messages
+
+                self._vectors.update_later(session_id, conversation_messages({"messages": [*session["messages"], question, stored]}))
         if completion.status == "interrupted":
             raise AnswerInterrupted(
                 "The answer was interrupted; the part that arrived was kept.", model=completion.model, partial=completion.text

@@ -69,6 +69,8 @@ _ASKS_ABOUT_NOTEBOOK = re.compile(
     r"(does ?n[o']t|not) work\w*|this cell|that cell|the cell|last cell|above)\b",
     re.IGNORECASE,
 )
+# Called when relevance is judged: (vectors by message id, the prompt's vector).
+Semantic = Callable[[], tuple[Mapping[str, Any] | None, Sequence[float] | None]]
 _CONVERSATION_ROLES = frozenset({"user", "assistant"})
 # Lower numbers are dropped last when the assembled plan must shrink.
 _PRIORITY = {"pinned": 0, "recent": 2, "relevant": 3, "neighbour": 3, "fill": 4}
@@ -166,7 +168,7 @@ def select_context(
     notebook: NotebookContext | None = None,
     pinned: Collection[str] = (),
     pin_first_exchange: bool = True,
-    semantic: Callable[[], tuple[Mapping[str, Any] | None, Sequence[float] | None]] | None = None,
+    semantic: Semantic | None = None,
     lexical_index: Callable[[], LexicalIndex] | None = None,
     recent_share: float = DEFAULT_RECENT_SHARE,
     instructions: str | None = None,
@@ -195,8 +197,9 @@ def select_context(
         )
     turn = _Turn(earlier, lexical_index, count, budget - prompt_tokens - reserve)
     turn.add_notebook(prompt, variables, notebook)
-    if not turn.add_everything(set(pinned)):
-        turn.add_pinned(set(pinned), pin_first_exchange)
+    pinned_ids = set(pinned)
+    if not turn.add_everything(pinned_ids):
+        turn.add_pinned(pinned_ids, pin_first_exchange)
         turn.add_recent(recent_share)
         turn.add_relevant(semantic)
         turn.settle_partial()
@@ -408,7 +411,7 @@ class _Turn:
                 self.take(position, "recent")
             share -= cost
 
-    def add_relevant(self, semantic: Callable[[], tuple[Mapping[str, Any] | None, Sequence[float] | None]] | None) -> None:
+    def add_relevant(self, semantic: Semantic | None) -> None:
         """Passages of older messages by relevance to the prompt, most value per token first.
 
         A message shows the passages chosen from it, the rest replaced by ``[…]``; a

@@ -23,6 +23,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from importlib import resources
 from typing import Any
 
@@ -210,6 +211,9 @@ class VectorCache:
     message it could embed within ``max_seconds`` (all of them when None); the others
     are embedded on a later call, so a first turn on a long session is not held up.
     A message whose content changed since it was embedded is embedded again.
+
+    Work that can wait runs on a background thread: a finished turn's messages
+    (``update_later``) and the next prompt while its session is read (``embed_prompt_ahead``).
     """
 
     def __init__(self, base_dir: str | os.PathLike[str], embedder: Embedder) -> None:
@@ -218,6 +222,19 @@ class VectorCache:
         self._tables: dict[str, VectorTable] = {}
         self._forgotten: set[str] = set()  # deleted sessions: a late background call must not write them again
         self._lock = threading.Lock()
+        self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="oblix-embed")
+        self._prompt_ahead: tuple[str, Future[Any]] | None = None
+
+    def keeps(self, session_id: str) -> bool:
+        """Whether this session's vectors are in use here, so its new messages are worth embedding ahead."""
+        return session_id in self._tables
+
+    def update_later(self, session_id: str, messages: Sequence[Mapping[str, Any]]) -> None:
+        """``vectors`` in the background, so the next turn finds these messages embedded.
+
+        A failure here is not reported: the next ``vectors`` call embeds what is missing.
+        """
+        self._background.submit(self.vectors, session_id, messages)
 
     def path(self, session_id: str) -> str:
         return os.path.join(self.directory, f"{session_id}.bin")
@@ -239,8 +256,18 @@ class VectorCache:
                 self._tables[session_id] = table
             return table
 
+    def embed_prompt_ahead(self, prompt: str) -> None:
+        """Start embedding ``prompt`` in the background; ``embed_prompt`` picks the result up."""
+        self._prompt_ahead = (prompt, self._background.submit(self._embed_one, prompt))
+
     def embed_prompt(self, prompt: str) -> Any:
-        return self.embedder.embed([prompt])[0]
+        ahead, self._prompt_ahead = self._prompt_ahead, None
+        if ahead is not None and ahead[0] == prompt:
+            return ahead[1].result()
+        return self._embed_one(prompt)
+
+    def _embed_one(self, text: str) -> Any:
+        return self.embedder.embed([text])[0]
 
     def _read(self, session_id: str) -> VectorTable:
         try:

@@ -171,7 +171,6 @@ def line_parser() -> _Parser:
     return parser
 
 
-
 def parse_line_command(line: str) -> argparse.Namespace:
     """Parse a ``%oblix`` line; raises ``BadArguments`` for anything it cannot accept."""
     options = line_parser().parse_args(split_line(line) or ["help"])
@@ -309,11 +308,8 @@ class Oblix(Magics):
             display(Message(str(error)))
 
     def _session_for(self, options: CellOptions) -> str:
-        store = self.client.session_manager
         if options.new:
-            session_id = store.create_session(title=options.title or None, metadata={"notebook": self.binding.key})
-            self.binding.use(session_id)
-            return session_id
+            return self.binding.new_session(options.title or None)
         if options.session:
             return self.client.resolve_session_id(options.session)
         session_id = self.binding.session_id(create=True)
@@ -357,8 +353,7 @@ class Oblix(Magics):
 
     def _command_new(self, options: argparse.Namespace) -> None:
         title = " ".join(options.title) or None
-        session_id = self.client.session_manager.create_session(title=title, metadata={"notebook": self.binding.key})
-        self.binding.use(session_id)
+        session_id = self.binding.new_session(title)
         display(Message(f"New session {session_id[:8]} bound to this notebook.", error=False))
 
     def _command_use(self, options: argparse.Namespace) -> None:

@@ -24,7 +24,7 @@ from .errors import ModelError, NoModelConfigured
 DEFAULT_MAX_INPUT_TOKENS = 8192
 DEFAULT_ANSWER_RESERVE = 1024
 DEFAULT_TIMEOUT = 120.0
-_SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD)", re.IGNORECASE)
+_SECRET_NAME = re.compile(r"key|token|secret|password", re.IGNORECASE)
 
 _litellm: ModuleType | None = None
 _import_lock = threading.Lock()
@@ -62,9 +62,14 @@ def redact(text: str) -> str:
     user and stored on failed messages, where a key must never appear.
     """
     for name, value in os.environ.items():
-        if len(value) >= 8 and _SECRET_NAME.search(name) and value in text:
+        if len(value) >= 8 and is_secret_name(name) and value in text:
             text = text.replace(value, "***")
     return text
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether a variable's name says it holds a secret: its value is redacted, or never sent unasked."""
+    return bool(_SECRET_NAME.search(name))
 
 
 def _split_models(value: str | Sequence[str] | None) -> list[str]:

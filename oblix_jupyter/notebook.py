@@ -54,8 +54,14 @@ class NotebookBinding:
         key = self.key
         session_id = self.store.bound_session(key)
         if session_id is None and create:
-            session_id = self.store.create_session(title=notebook_title(key), metadata={"notebook": key})
-            self.store.bind(key, session_id)
+            session_id = self.new_session(notebook_title(key))
+        return session_id
+
+    def new_session(self, title: str | None = None) -> str:
+        """Start a session for this notebook (recorded in its metadata) and bind the notebook to it."""
+        key = self.key
+        session_id = self.store.create_session(title=title, metadata={"notebook": key})
+        self.store.bind(key, session_id)
         return session_id
 
     def use(self, session_id: str) -> None:

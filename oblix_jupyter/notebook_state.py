@@ -69,7 +69,7 @@ def format_error(error: BaseException | None, tb: Any = None, max_frames: int = 
 
 
 def gather_notebook_context(
-    shell: Any, cells: int = DEFAULT_CELLS, force_error: bool = False, force_cells: int = 0, skip_current: bool = True
+    shell: Any, cells: int = DEFAULT_CELLS, force_error: bool = False, force_cells: int = 0
 ) -> NotebookContext:
     """Read the last exception and the last ``cells`` inputs from an IPython shell (anything with ``user_ns``)."""
     namespace = getattr(shell, "user_ns", {}) or {}
@@ -78,8 +78,7 @@ def gather_notebook_context(
     history: Sequence[str] = namespace.get("In") or []
     wanted = max(cells, force_cells)
     sources = [source for source in list(history)[1:] if source and source.strip()]  # In[0] is always empty
-    if skip_current and sources:
-        sources = sources[:-1]  # the cell that is asking
+    sources = sources[:-1]  # the cell that is asking
     return NotebookContext(
         error=text,
         cells=tuple(sources[-wanted:]) if wanted else (),

@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 
-from .display import UPDATE_INTERVAL, code_blocks
+from .display import UPDATE_INTERVAL, PlanView, code_blocks
 from .errors import AnswerInterrupted, OblixError
 from .exchange import message_header
 from .notebook import NotebookBinding, notebook_title
 from .sessions import parse_time
-from .variables import is_ipython_name, summarize_variables
+from .variables import is_hidden_name, summarize_variables
 
 if TYPE_CHECKING:
     from .client import OblixClient
@@ -103,7 +103,7 @@ def notebook_variables(namespace: Mapping[str, Any]) -> list[str]:
             continue
     else:
         return []
-    return sorted(name for name in names if not name.startswith("_") and not is_ipython_name(name))
+    return sorted(name for name in names if not is_hidden_name(name))
 
 
 class ChatPanel(widgets.VBox):
@@ -235,7 +235,7 @@ class ChatPanel(widgets.VBox):
 
     def _owned_widgets(self) -> list[widgets.Widget]:
         owned = [self.empty_note, *(view for view, _, _ in self._views.values())]
-        pending = [self.settings, *self.children]
+        pending = list(self.children)
         while pending:
             widget = pending.pop()
             owned.append(widget)
@@ -258,10 +258,9 @@ class ChatPanel(widgets.VBox):
         assert self._session_id is not None
         return self._session_id
 
-    def _follow_binding(self) -> None:
-        """The notebook's binding may have moved (``%oblix use``, ``--new``, a deletion): follow it."""
-        if self.binding is not None:
-            self._session_id = self.binding.session_id(create=False)
+    def _bound(self) -> str | None:
+        """The session the notebook is bound to now (``%oblix use``, ``--new`` or a deletion may move it)."""
+        return self.binding.session_id(create=False) if self.binding is not None else None
 
     def _session(self) -> dict[str, Any] | None:
         if self._session_id is None:
@@ -280,14 +279,17 @@ class ChatPanel(widgets.VBox):
         if self._closed.is_set():
             return
         with self._render_lock:
-            self._follow_binding()
+            bound = self._bound()
+            if self.binding is not None:
+                self._session_id = bound
+            # Taken before reading: a write landing while this renders is seen by the next check.
+            self._last_signature = self._signature(bound)
             session = self._session()
             recent = self.store.list_sessions(limit=RECENT_SESSIONS)
             self._render_picker(session, recent)
             self._render_settings(session, recent)
             self._render_messages(session)
             self._update_variables()
-            self._last_signature = self._signature()
 
     def _render_picker(self, session: dict[str, Any] | None, recent: list[dict[str, Any]]) -> None:
         listed = [s for s in recent if s["id"] != self._session_id]
@@ -328,7 +330,7 @@ class ChatPanel(widgets.VBox):
         shown: list[widgets.Widget] = []
         keep: set[tuple[str, str]] = set()
         for number, message in enumerate(stored):
-            key = (session["id"] if session else "", str(message.get("id") or number))
+            key = (session["id"], str(message.get("id") or number))  # type: ignore[index]  # no session: no messages
             markdown = message_markdown(message)
             keep.add(key)
             view, rendered, actions = self._views.get(key, (None, "", None))
@@ -406,7 +408,7 @@ class ChatPanel(widgets.VBox):
             self._show_notice(str(error), error=True)
             return
         prompt_view = message_view("user")
-        prompt_view.outputs = markdown_outputs(f"**User**\n\n{prompt}")
+        prompt_view.outputs = markdown_outputs(message_markdown({"role": "user", "content": prompt}))
         answer_view = message_view("assistant")
         self._turn = {
             "session_id": session_id,
@@ -475,10 +477,12 @@ class ChatPanel(widgets.VBox):
         now = time.monotonic()
         if first or now - turn["shown_at"] >= UPDATE_INTERVAL:
             turn["shown_at"] = now
-            turn["answer_view"].outputs = markdown_outputs(f"**Assistant**\n\n{turn['text']} ▌", turn["text"])
+            answer = message_markdown({"role": "assistant", "content": turn["text"] + " ▌"})
+            turn["answer_view"].outputs = markdown_outputs(answer, turn["text"])
         if first:
             self.progress.layout.display = "none"
-            self.refresh()  # the stored prompt replaces its placeholder
+            with self._render_lock:  # the stored prompt replaces its placeholder
+                self._render_messages(self._session())
 
     def _clear_input(self, sent: str) -> None:
         if self.textarea.value == sent:  # not if the user has started the next message
@@ -504,10 +508,10 @@ class ChatPanel(widgets.VBox):
             self.explain_output.layout.display = "none"
             return
         if self._last_plan is None:
-            text = "*The context sent is shown here after your next message.*"
+            self.explain_output.outputs = markdown_outputs("*The context sent is shown here after your next message.*")
         else:
-            text = "#### Context sent\n\n" + self._last_plan.explain()
-        self.explain_output.outputs = markdown_outputs(text)
+            data = PlanView(self._last_plan)._repr_mimebundle_()
+            self.explain_output.outputs = markdown_outputs(data["text/markdown"], data["text/plain"])
         self.explain_output.layout.display = None
 
     # -- session and model management -----------------------------------------------
@@ -523,11 +527,10 @@ class ChatPanel(widgets.VBox):
         self.refresh()
 
     def _new_session(self, _button: Any = None) -> None:
-        metadata = {"notebook": self.binding.key} if self.binding is not None else None
-        title = notebook_title(self.binding.key) if self.binding is not None else None
-        self._session_id = self.store.create_session(title=title, metadata=metadata)
         if self.binding is not None:
-            self.binding.use(self._session_id)
+            self._session_id = self.binding.new_session(notebook_title(self.binding.key))
+        else:
+            self._session_id = self.store.create_session()
         self._last_plan = None
         self._show_notice("")
         self.refresh()
@@ -580,8 +583,7 @@ class ChatPanel(widgets.VBox):
 
     # -- following changes made elsewhere ---------------------------------------------
 
-    def _signature(self) -> tuple[Any, ...]:
-        bound = self.binding.session_id(create=False) if self.binding is not None else None
+    def _signature(self, bound: str | None) -> tuple[Any, ...]:
         session_id = bound or self._session_id
         try:
             stat = os.stat(self.store.session_path(session_id)) if session_id else None
@@ -591,7 +593,7 @@ class ChatPanel(widgets.VBox):
 
     def check_for_changes(self) -> bool:
         """Refresh if the session (or the notebook's binding) changed on disk; True if it did."""
-        changed = self._signature() != self._last_signature
+        changed = self._signature(self._bound()) != self._last_signature
         if changed:
             self.refresh()
         else:

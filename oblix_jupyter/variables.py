@@ -20,12 +20,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .models import is_secret_name
 from .relevance import truncate_to_tokens
 
 REPR_SECONDS = 0.5
-_SECRET = re.compile(r"key|token|secret|password", re.IGNORECASE)
-_IPYTHON_NAMES = frozenset({"In", "Out", "get_ipython", "exit", "quit", "_ih", "_oh", "_dh", "_sh"})
-_IPYTHON_PATTERN = re.compile(r"^_+$|^_i+$|^_i?\d+$|^_i{1,3}$")
+_IPYTHON_NAMES = frozenset({"In", "Out", "get_ipython", "exit", "quit"})
 _BRACED = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _IDENTIFIER = re.compile(r"(?<![\w.])[A-Za-z_][A-Za-z0-9_]*")
 _QUOTED = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)")
@@ -40,7 +39,6 @@ class VariableSummary:
     tokens: int
     warning: str | None = None
     excluded: bool = False
-    type_name: str = ""
 
 
 def approximate_tokens(text: str) -> int:
@@ -48,12 +46,9 @@ def approximate_tokens(text: str) -> int:
     return (len(text) + 3) // 4
 
 
-def is_secret_name(name: str) -> bool:
-    return bool(_SECRET.search(name))
-
-
-def is_ipython_name(name: str) -> bool:
-    return name in _IPYTHON_NAMES or bool(_IPYTHON_PATTERN.match(name))
+def is_hidden_name(name: str) -> bool:
+    """IPython's own names and private ones (``_``, ``_i3``, ``_cache``): never offered or sent as context."""
+    return name.startswith("_") or name in _IPYTHON_NAMES
 
 
 def referenced_names(prompt: str, namespace: Mapping[str, Any], named: Sequence[str] = ()) -> list[str]:
@@ -68,7 +63,7 @@ def referenced_names(prompt: str, namespace: Mapping[str, Any], named: Sequence[
             chosen.append(name)
     quoted = set(_QUOTED.findall(prompt))
     for name in _IDENTIFIER.findall(prompt):
-        if name in chosen or name not in namespace or is_ipython_name(name) or name.startswith("_"):
+        if name in chosen or name not in namespace or is_hidden_name(name):
             continue
         if len(name) < 2 and name not in quoted:
             continue
@@ -94,16 +89,15 @@ def summarize_variables(
             summaries.append(VariableSummary(name, "", 0, f"`{name}` is not defined in the notebook.", excluded=True))
             continue
         value = namespace[name]
-        type_name = _type_name(value)
         warning = None
         if is_secret_name(name):
             if name not in explicit:
                 warning = f"`{name}` looks like a secret and was not sent; name it in --vars to send it."
-                summaries.append(VariableSummary(name, "", 0, warning, excluded=True, type_name=type_name))
+                summaries.append(VariableSummary(name, "", 0, warning, excluded=True))
                 continue
             warning = f"`{name}` looks like a secret and is sent because --vars named it."
         text = describe(name, value, cap_tokens, count)
-        summaries.append(VariableSummary(name, text, count(text), warning, type_name=type_name))
+        summaries.append(VariableSummary(name, text, count(text), warning))
     return summaries
 
 

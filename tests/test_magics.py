@@ -290,15 +290,17 @@ def test_variables_errors_and_pins_reach_the_model(model_env, tmp_path):
             "%oblix pin msg_1",
             "%oblix pin msg_99",
             "%oblix show --last 1",
+            "%%oblix --explain\nAnd the pinned question?",
         ],
         str(tmp_path / "nb" / "vars.ipynb"),
     )
-    first, named, failure = (json.dumps(r["messages"]) for r in server.chat_requests())
+    first, named, failure = (json.dumps(r["messages"]) for r in server.chat_requests()[:3])
     assert "height" in first and "sk-notebook-secret-123" not in first
     assert "sk-notebook-secret-123" in named
     assert "ZeroDivisionError" in failure
     assert "Pinned messages: msg_1" in outputs_text(client.nb.cells[6])
     assert "no message 'msg_99'" in outputs_text(client.nb.cells[7])
     assert "msg_6" in outputs_text(client.nb.cells[8])
+    assert "| pinned | msg_1 |" in outputs_text(client.nb.cells[9])  # the stored pin reaches the selector
     session = SessionManager().get_session(SessionManager().bound_session(str(tmp_path / "nb" / "vars.ipynb")))
     assert session["pinned"] == ["msg_1"]

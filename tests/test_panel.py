@@ -213,4 +213,6 @@ def test_closing_stops_everything(panel):
     panel.close()
     poller.join(5)
     assert not poller.is_alive()
+    children = panel.messages.children
     panel.refresh()  # after close, a late refresh from the magics is harmless
+    assert panel.messages.children is children

@@ -213,6 +213,7 @@ def test_deleting_a_session_removes_its_vectors_even_with_a_turn_still_embedding
         client.session_manager.save_message(session_id, f"Note {number}: the weekly sales chart needs readable labels.")
     client.execute_sync("Which labels?", session_id)  # overflows: embeds now, and the finished turn in the background
     vector_file = os.path.join(client.session_manager.base_dir, ".vectors", embedder.name, f"{session_id}.bin")
+    assert os.path.exists(vector_file)
     assert client.delete_session(session_id)
     time.sleep(1.0)  # anything still queued has run by now
     assert not os.path.exists(vector_file)

@@ -204,7 +204,7 @@ function activate(
     }
     const link = new SessionLink(panel);
     links.set(panel, link);
-    // The kernel may also push a chat widget on its own (e.g. from a magic).
+    // The kernel names the chat widget in reply to 'open_chat'.
     link.chatWidget.connect((_, modelId) => showChat(panel, modelId));
     // After a restart the widget model is gone; a stale view would mislead.
     link.kernelReset.connect(() => sidebars.get(panel)?.dispose());

@@ -7,15 +7,14 @@
  * "open chat" request and the kernel's reply naming the chat widget.
  *
  * Message contract (all in `msg.content.data`):
- *   front end -> kernel   comm_open {notebook_path, notebook_name}
- *                         {action: 'path', notebook_path, notebook_name}
+ *   front end -> kernel   comm_open {notebook_path}
+ *                         {action: 'path', notebook_path}
  *                         {action: 'open_chat'}
  *   kernel -> front end   {action: 'ack'}          (path registered)
  *                         {action: 'chat_widget', model_id}
  *                         {action: 'insert_cell', code}  (a new code cell below the active one)
  */
 
-import { PathExt } from '@jupyterlab/coreutils';
 import { NotebookActions, NotebookPanel } from '@jupyterlab/notebook';
 import {
   CommsOverSubshells,
@@ -104,11 +103,10 @@ export class SessionLink implements IDisposable {
     return this._panel.sessionContext.session?.kernel ?? null;
   }
 
-  private _pathInfo(): { notebook_path: string; notebook_name: string } {
+  private _pathInfo(): { notebook_path: string } {
     // localPath drops any drive prefix, leaving the path relative to the
     // server root, which is what the kernel can resolve against its cwd.
-    const path = this._panel.context.localPath;
-    return { notebook_path: path, notebook_name: PathExt.basename(path) };
+    return { notebook_path: this._panel.context.localPath };
   }
 
   private _onKernelChanged(): void {
