@@ -203,6 +203,8 @@ class Oblix(Magics):
     def _configuration_changed(self, change: Any) -> None:
         self._client = None
         self._binding = None
+        if self._panel is not None:  # an open chat panel follows the new model and store
+            self._panel.use_client(self.client, self.binding)
 
     @property
     def client(self) -> OblixClient:

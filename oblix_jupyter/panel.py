@@ -274,6 +274,15 @@ class ChatPanel(widgets.VBox):
             self._session_id = None
         return session
 
+    def use_client(self, client: OblixClient, binding: NotebookBinding | None) -> None:
+        """Carry on with another client: the magics' configuration (model, store) changed."""
+        with self._render_lock:
+            self.client = client
+            self.store = client.session_manager
+            self.binding = binding
+            self._session_id = None  # found again through the binding, in the new store
+        self.refresh()
+
     def refresh(self) -> None:
         """Re-render everything from the store (the magics call this after each ``%%oblix`` turn)."""
         if self._closed.is_set():

@@ -304,3 +304,22 @@ def test_variables_errors_and_pins_reach_the_model(model_env, tmp_path):
     assert "| pinned | msg_1 |" in outputs_text(client.nb.cells[9])  # the stored pin reaches the selector
     session = SessionManager().get_session(SessionManager().bound_session(str(tmp_path / "nb" / "vars.ipynb")))
     assert session["pinned"] == ["msg_1"]
+
+
+def test_an_open_chat_panel_follows_a_configuration_change(model_env, tmp_path):
+    other_store = str(tmp_path / "other-store")
+    client = run_cells(
+        [
+            LOAD,
+            "%%oblix\nfirst question",
+            "from oblix_jupyter.magics import active\npanel = active().chat_panel()",
+            f"%config Oblix.base_dir = {other_store!r}",
+            "%%oblix\nin the new store",
+            "print(panel.store.base_dir, panel.client is active().client)\n"
+            "print([m['content'] for m in panel.store.get_session(panel.session_id)['messages']])",
+        ],
+        str(tmp_path / "nb" / "panel.ipynb"),
+    )
+    shown = outputs_text(client.nb.cells[5])
+    assert f"{other_store} True" in shown
+    assert "in the new store" in shown and "first question" not in shown
