@@ -24,6 +24,7 @@ import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from itertools import repeat
 from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
 
@@ -196,7 +197,11 @@ class SessionManager:
             yield db
 
     def _modify(self, session_id: str, change: Callable[[dict[str, Any]], Any], touch: bool = True) -> Any:
-        """Apply ``change`` to the stored session under its lock; return what ``change`` returned."""
+        """Apply ``change`` to the stored session under its lock; return what ``change`` returned.
+
+        ``change`` may append messages but never alters a stored one in place: the
+        storage re-encodes only appended messages (``storage.dump_tables``).
+        """
         with self._transaction(session_id) as db:
             current = self._document(db, session_id)
             if current is None:
@@ -349,7 +354,7 @@ class SessionManager:
         check_context(extra)
 
         def append(session: dict[str, Any]) -> dict[str, Any]:
-            taken = {m.get("id") for m in session["messages"]}
+            taken = set(map(dict.get, session["messages"], repeat("id")))
             number = len(session["messages"]) + 1
             while f"msg_{number}" in taken:
                 number += 1

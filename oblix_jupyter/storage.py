@@ -11,6 +11,7 @@ read-modify-write is one transaction) and replaces the file atomically.
 from __future__ import annotations
 
 import json
+import operator
 import os
 import tempfile
 import threading
@@ -84,28 +85,75 @@ def _parse(path: str, raw: bytes) -> Any:
         raise CorruptSession(path, reason) from exc
 
 
-class ParsedFiles:
-    """The data that write transactions last stored, by path, so the next one need not parse the file.
+ListCodes = dict[tuple[str, str, str], tuple[list[Any], bytes]]
+"""Per (table, document, key): a top-level list of a document as last written, and its encoding."""
 
-    A long session is re-parsed on every append otherwise. An entry is used only when
-    the file still holds exactly the bytes it was stored as (compared in full, which
-    costs far less than parsing), and only inside a transaction, which takes the entry
-    out while it works: data that TinyDB may have changed is never handed out twice.
+
+def dump_tables(data: Any, kept: ListCodes, fresh: ListCodes) -> bytes:
+    """``dump_json(data)``, byte for byte, re-encoding only the list elements added since the last write.
+
+    A long session is otherwise re-encoded whole on every append, the largest cost of
+    a turn's two writes. A document's top-level lists (``messages``) keep their encoding
+    in ``kept``, which is extended while the list still starts with the very objects
+    encoded last time. That is sound because the store only ever appends messages: it
+    never changes a stored message in place (a replaced one is a new object).
+    ``fresh`` receives what to keep for the next write. Anything but TinyDB's
+    ``{table: {id: document}}`` shape with text keys is encoded whole.
+    """
+    if not _text_keyed(data) or not all(_text_keyed(table) and all(map(_text_keyed, table.values())) for table in data.values()):
+        return dump_json(data)
+    pieces: list[bytes] = []
+    for name, table in data.items():
+        pieces += (b"," if pieces else b"{", dump_json(name), b":")
+        for number, (doc_id, doc) in enumerate(table.items()):
+            pieces += (b"," if number else b"{", dump_json(doc_id), b":")
+            for field, (key, value) in enumerate(doc.items()):
+                pieces += (b"," if field else b"{", dump_json(key), b":", _value(value, (name, doc_id, key), kept, fresh))
+            pieces.append(b"}" if doc else b"{}")
+        pieces.append(b"}" if table else b"{}")
+    pieces.append(b"}" if data else b"{}")
+    return b"".join(pieces)
+
+
+def _text_keyed(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(key, str) for key in value)
+
+
+def _value(value: Any, where: tuple[str, str, str], kept: ListCodes, fresh: ListCodes) -> bytes:
+    if not isinstance(value, list):
+        return dump_json(value)
+    seen, code = kept.get(where, (None, b""))
+    if seen is None or len(value) < len(seen) or not all(map(operator.is_, value, seen)):
+        code = dump_json(value)
+    elif len(value) > len(seen):
+        added = b",".join([dump_json(item) for item in value[len(seen) :]])
+        code = code[:-1] + (b"," if seen else b"") + added + b"]"
+    fresh[where] = (list(value), code)
+    return code
+
+
+class ParsedFiles:
+    """What write transactions last stored, by path, so the next one need not parse or re-encode it all.
+
+    A long session is re-parsed and re-encoded on every append otherwise. An entry is
+    used only when the file still holds exactly the bytes it was stored as (compared in
+    full, which costs far less than parsing), and only inside a transaction, which takes
+    the entry out while it works: data that TinyDB may have changed is never handed out twice.
     """
 
     def __init__(self, size: int = 8) -> None:
         self._size = size
-        self._entries: OrderedDict[str, tuple[bytes, dict[str, Any]]] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[bytes, dict[str, Any], ListCodes]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def take(self, path: str, raw: bytes) -> dict[str, Any] | None:
+    def take(self, path: str, raw: bytes) -> tuple[dict[str, Any], ListCodes] | None:
         with self._lock:
             entry = self._entries.pop(path, None)
-        return entry[1] if entry is not None and entry[0] == raw else None
+        return (entry[1], entry[2]) if entry is not None and entry[0] == raw else None
 
-    def keep(self, path: str, raw: bytes, data: dict[str, Any]) -> None:
+    def keep(self, path: str, raw: bytes, data: dict[str, Any], lists: ListCodes) -> None:
         with self._lock:
-            self._entries[path] = (raw, data)
+            self._entries[path] = (raw, data, lists)
             while len(self._entries) > self._size:
                 self._entries.popitem(last=False)
 
@@ -125,6 +173,7 @@ class LockedAtomicStorage(Storage):
         self._path = path
         self._lock: Any = None  # a filelock.FileLock while writing
         self._data: dict[str, Any] | None = None
+        self._lists: ListCodes = {}  # encodings of the lists in _data as the file holds them
         self._parsed = parsed if lock_path is not None else None  # only a lock holder may reuse parsed data
         if lock_path is not None:
             from filelock import FileLock, Timeout  # imported on the first write: it costs start-up time
@@ -142,8 +191,10 @@ class LockedAtomicStorage(Storage):
                 raw = _read_bytes(self._path)
             except FileNotFoundError:
                 return None
-            data = self._parsed.take(self._path, raw) if self._parsed is not None else None
-            if data is None:
+            reused = self._parsed.take(self._path, raw) if self._parsed is not None else None
+            if reused is not None:
+                data, self._lists = reused
+            else:
                 data = _parse(self._path, raw)
             if not isinstance(data, dict):
                 raise CorruptSession(self._path, "not a TinyDB document store")
@@ -153,15 +204,16 @@ class LockedAtomicStorage(Storage):
     def write(self, data: dict[str, Any]) -> None:
         if self._lock is None:
             raise RuntimeError("LockedAtomicStorage opened without a lock is read-only")
-        payload = dump_json(data)
+        lists: ListCodes = {}
+        payload = dump_tables(data, self._lists, lists) if self._parsed is not None else dump_json(data)
         try:
             atomic_write_bytes(self._path, payload)
         except BaseException:
-            self._data = None  # TinyDB mutated our cached copy; the file is the truth
+            self._data, self._lists = None, {}  # TinyDB mutated our cached copy; the file is the truth
             raise
-        self._data = data
+        self._data, self._lists = data, lists
         if self._parsed is not None:
-            self._parsed.keep(self._path, payload, data)
+            self._parsed.keep(self._path, payload, data, lists)
 
     def close(self) -> None:
         if self._lock is not None:
