@@ -228,7 +228,7 @@ def _system_tokens(
     return count(text) + MESSAGE_OVERHEAD if text else 0
 
 
-@dataclass
+@dataclass(slots=True)
 class _Choice:
     reason: str
     text: str
@@ -368,14 +368,24 @@ class _Turn:
         self.terms = query_terms(prompt, [v.name for v in self.included_variables])
 
     def add_everything(self, pinned: set[str]) -> bool:
-        """Take the whole conversation when it fits: then there is nothing to choose, and nothing is cut."""
+        """Take the whole conversation when it fits: then there is nothing to choose, and nothing is cut.
+
+        This is the common turn, so it measures each message once and chooses them
+        directly rather than through ``take``, which would check and measure again.
+        """
+        measured: list[tuple[int, str, int]] = []
         total = 0
         for position in reversed(range(len(self.earlier))):  # newest first: recency reuses these counts
-            total += self.tokens(position)
+            text = self.text(position)
+            tokens = self._tokens[position] = self.count(text) + MESSAGE_OVERHEAD
+            total += tokens
             if total > self.room:  # stop early: a long session is far over any window
                 return False
-        for position, message in enumerate(self.earlier):
-            self.take(position, "pinned" if message.get("id") in pinned else "recent")
+            measured.append((position, text, tokens))
+        for position, text, tokens in reversed(measured):
+            reason = "pinned" if pinned and self.earlier[position].get("id") in pinned else "recent"
+            self.chosen[position] = _Choice(reason, text, tokens)
+        self.room -= total
         return True
 
     def add_pinned(self, pinned: set[str], pin_first_exchange: bool) -> None:
@@ -502,19 +512,20 @@ class _Turn:
             messages.append({"role": "system", "content": system})
             items.append(PlanItem("system", "system", system_tokens))
             items.extend(section.item for section in self.sections)
-        for position in sorted(self.chosen):
-            choice = self.chosen[position]
+        for position, choice in sorted(self.chosen.items()):
             message = self.earlier[position]
             note = choice.note
             status = message.get("status")
             if status in _STATUS_MARKS:
                 note = f"{status} answer" + (f"; {note}" if note else "")
-            reason = "recent" if choice.reason == "fill" else choice.reason
-            messages.append({"role": message["role"], "content": choice.text})
-            items.append(PlanItem(message["role"], reason, choice.tokens, message.get("id"), choice.score, note))
+            role = message["role"]
+            messages.append({"role": role, "content": choice.text})
+            items.append(PlanItem(role, "recent" if choice.reason == "fill" else choice.reason, choice.tokens, message.get("id"), choice.score, note))
         messages.append({"role": "user", "content": prompt})
         items.append(PlanItem("user", "prompt", prompt_tokens))
-        omitted_ids = [message.get("id") for position, message in enumerate(self.earlier) if position not in self.chosen]
+        omitted_ids = []
+        if len(self.chosen) < len(self.earlier):
+            omitted_ids = [message.get("id") for position, message in enumerate(self.earlier) if position not in self.chosen]
         return ContextPlan(
             messages=messages,
             items=items,
