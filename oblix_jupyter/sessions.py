@@ -367,7 +367,7 @@ class SessionManager:
     def load_session(self, session_id: str) -> dict[str, Any] | None:
         """The whole session as a plain dict, or None when no such session exists (as in the SDK)."""
         path = self.session_path(session_id)
-        db = TinyDB(path, storage=LockedAtomicStorage)
+        db = TinyDB(path, storage=LockedAtomicStorage, parsed=self._parsed)  # the data a write just stored, if unchanged
         try:
             document = self._document(db, session_id)
         finally:

@@ -10,6 +10,7 @@ read-modify-write is one transaction) and replaces the file atomically.
 
 from __future__ import annotations
 
+import functools
 import json
 import operator
 import os
@@ -133,29 +134,61 @@ def _value(value: Any, where: tuple[str, str, str], kept: ListCodes, fresh: List
 
 
 class ParsedFiles:
-    """What write transactions last stored, by path, so the next one need not parse or re-encode it all.
+    """What write transactions last stored, by path, so the next reader and writer need not redo it.
 
-    A long session is re-parsed and re-encoded on every append otherwise. An entry is
-    used only when the file still holds exactly the bytes it was stored as (compared in
-    full, which costs far less than parsing), and only inside a transaction, which takes
-    the entry out while it works: data that TinyDB may have changed is never handed out twice.
+    A long session is otherwise parsed by every read, and parsed and re-encoded whole
+    by every append. An entry is used only while the file still holds exactly the bytes
+    it was stored as (compared in full, which costs far less than parsing). Its parsed
+    data goes to one taker only, the next reader or writer, and the store forgets it:
+    data that TinyDB may change, or that a reader now owns, is never handed out twice.
+    The encodings stay for the next writer, which then parses those same bytes.
     """
 
     def __init__(self, size: int = 8) -> None:
         self._size = size
-        self._entries: OrderedDict[str, tuple[bytes, dict[str, Any], ListCodes]] = OrderedDict()
+        self._entries: OrderedDict[str, list[Any]] = OrderedDict()  # path -> [raw, data or None, ListCodes]
         self._lock = threading.Lock()
 
-    def take(self, path: str, raw: bytes) -> tuple[dict[str, Any], ListCodes] | None:
+    def take(self, path: str, raw: bytes, writing: bool) -> tuple[dict[str, Any] | None, ListCodes] | None:
+        """The data (None when already taken) and encodings stored as ``raw``, or None if the file changed."""
         with self._lock:
-            entry = self._entries.pop(path, None)
-        return (entry[1], entry[2]) if entry is not None and entry[0] == raw else None
+            entry = self._entries.get(path)
+            if entry is None or entry[0] != raw:
+                return None
+            if writing:
+                del self._entries[path]
+            data, entry[1] = entry[1], None
+        return data, entry[2]
 
     def keep(self, path: str, raw: bytes, data: dict[str, Any], lists: ListCodes) -> None:
         with self._lock:
-            self._entries[path] = (raw, data, lists)
+            self._entries[path] = [raw, data, lists]
+            self._entries.move_to_end(path)
             while len(self._entries) > self._size:
                 self._entries.popitem(last=False)
+
+
+def _rebased(lists: ListCodes, data: dict[str, Any]) -> ListCodes:
+    """Encodings kept for a file, pointed at ``data``: a fresh parse of the very bytes they encode."""
+    rebased: ListCodes = {}
+    for (table, doc_id, key), (seen, code) in lists.items():
+        value = data.get(table, {}).get(doc_id, {}).get(key)
+        if isinstance(value, list) and len(value) == len(seen):
+            rebased[(table, doc_id, key)] = (list(value), code)
+    return rebased
+
+
+@functools.lru_cache(maxsize=64)
+def _file_lock(lock_path: str) -> Any:
+    """The lock object of ``lock_path``, built once: building a ``FileLock`` costs as much as taking it.
+
+    Sharing it between threads is safe: its state is per thread (``thread_local``), and
+    each thread takes the file lock on a descriptor of its own, so threads exclude each
+    other as processes do.
+    """
+    from filelock import FileLock
+
+    return FileLock(lock_path, mode=FILE_MODE, thread_local=True)
 
 
 class LockedAtomicStorage(Storage):
@@ -174,13 +207,13 @@ class LockedAtomicStorage(Storage):
         self._lock: Any = None  # a filelock.FileLock while writing
         self._data: dict[str, Any] | None = None
         self._lists: ListCodes = {}  # encodings of the lists in _data as the file holds them
-        self._parsed = parsed if lock_path is not None else None  # only a lock holder may reuse parsed data
+        self._parsed = parsed
         if lock_path is not None:
-            from filelock import FileLock, Timeout  # imported on the first write: it costs start-up time
+            from filelock import Timeout  # imported on the first write: it costs start-up time
 
-            lock = FileLock(lock_path, timeout=lock_timeout, mode=FILE_MODE)
+            lock = _file_lock(lock_path)
             try:
-                lock.acquire()
+                lock.acquire(timeout=lock_timeout)
             except Timeout:
                 raise StoreBusy(path, lock_timeout) from None
             self._lock = lock
@@ -191,21 +224,21 @@ class LockedAtomicStorage(Storage):
                 raw = _read_bytes(self._path)
             except FileNotFoundError:
                 return None
-            reused = self._parsed.take(self._path, raw) if self._parsed is not None else None
-            if reused is not None:
-                data, self._lists = reused
-            else:
+            writing = self._lock is not None
+            data, lists = (self._parsed.take(self._path, raw, writing) if self._parsed is not None else None) or (None, {})
+            if data is None:
                 data = _parse(self._path, raw)
+                lists = _rebased(lists, data) if isinstance(data, dict) else {}
             if not isinstance(data, dict):
                 raise CorruptSession(self._path, "not a TinyDB document store")
-            self._data = data
+            self._data, self._lists = data, lists if writing else {}
         return self._data
 
     def write(self, data: dict[str, Any]) -> None:
         if self._lock is None:
             raise RuntimeError("LockedAtomicStorage opened without a lock is read-only")
         lists: ListCodes = {}
-        payload = dump_tables(data, self._lists, lists) if self._parsed is not None else dump_json(data)
+        payload = dump_tables(data, self._lists, lists)
         try:
             atomic_write_bytes(self._path, payload)
         except BaseException:

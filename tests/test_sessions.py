@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 from datetime import timedelta
@@ -311,6 +312,24 @@ def test_four_processes_appending_lose_nothing(store, shared):
         assert len({m["id"] for m in messages}) == len(messages)
         contents += [m["content"] for m in messages]
     assert sorted(contents) == sorted(f"p{p}-{n}" for p in range(workers) for n in range(250))
+
+
+@pytest.mark.timeout(120)
+def test_threads_of_one_process_appending_lose_nothing(store):
+    """Threads share the store's lock objects: each must still exclude the others."""
+    session_id = store.create_session(title="threads")
+    other = SessionManager(store.base_dir)  # a second manager in the same process, as a chat panel has
+    threads = [
+        threading.Thread(target=lambda n=n: [(store if n % 2 else other).save_message(session_id, f"t{n}-{k}") for k in range(60)])
+        for n in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(100)
+    messages = store.load_session(session_id)["messages"]
+    assert sorted(m["content"] for m in messages) == sorted(f"t{n}-{k}" for n in range(4) for k in range(60))
+    assert len({m["id"] for m in messages}) == 240
 
 
 WRITER = textwrap.dedent(

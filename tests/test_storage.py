@@ -71,3 +71,27 @@ def test_session_files_stay_exact_dumps_while_two_stores_interleave(tmp_path):
         assert raw == dump_json(json.loads(raw))
     assert [m["content"] for m in first.load_session(session_id)["messages"]] == expected
     assert first.load_session(session_id)["title"] == "title 25"
+
+
+def test_a_reader_owns_what_it_reads(tmp_path):
+    """The first read after a write is handed the data that write kept: changing it must reach nothing else."""
+    store = SessionManager(tmp_path)
+    session_id = store.create_session(title="mine")
+    store.save_message(session_id, "first", usage={"tokens": 1})
+    path = os.path.join(tmp_path, f"{session_id}.json")
+    for number in range(3):
+        read = store.load_session(session_id)
+        again = store.load_session(session_id)
+        assert read == again and read["messages"] is not again["messages"]
+        read["messages"][0]["content"] = "changed by the reader"
+        read["messages"][0]["usage"]["tokens"] = 99
+        read["messages"].append({"id": "msg_x", "role": "user", "content": "smuggled"})
+        read["title"] = "changed"
+        store.save_message(session_id, f"next {number}")
+        with open(path, "rb") as handle:
+            raw = handle.read()
+        assert raw == dump_json(json.loads(raw))
+        stored = store.load_session(session_id)
+        assert stored["title"] == "mine"
+        assert [m["content"] for m in stored["messages"]] == ["first", *(f"next {n}" for n in range(number + 1))]
+        assert stored["messages"][0]["usage"] == {"tokens": 1}
