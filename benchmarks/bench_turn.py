@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import ExitStack
 
-from common import Behavior, ModelServer, paired_medians, report
+from common import Behavior, paired_medians, report, server_process
 
 from oblix_jupyter import OblixClient, SessionManager, local_model
 from oblix_jupyter.models import litellm_module
 
-MODEL = "openai/bench-model"
+MODEL = os.environ.get("BENCH_MODEL", "openai/bench-model")
 PAUSE = 0.2
 ANSWER = " ".join(f"word{number}" for number in range(150))
 SERVERS = (
@@ -32,9 +33,10 @@ SERVERS = (
 
 def main() -> None:
     litellm = litellm_module()
-    with ModelServer() as server, tempfile.TemporaryDirectory() as base:
-        os.environ["OPENAI_API_KEY"] = "sk-bench"
-        options = {MODEL: {"api_base": server.url}}
+    os.environ["OPENAI_API_KEY"] = "sk-bench"
+    with ExitStack() as stack:
+        base = stack.enter_context(tempfile.TemporaryDirectory())
+        urls = [stack.enter_context(server_process(behavior)) for _, behavior in SERVERS]
         store = SessionManager(base)
         session_id = store.create_session(title="long", initial_context={"project": "bench"})
         for number in range(500):
@@ -42,22 +44,22 @@ def main() -> None:
             store.save_message(session_id, f"answer {number}: use groupby", role="assistant", model=MODEL)
         prompt = "and what about the last column?"
         for window, label in ((128_000, "fits a 128k window"), (4_096, "overflows a 4k window")):
-            client = OblixClient(model=MODEL, session_manager=store, model_options=options, max_input_tokens=window)
+            client = OblixClient(model=MODEL, session_manager=store, model_options={MODEL: {"api_base": urls[0]}}, max_input_tokens=window)
             client.execute_sync(prompt, session_id)  # the first turn after a restart indexes and embeds the session
             messages = client.plan(prompt, client.load_session(session_id), MODEL).messages
+            for (server_label, _), url in zip(SERVERS, urls):
+                client.gateway.model_options = {MODEL: {"api_base": url}}
 
-            def bare() -> None:
-                stream = litellm.completion(
-                    model=MODEL, messages=messages, stream=True, stream_options={"include_usage": True},
-                    api_base=server.url, num_retries=0, max_retries=0,
-                )
-                "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+                def bare() -> None:
+                    stream = litellm.completion(
+                        model=MODEL, messages=messages, stream=True, stream_options={"include_usage": True},
+                        api_base=url, num_retries=0, max_retries=0,
+                    )
+                    "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
 
-            def turn() -> None:
-                client.execute_sync(prompt, session_id)
+                def turn() -> None:
+                    client.execute_sync(prompt, session_id)
 
-            for server_label, behavior in SERVERS:
-                server.default = behavior
                 baseline, ours = paired_medians(bare, turn, repeat=15, pause=PAUSE)
                 case = f"{label}, {server_label}"
                 report(f"bare litellm.completion, {len(messages)} msgs, {case}", f"{baseline:.2f} ms")

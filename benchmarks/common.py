@@ -4,17 +4,42 @@ from __future__ import annotations
 
 import os
 import pathlib
+import signal
 import statistics
+import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests"))
+TESTS = pathlib.Path(__file__).resolve().parent.parent / "tests"
+sys.path.insert(0, str(TESTS))
 
 from model_server import Behavior, ModelServer  # noqa: E402  (the tests' own server)
 
-__all__ = ["Behavior", "ModelServer", "median_ms", "paired_medians", "report"]
+__all__ = ["Behavior", "ModelServer", "median_ms", "paired_medians", "report", "server_process"]
+
+
+@contextmanager
+def server_process(behavior: Behavior) -> Iterator[str]:
+    """The tests' model server in a process of its own, as a provider is; yields its base URL.
+
+    Served from a thread of the benchmark's process instead, its work (reading a
+    1,000-message request, streaming) would compete for the interpreter lock with the
+    client's background writes, a cost no remote provider imposes.
+    """
+    command = [sys.executable, str(TESTS / "model_server.py"), "--port", "0"]
+    command += ["--token-delay", str(behavior.token_delay), "--first-token-delay", str(behavior.first_token_delay)]
+    if behavior.reply is not None:
+        command += ["--reply", behavior.reply]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        yield server.stdout.readline().strip()
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(10)
+        server.stdout.close()
 
 
 def median_ms(action: Callable[[], object], repeat: int = 30, warmup: int = 3) -> float:

@@ -526,6 +526,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--reply", default=None, help="fixed reply (default: echo the last user message)")
     parser.add_argument("--token-delay", type=float, default=0.0, help="seconds between streamed chunks")
+    parser.add_argument("--first-token-delay", type=float, default=0.0, help="seconds before the first chunk")
     args = parser.parse_args(argv)
 
     done = threading.Event()
@@ -537,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _on_signal)
 
     server = ModelServer(args.host, args.port)
-    server.default = Behavior(reply=args.reply, token_delay=args.token_delay)
+    server.default = Behavior(reply=args.reply, token_delay=args.token_delay, first_token_delay=args.first_token_delay)
     server.start()
     print(server.url, flush=True)
     try:

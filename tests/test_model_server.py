@@ -523,7 +523,7 @@ def test_split_pieces_roundtrip():
 def test_command_line_server(tmp_path):
     script = Path(__file__).resolve().parent / "model_server.py"
     proc = subprocess.Popen(
-        [sys.executable, str(script), "--port", "0", "--reply", "fixed answer", "--token-delay", "0"],
+        [sys.executable, str(script), "--port", "0", "--reply", "fixed answer", "--token-delay", "0", "--first-token-delay", "0.3"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -532,7 +532,9 @@ def test_command_line_server(tmp_path):
         url = proc.stdout.readline().strip()
         assert url.startswith("http://127.0.0.1:") and url.endswith("/v1")
         with httpx.Client(timeout=5) as client:
+            started = time.monotonic()
             r = client.post(url + "/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "q"}]})
+        assert time.monotonic() - started >= 0.3
         assert r.json()["choices"][0]["message"]["content"] == "fixed answer"
     finally:
         proc.send_signal(signal.SIGTERM)
