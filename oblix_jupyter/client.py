@@ -141,13 +141,13 @@ class OblixClient:
 
         window = max_input_tokens(model, self.max_input_tokens)
         reserve = min(max_tokens or DEFAULT_ANSWER_RESERVE, window // 2)
-        messages = conversation_messages(session, history)
         session_id = (session or {}).get("id")
 
         def semantic() -> tuple[VectorTable | None, Any]:
             vectors = self._vector_cache()
             if vectors is None or session_id is None:
                 return None, None
+            messages = conversation_messages(session, history)
             return vectors.vectors(session_id, messages, max_seconds=self.embed_seconds), vectors.embed_prompt(prompt)
 
         return select_context(
@@ -159,7 +159,7 @@ class OblixClient:
             variables=variables,
             notebook=notebook,
             pinned=pinned if pinned is not None else (session or {}).get("pinned", ()),
-            lexical_index=(lambda: self._lexical_index(session_id, messages)) if session_id else None,
+            lexical_index=(lambda: self._lexical_index(session_id, conversation_messages(session, history))) if session_id else None,
             semantic=semantic,
         )
 

@@ -92,16 +92,24 @@ class PlanItem:
 
 @dataclass
 class ContextPlan:
-    """The messages to send, in order, with what was chosen, dropped and why."""
+    """The messages to send, in order, with what was chosen, dropped and why.
+
+    ``items`` (one per message or system part, with its reason) is built when first
+    read: a turn needs only ``messages`` before its request goes out.
+    """
 
     messages: list[dict[str, str]]
-    items: list[PlanItem]
+    list_items: Callable[[], list[PlanItem]] = field(repr=False)
     budget: int
     omitted: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)  # variables and notebook parts left out, with why
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # how relevance was judged
     variables: list[VariableSummary] = field(default_factory=list)
+
+    @cached_property
+    def items(self) -> list[PlanItem]:
+        return self.list_items()
 
     @property
     def used(self) -> int:
@@ -506,29 +514,30 @@ class _Turn:
                 dropped = self.sections.pop()
                 sections.pop()
                 self.dropped.append(f"{dropped.item.label} left out: no room")
-        messages: list[dict[str, str]] = []
-        items: list[PlanItem] = []
-        if system:
-            messages.append({"role": "system", "content": system})
-            items.append(PlanItem("system", "system", system_tokens))
-            items.extend(section.item for section in self.sections)
-        for position, choice in sorted(self.chosen.items()):
-            message = self.earlier[position]
-            note = choice.note
-            status = message.get("status")
-            if status in _STATUS_MARKS:
-                note = f"{status} answer" + (f"; {note}" if note else "")
-            role = message["role"]
-            messages.append({"role": role, "content": choice.text})
-            items.append(PlanItem(role, "recent" if choice.reason == "fill" else choice.reason, choice.tokens, message.get("id"), choice.score, note))
+        chosen = sorted(self.chosen.items())
+        messages = [{"role": "system", "content": system}] if system else []
+        messages += [{"role": self.earlier[position]["role"], "content": choice.text} for position, choice in chosen]
         messages.append({"role": "user", "content": prompt})
-        items.append(PlanItem("user", "prompt", prompt_tokens))
+
+        def items() -> list[PlanItem]:
+            listed = [PlanItem("system", "system", system_tokens), *(s.item for s in self.sections)] if system else []
+            for position, choice in chosen:
+                message = self.earlier[position]
+                note = choice.note
+                status = message.get("status")
+                if status in _STATUS_MARKS:
+                    note = f"{status} answer" + (f"; {note}" if note else "")
+                reason = "recent" if choice.reason == "fill" else choice.reason
+                listed.append(PlanItem(message["role"], reason, choice.tokens, message.get("id"), choice.score, note))
+            listed.append(PlanItem("user", "prompt", prompt_tokens))
+            return listed
+
         omitted_ids = []
         if len(self.chosen) < len(self.earlier):
             omitted_ids = [message.get("id") for position, message in enumerate(self.earlier) if position not in self.chosen]
         return ContextPlan(
             messages=messages,
-            items=items,
+            list_items=items,
             budget=budget,
             omitted=omitted_ids,
             dropped=self.dropped,
