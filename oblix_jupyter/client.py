@@ -258,6 +258,7 @@ class OblixClient:
             message_id = stored["id"]
             if session is not None and not session.get("model"):
                 store.update_session(session_id, model=completion.model)
+            self._writer.submit(store.prepare_read, session_id)  # the next turn's read, parsed while this answer is read
             if history and self._vectors is not None and self._vectors.keeps(session_id):
                 from .context import conversation_messages
 

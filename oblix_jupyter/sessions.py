@@ -163,6 +163,7 @@ class SessionStore(Protocol):
     def list_sessions(self, limit: int = 50) -> list[dict[str, Any]]: ...
     def delete_session(self, session_id: str) -> bool: ...
     def get_session(self, session_id: str) -> dict[str, Any]: ...
+    def prepare_read(self, session_id: str) -> None: ...
     def bind(self, key: str, session_id: str) -> None: ...
     def unbind(self, key: str) -> None: ...
     def bound_session(self, key: str) -> str | None: ...
@@ -373,6 +374,21 @@ class SessionManager:
         finally:
             db.close()
         return None if document is None else dict(document)
+
+    def prepare_read(self, session_id: str) -> None:
+        """Parse the session now for its next read, e.g. while the user reads an answer.
+
+        The next ``load_session`` then returns without parsing, and the next append still
+        finds the copy its own write kept. Does nothing if the file changed since this
+        store last wrote it, or cannot be read (its next read reports that).
+        """
+        path = self.session_path(session_id)
+        try:
+            with open(path, "rb") as handle:
+                raw = handle.read()
+            self._parsed.prepare(path, raw)
+        except (OSError, CorruptSession):
+            pass
 
     def get_session(self, session_id: str) -> dict[str, Any]:
         """Like ``load_session`` but a missing session is an error, for callers that need one."""

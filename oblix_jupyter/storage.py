@@ -138,34 +138,45 @@ class ParsedFiles:
 
     A long session is otherwise parsed by every read, and parsed and re-encoded whole
     by every append. An entry is used only while the file still holds exactly the bytes
-    it was stored as (compared in full, which costs far less than parsing). Its parsed
-    data goes to one taker only, the next reader or writer, and the store forgets it:
-    data that TinyDB may change, or that a reader now owns, is never handed out twice.
-    The encodings stay for the next writer, which then parses those same bytes.
+    it was stored as (compared in full, which costs far less than parsing). It holds
+    parsed copies of those bytes, each handed to one taker only (a reader owns what it
+    reads, and TinyDB changes what a writer takes), so none is ever handed out twice:
+    the copy the write itself stored, and one ``prepare`` parsed ahead of the next read.
+    The encodings stay for the next writer, whatever copy it gets.
     """
 
     def __init__(self, size: int = 8) -> None:
         self._size = size
-        self._entries: OrderedDict[str, list[Any]] = OrderedDict()  # path -> [raw, data or None, ListCodes]
+        self._entries: OrderedDict[str, tuple[bytes, ListCodes, list[dict[str, Any]]]] = OrderedDict()
         self._lock = threading.Lock()
 
     def take(self, path: str, raw: bytes, writing: bool) -> tuple[dict[str, Any] | None, ListCodes] | None:
-        """The data (None when already taken) and encodings stored as ``raw``, or None if the file changed."""
+        """A parsed copy stored as ``raw`` (None when all are taken) and its encodings, or None if the file changed."""
         with self._lock:
             entry = self._entries.get(path)
             if entry is None or entry[0] != raw:
                 return None
             if writing:
                 del self._entries[path]
-            data, entry[1] = entry[1], None
-        return data, entry[2]
+            return (entry[2].pop() if entry[2] else None), entry[1]
 
     def keep(self, path: str, raw: bytes, data: dict[str, Any], lists: ListCodes) -> None:
         with self._lock:
-            self._entries[path] = [raw, data, lists]
+            self._entries[path] = (raw, lists, [data])
             self._entries.move_to_end(path)
             while len(self._entries) > self._size:
                 self._entries.popitem(last=False)
+
+    def prepare(self, path: str, raw: bytes) -> None:
+        """Parse a second copy for the next reader, so that neither it nor the next writer waits for a parse."""
+        with self._lock:
+            entry = self._entries.get(path)
+            if entry is None or entry[0] != raw or len(entry[2]) > 1:
+                return
+        copy = _parse(path, raw)
+        with self._lock:
+            if self._entries.get(path) is entry:
+                entry[2].insert(0, copy)
 
 
 def _rebased(lists: ListCodes, data: dict[str, Any]) -> ListCodes:
@@ -228,10 +239,9 @@ class LockedAtomicStorage(Storage):
             data, lists = (self._parsed.take(self._path, raw, writing) if self._parsed is not None else None) or (None, {})
             if data is None:
                 data = _parse(self._path, raw)
-                lists = _rebased(lists, data) if isinstance(data, dict) else {}
             if not isinstance(data, dict):
                 raise CorruptSession(self._path, "not a TinyDB document store")
-            self._data, self._lists = data, lists if writing else {}
+            self._data, self._lists = data, _rebased(lists, data) if writing else {}
         return self._data
 
     def write(self, data: dict[str, Any]) -> None:

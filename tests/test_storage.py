@@ -74,12 +74,14 @@ def test_session_files_stay_exact_dumps_while_two_stores_interleave(tmp_path):
 
 
 def test_a_reader_owns_what_it_reads(tmp_path):
-    """The first read after a write is handed the data that write kept: changing it must reach nothing else."""
+    """The first reads after a write are handed the copies the store kept: changing one must reach nothing else."""
     store = SessionManager(tmp_path)
     session_id = store.create_session(title="mine")
     store.save_message(session_id, "first", usage={"tokens": 1})
     path = os.path.join(tmp_path, f"{session_id}.json")
-    for number in range(3):
+    for number in range(4):
+        if number % 2:
+            store.prepare_read(session_id)  # a second copy, parsed ahead: the writer keeps the first
         read = store.load_session(session_id)
         again = store.load_session(session_id)
         assert read == again and read["messages"] is not again["messages"]
