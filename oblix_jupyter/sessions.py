@@ -24,8 +24,8 @@ import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from itertools import repeat
 from datetime import datetime, timedelta, timezone
+from itertools import repeat
 from typing import Any, Protocol
 
 from tinydb import Query, TinyDB

@@ -208,7 +208,8 @@ class LockedAtomicStorage(Storage):
     Open it with ``lock_path`` for a write transaction (``with TinyDB(..., storage=...)``)
     and without for a lock-free read: atomic replacement means a reader always sees a
     whole file. The parsed data is kept while the instance lives, which is safe because
-    nobody else can write while we hold the lock.
+    nobody else can write while we hold the lock. With ``parsed``, both kinds take a copy
+    that an earlier write (or ``ParsedFiles.prepare``) left for them instead of parsing.
     """
 
     def __init__(
