@@ -262,10 +262,20 @@ class LabPage:
         return self.page.evaluate("(name) => window[name]", name)
 
     def open_chat_from_palette(self) -> Any:
-        """Run "Oblix: open chat" from the command palette; returns the docked panel."""
+        """Run "Oblix: open chat" from the command palette; returns the docked panel.
+
+        The palette opens by its shortcut, or by its own command when a freshly reloaded
+        page has not taken the keyboard focus yet and the shortcut goes nowhere.
+        """
+        from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
         self.page.keyboard.press("Control+Shift+C")
         search = self.page.locator(".lm-CommandPalette-input")
-        search.wait_for(state="visible", timeout=WAIT_MS)
+        try:
+            search.wait_for(state="visible", timeout=5_000)
+        except PlaywrightTimeout:
+            self.evaluate("async () => { await jupyterapp.commands.execute('apputils:activate-command-palette'); }")
+            search.wait_for(state="visible", timeout=WAIT_MS)
         search.fill("Oblix: open chat")
         self.page.locator(".lm-CommandPalette-item", has_text="Oblix: open chat").first.wait_for(timeout=WAIT_MS)
         search.press("Enter")
