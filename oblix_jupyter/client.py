@@ -10,6 +10,7 @@ can lose it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -143,12 +144,15 @@ class OblixClient:
         reserve = min(max_tokens or DEFAULT_ANSWER_RESERVE, window // 2)
         session_id = (session or {}).get("id")
 
+        @functools.cache
+        def messages() -> list[dict[str, Any]]:  # what the word index and the vectors describe, once per plan
+            return conversation_messages(session, history)
+
         def semantic() -> tuple[VectorTable | None, Any]:
             vectors = self._vector_cache()
             if vectors is None or session_id is None:
                 return None, None
-            messages = conversation_messages(session, history)
-            return vectors.vectors(session_id, messages, max_seconds=self.embed_seconds), vectors.embed_prompt(prompt)
+            return vectors.vectors(session_id, messages(), max_seconds=self.embed_seconds), vectors.embed_prompt(prompt)
 
         return select_context(
             session,
@@ -159,7 +163,7 @@ class OblixClient:
             variables=variables,
             notebook=notebook,
             pinned=pinned if pinned is not None else (session or {}).get("pinned", ()),
-            lexical_index=(lambda: self._lexical_index(session_id, conversation_messages(session, history))) if session_id else None,
+            lexical_index=(lambda: self._lexical_index(session_id, messages())) if session_id else None,
             semantic=semantic,
         )
 

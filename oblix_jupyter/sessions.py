@@ -382,12 +382,9 @@ class SessionManager:
         finds the copy its own write kept. Does nothing if the file changed since this
         store last wrote it, or cannot be read (its next read reports that).
         """
-        path = self.session_path(session_id)
         try:
-            with open(path, "rb") as handle:
-                raw = handle.read()
-            self._parsed.prepare(path, raw)
-        except (OSError, CorruptSession):
+            self._parsed.prepare(self.session_path(session_id))
+        except (FileNotFoundError, CorruptSession):
             pass
 
     def get_session(self, session_id: str) -> dict[str, Any]:

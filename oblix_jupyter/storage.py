@@ -167,12 +167,18 @@ class ParsedFiles:
             while len(self._entries) > self._size:
                 self._entries.popitem(last=False)
 
-    def prepare(self, path: str, raw: bytes) -> None:
-        """Parse a second copy for the next reader, so that neither it nor the next writer waits for a parse."""
+    def prepare(self, path: str) -> None:
+        """Parse a second copy for the next reader, so that neither it nor the next writer waits for a parse.
+
+        Does nothing unless the file still holds what this store last wrote there.
+        """
         with self._lock:
             entry = self._entries.get(path)
-            if entry is None or entry[0] != raw or len(entry[2]) > 1:
+            if entry is None or len(entry[2]) > 1:
                 return
+        raw = _read_bytes(path)
+        if raw != entry[0]:
+            return
         copy = _parse(path, raw)
         with self._lock:
             if self._entries.get(path) is entry:

@@ -6,6 +6,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -169,8 +170,6 @@ def test_vector_cache_embeds_each_message_once_and_keeps_the_file_private(embedd
 
 
 def test_turns_on_a_long_session_find_a_fact_by_meaning_and_embed_each_finished_turn(embedder, model_env):
-    import time
-
     from oblix_jupyter import OblixClient
     from oblix_jupyter.embeddings import VectorTable
 
@@ -203,8 +202,6 @@ def test_turns_on_a_long_session_find_a_fact_by_meaning_and_embed_each_finished_
 
 
 def test_deleting_a_session_removes_its_vectors_even_with_a_turn_still_embedding(embedder, model_env):
-    import time
-
     from oblix_jupyter import OblixClient
 
     client = OblixClient(max_input_tokens=600)
