@@ -269,7 +269,10 @@ def test_listing_reads_only_the_listed_sessions(store):
 
 
 def test_index_is_rebuilt_when_missing_or_stale(store):
-    ids = [store.create_session(title=f"s{n}") for n in range(3)]
+    ids = []
+    for number in range(3):
+        ids.append(store.create_session(title=f"s{number}"))
+        time.sleep(0.002)  # timestamps have milliseconds: sessions made within one would list in either order
     store.save_message(ids[0], "latest")
     index = os.path.join(store.base_dir, ".index")
     for name in os.listdir(index):
