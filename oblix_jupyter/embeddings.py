@@ -33,6 +33,7 @@ from .storage import atomic_write_bytes, ensure_private_dir
 MODEL_ID = "all-MiniLM-L6-v2-int8"
 MAX_WORDPIECES = 256  # the model's max_seq_length in sentence-transformers
 BATCH = 32
+_HANDOFF_SECONDS = 0.01  # how long a prompt's embedding may take to start before the caller goes on anyway
 INSTALL_HINT = "pip install 'oblix-jupyter[semantic]'"
 
 _embedder: Embedder | None = None
@@ -75,20 +76,32 @@ class Embedder:
         result = numpy.zeros((len(texts), 384), dtype=numpy.float32)
         for start in range(0, len(order), BATCH):
             batch = order[start : start + BATCH]
-            encodings = self._tokenizer.encode_batch([texts[number] for number in batch])
-            width = max(len(encoding.ids) for encoding in encodings)
-            ids = numpy.zeros((len(batch), width), dtype=numpy.int64)
-            mask = numpy.zeros((len(batch), width), dtype=numpy.int64)
-            for row, encoding in enumerate(encodings):
-                ids[row, : len(encoding.ids)] = encoding.ids
-                mask[row, : len(encoding.ids)] = 1
-            feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": numpy.zeros_like(ids)}
-            hidden = self._session.run(None, {key: value for key, value in feeds.items() if key in self._inputs})[0]
-            weights = mask[..., None].astype(numpy.float32)
-            pooled = (hidden * weights).sum(axis=1) / numpy.maximum(weights.sum(axis=1), 1e-9)
-            pooled /= numpy.maximum(numpy.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
-            result[batch] = pooled
+            feeds = self.feeds([texts[number] for number in batch])
+            result[batch] = self.pooled(self.run(feeds), feeds)
         return result
+
+    def feeds(self, texts: Sequence[str]) -> dict[str, Any]:
+        """The model's inputs for one batch: word pieces padded to the longest, and their mask."""
+        numpy = self._numpy
+        encodings = self._tokenizer.encode_batch(list(texts))
+        width = max(len(encoding.ids) for encoding in encodings)
+        ids = numpy.zeros((len(encodings), width), dtype=numpy.int64)
+        mask = numpy.zeros((len(encodings), width), dtype=numpy.int64)
+        for row, encoding in enumerate(encodings):
+            ids[row, : len(encoding.ids)] = encoding.ids
+            mask[row, : len(encoding.ids)] = 1
+        return {"input_ids": ids, "attention_mask": mask, "token_type_ids": numpy.zeros_like(ids)}
+
+    def run(self, feeds: dict[str, Any]) -> Any:
+        """The model's last hidden states for ``feeds``; onnxruntime runs without the interpreter lock."""
+        return self._session.run(None, {key: value for key, value in feeds.items() if key in self._inputs})[0]
+
+    def pooled(self, hidden: Any, feeds: dict[str, Any]) -> Any:
+        numpy = self._numpy
+        weights = feeds["attention_mask"][..., None].astype(numpy.float32)
+        pooled = (hidden * weights).sum(axis=1) / numpy.maximum(weights.sum(axis=1), 1e-9)
+        pooled /= numpy.maximum(numpy.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+        return pooled
 
 
 def load_embedder() -> Embedder | None:
@@ -212,8 +225,10 @@ class VectorCache:
     are embedded on a later call, so a first turn on a long session is not held up.
     A message whose content changed since it was embedded is embedded again.
 
-    Work that can wait runs on a background thread: a finished turn's messages
-    (``update_later``) and the next prompt while its session is read (``embed_prompt_ahead``).
+    Work that can wait runs on background threads: a finished turn's messages
+    (``update_later``), and the next prompt while its session is read and the rest of
+    the plan is made (``embed_prompt_ahead``), on a thread of its own so that it never
+    queues behind a batch.
     """
 
     def __init__(self, base_dir: str | os.PathLike[str], embedder: Embedder) -> None:
@@ -223,7 +238,8 @@ class VectorCache:
         self._forgotten: set[str] = set()  # deleted sessions: a late background call must not write them again
         self._lock = threading.Lock()
         self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="oblix-embed")
-        self._prompt_ahead: tuple[str, Future[Any]] | None = None
+        self._prompts = ThreadPoolExecutor(max_workers=1, thread_name_prefix="oblix-embed-prompt")
+        self._prompt_ahead: tuple[str, dict[str, Any], Future[Any]] | None = None  # prompt, its inputs, the run
 
     def keeps(self, session_id: str) -> bool:
         """Whether this session's vectors are in use here, so its new messages are worth embedding ahead."""
@@ -257,17 +273,29 @@ class VectorCache:
             return table
 
     def embed_prompt_ahead(self, prompt: str) -> None:
-        """Start embedding ``prompt`` in the background; ``embed_prompt`` picks the result up."""
-        self._prompt_ahead = (prompt, self._background.submit(self._embed_one, prompt))
+        """Start embedding ``prompt`` in the background; ``embed_prompt`` picks the result up.
+
+        A worker woken while this thread keeps computing would wait for the interpreter
+        lock until this thread next blocks, typically when it asks for the result, and the
+        embedding would then run after the plan instead of beside it. So the prompt is
+        tokenized here, and this waits (briefly, bounded) for the worker to start: from
+        there it needs the lock only to enter onnxruntime, which runs without it.
+        """
+        feeds = self.embedder.feeds([prompt])
+        started = threading.Event()
+
+        def run() -> Any:
+            started.set()
+            return self.embedder.run(feeds)
+
+        self._prompt_ahead = (prompt, feeds, self._prompts.submit(run))
+        started.wait(_HANDOFF_SECONDS)
 
     def embed_prompt(self, prompt: str) -> Any:
         ahead, self._prompt_ahead = self._prompt_ahead, None
         if ahead is not None and ahead[0] == prompt:
-            return ahead[1].result()
-        return self._embed_one(prompt)
-
-    def _embed_one(self, text: str) -> Any:
-        return self.embedder.embed([text])[0]
+            return self.embedder.pooled(ahead[2].result(), ahead[1])[0]
+        return self.embedder.embed([prompt])[0]
 
     def _read(self, session_id: str) -> VectorTable:
         try:

@@ -214,3 +214,39 @@ def test_deleting_a_session_removes_its_vectors_even_with_a_turn_still_embedding
     assert client.delete_session(session_id)
     time.sleep(1.0)  # anything still queued has run by now
     assert not os.path.exists(vector_file)
+
+
+def test_a_prompt_embedded_ahead_starts_before_the_caller_next_blocks(embedder, tmp_path):
+    """The plan never blocks before it asks for the prompt's vector: the model must already be running by then."""
+    from oblix_jupyter.embeddings import VectorCache
+
+    started: list[float] = []
+
+    class Recording:
+        name = embedder.name
+
+        def __getattr__(self, attribute):
+            return getattr(embedder, attribute)
+
+        def run(self, feeds):
+            started.append(time.perf_counter())
+            return embedder.run(feeds)
+
+    prompt = "Where is the source data kept?"
+    cache = VectorCache(tmp_path, Recording())
+    cache.embed_prompt_ahead(prompt)  # the worker thread exists from here on: starting one would hand over the lock
+    cache.embed_prompt(prompt)
+    started.clear()
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(5.0)  # this thread keeps the interpreter lock unless it lets it go itself
+    try:
+        cache.embed_prompt_ahead(prompt)
+        handed_over = time.perf_counter()
+        busy_until = handed_over + 0.05
+        while time.perf_counter() < busy_until:
+            pass  # the rest of the plan, which never blocks
+        vector = cache.embed_prompt(prompt)
+    finally:
+        sys.setswitchinterval(switch)
+    assert started and started[0] < handed_over
+    assert float(vector @ embedder.embed([prompt])[0]) > 0.9999
