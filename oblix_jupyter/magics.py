@@ -528,7 +528,12 @@ def _open_channel(magics: Oblix, channel: Any, message: dict[str, Any]) -> None:
         except Exception as error:  # a comm handler must never take the kernel down
             channel.send({"action": "error", "message": str(error)})
 
+    def closed(_message: Any) -> None:  # the page went away: inserting cells must say it cannot, not send into nothing
+        if magics._frontend is channel:
+            magics._frontend = None
+
     magics._frontend = channel
     receive(message["content"]["data"] or {})
     channel.send({"action": "ack"})
     channel.on_msg(lambda update: receive(update["content"]["data"] or {}))
+    channel.on_close(closed)

@@ -14,6 +14,7 @@ from jupyter_client.manager import start_new_kernel
 
 from kernels import outputs_text, run_cells
 from model_server import Behavior
+from waiting import wait_until
 from oblix_jupyter.errors import BadArguments
 from oblix_jupyter.magics import interpolate, parse_cell_options, parse_line_command
 from oblix_jupyter.sessions import SessionManager
@@ -223,6 +224,38 @@ def test_interrupting_a_streaming_cell_keeps_the_partial_answer(model_env, tmp_p
     user, answer = store.get_session(store.bound_session(notebook))["messages"]
     assert user["content"] == "tell me a long story"
     assert answer["status"] == "interrupted" and 0 < len(answer["content"]) < len("word " * 200)
+
+
+def test_the_lab_extension_comm_reports_the_notebook_and_insertion_stops_when_it_closes(model_env, tmp_path):
+    """What the extension does over its comm, sent as a browser would send it, to a real kernel."""
+    notebook = str(tmp_path / "nb" / "from-the-page.ipynb")
+    manager, kernel = start_new_kernel(kernel_name="python3", env={**os.environ, "JPY_SESSION_NAME": ""})
+    probe = "import oblix_jupyter.magics as m; print(m._active.insert_cell('x = 1'), m._active.binding.key)"
+
+    def printed(code: str) -> str:
+        lines: list[str] = []
+
+        def keep(message):
+            if message["msg_type"] == "stream":
+                lines.append(message["content"]["text"])
+
+        reply = kernel.execute_interactive(code, timeout=60, output_hook=keep)
+        assert reply["content"]["status"] == "ok"
+        return "".join(lines).strip()
+
+    def comm_message(kind: str, content: dict) -> None:
+        kernel.shell_channel.send(kernel.session.msg(kind, content))
+
+    try:
+        printed(LOAD)
+        comm_message("comm_open", {"comm_id": "page-1", "target_name": "oblix.session", "data": {"notebook_path": notebook}})
+        wait_until(lambda: printed(probe) == f"True {notebook}", 30, "the kernel to take the page's comm and path")
+        comm_message("comm_close", {"comm_id": "page-1", "data": {}})
+        # The notebook keeps its path and session; only inserting cells needs the page.
+        wait_until(lambda: printed(probe) == f"False {notebook}", 30, "the kernel to let the closed comm go")
+    finally:
+        kernel.stop_channels()
+        manager.shutdown_kernel(now=True)
 
 
 def test_interpolation_rules():
