@@ -4,24 +4,16 @@ from __future__ import annotations
 
 import json
 
-import time
-
 import pytest
 
 from model_server import Behavior
 from oblix_jupyter.client import OblixClient
 from oblix_jupyter.notebook import NotebookBinding
 from oblix_jupyter.panel import NO_SESSION, ChatPanel, notebook_variables
+from waiting import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 NOTEBOOK = "work/analysis.ipynb"
-
-
-def wait_for(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
 
 
 def rendered(panel: ChatPanel) -> list[str]:
@@ -94,7 +86,7 @@ def test_send_streams_the_answer_and_stores_the_exchange(panel, client, server):
 def test_stop_keeps_the_partial_answer_marked_interrupted(panel, client, server):
     server.default = Behavior(reply="word " * 300, token_delay=0.02)
     ask(panel, "a long story please")
-    wait_for(lambda: panel._turn is not None and len(panel._turn["text"]) > 20)
+    wait_until(lambda: panel._turn is not None and len(panel._turn["text"]) > 20, 10, "the answer to stream")
     panel.stop_button.click()
     assert panel.wait(20)
     user, answer = client.session_manager.get_session(panel.session_id)["messages"]
@@ -176,10 +168,10 @@ def test_refresh_follows_turns_and_bindings_made_elsewhere(panel, client, bindin
     panel.poll_interval = 0.05
     panel._view_count = 1  # a front end shows the panel: it watches the session file
     OblixClient().execute_sync("asked from another kernel", session_id)
-    wait_for(lambda: any("asked from another kernel" in text for text in rendered(panel)))
+    wait_until(lambda: any("asked from another kernel" in text for text in rendered(panel)), 10, "the other kernel's turn to show")
     elsewhere = store.create_session(title="chosen with %oblix use")
     binding.use(elsewhere)
-    wait_for(lambda: panel.session_id == elsewhere)
+    wait_until(lambda: panel.session_id == elsewhere, 10, "the panel to follow the binding")
     poller = panel._poller
     panel._view_count = 0
     poller.join(5)
