@@ -224,7 +224,7 @@ class OblixClient:
         session_id = session_id or self.current_session_id
         store = self.session_manager
         if session_id and self._vectors is not None and self._vectors.keeps(session_id):
-            self._vectors.embed_prompt_ahead(prompt)  # while the session is read
+            self._vectors.embed_prompt_ahead(prompt)  # while the session is read and the plan made
         session = store.get_session(session_id) if session_id else None
         models = self.models_for(session)
         plan = self.plan(
