@@ -20,6 +20,7 @@ import copy
 import json
 import os
 import re
+import threading
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
@@ -58,6 +59,26 @@ SEED_FIELDS = ("id", "title", "created_at", "updated_at", "messages", "context")
 def now_iso() -> str:
     """UTC now as ISO 8601 with milliseconds and ``Z``, the seed's timestamp format."""
     return format_time(datetime.now(timezone.utc))
+
+
+_MILLISECOND = timedelta(milliseconds=1)
+_last_change = datetime.min.replace(tzinfo=timezone.utc)
+_change_lock = threading.Lock()
+
+
+def change_time() -> str:
+    """``now_iso()`` for a session's ``created_at`` or ``updated_at``, later than any this process gave before.
+
+    Sessions are listed newest first, by these stamps; two changed within one
+    millisecond (a script, a loop of appends) must still list in the order they were
+    changed. The stamp runs ahead of the clock by a millisecond per extra change.
+    """
+    global _last_change
+    with _change_lock:
+        moment = datetime.now(timezone.utc)
+        moment = max(moment.replace(microsecond=moment.microsecond // 1000 * 1000), _last_change + _MILLISECOND)
+        _last_change = moment
+    return format_time(moment)
 
 
 def format_time(moment: datetime) -> str:
@@ -213,7 +234,7 @@ class SessionManager:
             def apply(document: dict[str, Any]) -> None:
                 result.append(change(document))
                 if touch:
-                    document["updated_at"] = max(now_iso(), document["updated_at"])
+                    document["updated_at"] = max(change_time(), document["updated_at"])
 
             db.update(apply, doc_ids=[_DOC_ID])
             self._write_header(self._document(db, session_id), old_stamp)
@@ -321,7 +342,7 @@ class SessionManager:
         model: str | None = None,
     ) -> str:
         """Create an empty session and return its id (a UUID4 string)."""
-        created = now_iso()
+        created = change_time()
         session = {
             "id": str(uuid.uuid4()),
             "title": title or f"Chat Session {datetime.now().strftime('%Y-%m-%d %H:%M')}",
@@ -500,7 +521,7 @@ class SessionManager:
         """Duplicate a session under a new id, e.g. to branch a conversation."""
         session = self.get_session(session_id)
         session["title"] = new_title or f"Copy of {session['title']}"
-        session["created_at"] = session["updated_at"] = now_iso()
+        session["created_at"] = session["updated_at"] = change_time()
         return self.add_session(session, new_id=True)
 
     # -- beyond the SDK -------------------------------------------------------------

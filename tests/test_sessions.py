@@ -268,11 +268,18 @@ def test_listing_reads_only_the_listed_sessions(store):
     assert store.problems == []
 
 
+def test_sessions_changed_within_one_millisecond_list_in_the_order_they_were_changed(store):
+    ids = [store.create_session(title=f"quick {n}") for n in range(40)]
+    assert [s["id"] for s in store.list_sessions(limit=None)] == ids[::-1]
+    for session_id in ids[:10]:
+        store.save_message(session_id, "again")
+    listed = store.list_sessions(limit=None)
+    assert [s["id"] for s in listed[:10]] == ids[:10][::-1]
+    assert len({s["updated_at"] for s in listed}) == len(ids)
+
+
 def test_index_is_rebuilt_when_missing_or_stale(store):
-    ids = []
-    for number in range(3):
-        ids.append(store.create_session(title=f"s{number}"))
-        time.sleep(0.002)  # timestamps have milliseconds: sessions made within one would list in either order
+    ids = [store.create_session(title=f"s{n}") for n in range(3)]
     store.save_message(ids[0], "latest")
     index = os.path.join(store.base_dir, ".index")
     for name in os.listdir(index):
