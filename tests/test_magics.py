@@ -226,7 +226,7 @@ def test_interrupting_a_streaming_cell_keeps_the_partial_answer(model_env, tmp_p
     assert answer["status"] == "interrupted" and 0 < len(answer["content"]) < len("word " * 200)
 
 
-def test_the_lab_extension_comm_reports_the_notebook_and_insertion_stops_when_it_closes(model_env, tmp_path):
+def test_the_lab_extension_comm_reports_the_notebook_and_insertion_stops_when_it_closes(tmp_path):
     """What the extension does over its comm, sent as a browser would send it, to a real kernel."""
     notebook = str(tmp_path / "nb" / "from-the-page.ipynb")
     manager, kernel = start_new_kernel(kernel_name="python3", env={**os.environ, "JPY_SESSION_NAME": ""})
