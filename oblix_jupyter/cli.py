@@ -4,7 +4,8 @@ A front end like the magics: it parses arguments, calls ``SessionManager``,
 ``OblixClient`` and ``exchange``, and prints. Only ``ask``, ``chat`` and ``doctor``
 import the client (and so litellm, which takes seconds); everything else imports
 just the store, inside the command, so ``oblix sessions`` answers at Python's own
-start-up speed.
+start-up speed. Those three take the keys (and nothing else) of the working
+directory's ``.env``, as a notebook kernel started there does (``envfile``).
 
 Exit status: 0 on success, 1 on a user error (shown as one ``oblix: ...`` line,
 never a traceback), 130 when interrupted. Usage mistakes are user errors too, so
@@ -27,6 +28,7 @@ from . import __version__
 from .errors import NoModelConfigured, OblixError
 
 if TYPE_CHECKING:
+    from .envfile import DotenvResult
     from .sessions import SessionManager
 
 LAB_EXTENSION = "oblix-jupyter"
@@ -188,6 +190,7 @@ def _sessions(args: argparse.Namespace) -> int:
 
 def _show(args: argparse.Namespace) -> int:
     from .exchange import transcript
+    from .render import terminal_text
 
     store = _store()
     session = store.get_session(store.resolve_id(args.id))
@@ -196,8 +199,18 @@ def _show(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(session, ensure_ascii=False, indent=2))
     else:
-        print(transcript(session), end="")
+        print(transcript(session, escape=terminal_text), end="")
     return 0
+
+
+def _keys_from_dotenv() -> DotenvResult | None:
+    """The keys of the working directory's ``.env``, taken as a notebook kernel started here takes them.
+
+    Called by the commands that reach a model.
+    """
+    from .envfile import load_dotenv
+
+    return load_dotenv(os.getcwd())
 
 
 def _chat(args: argparse.Namespace) -> int:
@@ -205,6 +218,7 @@ def _chat(args: argparse.Namespace) -> int:
     from .models import preload_litellm
     from .terminal_chat import run_terminal_chat
 
+    _keys_from_dotenv()
     preload_litellm()  # imported while the user types the first line
     run_terminal_chat(OblixClient(model=args.model), args.id)
     return 0
@@ -213,6 +227,8 @@ def _chat(args: argparse.Namespace) -> int:
 def _ask(args: argparse.Namespace) -> int:
     prompt = _read_prompt(args.prompt)
     from .client import OblixClient
+
+    _keys_from_dotenv()
 
     client = OblixClient(model=args.model)
     if args.session:
@@ -300,12 +316,14 @@ def _prune(args: argparse.Namespace) -> int:
 
 
 def _doctor(args: argparse.Namespace) -> int:
+    dotenv = _keys_from_dotenv()  # first: the key checks below must see what a notebook started here would
     store = _store()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # unreadable files are listed below instead
         readable = store.list_sessions(limit=None)
     rows = [["oblix", __version__], ["store", store.base_dir], ["sessions", str(len(readable))]]
     rows += [["unreadable", f"{problem.path} ({problem.reason})"] for problem in store.problems] or [["unreadable", "none"]]
+    rows.append([".env", dotenv.describe() if dotenv else f"none in {os.getcwd()}"])
     rows += _model_rows()
     rows.append(["lab extension", _lab_extension_status()])
     print(format_table(rows))

@@ -95,6 +95,11 @@ class OblixClient:
         return self.session_manager.load_session(session_id)
 
     def delete_session(self, session_id: str) -> bool:
+        """Delete a session and every trace the store keeps of it; False when there was none.
+
+        The vector cache lets go first, so that an embedding of this session still under
+        way here cannot write its file again after the store has removed it.
+        """
         if self.current_session_id == session_id:
             self.current_session_id = None
         if self._vectors is not None:

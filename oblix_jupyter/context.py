@@ -147,7 +147,8 @@ class ContextPlan:
         )
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
-        return {"text/plain": self.explain(), "text/markdown": self.explain(), "text/html": self.explain_html()}
+        # No text/markdown: JupyterLab would render raw HTML in it (a message's text) live.
+        return {"text/plain": self.explain(), "text/html": self.explain_html()}
 
 
 def system_text(context: dict[str, Any], omitted: int, sections: Sequence[str] = (), instructions: str | None = None) -> str | None:

@@ -1,7 +1,9 @@
-"""What the magics show: rich outputs with a readable plain-text twin.
+"""What the magics and the chat panel show: rich outputs with a readable plain-text twin.
 
-Every object here has ``_repr_mimebundle_`` giving ``text/plain`` next to Markdown or
-HTML, so the same magic reads well in JupyterLab and in terminal IPython.
+Every object here has ``_repr_mimebundle_`` giving ``text/plain`` next to HTML, so the
+same magic reads well in JupyterLab and in terminal IPython. Text that came from a
+model or a session file reaches the HTML only through ``render`` (inert) or
+``html.escape``; never as Markdown, which JupyterLab would render with raw HTML live.
 """
 
 from __future__ import annotations
@@ -10,8 +12,13 @@ import html
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
+
+from .exchange import ROLE_NAMES
+from .render import markdown_html
+from .sessions import parse_time
 
 if TYPE_CHECKING:
     from .context import ContextPlan
@@ -37,8 +44,8 @@ class AnswerView:
         plain = self.text + (f"\n\n[{self.footer}]" if self.footer else "")
         if self.as_text:
             return {"text/plain": plain}
-        markdown = self.text + (f"\n\n<sub>{html.escape(self.footer)}</sub>" if self.footer else "")
-        return {"text/markdown": markdown, "text/plain": plain}
+        footer = f"<p><sub>{html.escape(self.footer)}</sub></p>" if self.footer else ""
+        return {"text/html": markdown_html(self.text) + footer, "text/plain": plain}
 
 
 class Message:
@@ -82,6 +89,25 @@ class Table:
         return {"text/html": f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>", "text/plain": self.plain()}
 
 
+def short_time(timestamp: str) -> str:
+    """A stored timestamp in local time: the time of day for today's messages, else the date too."""
+    moment = parse_time(timestamp).astimezone()
+    return moment.strftime("%H:%M" if moment.date() == datetime.now().date() else "%Y-%m-%d %H:%M")
+
+
+def message_html(message: Mapping[str, Any], details: Sequence[str] = (), note: str = "") -> str:
+    """One message as ``%oblix show`` and the chat panel present it: who spoke (model, status), then the text.
+
+    ``details`` (an id, a time) are added to the header line as plain text; ``note`` is
+    a sentence of ours shown under the text, in italics.
+    """
+    who = [f"<b>{ROLE_NAMES.get(str(message.get('role')), 'Message')}</b>"]
+    who += [html.escape(str(message[field])) for field in ("model", "status") if message.get(field)]
+    who += [f"<small>{html.escape(detail)}</small>" for detail in details if detail]
+    after = f"<p><em>{html.escape(note)}</em></p>" if note else ""
+    return f"<div class='oblix-who'>{' · '.join(who)}</div>{markdown_html(str(message.get('content', '')))}{after}"
+
+
 class Conversation:
     """A session's messages, roles clear and the model on each answer."""
 
@@ -89,22 +115,19 @@ class Conversation:
         self.session = session
         self.messages = session["messages"][-last:] if last else session["messages"]
 
-    def _turns(self) -> list[tuple[str, str]]:
-        turns = []
-        for message in self.messages:
-            who = "You" if message["role"] == "user" else message["role"].capitalize()
-            notes = [n for n in (message.get("model"), message.get("status")) if n]
-            label = f"{who} ({', '.join(notes)})" if notes else who
-            when = message.get("timestamp", "")[:16].replace("T", " ")
-            turns.append((f"{label} · {message.get('id', '')} · {when}", message["content"]))
-        return turns
+    @staticmethod
+    def _details(message: Mapping[str, Any]) -> list[str]:
+        return [str(message.get("id") or ""), short_time(message["timestamp"]) if message.get("timestamp") else ""]
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
         title = f"{self.session['title']} ({self.session['id'][:8]}, {len(self.session['messages'])} messages)"
-        turns = self._turns()
-        markdown = [f"### {title}"] + [f"**{label}**\n\n{content}" for label, content in turns]
-        plain = [title] + [f"--- {label}\n{content}" for label, content in turns]
-        return {"text/markdown": "\n\n".join(markdown), "text/plain": "\n\n".join(plain)}
+        rich = [f"<h3>{html.escape(title)}</h3>"] + [message_html(m, self._details(m)) for m in self.messages]
+        plain = [title]
+        for message in self.messages:
+            notes = [n for n in (message.get("model"), message.get("status"), *self._details(message)) if n]
+            who = ROLE_NAMES.get(str(message.get("role")), "Message")
+            plain.append(f"--- {who} · {' · '.join(notes)}\n{message['content']}" if notes else f"--- {who}\n{message['content']}")
+        return {"text/html": "\n".join(rich), "text/plain": "\n\n".join(plain)}
 
 
 class PlanView:
@@ -115,7 +138,7 @@ class PlanView:
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
         text = "#### Context sent\n\n" + self.plan.explain()
-        return {"text/markdown": text, "text/plain": text}
+        return {"text/html": markdown_html(text), "text/plain": text}
 
 
 def footer(result: dict[str, Any]) -> str:

@@ -9,9 +9,9 @@ judges relevance by words alone. Nothing loads at ``import oblix_jupyter``.
 
 Each message is embedded once, passage by passage (``relevance.chunks``: a fact is one
 sentence of a long answer, and a whole-message vector dilutes it). Vectors are kept
-per session under the store's base directory in ``.vectors/<model>/<session id>.bin``
-(written atomically, 0600), keyed by message id and a digest of the content, and
-reused on every later turn.
+per session in the store's base directory, in the file ``sessions.vector_path`` names
+(written atomically, 0600, and removed with the session by ``delete_session``), keyed
+by message id and a digest of the content, and reused on every later turn.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from importlib import resources
 from typing import Any
 
 from .relevance import chunks
+from .sessions import vector_path
 from .storage import atomic_write_bytes, ensure_private_dir
 
 MODEL_ID = "all-MiniLM-L6-v2-int8"
@@ -232,7 +233,7 @@ class VectorCache:
     """
 
     def __init__(self, base_dir: str | os.PathLike[str], embedder: Embedder) -> None:
-        self.directory = os.path.join(os.fspath(base_dir), ".vectors", embedder.name)
+        self.base_dir = os.fspath(base_dir)
         self.embedder = embedder
         self._tables: dict[str, VectorTable] = {}
         self._forgotten: set[str] = set()  # deleted sessions: a late background call must not write them again
@@ -253,7 +254,7 @@ class VectorCache:
         self._background.submit(self.vectors, session_id, messages)
 
     def path(self, session_id: str) -> str:
-        return os.path.join(self.directory, f"{session_id}.bin")
+        return vector_path(self.base_dir, self.embedder.name, session_id)
 
     def vectors(self, session_id: str, messages: Sequence[Mapping[str, Any]], max_seconds: float | None = None) -> VectorTable:
         with self._lock:
@@ -267,8 +268,9 @@ class VectorCache:
             table = table.arranged([m.get("id") for m in messages])
             if session_id not in self._forgotten:
                 if missing:
-                    ensure_private_dir(self.directory)
-                    atomic_write_bytes(self.path(session_id), table.to_bytes(), durable=False)  # a cache: rebuilt if lost
+                    path = self.path(session_id)
+                    ensure_private_dir(os.path.dirname(path))
+                    atomic_write_bytes(path, table.to_bytes(), durable=False)  # a cache: rebuilt if lost
                 self._tables[session_id] = table
             return table
 
@@ -330,11 +332,11 @@ class VectorCache:
         return VectorTable(ids, digests, spans, numpy.concatenate(blocks))
 
     def forget(self, session_id: str) -> None:
-        """Drop a session's vectors (when the session is deleted), after any embedding under way."""
+        """Stop keeping a session that is being deleted, once any embedding of it under way has been written.
+
+        The store's ``delete_session``, called next, removes the file; from here on no
+        background call of this cache writes it again.
+        """
         with self._lock:
             self._forgotten.add(session_id)
             self._tables.pop(session_id, None)
-            try:
-                os.remove(self.path(session_id))
-            except FileNotFoundError:
-                pass

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .errors import ExportFormatError, ImportFormatError, InvalidSessionId
+from .render import inert_markdown, terminal_text
 from .sessions import check_session_shape, parse_time, read_import_file
 from .storage import atomic_write_bytes
 
@@ -77,10 +78,10 @@ def import_session(store: SessionManager, path: str | os.PathLike[str], keep_id:
 # -- Markdown, for people -----------------------------------------------------------
 
 
-def message_header(message: dict[str, Any]) -> str:
+def message_header(message: dict[str, Any], escape: Callable[[str], str] = inert_markdown) -> str:
     """The line that says who spoke (and which model, and whether it was cut short)."""
     parts = [f"**{ROLE_NAMES[message['role']]}**"]
-    parts += [str(message[field]) for field in ("model", "status") if message.get(field)]
+    parts += [escape(str(message[field])) for field in ("model", "status") if message.get(field)]
     return " · ".join(parts)
 
 
@@ -89,18 +90,24 @@ def display_time(timestamp: str) -> str:
     return parse_time(timestamp).astimezone().strftime("%Y-%m-%d %H:%M")
 
 
-def transcript(session: dict[str, Any]) -> str:
-    """The conversation as Markdown: the ``.md`` export and what ``oblix show`` prints."""
+def transcript(session: dict[str, Any], escape: Callable[[str], str] = inert_markdown) -> str:
+    """The conversation as Markdown: the ``.md`` export and what ``oblix show`` prints.
+
+    Everything that came from the session goes through ``escape``: by default
+    ``inert_markdown``, so the programs that open the file show raw HTML in it as text
+    (``oblix show`` passes ``render.terminal_text`` instead).
+    """
+    title = " ".join(str(session.get("title") or "Untitled session").split())
     lines = [
-        f"# {session.get('title') or 'Untitled session'}",
+        f"# {escape(title)}",
         "",
-        f"Session `{session['id']}` · model {session.get('model') or 'not yet chosen'} · "
+        f"Session `{session['id']}` · model {escape(str(session.get('model') or 'not yet chosen'))} · "
         f"created {display_time(session['created_at'])} · updated {display_time(session['updated_at'])}",
     ]
     if session.get("context"):
-        lines += ["", f"Context: `{json.dumps(session['context'], ensure_ascii=False)}`"]
+        lines += ["", "Context:", "", "```json", terminal_text(json.dumps(session["context"], ensure_ascii=False, indent=1)), "```"]
     for message in session["messages"]:
-        lines += ["", message_header(message), "", message["content"]]
+        lines += ["", message_header(message, escape), "", escape(message["content"])]
     return "\n".join(lines) + "\n"
 
 
@@ -108,17 +115,19 @@ def transcript(session: dict[str, Any]) -> str:
 
 
 def notebook_text(session: dict[str, Any]) -> str:
-    """The session as an nbformat v4 notebook (JSON text)."""
+    """The session as an nbformat v4 notebook (JSON text), unsigned, so Jupyter opens it untrusted.
+
+    A cell shows its message through ``inert_markdown``; where that changed the text,
+    the message as written is kept in the cell's metadata, so importing restores it.
+    """
     import nbformat
     from nbformat import v4
 
-    cells = [
-        v4.new_markdown_cell(
-            f"{message_header(message)}\n\n{message['content']}",
-            metadata={METADATA_KEY: {key: value for key, value in message.items() if key != "content"}},
-        )
-        for message in session["messages"]
-    ]
+    cells = []
+    for message in session["messages"]:
+        shown = inert_markdown(message["content"])
+        fields = {key: value for key, value in message.items() if key != "content" or value != shown}
+        cells.append(v4.new_markdown_cell(f"{message_header(message)}\n\n{shown}", metadata={METADATA_KEY: fields}))
     header = {key: value for key, value in session.items() if key != "messages"}
     notebook = v4.new_notebook(cells=cells, metadata={METADATA_KEY: {"layout": NOTEBOOK_LAYOUT, "session": header}})
     return nbformat.writes(notebook) + "\n"  # as Jupyter saves them
@@ -153,7 +162,7 @@ def read_notebook(path: str) -> dict[str, Any]:
         if cell["cell_type"] != "markdown" or not isinstance(fields, dict):
             raise ImportFormatError(f"{path}: cell {number} has oblix metadata but is not one of our message cells.")
         source = cell["source"] if isinstance(cell["source"], str) else "".join(cell["source"])
-        messages.append({**fields, "content": source.partition("\n\n")[2]})
+        messages.append({"content": source.partition("\n\n")[2], **fields})  # fields keep a text the cell escaped
     return check_session_shape({**ours["session"], "messages": messages}, path)
 
 

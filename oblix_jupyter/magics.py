@@ -24,11 +24,13 @@ from IPython.display import display
 from IPython.utils._process_common import arg_split
 from traitlets import Bool, Int, List, Unicode, observe
 
+from . import render
 from .client import OblixClient
 from .display import Conversation, Message, PlanView, StreamingOutput, Table, code_blocks, footer
 from .errors import AnswerInterrupted, BadArguments, OblixError
 from .handle import SessionHandle
-from .notebook import NotebookBinding, load_dotenv
+from .envfile import load_dotenv
+from .notebook import NotebookBinding
 from .sessions import SessionManager
 
 _FIELD = re.compile(r"\{\{|\}\}|\{([A-Za-z_]\w*)(?:\[(-?\d+)\])?\}")
@@ -190,14 +192,16 @@ class Oblix(Magics):
     show_footer = Bool(True, help="show model, session and tokens under each answer").tag(config=True)
 
     def __init__(self, shell: Any, **kwargs: Any) -> None:
-        super().__init__(shell=shell, **kwargs)
+        # Set before the traits: loading a profile's configuration calls _configuration_changed.
         self._client: OblixClient | None = None
         self._binding: NotebookBinding | None = None
         self._reported_path: str | None = None
         self._dotenv_loaded = False
+        self._dotenv_notice = ""  # what the .env loaded and ignored, until a footer has shown it
         self._panel: Any = None
         self._frontend: Any = None  # the lab extension's comm, when it opened one
         self.litellm_import: threading.Thread | None = None
+        super().__init__(shell=shell, **kwargs)
 
     @observe("model", "fallback_models", "base_dir", "max_input_tokens")
     def _configuration_changed(self, change: Any) -> None:
@@ -238,9 +242,20 @@ class Oblix(Magics):
         """Per-turn set-up that must not run at load time: .env keys, litellm import."""
         if not self._dotenv_loaded:
             self._dotenv_loaded = True
-            load_dotenv(os.getcwd())
+            dotenv = load_dotenv(os.getcwd())
+            if dotenv is not None:
+                self._dotenv_notice = dotenv.describe()
         if self.litellm_import is not None:
             self.litellm_import.join()
+
+    def _with_dotenv_notice(self, footer_line: str) -> str:
+        """``footer_line``, and on the first answer after the .env was read, what it loaded and ignored.
+
+        Shown once, even with ``show_footer`` off: it tells the user which of their keys
+        came from a file and which of its settings were refused.
+        """
+        notice, self._dotenv_notice = self._dotenv_notice, ""
+        return " · ".join(part for part in (footer_line, notice) if part)
 
     # -- %%oblix ---------------------------------------------------------------------
 
@@ -292,7 +307,7 @@ class Oblix(Magics):
                 variables=variables,
                 notebook=notebook,
             )
-            stream.finish(result["response"], footer(result) if self.show_footer else "")
+            stream.finish(result["response"], self._with_dotenv_notice(footer(result) if self.show_footer else ""))
             if self._panel is not None:
                 self._panel.refresh()
             if options.explain:
@@ -301,12 +316,12 @@ class Oblix(Magics):
                 self._next_cell(result["response"])
         except AnswerInterrupted as stopped:
             if stream is not None:
-                stream.finish(stopped.partial, "interrupted: the partial answer was kept")
+                stream.finish(stopped.partial, self._with_dotenv_notice("interrupted: the partial answer was kept"))
         except KeyboardInterrupt:
             display(Message("Interrupted. Your message was kept in the session.", error=False))
         except OblixError as error:
             if stream is not None and stream.text:
-                stream.finish(stream.text, "failed: the partial answer was kept")
+                stream.finish(stream.text, self._with_dotenv_notice("failed: the partial answer was kept"))
             display(Message(str(error)))
 
     def _session_for(self, options: CellOptions) -> str:
@@ -499,6 +514,7 @@ def load(shell: Any) -> Oblix:
 
         comm.get_comm_manager().register_target(COMM_TARGET, lambda channel, message: _open_channel(magics, channel, message))
     _active = magics
+    threading.Thread(target=render.prepare, name="oblix-render-import", daemon=True).start()  # the first answer's display
     magics.litellm_import = preload_litellm()  # last: the import competes for the GIL
     return magics
 

@@ -38,6 +38,10 @@ def litellm_module() -> ModuleType:
             if _litellm is None:
                 # Without this litellm downloads its price map at import, which hangs offline.
                 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+                # Unless LITELLM_MODE says otherwise, importing litellm loads the first .env
+                # found from the working directory upwards, endpoints and proxies included:
+                # the back door envfile closes. litellm reads LITELLM_MODE for nothing else.
+                os.environ.setdefault("LITELLM_MODE", "PRODUCTION")
                 import litellm
 
                 litellm.suppress_debug_info = True

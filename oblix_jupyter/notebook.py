@@ -95,28 +95,3 @@ class NotebookBinding:
             if current.get(key) == session_id:
                 self.store.unbind(key)
 
-
-def load_dotenv(directory: str) -> list[str]:
-    """Read ``directory/.env`` into the environment without overriding what is set.
-
-    Returns the names loaded (never their values: they are usually keys).
-    """
-    path = os.path.join(directory, ".env")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            lines = handle.read().splitlines()
-    except OSError:
-        return []
-    loaded = []
-    for line in lines:
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        name, _, value = line.removeprefix("export ").partition("=")
-        name, value = name.strip(), value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        if name and name not in os.environ:
-            os.environ[name] = value
-            loaded.append(name)
-    return loaded

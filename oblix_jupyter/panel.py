@@ -1,6 +1,6 @@
 """``ChatPanel``: the chat front end in ipywidgets, over ``OblixClient`` and its store.
 
-It shows one session's conversation as Markdown, sends what is typed through
+It shows one session's conversation (rendered inertly, see ``render``), sends what is typed through
 ``execute_sync`` on a background thread (the kernel stays free, Stop works, the answer
 streams in), and manages sessions and models through the store's own calls. The
 notebook's ``%%oblix`` cells use the same session: the magics call ``refresh`` after
@@ -15,16 +15,13 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 
-from .display import UPDATE_INTERVAL, PlanView, code_blocks
+from .display import UPDATE_INTERVAL, PlanView, code_blocks, message_html, short_time
 from .errors import AnswerInterrupted, OblixError
-from .exchange import message_header
 from .notebook import NotebookBinding, notebook_title
-from .sessions import parse_time
 from .variables import is_hidden_name, summarize_variables
 
 if TYPE_CHECKING:
@@ -35,8 +32,8 @@ RECENT_SESSIONS = 20
 NO_SESSION = ""  # the picker's value while the notebook has no session yet
 WAITING = "waiting for the first token…"
 INCOMPLETE = {
-    "interrupted": "*Interrupted: the part of the answer that arrived was kept.*",
-    "error": "*The model failed while answering: the part that arrived was kept.*",
+    "interrupted": "Interrupted: the part of the answer that arrived was kept.",
+    "error": "The model failed while answering: the part that arrived was kept.",
 }
 
 # Outside JupyterLab's sidebar (a cell output, VS Code) the panel keeps a bounded height;
@@ -51,7 +48,7 @@ STYLE = """<style>
 .jp-OblixChat .oblix-chat .oblix-scroll { max-height: none; flex: 1 1 auto; }
 .oblix-chat .oblix-message .jp-OutputPrompt, .oblix-chat .oblix-explain .jp-OutputPrompt { display: none; }
 .oblix-chat .oblix-message { margin: 3px 0; padding: 0 6px; border-left: 4px solid; border-radius: 3px; overflow-x: auto; }
-.oblix-chat .oblix-message .jp-RenderedMarkdown { padding-right: 4px; }
+.oblix-chat .oblix-message .jp-RenderedHTMLCommon { padding-right: 4px; }
 .oblix-chat .oblix-message pre { white-space: pre-wrap; word-break: break-word; }
 .oblix-chat .oblix-user { border-color: var(--jp-brand-color1, #1976d2); background: var(--jp-layout-color2, #eee); }
 .oblix-chat .oblix-assistant { border-color: var(--jp-success-color1, #388e3c); }
@@ -64,10 +61,9 @@ STYLE = """<style>
 </style>"""
 
 
-def markdown_outputs(markdown: str, plain: str | None = None) -> tuple[dict[str, Any], ...]:
-    """An ``Output`` widget's outputs showing ``markdown``; set directly, this works from any thread."""
-    data = {"text/markdown": markdown, "text/plain": markdown if plain is None else plain}
-    return ({"output_type": "display_data", "data": data, "metadata": {}},)
+def html_outputs(rich: str, plain: str) -> tuple[dict[str, Any], ...]:
+    """An ``Output`` widget's outputs showing ``rich`` (our HTML); set directly, this works from any thread."""
+    return ({"output_type": "display_data", "data": {"text/html": rich, "text/plain": plain}, "metadata": {}},)
 
 
 def message_view(role: str) -> widgets.Output:
@@ -78,19 +74,11 @@ def message_view(role: str) -> widgets.Output:
     return view
 
 
-def message_markdown(message: Mapping[str, Any]) -> str:
+def message_outputs(message: Mapping[str, Any]) -> tuple[dict[str, Any], ...]:
     """One stored message as the panel shows it: who (model, status) and when, then the text."""
-    header = message_header(message)
-    if message.get("timestamp"):
-        header += f" · <small>{html.escape(short_time(message['timestamp']))}</small>"
-    note = INCOMPLETE.get(str(message.get("status")), "")
-    return f"{header}\n\n{message['content']}" + (f"\n\n{note}" if note else "")
-
-
-def short_time(timestamp: str) -> str:
-    """A stored timestamp in local time: the time of day for today's messages, else the date too."""
-    moment = parse_time(timestamp).astimezone()
-    return moment.strftime("%H:%M" if moment.date() == datetime.now().date() else "%Y-%m-%d %H:%M")
+    when = short_time(message["timestamp"]) if message.get("timestamp") else ""
+    rich = message_html(message, [when], note=INCOMPLETE.get(str(message.get("status")), ""))
+    return html_outputs(rich, f"{message.get('role')}: {message.get('content', '')}")
 
 
 def notebook_variables(namespace: Mapping[str, Any]) -> list[str]:
@@ -145,7 +133,7 @@ class ChatPanel(widgets.VBox):
         self._closed = threading.Event()
         self._stop = threading.Event()
         self._turn: dict[str, Any] | None = None  # prompt, messages before it, streamed text
-        self._views: dict[tuple[str, str], tuple[widgets.Output, str, widgets.HBox | None]] = {}
+        self._views: dict[tuple[str, str], tuple[widgets.Output, Any, widgets.HBox | None]] = {}
         self._settings_for: str | None = None
         self._syncing_picker = False
         self._confirming_delete = False
@@ -340,19 +328,19 @@ class ChatPanel(widgets.VBox):
         keep: set[tuple[str, str]] = set()
         for number, message in enumerate(stored):
             key = (session["id"], str(message.get("id") or number))  # type: ignore[index]  # no session: no messages
-            markdown = message_markdown(message)
+            outputs = message_outputs(message)
             keep.add(key)
             view, rendered, actions = self._views.get(key, (None, "", None))
             if view is None:
                 view = message_view(str(message.get("role", "user")))
             if message.get("status") in INCOMPLETE:
                 view.add_class("oblix-incomplete")
-            if rendered != markdown:
-                view.outputs = markdown_outputs(markdown, f"{message.get('role')}: {message['content']}")
+            if rendered != outputs:
+                view.outputs = outputs
                 if actions is not None:
                     actions.close()
                 actions = self._code_actions(message)
-            self._views[key] = (view, markdown, actions)
+            self._views[key] = (view, outputs, actions)
             shown.append(view)
             if actions is not None:
                 shown.append(actions)
@@ -417,7 +405,7 @@ class ChatPanel(widgets.VBox):
             self._show_notice(str(error), error=True)
             return
         prompt_view = message_view("user")
-        prompt_view.outputs = markdown_outputs(message_markdown({"role": "user", "content": prompt}))
+        prompt_view.outputs = message_outputs({"role": "user", "content": prompt})
         answer_view = message_view("assistant")
         self._turn = {
             "session_id": session_id,
@@ -486,8 +474,7 @@ class ChatPanel(widgets.VBox):
         now = time.monotonic()
         if first or now - turn["shown_at"] >= UPDATE_INTERVAL:
             turn["shown_at"] = now
-            answer = message_markdown({"role": "assistant", "content": turn["text"] + " ▌"})
-            turn["answer_view"].outputs = markdown_outputs(answer, turn["text"])
+            turn["answer_view"].outputs = message_outputs({"role": "assistant", "content": turn["text"] + " ▌"})
         if first:
             self.progress.layout.display = "none"
             with self._render_lock:  # the stored prompt replaces its placeholder
@@ -517,10 +504,11 @@ class ChatPanel(widgets.VBox):
             self.explain_output.layout.display = "none"
             return
         if self._last_plan is None:
-            self.explain_output.outputs = markdown_outputs("*The context sent is shown here after your next message.*")
+            waiting = "The context sent is shown here after your next message."
+            self.explain_output.outputs = html_outputs(f"<p><em>{waiting}</em></p>", waiting)
         else:
             data = PlanView(self._last_plan)._repr_mimebundle_()
-            self.explain_output.outputs = markdown_outputs(data["text/markdown"], data["text/plain"])
+            self.explain_output.outputs = html_outputs(data["text/html"], data["text/plain"])
         self.explain_output.layout.display = None
 
     # -- session and model management -----------------------------------------------

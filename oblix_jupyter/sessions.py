@@ -6,6 +6,7 @@ Layout of ``base_dir`` (default ``~/.oblix/sessions``, or ``$OBLIX_HOME/sessions
     .index/<stamp>.<id>.json   a small header per session: title, counts, model
     .locks/<id>.lock           per-session write locks
     .bindings.json             notebook path -> session id
+    .vectors/<model>/<id>.bin  passage vectors of the session's messages (``embeddings.VectorCache``)
 
 Listing must stay cheap with thousands of sessions and an append must never rewrite
 a store-wide file, so recency lives in the *names* of the header files: the stamp is
@@ -53,6 +54,7 @@ _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{1
 _PREFIX = re.compile(r"^[0-9a-f][0-9a-f-]{0,35}$")
 _HEADER_NAME_LENGTH = len("20260101T000000.000Z.") + 36 + len(".json")
 _DOC_ID = 1  # each session file holds exactly one TinyDB document
+_VECTORS = ".vectors"
 SEED_FIELDS = ("id", "title", "created_at", "updated_at", "messages", "context")
 
 
@@ -97,6 +99,17 @@ def validate_session_id(session_id: object) -> str:
     if not isinstance(session_id, str) or not _UUID.match(session_id):
         raise InvalidSessionId(session_id)
     return session_id
+
+
+def vector_path(base_dir: str | os.PathLike[str], model: str, session_id: str) -> str:
+    """Where the vectors of ``session_id``'s messages, by embedding ``model``, are kept.
+
+    The store owns every byte under its base directory: the embedder asks here where to
+    write, and ``delete_session`` removes every model's file of a session without loading
+    any embedder. The id is not checked here (benchmarks use made-up ones); the store's
+    own callers pass ids it has validated.
+    """
+    return os.path.join(os.fspath(base_dir), _VECTORS, model, f"{session_id}.bin")
 
 
 def default_base_dir() -> str:
@@ -329,7 +342,7 @@ class SessionManager:
     def _remove(path: str) -> None:
         try:
             os.unlink(path)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # absent either way (a stray file where a folder was expected)
             pass
 
     # -- the Oblix SDK's SessionManager API ---------------------------------------
@@ -441,17 +454,32 @@ class SessionManager:
                 yield session
 
     def delete_session(self, session_id: str) -> bool:
-        """Remove a session; False when there was none."""
+        """Remove a session and every trace of it: headers, vectors, bindings, lock; False when there was none.
+
+        The traces go first and the session file last, so an interrupted delete leaves a
+        session that can be deleted again rather than traces that nothing lists. Traces
+        of a session that is already gone (a delete interrupted earlier) are removed too.
+        """
         path = self.session_path(session_id)
         with self._transaction(session_id):
             existed = os.path.exists(path)
+            self._unbind_session(session_id)
+            for model in self._listing(os.path.join(self.base_dir, _VECTORS)):
+                self._remove(vector_path(self.base_dir, model, session_id))
+            for name in self._listing(self._index_dir):
+                if name.endswith(f".{session_id}.json"):
+                    self._remove(os.path.join(self._index_dir, name))
             self._remove(path)
-            with os.scandir(self._index_dir) as entries:
-                for entry in entries:
-                    if entry.name.endswith(f".{session_id}.json"):
-                        self._remove(entry.path)
         self._remove(os.path.join(self._locks_dir, f"{session_id}.lock"))
         return existed
+
+    @staticmethod
+    def _listing(directory: str) -> list[str]:
+        """The names in ``directory``; none when it does not exist (no session has had vectors yet)."""
+        try:
+            return os.listdir(directory)
+        except FileNotFoundError:
+            return []
 
     def update_session(self, session_id: str, **fields: Any) -> dict[str, Any]:
         """Change ``title``, ``context``, ``model``, ``metadata`` or other extra fields; returns the session."""
@@ -565,6 +593,17 @@ class SessionManager:
     def unbind(self, key: str) -> None:
         with self._bindings_db(write=True) as table:
             table.remove(Query().notebook == key)
+
+    def _unbind_session(self, session_id: str) -> None:
+        """Drop every binding to a session being deleted; the file is rewritten only if one points to it.
+
+        An unreadable bindings file is reported and left alone: it names no session the
+        store can show, and the next ``bind`` moves it aside.
+        """
+        if session_id not in self.bindings().values():
+            return
+        with self._bindings_db(write=True) as table:
+            table.remove(Query().session_id == session_id)
 
     def bound_session(self, key: str) -> str | None:
         """The session bound to ``key``, or None if there is none or it was deleted."""

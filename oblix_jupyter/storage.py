@@ -28,8 +28,26 @@ DIR_MODE = 0o700
 
 
 def ensure_private_dir(path: str) -> None:
-    """Create ``path`` (and parents) readable by the owner only."""
-    os.makedirs(path, mode=DIR_MODE, exist_ok=True)
+    """Create ``path`` and its missing parents, every level readable by the owner only.
+
+    ``os.makedirs(mode=...)`` gives that mode to the last level alone (the parents get
+    the default, 0755 under the usual umask), and the umask masks it too, so each level
+    is made here and then set to 0700. Levels that exist already are left as they are:
+    they may be the user's own directories.
+    """
+    missing = []
+    level = os.path.abspath(path)
+    while not os.path.isdir(level) and os.path.dirname(level) != level:
+        missing.append(level)
+        level = os.path.dirname(level)
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, DIR_MODE)
+        except FileExistsError:
+            if not os.path.isdir(directory):
+                raise
+            continue  # made meanwhile by another process, which sets its mode as well
+        os.chmod(directory, DIR_MODE)
 
 
 def atomic_write_bytes(path: str, payload: bytes, durable: bool = True) -> None:

@@ -51,6 +51,7 @@ class Behavior:
     stall_after: int | None = None  # streaming: stop sending after N chunks until release()/stop()
     prompt_tokens: int | None = None  # default: word count of all message contents
     completion_tokens: int | None = None  # default: number of content chunks
+    pieces: list[str] | None = None  # streaming: exactly these content chunks (the reply is their concatenation)
 
 
 def split_pieces(text: str) -> list[str]:
@@ -279,8 +280,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(behavior.status, _error_body(behavior.status))
             return
 
-        reply = behavior.reply if behavior.reply is not None else _default_reply(body)
-        pieces = split_pieces(reply)
+        if behavior.pieces is not None:
+            pieces = list(behavior.pieces)
+            reply = "".join(pieces)
+        else:
+            reply = behavior.reply if behavior.reply is not None else _default_reply(body)
+            pieces = split_pieces(reply)
         prompt_tokens = behavior.prompt_tokens if behavior.prompt_tokens is not None else _count_prompt_tokens(body)
         completion_tokens = behavior.completion_tokens if behavior.completion_tokens is not None else len(pieces)
         usage = {

@@ -23,6 +23,7 @@ from conftest import TEST_KEY, TEST_MODEL
 from oblix_jupyter import local_model
 from oblix_jupyter.cli import main
 from oblix_jupyter.sessions import SessionManager
+from traces import assert_fully_traced, make_sessions, traces
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -30,13 +31,16 @@ FIRST = "abcdef01-0000-4000-8000-000000000000"
 SECOND = "abcdef02-0000-4000-8000-000000000000"
 
 
-def oblix(*arguments: str, stdin: str = "", env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def oblix(
+    *arguments: str, stdin: str = "", env: dict[str, str] | None = None, cwd: str | os.PathLike[str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "oblix_jupyter.cli", *arguments],
         input=stdin,
         capture_output=True,
         text=True,
         env=env or dict(os.environ),
+        cwd=cwd,
         timeout=90,
     )
 
@@ -113,6 +117,15 @@ def test_show_resolves_a_prefix_and_prints_roles_and_models(twins):
     assert last["id"] == FIRST and [m["role"] for m in last["messages"]] == ["assistant"]
 
 
+def test_show_prints_a_hostile_session_without_terminal_controls(store):
+    session_id = store.create_session(title="title\x1b]0;owned\x07")
+    store.save_message(session_id, "hi \x1b[2J<b>bold</b>\x9b1m")
+    result = oblix("show", session_id)
+    assert result.returncode == 0
+    assert not any(c in result.stdout for c in "\x1b\x07\x9b")
+    assert "# title]0;owned\n" in result.stdout and "hi [2J<b>bold</b>1m" in result.stdout  # HTML is harmless here
+
+
 def test_an_ambiguous_prefix_lists_the_candidates(twins):
     fails_with(oblix("show", "abcdef0"), "matches 2 sessions", FIRST, SECOND)
 
@@ -147,6 +160,16 @@ def test_rename_prune_and_delete(twins):
     assert twins.load_session(SECOND) is not None
     assert oblix("delete", "abcdef02", "--yes").returncode == 0
     assert twins.load_session(SECOND) is None
+
+
+def test_delete_in_a_fresh_process_removes_every_trace_that_another_process_left(store):
+    doomed, kept = make_sessions(store.base_dir, "/work/doomed.ipynb")
+    assert_fully_traced(store.base_dir, doomed, "/work/doomed.ipynb")
+    kept_traces = traces(store.base_dir, kept)
+    result = oblix("delete", doomed[:8], "--yes")
+    assert result.returncode == 0 and "Deleted 'doomed'" in result.stdout, result.stderr
+    assert traces(store.base_dir, doomed) == []
+    assert traces(store.base_dir, kept) == kept_traces
 
 
 class Terminal(io.StringIO):
@@ -312,9 +335,19 @@ def test_chat_runs_the_terminal_loop_in_a_session(model_env, twins):
     assert [m["content"] for m in twins.get_session(SECOND)["messages"]] == ["hello there", "Echo: hello there"]
 
 
-def test_doctor_with_a_model_checks_its_key_without_showing_it(model_env, store):
-    result = oblix("doctor")
+def test_doctor_takes_only_keys_from_the_dotenv_here_and_never_shows_one(model_env, store, tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY")  # the key is in the project's .env, as a notebook here would find it
+    stranger = "http://127.0.0.1:9/v1"
+    (tmp_path / ".env").write_text(
+        f"OPENAI_API_KEY={TEST_KEY}\nOPENAI_BASE_URL={stranger}\nhttps_proxy={stranger}\nOBLIX_MODEL=openai/stranger\n"
+    )
+    result = oblix("doctor", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert f"{TEST_MODEL} (OBLIX_MODEL)" in result.stdout
-    assert f"key for {TEST_MODEL}  set" in result.stdout
-    assert TEST_KEY not in result.stdout + result.stderr
+    rows = dict(re.split(r"\s{2,}", line, maxsplit=1) for line in result.stdout.splitlines())
+    assert rows[".env"] == (
+        f"loaded OPENAI_API_KEY from {tmp_path / '.env'}; "
+        "ignored OPENAI_BASE_URL, https_proxy, OBLIX_MODEL (a .env may only set keys)"
+    )
+    assert rows["model"] == f"{TEST_MODEL} (OBLIX_MODEL)"
+    assert rows[f"key for {TEST_MODEL}"] == "set"
+    assert TEST_KEY not in result.stdout + result.stderr and stranger not in result.stdout + result.stderr

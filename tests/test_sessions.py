@@ -29,6 +29,7 @@ from oblix_jupyter.errors import (
     SessionNotFound,
 )
 from oblix_jupyter.sessions import SEED_FIELDS, SessionManager
+from traces import assert_fully_traced, make_sessions, traces
 
 TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
@@ -90,6 +91,29 @@ def test_files_and_directories_are_private(store):
             assert stat.S_IMODE(os.stat(os.path.join(root, name)).st_mode) == 0o700, name
         for name in files:
             assert stat.S_IMODE(os.stat(os.path.join(root, name)).st_mode) == 0o600, name
+
+
+@pytest.mark.timeout(180)
+def test_a_realistic_run_makes_every_directory_0700_and_every_file_0600_whatever_the_umask(tmp_path):
+    home = tmp_path / "oblix-home"  # not there yet: the store makes every level of it
+    make_sessions(str(home / "sessions"), "/work/a.ipynb", umask=0o022)  # sessions, appends, bindings, vectors
+    seen = []
+    for root, dirs, files in os.walk(home):
+        assert stat.S_IMODE(os.stat(root).st_mode) == 0o700, root
+        for name in files:
+            assert stat.S_IMODE(os.stat(os.path.join(root, name)).st_mode) == 0o600, os.path.join(root, name)
+        seen.append(os.path.relpath(root, home))
+    assert os.path.join("sessions", ".vectors") in seen
+
+
+@pytest.mark.timeout(180)
+def test_prune_removes_every_trace_that_another_process_left(store):
+    doomed, kept = make_sessions(store.base_dir, "/work/old.ipynb")
+    assert_fully_traced(store.base_dir, doomed, "/work/old.ipynb")
+    kept_traces = traces(store.base_dir, kept)
+    assert store.prune(older_than=timedelta(days=30)) == [doomed]
+    assert traces(store.base_dir, doomed) == []
+    assert traces(store.base_dir, kept) == kept_traces
 
 
 @pytest.mark.parametrize("bad", ["../x", "/etc/passwd", "a/b", "", "..", "5f3e9a7b-6c1d-4d8e-9e7a-9b8c7d6e5f4a/../../x", None])

@@ -15,7 +15,7 @@ def user_messages(request_body: dict) -> list[str]:
     return [m["content"] for m in request_body["messages"] if m["role"] == "user"]
 
 
-def test_oblix_cell_streams_and_ends_as_markdown(jlab, server):
+def test_oblix_cell_streams_and_ends_as_rendered_markdown(jlab, server):
     server.default = Behavior(reply=STREAMED, token_delay=0.1)
     jlab.lab.write_notebook("cells/streaming.ipynb", [LOAD, "%%oblix\nexplain streaming"])
     jlab.open_notebook("cells/streaming.ipynb")
@@ -24,7 +24,7 @@ def test_oblix_cell_streams_and_ends_as_markdown(jlab, server):
     jlab.run_cell(1)
 
     output = jlab.output_locator(1)
-    output.locator(".jp-RenderedMarkdown strong", has_text="bold").wait_for(timeout=jlab.timeout_ms)
+    output.locator(".oblix-markdown strong", has_text="bold").wait_for(timeout=jlab.timeout_ms)
     final = output.inner_text()
     assert "ends here" in final and "**" not in final and "openai/test-model" in final
     partial = [text for text in jlab.recorded("answerTexts") if "The answer" in text and "ends here" not in text]
@@ -38,7 +38,7 @@ def test_chat_panel_docks_streams_survives_a_reload_and_shares_the_session(jlab,
     jlab.open_notebook("chat/shared.ipynb")
     jlab.run_cell(0)
     jlab.run_cell(1)
-    jlab.output_locator(1).locator(".jp-RenderedMarkdown", has_text="Echo: question from a cell").wait_for()
+    jlab.output_locator(1).locator(".oblix-markdown", has_text="Echo: question from a cell").wait_for()
 
     chat = jlab.open_chat_from_palette()
     conversation = chat.locator(".oblix-scroll")

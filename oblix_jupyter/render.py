@@ -1,0 +1,281 @@
+"""Untrusted Markdown (a model's answer, a stored session) as HTML that can run and fetch nothing.
+
+JupyterLab trusts the outputs of the running session: Markdown or HTML it is handed
+is rendered without sanitising, and a ``<script>`` in trusted HTML is even executed
+on purpose. A model's answer is attacker-controlled text as soon as the conversation
+has read something an attacker wrote, so it is rendered here, in the kernel, by
+markdown-it-py with raw HTML switched off, and handed to the front end as HTML that
+holds only what this module wrote:
+
+- raw HTML in the text shows as the literal text the model wrote;
+- a link is clickable only to http(s), mailto or a relative address;
+- an image loads only from a relative address (the Jupyter server's own origin); any
+  other image is a link showing its alt text, so nothing is fetched without a click;
+- maths reaches MathJax only inside the spans marked for it (``mathjax_process`` under
+  a ``mathjax_ignore`` root), with the TeX commands that make links, load extensions
+  or set styles disabled;
+- code blocks are highlighted here, coloured with JupyterLab's theme variables.
+
+Files we write for people (the ``.md`` transcript, an exported notebook's cells) must
+stay Markdown, so ``inert_markdown`` escapes the same things in the text instead: the
+programs that open those files sanitise what they render, and this keeps raw HTML
+visible as text there too.
+
+Rendering the HTML here, instead of escaping the Markdown and letting the front end's
+own parser (marked) render it, leaves no room for two parsers to disagree about, say,
+where a code block ends: what the browser gets is exactly what was checked.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import re
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from markdown_it import MarkdownIt
+    from markdown_it.token import Token
+
+ROOT_CLASS = "oblix-markdown mathjax_ignore"  # MathJax looks only inside our maths spans
+_SCHEME = re.compile(r"[a-z][a-z0-9+.\-]*:", re.IGNORECASE)
+_LINK_SCHEMES = ("http:", "https:", "mailto:")
+_BROWSER_DROPS = re.compile(r"[\x00-\x20\x7f]")  # URL parsers strip these around and tab/newline inside
+# MathJax's html and require packages: links (javascript: included), CSS, loading extensions.
+_UNSAFE_TEX = re.compile(r"\\(href|class|cssId|style|data|require)(?![A-Za-z])")
+
+
+def _plain(url: str) -> str:
+    return _BROWSER_DROPS.sub("", html.unescape(url))
+
+
+def link_allowed(url: str) -> bool:
+    """Whether a link to ``url`` may be clickable: a web or mail address, or a relative one."""
+    scheme = _SCHEME.match(_plain(url))
+    return scheme is None or scheme.group(0).lower() in _LINK_SCHEMES
+
+
+def image_is_local(url: str) -> bool:
+    """Whether an image at ``url`` comes from the page's own server (a relative address)."""
+    plain = _plain(url).replace("\\", "/")  # browsers read a backslash as a slash
+    return bool(plain) and _SCHEME.match(plain) is None and not plain.startswith("//")
+
+
+def markdown_html(text: str) -> str:
+    """``text`` rendered as Markdown into inert HTML (a ``div`` of class ``oblix-markdown``)."""
+    return f'<div class="{ROOT_CLASS}">{_parser().render(text)}</div>'
+
+
+def inert_markdown(text: str) -> str:
+    """``text`` as Markdown for a file: the same formatting, with raw HTML as visible text.
+
+    Every ``<`` outside code is written ``&lt;`` (code blocks and code spans are left as
+    written, so code still reads the same), an image from another host becomes a link
+    showing its alt text, and a link to a script address loses its link syntax.
+    """
+    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\0", "\ufffd")  # as markdown-it reads it
+    env: dict[str, Any] = {_SPANS: []}
+    tokens = _parser().parse(text, env)
+    starts = [0]
+    for line in text.split("\n"):
+        starts.append(starts[-1] + len(line) + 1)
+    code: list[tuple[int, int]] = []
+    images: dict[int, bool] = {}  # where the "!" of each image stands: whether it may load
+    for token in tokens:
+        if token.type in ("fence", "code_block") and token.map:
+            code.append((starts[token.map[0]], starts[token.map[1]] - 1))
+        elif token.type == "inline" and token.map:
+            for kind, start, end in _spans_in(env[_SPANS], token, text, starts):
+                if kind == "code":
+                    code.append((start, end))
+                else:
+                    images[start] = kind == "local image"
+    return _escape_outside(text, sorted(code), images)
+
+
+_SPANS = "oblix_inline_spans"  # env key: where code spans and images stand in each inline source
+_SCRIPT_LINK = re.compile(r"\]\(")
+
+
+def _spans_in(spans: list[tuple[str, str, int, int]], token: Token, text: str, starts: list[int]) -> list[tuple[str, int, int]]:
+    """The code spans and images of one inline token, as offsets in the whole text.
+
+    An inline source is its lines with the block's indentation and markers cut off, so
+    each of its lines is the tail of a line of the text (a table cell: a part of one).
+    A span that cannot be placed exactly is left out, which only escapes more.
+    """
+    content, first = token.content, token.map[0]  # type: ignore[index]  # callers check map
+    line_offsets = [0] + [i + 1 for i, c in enumerate(content) if c == "\n"]
+    placed = []
+    for kind, source, start, end in spans:
+        if source is not content:
+            continue
+        number = content.count("\n", 0, start)
+        part = content[line_offsets[number] :].split("\n", 1)[0]
+        line = text[starts[first + number] : starts[first + number + 1] - 1]
+        at = len(line) - len(part) if line.endswith(part) else line.find(part)
+        begin = starts[first + number] + at + start - line_offsets[number]
+        if at >= 0 and text[begin : begin + end - start] == content[start:end]:
+            placed.append((kind, begin, begin + end - start))
+    return placed
+
+
+def _escape_outside(text: str, code: list[tuple[int, int]], images: dict[int, bool]) -> str:
+    out: list[str] = []
+    position = 0
+    for start, end in [*code, (len(text), len(text))]:
+        if start < position:
+            continue
+        out.append(_escape_text(text[position:start], position, images))
+        out.append(text[start:end])
+        position = end
+    return "".join(out)
+
+
+def _escape_text(part: str, offset: int, images: dict[int, bool]) -> str:
+    """Escape one stretch of text outside code; ``images`` are keyed by offset in the whole text.
+
+    Only an image markdown-it read as local keeps its ``![``: an image from elsewhere
+    becomes a link, and any other ``![`` (one these edits could turn into an image)
+    keeps its "!" as an entity, which no Markdown reads as syntax.
+    """
+    pieces = re.split(r"(!\[)", part)
+    position = offset
+    for number, piece in enumerate(pieces):
+        if piece == "![":
+            local = images.get(position)
+            if not local:
+                # Of an image from elsewhere, a link (a "!" written before it must not make it one again).
+                if local is False and pieces[number - 1].endswith("!"):
+                    pieces[number - 1] = pieces[number - 1][:-1] + "&#33;"
+                empty = local is False and pieces[number + 1].startswith("]")
+                pieces[number] = "&#33;[" if local is None else "[image" if empty else "["
+        position += len(piece)
+    part = "".join(pieces)
+
+    def link(match: re.Match[str]) -> str:
+        destination = part[match.end() : match.end() + 200].split(")", 1)[0].strip().removeprefix("<")
+        return match.group(0) if link_allowed(destination) else "]&#40;"
+
+    return _SCRIPT_LINK.sub(link, part).replace("<", "&lt;")
+
+
+def terminal_text(text: str) -> str:
+    """``text`` without the control characters a terminal would obey (colours, titles, the clipboard)."""
+    return _TERMINAL_CONTROLS.sub("", text)
+
+
+_TERMINAL_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def prepare() -> None:
+    """Import and build the parser and the Python highlighter now (about 0.15 s), e.g. in the background at load."""
+    markdown_html("```python\npass\n```")
+
+
+@functools.cache
+def _parser() -> MarkdownIt:
+    """markdown-it-py as CommonMark with GFM's tables, strikethrough and bare links, plus dollar maths."""
+    from markdown_it import MarkdownIt
+    from mdit_py_plugins.amsmath import amsmath_plugin
+    from mdit_py_plugins.dollarmath import dollarmath_plugin
+
+    parser = MarkdownIt("commonmark", {"html": False, "linkify": True, "highlight": _highlight})
+    parser.enable(["table", "strikethrough", "linkify"])
+    parser.validateLink = link_allowed  # type: ignore[method-assign]
+    # "$5 and $10" stays text: maths needs no space inside its dollars and no digit after.
+    dollarmath_plugin(parser, allow_space=False, allow_digits=False, renderer=_dollar_maths)
+    amsmath_plugin(parser, renderer=lambda tex: _maths(tex, "", block=True))
+    parser.add_render_rule("image", _image)
+    for rule in parser.inline.ruler.__rules__:
+        if rule.name in ("backticks", "image"):
+            rule.fn = _recording(rule.name, rule.fn)
+    return parser
+
+
+def _recording(name: str, parse: Any) -> Any:
+    """An inline rule that also notes, for ``inert_markdown``, where its code span or image stood."""
+
+    def rule(state: Any, silent: bool) -> bool:
+        start = state.pos
+        if not parse(state, silent):
+            return False
+        spans = state.env.get(_SPANS) if isinstance(state.env, dict) else None
+        if spans is not None and not silent:
+            if name == "backticks":
+                spans.append(("code", state.src, start, state.pos))
+            else:
+                local = image_is_local(str(state.tokens[-1].attrGet("src") or ""))
+                spans.append(("local image" if local else "remote image", state.src, start, state.pos))
+        return True
+
+    return rule
+
+
+def _image(renderer: Any, tokens: Sequence[Token], index: int, options: Any, env: Any) -> str:
+    token = tokens[index]
+    source = str(token.attrGet("src") or "")
+    if image_is_local(source):
+        return renderer.image(tokens, index, options, env)
+    alt = html.escape(renderer.renderInlineAsText(token.children or [], options, env) or "image")
+    if link_allowed(source):
+        return f'<a href="{html.escape(source)}" title="image not loaded: {html.escape(source)}">{alt}</a>'
+    return alt
+
+
+def _dollar_maths(tex: str, options: dict[str, Any]) -> str:
+    display = bool(options.get("display_mode"))
+    return _maths(tex, "$$" if display else "$", block=display)
+
+
+def _maths(tex: str, delimiter: str, block: bool) -> str:
+    tag = "div" if block else "span"
+    safe = _UNSAFE_TEX.sub(r"\1", tex)  # without its backslash a command is plain letters
+    return f'<{tag} class="mathjax_process">{delimiter}{html.escape(safe)}{delimiter}</{tag}>'
+
+
+def _highlight(code: str, language: str, _attributes: str) -> str:
+    """Pygments' HTML for a fenced code block, or "" (markdown-it then escapes it plainly)."""
+    if not language:
+        return ""
+    from pygments import highlight
+    from pygments.lexers import get_lexer_by_name
+    from pygments.util import ClassNotFound
+
+    try:
+        lexer = get_lexer_by_name(language)
+    except ClassNotFound:
+        return ""
+    return highlight(code, lexer, _formatter())
+
+
+@functools.cache
+def _formatter() -> Any:
+    """Inline styles made of JupyterLab's editor colours, so a theme change recolours the code."""
+    from pygments.formatters import HtmlFormatter
+    from pygments.style import Style
+    from pygments.token import Comment, Error, Keyword, Name, Number, Operator, String
+
+    def colour(name: str, extra: str = "") -> str:
+        return f"{extra} var(--jp-mirror-editor-{name}-color)".strip()
+
+    class JupyterLabColours(Style):
+        background_color = ""
+        styles = {
+            Comment: colour("comment", "italic"),
+            Keyword: colour("keyword", "bold"),
+            Operator: colour("operator"),
+            Operator.Word: colour("keyword", "bold"),
+            Name.Builtin: colour("builtin"),
+            Name.Function: colour("def"),
+            Name.Class: colour("def"),
+            Name.Decorator: colour("meta"),
+            Name.Tag: colour("tag"),
+            Name.Attribute: colour("attribute"),
+            String: colour("string"),
+            Number: colour("number"),
+            Error: colour("error"),
+        }
+
+    return HtmlFormatter(style=JupyterLabColours, noclasses=True, nowrap=True)

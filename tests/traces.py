@@ -1,0 +1,107 @@
+"""Sessions with every trace the store keeps, made by a process of their own, and checks that a delete left none.
+
+Deleting must work whichever process deletes, and whether or not that process ever
+loaded the embedder; so the sessions, their vectors and their bindings are made here by
+a separate Python process, as another kernel would have made them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from oblix_jupyter.sessions import SessionManager
+
+OLDER_MODEL = "an-older-embedding-model"  # vectors left by a model used before: a delete must find them too
+NO_EMBEDDER = 3
+
+CREATOR = textwrap.dedent(
+    f"""
+    import json, os, sys
+    from oblix_jupyter.context import conversation_messages
+    from oblix_jupyter.embeddings import VectorCache, load_embedder, unavailable_reason
+    from oblix_jupyter.notebook import NotebookBinding
+    from oblix_jupyter.sessions import SessionManager
+    from oblix_jupyter.storage import atomic_write_bytes, ensure_private_dir
+
+    base_dir, notebook = sys.argv[1], sys.argv[2]
+    embedder = load_embedder()
+    if embedder is None:
+        print(unavailable_reason(), file=sys.stderr)
+        sys.exit({NO_EMBEDDER})
+    store = SessionManager(base_dir)
+    vectors = VectorCache(store.base_dir, embedder)
+    old = "2020-01-02T03:04:05.000Z"
+    doomed = store.add_session({{
+        "id": "-", "title": "doomed", "created_at": old, "updated_at": old, "context": {{}},
+        "messages": [
+            {{"role": "user", "content": "Where do the raw extracts live?"}},
+            {{"role": "assistant", "content": "In the S3 bucket telco-raw-eu. It is refreshed every Monday."}},
+        ],
+    }})
+    store.bind(notebook, doomed)
+    store.bind(notebook + " (a second key for the same session)", doomed)
+    binding = NotebookBinding(store, {{}})
+    binding.reported_path = notebook + ".kept.ipynb"
+    kept = binding.session_id(create=True)
+    store.save_message(kept, "How do I plot petal length?")
+    store.save_message(kept, "Use df.petal_length.hist().", role="assistant", model="openai/x")
+    for session_id in (doomed, kept):
+        vectors.vectors(session_id, conversation_messages(store.get_session(session_id)))
+        older = os.path.join(store.base_dir, ".vectors", "{OLDER_MODEL}", session_id + ".bin")
+        ensure_private_dir(os.path.dirname(older))
+        atomic_write_bytes(older, b"vectors of a model used before")
+    print(json.dumps({{"doomed": doomed, "kept": kept}}))
+    """
+)
+
+
+def make_sessions(base_dir: str, notebook: str, umask: int = -1) -> tuple[str, str]:
+    """Two sessions in the store at ``base_dir``, made by another process: (doomed, kept).
+
+    Each has messages, a header, a lock file, vectors by the real embedder (and by an
+    older model), and bindings: the doomed one to ``notebook`` (and a second key), last
+    updated in 2020; the kept one to another notebook, updated now.
+    """
+    result = subprocess.run(
+        [sys.executable, "-c", CREATOR, base_dir, notebook], capture_output=True, text=True, timeout=120, umask=umask
+    )
+    if result.returncode == NO_EMBEDDER:
+        pytest.skip(result.stderr.strip())
+    assert result.returncode == 0, result.stderr
+    made = json.loads(result.stdout)
+    return made["doomed"], made["kept"]
+
+
+def traces(base_dir: str, session_id: str) -> list[str]:
+    """Every file of the store whose name holds the session's id, and every binding to it."""
+    found = [
+        os.path.relpath(os.path.join(root, name), base_dir)
+        for root, _, names in os.walk(base_dir)
+        for name in names
+        if session_id in name
+    ]
+    found += [f"binding {key}" for key, bound in SessionManager(base_dir).bindings().items() if bound == session_id]
+    return sorted(found)
+
+
+def assert_fully_traced(base_dir: str, session_id: str, notebook: str) -> list[str]:
+    """Check that every kind of trace exists (so that a later 'all gone' proves something); returns them."""
+    from oblix_jupyter.embeddings import MODEL_ID
+
+    found = traces(base_dir, session_id)
+    for expected in (
+        f"{session_id}.json",
+        os.path.join(".locks", f"{session_id}.lock"),
+        os.path.join(".vectors", MODEL_ID, f"{session_id}.bin"),
+        os.path.join(".vectors", OLDER_MODEL, f"{session_id}.bin"),
+        f"binding {notebook}",
+    ):
+        assert expected in found, (expected, found)
+    assert any(trace.startswith(".index" + os.sep) for trace in found), found
+    return found
