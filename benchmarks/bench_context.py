@@ -24,7 +24,7 @@ from common import median_ms, report
 from context_eval.generate import Question, conversations
 
 from oblix_jupyter.context import MESSAGE_OVERHEAD, conversation_messages, select_context
-from oblix_jupyter.models import count_tokens
+from oblix_jupyter.models.gateway import count_tokens
 from oblix_jupyter.relevance import LexicalIndex, chunks, query_terms, semantic_scores
 from oblix_jupyter.variables import summarize_variables
 

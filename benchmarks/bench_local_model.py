@@ -32,7 +32,7 @@ import json, os, time
 t_start = time.perf_counter()
 import litellm
 litellm.suppress_debug_info = True
-from oblix_jupyter import local_model
+from oblix_jupyter.models import local_model
 local_model.register(litellm)
 t_imported = time.perf_counter()
 stream = litellm.completion(model=local_model.LOCAL_MODEL, messages=[{"role": "user", "content": "Name one colour."}],
@@ -88,7 +88,7 @@ def tokens_per_second(litellm, model: str) -> tuple[float, int]:
 
 
 def main() -> None:
-    from oblix_jupyter import local_model
+    from oblix_jupyter.models import local_model
 
     if not local_model.is_available():
         raise SystemExit(local_model.unavailable_reason())

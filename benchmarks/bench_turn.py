@@ -24,8 +24,9 @@ from contextlib import ExitStack
 
 from common import Behavior, paired_medians, report, server_process
 
-from oblix_jupyter import OblixClient, SessionManager, local_model
-from oblix_jupyter.models import litellm_module
+from oblix_jupyter import OblixClient, SessionManager
+from oblix_jupyter.models import local_model
+from oblix_jupyter.models.gateway import litellm_module
 
 MODEL = "openai/gpt-4o-mini"
 UNPRICED_MODEL = "openai/bench-model"

@@ -24,7 +24,7 @@ _LAZY = {
 if TYPE_CHECKING:
     from .client import OblixClient
     from .errors import InvalidSessionId, ModelError, NoModelConfigured, OblixError, SessionNotFound
-    from .sessions import SessionManager
+    from .store.sessions import SessionManager
 
 
 def _jupyter_labextension_paths() -> list[dict[str, str]]:

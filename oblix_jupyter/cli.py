@@ -29,7 +29,7 @@ from .errors import NoModelConfigured, OblixError
 
 if TYPE_CHECKING:
     from .envfile import DotenvResult
-    from .sessions import SessionManager
+    from .store.sessions import SessionManager
 
 LAB_EXTENSION = "oblix-jupyter"
 TITLE_WIDTH = 40
@@ -152,13 +152,13 @@ def _duration(text: str) -> timedelta:
 
 
 def _store() -> SessionManager:
-    from .sessions import SessionManager
+    from .store.sessions import SessionManager
 
     return SessionManager()
 
 
 def _sessions(args: argparse.Namespace) -> int:
-    from .exchange import display_time
+    from .store.formats import display_time
 
     store = _store()
     found = store.search_sessions(args.search, limit=args.limit) if args.search else store.list_sessions(limit=args.limit)
@@ -189,7 +189,7 @@ def _sessions(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from .exchange import transcript
+    from .store.formats import transcript
     from .render import terminal_text
 
     store = _store()
@@ -215,7 +215,7 @@ def _keys_from_dotenv() -> DotenvResult | None:
 
 def _chat(args: argparse.Namespace) -> int:
     from .client import OblixClient
-    from .models import preload_litellm
+    from .models.gateway import preload_litellm
     from .terminal_chat import run_terminal_chat
 
     _keys_from_dotenv()
@@ -263,7 +263,7 @@ def _read_prompt(words: list[str]) -> str:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .exchange import export_session
+    from .store.formats import export_session
 
     store = _store()
     print(f"Exported to {export_session(store, store.resolve_id(args.id), args.path)}")
@@ -271,7 +271,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from .exchange import import_session
+    from .store.formats import import_session
 
     print(import_session(_store(), args.path, keep_id=args.keep_id))
     return 0
@@ -332,8 +332,8 @@ def _doctor(args: argparse.Namespace) -> int:
 
 def _model_rows() -> list[list[str]]:
     """Which models a new session would use, and whether each can authenticate; never a key's value."""
-    from . import local_model
-    from .models import configured_models, litellm_module, local_model_allowed
+    from .models import local_model
+    from .models.gateway import configured_models, litellm_module, local_model_allowed
 
     offline = local_model.unavailable_reason() or "installed"
     rows = [["offline model", offline if local_model_allowed() else f"{offline}, turned off by OBLIX_LOCAL_MODEL"]]
@@ -363,7 +363,7 @@ def _lab_extension_status() -> str:
     """Installed and enabled, judged from the files JupyterLab itself reads (no subprocess)."""
     from jupyter_core.paths import jupyter_config_path, jupyter_path
 
-    from .storage import read_json_file
+    from .store.files import read_json_file
 
     installed = [
         os.path.join(directory, LAB_EXTENSION)

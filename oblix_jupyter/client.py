@@ -16,17 +16,16 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import IO, TYPE_CHECKING, Any
 
-from .errors import AnswerInterrupted, ModelError, NoModelConfigured
-from .models import (
+from .errors import AnswerInterrupted, ModelError, NoModelConfigured, redact
+from .models.gateway import (
     DEFAULT_ANSWER_RESERVE,
     ModelGateway,
     configured_models,
     count_tokens,
     max_input_tokens,
     model_notice,
-    redact,
 )
-from .sessions import SessionManager, SessionStore
+from .store.sessions import SessionManager, SessionStore
 
 if TYPE_CHECKING:  # the selector's modules load on the first turn, keeping %load_ext light
     from .context import ContextPlan

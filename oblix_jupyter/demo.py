@@ -15,7 +15,7 @@ import subprocess
 import sys
 
 from .errors import OblixError
-from .sessions import SessionManager
+from .store.sessions import SessionManager
 
 
 def run_notebook(path: pathlib.Path) -> None:

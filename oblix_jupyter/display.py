@@ -16,9 +16,9 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from .exchange import ROLE_NAMES
+from .store.formats import ROLE_NAMES
 from .render import markdown_html
-from .sessions import parse_time
+from .store.sessions import parse_time
 
 if TYPE_CHECKING:
     from .context import ContextPlan

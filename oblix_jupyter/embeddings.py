@@ -28,8 +28,8 @@ from importlib import resources
 from typing import Any
 
 from .relevance import chunks
-from .sessions import vector_path
-from .storage import atomic_write_bytes, ensure_private_dir
+from .store.sessions import vector_path
+from .store.files import atomic_write_bytes, ensure_private_dir
 
 MODEL_ID = "all-MiniLM-L6-v2-int8"
 MAX_WORDPIECES = 256  # the model's max_seq_length in sentence-transformers

@@ -31,7 +31,7 @@ from .errors import AnswerInterrupted, BadArguments, OblixError
 from .handle import SessionHandle
 from .envfile import load_dotenv
 from .notebook import NotebookBinding
-from .sessions import SessionManager
+from .store.sessions import SessionManager
 
 _FIELD = re.compile(r"\{\{|\}\}|\{([A-Za-z_]\w*)(?:\[(-?\d+)\])?\}")
 
@@ -444,13 +444,13 @@ class Oblix(Magics):
         display(Message(f"Pinned messages: {', '.join(pinned) or 'none'}.", error=False))
 
     def _command_export(self, options: argparse.Namespace) -> None:
-        from .exchange import export_session
+        from .store.formats import export_session
 
         path = export_session(self.client.session_manager, self._target(None), options.path)
         display(Message(f"Exported to {path}.", error=False))
 
     def _command_import(self, options: argparse.Namespace) -> None:
-        from .exchange import import_session
+        from .store.formats import import_session
 
         session_id = import_session(self.client.session_manager, options.path)
         self.binding.use(session_id)
@@ -504,7 +504,7 @@ def load(shell: Any) -> Oblix:
     global _active
     if _active is not None and _active.shell is shell:
         return _active
-    from .models import preload_litellm
+    from .models.gateway import preload_litellm
 
     magics = Oblix(shell=shell, parent=shell)
     shell.register_magics(magics)

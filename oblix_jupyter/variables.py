@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .models import is_secret_name
+from .errors import is_secret_name
 from .relevance import truncate_to_tokens
 
 REPR_SECONDS = 0.5

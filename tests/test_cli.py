@@ -20,7 +20,7 @@ import nbformat
 import pytest
 
 from conftest import TEST_KEY, TEST_MODEL
-from oblix_jupyter import local_model
+from oblix_jupyter.models import local_model
 from oblix_jupyter.cli import main
 from oblix_jupyter.sessions import SessionManager
 from traces import assert_fully_traced, make_sessions, traces

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from oblix_jupyter.context import MESSAGE_OVERHEAD, conversation_messages, select_context
 from oblix_jupyter.errors import PromptTooLarge
-from oblix_jupyter.models import count_tokens
+from oblix_jupyter.models.gateway import count_tokens
 from oblix_jupyter.notebook_state import NotebookContext
 from oblix_jupyter.relevance import LexicalIndex
 from oblix_jupyter.variables import VariableSummary

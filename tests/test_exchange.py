@@ -1,4 +1,4 @@
-"""Export and import by file extension (``oblix_jupyter.exchange``), in-process against a temp store."""
+"""Export and import by file extension (``oblix_jupyter.store.formats``), in-process against a temp store."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import nbformat
 import pytest
 
 from oblix_jupyter.errors import ImportFormatError
-from oblix_jupyter.exchange import ExportFormatError, export_session, import_session, transcript
+from oblix_jupyter.store.formats import ExportFormatError, export_session, import_session, transcript
 from oblix_jupyter.sessions import SessionManager
 
 pytestmark = pytest.mark.timeout(120)
@@ -150,7 +150,7 @@ def test_a_notebook_message_with_a_bad_role_is_refused(store, conversation, tmp_
 
 
 def test_importing_exchange_loads_neither_litellm_nor_nbformat():
-    code = "import sys, oblix_jupyter.exchange; print(sorted({'litellm', 'nbformat'} & set(sys.modules)))"
+    code = "import sys, oblix_jupyter.store.formats; print(sorted({'litellm', 'nbformat'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ), check=True)
     assert out.stdout.strip() == "[]"
 

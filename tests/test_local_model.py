@@ -24,7 +24,7 @@ import pytest
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from oblix_jupyter import local_model  # noqa: E402
+from oblix_jupyter.models import local_model  # noqa: E402
 
 if not local_model.is_available():
     pytest.skip(
@@ -293,7 +293,7 @@ def listening():
 before = listening()
 import litellm
 litellm.suppress_debug_info = True
-from oblix_jupyter import local_model
+from oblix_jupyter.models import local_model
 local_model.register(litellm)
 msgs = [{"role": "user", "content": "Say hello."}]
 r = litellm.completion(model=local_model.LOCAL_MODEL, messages=msgs, max_tokens=8)
@@ -409,7 +409,7 @@ class Hide(importlib.abc.MetaPathFinder):
         return None
 
 sys.meta_path.insert(0, Hide())
-from oblix_jupyter import local_model
+from oblix_jupyter.models import local_model
 print(local_model.is_available())
 print(local_model.unavailable_reason())
 print("litellm" in sys.modules, "xllamacpp" in sys.modules)

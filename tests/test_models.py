@@ -9,9 +9,11 @@ import time
 
 import pytest
 
-from oblix_jupyter import OblixClient, local_model
+from oblix_jupyter import OblixClient
+from oblix_jupyter.models import local_model
 from oblix_jupyter.errors import NoModelConfigured
-from oblix_jupyter.models import configured_models, model_notice, redact
+from oblix_jupyter.errors import redact
+from oblix_jupyter.models.gateway import configured_models, model_notice
 
 needs_local = pytest.mark.skipif(not local_model.is_available(), reason=str(local_model.unavailable_reason()))
 
@@ -49,7 +51,7 @@ HIDDEN = textwrap.dedent(
 
     sys.meta_path.insert(0, Hide())
     from oblix_jupyter.errors import NoModelConfigured
-    from oblix_jupyter.models import configured_models
+    from oblix_jupyter.models.gateway import configured_models
     try:
         configured_models()
     except NoModelConfigured as error:
@@ -83,7 +85,7 @@ def test_redact_removes_secret_values(monkeypatch):
 
 
 def test_stream_logging_is_skipped_only_while_nothing_listens(model_env):
-    from oblix_jupyter.models import litellm_module
+    from oblix_jupyter.models.gateway import litellm_module
 
     litellm = litellm_module()
     client = OblixClient()

@@ -7,7 +7,7 @@ import pathlib
 import pytest
 
 from kernels import outputs_text, run_notebook_file
-from oblix_jupyter import local_model
+from oblix_jupyter.models import local_model
 from oblix_jupyter.sessions import SessionManager
 
 NOTEBOOKS = pathlib.Path(__file__).resolve().parent.parent / "notebooks"

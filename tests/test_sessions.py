@@ -28,7 +28,8 @@ from oblix_jupyter.errors import (
     InvalidSessionId,
     SessionNotFound,
 )
-from oblix_jupyter.sessions import SEED_FIELDS, SessionManager
+from oblix_jupyter.sessions import SessionManager
+from oblix_jupyter.store.sessions import SEED_FIELDS
 from traces import assert_fully_traced, make_sessions, traces
 
 TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")

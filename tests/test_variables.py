@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from oblix_jupyter import variables as variables_module
-from oblix_jupyter.models import count_tokens
+from oblix_jupyter.models.gateway import count_tokens
 from oblix_jupyter.notebook_state import format_error, gather_notebook_context, is_notebook_frame
 from oblix_jupyter.variables import referenced_names, summarize_variables
 

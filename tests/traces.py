@@ -27,7 +27,7 @@ CREATOR = textwrap.dedent(
     from oblix_jupyter.embeddings import VectorCache, load_embedder, unavailable_reason
     from oblix_jupyter.notebook import NotebookBinding
     from oblix_jupyter.sessions import SessionManager
-    from oblix_jupyter.storage import atomic_write_bytes, ensure_private_dir
+    from oblix_jupyter.store.files import atomic_write_bytes, ensure_private_dir
 
     base_dir, notebook = sys.argv[1], sys.argv[2]
     embedder = load_embedder()

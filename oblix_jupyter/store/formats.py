@@ -18,10 +18,10 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .errors import ExportFormatError, ImportFormatError, InvalidSessionId
-from .render import inert_markdown, terminal_text
+from ..errors import ExportFormatError, ImportFormatError, InvalidSessionId
+from ..render import inert_markdown, terminal_text
 from .sessions import check_session_shape, parse_time, read_import_file
-from .storage import atomic_write_bytes
+from .files import atomic_write_bytes
 
 if TYPE_CHECKING:
     from .sessions import SessionManager

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,12 +18,11 @@ from types import ModuleType
 from typing import Any
 
 from . import local_model
-from .errors import ModelError, NoModelConfigured
+from ..errors import ModelError, NoModelConfigured, redact
 
 DEFAULT_MAX_INPUT_TOKENS = 8192
 DEFAULT_ANSWER_RESERVE = 1024
 DEFAULT_TIMEOUT = 120.0
-_SECRET_NAME = re.compile(r"key|token|secret|password", re.IGNORECASE)
 
 _litellm: ModuleType | None = None
 _import_lock = threading.Lock()
@@ -57,23 +55,6 @@ def preload_litellm() -> threading.Thread:
     thread = threading.Thread(target=litellm_module, name="oblix-litellm-import", daemon=True)
     thread.start()
     return thread
-
-
-def redact(text: str) -> str:
-    """Remove the values of secret-looking environment variables from ``text``.
-
-    Provider error messages sometimes echo request details; they are shown to the
-    user and stored on failed messages, where a key must never appear.
-    """
-    for name, value in os.environ.items():
-        if len(value) >= 8 and is_secret_name(name) and value in text:
-            text = text.replace(value, "***")
-    return text
-
-
-def is_secret_name(name: str) -> bool:
-    """Whether a variable's name says it holds a secret: its value is redacted, or never sent unasked."""
-    return bool(_SECRET_NAME.search(name))
 
 
 def _split_models(value: str | Sequence[str] | None) -> list[str]:
@@ -334,5 +315,4 @@ __all__ = [
     "max_input_tokens",
     "model_notice",
     "preload_litellm",
-    "redact",
 ]

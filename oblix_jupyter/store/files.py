@@ -21,7 +21,7 @@ from typing import Any
 
 from tinydb.storages import Storage
 
-from .errors import CorruptSession, StoreBusy
+from ..errors import CorruptSession, StoreBusy
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700

@@ -1,0 +1,638 @@
+"""The session store: one TinyDB file per session, in the Oblix SDK's data shape.
+
+Layout of ``base_dir`` (default ``~/.oblix/sessions``, or ``$OBLIX_HOME/sessions``)::
+
+    <id>.json                  the session (TinyDB, one document in the seed's shape)
+    .index/<stamp>.<id>.json   a small header per session: title, counts, model
+    .locks/<id>.lock           per-session write locks
+    .bindings.json             notebook path -> session id
+    .vectors/<model>/<id>.bin  passage vectors of the session's messages (``embeddings.VectorCache``)
+
+Listing must stay cheap with thousands of sessions and an append must never rewrite
+a store-wide file, so recency lives in the *names* of the header files: the stamp is
+the session's ``updated_at``, and one directory scan of ``.index`` orders every
+session without opening or even ``stat``-ing them. Headers are a cache: any that is
+missing, stale or unreadable is rebuilt from its session file.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import threading
+import uuid
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from itertools import repeat
+from typing import Any, Protocol
+
+from tinydb import Query, TinyDB
+
+from ..errors import (
+    AmbiguousSessionId,
+    CorruptSession,
+    ImportFormatError,
+    InvalidContext,
+    InvalidSessionId,
+    SessionNotFound,
+)
+from .files import (
+    DIR_MODE,
+    LockedAtomicStorage,
+    ParsedFiles,
+    atomic_write_bytes,
+    dump_json,
+    ensure_private_dir,
+    read_json_file,
+)
+
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_PREFIX = re.compile(r"^[0-9a-f][0-9a-f-]{0,35}$")
+_HEADER_NAME_LENGTH = len("20260101T000000.000Z.") + 36 + len(".json")
+_DOC_ID = 1  # each session file holds exactly one TinyDB document
+_VECTORS = ".vectors"
+SEED_FIELDS = ("id", "title", "created_at", "updated_at", "messages", "context")
+
+
+def now_iso() -> str:
+    """UTC now as ISO 8601 with milliseconds and ``Z``, the seed's timestamp format."""
+    return format_time(datetime.now(timezone.utc))
+
+
+_MILLISECOND = timedelta(milliseconds=1)
+_last_change = datetime.min.replace(tzinfo=timezone.utc)
+_change_lock = threading.Lock()
+
+
+def change_time() -> str:
+    """``now_iso()`` for a session's ``created_at`` or ``updated_at``, later than any this process gave before.
+
+    Sessions are listed newest first, by these stamps; two changed within one
+    millisecond (a script, a loop of appends) must still list in the order they were
+    changed. The stamp runs ahead of the clock by a millisecond per extra change.
+    """
+    global _last_change
+    with _change_lock:
+        moment = datetime.now(timezone.utc)
+        moment = max(moment.replace(microsecond=moment.microsecond // 1000 * 1000), _last_change + _MILLISECOND)
+        _last_change = moment
+    return format_time(moment)
+
+
+def format_time(moment: datetime) -> str:
+    moment = moment.astimezone(timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def parse_time(text: str) -> datetime:
+    """Read our timestamps and the original SDK's (``isoformat()``, with or without zone)."""
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def validate_session_id(session_id: object) -> str:
+    """Reject anything that could name a path outside the store, before any file is touched."""
+    if not isinstance(session_id, str) or not _UUID.match(session_id):
+        raise InvalidSessionId(session_id)
+    return session_id
+
+
+def vector_path(base_dir: str | os.PathLike[str], model: str, session_id: str) -> str:
+    """Where the vectors of ``session_id``'s messages, by embedding ``model``, are kept.
+
+    The store owns every byte under its base directory: the embedder asks here where to
+    write, and ``delete_session`` removes every model's file of a session without loading
+    any embedder. The id is not checked here (benchmarks use made-up ones); the store's
+    own callers pass ids it has validated.
+    """
+    return os.path.join(os.fspath(base_dir), _VECTORS, model, f"{session_id}.bin")
+
+
+def default_base_dir() -> str:
+    home = os.environ.get("OBLIX_HOME") or os.path.join(os.path.expanduser("~"), ".oblix")
+    return os.path.join(home, "sessions")
+
+
+def check_context(context: Any) -> dict[str, Any]:
+    """Refuse a context that JSON cannot hold, naming the key, so nothing half-valid is written."""
+    if context is None:
+        return {}
+    if not isinstance(context, dict):
+        raise InvalidContext(f"Session context must be a dict, not {type(context).__name__}.")
+    for key, value in context.items():
+        if not isinstance(key, str):
+            raise InvalidContext(f"Session context keys must be strings; got {key!r}.")
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError) as exc:
+            raise InvalidContext(
+                f"Session context key {key!r} holds a {type(value).__name__}, which cannot be stored as JSON ({exc})."
+            ) from None
+    return copy.deepcopy(context)
+
+
+def _stamp(updated_at: str) -> str:
+    return format_time(parse_time(updated_at)).replace("-", "").replace(":", "")
+
+
+def summarize(session: dict[str, Any]) -> dict[str, Any]:
+    """The listing view of a session: what ``list_sessions`` returns for it."""
+    return {
+        "id": session["id"],
+        "title": session["title"],
+        "created_at": session["created_at"],
+        "updated_at": session["updated_at"],
+        "message_count": len(session["messages"]),
+        "model": session.get("model"),
+        "metadata": session.get("metadata", {}),
+    }
+
+
+def check_session_shape(data: Any, where: str) -> dict[str, Any]:
+    """Make sure ``data`` has every field of the seed's session shape, with the right types."""
+    if not isinstance(data, dict):
+        raise ImportFormatError(f"{where}: a session must be a JSON object, not {type(data).__name__}.")
+    missing = [field for field in ("id", "messages", "created_at", "updated_at") if field not in data]
+    if missing:
+        raise ImportFormatError(f"{where}: not a session, missing field(s) {', '.join(missing)}.")
+    if not isinstance(data["messages"], list):
+        raise ImportFormatError(f"{where}: 'messages' must be a list.")
+    for index, message in enumerate(data["messages"]):
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+            raise ImportFormatError(f"{where}: message {index + 1} has no text 'content'.")
+        if message.get("role") not in ("user", "assistant", "system"):
+            raise ImportFormatError(f"{where}: message {index + 1} has role {message.get('role')!r}.")
+    for field in ("created_at", "updated_at"):
+        try:
+            parse_time(str(data[field]))
+        except ValueError:
+            raise ImportFormatError(f"{where}: {field} {data[field]!r} is not an ISO 8601 time.") from None
+    check_context(data.get("context"))
+    return data
+
+
+def read_import_file(path: str) -> Any:
+    """Parse a JSON file given to import; every way it can be unreadable becomes ``ImportFormatError``."""
+    try:
+        return read_json_file(path)
+    except FileNotFoundError:
+        raise ImportFormatError(f"{path}: no such file.") from None
+    except CorruptSession as exc:
+        raise ImportFormatError(f"{path}: {exc.reason}.") from None
+
+
+class SessionStore(Protocol):
+    """The few operations the client needs, so another store (e.g. a team server) can stand in."""
+
+    def create_session(
+        self, initial_context: dict[str, Any] | None = None, title: str | None = None, metadata: dict[str, Any] | None = None
+    ) -> str: ...
+    def load_session(self, session_id: str) -> dict[str, Any] | None: ...
+    def save_message(self, session_id: str, message: Any, role: str = "user", **fields: Any) -> dict[str, Any]: ...
+    def update_session(self, session_id: str, **fields: Any) -> dict[str, Any]: ...
+    def list_sessions(self, limit: int = 50) -> list[dict[str, Any]]: ...
+    def delete_session(self, session_id: str) -> bool: ...
+    def get_session(self, session_id: str) -> dict[str, Any]: ...
+    def prepare_read(self, session_id: str) -> None: ...
+    def bind(self, key: str, session_id: str) -> None: ...
+    def unbind(self, key: str) -> None: ...
+    def bound_session(self, key: str) -> str | None: ...
+    def bindings(self) -> dict[str, str]: ...
+    def resolve_id(self, id_or_prefix: str) -> str: ...
+
+
+class SessionManager:
+    """Sessions on disk, with the Oblix SDK's method names and argument order."""
+
+    def __init__(self, base_dir: str | os.PathLike[str] | None = None, lock_timeout: float = 30.0) -> None:
+        self.base_dir = os.path.abspath(os.fspath(base_dir) if base_dir is not None else default_base_dir())
+        self.lock_timeout = lock_timeout
+        self._index_dir = os.path.join(self.base_dir, ".index")
+        self._locks_dir = os.path.join(self.base_dir, ".locks")
+        self.problems: list[CorruptSession] = []
+        self._parsed = ParsedFiles()
+        for directory in (self.base_dir, self._index_dir, self._locks_dir):
+            ensure_private_dir(directory)
+        os.chmod(self.base_dir, DIR_MODE)
+
+    # -- paths and transactions -------------------------------------------------
+
+    def session_path(self, session_id: str) -> str:
+        return os.path.join(self.base_dir, f"{validate_session_id(session_id)}.json")
+
+    @contextmanager
+    def _transaction(self, session_id: str) -> Iterator[TinyDB]:
+        path = self.session_path(session_id)
+        lock = os.path.join(self._locks_dir, f"{session_id}.lock")
+        with TinyDB(path, storage=LockedAtomicStorage, lock_path=lock, lock_timeout=self.lock_timeout, parsed=self._parsed) as db:
+            yield db
+
+    def _modify(self, session_id: str, change: Callable[[dict[str, Any]], Any], touch: bool = True) -> Any:
+        """Apply ``change`` to the stored session under its lock; return what ``change`` returned.
+
+        ``change`` may append messages but never alters a stored one in place: the
+        storage re-encodes only appended messages (``storage.dump_tables``).
+        """
+        with self._transaction(session_id) as db:
+            current = self._document(db, session_id)
+            if current is None:
+                raise SessionNotFound(session_id, self.base_dir)
+            old_stamp = _stamp(current["updated_at"])
+            result: list[Any] = []
+
+            def apply(document: dict[str, Any]) -> None:
+                result.append(change(document))
+                if touch:
+                    document["updated_at"] = max(change_time(), document["updated_at"])
+
+            db.update(apply, doc_ids=[_DOC_ID])
+            self._write_header(self._document(db, session_id), old_stamp)
+        return result[0]
+
+    def _document(self, db: TinyDB, session_id: str) -> dict[str, Any] | None:
+        path = self.session_path(session_id)
+        if not os.path.exists(path):
+            return None
+        document = db.get(doc_id=_DOC_ID)
+        if document is None or not isinstance(document.get("messages"), list):
+            raise CorruptSession(path, "not an oblix session (no session document)")
+        return document
+
+    # -- headers (the listing cache) --------------------------------------------
+
+    def _write_header(self, session: dict[str, Any], old_stamp: str | None = None) -> None:
+        stamp = _stamp(session["updated_at"])
+        header = summarize(session)
+        stat = os.stat(self.session_path(session["id"]))
+        header["file"] = [stat.st_mtime_ns, stat.st_size]
+        # Not fsynced: a header lost in a crash is noticed (file stamp) and rebuilt.
+        atomic_write_bytes(self._header_path(stamp, session["id"]), dump_json(header), durable=False)
+        if old_stamp and old_stamp != stamp:
+            self._remove(self._header_path(old_stamp, session["id"]))
+
+    def _header_path(self, stamp: str, session_id: str) -> str:
+        return os.path.join(self._index_dir, f"{stamp}.{session_id}.json")
+
+    def _session_ids_on_disk(self) -> set[str]:
+        return {name[:36] for name in os.listdir(self.base_dir) if len(name) == 41 and name.endswith(".json")}
+
+    def _rebuild_header(self, session_id: str) -> dict[str, Any] | None:
+        """Read the session file and write its header; record it as a problem if unreadable."""
+        try:
+            session = self.load_session(session_id)
+        except CorruptSession as problem:
+            self._report(problem)
+            return None
+        if session is None:
+            return None
+        with self._transaction(session_id):  # the header must describe a settled file
+            self._write_header(session)
+        return summarize(session)
+
+    def _report(self, problem: CorruptSession) -> None:
+        if all(p.path != problem.path for p in self.problems):
+            self.problems.append(problem)
+        warnings.warn(str(problem), RuntimeWarning, stacklevel=3)
+
+    def _read_header(self, stamp: str, session_id: str) -> dict[str, Any] | None:
+        """The header if it still describes the session file, else one rebuilt from the file."""
+        try:
+            data = read_json_file(self._header_path(stamp, session_id))
+            stat = os.stat(self.session_path(session_id))
+            if data.get("file") == [stat.st_mtime_ns, stat.st_size]:
+                data.pop("file")
+                return data
+        except (FileNotFoundError, CorruptSession, AttributeError, InvalidSessionId):
+            pass
+        return self._rebuild_header(session_id)
+
+    def _headers(self) -> list[tuple[str, str]]:
+        """(stamp, id) of every session, newest first, after reconciling headers with session files.
+
+        Header names are ``<stamp>.<uuid>.json`` (20 + 1 + 36 + 5 characters), so sorting
+        the names sorts by recency: no header is opened and no file is stat-ed here.
+        """
+        self.problems = []
+        names = [n for n in os.listdir(self._index_dir) if len(n) == _HEADER_NAME_LENGTH and n.endswith(".json")]
+        names.sort(reverse=True)
+        on_disk = self._session_ids_on_disk()
+        ordered: list[tuple[str, str]] = []
+        seen: set[str] = set()
+        for name in names:
+            session_id = name[21:57]
+            if session_id in seen or session_id not in on_disk:  # superseded, or session deleted
+                self._remove(os.path.join(self._index_dir, name))
+                continue
+            seen.add(session_id)
+            ordered.append((name[:20], session_id))
+        missing = on_disk - seen
+        for session_id in missing:
+            summary = self._rebuild_header(session_id)
+            if summary is not None:
+                ordered.append((_stamp(summary["updated_at"]), session_id))
+        if missing:
+            ordered.sort(reverse=True)
+        return ordered
+
+    @staticmethod
+    def _remove(path: str) -> None:
+        try:
+            os.unlink(path)
+        except (FileNotFoundError, NotADirectoryError):  # absent either way (a stray file where a folder was expected)
+            pass
+
+    # -- the Oblix SDK's SessionManager API ---------------------------------------
+
+    def create_session(
+        self,
+        initial_context: dict[str, Any] | None = None,
+        title: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        model: str | None = None,
+    ) -> str:
+        """Create an empty session and return its id (a UUID4 string)."""
+        created = change_time()
+        session = {
+            "id": str(uuid.uuid4()),
+            "title": title or f"Chat Session {datetime.now().strftime('%Y-%m-%d %H:%M')}",
+            "created_at": created,
+            "updated_at": created,
+            "messages": [],
+            "context": check_context(initial_context),
+            "model": model,
+            "metadata": check_context(metadata),
+        }
+        return self._store_new(session)
+
+    def _store_new(self, session: dict[str, Any]) -> str:
+        with self._transaction(session["id"]) as db:
+            if os.path.exists(self.session_path(session["id"])):
+                raise ImportFormatError(f"A session with id {session['id']} already exists.")
+            db.insert(session)
+            self._write_header(session)
+        return session["id"]
+
+    def save_message(self, session_id: str, message: Any, role: str = "user", **fields: Any) -> dict[str, Any]:
+        """Append a message and return it as stored (a truthy dict, where the SDK returned True).
+
+        ``message`` may be text or a dict with ``content`` (as the SDK accepted); extra
+        ``fields`` (``model``, ``status``, ``usage``...) are stored on the message.
+        """
+        if role not in ("user", "assistant", "system"):
+            raise ValueError(f"role must be 'user', 'assistant' or 'system', not {role!r}")
+        content = message.get("content", "") if isinstance(message, dict) else str(message)
+        extra = {key: value for key, value in fields.items() if value is not None}
+        check_context(extra)
+
+        def append(session: dict[str, Any]) -> dict[str, Any]:
+            taken = set(map(dict.get, session["messages"], repeat("id")))
+            number = len(session["messages"]) + 1
+            while f"msg_{number}" in taken:
+                number += 1
+            stored = {"id": f"msg_{number}", "role": role, "content": content, "timestamp": now_iso(), **extra}
+            session["messages"].append(stored)
+            return copy.deepcopy(stored)  # the stored dict stays with the transaction's data
+
+        return self._modify(session_id, append)
+
+    def load_session(self, session_id: str) -> dict[str, Any] | None:
+        """The whole session as a plain dict, or None when no such session exists (as in the SDK)."""
+        path = self.session_path(session_id)
+        db = TinyDB(path, storage=LockedAtomicStorage, parsed=self._parsed)  # the data a write just stored, if unchanged
+        try:
+            document = self._document(db, session_id)
+        finally:
+            db.close()
+        return None if document is None else dict(document)
+
+    def prepare_read(self, session_id: str) -> None:
+        """Parse the session now for its next read, e.g. while the user reads an answer.
+
+        The next ``load_session`` then returns without parsing, and the next append still
+        finds the copy its own write kept. Does nothing if the file changed since this
+        store last wrote it, or cannot be read (its next read reports that).
+        """
+        try:
+            self._parsed.prepare(self.session_path(session_id))
+        except (FileNotFoundError, CorruptSession):
+            pass
+
+    def get_session(self, session_id: str) -> dict[str, Any]:
+        """Like ``load_session`` but a missing session is an error, for callers that need one."""
+        session = self.load_session(session_id)
+        if session is None:
+            raise SessionNotFound(session_id, self.base_dir)
+        return session
+
+    def list_sessions(self, limit: int | None = 50) -> list[dict[str, Any]]:
+        """Summaries of the most recently updated sessions, newest first.
+
+        Unreadable session files are left out, warned about, and kept in ``self.problems``.
+        """
+        listed: list[dict[str, Any]] = []
+        for stamp, session_id in self._headers():
+            if limit is not None and len(listed) >= limit:
+                break
+            summary = self._read_header(stamp, session_id)
+            if summary is not None:
+                listed.append(summary)
+        return listed
+
+    def iter_sessions(self) -> Iterator[dict[str, Any]]:
+        """Every readable session, newest first (for search and export of everything)."""
+        for _, session_id in self._headers():
+            try:
+                session = self.load_session(session_id)
+            except CorruptSession as problem:
+                self._report(problem)
+                continue
+            if session is not None:
+                yield session
+
+    def delete_session(self, session_id: str) -> bool:
+        """Remove a session and every trace of it: headers, vectors, bindings, lock; False when there was none.
+
+        The traces go first and the session file last, so an interrupted delete leaves a
+        session that can be deleted again rather than traces that nothing lists. Traces
+        of a session that is already gone (a delete interrupted earlier) are removed too.
+        """
+        path = self.session_path(session_id)
+        with self._transaction(session_id):
+            existed = os.path.exists(path)
+            self._unbind_session(session_id)
+            for model in self._listing(os.path.join(self.base_dir, _VECTORS)):
+                self._remove(vector_path(self.base_dir, model, session_id))
+            for name in self._listing(self._index_dir):
+                if name.endswith(f".{session_id}.json"):
+                    self._remove(os.path.join(self._index_dir, name))
+            self._remove(path)
+        self._remove(os.path.join(self._locks_dir, f"{session_id}.lock"))
+        return existed
+
+    @staticmethod
+    def _listing(directory: str) -> list[str]:
+        """The names in ``directory``; none when it does not exist (no session has had vectors yet)."""
+        try:
+            return os.listdir(directory)
+        except FileNotFoundError:
+            return []
+
+    def update_session(self, session_id: str, **fields: Any) -> dict[str, Any]:
+        """Change ``title``, ``context``, ``model``, ``metadata`` or other extra fields; returns the session."""
+        protected = {"id", "messages", "created_at", "updated_at"} & set(fields)
+        if protected:
+            raise ValueError(f"update_session cannot change {', '.join(sorted(protected))}")
+        if "context" in fields:
+            fields["context"] = check_context(fields["context"])
+        check_context(fields)
+
+        def patch(session: dict[str, Any]) -> dict[str, Any]:
+            session.update(copy.deepcopy(fields))
+            return session
+
+        self._modify(session_id, patch)
+        return self.get_session(session_id)
+
+    def update_session_metadata(self, session_id: str, metadata: dict[str, Any]) -> bool:
+        """Merge ``metadata`` into the session's metadata (the SDK's call)."""
+        metadata = check_context(metadata)
+        self._modify(session_id, lambda session: session.setdefault("metadata", {}).update(metadata))
+        return True
+
+    def search_sessions(self, query: str, limit: int = 50) -> list[dict[str, Any]]:
+        """Sessions whose title or any message contains ``query`` (case-insensitive), newest first."""
+        needle = query.casefold()
+        found = []
+        for session in self.iter_sessions():
+            texts = [session.get("title") or ""] + [m.get("content", "") for m in session["messages"]]
+            if any(needle in text.casefold() for text in texts):
+                found.append(summarize(session))
+                if len(found) >= limit:
+                    break
+        return found
+
+    def export_session(self, session_id: str, export_path: str | os.PathLike[str]) -> bool:
+        """Write the session as one JSON object in the seed's shape."""
+        session = self.get_session(session_id)
+        export_path = os.fspath(export_path)
+        os.makedirs(os.path.dirname(os.path.abspath(export_path)), exist_ok=True)
+        atomic_write_bytes(export_path, json.dumps(session, ensure_ascii=False, indent=2).encode("utf-8"))
+        return True
+
+    def import_session(self, import_path: str | os.PathLike[str], new_id: bool = True) -> str:
+        """Read a session JSON file (ours or the original SDK's) and store it; returns its id."""
+        import_path = os.fspath(import_path)
+        data = read_import_file(import_path)
+        return self.add_session(check_session_shape(data, import_path), new_id=new_id)
+
+    def add_session(self, data: dict[str, Any], new_id: bool = True) -> str:
+        """Store a complete session dict (from an import); timestamps are normalised to ours."""
+        session = copy.deepcopy(check_session_shape(data, "session"))
+        if new_id:
+            session["id"] = str(uuid.uuid4())
+        else:
+            validate_session_id(session["id"])
+        session.setdefault("title", "Imported session")
+        session["context"] = check_context(session.get("context"))
+        for field in ("created_at", "updated_at"):
+            session[field] = format_time(parse_time(str(session[field])))
+        for number, message in enumerate(session["messages"], start=1):
+            message.setdefault("id", f"msg_{number}")
+            message["timestamp"] = format_time(parse_time(str(message.get("timestamp") or session["updated_at"])))
+        return self._store_new(session)
+
+    def copy_session(self, session_id: str, new_title: str | None = None) -> str:
+        """Duplicate a session under a new id, e.g. to branch a conversation."""
+        session = self.get_session(session_id)
+        session["title"] = new_title or f"Copy of {session['title']}"
+        session["created_at"] = session["updated_at"] = change_time()
+        return self.add_session(session, new_id=True)
+
+    # -- beyond the SDK -------------------------------------------------------------
+
+    def prune(self, older_than: timedelta, dry_run: bool = False) -> list[str]:
+        """Delete sessions not updated within ``older_than``; returns their ids."""
+        cutoff = _stamp(format_time(datetime.now(timezone.utc) - older_than))
+        doomed = [session_id for stamp, session_id in self._headers() if stamp < cutoff]
+        if not dry_run:
+            for session_id in doomed:
+                self.delete_session(session_id)
+        return doomed
+
+    # -- notebook bindings ----------------------------------------------------------
+
+    @contextmanager
+    def _bindings_db(self, write: bool) -> Iterator[TinyDB]:
+        path = os.path.join(self.base_dir, ".bindings.json")
+        lock = os.path.join(self._locks_dir, "bindings.lock") if write else None
+        with TinyDB(path, storage=LockedAtomicStorage, lock_path=lock, lock_timeout=self.lock_timeout) as db:
+            yield db.table("bindings")
+
+    def bind(self, key: str, session_id: str) -> None:
+        """Bind a notebook (any stable identifier of it, usually its path) to a session.
+
+        An unreadable bindings file is moved aside (kept for inspection), not overwritten.
+        """
+        validate_session_id(session_id)
+        if not key:
+            raise ValueError("a binding needs a non-empty notebook key")
+        row = {"notebook": key, "session_id": session_id, "updated_at": now_iso()}
+        try:
+            with self._bindings_db(write=True) as table:
+                table.upsert(row, Query().notebook == key)
+        except CorruptSession as problem:
+            self._report(problem)
+            os.replace(problem.path, f"{problem.path}.corrupt-{_stamp(now_iso())}")
+            with self._bindings_db(write=True) as table:
+                table.upsert(row, Query().notebook == key)
+
+    def unbind(self, key: str) -> None:
+        with self._bindings_db(write=True) as table:
+            table.remove(Query().notebook == key)
+
+    def _unbind_session(self, session_id: str) -> None:
+        """Drop every binding to a session being deleted; the file is rewritten only if one points to it.
+
+        An unreadable bindings file is reported and left alone: it names no session the
+        store can show, and the next ``bind`` moves it aside.
+        """
+        if session_id not in self.bindings().values():
+            return
+        with self._bindings_db(write=True) as table:
+            table.remove(Query().session_id == session_id)
+
+    def bound_session(self, key: str) -> str | None:
+        """The session bound to ``key``, or None if there is none or it was deleted."""
+        session_id = self.bindings().get(key)
+        if session_id and os.path.exists(self.session_path(session_id)):
+            return session_id
+        return None
+
+    def bindings(self) -> dict[str, str]:
+        """Every notebook key and the session bound to it."""
+        try:
+            with self._bindings_db(write=False) as table:
+                return {row["notebook"]: row["session_id"] for row in table.all()}
+        except CorruptSession as problem:
+            self._report(problem)  # an unreadable bindings file only loses bindings, never sessions
+            return {}
+
+    def resolve_id(self, id_or_prefix: str) -> str:
+        """Turn a full id or a unique prefix of one into the full id."""
+        candidate = (id_or_prefix or "").strip().lower()
+        if _UUID.match(candidate):
+            if not os.path.exists(self.session_path(candidate)):
+                raise SessionNotFound(candidate, self.base_dir)
+            return candidate
+        if not _PREFIX.match(candidate):
+            raise InvalidSessionId(id_or_prefix)
+        matches = [sid for sid in self._session_ids_on_disk() if sid.startswith(candidate)]
+        if not matches:
+            raise SessionNotFound(candidate, self.base_dir)
+        if len(matches) > 1:
+            raise AmbiguousSessionId(candidate, matches)
+        return matches[0]
