@@ -23,10 +23,10 @@ from typing import Any
 from common import median_ms, report
 from context_eval.generate import Question, conversations
 
-from oblix_jupyter.context import MESSAGE_OVERHEAD, conversation_messages, select_context
+from oblix_jupyter.context.selector import MESSAGE_OVERHEAD, conversation_messages, select_context
 from oblix_jupyter.models.gateway import count_tokens
-from oblix_jupyter.relevance import LexicalIndex, chunks, query_terms, semantic_scores
-from oblix_jupyter.variables import summarize_variables
+from oblix_jupyter.context.relevance import LexicalIndex, chunks, query_terms, semantic_scores
+from oblix_jupyter.kernel.variables import summarize_variables
 
 MODEL = "openai/gpt-4o-mini"
 BUDGET = 2000
@@ -128,7 +128,7 @@ def long_session(size: int) -> dict[str, Any]:
         for session, _ in conversations(seed=len(messages)):
             for message in session["messages"]:
                 messages.append({**message, "id": f"msg_{len(messages) + 1}"})
-    return {"id": "bench-long", "context": {"project": "bench"}, "messages": messages[:size]}
+    return {"id": "00000000-0000-4000-8000-00000000be4c", "context": {"project": "bench"}, "messages": messages[:size]}
 
 
 def twenty_variables() -> dict[str, Any]:
@@ -146,7 +146,9 @@ def twenty_variables() -> dict[str, Any]:
 def speed(cache_dir: str, embedder: Any) -> None:
     import numpy as np
 
-    from oblix_jupyter.embeddings import VectorCache, VectorTable
+    from oblix_jupyter.context.embedder import VectorTable
+    from oblix_jupyter.sessions import SessionManager
+    from oblix_jupyter.vectors import VectorCache
 
     session = long_session(10_000)
     messages = conversation_messages(session)
@@ -155,7 +157,7 @@ def speed(cache_dir: str, embedder: Any) -> None:
     count = CachedCount()
 
     # First turn: no token counts, no word index, no vectors yet (embedding capped at 2 s; the rest comes later).
-    cache = VectorCache(cache_dir, embedder) if embedder else None
+    cache = VectorCache(SessionManager(cache_dir), embedder) if embedder else None
     started = time.perf_counter()
     variables = summarize_variables(namespace, prompt, count=count)
     index = LexicalIndex(messages)
@@ -196,7 +198,9 @@ def speed(cache_dir: str, embedder: Any) -> None:
 
 
 def main() -> None:
-    from oblix_jupyter.embeddings import VectorCache, load_embedder, unavailable_reason
+    from oblix_jupyter.context.embedder import load_embedder, unavailable_reason
+    from oblix_jupyter.sessions import SessionManager
+    from oblix_jupyter.vectors import VectorCache
 
     started = time.perf_counter()
     embedder = load_embedder()
@@ -206,7 +210,7 @@ def main() -> None:
     else:
         report("embedding model: import and load", f"{load_s:.2f} s")
     CACHE.mkdir(exist_ok=True)
-    retrieval(VectorCache(CACHE, embedder) if embedder else None)
+    retrieval(VectorCache(SessionManager(CACHE), embedder) if embedder else None)
     with tempfile.TemporaryDirectory() as base:
         speed(os.path.join(base, "store"), embedder)
 

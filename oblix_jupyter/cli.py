@@ -28,7 +28,7 @@ from . import __version__
 from .errors import NoModelConfigured, OblixError
 
 if TYPE_CHECKING:
-    from .envfile import DotenvResult
+    from .kernel.envfile import DotenvResult
     from .store.sessions import SessionManager
 
 LAB_EXTENSION = "oblix-jupyter"
@@ -208,7 +208,7 @@ def _keys_from_dotenv() -> DotenvResult | None:
 
     Called by the commands that reach a model.
     """
-    from .envfile import load_dotenv
+    from .kernel.envfile import load_dotenv
 
     return load_dotenv(os.getcwd())
 

@@ -28,11 +28,12 @@ from .models.gateway import (
 from .store.sessions import SessionManager, SessionStore
 
 if TYPE_CHECKING:  # the selector's modules load on the first turn, keeping %load_ext light
-    from .context import ContextPlan
-    from .embeddings import VectorCache, VectorTable
-    from .notebook_state import NotebookContext
-    from .relevance import LexicalIndex
-    from .variables import VariableSummary
+    from .context.selector import ContextPlan
+    from .context.embedder import VectorTable
+    from .vectors import VectorCache
+    from .kernel.state import NotebookContext
+    from .context.relevance import LexicalIndex
+    from .kernel.variables import VariableSummary
 
 TextSink = Callable[[str], Any] | IO[str]
 
@@ -142,7 +143,7 @@ class OblixClient:
         The word index is kept per session and extended, never rebuilt; embeddings are
         computed only if the selector asks for them (the conversation does not fit whole).
         """
-        from .context import conversation_messages, select_context
+        from .context.selector import conversation_messages, select_context
 
         window = max_input_tokens(model, self.max_input_tokens)
         reserve = min(max_tokens or DEFAULT_ANSWER_RESERVE, window // 2)
@@ -173,7 +174,7 @@ class OblixClient:
 
     def _lexical_index(self, session_id: str, messages: list[dict[str, Any]]) -> LexicalIndex:
         """The session's word index, extended with new messages rather than rebuilt each turn."""
-        from .relevance import LexicalIndex
+        from .context.relevance import LexicalIndex
 
         index = self._indexes.get(session_id)
         if index is None or not index.extend(messages).describes(messages):
@@ -183,13 +184,14 @@ class OblixClient:
     def _vector_cache(self) -> VectorCache | None:
         """The embedding cache beside the store, or None without the ``semantic`` extra."""
         if self._vectors is None and self.semantic is not False and isinstance(self.session_manager, SessionManager):
-            from .embeddings import VectorCache, load_embedder
+            from .context.embedder import load_embedder
+            from .vectors import VectorCache
 
             embedder = load_embedder()
             if embedder is None:
                 self.semantic = False
             else:
-                self._vectors = VectorCache(self.session_manager.base_dir, embedder)
+                self._vectors = VectorCache(self.session_manager, embedder)
         return self._vectors
 
     def _counter(self, model: str) -> Callable[[str], int]:
@@ -268,7 +270,7 @@ class OblixClient:
                 store.update_session(session_id, model=completion.model)
             self._writer.submit(store.prepare_read, session_id)  # the next turn's read, parsed while this answer is read
             if history and self._vectors is not None and self._vectors.keeps(session_id):
-                from .context import conversation_messages
+                from .context.selector import conversation_messages
 
                 self._vectors.update_later(session_id, conversation_messages({"messages": [*session["messages"], question, stored]}))
         if completion.status == "interrupted":

@@ -21,7 +21,7 @@ from .render import markdown_html
 from .store.sessions import parse_time
 
 if TYPE_CHECKING:
-    from .context import ContextPlan
+    from .context.selector import ContextPlan
 
 UPDATE_INTERVAL = 0.1  # seconds between display updates while an answer streams (10 a second read as smooth)
 _CODE_BLOCK = re.compile(r"```[^\n`]*\n(.*?)```", re.DOTALL)

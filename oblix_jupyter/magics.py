@@ -29,8 +29,8 @@ from .client import OblixClient
 from .display import Conversation, Message, PlanView, StreamingOutput, Table, code_blocks, footer
 from .errors import AnswerInterrupted, BadArguments, OblixError
 from .handle import SessionHandle
-from .envfile import load_dotenv
-from .notebook import NotebookBinding
+from .kernel.envfile import load_dotenv
+from .kernel.binding import NotebookBinding
 from .store.sessions import SessionManager
 
 _FIELD = re.compile(r"\{\{|\}\}|\{([A-Za-z_]\w*)(?:\[(-?\d+)\])?\}")
@@ -290,8 +290,8 @@ class Oblix(Magics):
             if options.model:
                 self.client.session_manager.update_session(session_id, model=options.model)
             self._prepare()
-            from .notebook_state import gather_notebook_context
-            from .variables import summarize_variables
+            from .kernel.state import gather_notebook_context
+            from .kernel.variables import summarize_variables
 
             # Variables are read from the cell as typed: {name} still marks a reference there.
             variables = summarize_variables(self.shell.user_ns, cell, named=options.vars)

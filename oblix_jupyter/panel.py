@@ -21,8 +21,8 @@ import ipywidgets as widgets
 
 from .display import UPDATE_INTERVAL, PlanView, code_blocks, message_html, short_time
 from .errors import AnswerInterrupted, OblixError
-from .notebook import NotebookBinding, notebook_title
-from .variables import is_hidden_name, summarize_variables
+from .kernel.binding import NotebookBinding, notebook_title
+from .kernel.variables import is_hidden_name, summarize_variables
 
 if TYPE_CHECKING:
     from .client import OblixClient

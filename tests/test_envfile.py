@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from oblix_jupyter.envfile import DotenvResult, load_dotenv
+from oblix_jupyter.kernel.envfile import DotenvResult, load_dotenv
 
 KEYS = ["OPENAI_API_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "HF_TOKEN", "MY_SERVICE_SECRET", "GROQ_KEY"]
 REFUSED = [

@@ -8,7 +8,7 @@ import pytest
 
 from model_server import Behavior
 from oblix_jupyter.client import OblixClient
-from oblix_jupyter.notebook import NotebookBinding
+from oblix_jupyter.kernel.binding import NotebookBinding
 from oblix_jupyter.panel import NO_SESSION, ChatPanel, notebook_variables
 from traces import assert_fully_traced, make_sessions, traces
 from waiting import wait_until

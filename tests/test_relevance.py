@@ -12,8 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from oblix_jupyter.context import conversation_messages, select_context
-from oblix_jupyter.relevance import (
+from oblix_jupyter.context.selector import conversation_messages, select_context
+from oblix_jupyter.sessions import SessionManager
+from oblix_jupyter.store.sessions import vector_path
+from oblix_jupyter.context.relevance import (
     LexicalIndex,
     chunks,
     cut_to_relevant,
@@ -122,7 +124,7 @@ def test_cut_to_relevant_keeps_the_matching_sentence_and_marks_the_cuts():
 
 def test_importing_the_package_and_selector_loads_no_embedding_runtime():
     code = (
-        "import sys, oblix_jupyter, oblix_jupyter.context, oblix_jupyter.variables, oblix_jupyter.embeddings;"
+        "import sys, oblix_jupyter, oblix_jupyter.context.selector, oblix_jupyter.kernel.variables, oblix_jupyter.context.embedder;"
         "print(sorted(m for m in ('numpy', 'onnxruntime', 'tokenizers', 'torch', 'pandas', 'litellm') if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -134,7 +136,7 @@ def test_importing_the_package_and_selector_loads_no_embedding_runtime():
 
 @pytest.fixture(scope="session")
 def embedder():
-    from oblix_jupyter.embeddings import load_embedder, unavailable_reason
+    from oblix_jupyter.context.embedder import load_embedder, unavailable_reason
 
     loaded = load_embedder()
     if loaded is None:
@@ -156,7 +158,7 @@ def test_embeddings_find_a_paraphrase_that_shares_no_word(embedder):
 
 
 def test_vector_cache_embeds_each_message_once_and_keeps_the_file_private(embedder, tmp_path):
-    from oblix_jupyter.embeddings import VectorCache
+    from oblix_jupyter.vectors import VectorCache
 
     calls = []
 
@@ -174,16 +176,16 @@ def test_vector_cache_embeds_each_message_once_and_keeps_the_file_private(embedd
         ]
     }
     messages = conversation_messages(session)
-    cache = VectorCache(tmp_path, Counting())
+    cache = VectorCache(SessionManager(tmp_path), Counting())
     table = cache.vectors("5f3e9a7b-6c1d-4d8e-9e7a-9b8c7d6e5f4a", messages)
-    path = cache.path("5f3e9a7b-6c1d-4d8e-9e7a-9b8c7d6e5f4a")
+    path = vector_path(tmp_path, embedder.name, "5f3e9a7b-6c1d-4d8e-9e7a-9b8c7d6e5f4a")
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600 and ".vectors" in path
     assert table["msg_1"].shape == (len(chunks(messages[0]["content"])), 384)
     embedded = sum(calls)
     cache.vectors("5f3e9a7b-6c1d-4d8e-9e7a-9b8c7d6e5f4a", messages)
     assert sum(calls) == embedded  # nothing embedded twice
     session["messages"].append({"id": "msg_3", "role": "user", "content": "Thanks."})
-    fresh = VectorCache(tmp_path, Counting())  # another process: reads the file
+    fresh = VectorCache(SessionManager(tmp_path), Counting())  # another process: reads the file
     table = fresh.vectors("5f3e9a7b-6c1d-4d8e-9e7a-9b8c7d6e5f4a", conversation_messages(session))
     assert sum(calls) == embedded + 1 and list(table) == ["msg_1", "msg_2", "msg_3"]
 
@@ -197,7 +199,7 @@ def test_vector_cache_embeds_each_message_once_and_keeps_the_file_private(embedd
 
 def test_turns_on_a_long_session_find_a_fact_by_meaning_and_embed_each_finished_turn(embedder, model_env):
     from oblix_jupyter import OblixClient
-    from oblix_jupyter.embeddings import VectorTable
+    from oblix_jupyter.context.embedder import VectorTable
 
     client = OblixClient(max_input_tokens=1200)
     session_id = client.create_session_sync()
@@ -244,7 +246,7 @@ def test_deleting_a_session_removes_its_vectors_even_with_a_turn_still_embedding
 
 def test_a_prompt_embedded_ahead_starts_before_the_caller_next_blocks(embedder, tmp_path):
     """The plan never blocks before it asks for the prompt's vector: the model must already be running by then."""
-    from oblix_jupyter.embeddings import VectorCache
+    from oblix_jupyter.vectors import VectorCache
 
     started: list[float] = []
 
@@ -259,7 +261,7 @@ def test_a_prompt_embedded_ahead_starts_before_the_caller_next_blocks(embedder, 
             return embedder.run(feeds)
 
     prompt = "Where is the source data kept?"
-    cache = VectorCache(tmp_path, Recording())
+    cache = VectorCache(SessionManager(tmp_path), Recording())
     cache.embed_prompt_ahead(prompt)  # the worker thread exists from here on: starting one would hand over the lock
     cache.embed_prompt(prompt)
     started.clear()

@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from oblix_jupyter import variables as variables_module
+from oblix_jupyter.kernel import variables as variables_module
 from oblix_jupyter.models.gateway import count_tokens
-from oblix_jupyter.notebook_state import format_error, gather_notebook_context, is_notebook_frame
-from oblix_jupyter.variables import referenced_names, summarize_variables
+from oblix_jupyter.kernel.state import format_error, gather_notebook_context, is_notebook_frame
+from oblix_jupyter.kernel.variables import referenced_names, summarize_variables
 
 
 @functools.lru_cache(maxsize=None)

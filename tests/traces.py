@@ -23,9 +23,10 @@ NO_EMBEDDER = 3
 CREATOR = textwrap.dedent(
     f"""
     import json, os, sys
-    from oblix_jupyter.context import conversation_messages
-    from oblix_jupyter.embeddings import VectorCache, load_embedder, unavailable_reason
-    from oblix_jupyter.notebook import NotebookBinding
+    from oblix_jupyter.context.selector import conversation_messages
+    from oblix_jupyter.context.embedder import load_embedder, unavailable_reason
+    from oblix_jupyter.vectors import VectorCache
+    from oblix_jupyter.kernel.binding import NotebookBinding
     from oblix_jupyter.sessions import SessionManager
     from oblix_jupyter.store.files import atomic_write_bytes, ensure_private_dir
 
@@ -35,7 +36,7 @@ CREATOR = textwrap.dedent(
         print(unavailable_reason(), file=sys.stderr)
         sys.exit({NO_EMBEDDER})
     store = SessionManager(base_dir)
-    vectors = VectorCache(store.base_dir, embedder)
+    vectors = VectorCache(store, embedder)
     old = "2020-01-02T03:04:05.000Z"
     doomed = store.add_session({{
         "id": "-", "title": "doomed", "created_at": old, "updated_at": old, "context": {{}},
@@ -92,7 +93,7 @@ def traces(base_dir: str, session_id: str) -> list[str]:
 
 def assert_fully_traced(base_dir: str, session_id: str, notebook: str) -> list[str]:
     """Check that every kind of trace exists (so that a later 'all gone' proves something); returns them."""
-    from oblix_jupyter.embeddings import MODEL_ID
+    from oblix_jupyter.context.embedder import MODEL_ID
 
     found = traces(base_dir, session_id)
     for expected in (

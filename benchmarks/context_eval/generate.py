@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -189,7 +190,7 @@ def conversation(theme: Theme, rng: random.Random) -> tuple[dict[str, Any], list
             questions.append(Question(theme.name, add("assistant", _fact_message(fact, theme, rng)), fact.question, fact.key))
         else:
             add("assistant", _clean(_assistant_filler, theme, rng, keys))
-    session = {"id": f"eval-{theme.name}", "title": f"{theme.name} notebook", "messages": messages, "context": {}}
+    session = {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"oblix-eval-{theme.name}")), "title": f"{theme.name} notebook", "messages": messages, "context": {}}
     return session, questions
 
 

@@ -6,7 +6,7 @@ Layout of ``base_dir`` (default ``~/.oblix/sessions``, or ``$OBLIX_HOME/sessions
     .index/<stamp>.<id>.json   a small header per session: title, counts, model
     .locks/<id>.lock           per-session write locks
     .bindings.json             notebook path -> session id
-    .vectors/<model>/<id>.bin  passage vectors of the session's messages (``embeddings.VectorCache``)
+    .vectors/<model>/<id>.bin  passage vectors of the session's messages (``read_vectors``/``write_vectors``)
 
 Listing must stay cheap with thousands of sessions and an append must never rewrite
 a store-wide file, so recency lives in the *names* of the header files: the stamp is
@@ -472,6 +472,20 @@ class SessionManager:
             self._remove(path)
         self._remove(os.path.join(self._locks_dir, f"{session_id}.lock"))
         return existed
+
+    def read_vectors(self, session_id: str, model: str) -> bytes | None:
+        """The bytes ``write_vectors`` kept for this session and embedding model, or None."""
+        try:
+            with open(vector_path(self.base_dir, model, validate_session_id(session_id)), "rb") as handle:
+                return handle.read()
+        except OSError:
+            return None
+
+    def write_vectors(self, session_id: str, model: str, payload: bytes) -> None:
+        """Keep a session's message vectors (a cache: not fsynced, rebuilt when lost); ``delete_session`` removes them."""
+        path = vector_path(self.base_dir, model, validate_session_id(session_id))
+        ensure_private_dir(os.path.dirname(path))
+        atomic_write_bytes(path, payload, durable=False)
 
     @staticmethod
     def _listing(directory: str) -> list[str]:

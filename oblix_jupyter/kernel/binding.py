@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from .store.sessions import SessionStore
+from ..store.sessions import SessionStore
 
 
 def notebook_key(namespace: Mapping[str, Any], reported_path: str | None = None) -> str:

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from .errors import PromptTooLarge
-from .notebook_state import NotebookContext
+from ..errors import PromptTooLarge
+from .inputs import NotebookContext, VariableSummary
 from .relevance import (
     ELLIPSIS,
     LexicalIndex,
@@ -44,7 +44,6 @@ from .relevance import (
     truncate_to_tokens,
     unknown_count,
 )
-from .variables import VariableSummary
 
 # Chat formats wrap each message in a few tokens of their own (role markers etc.).
 MESSAGE_OVERHEAD = 4

