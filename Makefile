@@ -35,7 +35,7 @@ test: setup $(CHROMIUM)
 	$(PY) -m pytest
 
 demo: setup
-	$(PY) -m oblix_jupyter.demo
+	$(PY) -m oblix_jupyter.frontends.demo
 
 bench: setup
 	$(PY) benchmarks/run.py

@@ -19,7 +19,7 @@ SESSIONS = 1_000
 
 
 def run_oblix(*arguments: str, env: dict[str, str]) -> None:
-    subprocess.run([sys.executable, "-m", "oblix_jupyter.cli", *arguments], env=env, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, "-m", "oblix_jupyter.frontends.cli", *arguments], env=env, check=True, stdout=subprocess.DEVNULL)
 
 
 def main() -> None:

@@ -23,10 +23,19 @@ from typing import Any
 from common import median_ms, report
 from context_eval.generate import Question, conversations
 
-from oblix_jupyter.context.selector import MESSAGE_OVERHEAD, conversation_messages, select_context
-from oblix_jupyter.models.gateway import count_tokens
-from oblix_jupyter.context.relevance import LexicalIndex, chunks, query_terms, semantic_scores
+from oblix_jupyter.context.relevance import (
+    LexicalIndex,
+    chunks,
+    query_terms,
+    semantic_scores,
+)
+from oblix_jupyter.context.selector import (
+    MESSAGE_OVERHEAD,
+    conversation_messages,
+    select_context,
+)
 from oblix_jupyter.kernel.variables import summarize_variables
+from oblix_jupyter.models.gateway import count_tokens
 
 MODEL = "openai/gpt-4o-mini"
 BUDGET = 2000

@@ -26,7 +26,7 @@ print("LOAD", (time.perf_counter() - start) * 1000)
 TURNS = """
 import litellm
 from common import paired_medians  # the benchmarks' directory is on the kernel's PYTHONPATH
-from oblix_jupyter.magics import active
+from oblix_jupyter.frontends.magics import active
 magics = active()
 magics.litellm_import.join()
 shell.run_cell_magic("oblix", "", "warm up")

@@ -23,7 +23,13 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from .client import OblixClient
-    from .errors import InvalidSessionId, ModelError, NoModelConfigured, OblixError, SessionNotFound
+    from .errors import (
+        InvalidSessionId,
+        ModelError,
+        NoModelConfigured,
+        OblixError,
+        SessionNotFound,
+    )
     from .store.sessions import SessionManager
 
 
@@ -34,14 +40,21 @@ def _jupyter_labextension_paths() -> list[dict[str, str]]:
 
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext oblix_jupyter``: register ``%%oblix``/``%oblix`` (litellm loads in the background)."""
-    from .magics import load
+    from .frontends.magics import load
 
     load(ipython)
 
 
+async def open_chat(client: OblixClient, session_id: str | None = None) -> str | None:
+    """What ``OblixClient.start_chat`` opens: the chat panel in a Jupyter kernel, else a terminal loop."""
+    from .frontends.chat import open_chat as open_front_end
+
+    return await open_front_end(client, session_id)
+
+
 def current() -> Any:
     """This notebook's session as a scripting object (``.messages``, ``.ask(...)``)."""
-    from .magics import active
+    from .frontends.magics import active
 
     return active().current()
 

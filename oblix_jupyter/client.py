@@ -11,12 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from datetime import timedelta
 from typing import IO, TYPE_CHECKING, Any
 
-from .errors import AnswerInterrupted, ModelError, NoModelConfigured, redact
+from .errors import (
+    AnswerInterrupted,
+    BadArguments,
+    CorruptSession,
+    ModelError,
+    NoModelConfigured,
+    redact,
+)
 from .models.gateway import (
     DEFAULT_ANSWER_RESERVE,
     ModelGateway,
@@ -24,16 +34,19 @@ from .models.gateway import (
     count_tokens,
     max_input_tokens,
     model_notice,
+    model_rows,
+    preload_litellm,
+    split_models,
 )
 from .store.sessions import SessionManager, SessionStore
 
 if TYPE_CHECKING:  # the selector's modules load on the first turn, keeping %load_ext light
-    from .context.selector import ContextPlan
     from .context.embedder import VectorTable
-    from .vectors import VectorCache
-    from .kernel.state import NotebookContext
     from .context.relevance import LexicalIndex
+    from .context.selector import ContextPlan
+    from .kernel.state import NotebookContext
     from .kernel.variables import VariableSummary
+    from .vectors import VectorCache
 
 TextSink = Callable[[str], Any] | IO[str]
 
@@ -44,7 +57,9 @@ class OblixClient:
     ``oblix_api_key`` is accepted so code written for the Oblix SDK runs unchanged;
     models are called through litellm, with provider keys from the usual environment
     variables. ``model_options`` maps a model name to extra litellm arguments
-    (``api_base``...), which are never written into a session.
+    (``api_base``...), which are never written into a session. ``store`` is where the
+    sessions live (a directory; ``~/.oblix/sessions`` by default), unless a
+    ``session_manager`` is given.
     """
 
     def __init__(
@@ -58,12 +73,13 @@ class OblixClient:
         timeout: float | None = None,
         semantic: bool | None = None,
         embed_seconds: float = 2.0,
+        store: str | os.PathLike[str] | None = None,
     ) -> None:
         del oblix_api_key  # deliberately not kept: nothing of it may reach a session or a log
         self.model = model
         self.fallback_models = fallback_models
         self.max_input_tokens = max_input_tokens
-        self.session_manager: SessionStore = session_manager or SessionManager()
+        self.session_manager: SessionStore = session_manager or SessionManager(store)
         self.current_session_id: str | None = None
         self.gateway = ModelGateway(model_options=model_options, timeout=timeout)
         self.semantic = semantic
@@ -110,6 +126,102 @@ class OblixClient:
     def resolve_session_id(self, id_or_prefix: str) -> str:
         """A full session id from an id or a unique prefix, as the front ends accept."""
         return self.session_manager.resolve_id(id_or_prefix)
+
+    def get_session(self, session_id: str) -> dict[str, Any]:
+        """The full session; ``SessionNotFound`` when there is none (``load_session`` returns None instead)."""
+        return self.session_manager.get_session(session_id)
+
+    def search_sessions(self, query: str, limit: int = 50) -> list[dict[str, Any]]:
+        """Summaries of the sessions whose title or messages contain ``query``, newest first."""
+        return self.session_manager.search_sessions(query, limit=limit)
+
+    def unreadable_sessions(self) -> list[CorruptSession]:
+        """The session files the last listing could not read (each is also warned about once)."""
+        return list(self.session_manager.problems)
+
+    def rename_session(self, session_id: str, title: str) -> dict[str, Any]:
+        return self.session_manager.update_session(session_id, title=title)
+
+    def set_model(self, session_id: str, model: str | None, fallback_models: str | Sequence[str] | None = None) -> list[str]:
+        """Pin ``model`` to the session (None: the configured default) and, if given, its own fallbacks; returns the chain.
+
+        ``fallback_models`` may be a list or a comma-separated string, as typed.
+        """
+        fields: dict[str, Any] = {"model": model}
+        if fallback_models is not None:
+            fields["fallback_models"] = split_models(fallback_models)
+        return self.models_for(self.session_manager.update_session(session_id, **fields))
+
+    def update_context(self, session_id: str, values: dict[str, Any] | None = None, clear: Sequence[str] = ()) -> dict[str, Any]:
+        """Set and remove keys of the session's context (sent as a system message); returns the context."""
+        context = dict(self.get_session(session_id).get("context") or {})
+        context.update(values or {})
+        for key in clear:
+            context.pop(key, None)
+        return self.session_manager.update_session(session_id, context=context)["context"]
+
+    def pin_message(self, session_id: str, message_id: str, pinned: bool = True) -> list[str]:
+        """Always send (or, with ``pinned=False``, stop always sending) a message; returns the pinned ids."""
+        session = self.get_session(session_id)
+        if message_id not in {message.get("id") for message in session["messages"]}:
+            raise BadArguments(f"Session {session_id[:8]} has no message {message_id!r}.")
+        current = [m for m in session.get("pinned") or [] if m != message_id]
+        ids = [*current, message_id] if pinned else current
+        return self.session_manager.update_session(session_id, pinned=ids)["pinned"]
+
+    def prune_sessions(self, older_than: timedelta, dry_run: bool = False) -> list[str]:
+        """Delete (or with ``dry_run`` only name) the sessions not updated within ``older_than``."""
+        doomed = self.session_manager.prune(older_than, dry_run=True)
+        if not dry_run:
+            for session_id in doomed:
+                self.delete_session(session_id)
+        return doomed
+
+    def export_session(self, session_id: str, path: str | os.PathLike[str]) -> str:
+        """Write the session to ``path`` as ``.json`` (the SDK's shape), ``.ipynb`` or ``.md``; returns the absolute path."""
+        from .store.formats import export_session
+
+        return export_session(self.session_manager, session_id, path)
+
+    def import_session(self, path: str | os.PathLike[str], keep_id: bool = False) -> str:
+        """Store the session in a ``.json`` or exported ``.ipynb`` file; returns its id (a new one unless ``keep_id`` and free)."""
+        from .store.formats import import_session
+
+        return import_session(self.session_manager, path, keep_id=keep_id)
+
+    def session_version(self, session_id: str) -> Any:
+        """A value that changes whenever the session is written, for front ends that follow it."""
+        return self.session_manager.session_version(session_id)
+
+    def bind(self, notebook: str, session_id: str) -> None:
+        """Bind a notebook (its path, or another stable key) to a session."""
+        self.session_manager.bind(notebook, session_id)
+
+    def unbind(self, notebook: str) -> None:
+        self.session_manager.unbind(notebook)
+
+    def bound_session(self, notebook: str) -> str | None:
+        """The session bound to ``notebook``, or None (also when that session was deleted)."""
+        return self.session_manager.bound_session(notebook)
+
+    def bindings(self) -> dict[str, str]:
+        """Every notebook key and the session bound to it."""
+        return self.session_manager.bindings()
+
+    @staticmethod
+    def warm_up() -> threading.Thread:
+        """Start importing litellm in the background, so the first turn does not wait for it."""
+        return preload_litellm()
+
+    def diagnose(self) -> list[tuple[str, str]]:
+        """What ``oblix doctor`` reports of the store and the models: rows of (what, state), never a key's value."""
+        store = self.session_manager
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # unreadable files are listed below instead
+            readable = store.list_sessions(limit=None)
+        rows = [("store", store.location), ("sessions", str(len(readable)))]
+        rows += [("unreadable", f"{problem.path} ({problem.reason})") for problem in store.problems] or [("unreadable", "none")]
+        return rows + model_rows(self.model, self.fallback_models)
 
     # -- turns --------------------------------------------------------------------
 
@@ -317,30 +429,12 @@ class OblixClient:
     async def start_chat(self, session_id: str | None = None) -> str | None:
         """An interactive chat: the chat panel inside Jupyter, a terminal loop elsewhere (``exit`` to leave).
 
-        Returns the session id the chat is in.
+        Returns the session id the chat is in. The front end is opened by
+        ``oblix_jupyter.open_chat``, so that this client imports no front end.
         """
-        if _in_jupyter_kernel():
-            from IPython.display import display
+        from . import open_chat
 
-            from .panel import ChatPanel
-
-            panel = ChatPanel(self, session_id=session_id)
-            display(panel)
-            return panel.session_id
-        from .terminal_chat import run_terminal_chat
-
-        return await asyncio.to_thread(run_terminal_chat, self, session_id)
-
-
-def _in_jupyter_kernel() -> bool:
-    """True when running in a Jupyter kernel, where widgets can be shown."""
-    import sys
-
-    if "IPython" not in sys.modules:
-        return False
-    from IPython import get_ipython
-
-    return getattr(get_ipython(), "kernel", None) is not None
+        return await open_chat(self, session_id)
 
 
 def _settle(pending: Future[Any] | None) -> Any:

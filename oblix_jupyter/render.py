@@ -1,4 +1,9 @@
-"""Untrusted Markdown (a model's answer, a stored session) as HTML that can run and fetch nothing.
+"""How stored and untrusted text is shown to people: inert HTML, inert Markdown, terminal text, times.
+
+This module imports nothing of the package, so every layer may use it (the store
+writes transcripts with it, the front ends display with it).
+
+Untrusted Markdown (a model's answer, a stored session) becomes HTML that can run and fetch nothing.
 
 JupyterLab trusts the outputs of the running session: Markdown or HTML it is handed
 is rendered without sanitising, and a ``<script>`` in trusted HTML is even executed
@@ -30,8 +35,10 @@ from __future__ import annotations
 
 import functools
 import html
+import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -167,6 +174,44 @@ def terminal_text(text: str) -> str:
 
 
 _TERMINAL_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+ROLE_NAMES = {"user": "User", "assistant": "Assistant", "system": "System"}
+
+
+def message_header(message: Mapping[str, Any], escape: Callable[[str], str] = inert_markdown) -> str:
+    """The line that says who spoke (and which model, and whether it was cut short), as Markdown."""
+    parts = [f"**{ROLE_NAMES.get(str(message.get('role')), 'Message')}**"]
+    parts += [escape(str(message[field])) for field in ("model", "status") if message.get(field)]
+    return " · ".join(parts)
+
+
+def local_time(timestamp: str, brief: bool = False) -> str:
+    """A stored timestamp in the reader's local time, to the minute; ``brief``: only the time of day if it is today."""
+    moment = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    moment = (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).astimezone()
+    return moment.strftime("%H:%M" if brief and moment.date() == datetime.now().date() else "%Y-%m-%d %H:%M")
+
+
+def transcript(session: Mapping[str, Any], escape: Callable[[str], str] = inert_markdown) -> str:
+    """The conversation as Markdown: the ``.md`` export and what ``oblix show`` prints.
+
+    Everything that came from the session goes through ``escape``: by default
+    ``inert_markdown``, so the programs that open the file show raw HTML in it as text
+    (``oblix show`` passes ``terminal_text`` instead).
+    """
+    title = " ".join(str(session.get("title") or "Untitled session").split())
+    lines = [
+        f"# {escape(title)}",
+        "",
+        f"Session `{session['id']}` · model {escape(str(session.get('model') or 'not yet chosen'))} · "
+        f"created {local_time(session['created_at'])} · updated {local_time(session['updated_at'])}",
+    ]
+    if session.get("context"):
+        lines += ["", "Context:", "", "```json", terminal_text(json.dumps(session["context"], ensure_ascii=False, indent=1)), "```"]
+    for message in session["messages"]:
+        lines += ["", message_header(message, escape), "", escape(message["content"])]
+    return "\n".join(lines) + "\n"
 
 
 def prepare() -> None:

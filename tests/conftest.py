@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 import pytest
-
 from model_server import ModelServer
 
 TEST_MODEL = "openai/test-model"

@@ -18,12 +18,12 @@ import uuid
 
 import nbformat
 import pytest
-
 from conftest import TEST_KEY, TEST_MODEL
-from oblix_jupyter.models import local_model
-from oblix_jupyter.cli import main
-from oblix_jupyter.sessions import SessionManager
 from traces import assert_fully_traced, make_sessions, traces
+
+from oblix_jupyter.frontends.cli import main
+from oblix_jupyter.models import local_model
+from oblix_jupyter.sessions import SessionManager
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -35,7 +35,7 @@ def oblix(
     *arguments: str, stdin: str = "", env: dict[str, str] | None = None, cwd: str | os.PathLike[str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "oblix_jupyter.cli", *arguments],
+        [sys.executable, "-m", "oblix_jupyter.frontends.cli", *arguments],
         input=stdin,
         capture_output=True,
         text=True,
@@ -254,7 +254,7 @@ def test_commands_that_call_no_model_never_import_litellm(twins, tmp_path):
         ["prune", "--older-than", "1000w"], ["delete", "abcdef02", "--yes"], ["show", "no-such-id"],
     ]
     code = (
-        "import sys; from oblix_jupyter.cli import main\n"
+        "import sys; from oblix_jupyter.frontends.cli import main\n"
         f"for command in {commands!r}: main(command)\n"
         "print(sorted({'litellm', 'nbformat'} & set(sys.modules)), file=sys.stderr)"
     )
@@ -310,7 +310,7 @@ def test_ask_from_stdin_in_a_new_session_and_by_prefix_in_an_old_one(model_env, 
     # The two processes run side by side: each spends seconds importing litellm.
     def start(*arguments: str) -> subprocess.Popen[str]:
         return subprocess.Popen(
-            [sys.executable, "-m", "oblix_jupyter.cli", "ask", *arguments],
+            [sys.executable, "-m", "oblix_jupyter.frontends.cli", "ask", *arguments],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ),
         )
 

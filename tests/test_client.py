@@ -12,11 +12,17 @@ import textwrap
 import threading
 
 import pytest
-
 from conftest import TEST_KEY, TEST_MODEL
 from model_server import Behavior
+
 from oblix_jupyter import OblixClient, SessionManager
-from oblix_jupyter.errors import AnswerInterrupted, ModelError, NoModelConfigured, PromptTooLarge, SessionNotFound
+from oblix_jupyter.errors import (
+    AnswerInterrupted,
+    ModelError,
+    NoModelConfigured,
+    PromptTooLarge,
+    SessionNotFound,
+)
 
 SEED_SAMPLES = textwrap.dedent(
     """

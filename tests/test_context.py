@@ -9,12 +9,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from oblix_jupyter.context.selector import MESSAGE_OVERHEAD, conversation_messages, select_context
+from oblix_jupyter.context.inputs import NotebookContext, VariableSummary
+from oblix_jupyter.context.relevance import LexicalIndex
+from oblix_jupyter.context.selector import (
+    MESSAGE_OVERHEAD,
+    conversation_messages,
+    select_context,
+)
 from oblix_jupyter.errors import PromptTooLarge
 from oblix_jupyter.models.gateway import count_tokens
-from oblix_jupyter.context.inputs import NotebookContext
-from oblix_jupyter.context.relevance import LexicalIndex
-from oblix_jupyter.context.inputs import VariableSummary
 
 FILLER = (
     "Sure, here is how to plot the monthly totals with matplotlib and keep the labels readable.",

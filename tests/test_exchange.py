@@ -12,8 +12,13 @@ import nbformat
 import pytest
 
 from oblix_jupyter.errors import ImportFormatError
-from oblix_jupyter.store.formats import ExportFormatError, export_session, import_session, transcript
 from oblix_jupyter.sessions import SessionManager
+from oblix_jupyter.store.formats import (
+    ExportFormatError,
+    export_session,
+    import_session,
+    transcript,
+)
 
 pytestmark = pytest.mark.timeout(120)
 

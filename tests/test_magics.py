@@ -11,13 +11,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from jupyter_client.manager import start_new_kernel
-
 from kernels import outputs_text, run_cells
 from model_server import Behavior, ModelServer
 from traces import assert_fully_traced, make_sessions, traces
 from waiting import wait_until
+
 from oblix_jupyter.errors import BadArguments
-from oblix_jupyter.magics import interpolate, parse_cell_options, parse_line_command
+from oblix_jupyter.frontends.magics import (
+    interpolate,
+    parse_cell_options,
+    parse_line_command,
+)
 from oblix_jupyter.sessions import SessionManager
 
 pytestmark = pytest.mark.timeout(180)
@@ -244,7 +248,7 @@ def test_the_lab_extension_comm_reports_the_notebook_and_insertion_stops_when_it
     """What the extension does over its comm, sent as a browser would send it, to a real kernel."""
     notebook = str(tmp_path / "nb" / "from-the-page.ipynb")
     manager, kernel = start_new_kernel(kernel_name="python3", env={**os.environ, "JPY_SESSION_NAME": ""})
-    probe = "import oblix_jupyter.magics as m; print(m._active.insert_cell('x = 1'), m._active.binding.key)"
+    probe = "import oblix_jupyter.frontends.magics as m; print(m._active.lab.insert_cell('x = 1'), m._active.binding.key)"
 
     def printed(code: str) -> str:
         lines: list[str] = []
@@ -407,11 +411,11 @@ def test_an_open_chat_panel_follows_a_configuration_change(model_env, tmp_path):
         [
             LOAD,
             "%%oblix\nfirst question",
-            "from oblix_jupyter.magics import active\npanel = active().chat_panel()",
+            "from oblix_jupyter.frontends.magics import active\npanel = active().chat_panel()",
             f"%config Oblix.base_dir = {other_store!r}",
             "%%oblix\nin the new store",
-            "print(panel.store.base_dir, panel.client is active().client)\n"
-            "print([m['content'] for m in panel.store.get_session(panel.session_id)['messages']])",
+            "print(panel.client.session_manager.base_dir, panel.client is active().client)\n"
+            "print([m['content'] for m in panel.client.get_session(panel.session_id)['messages']])",
         ],
         str(tmp_path / "nb" / "panel.ipynb"),
     )

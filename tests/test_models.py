@@ -10,9 +10,8 @@ import time
 import pytest
 
 from oblix_jupyter import OblixClient
+from oblix_jupyter.errors import NoModelConfigured, redact
 from oblix_jupyter.models import local_model
-from oblix_jupyter.errors import NoModelConfigured
-from oblix_jupyter.errors import redact
 from oblix_jupyter.models.gateway import configured_models, model_notice
 
 needs_local = pytest.mark.skipif(not local_model.is_available(), reason=str(local_model.unavailable_reason()))

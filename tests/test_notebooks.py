@@ -5,8 +5,8 @@ from __future__ import annotations
 import pathlib
 
 import pytest
-
 from kernels import outputs_text, run_notebook_file
+
 from oblix_jupyter.models import local_model
 from oblix_jupyter.sessions import SessionManager
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from model_server import Behavior
-from oblix_jupyter.client import OblixClient
-from oblix_jupyter.kernel.binding import NotebookBinding
-from oblix_jupyter.panel import NO_SESSION, ChatPanel, notebook_variables
 from traces import assert_fully_traced, make_sessions, traces
 from waiting import wait_until
+
+from oblix_jupyter.client import OblixClient
+from oblix_jupyter.frontends.panel import NO_SESSION, ChatPanel, notebook_variables
+from oblix_jupyter.kernel.binding import NotebookBinding
 
 pytestmark = pytest.mark.timeout(60)
 NOTEBOOK = "work/analysis.ipynb"
@@ -34,7 +34,7 @@ def client(model_env):
 @pytest.fixture
 def binding(client, monkeypatch):
     monkeypatch.delenv("JPY_SESSION_NAME", raising=False)
-    bound = NotebookBinding(client.session_manager, {})
+    bound = NotebookBinding(client, {})
     bound.reported_path = NOTEBOOK
     return bound
 

@@ -12,9 +12,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from oblix_jupyter.context.selector import conversation_messages, select_context
-from oblix_jupyter.sessions import SessionManager
-from oblix_jupyter.store.sessions import vector_path
 from oblix_jupyter.context.relevance import (
     LexicalIndex,
     chunks,
@@ -26,6 +23,9 @@ from oblix_jupyter.context.relevance import (
     truncate_to_tokens,
     words,
 )
+from oblix_jupyter.context.selector import conversation_messages, select_context
+from oblix_jupyter.sessions import SessionManager
+from oblix_jupyter.store.sessions import vector_path
 
 
 def approx(text: str) -> int:

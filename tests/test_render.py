@@ -9,7 +9,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from markdown_it import MarkdownIt
 
-from oblix_jupyter.render import image_is_local, inert_markdown, link_allowed, markdown_html
+from oblix_jupyter.render import (
+    image_is_local,
+    inert_markdown,
+    link_allowed,
+    markdown_html,
+)
 
 PAYLOADS = [
     "<script>window.pwned = 1</script>",

@@ -19,6 +19,7 @@ from multiprocessing import get_context
 
 import pytest
 from tinydb import TinyDB
+from traces import assert_fully_traced, make_sessions, traces
 
 from oblix_jupyter.errors import (
     AmbiguousSessionId,
@@ -30,7 +31,6 @@ from oblix_jupyter.errors import (
 )
 from oblix_jupyter.sessions import SessionManager
 from oblix_jupyter.store.sessions import SEED_FIELDS
-from traces import assert_fully_traced, make_sessions, traces
 
 TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")

@@ -12,9 +12,13 @@ import pandas as pd
 import pytest
 
 from oblix_jupyter.kernel import variables as variables_module
-from oblix_jupyter.models.gateway import count_tokens
-from oblix_jupyter.kernel.state import format_error, gather_notebook_context, is_notebook_frame
+from oblix_jupyter.kernel.state import (
+    format_error,
+    gather_notebook_context,
+    is_notebook_frame,
+)
 from oblix_jupyter.kernel.variables import referenced_names, summarize_variables
+from oblix_jupyter.models.gateway import count_tokens
 
 
 @functools.lru_cache(maxsize=None)

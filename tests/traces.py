@@ -26,6 +26,7 @@ CREATOR = textwrap.dedent(
     from oblix_jupyter.context.selector import conversation_messages
     from oblix_jupyter.context.embedder import load_embedder, unavailable_reason
     from oblix_jupyter.vectors import VectorCache
+    from oblix_jupyter import OblixClient
     from oblix_jupyter.kernel.binding import NotebookBinding
     from oblix_jupyter.sessions import SessionManager
     from oblix_jupyter.store.files import atomic_write_bytes, ensure_private_dir
@@ -47,7 +48,7 @@ CREATOR = textwrap.dedent(
     }})
     store.bind(notebook, doomed)
     store.bind(notebook + " (a second key for the same session)", doomed)
-    binding = NotebookBinding(store, {{}})
+    binding = NotebookBinding(OblixClient(session_manager=store), {{}})
     binding.reported_path = notebook + ".kept.ipynb"
     kept = binding.session_id(create=True)
     store.save_message(kept, "How do I plot petal length?")

@@ -23,7 +23,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from importlib import resources
 from typing import Any
 
-
 MODEL_ID = "all-MiniLM-L6-v2-int8"
 MAX_WORDPIECES = 256  # the model's max_seq_length in sentence-transformers
 BATCH = 32

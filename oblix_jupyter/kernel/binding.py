@@ -11,9 +11,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
-from ..store.sessions import SessionStore
+
+class Sessions(Protocol):
+    """What a binding needs of ``OblixClient``: the notebook → session table, and new sessions."""
+
+    def bound_session(self, notebook: str) -> str | None: ...
+    def bind(self, notebook: str, session_id: str) -> None: ...
+    def unbind(self, notebook: str) -> None: ...
+    def bindings(self) -> dict[str, str]: ...
+    def create_session_sync(
+        self, title: str | None = None, initial_context: dict[str, Any] | None = None, metadata: dict[str, Any] | None = None
+    ) -> str: ...
 
 
 def notebook_key(namespace: Mapping[str, Any], reported_path: str | None = None) -> str:
@@ -40,8 +50,8 @@ def notebook_title(key: str) -> str:
 class NotebookBinding:
     """The session of one notebook: found again after restarts, created on first use."""
 
-    def __init__(self, store: SessionStore, namespace: Mapping[str, Any]) -> None:
-        self.store = store
+    def __init__(self, sessions: Sessions, namespace: Mapping[str, Any]) -> None:
+        self.sessions = sessions
         self.namespace = namespace
         self.reported_path: str | None = None  # set by the JupyterLab extension
 
@@ -52,7 +62,7 @@ class NotebookBinding:
     def session_id(self, create: bool = True) -> str | None:
         """The bound session's id; a new session titled after the notebook when there is none."""
         key = self.key
-        session_id = self.store.bound_session(key)
+        session_id = self.sessions.bound_session(key)
         if session_id is None and create:
             session_id = self.new_session(notebook_title(key))
         return session_id
@@ -60,13 +70,13 @@ class NotebookBinding:
     def new_session(self, title: str | None = None) -> str:
         """Start a session for this notebook (recorded in its metadata) and bind the notebook to it."""
         key = self.key
-        session_id = self.store.create_session(title=title, metadata={"notebook": key})
-        self.store.bind(key, session_id)
+        session_id = self.sessions.create_session_sync(title=title, metadata={"notebook": key})
+        self.sessions.bind(key, session_id)
         return session_id
 
     def use(self, session_id: str) -> None:
         """Bind this notebook to an existing session (the user's explicit choice)."""
-        self.store.bind(self.key, session_id)
+        self.sessions.bind(self.key, session_id)
 
     def follow_path(self, new_path: str) -> None:
         """The extension reported the notebook's path (on open or after a rename): keep the binding.
@@ -83,15 +93,15 @@ class NotebookBinding:
         if isinstance(started_as, str) and started_as != base and started_as.endswith(base):
             keys.append(started_as[: len(started_as) - len(base)] + new_path)
         stale = [k for k in (previous, started_as) if isinstance(k, str) and k and k not in keys]
-        bound = (self.store.bound_session(k) for k in [*keys, *stale])
+        bound = (self.sessions.bound_session(k) for k in [*keys, *stale])
         session_id = next((s for s in bound if s is not None), None)
         if session_id is None:
             return
-        current = self.store.bindings()
+        current = self.sessions.bindings()
         for key in keys:
             if current.get(key) != session_id:
-                self.store.bind(key, session_id)
+                self.sessions.bind(key, session_id)
         for key in stale:
             if current.get(key) == session_id:
-                self.store.unbind(key)
+                self.sessions.unbind(key)
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-from . import local_model
 from ..errors import ModelError, NoModelConfigured, redact
+from . import local_model
 
 DEFAULT_MAX_INPUT_TOKENS = 8192
 DEFAULT_ANSWER_RESERVE = 1024
@@ -57,7 +57,8 @@ def preload_litellm() -> threading.Thread:
     return thread
 
 
-def _split_models(value: str | Sequence[str] | None) -> list[str]:
+def split_models(value: str | Sequence[str] | None) -> list[str]:
+    """Model names from a comma-separated string (``OBLIX_FALLBACK_MODELS``, a form field) or a list."""
     if value is None:
         return []
     items = value.split(",") if isinstance(value, str) else list(value)
@@ -78,7 +79,7 @@ def configured_models(model: str | None = None, fallback_models: str | Sequence[
         if not local_model.is_available():
             raise NoModelConfigured(f"Or add the small offline model: {local_model.INSTALL_HINT}")
         primary = local_model.LOCAL_MODEL
-    fallbacks = _split_models(fallback_models if fallback_models is not None else os.environ.get("OBLIX_FALLBACK_MODELS"))
+    fallbacks = split_models(fallback_models if fallback_models is not None else os.environ.get("OBLIX_FALLBACK_MODELS"))
     return _dedupe([primary, *fallbacks])
 
 
@@ -95,6 +96,32 @@ def model_notice(model: str) -> str | None:
 
 def _dedupe(models: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(models))
+
+
+def model_rows(model: str | None = None, fallback_models: str | Sequence[str] | None = None) -> list[tuple[str, str]]:
+    """Which models a new session would use, and whether each can authenticate; never a key's value."""
+    offline = local_model.unavailable_reason() or "installed"
+    rows = [("offline model", offline if local_model_allowed() else f"{offline}, turned off by OBLIX_LOCAL_MODEL")]
+    try:
+        models = configured_models(model, fallback_models)
+    except NoModelConfigured as error:
+        return [("model", f"none. {error}"), *rows]
+    if models[0] == local_model.LOCAL_MODEL:
+        first = f"{models[0]}, the offline default (tiny, unreliable); set OBLIX_MODEL, e.g. OBLIX_MODEL=openai/gpt-4o-mini"
+    else:
+        first = f"{models[0]} (OBLIX_MODEL)" if model is None else models[0]
+    rows = [("model", first), *[("fallback", name) for name in models[1:]], *rows]
+    for name in models:
+        if name == local_model.LOCAL_MODEL:
+            continue  # needs no key, and so no litellm import just to say so
+        litellm = litellm_module()
+        try:
+            missing = litellm.validate_environment(model=name).get("missing_keys") or []
+        except Exception as error:  # litellm raises various types for providers it cannot check
+            rows.append((f"key for {name}", f"cannot tell ({type(error).__name__})"))
+            continue
+        rows.append((f"key for {name}", f"missing: set {' or '.join(missing)}" if missing else "set"))
+    return rows
 
 
 def max_input_tokens(model: str, override: int | None = None) -> int:
@@ -314,5 +341,7 @@ __all__ = [
     "litellm_module",
     "max_input_tokens",
     "model_notice",
+    "model_rows",
     "preload_litellm",
+    "split_models",
 ]

@@ -245,7 +245,9 @@ class LockedAtomicStorage(Storage):
         self._lists: ListCodes = {}  # encodings of the lists in _data as the file holds them
         self._parsed = parsed
         if lock_path is not None:
-            from filelock import Timeout  # imported on the first write: it costs start-up time
+            from filelock import (
+                Timeout,  # imported on the first write: it costs start-up time
+            )
 
             lock = _file_lock(lock_path)
             try:

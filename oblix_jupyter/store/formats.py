@@ -13,15 +13,14 @@ seconds (its JSON-schema validator), which the other formats should not pay.
 from __future__ import annotations
 
 import functools
-import json
 import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ExportFormatError, ImportFormatError, InvalidSessionId
-from ..render import inert_markdown, terminal_text
-from .sessions import check_session_shape, parse_time, read_import_file
+from ..render import inert_markdown, message_header, transcript
 from .files import atomic_write_bytes
+from .sessions import check_session_shape, read_import_file
 
 if TYPE_CHECKING:
     from .sessions import SessionManager
@@ -30,7 +29,6 @@ EXPORT_FORMATS = (".ipynb", ".md", ".json")
 IMPORT_FORMATS = (".ipynb", ".json")
 METADATA_KEY = "oblix"  # notebook and cell metadata key; other tools keep their own keys
 NOTEBOOK_LAYOUT = 1  # bumped if the layout of our notebook metadata ever changes
-ROLE_NAMES = {"user": "User", "assistant": "Assistant", "system": "System"}
 
 
 def export_session(store: SessionManager, session_id: str, path: str | os.PathLike[str]) -> str:
@@ -73,42 +71,6 @@ def import_session(store: SessionManager, path: str | os.PathLike[str], keep_id:
             # a file that is malformed fails again, with the same message, below.
             pass
     return add(new_id=True)
-
-
-# -- Markdown, for people -----------------------------------------------------------
-
-
-def message_header(message: dict[str, Any], escape: Callable[[str], str] = inert_markdown) -> str:
-    """The line that says who spoke (and which model, and whether it was cut short)."""
-    parts = [f"**{ROLE_NAMES[message['role']]}**"]
-    parts += [escape(str(message[field])) for field in ("model", "status") if message.get(field)]
-    return " · ".join(parts)
-
-
-def display_time(timestamp: str) -> str:
-    """A stored timestamp in the reader's local time, to the minute."""
-    return parse_time(timestamp).astimezone().strftime("%Y-%m-%d %H:%M")
-
-
-def transcript(session: dict[str, Any], escape: Callable[[str], str] = inert_markdown) -> str:
-    """The conversation as Markdown: the ``.md`` export and what ``oblix show`` prints.
-
-    Everything that came from the session goes through ``escape``: by default
-    ``inert_markdown``, so the programs that open the file show raw HTML in it as text
-    (``oblix show`` passes ``render.terminal_text`` instead).
-    """
-    title = " ".join(str(session.get("title") or "Untitled session").split())
-    lines = [
-        f"# {escape(title)}",
-        "",
-        f"Session `{session['id']}` · model {escape(str(session.get('model') or 'not yet chosen'))} · "
-        f"created {display_time(session['created_at'])} · updated {display_time(session['updated_at'])}",
-    ]
-    if session.get("context"):
-        lines += ["", "Context:", "", "```json", terminal_text(json.dumps(session["context"], ensure_ascii=False, indent=1)), "```"]
-    for message in session["messages"]:
-        lines += ["", message_header(message, escape), "", escape(message["content"])]
-    return "\n".join(lines) + "\n"
 
 
 # -- notebooks ----------------------------------------------------------------------

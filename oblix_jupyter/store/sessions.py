@@ -203,6 +203,16 @@ class SessionStore(Protocol):
     def bound_session(self, key: str) -> str | None: ...
     def bindings(self) -> dict[str, str]: ...
     def resolve_id(self, id_or_prefix: str) -> str: ...
+    def search_sessions(self, query: str, limit: int = 50) -> list[dict[str, Any]]: ...
+    def prune(self, older_than: timedelta, dry_run: bool = False) -> list[str]: ...
+    def add_session(self, data: dict[str, Any], new_id: bool = True) -> str: ...
+    def session_version(self, session_id: str) -> Any: ...
+    def read_vectors(self, session_id: str, model: str) -> bytes | None: ...
+    def write_vectors(self, session_id: str, model: str, payload: bytes) -> None: ...
+    @property
+    def location(self) -> str: ...
+    @property
+    def problems(self) -> list[CorruptSession]: ...
 
 
 class SessionManager:
@@ -223,6 +233,19 @@ class SessionManager:
 
     def session_path(self, session_id: str) -> str:
         return os.path.join(self.base_dir, f"{validate_session_id(session_id)}.json")
+
+    @property
+    def location(self) -> str:
+        """Where the sessions are, for people (``oblix doctor``)."""
+        return self.base_dir
+
+    def session_version(self, session_id: str) -> Any:
+        """A value that changes whenever the session is written (None while it does not exist): cheap to poll."""
+        try:
+            stat = os.stat(self.session_path(session_id))
+        except OSError:
+            return None
+        return (stat.st_mtime_ns, stat.st_size)
 
     @contextmanager
     def _transaction(self, session_id: str) -> Iterator[TinyDB]:

@@ -22,9 +22,9 @@ from typing import Any
 
 import nbformat
 import pytest
+from waiting import wait_until
 
 from oblix_jupyter.sessions import SessionManager
-from waiting import wait_until
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = [

@@ -24,7 +24,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-
 from model_server import Behavior
 
 pytestmark = pytest.mark.timeout(240)

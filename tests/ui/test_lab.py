@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from model_server import Behavior
 
 pytestmark = pytest.mark.timeout(180)

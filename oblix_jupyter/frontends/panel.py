@@ -1,8 +1,8 @@
-"""``ChatPanel``: the chat front end in ipywidgets, over ``OblixClient`` and its store.
+"""``ChatPanel``: the chat front end in ipywidgets, over ``OblixClient``.
 
 It shows one session's conversation (rendered inertly, see ``render``), sends what is typed through
 ``execute_sync`` on a background thread (the kernel stays free, Stop works, the answer
-streams in), and manages sessions and models through the store's own calls. The
+streams in), and manages sessions and models through the client. The
 notebook's ``%%oblix`` cells use the same session: the magics call ``refresh`` after
 each cell, and while a front end shows the panel a daemon thread watches the session
 file, so turns from anywhere else appear too.
@@ -11,7 +11,6 @@ file, so turns from anywhere else appear too.
 from __future__ import annotations
 
 import html
-import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -19,13 +18,14 @@ from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 
-from .display import UPDATE_INTERVAL, PlanView, code_blocks, message_html, short_time
-from .errors import AnswerInterrupted, OblixError
-from .kernel.binding import NotebookBinding, notebook_title
-from .kernel.variables import is_hidden_name, summarize_variables
+from ..errors import AnswerInterrupted, OblixError
+from ..kernel.binding import NotebookBinding, notebook_title
+from ..kernel.variables import is_hidden_name, summarize_variables
+from ..render import local_time
+from .display import UPDATE_INTERVAL, PlanView, code_blocks, message_html
 
 if TYPE_CHECKING:
-    from .client import OblixClient
+    from ..client import OblixClient
 
 POLL_INTERVAL = 1.0  # seconds between checks of the session file while the panel is shown
 RECENT_SESSIONS = 20
@@ -76,7 +76,7 @@ def message_view(role: str) -> widgets.Output:
 
 def message_outputs(message: Mapping[str, Any]) -> tuple[dict[str, Any], ...]:
     """One stored message as the panel shows it: who (model, status) and when, then the text."""
-    when = short_time(message["timestamp"]) if message.get("timestamp") else ""
+    when = local_time(message["timestamp"], brief=True) if message.get("timestamp") else ""
     rich = message_html(message, [when], note=INCOMPLETE.get(str(message.get("status")), ""))
     return html_outputs(rich, f"{message.get('role')}: {message.get('content', '')}")
 
@@ -107,11 +107,10 @@ class ChatPanel(widgets.VBox):
     ) -> None:
         """``insert_code`` puts code into a new notebook cell (the magics pass the lab extension's)."""
         if client is None:
-            from .client import OblixClient
+            from ..client import OblixClient
 
             client = OblixClient()
         self.client = client
-        self.store = client.session_manager
         self.namespace: Mapping[str, Any] = namespace if namespace is not None else {}
         self.binding = binding
         self.insert_code = insert_code
@@ -254,7 +253,7 @@ class ChatPanel(widgets.VBox):
         if self._session_id is None:
             return None
         try:
-            session = self.store.load_session(self._session_id)
+            session = self.client.load_session(self._session_id)
         except OblixError as error:
             self._show_notice(str(error), error=True)
             return None
@@ -266,7 +265,6 @@ class ChatPanel(widgets.VBox):
         """Carry on with another client: the magics' configuration (model, store) changed."""
         with self._render_lock:
             self.client = client
-            self.store = client.session_manager
             self.binding = binding
             self._session_id = None  # found again through the binding, in the new store
         self.refresh()
@@ -282,7 +280,7 @@ class ChatPanel(widgets.VBox):
             # Taken before reading: a write landing while this renders is seen by the next check.
             self._last_signature = self._signature(bound)
             session = self._session()
-            recent = self.store.list_sessions(limit=RECENT_SESSIONS)
+            recent = self.client.list_sessions(limit=RECENT_SESSIONS)
             self._render_picker(session, recent)
             self._render_settings(session, recent)
             self._render_messages(session)
@@ -400,7 +398,7 @@ class ChatPanel(widgets.VBox):
         self._show_notice("")
         try:
             session_id = self._ensure_session()
-            before = len(self.store.get_session(session_id)["messages"])
+            before = len(self.client.get_session(session_id)["messages"])
         except OblixError as error:
             self._show_notice(str(error), error=True)
             return
@@ -527,7 +525,7 @@ class ChatPanel(widgets.VBox):
         if self.binding is not None:
             self._session_id = self.binding.new_session(notebook_title(self.binding.key))
         else:
-            self._session_id = self.store.create_session()
+            self._session_id = self.client.create_session_sync()
         self._last_plan = None
         self._show_notice("")
         self.refresh()
@@ -537,15 +535,14 @@ class ChatPanel(widgets.VBox):
         if not title:
             self._show_notice("Type the new title first.", error=True)
             return
-        self._act(lambda: self.store.update_session(self._ensure_session(), title=title), f"Renamed to {title!r}.")
+        self._act(lambda: self.client.rename_session(self._ensure_session(), title), f"Renamed to {title!r}.")
 
     def _apply_model(self, _button: Any = None) -> None:
         model = self.model_field.value.strip() or None
-        fallbacks = [name.strip() for name in self.fallbacks_field.value.split(",") if name.strip()]
+        fallbacks = self.fallbacks_field.value
 
         def apply() -> None:
-            session = self.store.update_session(self._ensure_session(), model=model, fallback_models=fallbacks)
-            chain = self.client.models_for(session)
+            chain = self.client.set_model(self._ensure_session(), model, fallbacks)
             self._show_notice(f"Model: {chain[0]}; fallbacks: {', '.join(chain[1:]) or 'none'}.")
 
         self._act(apply)
@@ -582,11 +579,7 @@ class ChatPanel(widgets.VBox):
 
     def _signature(self, bound: str | None) -> tuple[Any, ...]:
         session_id = bound or self._session_id
-        try:
-            stat = os.stat(self.store.session_path(session_id)) if session_id else None
-        except OSError:
-            stat = None
-        return (bound, session_id, stat and (stat.st_mtime_ns, stat.st_size))
+        return (bound, session_id, self.client.session_version(session_id) if session_id else None)
 
     def check_for_changes(self) -> bool:
         """Refresh if the session (or the notebook's binding) changed on disk; True if it did."""

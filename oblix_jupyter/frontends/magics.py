@@ -24,14 +24,22 @@ from IPython.display import display
 from IPython.utils._process_common import arg_split
 from traitlets import Bool, Int, List, Unicode, observe
 
-from . import render
-from .client import OblixClient
-from .display import Conversation, Message, PlanView, StreamingOutput, Table, code_blocks, footer
-from .errors import AnswerInterrupted, BadArguments, OblixError
+from ..client import OblixClient
+from ..errors import AnswerInterrupted, BadArguments, OblixError
+from ..kernel.binding import NotebookBinding
+from ..kernel.envfile import load_dotenv
+from ..render import local_time, prepare
+from .comm import LabExtension
+from .display import (
+    Conversation,
+    Message,
+    PlanView,
+    StreamingOutput,
+    Table,
+    code_blocks,
+    footer,
+)
 from .handle import SessionHandle
-from .kernel.envfile import load_dotenv
-from .kernel.binding import NotebookBinding
-from .store.sessions import SessionManager
 
 _FIELD = re.compile(r"\{\{|\}\}|\{([A-Za-z_]\w*)(?:\[(-?\d+)\])?\}")
 
@@ -199,7 +207,7 @@ class Oblix(Magics):
         self._dotenv_loaded = False
         self._dotenv_notice = ""  # what the .env loaded and ignored, until a footer has shown it
         self._panel: Any = None
-        self._frontend: Any = None  # the lab extension's comm, when it opened one
+        self.lab = LabExtension(self.follow_path, self.chat_panel)
         self.litellm_import: threading.Thread | None = None
         super().__init__(shell=shell, **kwargs)
 
@@ -216,7 +224,7 @@ class Oblix(Magics):
             self._client = OblixClient(
                 model=self.model or None,
                 fallback_models=self.fallback_models,
-                session_manager=SessionManager(self.base_dir or None),
+                store=self.base_dir or None,
                 max_input_tokens=self.max_input_tokens or None,
             )
         return self._client
@@ -224,7 +232,7 @@ class Oblix(Magics):
     @property
     def binding(self) -> NotebookBinding:
         if self._binding is None:
-            self._binding = NotebookBinding(self.client.session_manager, self.shell.user_ns)
+            self._binding = NotebookBinding(self.client, self.shell.user_ns)
             self._binding.reported_path = self._reported_path
         return self._binding
 
@@ -288,10 +296,10 @@ class Oblix(Magics):
                 raise BadArguments("The cell is empty: write the question below the %%oblix line.")
             session_id = self._session_for(options)
             if options.model:
-                self.client.session_manager.update_session(session_id, model=options.model)
+                self.client.set_model(session_id, options.model)
             self._prepare()
-            from .kernel.state import gather_notebook_context
-            from .kernel.variables import summarize_variables
+            from ..kernel.state import gather_notebook_context
+            from ..kernel.variables import summarize_variables
 
             # Variables are read from the cell as typed: {name} still marks a reference there.
             variables = summarize_variables(self.shell.user_ns, cell, named=options.vars)
@@ -356,16 +364,16 @@ class Oblix(Magics):
         display(Message(line_parser().format_help() + "\n" + Oblix.oblix_cell.parser.format_help(), error=False))
 
     def _command_sessions(self, options: argparse.Namespace) -> None:
-        store = self.client.session_manager
-        sessions = store.search_sessions(options.search) if options.search else store.list_sessions(None if options.all else 20)
+        client = self.client
+        sessions = client.search_sessions(options.search) if options.search else client.list_sessions(None if options.all else 20)
         bound = self.binding.session_id(create=False)
         rows = [
-            [s["title"], s["id"][:8], str(s["message_count"]), s.get("model") or "", s["updated_at"][:16].replace("T", " "),
+            [s["title"], s["id"][:8], str(s["message_count"]), s.get("model") or "", local_time(s["updated_at"]),
              "◀ this notebook" if s["id"] == bound else ""]
             for s in sessions
         ]
         display(Table(["title", "id", "messages", "model", "updated", ""], rows))
-        for problem in store.problems:
+        for problem in client.unreadable_sessions():
             display(Message(str(problem)))
 
     def _command_new(self, options: argparse.Namespace) -> None:
@@ -376,7 +384,7 @@ class Oblix(Magics):
     def _command_use(self, options: argparse.Namespace) -> None:
         session_id = self.client.resolve_session_id(options.session)
         self.binding.use(session_id)
-        title = self.client.session_manager.get_session(session_id)["title"]
+        title = self.client.get_session(session_id)["title"]
         display(Message(f"This notebook now continues {title!r} ({session_id[:8]}).", error=False))
 
     def _target(self, session: str | None, create: bool = False) -> str:
@@ -389,7 +397,7 @@ class Oblix(Magics):
         return session_id
 
     def _command_show(self, options: argparse.Namespace) -> None:
-        display(Conversation(self.client.session_manager.get_session(self._target(options.session)), options.last))
+        display(Conversation(self.client.get_session(self._target(options.session)), options.last))
 
     def _command_delete(self, options: argparse.Namespace) -> None:
         session_id = self.client.resolve_session_id(options.session)
@@ -400,30 +408,24 @@ class Oblix(Magics):
 
     def _command_rename(self, options: argparse.Namespace) -> None:
         session_id = self._target(None, create=True)
-        self.client.session_manager.update_session(session_id, title=" ".join(options.title))
+        self.client.rename_session(session_id, " ".join(options.title))
         display(Message(f"Renamed session {session_id[:8]} to {' '.join(options.title)!r}.", error=False))
 
     def _command_model(self, options: argparse.Namespace) -> None:
-        store = self.client.session_manager
         session_id = self._target(None, create=True)
-        changes: dict[str, Any] = {}
-        if options.model:
-            changes["model"] = options.model
-        if options.fallbacks is not None:
-            changes["fallback_models"] = [m.strip() for m in options.fallbacks.split(",") if m.strip()]
-        session = store.update_session(session_id, **changes) if changes else store.get_session(session_id)
-        chain = self.client.models_for(session)
+        session = self.client.get_session(session_id)
+        if options.model or options.fallbacks is not None:
+            chain = self.client.set_model(session_id, options.model or session.get("model"), options.fallbacks)
+        else:
+            chain = self.client.models_for(session)
         display(Message(f"Model: {chain[0]}; fallbacks: {', '.join(chain[1:]) or 'none'}.", error=False))
 
     def _command_context(self, options: argparse.Namespace) -> None:
-        store = self.client.session_manager
         session_id = self._target(None, create=True)
-        context = dict(store.get_session(session_id).get("context") or {})
-        for key in options.clear:
-            context.pop(key, None)
-        context.update(_parse_pairs(options.pairs))
         if options.pairs or options.clear:
-            store.update_session(session_id, context=context)
+            context = self.client.update_context(session_id, _parse_pairs(options.pairs), clear=options.clear)
+        else:
+            context = self.client.get_session(session_id).get("context") or {}
         display(Message(json.dumps(context, indent=1, ensure_ascii=False), error=False))
 
     def _command_pin(self, options: argparse.Namespace) -> None:
@@ -434,25 +436,15 @@ class Oblix(Magics):
 
     def _set_pinned(self, message_id: str, pin: bool) -> None:
         """Pinned messages are always sent, whatever the budget pressure (the selector keeps them first)."""
-        store = self.client.session_manager
-        session_id = self._target(None)
-        session = store.get_session(session_id)
-        if all(m.get("id") != message_id for m in session["messages"]):
-            raise BadArguments(f"This session has no message {message_id!r}; `%oblix show` lists the ids.")
-        pinned = [m for m in session.get("pinned", []) if m != message_id] + ([message_id] if pin else [])
-        store.update_session(session_id, pinned=pinned)
+        pinned = self.client.pin_message(self._target(None), message_id, pinned=pin)
         display(Message(f"Pinned messages: {', '.join(pinned) or 'none'}.", error=False))
 
     def _command_export(self, options: argparse.Namespace) -> None:
-        from .store.formats import export_session
-
-        path = export_session(self.client.session_manager, self._target(None), options.path)
+        path = self.client.export_session(self._target(None), options.path)
         display(Message(f"Exported to {path}.", error=False))
 
     def _command_import(self, options: argparse.Namespace) -> None:
-        from .store.formats import import_session
-
-        session_id = import_session(self.client.session_manager, options.path)
+        session_id = self.client.import_session(options.path)
         self.binding.use(session_id)
         display(Message(f"Imported session {session_id[:8]}; this notebook now continues it.", error=False))
 
@@ -461,15 +453,8 @@ class Oblix(Magics):
         from .panel import ChatPanel
 
         if self._panel is None:
-            self._panel = ChatPanel(self.client, namespace=self.shell.user_ns, binding=self.binding, insert_code=self.insert_cell)
+            self._panel = ChatPanel(self.client, namespace=self.shell.user_ns, binding=self.binding, insert_code=self.lab.insert_cell)
         return self._panel
-
-    def insert_cell(self, code: str) -> bool:
-        """Ask the JupyterLab extension to insert ``code`` as a new cell; False without the extension."""
-        if self._frontend is None:
-            return False
-        self._frontend.send({"action": "insert_cell", "code": code})
-        return True
 
     def _command_chat(self, options: argparse.Namespace) -> None:
         display(self.chat_panel())
@@ -496,7 +481,6 @@ def _parse_pairs(pairs: Sequence[str]) -> dict[str, Any]:
 
 
 _active: Oblix | None = None
-COMM_TARGET = "oblix.session"
 
 
 def load(shell: Any) -> Oblix:
@@ -504,18 +488,14 @@ def load(shell: Any) -> Oblix:
     global _active
     if _active is not None and _active.shell is shell:
         return _active
-    from .models.gateway import preload_litellm
-
     magics = Oblix(shell=shell, parent=shell)
     shell.register_magics(magics)
     shell.configurables.append(magics)
     if getattr(shell, "kernel", None) is not None:
-        import comm
-
-        comm.get_comm_manager().register_target(COMM_TARGET, lambda channel, message: _open_channel(magics, channel, message))
+        magics.lab.listen()
     _active = magics
-    threading.Thread(target=render.prepare, name="oblix-render-import", daemon=True).start()  # the first answer's display
-    magics.litellm_import = preload_litellm()  # last: the import competes for the GIL
+    threading.Thread(target=prepare, name="oblix-render-import", daemon=True).start()  # the first answer's display
+    magics.litellm_import = OblixClient.warm_up()  # last: the import competes for the GIL
     return magics
 
 
@@ -529,27 +509,3 @@ def active() -> Oblix:
             raise BadArguments("Not in IPython: use OblixClient directly, or run %load_ext oblix_jupyter.")
         return load(shell)
     return _active
-
-
-def _open_channel(magics: Oblix, channel: Any, message: dict[str, Any]) -> None:
-    """The JupyterLab extension opened its comm: it reports the notebook path, and asks for the chat panel."""
-
-    def receive(data: Mapping[str, Any]) -> None:
-        try:
-            if data.get("notebook_path"):
-                magics.follow_path(str(data["notebook_path"]))
-            if data.get("action") == "open_chat":
-                panel = magics.chat_panel()
-                channel.send({"action": "chat_widget", "model_id": panel.model_id})
-        except Exception as error:  # a comm handler must never take the kernel down
-            channel.send({"action": "error", "message": str(error)})
-
-    def closed(_message: Any) -> None:  # the page went away: inserting cells must say it cannot, not send into nothing
-        if magics._frontend is channel:
-            magics._frontend = None
-
-    magics._frontend = channel
-    receive(message["content"]["data"] or {})
-    channel.send({"action": "ack"})
-    channel.on_msg(lambda update: receive(update["content"]["data"] or {}))
-    channel.on_close(closed)

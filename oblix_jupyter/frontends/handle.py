@@ -11,7 +11,7 @@ import html
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .client import OblixClient
+    from ..client import OblixClient
 
 
 class SessionHandle:
@@ -23,7 +23,7 @@ class SessionHandle:
 
     def data(self) -> dict[str, Any]:
         """The whole session dict, as stored now."""
-        return self.client.session_manager.get_session(self.id)
+        return self.client.get_session(self.id)
 
     def __getattr__(self, name: str) -> Any:
         if name in ("title", "created_at", "updated_at", "messages", "context", "model", "metadata"):

@@ -13,15 +13,16 @@ import re
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from .store.formats import ROLE_NAMES
-from .render import markdown_html
-from .store.sessions import parse_time
+from ..render import ROLE_NAMES, local_time, markdown_html
 
-if TYPE_CHECKING:
-    from .context.selector import ContextPlan
+
+class Explained(Protocol):
+    """A turn's plan (``result["plan"]``), as far as showing it goes."""
+
+    def explain(self) -> str: ...
+
 
 UPDATE_INTERVAL = 0.1  # seconds between display updates while an answer streams (10 a second read as smooth)
 _CODE_BLOCK = re.compile(r"```[^\n`]*\n(.*?)```", re.DOTALL)
@@ -89,12 +90,6 @@ class Table:
         return {"text/html": f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>", "text/plain": self.plain()}
 
 
-def short_time(timestamp: str) -> str:
-    """A stored timestamp in local time: the time of day for today's messages, else the date too."""
-    moment = parse_time(timestamp).astimezone()
-    return moment.strftime("%H:%M" if moment.date() == datetime.now().date() else "%Y-%m-%d %H:%M")
-
-
 def message_html(message: Mapping[str, Any], details: Sequence[str] = (), note: str = "") -> str:
     """One message as ``%oblix show`` and the chat panel present it: who spoke (model, status), then the text.
 
@@ -117,7 +112,7 @@ class Conversation:
 
     @staticmethod
     def _details(message: Mapping[str, Any]) -> list[str]:
-        return [str(message.get("id") or ""), short_time(message["timestamp"]) if message.get("timestamp") else ""]
+        return [str(message.get("id") or ""), local_time(message["timestamp"], brief=True) if message.get("timestamp") else ""]
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
         title = f"{self.session['title']} ({self.session['id'][:8]}, {len(self.session['messages'])} messages)"
@@ -133,7 +128,7 @@ class Conversation:
 class PlanView:
     """The context selector's plan: what was sent, and why."""
 
-    def __init__(self, plan: ContextPlan) -> None:
+    def __init__(self, plan: Explained) -> None:
         self.plan = plan
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:

@@ -1,11 +1,10 @@
 """``oblix``: sessions and one-off questions from the shell.
 
-A front end like the magics: it parses arguments, calls ``SessionManager``,
-``OblixClient`` and ``exchange``, and prints. Only ``ask``, ``chat`` and ``doctor``
-import the client (and so litellm, which takes seconds); everything else imports
-just the store, inside the command, so ``oblix sessions`` answers at Python's own
-start-up speed. Those three take the keys (and nothing else) of the working
-directory's ``.env``, as a notebook kernel started there does (``envfile``).
+A front end like the magics: it parses arguments, calls ``OblixClient`` and prints.
+The client is imported inside each command, and litellm only by the commands that
+reach a model (``ask``, ``chat``, ``doctor``), so ``oblix sessions`` answers at
+Python's own start-up speed. Those three take the keys (and nothing else) of the
+working directory's ``.env``, as a notebook kernel started there does (``envfile``).
 
 Exit status: 0 on success, 1 on a user error (shown as one ``oblix: ...`` line,
 never a traceback), 130 when interrupted. Usage mistakes are user errors too, so
@@ -24,12 +23,12 @@ from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from . import __version__
-from .errors import NoModelConfigured, OblixError
+from .. import __version__
+from ..errors import BadArguments, OblixError
 
 if TYPE_CHECKING:
-    from .kernel.envfile import DotenvResult
-    from .store.sessions import SessionManager
+    from ..client import OblixClient
+    from ..kernel.envfile import DotenvResult
 
 LAB_EXTENSION = "oblix-jupyter"
 TITLE_WIDTH = 40
@@ -37,16 +36,12 @@ _DURATION = re.compile(r"^(\d+)([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
-class UsageError(OblixError):
-    """The command line itself is wrong (a missing argument, an empty prompt...)."""
-
-
 class _Parser(argparse.ArgumentParser):
     """argparse, with its usage errors shown and counted like every other user error."""
 
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
-        raise UsageError(message)
+        raise BadArguments(message)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -151,19 +146,19 @@ def _duration(text: str) -> timedelta:
 # -- commands -----------------------------------------------------------------------
 
 
-def _store() -> SessionManager:
-    from .store.sessions import SessionManager
+def _client(model: str | None = None) -> OblixClient:
+    from ..client import OblixClient
 
-    return SessionManager()
+    return OblixClient(model=model)
 
 
 def _sessions(args: argparse.Namespace) -> int:
-    from .store.formats import display_time
+    from ..render import local_time
 
-    store = _store()
-    found = store.search_sessions(args.search, limit=args.limit) if args.search else store.list_sessions(limit=args.limit)
+    client = _client()
+    found = client.search_sessions(args.search, limit=args.limit) if args.search else client.list_sessions(limit=args.limit)
     notebooks: dict[str, list[str]] = {}
-    for notebook, session_id in store.bindings().items():
+    for notebook, session_id in client.bindings().items():
         notebooks.setdefault(session_id, []).append(notebook)
     if args.json:
         for summary in found:
@@ -180,7 +175,7 @@ def _sessions(args: argparse.Namespace) -> int:
                 summary["id"][:8],
                 str(summary["message_count"]),
                 summary.get("model") or "-",
-                display_time(summary["updated_at"]),
+                local_time(summary["updated_at"]),
                 ", ".join(notebooks.get(summary["id"], [])),
             ]
         )
@@ -189,11 +184,10 @@ def _sessions(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from .store.formats import transcript
-    from .render import terminal_text
+    from ..render import terminal_text, transcript
 
-    store = _store()
-    session = store.get_session(store.resolve_id(args.id))
+    client = _client()
+    session = client.get_session(client.resolve_session_id(args.id))
     if args.last:
         session["messages"] = session["messages"][-args.last :]
     if args.json:
@@ -208,29 +202,25 @@ def _keys_from_dotenv() -> DotenvResult | None:
 
     Called by the commands that reach a model.
     """
-    from .kernel.envfile import load_dotenv
+    from ..kernel.envfile import load_dotenv
 
     return load_dotenv(os.getcwd())
 
 
 def _chat(args: argparse.Namespace) -> int:
-    from .client import OblixClient
-    from .models.gateway import preload_litellm
     from .terminal_chat import run_terminal_chat
 
     _keys_from_dotenv()
-    preload_litellm()  # imported while the user types the first line
-    run_terminal_chat(OblixClient(model=args.model), args.id)
+    client = _client(args.model)
+    client.warm_up()  # litellm is imported while the user types the first line
+    run_terminal_chat(client, args.id)
     return 0
 
 
 def _ask(args: argparse.Namespace) -> int:
     prompt = _read_prompt(args.prompt)
-    from .client import OblixClient
-
     _keys_from_dotenv()
-
-    client = OblixClient(model=args.model)
+    client = _client(args.model)
     if args.session:
         session_id = client.resolve_session_id(args.session)
     else:
@@ -253,48 +243,44 @@ def _read_prompt(words: list[str]) -> str:
     """The prompt from the arguments; from stdin for ``-``, or when nothing is given and stdin is piped."""
     if words in ([], ["-"]):
         if not words and sys.stdin.isatty():
-            raise UsageError("no prompt: give one, or pipe one in (echo hi | oblix ask -).")
+            raise BadArguments("no prompt: give one, or pipe one in (echo hi | oblix ask -).")
         text = sys.stdin.read()
     else:
         text = " ".join(words)
     if not text.strip():
-        raise UsageError("the prompt is empty.")
+        raise BadArguments("the prompt is empty.")
     return text.strip()
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .store.formats import export_session
-
-    store = _store()
-    print(f"Exported to {export_session(store, store.resolve_id(args.id), args.path)}")
+    client = _client()
+    print(f"Exported to {client.export_session(client.resolve_session_id(args.id), args.path)}")
     return 0
 
 
 def _import(args: argparse.Namespace) -> int:
-    from .store.formats import import_session
-
-    print(import_session(_store(), args.path, keep_id=args.keep_id))
+    print(_client().import_session(args.path, keep_id=args.keep_id))
     return 0
 
 
 def _rename(args: argparse.Namespace) -> int:
     title = " ".join(args.title).strip()
     if not title:
-        raise UsageError("the title is empty.")
-    store = _store()
-    session_id = store.resolve_id(args.id)
-    store.update_session(session_id, title=title)
+        raise BadArguments("the title is empty.")
+    client = _client()
+    session_id = client.resolve_session_id(args.id)
+    client.rename_session(session_id, title)
     print(f"Renamed {session_id[:8]} to {title!r}.")
     return 0
 
 
 def _delete(args: argparse.Namespace) -> int:
-    store = _store()
-    session = store.get_session(store.resolve_id(args.id))
+    client = _client()
+    session = client.get_session(client.resolve_session_id(args.id))
     described = f"{session['title']!r} ({session['id'][:8]}, {len(session['messages'])} messages)"
     if not args.yes:
         if not sys.stdin.isatty():
-            raise UsageError(f"not deleting {described} without --yes: stdin is not a terminal to confirm on.")
+            raise BadArguments(f"not deleting {described} without --yes: stdin is not a terminal to confirm on.")
         try:
             answer = input(f"Delete {described}? [y/N] ")
         except EOFError:
@@ -302,13 +288,13 @@ def _delete(args: argparse.Namespace) -> int:
         if answer.strip().lower() not in ("y", "yes"):
             print("Kept.")
             return 0
-    store.delete_session(session["id"])
+    client.delete_session(session["id"])
     print(f"Deleted {described}.")
     return 0
 
 
 def _prune(args: argparse.Namespace) -> int:
-    doomed = _store().prune(args.older_than, dry_run=args.dry_run)
+    doomed = _client().prune_sessions(args.older_than, dry_run=args.dry_run)
     print(f"{'Would delete' if args.dry_run else 'Deleted'} {len(doomed)} session(s){':' if doomed else '.'}")
     for session_id in doomed:
         print(f"  {session_id}")
@@ -317,53 +303,16 @@ def _prune(args: argparse.Namespace) -> int:
 
 def _doctor(args: argparse.Namespace) -> int:
     dotenv = _keys_from_dotenv()  # first: the key checks below must see what a notebook started here would
-    store = _store()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # unreadable files are listed below instead
-        readable = store.list_sessions(limit=None)
-    rows = [["oblix", __version__], ["store", store.base_dir], ["sessions", str(len(readable))]]
-    rows += [["unreadable", f"{problem.path} ({problem.reason})"] for problem in store.problems] or [["unreadable", "none"]]
+    rows = [["oblix", __version__], *map(list, _client().diagnose())]
     rows.append([".env", dotenv.describe() if dotenv else f"none in {os.getcwd()}"])
-    rows += _model_rows()
     rows.append(["lab extension", _lab_extension_status()])
     print(format_table(rows))
     return 0
 
 
-def _model_rows() -> list[list[str]]:
-    """Which models a new session would use, and whether each can authenticate; never a key's value."""
-    from .models import local_model
-    from .models.gateway import configured_models, litellm_module, local_model_allowed
-
-    offline = local_model.unavailable_reason() or "installed"
-    rows = [["offline model", offline if local_model_allowed() else f"{offline}, turned off by OBLIX_LOCAL_MODEL"]]
-    try:
-        models = configured_models()
-    except NoModelConfigured as error:
-        return [["model", f"none. {error}"], *rows]
-    if models[0] == local_model.LOCAL_MODEL:
-        first = f"{models[0]}, the offline default (tiny, unreliable); set OBLIX_MODEL, e.g. OBLIX_MODEL=openai/gpt-4o-mini"
-    else:
-        first = f"{models[0]} (OBLIX_MODEL)"
-    rows = [["model", first], *[["fallback", model] for model in models[1:]], *rows]
-    for model in models:
-        if model == local_model.LOCAL_MODEL:
-            continue  # needs no key, and so no litellm import just to say so
-        litellm = litellm_module()
-        try:
-            missing = litellm.validate_environment(model=model).get("missing_keys") or []
-        except Exception as error:  # litellm raises various types for providers it cannot check
-            rows.append([f"key for {model}", f"cannot tell ({type(error).__name__})"])
-            continue
-        rows.append([f"key for {model}", f"missing: set {' or '.join(missing)}" if missing else "set"])
-    return rows
-
-
 def _lab_extension_status() -> str:
     """Installed and enabled, judged from the files JupyterLab itself reads (no subprocess)."""
     from jupyter_core.paths import jupyter_config_path, jupyter_path
-
-    from .store.files import read_json_file
 
     installed = [
         os.path.join(directory, LAB_EXTENSION)
@@ -375,8 +324,9 @@ def _lab_extension_status() -> str:
     for directory in jupyter_config_path():
         page_config = os.path.join(directory, "labconfig", "page_config.json")
         try:
-            disabled = read_json_file(page_config).get("disabledExtensions") or {}
-        except (FileNotFoundError, OblixError, AttributeError):
+            with open(page_config, encoding="utf-8") as handle:
+                disabled = json.load(handle).get("disabledExtensions") or {}
+        except (OSError, ValueError, AttributeError):
             continue
         if isinstance(disabled, list):  # the layout before JupyterLab 3
             disabled = dict.fromkeys(disabled, True)

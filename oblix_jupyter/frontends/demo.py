@@ -14,8 +14,9 @@ import pathlib
 import subprocess
 import sys
 
-from .errors import OblixError
-from .store.sessions import SessionManager
+from ..client import OblixClient
+from ..errors import OblixError
+from ..render import terminal_text, transcript
 
 
 def run_notebook(path: pathlib.Path) -> None:
@@ -30,15 +31,12 @@ def run_notebook(path: pathlib.Path) -> None:
 
 
 def print_conversation(path: pathlib.Path) -> None:
-    store = SessionManager()
-    session_id = store.bound_session(str(path))
+    """The conversation the notebook's run stored, as ``oblix show`` prints one."""
+    client = OblixClient()
+    session_id = client.bound_session(str(path))
     if session_id is None:
         raise OblixError(f"{path} ran, but no session is bound to it.")
-    session = store.get_session(session_id)
-    print(f"Session {session['title']!r} ({session_id}) in {store.base_dir}\n")
-    for message in session["messages"]:
-        who = "You" if message["role"] == "user" else f"Assistant [{message.get('model')}]"
-        print(f"{who}:\n{message['content']}\n")
+    print(transcript(client.get_session(session_id), escape=terminal_text))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,10 +10,10 @@ import sys
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING
 
-from .errors import AnswerInterrupted, OblixError
+from ..errors import AnswerInterrupted, OblixError
 
 if TYPE_CHECKING:
-    from .client import OblixClient
+    from ..client import OblixClient
 
 HELP = "Commands: /list, /load ID, /new [TITLE], /help, exit"
 
@@ -29,7 +29,7 @@ def run_terminal_chat(
         session_id = client.create_session_sync()
     else:
         session_id = client.resolve_session_id(session_id)
-    session = client.session_manager.get_session(session_id)
+    session = client.get_session(session_id)
     print(f"Session {session['title']} ({session_id[:8]}). {HELP}", file=out)
     while True:
         try:
@@ -64,7 +64,7 @@ def _command(client: OblixClient, line: str, session_id: str, out: IO[str]) -> s
         return session_id
     if name == "/load" and argument:
         session_id = client.resolve_session_id(argument)
-        print(f"Loaded {client.session_manager.get_session(session_id)['title']}", file=out)
+        print(f"Loaded {client.get_session(session_id)['title']}", file=out)
         return session_id
     if name == "/new":
         session_id = client.create_session_sync(title=argument or None)
