@@ -30,7 +30,7 @@ from oblix_jupyter.errors import (
     SessionNotFound,
 )
 from oblix_jupyter.sessions import SessionManager
-from oblix_jupyter.store.sessions import SEED_FIELDS
+from oblix_jupyter.store.shape import SEED_FIELDS
 
 TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")

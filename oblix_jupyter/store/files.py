@@ -50,6 +50,14 @@ def ensure_private_dir(path: str) -> None:
         os.chmod(directory, DIR_MODE)
 
 
+def remove_file(path: str) -> None:
+    """Remove ``path`` if it is there (absent either way afterwards, also under a stray file where a folder was expected)."""
+    try:
+        os.unlink(path)
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+
+
 def atomic_write_bytes(path: str, payload: bytes, durable: bool = True) -> None:
     """Write ``payload`` to ``path`` so that readers see the old or the new file, never a mix.
 

@@ -17,10 +17,15 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ExportFormatError, ImportFormatError, InvalidSessionId
+from ..errors import (
+    CorruptSession,
+    ExportFormatError,
+    ImportFormatError,
+    InvalidSessionId,
+)
 from ..render import inert_markdown, message_header, transcript
-from .files import atomic_write_bytes
-from .sessions import check_session_shape, read_import_file
+from .files import atomic_write_bytes, read_json_file
+from .shape import check_session_shape
 
 if TYPE_CHECKING:
     from .sessions import SessionManager
@@ -29,6 +34,16 @@ EXPORT_FORMATS = (".ipynb", ".md", ".json")
 IMPORT_FORMATS = (".ipynb", ".json")
 METADATA_KEY = "oblix"  # notebook and cell metadata key; other tools keep their own keys
 NOTEBOOK_LAYOUT = 1  # bumped if the layout of our notebook metadata ever changes
+
+
+def read_import_file(path: str) -> Any:
+    """Parse a JSON file given to import; every way it can be unreadable becomes ``ImportFormatError``."""
+    try:
+        return read_json_file(path)
+    except FileNotFoundError:
+        raise ImportFormatError(f"{path}: no such file.") from None
+    except CorruptSession as exc:
+        raise ImportFormatError(f"{path}: {exc.reason}.") from None
 
 
 def export_session(store: SessionManager, session_id: str, path: str | os.PathLike[str]) -> str:

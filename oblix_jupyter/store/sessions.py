@@ -8,11 +8,9 @@ Layout of ``base_dir`` (default ``~/.oblix/sessions``, or ``$OBLIX_HOME/sessions
     .bindings.json             notebook path -> session id
     .vectors/<model>/<id>.bin  passage vectors of the session's messages (``read_vectors``/``write_vectors``)
 
-Listing must stay cheap with thousands of sessions and an append must never rewrite
-a store-wide file, so recency lives in the *names* of the header files: the stamp is
-the session's ``updated_at``, and one directory scan of ``.index`` orders every
-session without opening or even ``stat``-ing them. Headers are a cache: any that is
-missing, stale or unreadable is rebuilt from its session file.
+``SessionManager`` owns all of it: the headers (``index``), the bindings (``bindings``)
+and the vectors are its caches and tables, and deleting a session removes every one.
+What a session document is, and how it is checked, is ``shape``.
 """
 
 from __future__ import annotations
@@ -21,7 +19,6 @@ import copy
 import json
 import os
 import re
-import threading
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
@@ -30,75 +27,42 @@ from datetime import datetime, timedelta, timezone
 from itertools import repeat
 from typing import Any, Protocol
 
-from tinydb import Query, TinyDB
+from tinydb import TinyDB
 
 from ..errors import (
     AmbiguousSessionId,
     CorruptSession,
     ImportFormatError,
-    InvalidContext,
     InvalidSessionId,
     SessionNotFound,
 )
+from .bindings import Bindings
 from .files import (
     DIR_MODE,
     LockedAtomicStorage,
     ParsedFiles,
     atomic_write_bytes,
-    dump_json,
     ensure_private_dir,
-    read_json_file,
+    remove_file,
+)
+from .formats import read_import_file
+from .index import ListingIndex
+from .shape import (
+    UUID,
+    change_time,
+    check_context,
+    check_session_shape,
+    format_time,
+    now_iso,
+    parse_time,
+    stamp,
+    summarize,
+    validate_session_id,
 )
 
-_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _PREFIX = re.compile(r"^[0-9a-f][0-9a-f-]{0,35}$")
-_HEADER_NAME_LENGTH = len("20260101T000000.000Z.") + 36 + len(".json")
 _DOC_ID = 1  # each session file holds exactly one TinyDB document
 _VECTORS = ".vectors"
-SEED_FIELDS = ("id", "title", "created_at", "updated_at", "messages", "context")
-
-
-def now_iso() -> str:
-    """UTC now as ISO 8601 with milliseconds and ``Z``, the seed's timestamp format."""
-    return format_time(datetime.now(timezone.utc))
-
-
-_MILLISECOND = timedelta(milliseconds=1)
-_last_change = datetime.min.replace(tzinfo=timezone.utc)
-_change_lock = threading.Lock()
-
-
-def change_time() -> str:
-    """``now_iso()`` for a session's ``created_at`` or ``updated_at``, later than any this process gave before.
-
-    Sessions are listed newest first, by these stamps; two changed within one
-    millisecond (a script, a loop of appends) must still list in the order they were
-    changed. The stamp runs ahead of the clock by a millisecond per extra change.
-    """
-    global _last_change
-    with _change_lock:
-        moment = datetime.now(timezone.utc)
-        moment = max(moment.replace(microsecond=moment.microsecond // 1000 * 1000), _last_change + _MILLISECOND)
-        _last_change = moment
-    return format_time(moment)
-
-
-def format_time(moment: datetime) -> str:
-    moment = moment.astimezone(timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-
-
-def parse_time(text: str) -> datetime:
-    """Read our timestamps and the original SDK's (``isoformat()``, with or without zone)."""
-    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
-
-
-def validate_session_id(session_id: object) -> str:
-    """Reject anything that could name a path outside the store, before any file is touched."""
-    if not isinstance(session_id, str) or not _UUID.match(session_id):
-        raise InvalidSessionId(session_id)
-    return session_id
 
 
 def vector_path(base_dir: str | os.PathLike[str], model: str, session_id: str) -> str:
@@ -115,74 +79,6 @@ def vector_path(base_dir: str | os.PathLike[str], model: str, session_id: str) -
 def default_base_dir() -> str:
     home = os.environ.get("OBLIX_HOME") or os.path.join(os.path.expanduser("~"), ".oblix")
     return os.path.join(home, "sessions")
-
-
-def check_context(context: Any) -> dict[str, Any]:
-    """Refuse a context that JSON cannot hold, naming the key, so nothing half-valid is written."""
-    if context is None:
-        return {}
-    if not isinstance(context, dict):
-        raise InvalidContext(f"Session context must be a dict, not {type(context).__name__}.")
-    for key, value in context.items():
-        if not isinstance(key, str):
-            raise InvalidContext(f"Session context keys must be strings; got {key!r}.")
-        try:
-            json.dumps(value)
-        except (TypeError, ValueError) as exc:
-            raise InvalidContext(
-                f"Session context key {key!r} holds a {type(value).__name__}, which cannot be stored as JSON ({exc})."
-            ) from None
-    return copy.deepcopy(context)
-
-
-def _stamp(updated_at: str) -> str:
-    return format_time(parse_time(updated_at)).replace("-", "").replace(":", "")
-
-
-def summarize(session: dict[str, Any]) -> dict[str, Any]:
-    """The listing view of a session: what ``list_sessions`` returns for it."""
-    return {
-        "id": session["id"],
-        "title": session["title"],
-        "created_at": session["created_at"],
-        "updated_at": session["updated_at"],
-        "message_count": len(session["messages"]),
-        "model": session.get("model"),
-        "metadata": session.get("metadata", {}),
-    }
-
-
-def check_session_shape(data: Any, where: str) -> dict[str, Any]:
-    """Make sure ``data`` has every field of the seed's session shape, with the right types."""
-    if not isinstance(data, dict):
-        raise ImportFormatError(f"{where}: a session must be a JSON object, not {type(data).__name__}.")
-    missing = [field for field in ("id", "messages", "created_at", "updated_at") if field not in data]
-    if missing:
-        raise ImportFormatError(f"{where}: not a session, missing field(s) {', '.join(missing)}.")
-    if not isinstance(data["messages"], list):
-        raise ImportFormatError(f"{where}: 'messages' must be a list.")
-    for index, message in enumerate(data["messages"]):
-        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
-            raise ImportFormatError(f"{where}: message {index + 1} has no text 'content'.")
-        if message.get("role") not in ("user", "assistant", "system"):
-            raise ImportFormatError(f"{where}: message {index + 1} has role {message.get('role')!r}.")
-    for field in ("created_at", "updated_at"):
-        try:
-            parse_time(str(data[field]))
-        except ValueError:
-            raise ImportFormatError(f"{where}: {field} {data[field]!r} is not an ISO 8601 time.") from None
-    check_context(data.get("context"))
-    return data
-
-
-def read_import_file(path: str) -> Any:
-    """Parse a JSON file given to import; every way it can be unreadable becomes ``ImportFormatError``."""
-    try:
-        return read_json_file(path)
-    except FileNotFoundError:
-        raise ImportFormatError(f"{path}: no such file.") from None
-    except CorruptSession as exc:
-        raise ImportFormatError(f"{path}: {exc.reason}.") from None
 
 
 class SessionStore(Protocol):
@@ -221,13 +117,14 @@ class SessionManager:
     def __init__(self, base_dir: str | os.PathLike[str] | None = None, lock_timeout: float = 30.0) -> None:
         self.base_dir = os.path.abspath(os.fspath(base_dir) if base_dir is not None else default_base_dir())
         self.lock_timeout = lock_timeout
-        self._index_dir = os.path.join(self.base_dir, ".index")
         self._locks_dir = os.path.join(self.base_dir, ".locks")
+        self._index = ListingIndex(os.path.join(self.base_dir, ".index"))
         self.problems: list[CorruptSession] = []
         self._parsed = ParsedFiles()
-        for directory in (self.base_dir, self._index_dir, self._locks_dir):
+        for directory in (self.base_dir, self._index.directory, self._locks_dir):
             ensure_private_dir(directory)
         os.chmod(self.base_dir, DIR_MODE)
+        self._bindings = Bindings(self.base_dir, self._locks_dir, lock_timeout, self._report)
 
     # -- paths and transactions -------------------------------------------------
 
@@ -264,7 +161,7 @@ class SessionManager:
             current = self._document(db, session_id)
             if current is None:
                 raise SessionNotFound(session_id, self.base_dir)
-            old_stamp = _stamp(current["updated_at"])
+            old_stamp = stamp(current["updated_at"])
             result: list[Any] = []
 
             def apply(document: dict[str, Any]) -> None:
@@ -285,20 +182,17 @@ class SessionManager:
             raise CorruptSession(path, "not an oblix session (no session document)")
         return document
 
-    # -- headers (the listing cache) --------------------------------------------
+    # -- the listing index ----------------------------------------------------------
+
+    def _file_state(self, session_id: str) -> list[int] | None:
+        try:
+            stat = os.stat(self.session_path(session_id))
+        except OSError:
+            return None
+        return [stat.st_mtime_ns, stat.st_size]
 
     def _write_header(self, session: dict[str, Any], old_stamp: str | None = None) -> None:
-        stamp = _stamp(session["updated_at"])
-        header = summarize(session)
-        stat = os.stat(self.session_path(session["id"]))
-        header["file"] = [stat.st_mtime_ns, stat.st_size]
-        # Not fsynced: a header lost in a crash is noticed (file stamp) and rebuilt.
-        atomic_write_bytes(self._header_path(stamp, session["id"]), dump_json(header), durable=False)
-        if old_stamp and old_stamp != stamp:
-            self._remove(self._header_path(old_stamp, session["id"]))
-
-    def _header_path(self, stamp: str, session_id: str) -> str:
-        return os.path.join(self._index_dir, f"{stamp}.{session_id}.json")
+        self._index.write(session, self._file_state(session["id"]) or [0, 0], old_stamp)
 
     def _session_ids_on_disk(self) -> set[str]:
         return {name[:36] for name in os.listdir(self.base_dir) if len(name) == 41 and name.endswith(".json")}
@@ -321,52 +215,22 @@ class SessionManager:
             self.problems.append(problem)
         warnings.warn(str(problem), RuntimeWarning, stacklevel=3)
 
-    def _read_header(self, stamp: str, session_id: str) -> dict[str, Any] | None:
+    def _read_header(self, stamp_text: str, session_id: str) -> dict[str, Any] | None:
         """The header if it still describes the session file, else one rebuilt from the file."""
-        try:
-            data = read_json_file(self._header_path(stamp, session_id))
-            stat = os.stat(self.session_path(session_id))
-            if data.get("file") == [stat.st_mtime_ns, stat.st_size]:
-                data.pop("file")
-                return data
-        except (FileNotFoundError, CorruptSession, AttributeError, InvalidSessionId):
-            pass
-        return self._rebuild_header(session_id)
+        header = self._index.read(stamp_text, session_id, self._file_state(session_id))
+        return header if header is not None else self._rebuild_header(session_id)
 
     def _headers(self) -> list[tuple[str, str]]:
-        """(stamp, id) of every session, newest first, after reconciling headers with session files.
-
-        Header names are ``<stamp>.<uuid>.json`` (20 + 1 + 36 + 5 characters), so sorting
-        the names sorts by recency: no header is opened and no file is stat-ed here.
-        """
+        """(stamp, id) of every session, newest first, after reconciling headers with session files."""
         self.problems = []
-        names = [n for n in os.listdir(self._index_dir) if len(n) == _HEADER_NAME_LENGTH and n.endswith(".json")]
-        names.sort(reverse=True)
-        on_disk = self._session_ids_on_disk()
-        ordered: list[tuple[str, str]] = []
-        seen: set[str] = set()
-        for name in names:
-            session_id = name[21:57]
-            if session_id in seen or session_id not in on_disk:  # superseded, or session deleted
-                self._remove(os.path.join(self._index_dir, name))
-                continue
-            seen.add(session_id)
-            ordered.append((name[:20], session_id))
-        missing = on_disk - seen
+        ordered, missing = self._index.ordered(self._session_ids_on_disk())
         for session_id in missing:
             summary = self._rebuild_header(session_id)
             if summary is not None:
-                ordered.append((_stamp(summary["updated_at"]), session_id))
+                ordered.append((stamp(summary["updated_at"]), session_id))
         if missing:
             ordered.sort(reverse=True)
         return ordered
-
-    @staticmethod
-    def _remove(path: str) -> None:
-        try:
-            os.unlink(path)
-        except (FileNotFoundError, NotADirectoryError):  # absent either way (a stray file where a folder was expected)
-            pass
 
     # -- the Oblix SDK's SessionManager API ---------------------------------------
 
@@ -486,14 +350,12 @@ class SessionManager:
         path = self.session_path(session_id)
         with self._transaction(session_id):
             existed = os.path.exists(path)
-            self._unbind_session(session_id)
+            self._bindings.unbind_session(session_id)
             for model in self._listing(os.path.join(self.base_dir, _VECTORS)):
-                self._remove(vector_path(self.base_dir, model, session_id))
-            for name in self._listing(self._index_dir):
-                if name.endswith(f".{session_id}.json"):
-                    self._remove(os.path.join(self._index_dir, name))
-            self._remove(path)
-        self._remove(os.path.join(self._locks_dir, f"{session_id}.lock"))
+                remove_file(vector_path(self.base_dir, model, session_id))
+            self._index.forget(session_id)
+            remove_file(path)
+        remove_file(os.path.join(self._locks_dir, f"{session_id}.lock"))
         return existed
 
     def read_vectors(self, session_id: str, model: str) -> bytes | None:
@@ -593,7 +455,7 @@ class SessionManager:
 
     def prune(self, older_than: timedelta, dry_run: bool = False) -> list[str]:
         """Delete sessions not updated within ``older_than``; returns their ids."""
-        cutoff = _stamp(format_time(datetime.now(timezone.utc) - older_than))
+        cutoff = stamp(format_time(datetime.now(timezone.utc) - older_than))
         doomed = [session_id for stamp, session_id in self._headers() if stamp < cutoff]
         if not dry_run:
             for session_id in doomed:
@@ -602,66 +464,28 @@ class SessionManager:
 
     # -- notebook bindings ----------------------------------------------------------
 
-    @contextmanager
-    def _bindings_db(self, write: bool) -> Iterator[TinyDB]:
-        path = os.path.join(self.base_dir, ".bindings.json")
-        lock = os.path.join(self._locks_dir, "bindings.lock") if write else None
-        with TinyDB(path, storage=LockedAtomicStorage, lock_path=lock, lock_timeout=self.lock_timeout) as db:
-            yield db.table("bindings")
-
     def bind(self, key: str, session_id: str) -> None:
-        """Bind a notebook (any stable identifier of it, usually its path) to a session.
-
-        An unreadable bindings file is moved aside (kept for inspection), not overwritten.
-        """
-        validate_session_id(session_id)
-        if not key:
-            raise ValueError("a binding needs a non-empty notebook key")
-        row = {"notebook": key, "session_id": session_id, "updated_at": now_iso()}
-        try:
-            with self._bindings_db(write=True) as table:
-                table.upsert(row, Query().notebook == key)
-        except CorruptSession as problem:
-            self._report(problem)
-            os.replace(problem.path, f"{problem.path}.corrupt-{_stamp(now_iso())}")
-            with self._bindings_db(write=True) as table:
-                table.upsert(row, Query().notebook == key)
+        """Bind a notebook (any stable identifier of it, usually its path) to a session."""
+        self._bindings.bind(key, session_id)
 
     def unbind(self, key: str) -> None:
-        with self._bindings_db(write=True) as table:
-            table.remove(Query().notebook == key)
-
-    def _unbind_session(self, session_id: str) -> None:
-        """Drop every binding to a session being deleted; the file is rewritten only if one points to it.
-
-        An unreadable bindings file is reported and left alone: it names no session the
-        store can show, and the next ``bind`` moves it aside.
-        """
-        if session_id not in self.bindings().values():
-            return
-        with self._bindings_db(write=True) as table:
-            table.remove(Query().session_id == session_id)
+        self._bindings.unbind(key)
 
     def bound_session(self, key: str) -> str | None:
         """The session bound to ``key``, or None if there is none or it was deleted."""
-        session_id = self.bindings().get(key)
+        session_id = self._bindings.all().get(key)
         if session_id and os.path.exists(self.session_path(session_id)):
             return session_id
         return None
 
     def bindings(self) -> dict[str, str]:
         """Every notebook key and the session bound to it."""
-        try:
-            with self._bindings_db(write=False) as table:
-                return {row["notebook"]: row["session_id"] for row in table.all()}
-        except CorruptSession as problem:
-            self._report(problem)  # an unreadable bindings file only loses bindings, never sessions
-            return {}
+        return self._bindings.all()
 
     def resolve_id(self, id_or_prefix: str) -> str:
         """Turn a full id or a unique prefix of one into the full id."""
         candidate = (id_or_prefix or "").strip().lower()
-        if _UUID.match(candidate):
+        if UUID.match(candidate):
             if not os.path.exists(self.session_path(candidate)):
                 raise SessionNotFound(candidate, self.base_dir)
             return candidate
