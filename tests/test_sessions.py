@@ -419,3 +419,31 @@ def test_notebook_bindings(store):
         store.bind("c.ipynb", first)
     assert store.bindings() == {"c.ipynb": first}
     assert any(name.startswith(".bindings.json.corrupt-") for name in os.listdir(store.base_dir))
+
+
+def test_an_older_session_file_is_upgraded_on_read_and_a_newer_one_is_refused_without_hiding_the_rest(tmp_path):
+    from oblix_jupyter.store.migrations import SCHEMA_VERSION
+
+    store = SessionManager(tmp_path)
+    old_id = "0c8c1f3e-5a7b-4c2d-9e8f-1a2b3c4d5e6f"
+    old = {"id": old_id, "created_at": "2024-01-01T10:00:00", "updated_at": "2024-01-01T10:05:00",
+           "messages": [{"id": "msg_1", "role": "user", "content": "hi", "timestamp": "2024-01-01T10:00:00"}]}  # the SDK's file, no version
+    (tmp_path / f"{old_id}.json").write_text(json.dumps({"_default": {"1": old}}))
+    new_id = "1d9d2f4e-6b8c-4d3e-8f90-2b3c4d5e6f70"
+    newer = {**old, "id": new_id, "title": "from the future", "schema_version": SCHEMA_VERSION + 1}
+    (tmp_path / f"{new_id}.json").write_text(json.dumps({"_default": {"1": newer}}))
+    fine = store.create_session(title="fine")
+
+    session = store.get_session(old_id)
+    assert session["schema_version"] == SCHEMA_VERSION and session["messages"] == old["messages"]
+    assert session["title"] and session["context"] == {} and session["metadata"] == {}
+    assert json.loads((tmp_path / f"{old_id}.json").read_text())["_default"]["1"].get("schema_version") is None  # read only
+    store.save_message(old_id, "and now?")
+    assert json.loads((tmp_path / f"{old_id}.json").read_text())["_default"]["1"]["schema_version"] == SCHEMA_VERSION
+
+    with pytest.warns(RuntimeWarning, match="newer oblix_jupyter"):
+        listed = {s["id"] for s in store.list_sessions()}
+    assert listed == {old_id, fine} and any("upgrade oblix_jupyter" in str(p) for p in store.problems)
+    with pytest.raises(CorruptSession, match="session schema"):
+        store.get_session(new_id)
+    assert store.get_session(fine)["schema_version"] == SCHEMA_VERSION

@@ -47,6 +47,7 @@ from .files import (
 )
 from .formats import read_import_file
 from .index import ListingIndex
+from .migrations import SCHEMA_VERSION, upgrade, version_of
 from .shape import (
     UUID,
     change_time,
@@ -165,6 +166,7 @@ class SessionManager:
             result: list[Any] = []
 
             def apply(document: dict[str, Any]) -> None:
+                upgrade(document)  # an older file is written back in the current shape
                 result.append(change(document))
                 if touch:
                     document["updated_at"] = max(change_time(), document["updated_at"])
@@ -180,6 +182,12 @@ class SessionManager:
         document = db.get(doc_id=_DOC_ID)
         if document is None or not isinstance(document.get("messages"), list):
             raise CorruptSession(path, "not an oblix session (no session document)")
+        if not upgrade(document):
+            raise CorruptSession(
+                path,
+                f"written by a newer oblix_jupyter (session schema {version_of(document)}; this one reads up to "
+                f"{SCHEMA_VERSION}): upgrade oblix_jupyter to open it",
+            )
         return document
 
     # -- the listing index ----------------------------------------------------------
@@ -252,6 +260,7 @@ class SessionManager:
             "context": check_context(initial_context),
             "model": model,
             "metadata": check_context(metadata),
+            "schema_version": SCHEMA_VERSION,
         }
         return self._store_new(session)
 
@@ -431,6 +440,10 @@ class SessionManager:
     def add_session(self, data: dict[str, Any], new_id: bool = True) -> str:
         """Store a complete session dict (from an import); timestamps are normalised to ours."""
         session = copy.deepcopy(check_session_shape(data, "session"))
+        if not upgrade(session):
+            raise ImportFormatError(
+                f"This session was written by a newer oblix_jupyter (schema {version_of(session)}): upgrade to import it."
+            )
         if new_id:
             session["id"] = str(uuid.uuid4())
         else:
