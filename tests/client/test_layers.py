@@ -11,7 +11,7 @@ import pathlib
 
 import pytest
 
-PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "oblix_jupyter"
+PACKAGE = pathlib.Path(__file__).resolve().parents[2] / "oblix_jupyter"
 LEAVES = {"errors", "render"}  # import nothing of ours, so every layer may use them
 ALLOWED = {  # a layer (first part of the module path) -> what else of ours it may import
     "frontends": {"client", "kernel", "frontends", ""},  # "": the package itself, for __version__

@@ -19,7 +19,7 @@ import pytest
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from model_server import Behavior, ModelServer, split_pieces  # noqa: E402
 
 MESSAGES = [
@@ -521,7 +521,7 @@ def test_split_pieces_roundtrip():
 
 @pytest.mark.timeout(30)
 def test_command_line_server(tmp_path):
-    script = Path(__file__).resolve().parent / "model_server.py"
+    script = Path(__file__).resolve().parents[1] / "model_server.py"
     proc = subprocess.Popen(
         [sys.executable, str(script), "--port", "0", "--reply", "fixed answer", "--token-delay", "0", "--first-token-delay", "0.3"],
         stdout=subprocess.PIPE,

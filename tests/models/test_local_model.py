@@ -36,7 +36,7 @@ import litellm  # noqa: E402
 
 litellm.suppress_debug_info = True
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MODEL = local_model.LOCAL_MODEL
 SHORT = [{"role": "user", "content": "Name one colour."}]
 LONG = [{"role": "user", "content": "Write a very long essay about the history of the Roman Empire."}]

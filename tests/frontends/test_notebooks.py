@@ -10,7 +10,7 @@ from kernels import outputs_text, run_notebook_file
 from oblix_jupyter.models import local_model
 from oblix_jupyter.sessions import SessionManager
 
-NOTEBOOKS = pathlib.Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS = pathlib.Path(__file__).resolve().parents[2] / "notebooks"
 pytestmark = pytest.mark.timeout(300)
 
 
