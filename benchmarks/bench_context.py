@@ -106,10 +106,10 @@ def retrieval(cache: Any) -> None:
                 strategies["BM25 + embeddings, reciprocal rank fusion"] = ranked_fill(
                     messages, sorted(fused, key=fused.__getitem__, reverse=True), prompt, count, False
                 )
-            plans = {"selector, words only (no [semantic] extra)": select_context(session, prompt, BUDGET, count, lexical_index=lambda: index)}
+            plans = {"selector, words only (no [semantic] extra)": select_context(session, prompt, BUDGET, count, lexical_index=index)}
             if cache:
                 plans["selector"] = select_context(
-                    session, prompt, BUDGET, count, lexical_index=lambda: index, semantic=lambda: (vectors, prompt_vector)
+                    session, prompt, BUDGET, count, lexical_index=index, vectors=(vectors, prompt_vector)
                 )
             for name, sent in strategies.items():
                 results.setdefault(name, []).append(question.message_id in sent)
@@ -173,7 +173,7 @@ def speed(cache_dir: str, embedder: Any) -> None:
     first_vectors = cache.vectors(session["id"], messages, max_seconds=2.0) if cache else None
     prompt_vector = cache.embed_prompt(prompt) if cache else None
     plan = select_context(
-        session, prompt, BUDGET, count, variables=variables, lexical_index=lambda: index, semantic=lambda: (first_vectors, prompt_vector)
+        session, prompt, BUDGET, count, variables=variables, lexical_index=index, vectors=(first_vectors, prompt_vector)
     )
     first_turn = time.perf_counter() - started
     assert plan.used <= BUDGET and len(variables) == 20, (plan.used, len(variables))
@@ -191,7 +191,7 @@ def speed(cache_dir: str, embedder: Any) -> None:
         per_message = (time.perf_counter() - started) / len(sample)
     warm_ms = median_ms(
         lambda: select_context(
-            session, prompt, BUDGET, count, variables=variables, lexical_index=lambda: index, semantic=lambda: (vectors, prompt_vector)
+            session, prompt, BUDGET, count, variables=variables, lexical_index=index, vectors=(vectors, prompt_vector)
         ),
         repeat=20,
     )

@@ -10,7 +10,6 @@ can lose it.
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
 import threading
 import warnings
@@ -41,7 +40,6 @@ from .models.gateway import (
 from .store.sessions import SessionManager, SessionStore
 
 if TYPE_CHECKING:  # the selector's modules load on the first turn, keeping %load_ext light
-    from .context.embedder import VectorTable
     from .context.relevance import LexicalIndex
     from .context.selector import ContextPlan
     from .kernel.state import NotebookContext
@@ -252,36 +250,33 @@ class OblixClient:
     ) -> ContextPlan:
         """What would be sent for ``prompt`` to ``model``: the context selector's plan.
 
-        The word index is kept per session and extended, never rebuilt; embeddings are
-        computed only if the selector asks for them (the conversation does not fit whole).
+        The selector is pure; what it may need is computed here first, and only when the
+        conversation does not fit whole (``fits_whole``): the word index (kept per session
+        and extended, never rebuilt) and the embeddings (computed within
+        ``embed_seconds`` on a first turn, the rest later).
         """
-        from .context.selector import conversation_messages, select_context
+        from .context.selector import conversation_messages, fits_whole, select_context
 
         window = max_input_tokens(model, self.max_input_tokens)
-        reserve = min(max_tokens or DEFAULT_ANSWER_RESERVE, window // 2)
+        budget = window - min(max_tokens or DEFAULT_ANSWER_RESERVE, window // 2)
+        count = self._counter(model)
         session_id = (session or {}).get("id")
-
-        @functools.cache
-        def messages() -> list[dict[str, Any]]:  # what the word index and the vectors describe, once per plan
-            return conversation_messages(session, history)
-
-        def semantic() -> tuple[VectorTable | None, Any]:
-            vectors = self._vector_cache()
-            if vectors is None or session_id is None:
-                return None, None
-            return vectors.vectors(session_id, messages(), max_seconds=self.embed_seconds), vectors.embed_prompt(prompt)
-
+        options: dict[str, Any] = {"variables": variables, "notebook": notebook}
+        pinned = pinned if pinned is not None else (session or {}).get("pinned", ())
+        if session_id is None or fits_whole(session, prompt, budget, count, history, **options):
+            return select_context(session, prompt, budget, count, history, pinned=pinned, **options)
+        messages = conversation_messages(session, history)
+        vectors = self._vector_cache()
         return select_context(
             session,
             prompt,
-            window - reserve,
-            self._counter(model),
-            history=history,
-            variables=variables,
-            notebook=notebook,
-            pinned=pinned if pinned is not None else (session or {}).get("pinned", ()),
-            lexical_index=(lambda: self._lexical_index(session_id, messages())) if session_id else None,
-            semantic=semantic,
+            budget,
+            count,
+            history,
+            pinned=pinned,
+            lexical_index=self._lexical_index(session_id, messages),
+            vectors=None if vectors is None else (vectors.vectors(session_id, messages, self.embed_seconds), vectors.embed_prompt(prompt)),
+            **options,
         )
 
     def _lexical_index(self, session_id: str, messages: list[dict[str, Any]]) -> LexicalIndex:

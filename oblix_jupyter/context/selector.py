@@ -68,8 +68,8 @@ _ASKS_ABOUT_NOTEBOOK = re.compile(
     r"(does ?n[o']t|not) work\w*|this cell|that cell|the cell|last cell|above)\b",
     re.IGNORECASE,
 )
-# Called when relevance is judged: (vectors by message id, the prompt's vector).
-Semantic = Callable[[], tuple[Mapping[str, Any] | None, Sequence[float] | None]]
+# Precomputed meaning: (vectors by message id, or a table with passage_similarities; the prompt's vector).
+Vectors = tuple[Mapping[str, Any] | None, Sequence[float] | None]
 _CONVERSATION_ROLES = frozenset({"user", "assistant"})
 # Lower numbers are dropped last when the assembled plan must shrink.
 _PRIORITY = {"pinned": 0, "recent": 2, "relevant": 3, "neighbour": 3, "fill": 4}
@@ -176,8 +176,8 @@ def select_context(
     notebook: NotebookContext | None = None,
     pinned: Collection[str] = (),
     pin_first_exchange: bool = True,
-    semantic: Semantic | None = None,
-    lexical_index: Callable[[], LexicalIndex] | None = None,
+    vectors: Vectors | None = None,
+    lexical_index: LexicalIndex | None = None,
     recent_share: float = DEFAULT_RECENT_SHARE,
     instructions: str | None = None,
 ) -> ContextPlan:
@@ -185,15 +185,53 @@ def select_context(
 
     ``count`` gives the tokens of a text; ``budget`` is the input window left after the
     answer's reserve. ``variables`` come from ``variables.summarize_variables`` and
-    ``notebook`` from ``notebook_state.gather_notebook_context``. ``semantic`` switches on
-    semantic relevance: it returns (vectors by message id, the prompt's vector) and is
-    called only when the conversation does not fit whole, so a turn that sends everything
-    never pays for embeddings. ``lexical_index``, likewise called only then, returns a
-    kept ``relevance.LexicalIndex`` of these messages (rebuilt here if it is stale).
+    ``notebook`` from ``kernel.state.gather_notebook_context``. ``vectors`` switches on
+    semantic relevance (vectors by message id, the prompt's vector); ``lexical_index`` is
+    a kept ``relevance.LexicalIndex`` of these messages (rebuilt here if it is stale).
+    Both matter only when the conversation does not fit whole, which ``fits_whole`` tells
+    a caller beforehand, so a turn that sends everything never pays for them.
     Raises ``PromptTooLarge`` when the prompt alone does not fit.
     """
-    session = session or {}
-    context = session.get("context") or {}
+    turn, prompt_tokens = _start(session, prompt, budget, count, history, variables, notebook, instructions, lexical_index)
+    pinned_ids = set(pinned)
+    if not turn.add_everything(pinned_ids):
+        turn.add_pinned(pinned_ids, pin_first_exchange)
+        turn.add_recent(recent_share)
+        turn.add_relevant(vectors)
+        turn.settle_partial()
+        turn.add_fill()
+    return turn.plan(prompt, prompt_tokens, (session or {}).get("context") or {}, instructions, budget)
+
+
+def fits_whole(
+    session: dict[str, Any] | None,
+    prompt: str,
+    budget: int,
+    count: Callable[[str], int],
+    history: bool = True,
+    *,
+    variables: Sequence[VariableSummary] = (),
+    notebook: NotebookContext | None = None,
+    instructions: str | None = None,
+) -> bool:
+    """Whether ``select_context`` with these arguments sends the whole conversation (nothing to choose by relevance)."""
+    turn, _ = _start(session, prompt, budget, count, history, variables, notebook, instructions, None)
+    return turn.add_everything(set())
+
+
+def _start(
+    session: dict[str, Any] | None,
+    prompt: str,
+    budget: int,
+    count: Callable[[str], int],
+    history: bool,
+    variables: Sequence[VariableSummary],
+    notebook: NotebookContext | None,
+    instructions: str | None,
+    lexical_index: LexicalIndex | None,
+) -> tuple[_Turn, int]:
+    """A selection with the prompt and the notebook's parts placed, and the prompt's tokens."""
+    context = (session or {}).get("context") or {}
     earlier = conversation_messages(session, history)
     prompt_tokens = count(prompt) + MESSAGE_OVERHEAD
     # Reserve room for the system message as it would read if every earlier message were cut.
@@ -205,14 +243,7 @@ def select_context(
         )
     turn = _Turn(earlier, lexical_index, count, budget - prompt_tokens - reserve)
     turn.add_notebook(prompt, variables, notebook)
-    pinned_ids = set(pinned)
-    if not turn.add_everything(pinned_ids):
-        turn.add_pinned(pinned_ids, pin_first_exchange)
-        turn.add_recent(recent_share)
-        turn.add_relevant(semantic)
-        turn.settle_partial()
-        turn.add_fill()
-    return turn.plan(prompt, prompt_tokens, context, instructions, budget)
+    return turn, prompt_tokens
 
 
 def conversation_messages(session: dict[str, Any] | None, history: bool = True) -> list[dict[str, Any]]:
@@ -254,9 +285,7 @@ class _Section:
 class _Turn:
     """The working state of one selection: what is chosen so far and the room left."""
 
-    def __init__(
-        self, earlier: list[dict[str, Any]], index: Callable[[], LexicalIndex] | None, count: Callable[[str], int], room: int
-    ) -> None:
+    def __init__(self, earlier: list[dict[str, Any]], index: LexicalIndex | None, count: Callable[[str], int], room: int) -> None:
         self.earlier = earlier
         self._kept_index = index
         self.count = count
@@ -276,7 +305,7 @@ class _Turn:
     @cached_property
     def index(self) -> LexicalIndex:
         """The passages and word statistics of ``earlier``; built only when there is a choice to make."""
-        kept = self._kept_index() if self._kept_index is not None else None
+        kept = self._kept_index
         return kept if kept is not None and kept.describes(self.earlier) else LexicalIndex(self.earlier)
 
     @cached_property
@@ -429,7 +458,7 @@ class _Turn:
                 self.take(position, "recent")
             share -= cost
 
-    def add_relevant(self, semantic: Semantic | None) -> None:
+    def add_relevant(self, vectors: Vectors | None) -> None:
         """Passages of older messages by relevance to the prompt, most value per token first.
 
         A message shows the passages chosen from it, the rest replaced by ``[…]``; a
@@ -439,7 +468,7 @@ class _Turn:
         if not self.earlier:
             return
         index = self.index
-        message_vectors, prompt_vector = semantic() if semantic is not None else (None, None)
+        message_vectors, prompt_vector = vectors if vectors is not None else (None, None)
         similarities = semantic_scores(prompt_vector, message_vectors, index)
         if similarities is None:
             self.notes.append("Relevance judged by words only (BM25): no embeddings (install oblix-jupyter[semantic]).")

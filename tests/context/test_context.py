@@ -14,6 +14,7 @@ from oblix_jupyter.context.relevance import LexicalIndex
 from oblix_jupyter.context.selector import (
     MESSAGE_OVERHEAD,
     conversation_messages,
+    fits_whole,
     select_context,
 )
 from oblix_jupyter.errors import PromptTooLarge
@@ -186,7 +187,7 @@ def test_relevance_by_meaning_uses_the_vectors_given():
     session["messages"][10]["content"] = "The raw extracts sit in an S3 bucket refreshed each Monday."
     vectors = {m["id"]: [1.0, 0.0] for m in session["messages"]}
     vectors["msg_11"] = [0.0, 1.0]
-    plan = select_context(session, "Where is the source data kept?", 300, approx, semantic=lambda: (vectors, [0.1, 1.0]))
+    plan = select_context(session, "Where is the source data kept?", 300, approx, vectors=(vectors, [0.1, 1.0]))
     assert "msg_11" in sent_ids(plan)
     assert "meaning (embeddings)" in " ".join(plan.notes)
     lexical_only = select_context(session, "Where is the source data kept?", 300, approx)
@@ -194,18 +195,17 @@ def test_relevance_by_meaning_uses_the_vectors_given():
     assert "words only" in " ".join(lexical_only.notes)
 
 
-def test_a_conversation_that_fits_goes_whole_without_asking_for_embeddings():
+def test_a_conversation_that_fits_goes_whole_and_says_so_beforehand():
     long_answer = " ".join(f"Sentence {n} is about colours." for n in range(30))
     session = session_of("Plot the prices", long_answer, "And the volumes?", "Use a bar chart.")
-    asked = []
-    plan = select_context(
-        session, "Which colours again?", 2000, approx, pinned={"msg_2"}, semantic=lambda: asked.append(1) or (None, None)
-    )
-    assert asked == [] and plan.omitted == []
+    assert fits_whole(session, "Which colours again?", 2000, approx)  # so a caller computes no embeddings
+    plan = select_context(session, "Which colours again?", 2000, approx, pinned={"msg_2"})
+    assert plan.omitted == []
     assert {item.message_id: item.reason for item in plan.items if item.message_id}["msg_2"] == "pinned"
     assert [m["content"] for m in plan.messages[:-1]] == [m["content"] for m in session["messages"]]
-    tight = select_context(session, "Which colours again?", 120, approx, semantic=lambda: asked.append(1) or (None, None))
-    assert asked == [1] and long_answer not in [m["content"] for m in tight.messages]
+    assert not fits_whole(session, "Which colours again?", 120, approx)
+    tight = select_context(session, "Which colours again?", 120, approx)
+    assert long_answer not in [m["content"] for m in tight.messages]
 
 
 def test_long_relevant_message_is_cut_to_its_relevant_part():
@@ -230,7 +230,7 @@ def test_a_stale_index_is_rebuilt_not_trusted():
     session = filler_session(50)
     stale = LexicalIndex(conversation_messages(session)[:10])
     fresh = select_context(session, "merge frames", 300, approx)
-    reused = select_context(session, "merge frames", 300, approx, lexical_index=lambda: stale)
+    reused = select_context(session, "merge frames", 300, approx, lexical_index=stale)
     assert sent_ids(fresh) == sent_ids(reused)
 
 
@@ -267,7 +267,7 @@ def test_property_within_budget_chronological_prompt_last(messages, prompt, budg
     options = {}
     if vectors:
         table = {m["id"]: [len(m["content"]) % 7, 1.0] for m in session["messages"]}
-        options = {"semantic": lambda: (table, [1.0, 0.5])}
+        options = {"vectors": (table, [1.0, 0.5])}
     try:
         plan = select_context(session, prompt, budget, approx, recent_share=share, pinned={f"msg_{p}" for p in pins}, **options)
     except PromptTooLarge:

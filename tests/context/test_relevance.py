@@ -191,7 +191,7 @@ def test_vector_cache_embeds_each_message_once_and_keeps_the_file_private(embedd
 
     prompt = "Which storage location holds the source files?"
     plan = select_context(
-        session, prompt, 72, approx, semantic=lambda: (table, fresh.embed_prompt(prompt)), pin_first_exchange=False
+        session, prompt, 72, approx, vectors=(table, fresh.embed_prompt(prompt)), pin_first_exchange=False
     )
     assert "meaning (embeddings)" in " ".join(plan.notes)
     assert "msg_2" in [item.message_id for item in plan.items]
