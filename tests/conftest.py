@@ -1,4 +1,9 @@
-"""Shared fixtures: a private store for every test and the loopback model server."""
+"""Shared fixtures: a private store for every test and the loopback model server.
+
+Tests live in a folder per layer (client, context, frontends, kernel, models, store);
+``ui/`` holds the browser tests of the whole product, and runs last: Playwright's sync
+API keeps an event loop running in the main thread, after which ``asyncio.run`` fails.
+"""
 
 from __future__ import annotations
 

@@ -38,7 +38,7 @@ CHROMIUM_FLAGS = [
 TOKEN = "oblix-ui-test-token"
 MODEL = "openai/test-model"  # the loopback server answers as "test-model"
 MODEL_KEY = "sk-test-ui-0123456789abcdef"
-ARTIFACTS = Path(__file__).resolve().parents[3] / "test-artifacts" / "ui"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "ui"
 START_TIMEOUT = 90.0  # seconds for JupyterLab to answer
 WAIT_MS = 45_000  # default for every browser-side wait
 
