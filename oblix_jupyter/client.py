@@ -250,33 +250,33 @@ class OblixClient:
     ) -> ContextPlan:
         """What would be sent for ``prompt`` to ``model``: the context selector's plan.
 
-        The selector is pure; what it may need is computed here first, and only when the
-        conversation does not fit whole (``fits_whole``): the word index (kept per session
-        and extended, never rebuilt) and the embeddings (computed within
+        The selector is pure; what it may need is computed here, and only when the
+        conversation does not fit whole (``Selection.fits``): the word index (kept per
+        session and extended, never rebuilt) and the embeddings (computed within
         ``embed_seconds`` on a first turn, the rest later).
         """
-        from .context.selector import conversation_messages, fits_whole, select_context
+        from .context.selector import conversation_messages, start_selection
 
         window = max_input_tokens(model, self.max_input_tokens)
         budget = window - min(max_tokens or DEFAULT_ANSWER_RESERVE, window // 2)
-        count = self._counter(model)
         session_id = (session or {}).get("id")
-        options: dict[str, Any] = {"variables": variables, "notebook": notebook}
-        pinned = pinned if pinned is not None else (session or {}).get("pinned", ())
-        if session_id is None or fits_whole(session, prompt, budget, count, history, **options):
-            return select_context(session, prompt, budget, count, history, pinned=pinned, **options)
-        messages = conversation_messages(session, history)
-        vectors = self._vector_cache()
-        return select_context(
+        selection = start_selection(
             session,
             prompt,
             budget,
-            count,
+            self._counter(model),
             history,
-            pinned=pinned,
+            variables=variables,
+            notebook=notebook,
+            pinned=pinned if pinned is not None else (session or {}).get("pinned", ()),
+        )
+        if selection.fits or session_id is None:
+            return selection.finish()
+        messages = conversation_messages(session, history)
+        vectors = self._vector_cache()
+        return selection.finish(
             lexical_index=self._lexical_index(session_id, messages),
             vectors=None if vectors is None else (vectors.vectors(session_id, messages, self.embed_seconds), vectors.embed_prompt(prompt)),
-            **options,
         )
 
     def _lexical_index(self, session_id: str, messages: list[dict[str, Any]]) -> LexicalIndex:

@@ -184,26 +184,23 @@ def select_context(
     """Choose what to send for ``prompt`` within ``budget`` tokens; see the module docstring.
 
     ``count`` gives the tokens of a text; ``budget`` is the input window left after the
-    answer's reserve. ``variables`` come from ``variables.summarize_variables`` and
+    answer's reserve. ``variables`` come from ``kernel.variables.summarize_variables`` and
     ``notebook`` from ``kernel.state.gather_notebook_context``. ``vectors`` switches on
     semantic relevance (vectors by message id, the prompt's vector); ``lexical_index`` is
     a kept ``relevance.LexicalIndex`` of these messages (rebuilt here if it is stale).
-    Both matter only when the conversation does not fit whole, which ``fits_whole`` tells
-    a caller beforehand, so a turn that sends everything never pays for them.
+    Both matter only when the conversation does not fit whole: a caller that computes
+    them only then uses ``start_selection`` and looks at ``Selection.fits`` first.
     Raises ``PromptTooLarge`` when the prompt alone does not fit.
     """
-    turn, prompt_tokens = _start(session, prompt, budget, count, history, variables, notebook, instructions, lexical_index)
-    pinned_ids = set(pinned)
-    if not turn.add_everything(pinned_ids):
-        turn.add_pinned(pinned_ids, pin_first_exchange)
-        turn.add_recent(recent_share)
-        turn.add_relevant(vectors)
-        turn.settle_partial()
-        turn.add_fill()
-    return turn.plan(prompt, prompt_tokens, (session or {}).get("context") or {}, instructions, budget)
+    selection = start_selection(
+        session, prompt, budget, count, history, variables=variables, notebook=notebook, pinned=pinned, instructions=instructions
+    )
+    return selection.finish(
+        vectors=vectors, lexical_index=lexical_index, pin_first_exchange=pin_first_exchange, recent_share=recent_share
+    )
 
 
-def fits_whole(
+def start_selection(
     session: dict[str, Any] | None,
     prompt: str,
     budget: int,
@@ -212,25 +209,10 @@ def fits_whole(
     *,
     variables: Sequence[VariableSummary] = (),
     notebook: NotebookContext | None = None,
+    pinned: Collection[str] = (),
     instructions: str | None = None,
-) -> bool:
-    """Whether ``select_context`` with these arguments sends the whole conversation (nothing to choose by relevance)."""
-    turn, _ = _start(session, prompt, budget, count, history, variables, notebook, instructions, None)
-    return turn.add_everything(set())
-
-
-def _start(
-    session: dict[str, Any] | None,
-    prompt: str,
-    budget: int,
-    count: Callable[[str], int],
-    history: bool,
-    variables: Sequence[VariableSummary],
-    notebook: NotebookContext | None,
-    instructions: str | None,
-    lexical_index: LexicalIndex | None,
-) -> tuple[_Turn, int]:
-    """A selection with the prompt and the notebook's parts placed, and the prompt's tokens."""
+) -> Selection:
+    """The first half of ``select_context``: the prompt, the notebook's parts and, if it fits, the whole conversation."""
     context = (session or {}).get("context") or {}
     earlier = conversation_messages(session, history)
     prompt_tokens = count(prompt) + MESSAGE_OVERHEAD
@@ -241,9 +223,44 @@ def _start(
             f"The prompt needs about {prompt_tokens} tokens but the model's input budget is {budget - reserve}. "
             "Shorten it or use a model with a larger window."
         )
-    turn = _Turn(earlier, lexical_index, count, budget - prompt_tokens - reserve)
+    turn = _Turn(earlier, count, budget - prompt_tokens - reserve)
     turn.add_notebook(prompt, variables, notebook)
-    return turn, prompt_tokens
+    pinned_ids = set(pinned)
+    fits = turn.add_everything(pinned_ids)
+    return Selection(turn, fits, pinned_ids, prompt, prompt_tokens, context, instructions, budget)
+
+
+@dataclass
+class Selection:
+    """A selection under way; ``fits`` says whether the whole conversation went in (nothing left to choose)."""
+
+    turn: _Turn = field(repr=False)
+    fits: bool
+    pinned: set[str]
+    prompt: str
+    prompt_tokens: int
+    context: dict[str, Any]
+    instructions: str | None
+    budget: int
+
+    def finish(
+        self,
+        *,
+        vectors: Vectors | None = None,
+        lexical_index: LexicalIndex | None = None,
+        pin_first_exchange: bool = True,
+        recent_share: float = DEFAULT_RECENT_SHARE,
+    ) -> ContextPlan:
+        """Choose the rest by recency and relevance (when it did not fit) and return the plan."""
+        turn = self.turn
+        if not self.fits:
+            turn.kept_index = lexical_index
+            turn.add_pinned(self.pinned, pin_first_exchange)
+            turn.add_recent(recent_share)
+            turn.add_relevant(vectors)
+            turn.settle_partial()
+            turn.add_fill()
+        return turn.plan(self.prompt, self.prompt_tokens, self.context, self.instructions, self.budget)
 
 
 def conversation_messages(session: dict[str, Any] | None, history: bool = True) -> list[dict[str, Any]]:
@@ -285,9 +302,9 @@ class _Section:
 class _Turn:
     """The working state of one selection: what is chosen so far and the room left."""
 
-    def __init__(self, earlier: list[dict[str, Any]], index: LexicalIndex | None, count: Callable[[str], int], room: int) -> None:
+    def __init__(self, earlier: list[dict[str, Any]], count: Callable[[str], int], room: int) -> None:
         self.earlier = earlier
-        self._kept_index = index
+        self.kept_index: LexicalIndex | None = None  # a caller's index of ``earlier``, used if it is current
         self.count = count
         self.room = room
         self.chosen: dict[int, _Choice] = {}
@@ -305,7 +322,7 @@ class _Turn:
     @cached_property
     def index(self) -> LexicalIndex:
         """The passages and word statistics of ``earlier``; built only when there is a choice to make."""
-        kept = self._kept_index
+        kept = self.kept_index
         return kept if kept is not None and kept.describes(self.earlier) else LexicalIndex(self.earlier)
 
     @cached_property

@@ -14,8 +14,8 @@ from oblix_jupyter.context.relevance import LexicalIndex
 from oblix_jupyter.context.selector import (
     MESSAGE_OVERHEAD,
     conversation_messages,
-    fits_whole,
     select_context,
+    start_selection,
 )
 from oblix_jupyter.errors import PromptTooLarge
 from oblix_jupyter.models.gateway import count_tokens
@@ -198,12 +198,12 @@ def test_relevance_by_meaning_uses_the_vectors_given():
 def test_a_conversation_that_fits_goes_whole_and_says_so_beforehand():
     long_answer = " ".join(f"Sentence {n} is about colours." for n in range(30))
     session = session_of("Plot the prices", long_answer, "And the volumes?", "Use a bar chart.")
-    assert fits_whole(session, "Which colours again?", 2000, approx)  # so a caller computes no embeddings
+    assert start_selection(session, "Which colours again?", 2000, approx).fits  # so a caller computes no embeddings
     plan = select_context(session, "Which colours again?", 2000, approx, pinned={"msg_2"})
     assert plan.omitted == []
     assert {item.message_id: item.reason for item in plan.items if item.message_id}["msg_2"] == "pinned"
     assert [m["content"] for m in plan.messages[:-1]] == [m["content"] for m in session["messages"]]
-    assert not fits_whole(session, "Which colours again?", 120, approx)
+    assert not start_selection(session, "Which colours again?", 120, approx).fits
     tight = select_context(session, "Which colours again?", 120, approx)
     assert long_answer not in [m["content"] for m in tight.messages]
 
