@@ -273,11 +273,11 @@ class OblixClient:
         if selection.fits or session_id is None:
             return selection.finish()
         messages = conversation_messages(session, history)
+        selection.choose_pinned_and_recent(self._lexical_index(session_id, messages))  # while the prompt embeds
         vectors = self._vector_cache()
-        return selection.finish(
-            lexical_index=self._lexical_index(session_id, messages),
-            vectors=None if vectors is None else (vectors.vectors(session_id, messages, self.embed_seconds), vectors.embed_prompt(prompt)),
-        )
+        if vectors is None:
+            return selection.finish()
+        return selection.finish((vectors.vectors(session_id, messages, self.embed_seconds), vectors.embed_prompt(prompt)))
 
     def _lexical_index(self, session_id: str, messages: list[dict[str, Any]]) -> LexicalIndex:
         """The session's word index, extended with new messages rather than rebuilt each turn."""

@@ -195,9 +195,7 @@ def select_context(
     selection = start_selection(
         session, prompt, budget, count, history, variables=variables, notebook=notebook, pinned=pinned, instructions=instructions
     )
-    return selection.finish(
-        vectors=vectors, lexical_index=lexical_index, pin_first_exchange=pin_first_exchange, recent_share=recent_share
-    )
+    return selection.finish(vectors, lexical_index=lexical_index, pin_first_exchange=pin_first_exchange, recent_share=recent_share)
 
 
 def start_selection(
@@ -242,25 +240,35 @@ class Selection:
     context: dict[str, Any]
     instructions: str | None
     budget: int
+    _recent_chosen: bool = False
 
-    def finish(
-        self,
-        *,
-        vectors: Vectors | None = None,
-        lexical_index: LexicalIndex | None = None,
-        pin_first_exchange: bool = True,
-        recent_share: float = DEFAULT_RECENT_SHARE,
-    ) -> ContextPlan:
-        """Choose the rest by recency and relevance (when it did not fit) and return the plan."""
-        turn = self.turn
+    def choose_pinned_and_recent(
+        self, lexical_index: LexicalIndex | None = None, pin_first_exchange: bool = True, recent_share: float = DEFAULT_RECENT_SHARE
+    ) -> None:
+        """When it did not fit: take the pinned messages, the first exchange and the recent ones.
+
+        A step of its own so that a caller can compute the prompt's embedding meanwhile:
+        only the relevance step (``finish``) needs it.
+        """
+        if self.fits or self._recent_chosen:
+            return
+        self._recent_chosen = True
+        self.turn.kept_index = lexical_index
+        self.turn.add_pinned(self.pinned, pin_first_exchange)
+        self.turn.add_recent(recent_share)
+
+    def finish(self, vectors: Vectors | None = None, **recent: Any) -> ContextPlan:
+        """Choose the rest by relevance (when it did not fit) and return the plan.
+
+        ``recent`` takes ``choose_pinned_and_recent``'s arguments, when that step was not
+        taken before.
+        """
         if not self.fits:
-            turn.kept_index = lexical_index
-            turn.add_pinned(self.pinned, pin_first_exchange)
-            turn.add_recent(recent_share)
-            turn.add_relevant(vectors)
-            turn.settle_partial()
-            turn.add_fill()
-        return turn.plan(self.prompt, self.prompt_tokens, self.context, self.instructions, self.budget)
+            self.choose_pinned_and_recent(**recent)
+            self.turn.add_relevant(vectors)
+            self.turn.settle_partial()
+            self.turn.add_fill()
+        return self.turn.plan(self.prompt, self.prompt_tokens, self.context, self.instructions, self.budget)
 
 
 def conversation_messages(session: dict[str, Any] | None, history: bool = True) -> list[dict[str, Any]]:
