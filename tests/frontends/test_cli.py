@@ -16,7 +16,6 @@ import subprocess
 import sys
 import uuid
 
-import nbformat
 import pytest
 from conftest import TEST_KEY, TEST_MODEL
 from traces import assert_fully_traced, make_sessions, traces
@@ -185,20 +184,15 @@ def test_delete_asks_on_a_terminal(twins, monkeypatch, capsys, answer, kept):
     assert (twins.load_session(SECOND) is not None) is kept
 
 
-@pytest.mark.parametrize("extension", [".json", ".ipynb"])
-def test_export_import_round_trip(twins, tmp_path, extension):
-    path = tmp_path / f"iris{extension}"
+def test_export_then_import_through_the_command_line(twins, tmp_path):
+    """The commands' plumbing; every format's round trip is tested once, in tests/store/test_formats.py."""
+    path = tmp_path / "iris.ipynb"
     exported = oblix("export", "abcdef01", str(path))
     assert exported.returncode == 0 and str(path) in exported.stdout
-    if extension == ".ipynb":
-        nbformat.validate(nbformat.read(path, as_version=4))
     imported = oblix("import", str(path))
     assert imported.returncode == 0
     copy_id = imported.stdout.strip()
-    original, copy = twins.get_session(FIRST), twins.get_session(copy_id)
-    assert copy_id != FIRST
-    for field in ("title", "model", "context", "messages", "created_at", "updated_at"):
-        assert copy[field] == original[field]
+    assert copy_id != FIRST and twins.get_session(copy_id)["messages"] == twins.get_session(FIRST)["messages"]
 
 
 def test_export_markdown(twins, tmp_path):
@@ -231,18 +225,11 @@ def test_import_of_a_file_in_the_original_sdk_layout(store, tmp_path):
     assert session["context"] == {"customer_id": "cust_123", "subscription_tier": "premium"}
 
 
-@pytest.mark.parametrize(
-    "name, content, complaint",
-    [
-        ("truncated.json", '{"id": "abc", "messages": [{"role": "us', "invalid JSON"),
-        ("shape.json", '{"title": "not a session"}', "missing field(s) id, messages"),
-        ("plain.ipynb", nbformat.writes(nbformat.v4.new_notebook()), "no oblix session"),
-    ],
-)
-def test_a_malformed_import_is_one_error_line_and_creates_nothing(store, tmp_path, name, content, complaint):
-    path = tmp_path / name
-    path.write_text(content)
-    fails_with(oblix("import", str(path)), str(path), complaint)
+def test_a_malformed_import_is_one_error_line_and_creates_nothing(store, tmp_path):
+    """How the command reports a bad file; what makes a file bad is tested in tests/store/test_formats.py."""
+    path = tmp_path / "truncated.json"
+    path.write_text('{"id": "abc", "messages": [{"role": "us')
+    fails_with(oblix("import", str(path)), str(path), "invalid JSON")
     assert store.list_sessions() == []
 
 
