@@ -40,10 +40,9 @@ from .models.gateway import (
 from .store.sessions import SessionManager, SessionStore
 
 if TYPE_CHECKING:  # the selector's modules load on the first turn, keeping %load_ext light
+    from .context.inputs import NotebookContext, VariableSummary
     from .context.relevance import LexicalIndex
     from .context.selector import ContextPlan
-    from .kernel.state import NotebookContext
-    from .kernel.variables import VariableSummary
     from .vectors import VectorCache
 
 TextSink = Callable[[str], Any] | IO[str]

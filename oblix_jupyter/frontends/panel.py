@@ -66,6 +66,10 @@ def html_outputs(rich: str, plain: str) -> tuple[dict[str, Any], ...]:
     return ({"output_type": "display_data", "data": {"text/html": rich, "text/plain": plain}, "metadata": {}},)
 
 
+def _when(message: Mapping[str, Any]) -> str:
+    return local_time(message["timestamp"], brief=True) if message.get("timestamp") else ""
+
+
 def message_view(role: str) -> widgets.Output:
     """An empty message of ``role``; the CSS classes set users and assistants apart."""
     view = widgets.Output()
@@ -76,8 +80,7 @@ def message_view(role: str) -> widgets.Output:
 
 def message_outputs(message: Mapping[str, Any]) -> tuple[dict[str, Any], ...]:
     """One stored message as the panel shows it: who (model, status) and when, then the text."""
-    when = local_time(message["timestamp"], brief=True) if message.get("timestamp") else ""
-    rich = message_html(message, [when], note=INCOMPLETE.get(str(message.get("status")), ""))
+    rich = message_html(message, [_when(message)], note=INCOMPLETE.get(str(message.get("status")), ""))
     return html_outputs(rich, f"{message.get('role')}: {message.get('content', '')}")
 
 
@@ -326,19 +329,20 @@ class ChatPanel(widgets.VBox):
         keep: set[tuple[str, str]] = set()
         for number, message in enumerate(stored):
             key = (session["id"], str(message.get("id") or number))  # type: ignore[index]  # no session: no messages
-            outputs = message_outputs(message)
+            # What the view shows depends on these alone; rendering is skipped while they stay the same.
+            shown_as = (*(message.get(field) for field in ("role", "content", "model", "status")), _when(message))
             keep.add(key)
-            view, rendered, actions = self._views.get(key, (None, "", None))
+            view, rendered, actions = self._views.get(key, (None, None, None))
             if view is None:
                 view = message_view(str(message.get("role", "user")))
             if message.get("status") in INCOMPLETE:
                 view.add_class("oblix-incomplete")
-            if rendered != outputs:
-                view.outputs = outputs
+            if rendered != shown_as:
+                view.outputs = message_outputs(message)
                 if actions is not None:
                     actions.close()
                 actions = self._code_actions(message)
-            self._views[key] = (view, outputs, actions)
+            self._views[key] = (view, shown_as, actions)
             shown.append(view)
             if actions is not None:
                 shown.append(actions)
