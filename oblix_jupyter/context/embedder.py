@@ -131,7 +131,6 @@ class VectorTable(Mapping[str, Any]):
         self.spans = spans
         self.matrix = matrix
         self.rows = {message_id: number for number, message_id in enumerate(ids)}
-        self._alignment: tuple[int, int, int, int] | None = None
 
     def __getitem__(self, message_id: str) -> Any:
         first, end = self.spans[self.rows[message_id]]
@@ -149,7 +148,7 @@ class VectorTable(Mapping[str, Any]):
         query = numpy.asarray(prompt_vector, dtype=numpy.float32)
         query = query / (numpy.linalg.norm(query) or 1.0)
         scores = self.matrix @ query
-        if self._aligned(ids, spans):  # the usual case: one product, no copying
+        if list(ids) == self.ids and list(spans) == self.spans:  # the usual case: one product, no copying
             return scores
         total = spans[-1][1] if spans else 0
         result = numpy.full(total, numpy.nan, dtype=numpy.float32)
@@ -160,15 +159,6 @@ class VectorTable(Mapping[str, Any]):
             own = scores[self.spans[number][0] : self.spans[number][1]]
             result[first:end] = own if len(own) == end - first else own.max()
         return result
-
-    def _aligned(self, ids: Sequence[Any], spans: Sequence[tuple[int, int]]) -> bool:
-        """Whether passage ``c`` of ``spans`` is row ``c`` here; checked in full once per list and length."""
-        key = (id(ids), len(ids), id(spans), len(spans))
-        if self._alignment != key:
-            if list(ids) != self.ids or list(spans) != self.spans:
-                return False
-            self._alignment = key  # the index's lists only grow, and a new length is checked again
-        return True
 
     def to_bytes(self) -> bytes:
         header = json.dumps({"model": MODEL_ID, "ids": self.ids, "digests": self.digests, "spans": self.spans})

@@ -25,7 +25,6 @@ ELLIPSIS = "[…]"
 MIN_CHUNK_CHARS = 40  # shorter passages ("Sure.", "Try this:") join a neighbour
 COMMON_SHARE = 0.1  # terms in more passages than this share (and than COMMON_MINIMUM) are skipped
 COMMON_MINIMUM = 1000
-VECTORISE_ABOVE = 5000  # passages; below this, plain Python scores faster than building arrays
 
 _TOKEN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|\d+(?:[.,:]\d+)*")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z`'\"(\[])|\n+")
@@ -122,8 +121,6 @@ class LexicalIndex:
         self.starts: list[int] = []  # positions where an exchange begins (a user message, or the first)
         self.total_length = 0
         self._norm_cache: list[float] = []
-        self._arrays: dict[str, tuple[Any, Any]] = {}  # term -> postings as arrays (long sessions, with NumPy)
-        self._norm_array: Any = ()
         self.extend(messages)
 
     def add(self, message_id: Any, text: str, role: str = "user") -> None:
@@ -169,9 +166,6 @@ class LexicalIndex:
         if not self.texts:
             return {}
         common = max(COMMON_SHARE * len(self.texts), COMMON_MINIMUM)
-        numpy = sys.modules.get("numpy")  # used only if something already imported it
-        if numpy is not None and len(self.texts) >= VECTORISE_ABOVE:
-            return self._scores_numpy(numpy, terms, common)
         norms = self._norms()
         result: dict[int, float] = {}
         get = result.get
@@ -184,25 +178,6 @@ class LexicalIndex:
             for number, frequency in postings:
                 result[number] = get(number, 0.0) + idf * frequency / (frequency + norms[number])
         return result
-
-    def _scores_numpy(self, numpy: Any, terms: Mapping[str, float], common: float) -> dict[int, float]:
-        """``scores`` with each term's postings as arrays: a long session's common terms cost microseconds."""
-        if len(self._norm_array) != len(self.texts):
-            self._norm_array = numpy.asarray(self._norms())
-        norms = self._norm_array
-        total = numpy.zeros(len(self.texts))
-        for term, weight in terms.items():
-            postings = self.postings.get(term)
-            if not postings or len(postings) > common:
-                continue
-            cached = self._arrays.get(term)
-            if cached is None or len(cached[0]) != len(postings):
-                pairs = numpy.array(postings, dtype=numpy.int64)
-                cached = self._arrays[term] = (pairs[:, 0], pairs[:, 1].astype(numpy.float64))
-            numbers, frequencies = cached
-            total[numbers] += self.idf(term) * weight * (BM25_K1 + 1.0) * frequencies / (frequencies + norms[numbers])
-        hits = numpy.flatnonzero(total)
-        return dict(zip(hits.tolist(), total[hits].tolist()))
 
     def _norms(self) -> list[float]:
         """BM25's length normalisation per passage, recomputed only when passages were added."""

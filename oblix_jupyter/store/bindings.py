@@ -14,8 +14,8 @@ from contextlib import contextmanager
 from tinydb import Query, TinyDB
 
 from ..errors import CorruptSession
-from .files import LockedAtomicStorage
 from .shape import now_iso, stamp, validate_session_id
+from .storage import LockedAtomicStorage
 
 
 class Bindings:

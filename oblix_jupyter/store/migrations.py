@@ -9,7 +9,7 @@ wrongly. To change the shape: add ``_to_N`` below and register it in ``MIGRATION
 
 A migration may add or rename fields; one that changes messages must replace the
 message dicts rather than change them in place (the storage re-encodes only message
-objects it has not written before, ``files.dump_tables``).
+objects it has not written before, ``written.dump_tables``).
 """
 
 from __future__ import annotations

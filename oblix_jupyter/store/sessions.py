@@ -37,14 +37,7 @@ from ..errors import (
     SessionNotFound,
 )
 from .bindings import Bindings
-from .files import (
-    DIR_MODE,
-    LockedAtomicStorage,
-    ParsedFiles,
-    atomic_write_bytes,
-    ensure_private_dir,
-    remove_file,
-)
+from .files import DIR_MODE, atomic_write_bytes, ensure_private_dir, remove_file
 from .formats import read_import_file
 from .index import ListingIndex
 from .migrations import SCHEMA_VERSION, upgrade, version_of
@@ -60,6 +53,8 @@ from .shape import (
     summarize,
     validate_session_id,
 )
+from .storage import LockedAtomicStorage
+from .written import ParsedFiles
 
 _PREFIX = re.compile(r"^[0-9a-f][0-9a-f-]{0,35}$")
 _DOC_ID = 1  # each session file holds exactly one TinyDB document
@@ -156,7 +151,7 @@ class SessionManager:
         """Apply ``change`` to the stored session under its lock; return what ``change`` returned.
 
         ``change`` may append messages but never alters a stored one in place: the
-        storage re-encodes only appended messages (``storage.dump_tables``).
+        storage re-encodes only appended messages (``written.dump_tables``).
         """
         with self._transaction(session_id) as db:
             current = self._document(db, session_id)

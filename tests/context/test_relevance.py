@@ -9,8 +9,6 @@ import sys
 import time
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from oblix_jupyter.context.relevance import (
     LexicalIndex,
@@ -61,30 +59,6 @@ def test_bm25_prefers_the_rare_matching_word_and_shorter_passages():
     assert index.describes(messages) and not index.describes(messages[:2])
     grown = LexicalIndex(messages[:1]).extend(messages)
     assert grown.texts == index.texts and grown.starts == [0, 2]
-
-
-VOCABULARY = ["plot", "sales", "region", "merge", "customer", "id", "bins", "price", "model", "loss", "rate", "warm-up"]
-
-
-@settings(max_examples=60, deadline=None)
-@given(
-    st.lists(st.lists(st.sampled_from(VOCABULARY), min_size=1, max_size=12), min_size=1, max_size=40),
-    st.lists(st.sampled_from(VOCABULARY), min_size=1, max_size=5, unique=True),
-)
-def test_bm25_gives_the_same_scores_with_numpy_arrays_as_in_plain_python(texts, query):
-    """Long sessions score with arrays (``relevance.VECTORISE_ABOVE``); they must rank exactly as the plain loop does."""
-    import numpy
-
-    roles = ("user", "assistant")
-    messages = [{"id": f"m{n}", "role": roles[n % 2], "content": " ".join(text)} for n, text in enumerate(texts)]
-    index = LexicalIndex(messages)
-    terms = query_terms(" ".join(query))
-    plain = index.scores(terms)  # a short session: the plain loop
-    arrays = index._scores_numpy(numpy, terms, common=len(index.texts))
-    assert arrays.keys() == plain.keys()
-    assert all(arrays[number] == pytest.approx(plain[number], rel=1e-9) for number in plain)
-    index.extend([*messages, {"id": "later", "role": "user", "content": " ".join(query)}])  # arrays kept from before must follow
-    assert index._scores_numpy(numpy, terms, common=len(index.texts)) == pytest.approx(index.scores(terms), rel=1e-9)
 
 
 def test_chunks_split_prose_by_sentence_and_keep_code_whole():

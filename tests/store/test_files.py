@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from oblix_jupyter.sessions import SessionManager
-from oblix_jupyter.store.files import dump_json, dump_tables
+from oblix_jupyter.store.files import dump_json
+from oblix_jupyter.store.written import dump_tables
 
 KEYS = st.sampled_from(["messages", "pinned", "title", "context", "é", "a\"b", ""])
 SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=12))
