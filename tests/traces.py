@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
+from contextlib import closing
 
 import pytest
 
@@ -22,14 +24,13 @@ NO_EMBEDDER = 3
 
 CREATOR = textwrap.dedent(
     f"""
-    import json, os, sys
+    import json, sys
     from oblix_jupyter.context.selector import conversation_messages
-    from oblix_jupyter.context.embedder import load_embedder, unavailable_reason
+    from oblix_jupyter.context.embedder import digest, load_embedder, unavailable_reason
     from oblix_jupyter.vectors import VectorCache
     from oblix_jupyter import OblixClient
     from oblix_jupyter.kernel.binding import NotebookBinding
     from oblix_jupyter.sessions import SessionManager
-    from oblix_jupyter.store.files import atomic_write_bytes, ensure_private_dir
 
     base_dir, notebook = sys.argv[1], sys.argv[2]
     embedder = load_embedder()
@@ -54,10 +55,10 @@ CREATOR = textwrap.dedent(
     store.save_message(kept, "How do I plot petal length?")
     store.save_message(kept, "Use df.petal_length.hist().", role="assistant", model="openai/x")
     for session_id in (doomed, kept):
-        vectors.vectors(session_id, conversation_messages(store.get_session(session_id)))
-        older = os.path.join(store.base_dir, ".vectors", "{OLDER_MODEL}", session_id + ".bin")
-        ensure_private_dir(os.path.dirname(older))
-        atomic_write_bytes(older, b"vectors of a model used before")
+        messages = conversation_messages(store.get_session(session_id))
+        vectors.vectors(session_id, messages)
+        older = {{digest(m["content"]): b"vectors of a model used before" for m in messages}}
+        store.write_vectors("{OLDER_MODEL}", session_id, older)
     print(json.dumps({{"doomed": doomed, "kept": kept}}))
     """
 )
@@ -81,7 +82,11 @@ def make_sessions(base_dir: str, notebook: str, umask: int = -1) -> tuple[str, s
 
 
 def traces(base_dir: str, session_id: str) -> list[str]:
-    """Every file of the store whose name holds the session's id, and every binding to it."""
+    """Every file of the store whose name holds the session's id, every binding to it and use of a vector by it.
+
+    Vectors are kept by content, not by session, so every vector that no session uses
+    any more (what a delete would have left behind) is counted as a trace as well.
+    """
     found = [
         os.path.relpath(os.path.join(root, name), base_dir)
         for root, _, names in os.walk(base_dir)
@@ -89,6 +94,16 @@ def traces(base_dir: str, session_id: str) -> list[str]:
         if session_id in name
     ]
     found += [f"binding {key}" for key, bound in SessionManager(base_dir).bindings().items() if bound == session_id]
+    vectors = os.path.join(base_dir, ".vectors", "vectors.sqlite3")
+    if os.path.exists(vectors):
+        with closing(sqlite3.connect(vectors)) as db:
+            uses = db.execute("SELECT model, key FROM uses WHERE session_id = ?", (session_id,))
+            found += [f"vector use {model} {key}" for model, key in uses]
+            unused = db.execute(
+                "SELECT model, key FROM vectors WHERE NOT EXISTS "
+                "(SELECT 1 FROM uses WHERE uses.model = vectors.model AND uses.key = vectors.key)"
+            )
+            found += [f"vector of no session {model} {key}" for model, key in unused]
     return sorted(found)
 
 
@@ -97,13 +112,8 @@ def assert_fully_traced(base_dir: str, session_id: str, notebook: str) -> list[s
     from oblix_jupyter.context.embedder import MODEL_ID
 
     found = traces(base_dir, session_id)
-    for expected in (
-        f"{session_id}.json",
-        os.path.join(".locks", f"{session_id}.lock"),
-        os.path.join(".vectors", MODEL_ID, f"{session_id}.bin"),
-        os.path.join(".vectors", OLDER_MODEL, f"{session_id}.bin"),
-        f"binding {notebook}",
-    ):
+    for expected in (f"{session_id}.json", os.path.join(".locks", f"{session_id}.lock"), f"binding {notebook}"):
         assert expected in found, (expected, found)
-    assert any(trace.startswith(".index" + os.sep) for trace in found), found
+    for prefix in (".index" + os.sep, f"vector use {MODEL_ID} ", f"vector use {OLDER_MODEL} "):
+        assert any(trace.startswith(prefix) for trace in found), (prefix, found)
     return found

@@ -9,15 +9,14 @@ judges relevance by words alone. Nothing loads at ``import oblix_jupyter``.
 
 Each message is embedded passage by passage (``relevance.chunks``: a fact is one
 sentence of a long answer, and a whole-message vector dilutes it). A ``VectorTable``
-holds a session's passage vectors, keyed by message id and a digest of the content,
-and has a byte form that the store keeps (``oblix_jupyter.vectors`` decides when).
+holds a session's passage vectors, keyed by message id and a digest of the content
+(under which the store keeps them: ``oblix_jupyter.vectors`` decides when).
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
-import json
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from importlib import resources
@@ -159,21 +158,6 @@ class VectorTable(Mapping[str, Any]):
             own = scores[self.spans[number][0] : self.spans[number][1]]
             result[first:end] = own if len(own) == end - first else own.max()
         return result
-
-    def to_bytes(self) -> bytes:
-        header = json.dumps({"model": MODEL_ID, "ids": self.ids, "digests": self.digests, "spans": self.spans})
-        encoded = header.encode("utf-8")
-        return len(encoded).to_bytes(8, "little") + encoded + self.matrix.astype("float16").tobytes()
-
-    @classmethod
-    def from_bytes(cls, payload: bytes) -> VectorTable:
-        numpy = __import__("numpy")
-        size = int.from_bytes(payload[:8], "little")
-        header = json.loads(payload[8 : 8 + size])
-        if header.get("model") != MODEL_ID:
-            raise ValueError("vectors of another model")
-        matrix = numpy.frombuffer(payload[8 + size :], dtype=numpy.float16).astype(numpy.float32).reshape(-1, 384)
-        return cls(header["ids"], header["digests"], [tuple(span) for span in header["spans"]], matrix)
 
     @classmethod
     def empty(cls) -> VectorTable:

@@ -6,10 +6,10 @@ Layout of ``base_dir`` (default ``~/.oblix/sessions``, or ``$OBLIX_HOME/sessions
     .index/<stamp>.<id>.json   a small header per session: title, counts, model
     .locks/<id>.lock           per-session write locks
     .bindings.json             notebook path -> session id
-    .vectors/<model>/<id>.bin  passage vectors of the session's messages (``read_vectors``/``write_vectors``)
+    .vectors/vectors.sqlite3   passage vectors of messages by content, shared by the sessions that hold them
 
 ``SessionManager`` owns all of it: the headers (``index``), the bindings (``bindings``)
-and the vectors are its caches and tables, and deleting a session removes every one.
+and the vectors (``vectors``) are its caches and tables, and deleting a session removes every one.
 What a session document is, and how it is checked, is ``shape``.
 """
 
@@ -21,7 +21,7 @@ import os
 import re
 import uuid
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from itertools import repeat
@@ -54,22 +54,11 @@ from .shape import (
     validate_session_id,
 )
 from .storage import LockedAtomicStorage
+from .vectors import VectorStore
 from .written import ParsedFiles
 
 _PREFIX = re.compile(r"^[0-9a-f][0-9a-f-]{0,35}$")
 _DOC_ID = 1  # each session file holds exactly one TinyDB document
-_VECTORS = ".vectors"
-
-
-def vector_path(base_dir: str | os.PathLike[str], model: str, session_id: str) -> str:
-    """Where the vectors of ``session_id``'s messages, by embedding ``model``, are kept.
-
-    The store owns every byte under its base directory: the embedder asks here where to
-    write, and ``delete_session`` removes every model's file of a session without loading
-    any embedder. The id is not checked here (benchmarks use made-up ones); the store's
-    own callers pass ids it has validated.
-    """
-    return os.path.join(os.fspath(base_dir), _VECTORS, model, f"{session_id}.bin")
 
 
 def default_base_dir() -> str:
@@ -99,8 +88,8 @@ class SessionStore(Protocol):
     def prune(self, older_than: timedelta, dry_run: bool = False) -> list[str]: ...
     def add_session(self, data: dict[str, Any], new_id: bool = True) -> str: ...
     def session_version(self, session_id: str) -> Any: ...
-    def read_vectors(self, session_id: str, model: str) -> bytes | None: ...
-    def write_vectors(self, session_id: str, model: str, payload: bytes) -> None: ...
+    def read_vectors(self, model: str, keys: Iterable[str]) -> dict[str, bytes]: ...
+    def write_vectors(self, model: str, session_id: str, entries: Mapping[str, bytes | None]) -> None: ...
     @property
     def location(self) -> str: ...
     @property
@@ -121,6 +110,7 @@ class SessionManager:
             ensure_private_dir(directory)
         os.chmod(self.base_dir, DIR_MODE)
         self._bindings = Bindings(self.base_dir, self._locks_dir, lock_timeout, self._report)
+        self._vectors = VectorStore(os.path.join(self.base_dir, ".vectors"), lock_timeout)
 
     # -- paths and transactions -------------------------------------------------
 
@@ -355,34 +345,25 @@ class SessionManager:
         with self._transaction(session_id):
             existed = os.path.exists(path)
             self._bindings.unbind_session(session_id)
-            for model in self._listing(os.path.join(self.base_dir, _VECTORS)):
-                remove_file(vector_path(self.base_dir, model, session_id))
+            self._vectors.forget_session(session_id)
             self._index.forget(session_id)
             remove_file(path)
         remove_file(os.path.join(self._locks_dir, f"{session_id}.lock"))
         return existed
 
-    def read_vectors(self, session_id: str, model: str) -> bytes | None:
-        """The bytes ``write_vectors`` kept for this session and embedding model, or None."""
-        try:
-            with open(vector_path(self.base_dir, model, validate_session_id(session_id)), "rb") as handle:
-                return handle.read()
-        except OSError:
-            return None
+    def read_vectors(self, model: str, keys: Iterable[str]) -> dict[str, bytes]:
+        """The vectors by embedding ``model`` kept under those of the content ``keys`` that any session stored.
 
-    def write_vectors(self, session_id: str, model: str, payload: bytes) -> None:
-        """Keep a session's message vectors (a cache: not fsynced, rebuilt when lost); ``delete_session`` removes them."""
-        path = vector_path(self.base_dir, model, validate_session_id(session_id))
-        ensure_private_dir(os.path.dirname(path))
-        atomic_write_bytes(path, payload, durable=False)
+        A cache: an unusable file finds nothing, and the caller embeds again.
+        """
+        return self._vectors.get(model, keys)
 
-    @staticmethod
-    def _listing(directory: str) -> list[str]:
-        """The names in ``directory``; none when it does not exist (no session has had vectors yet)."""
-        try:
-            return os.listdir(directory)
-        except FileNotFoundError:
-            return []
+    def write_vectors(self, model: str, session_id: str, entries: Mapping[str, bytes | None]) -> None:
+        """Keep vectors by content key, and that the session uses them (None: kept already), until no session does.
+
+        ``delete_session`` forgets the session's uses and removes the vectors left unused.
+        """
+        self._vectors.put(model, validate_session_id(session_id), entries)
 
     def update_session(self, session_id: str, **fields: Any) -> dict[str, Any]:
         """Change ``title``, ``context``, ``model``, ``metadata`` or other extra fields; returns the session."""

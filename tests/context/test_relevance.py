@@ -23,7 +23,7 @@ from oblix_jupyter.context.relevance import (
 )
 from oblix_jupyter.context.selector import conversation_messages, select_context
 from oblix_jupyter.sessions import SessionManager
-from oblix_jupyter.store.sessions import vector_path
+from oblix_jupyter.store.vectors import FILE_NAME
 
 
 def approx(text: str) -> int:
@@ -131,17 +131,21 @@ def test_embeddings_find_a_paraphrase_that_shares_no_word(embedder):
     assert abs(float((vectors[0] ** 2).sum()) - 1.0) < 1e-4
 
 
+class Counting:
+    """The real embedder, counting the texts it is asked to embed."""
+
+    def __init__(self, embedder):
+        self.embedder = embedder
+        self.name = embedder.name
+        self.calls = []
+
+    def embed(self, texts):
+        self.calls.append(len(texts))
+        return self.embedder.embed(texts)
+
+
 def test_vector_cache_embeds_each_message_once_and_keeps_the_file_private(embedder, tmp_path):
     from oblix_jupyter.vectors import VectorCache
-
-    calls = []
-
-    class Counting:
-        name = embedder.name
-
-        def embed(self, texts):
-            calls.append(len(texts))
-            return embedder.embed(texts)
 
     session = {
         "messages": [
@@ -150,18 +154,19 @@ def test_vector_cache_embeds_each_message_once_and_keeps_the_file_private(embedd
         ]
     }
     messages = conversation_messages(session)
-    cache = VectorCache(SessionManager(tmp_path), Counting())
+    counting = Counting(embedder)
+    cache = VectorCache(SessionManager(tmp_path), counting)
     table = cache.vectors("5f3e9a7b-6c1d-4d8e-9e7a-9b8c7d6e5f4a", messages)
-    path = vector_path(tmp_path, embedder.name, "5f3e9a7b-6c1d-4d8e-9e7a-9b8c7d6e5f4a")
-    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600 and ".vectors" in path
+    path = os.path.join(tmp_path, ".vectors", FILE_NAME)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert table["msg_1"].shape == (len(chunks(messages[0]["content"])), 384)
-    embedded = sum(calls)
+    embedded = sum(counting.calls)
     cache.vectors("5f3e9a7b-6c1d-4d8e-9e7a-9b8c7d6e5f4a", messages)
-    assert sum(calls) == embedded  # nothing embedded twice
+    assert sum(counting.calls) == embedded  # nothing embedded twice
     session["messages"].append({"id": "msg_3", "role": "user", "content": "Thanks."})
-    fresh = VectorCache(SessionManager(tmp_path), Counting())  # another process: reads the file
+    fresh = VectorCache(SessionManager(tmp_path), counting)  # another process: reads the file
     table = fresh.vectors("5f3e9a7b-6c1d-4d8e-9e7a-9b8c7d6e5f4a", conversation_messages(session))
-    assert sum(calls) == embedded + 1 and list(table) == ["msg_1", "msg_2", "msg_3"]
+    assert sum(counting.calls) == embedded + 1 and list(table) == ["msg_1", "msg_2", "msg_3"]
 
     prompt = "Which storage location holds the source files?"
     plan = select_context(
@@ -171,9 +176,45 @@ def test_vector_cache_embeds_each_message_once_and_keeps_the_file_private(embedd
     assert "msg_2" in [item.message_id for item in plan.items]
 
 
+def test_a_session_holding_messages_already_embedded_gets_their_vectors_without_embedding(embedder, tmp_path):
+    """A copy, an import or a session re-created with the same messages starts warm, whatever its message ids."""
+    from oblix_jupyter.vectors import VectorCache
+
+    store = SessionManager(tmp_path)
+    texts = [
+        "Where do the raw extracts live? They come from the CRM.",
+        "In the S3 bucket telco-raw-eu, refreshed on Mondays.",
+        "Which region is it in?",
+        "eu-west-1, next to the warehouse.",
+    ]
+    original = store.create_session(title="original")
+    for number, text in enumerate(texts):
+        store.save_message(original, text, role="assistant" if number % 2 else "user")
+    counting = Counting(embedder)
+    first = VectorCache(store, counting).vectors(original, conversation_messages(store.get_session(original)))
+    assert len(first) == len(texts)
+
+    copy = store.create_session(title="re-created, with one message of its own first")
+    store.save_message(copy, "A question of the copy's own.")
+    for number, text in enumerate(texts):
+        store.save_message(copy, text, role="user" if number % 2 else "assistant")  # ids and roles differ
+    counting.calls.clear()
+    cache = VectorCache(SessionManager(tmp_path), counting)  # another kernel: nothing in memory
+    table = cache.vectors(copy, conversation_messages(store.get_session(copy)))
+    assert counting.calls == [1], "only the copy's own message is embedded"
+    assert list(table) == ["msg_1", "msg_2", "msg_3", "msg_4", "msg_5"]
+    for number in range(len(texts)):
+        assert abs(table[f"msg_{number + 2}"] - first[f"msg_{number + 1}"]).max() < 1e-2  # float16 on disk
+
+    store.delete_session(original)  # the copy still uses them
+    counting.calls.clear()
+    again = VectorCache(SessionManager(tmp_path), counting).vectors(copy, conversation_messages(store.get_session(copy)))
+    assert counting.calls == [] and list(again) == list(table)
+
+
 def test_turns_on_a_long_session_find_a_fact_by_meaning_and_embed_each_finished_turn(embedder, model_env):
     from oblix_jupyter import OblixClient
-    from oblix_jupyter.context.embedder import VectorTable
+    from oblix_jupyter.context.embedder import digest
 
     client = OblixClient(max_input_tokens=1200)
     session_id = client.create_session_sync()
@@ -183,14 +224,10 @@ def test_turns_on_a_long_session_find_a_fact_by_meaning_and_embed_each_finished_
         if number == 20:
             text = "The raw extracts sit in an S3 bucket that is refreshed every Monday."
         store.save_message(session_id, text, role="assistant" if number % 2 else "user")
-    vector_file = os.path.join(store.base_dir, ".vectors", embedder.name, f"{session_id}.bin")
 
-    def embedded_ids() -> list[str]:
-        try:
-            with open(vector_file, "rb") as handle:
-                return VectorTable.from_bytes(handle.read()).ids
-        except FileNotFoundError:
-            return []
+    def embedded(message_id: str) -> bool:
+        content = next(m["content"] for m in store.get_session(session_id)["messages"] if m["id"] == message_id)
+        return bool(store.read_vectors(embedder.name, [digest(content)]))
 
     for prompt in ("Where is the source data kept?", "Where is the source data kept, again?"):
         result = client.execute_sync(prompt, session_id)
@@ -198,24 +235,26 @@ def test_turns_on_a_long_session_find_a_fact_by_meaning_and_embed_each_finished_
         assert "meaning (embeddings)" in " ".join(plan.notes) and "not embedded yet" not in " ".join(plan.notes)
         assert "msg_21" in [item.message_id for item in plan.items]
         deadline = time.monotonic() + 30
-        while result["message_id"] not in embedded_ids() and time.monotonic() < deadline:
+        while not embedded(result["message_id"]) and time.monotonic() < deadline:
             time.sleep(0.05)  # the finished turn is embedded in the background
-        assert result["message_id"] in embedded_ids()
+        assert embedded(result["message_id"])
 
 
 def test_deleting_a_session_removes_its_vectors_even_with_a_turn_still_embedding(embedder, model_env):
     from oblix_jupyter import OblixClient
+    from oblix_jupyter.context.embedder import digest
 
     client = OblixClient(max_input_tokens=600)
     session_id = client.create_session_sync()
     for number in range(40):
         client.session_manager.save_message(session_id, f"Note {number}: the weekly sales chart needs readable labels.")
     client.execute_sync("Which labels?", session_id)  # overflows: embeds now, and the finished turn in the background
-    vector_file = os.path.join(client.session_manager.base_dir, ".vectors", embedder.name, f"{session_id}.bin")
-    assert os.path.exists(vector_file)
+    store = client.session_manager
+    keys = [digest(m["content"]) for m in store.get_session(session_id)["messages"]]
+    assert store.read_vectors(embedder.name, keys)
     assert client.delete_session(session_id)
     time.sleep(1.0)  # anything still queued has run by now
-    assert not os.path.exists(vector_file)
+    assert store.read_vectors(embedder.name, keys) == {}
 
 
 def test_a_prompt_embedded_ahead_starts_before_the_caller_next_blocks(embedder, tmp_path):
