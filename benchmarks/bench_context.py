@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from common import median_ms, report
+from common import CachedCount, median_ms, report
 from context_eval.generate import Question, conversations
 
 from oblix_jupyter.context.relevance import (
@@ -35,24 +35,10 @@ from oblix_jupyter.context.selector import (
     select_context,
 )
 from oblix_jupyter.kernel.variables import summarize_variables
-from oblix_jupyter.models.gateway import count_tokens
 
 MODEL = "openai/gpt-4o-mini"
 BUDGET = 2000
 CACHE = pathlib.Path(__file__).parent / "context_eval" / ".cache"  # embedded eval messages, reused between runs
-
-
-class CachedCount:
-    """litellm's counter behind a dict, as the client caches it."""
-
-    def __init__(self) -> None:
-        self.cache: dict[str, int] = {}
-
-    def __call__(self, text: str) -> int:
-        tokens = self.cache.get(text)
-        if tokens is None:
-            tokens = self.cache[text] = count_tokens(MODEL, text)
-        return tokens
 
 
 def ranked_fill(messages: list[dict[str, Any]], order: Sequence[int], prompt: str, count: Callable[[str], int], stop_early: bool) -> set[str]:
@@ -80,7 +66,7 @@ def by_message(index: LexicalIndex, passage_scores: Any) -> list[float]:
 
 
 def retrieval(cache: Any) -> None:
-    count = CachedCount()
+    count = CachedCount(MODEL)
     results: dict[str, list[bool]] = {}
     for session, questions in conversations():
         messages = session["messages"]
@@ -163,7 +149,7 @@ def speed(cache_dir: str, embedder: Any) -> None:
     messages = conversation_messages(session)
     namespace = twenty_variables()
     prompt = "Why is " + ", ".join(f"`{name}`" for name in namespace) + " so slow to plot by store_id and units?"
-    count = CachedCount()
+    count = CachedCount(MODEL)
 
     # First turn: no token counts, no word index, no vectors yet (embedding capped at 2 s; the rest comes later).
     cache = VectorCache(SessionManager(cache_dir), embedder) if embedder else None

@@ -18,7 +18,7 @@ sys.path.insert(0, str(TESTS))
 
 from model_server import Behavior, ModelServer  # noqa: E402  (the tests' own server)
 
-__all__ = ["Behavior", "ModelServer", "median_ms", "paired_medians", "report", "server_process"]
+__all__ = ["Behavior", "CachedCount", "ModelServer", "median_ms", "paired_medians", "report", "server_process"]
 
 
 @contextmanager
@@ -77,3 +77,19 @@ def paired_medians(
 
 def report(name: str, value: str, goal: str = "") -> None:
     print(f"{name:<58} {value:>16}   {goal}", flush=True)
+
+
+class CachedCount:
+    """The project's token counter for ``model`` behind a dict, as the client caches it: strategies compared share one measure."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.cache: dict[str, int] = {}
+
+    def __call__(self, text: str) -> int:
+        tokens = self.cache.get(text)
+        if tokens is None:
+            from oblix_jupyter.models.gateway import count_tokens
+
+            tokens = self.cache[text] = count_tokens(self.model, text)
+        return tokens
