@@ -2,8 +2,8 @@
 
 Words: BM25 over a light-stemmed bag of words in which identifiers (``cust_df``) stay
 whole, so notebook variable names count as words. Meaning: cosine similarity of
-sentence-embedding vectors, computed elsewhere (``embeddings``) and passed in. The two
-are fused into one score per message. Also here: cutting an over-long text down to
+sentence-embedding vectors, computed elsewhere (``embedder``) and passed in. The two
+are fused by rank into one score per passage. Also here: cutting an over-long text down to
 its relevant passages, since that is scored with the same words.
 
 Everything is pure (no I/O, no model): the selector calls it on every turn.
@@ -25,6 +25,7 @@ ELLIPSIS = "[…]"
 MIN_CHUNK_CHARS = 40  # shorter passages ("Sure.", "Try this:") join a neighbour
 COMMON_SHARE = 0.1  # terms in more passages than this share (and than COMMON_MINIMUM) are skipped
 COMMON_MINIMUM = 1000
+RANK_CONSTANT = 20  # reciprocal-rank fusion: 1 / (RANK_CONSTANT + rank) per signal (see ``fuse``)
 
 _TOKEN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|\d+(?:[.,:]\d+)*")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z`'\"(\[])|\n+")
@@ -187,59 +188,35 @@ class LexicalIndex:
         return self._norm_cache
 
 
-def semantic_scores(
-    prompt_vector: Sequence[float] | None, message_vectors: Mapping[str, Any] | None, index: LexicalIndex
-) -> Any:
-    """Cosine similarity of the prompt to each passage of ``index`` (None where there is no vector).
+def semantic_scores(prompt_vector: Sequence[float] | None, message_vectors: Mapping[str, Any] | None, index: LexicalIndex) -> Any:
+    """How close in meaning each passage of ``index`` is to the prompt: a NumPy array, NaN where there is no vector.
 
-    A vector table with a ``passage_similarities`` method (``embeddings.VectorTable``)
-    answers in one matrix product, as a NumPy array with NaN for the gaps. A plain
-    mapping may hold one vector per message (used for all its passages) or one per
-    passage; it is handled in pure Python.
+    ``message_vectors`` is a ``VectorTable`` (``embedder``), or any mapping of message id
+    to one vector or one per passage, made into one. The measure is the table's
+    centred cosine (``VectorTable.passage_similarities``).
     """
     if prompt_vector is None or not message_vectors:
         return None
-    fast = getattr(message_vectors, "passage_similarities", None)
-    if fast is not None:
-        return fast(prompt_vector, index.ids, index.spans)
-    query = [float(x) for x in prompt_vector]
-    result: list[float | None] = []
-    for message_id, (first, end) in zip(index.ids, index.spans):
-        value = message_vectors.get(message_id) if message_id is not None else None
-        if value is None or not len(value):
-            result.extend([None] * (end - first))
-            continue
-        rows = value if _is_matrix(value) else [value]
-        sims = [_cosine(row, query) for row in rows]
-        result.extend(sims if len(sims) == end - first else [max(sims)] * (end - first))
-    return result
+    from .embedder import VectorTable
+
+    table = message_vectors if isinstance(message_vectors, VectorTable) else VectorTable.of(message_vectors)
+    return table.passage_similarities(prompt_vector, index.ids, index.spans)
 
 
 def unknown_count(semantic: Any) -> int:
     """How many passages ``semantic_scores`` had no vector for."""
-    numpy = sys.modules.get("numpy")
-    if numpy is not None and isinstance(semantic, numpy.ndarray):
-        return int(numpy.isnan(semantic).sum())
-    return sum(1 for value in semantic if value is None)
+    return int(sys.modules["numpy"].isnan(semantic).sum())
 
 
-def _is_matrix(value: Any) -> bool:
-    first = value[0]
-    return hasattr(first, "__len__") and not isinstance(first, str)
+def fuse(lexical: Mapping[int, float], semantic: Any, size: int) -> Any:
+    """One relevance in [0, 1] per passage, 1 for the best: BM25 alone, or fused with meaning by rank.
 
-
-def _cosine(vector: Sequence[float], query: Sequence[float]) -> float:
-    dot = sum(float(a) * b for a, b in zip(vector, query))
-    norm = math.sqrt(sum(float(a) * float(a) for a in vector)) * math.sqrt(sum(b * b for b in query))
-    return dot / norm if norm else 0.0
-
-
-def fuse(lexical: Mapping[int, float], semantic: Any, size: int, lexical_weight: float = 0.5) -> Any:
-    """One relevance in [0, 1] per passage from its BM25 and cosine scores.
-
-    Each signal is scaled so the session's best passage scores 1; cosine is measured
-    from the session's median (typical, unrelated passages score 0). With one signal
-    the result is that signal alone. A NumPy ``semantic`` gives a NumPy result.
+    Words and meaning are fused by their ranks (reciprocal-rank fusion), not their
+    scores: BM25 scores and cosines have no common scale, and a passage that both rank
+    high beats one that either ranks first. On the LoCoMo dev conversations at 2,000
+    tokens, rank fusion sent 84.3% of the evidence and the best weighted sum of scaled
+    scores 81.2%; ``RANK_CONSTANT`` 20 beat the customary 60 (86.0% against 84.3%).
+    A passage without a vector is ranked by its words alone.
     """
     best_lexical = max(lexical.values(), default=0.0)
     if semantic is None:
@@ -247,32 +224,16 @@ def fuse(lexical: Mapping[int, float], semantic: Any, size: int, lexical_weight:
         for number, score in lexical.items():
             fused[number] = score / best_lexical
         return fused
-    numpy = sys.modules.get("numpy")
-    semantic_weight = 1.0 - lexical_weight if best_lexical > 0 else 1.0
-    if numpy is not None and isinstance(semantic, numpy.ndarray):
-        gaps = numpy.isnan(semantic)
-        known = semantic[~gaps] if gaps.any() else semantic
-        if not known.size:
-            return fuse(lexical, None, size)
-        floor = float(numpy.median(known[:: max(1, known.size // 4096)]))  # a sample's median is close enough
-        span = (float(known.max()) - floor) or 1.0
-        fused = numpy.clip((semantic - floor) * (semantic_weight / span), 0.0, None)
-        if gaps.any():
-            fused[gaps] = 0.0
-        if lexical:
-            numbers = numpy.fromiter(lexical.keys(), dtype=numpy.int64, count=len(lexical))
-            values = numpy.fromiter(lexical.values(), dtype=numpy.float64, count=len(lexical))
-            fused[numbers] += lexical_weight * values / best_lexical
-        return fused
-    known_values = sorted(value for value in semantic if value is not None)
-    if not known_values:
-        return fuse(lexical, None, size)
-    floor = known_values[len(known_values) // 2]
-    span = (known_values[-1] - floor) or 1.0
-    fused = [semantic_weight * (value - floor) / span if value is not None and value > floor else 0.0 for value in semantic]
-    for number, score in lexical.items():
-        fused[number] += lexical_weight * score / best_lexical
-    return fused
+    numpy = sys.modules["numpy"]
+    fused = numpy.zeros(size)
+    known = numpy.flatnonzero(~numpy.isnan(semantic))
+    by_meaning = known[numpy.argsort(-semantic[known], kind="stable")]
+    fused[by_meaning] = 1.0 / (RANK_CONSTANT + numpy.arange(1, len(by_meaning) + 1))
+    if lexical:
+        by_words = numpy.fromiter(sorted(lexical, key=lexical.__getitem__, reverse=True), dtype=numpy.int64, count=len(lexical))
+        fused[by_words] += 1.0 / (RANK_CONSTANT + numpy.arange(1, len(by_words) + 1))
+    top = fused.max() if size else 0.0
+    return fused / top if top > 0 else fused
 
 
 def best_passages(fused: Any, limit: int, floor: float) -> list[int]:

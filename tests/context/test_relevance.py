@@ -8,9 +8,11 @@ import subprocess
 import sys
 import time
 
+import numpy
 import pytest
 
 from oblix_jupyter.context.relevance import (
+    RANK_CONSTANT,
     LexicalIndex,
     chunks,
     cut_to_relevant,
@@ -19,6 +21,7 @@ from oblix_jupyter.context.relevance import (
     semantic_scores,
     stem,
     truncate_to_tokens,
+    unknown_count,
     words,
 )
 from oblix_jupyter.context.selector import conversation_messages, select_context
@@ -69,22 +72,36 @@ def test_chunks_split_prose_by_sentence_and_keep_code_whole():
     assert pieces[2:] == ["The first point is long enough to stand alone.", "And a second one too, which is also long enough."]
 
 
-def test_fuse_scales_each_signal_and_falls_back_to_words():
+def test_fuse_scales_words_alone_and_fuses_words_with_meaning_by_rank():
     assert fuse({0: 2.0, 2: 1.0}, None, 3) == [1.0, 0.0, 0.5]
-    fused = fuse({2: 4.0}, [0.1, 0.9, 0.2, None], 4, lexical_weight=0.5)
-    assert fused[1] == 0.5 and fused[2] == pytest.approx(0.5 + 0.5 * (0.2 - 0.2) / 0.7) and fused[3] == 0.0
+    k = RANK_CONSTANT
+    fused = fuse({2: 4.0}, numpy.array([0.1, 0.9, 0.2, numpy.nan]), 4)
+    best = 1 / (k + 2) + 1 / (k + 1)  # passage 2: second by meaning, first by words
+    assert fused.tolist() == pytest.approx([(1 / (k + 3)) / best, (1 / (k + 1)) / best, 1.0, 0.0])
+    assert fuse({3: 1.0}, numpy.array([0.5, 0.1, 0.2, numpy.nan]), 4)[3] > 0  # no vector: ranked by its words
 
 
-def test_semantic_scores_accept_one_vector_per_message_or_per_passage():
+def test_semantic_scores_are_cosines_measured_from_the_passages_mean():
+    """What every passage shares (here a large common component) must not decide the ranking."""
     messages = [
         {"id": "a", "role": "user", "content": "The first sentence is long enough to stand alone. The second sentence is long enough as well."},
         {"id": "b", "role": "assistant", "content": "Short."},
+        {"id": "c", "role": "user", "content": "Nobody embedded this one."},
     ]
     index = LexicalIndex(messages)
-    per_passage = {"a": [[1.0, 0.0], [0.0, 1.0]], "b": [1.0, 1.0]}
-    assert semantic_scores([0.0, 1.0], per_passage, index) == pytest.approx([0.0, 1.0, 2**-0.5])
-    assert semantic_scores([0.0, 1.0], {"a": [0.0, 2.0]}, index) == [1.0, 1.0, None]
-    assert semantic_scores(None, per_passage, index) is None
+    common = numpy.array([0.0, 0.0, 6.0])
+    rows = {"a": [[1.0, 0.0, 0.0] + common, [0.0, 1.0, 0.0] + common], "b": [-1.0, -1.0, 0.0] + common}
+    query = numpy.array([0.0, 1.0, 0.2]) + common
+    query = query / numpy.linalg.norm(query)
+    unit = numpy.array([row / numpy.linalg.norm(row) for row in [*rows["a"], rows["b"]]])
+    centre = unit.mean(axis=0)
+    expected = [float((row - centre) @ (query - centre)) / numpy.linalg.norm(row - centre) / numpy.linalg.norm(query - centre) for row in unit]
+    scores = semantic_scores(query, rows, index)
+    assert scores[:3].tolist() == pytest.approx(expected, abs=1e-5) and numpy.isnan(scores[3])
+    assert numpy.nanargmax(scores) == 1 and unknown_count(scores) == 1
+    whole = semantic_scores(query, {"a": rows["a"][1], "b": rows["b"]}, index)  # one vector per message: for all its passages
+    assert whole[0] == whole[1]
+    assert semantic_scores(None, rows, index) is None
 
 
 def test_cut_to_relevant_keeps_the_matching_sentence_and_marks_the_cuts():
