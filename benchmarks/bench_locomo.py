@@ -235,18 +235,6 @@ def ask(client: OblixClient, recorder: RecordingModel, prompt: str, session_id: 
     return recorder.sent[-1], plan
 
 
-def settle(client: OblixClient) -> None:
-    """Wait for the embedding a turn left to the background (the rest of a first turn's session).
-
-    Left running, it would compete for the 2 cores with the next fresh turn's own 2 s
-    of embedding and change what that turn manages to embed. The client offers no
-    public way to wait for it, so this queues a no-op behind it on its worker.
-    """
-    vectors = client._vectors
-    if vectors is not None:
-        vectors._background.submit(lambda: None).result()
-
-
 def embed_session(store: str, base_id: str, conversation: Conversation, results: Results) -> None:
     """Embed the whole session once through the client, as turns would have over time: a plan with no time cap."""
     client = OblixClient(model=MODEL, store=store, semantic=True, embed_seconds=math.inf)
@@ -281,7 +269,7 @@ def selector_warm(
         sent, _ = ask(client, recorder, question.text, session_id, budget)
         results.timings[f"{name}: a turn"].append(time.perf_counter() - started)
         results.scores[name, budget].append((question.category, score(question, by_id, sent)))
-    settle(client)
+    client.wait_for_background()  # else it competes with the next turn for the 2 cores
     client.delete_session(session_id)
 
 
@@ -312,7 +300,7 @@ def selector_fresh(
         results.scores["semantic-fresh", budget].append((question.category, score(question, by_id, sent)))
         missing = next((int(m.group(1)) for note in plan.notes if (m := _NOT_EMBEDDED.search(note))), 0)
         results.not_embedded.append(missing / passages)
-        settle(client)
+        client.wait_for_background()  # else it competes with the next turn for the 2 cores
         client.delete_session(session_id)
 
 

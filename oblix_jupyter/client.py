@@ -15,6 +15,7 @@ import threading
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from contextlib import nullcontext
 from datetime import timedelta
 from typing import IO, TYPE_CHECKING, Any
 
@@ -184,9 +185,14 @@ class OblixClient:
 
     def import_session(self, path: str | os.PathLike[str], keep_id: bool = False) -> str:
         """Store the session in a ``.json`` or exported ``.ipynb`` file; returns its id (a new one unless ``keep_id`` and free)."""
+        from .context.selector import conversation_messages
         from .store.formats import import_session
 
-        return import_session(self.session_manager, path, keep_id=keep_id)
+        session_id = import_session(self.session_manager, path, keep_id=keep_id)
+        vectors = self._vector_cache()
+        if vectors is not None:  # vectors another session holds are found by content; the rest embedded now, aside
+            vectors.update_later(session_id, conversation_messages(self.session_manager.get_session(session_id)))
+        return session_id
 
     def session_version(self, session_id: str) -> Any:
         """A value that changes whenever the session is written, for front ends that follow it."""
@@ -256,6 +262,7 @@ class OblixClient:
         session and extended, never rebuilt) and the embeddings (computed within
         ``embed_seconds`` on a first turn, the rest later).
         """
+        from .context.embedder import unavailable_reason
         from .context.selector import conversation_messages, start_selection
 
         window = max_input_tokens(model, self.max_input_tokens)
@@ -276,8 +283,10 @@ class OblixClient:
         messages = conversation_messages(session, history)
         selection.choose_pinned_and_recent(self._lexical_index(session_id, messages))  # while the prompt embeds
         vectors = self._vector_cache()
-        if vectors is None:
-            return selection.finish()
+        if vectors is None or vectors.embedder is None:
+            plan = selection.finish()
+            plan.notes.append(unavailable_reason() or "Meaning is switched off for this client (semantic=False).")
+            return plan
         return selection.finish((vectors.vectors(session_id, messages, self.embed_seconds), vectors.embed_prompt(prompt)))
 
     def _lexical_index(self, session_id: str, messages: list[dict[str, Any]]) -> LexicalIndex:
@@ -290,17 +299,18 @@ class OblixClient:
         return index
 
     def _vector_cache(self) -> VectorCache | None:
-        """The embedding cache beside the store, or None without the ``semantic`` extra."""
+        """The embedding cache beside the store (its model loads on first use), or None when meaning is switched off."""
         if self._vectors is None and self.semantic is not False and isinstance(self.session_manager, SessionManager):
-            from .context.embedder import load_embedder
             from .vectors import VectorCache
 
-            embedder = load_embedder()
-            if embedder is None:
-                self.semantic = False
-            else:
-                self._vectors = VectorCache(self.session_manager, embedder)
+            self._vectors = VectorCache(self.session_manager)
         return self._vectors
+
+    def wait_for_background(self) -> None:
+        """Wait until what turns left to the background is done: the store's writes, then the embeddings."""
+        self._writer.submit(lambda: None).result()
+        if self._vectors is not None:
+            self._vectors.wait()
 
     def _counter(self, model: str) -> Callable[[str], int]:
         """A token counter for ``model`` that remembers its answers: every turn counts the same messages."""
@@ -335,69 +345,72 @@ class OblixClient:
         (``variables.summarize_variables``, ``notebook_state.gather_notebook_context``).
         Raises ``AnswerInterrupted`` or ``ModelError`` after keeping any partial answer.
         """
-        session_id = session_id or self.current_session_id
-        store = self.session_manager
-        if session_id and self._vectors is not None and self._vectors.keeps(session_id):
-            self._vectors.embed_prompt_ahead(prompt)  # while the session is read and the plan made
-        session = store.get_session(session_id) if session_id else None
-        models = self.models_for(session)
-        plan = self.plan(
-            prompt, session, models[0], history=history, max_tokens=max_tokens, variables=variables, notebook=notebook, pinned=pinned
-        )
-        # The prompt is written while the request goes out; the answer's first text is not
-        # shown, nor the answer stored, nor any failure reported, before that write is done.
-        saving = self._writer.submit(store.save_message, session_id, redact(prompt), role="user") if session_id else None
-        try:
-            completion = self.gateway.complete(
-                models,
-                plan.messages,
-                on_text=_after(saving, _sink(stream_to)),
-                should_stop=should_stop,
-                temperature=temperature,
-                max_tokens=max_tokens,
+        vectors = self._vector_cache()
+        with vectors.during_turn() if vectors is not None else nullcontext():  # background embedding waits meanwhile
+            session_id = session_id or self.current_session_id
+            store = self.session_manager
+            if session_id and self._vectors is not None and self._vectors.keeps(session_id):
+                self._vectors.embed_prompt_ahead(prompt)  # while the session is read and the plan made
+            session = store.get_session(session_id) if session_id else None
+            models = self.models_for(session)
+            plan = self.plan(
+                prompt, session, models[0], history=history, max_tokens=max_tokens, variables=variables, notebook=notebook, pinned=pinned
             )
-        except BaseException as error:
-            _settle(saving)
-            if isinstance(error, ModelError) and session_id and error.partial:
-                store.save_message(session_id, redact(error.partial), role="assistant", model=error.model, status="error")
-            raise
-        question = _settle(saving)
-        message_id = None
-        if session_id:
-            stored = store.save_message(
-                session_id,
-                redact(completion.text),
-                role="assistant",
-                model=completion.model,
-                status=None if completion.status == "complete" else completion.status,
-                usage={"prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens},
-                cost=completion.cost,
-            )
-            message_id = stored["id"]
-            if session is not None and not session.get("model"):
-                store.update_session(session_id, model=completion.model)
-            self._writer.submit(store.prepare_read, session_id)  # the next turn's read, parsed while this answer is read
-            if history and self._vectors is not None and self._vectors.keeps(session_id):
-                from .context.selector import conversation_messages
+            # The prompt is written while the request goes out; the answer's first text is not
+            # shown, nor the answer stored, nor any failure reported, before that write is done.
+            saving = self._writer.submit(store.save_message, session_id, redact(prompt), role="user") if session_id else None
+            try:
+                completion = self.gateway.complete(
+                    models,
+                    plan.messages,
+                    on_text=_after(saving, _sink(stream_to)),
+                    should_stop=should_stop,
+                    temperature=temperature,
+                    max_tokens=max_tokens,
+                )
+            except BaseException as error:
+                _settle(saving)
+                if isinstance(error, ModelError) and session_id and error.partial:
+                    store.save_message(session_id, redact(error.partial), role="assistant", model=error.model, status="error")
+                raise
+            question = _settle(saving)
+            message_id = None
+            if session_id:
+                stored = store.save_message(
+                    session_id,
+                    redact(completion.text),
+                    role="assistant",
+                    model=completion.model,
+                    status=None if completion.status == "complete" else completion.status,
+                    usage={"prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens},
+                    cost=completion.cost,
+                )
+                message_id = stored["id"]
+                if session is not None and not session.get("model"):
+                    store.update_session(session_id, model=completion.model)
+                self._writer.submit(store.prepare_read, session_id)  # the next turn's read, parsed while this answer is read
+                vectors = self._vector_cache() if history else None
+                if vectors is not None:  # embedded as soon as stored: the session is warm when it outgrows the window
+                    from .context.selector import conversation_messages
 
-                self._vectors.update_later(session_id, conversation_messages({"messages": [*session["messages"], question, stored]}))
-        if completion.status == "interrupted":
-            raise AnswerInterrupted(
-                "The answer was interrupted; the part that arrived was kept.", model=completion.model, partial=completion.text
-            )
-        return {
-            "response": completion.text,
-            "session_id": session_id,
-            "session_title": session["title"] if session is not None else None,
-            "message_id": message_id,
-            "model": completion.model,
-            "status": completion.status,
-            "usage": {"prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens},
-            "cost": completion.cost,
-            "failed_models": completion.failed_models,
-            "notice": model_notice(completion.model),
-            "plan": plan,
-        }
+                    vectors.update_later(session_id, conversation_messages({"messages": [*session["messages"], question, stored]}))
+            if completion.status == "interrupted":
+                raise AnswerInterrupted(
+                    "The answer was interrupted; the part that arrived was kept.", model=completion.model, partial=completion.text
+                )
+            return {
+                "response": completion.text,
+                "session_id": session_id,
+                "session_title": session["title"] if session is not None else None,
+                "message_id": message_id,
+                "model": completion.model,
+                "status": completion.status,
+                "usage": {"prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens},
+                "cost": completion.cost,
+                "failed_models": completion.failed_models,
+                "notice": model_notice(completion.model),
+                "plan": plan,
+            }
 
     async def execute(self, prompt: str, session_id: str | None = None, stream_to: TextSink | None = None, **options: Any) -> dict[str, Any]:
         """``execute_sync`` without blocking the event loop; cancelling the task stops the answer."""

@@ -13,17 +13,20 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from .context.embedder import BATCH, Embedder, VectorTable, digest
+from .context.embedder import BATCH, Embedder, VectorTable, digest, load_embedder
 from .context.relevance import chunks
 
 if TYPE_CHECKING:
     from .store.sessions import SessionManager
 
 _HANDOFF_SECONDS = 0.01  # how long a prompt's embedding may take to start before the caller goes on anyway
+_FIRST_RATE = 100.0  # passages per second assumed before any is measured (this 2-core machine: 90-190)
+_BACKGROUND_BATCH = 8  # messages per background batch: the longest a turn that starts meanwhile waits
 
 
 class VectorCache:
@@ -31,55 +34,107 @@ class VectorCache:
 
     ``vectors(session_id, messages)`` takes the conversation's messages (as the selector
     sees them: ``context.conversation_messages``) and returns a ``VectorTable`` with every
-    message the store had vectors of or that could be embedded within ``max_seconds``
-    (all of them when None); the others are embedded on a later call, so a first turn on
-    a long session is not held up. The store is asked by content, so a copied or
-    imported session finds what any session embedded, and a message whose content
-    changed since it was embedded is embedded again.
+    message the store had vectors of, plus the rest when embedding them is expected to
+    take at most ``max_seconds`` (always when None). Otherwise the rest is left to the
+    background and the turn goes on with what there is (the selector then judges by
+    words alone if too little is embedded): a first turn on a long session that nothing
+    was computed for is not held up. The store is asked by content, so a copied or
+    imported session finds what any session embedded.
 
-    Work that can wait runs on background threads: a finished turn's messages
-    (``update_later``), and the next prompt while its session is read and the rest of
-    the plan is made (``embed_prompt_ahead``), on a thread of its own so that it never
-    queues behind a batch.
+    Work that can wait runs on background threads: embedding what a turn stored or left
+    (``update_later``), in small batches that wait while a turn is under way
+    (``during_turn``), and the next prompt while its session is read and the rest of the
+    plan is made (``embed_prompt_ahead``), on a thread of its own so that it never
+    queues behind a batch. The embedder is loaded on first use, so creating a cache
+    costs nothing and a background call loads it off the turn's path.
     """
 
-    def __init__(self, store: SessionManager, embedder: Embedder) -> None:
+    def __init__(self, store: SessionManager, embedder: Embedder | None = None) -> None:
         self.store = store
-        self.embedder = embedder
+        self._embedder = embedder
         self._tables: dict[str, VectorTable] = {}
         self._forgotten: set[str] = set()  # deleted sessions: a late background call must not write them again
         self._lock = threading.Lock()
+        self._turns = 0  # turns under way: background batches wait for none
+        self._quiet = threading.Condition()
+        self._rate = _FIRST_RATE  # passages embedded per second, as last measured here
         self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="oblix-embed")
         self._prompts = ThreadPoolExecutor(max_workers=1, thread_name_prefix="oblix-embed-prompt")
         self._prompt_ahead: tuple[str, dict[str, Any], Future[Any]] | None = None  # prompt, its inputs, the run
 
+    @property
+    def embedder(self) -> Embedder | None:
+        """The embedding model, loaded on first use; None when it cannot be (``embedder.unavailable_reason``)."""
+        if self._embedder is None:
+            self._embedder = load_embedder()
+        return self._embedder
+
     def keeps(self, session_id: str) -> bool:
-        """Whether this session's vectors are in use here, so its new messages are worth embedding ahead."""
+        """Whether this session's vectors are in use here, so its next prompt is worth embedding ahead."""
         return session_id in self._tables
 
+    @contextmanager
+    def during_turn(self) -> Iterator[None]:
+        """Mark a turn under way: background embedding pauses between its batches until it ends."""
+        with self._quiet:
+            self._turns += 1
+        try:
+            yield
+        finally:
+            with self._quiet:
+                self._turns -= 1
+                self._quiet.notify_all()
+
     def update_later(self, session_id: str, messages: Sequence[Mapping[str, Any]]) -> None:
-        """``vectors`` in the background, so the next turn finds these messages embedded.
+        """Embed in the background whatever of ``messages`` has no vector yet, so that the next turn finds it.
 
         A failure here is not reported: the next ``vectors`` call embeds what is missing.
         """
-        self._background.submit(self.vectors, session_id, messages)
+        self._background.submit(self._fill, session_id, list(messages))
 
     def vectors(self, session_id: str, messages: Sequence[Mapping[str, Any]], max_seconds: float | None = None) -> VectorTable:
+        table, complete = self._update(session_id, messages, max_seconds)
+        if not complete:
+            self.update_later(session_id, messages)
+        return table
+
+    def wait(self) -> None:
+        """Wait until the background embedding asked for so far is done (benchmarks, tests)."""
+        self._background.submit(lambda: None).result()
+
+    def _update(
+        self, session_id: str, messages: Sequence[Mapping[str, Any]], max_seconds: float | None, limit: int | None = None
+    ) -> tuple[VectorTable, bool]:
+        """The session's table with what the store has, and what is embedded now; whether every message is in it.
+
+        Embedded now: at most ``limit`` messages, and none unless that is expected to
+        take at most ``max_seconds`` (None: no limit).
+        """
         with self._lock:
-            table = self._tables.get(session_id)
-            if table is None:
-                table = VectorTable.empty()
-            known = table.rows
-            missing = [m for m in messages if m.get("content") and m.get("id") is not None and m["id"] not in known]
+            table = self._tables.get(session_id) or VectorTable.empty()
+            missing = [m for m in messages if m.get("content") and m.get("id") is not None and m["id"] not in table.rows]
             entries: dict[str, bytes | None] = {}
-            if missing:
-                table, entries = self._add(table, missing, max_seconds)
+            embedder = self.embedder
+            if missing and embedder is not None:
+                table, entries = self._add(embedder, table, missing, max_seconds, limit)
             table = table.arranged([m.get("id") for m in messages])
             if session_id not in self._forgotten:
-                if entries:
-                    self.store.write_vectors(self.embedder.name, session_id, entries)
+                if entries and embedder is not None:
+                    self.store.write_vectors(embedder.name, session_id, entries)
                 self._tables[session_id] = table
-            return table
+            return table, len(table) == sum(1 for m in messages if m.get("content") and m.get("id") is not None)
+
+    def _fill(self, session_id: str, messages: list[Mapping[str, Any]]) -> None:
+        """Background: embed what is missing ``_BACKGROUND_BATCH`` messages at a time, never while a turn is under way.
+
+        A batch already running when a turn starts finishes first: a few tens of
+        milliseconds on a 2-core machine. Each batch is stored as soon as it is done.
+        """
+        complete = False
+        while not complete and session_id not in self._forgotten and self.embedder is not None:
+            with self._quiet:
+                self._quiet.wait_for(lambda: self._turns == 0)
+            _, complete = self._update(session_id, messages, None, limit=_BACKGROUND_BATCH)
 
     def embed_prompt_ahead(self, prompt: str) -> None:
         """Start embedding ``prompt`` in the background; ``embed_prompt`` picks the result up.
@@ -93,26 +148,33 @@ class VectorCache:
         tokenized here, and this waits (briefly, bounded) for the worker to start: from
         there it needs the lock only to enter onnxruntime, which runs without it.
         """
-        feeds = self.embedder.feeds([prompt])
+        embedder = self.embedder
+        if embedder is None:
+            return
+        feeds = embedder.feeds([prompt])
         started = threading.Event()
 
         def run() -> Any:
             started.set()
-            return self.embedder.run(feeds)
+            return embedder.run(feeds)
 
         self._prompt_ahead = (prompt, feeds, self._prompts.submit(run))
         started.wait(_HANDOFF_SECONDS)
 
     def embed_prompt(self, prompt: str) -> Any:
+        """The prompt's vector (the one ``embed_prompt_ahead`` started, if it was this prompt); None without an embedder."""
         ahead, self._prompt_ahead = self._prompt_ahead, None
+        embedder = self.embedder
+        if embedder is None:
+            return None
         if ahead is not None and ahead[0] == prompt:
-            return self.embedder.pooled(ahead[2].result(), ahead[1])[0]
-        return self.embedder.embed([prompt])[0]
+            return embedder.pooled(ahead[2].result(), ahead[1])[0]
+        return embedder.embed([prompt])[0]
 
     def _add(
-        self, table: VectorTable, missing: list[Mapping[str, Any]], max_seconds: float | None
+        self, embedder: Embedder, table: VectorTable, missing: list[Mapping[str, Any]], max_seconds: float | None, limit: int | None
     ) -> tuple[VectorTable, dict[str, bytes | None]]:
-        """``table`` with the ``missing`` messages the store has or that are embedded in time, and what to store.
+        """``table`` with the ``missing`` messages the store has or that are embedded now (see ``_update``), and what to store.
 
         What to store maps each added message's digest to its new payload (float16
         passage rows), or to None when the store had it and only this session's use
@@ -122,7 +184,7 @@ class VectorCache:
         started = time.perf_counter()
         width = table.matrix.shape[1]
         keys = [digest(str(m["content"])) for m in missing]
-        found = self.store.read_vectors(self.embedder.name, keys)
+        found = self.store.read_vectors(embedder.name, keys)
         usable = [key for key, payload in found.items() if payload and len(payload) % (2 * width) == 0]  # else embed again
         rows = numpy.frombuffer(b"".join(found[key] for key in usable), dtype=numpy.float16).astype(numpy.float32)
         rows = rows.reshape(-1, width)  # at once, not message by message: 4 ms instead of 10 for 1,000 messages
@@ -131,15 +193,19 @@ class VectorCache:
             count = len(found[key]) // (2 * width)
             blocks[key], rows = rows[:count], rows[count:]
         entries: dict[str, bytes | None] = dict.fromkeys(blocks)
-        unknown = list({key: m for m, key in zip(missing, keys) if key not in blocks}.items())  # same content: once
+        unknown = list({key: m for m, key in zip(missing, keys) if key not in blocks}.items())[:limit]  # same content: once
+        pieces = [chunks(str(m["content"])) for _, m in unknown]
+        if max_seconds is not None and sum(map(len, pieces)) > max_seconds * self._rate:
+            unknown = []  # more than the time allows: all of it in the background instead
         for first in range(0, len(unknown), BATCH):
             if max_seconds is not None and time.perf_counter() - started > max_seconds:
                 break
-            batch = unknown[first : first + BATCH]
-            pieces = [chunks(str(m["content"])) for _, m in batch]
-            vectors = self.embedder.embed([piece for message in pieces for piece in message])
+            batch, batch_pieces = unknown[first : first + BATCH], pieces[first : first + BATCH]
+            began = time.perf_counter()
+            vectors = embedder.embed([piece for message in batch_pieces for piece in message])
+            self._rate = len(vectors) / max(time.perf_counter() - began, 1e-6)
             end = 0
-            for (key, _), message_pieces in zip(batch, pieces):
+            for (key, _), message_pieces in zip(batch, batch_pieces):
                 blocks[key] = vectors[end : end + len(message_pieces)]
                 entries[key] = blocks[key].astype(numpy.float16).tobytes()
                 end += len(message_pieces)

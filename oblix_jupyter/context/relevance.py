@@ -195,7 +195,7 @@ def semantic_scores(prompt_vector: Sequence[float] | None, message_vectors: Mapp
     to one vector or one per passage, made into one. The measure is the table's
     centred cosine (``VectorTable.passage_similarities``).
     """
-    if prompt_vector is None or not message_vectors:
+    if prompt_vector is None or message_vectors is None:
         return None
     from .embedder import VectorTable
 

@@ -27,6 +27,7 @@ import json
 import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import cached_property
 from typing import Any
 
@@ -55,6 +56,10 @@ PASSAGE_OVERHEAD = 2  # the "[…]" around a passage sent without the rest of it
 NEIGHBOUR_WHOLE = 80  # a chosen passage's partner message comes along whole if it is this short...
 NEIGHBOUR_RELEVANCE = 0.7  # ...and the passage at least this relevant
 MIN_PIECE = 24  # no cut message is made smaller than this
+# Meaning is used when at least this share of passages has a vector. LoCoMo dev, 2,000
+# tokens, vectors missing at random: 86.0% with none missing, 82.6% with 30%, 77.9% with
+# 60%, words alone 79.2%.
+MEANING_COVERAGE = 0.5
 CANDIDATES = 400  # passages considered per turn (the rest could never fit)
 
 _STATUS_MARKS = {
@@ -297,6 +302,17 @@ class _Choice:
     tokens: int
     score: float | None = None
     note: str = ""
+    dated: str = ""  # the day's mark that ``text`` starts with (``_Turn.date_days``)
+
+
+def _day(message: Mapping[str, Any]) -> str:
+    """The day a message was written, as "8 May 2023" (UTC; "" when it has no readable timestamp)."""
+    stamp = str(message.get("timestamp") or "")
+    try:
+        when = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return ""
+    return f"{when.day} {when:%B %Y}"
 
 
 @dataclass
@@ -493,13 +509,16 @@ class _Turn:
         index = self.index
         message_vectors, prompt_vector = vectors if vectors is not None else (None, None)
         similarities = semantic_scores(prompt_vector, message_vectors, index)
+        missing = unknown_count(similarities) if similarities is not None else 0
         if similarities is None:
-            self.notes.append("Relevance judged by words only (BM25): no embeddings (install oblix-jupyter[semantic]).")
+            self.notes.append("Relevance judged by words only (BM25): no embeddings for this turn.")
+        elif missing > len(index.texts) * (1.0 - MEANING_COVERAGE):
+            self.notes.append(f"Relevance judged by words only (BM25): {missing} of {len(index.texts)} passages not embedded yet.")
+            similarities = None
         else:
-            missing = unknown_count(similarities)
             self.notes.append(
                 "Relevance judged by words (BM25) and meaning (embeddings)"
-                + (f"; {missing} passage(s) not embedded yet." if missing else ".")
+                + (f"; {missing} passage(s) not embedded yet, ranked by their words." if missing else ".")
             )
         fused = fuse(index.scores(self.terms), similarities, len(index.texts))
         candidates = best_passages(fused, CANDIDATES, RELEVANCE_FLOOR)
@@ -549,12 +568,33 @@ class _Turn:
 
     # -- the result ----------------------------------------------------------------
 
+    def date_days(self) -> None:
+        """Mark the first chosen message of each day with that day, when the conversation spans several.
+
+        Messages chosen from different days sit side by side, and "last week" or "when
+        did I..." need their dates: each day's mark costs a few tokens once, not one per
+        message. Marks are placed afresh whenever the choice changes.
+        """
+        if not self.earlier or _day(self.earlier[0]) == _day(self.earlier[-1]):
+            return
+        previous = None
+        for position in sorted(self.chosen):
+            choice = self.chosen[position]
+            day = _day(self.earlier[position])
+            text = choice.text.removeprefix(choice.dated)
+            mark = f"[{day}] " if day and day != previous else ""
+            if mark != choice.dated:
+                choice.text, choice.dated = mark + text, mark
+                choice.tokens = self.count(choice.text) + MESSAGE_OVERHEAD
+            previous = day or previous
+
     def plan(self, prompt: str, prompt_tokens: int, context: dict[str, Any], instructions: str | None, budget: int) -> ContextPlan:
         sections = [section.text for section in self.sections]
         while True:
             omitted = len(self.earlier) - len(self.chosen)
             system = system_text(context, omitted, sections, instructions)
             system_tokens = self.count(system) + MESSAGE_OVERHEAD if system else 0
+            self.date_days()
             total = system_tokens + prompt_tokens + sum(choice.tokens for choice in self.chosen.values())
             if total <= budget or not (self.chosen or sections):
                 break

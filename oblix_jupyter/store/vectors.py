@@ -17,6 +17,7 @@ import os
 import shutil
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TypeVar
 
@@ -190,13 +191,29 @@ class VectorStore:
         db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
         try:
             db.execute("PRAGMA secure_delete = ON")
-            db.execute("PRAGMA journal_mode = WAL")
+            self._set_wal(db)
             db.execute("PRAGMA synchronous = NORMAL")  # no fsync per commit: a cache, rebuilt when lost
             db.executescript(_SCHEMA)
         except BaseException:
             db.close()
             raise
         return db
+
+    def _set_wal(self, db: sqlite3.Connection) -> None:
+        """Switch to the WAL journal, waiting as the busy timeout would: this one statement answers "locked" at once.
+
+        Two processes opening a new file together would otherwise see one of them fail,
+        and skip its write.
+        """
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                db.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as error:
+                if _code(error) not in _BUSY or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     def _inode(self) -> int | None:
         try:

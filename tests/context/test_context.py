@@ -278,3 +278,25 @@ def test_property_within_budget_chronological_prompt_last(messages, prompt, budg
     numbers = [int(i.split("_")[1]) for i in sent_ids(plan)]
     assert numbers == sorted(set(numbers))
     assert len(plan.omitted) + len(numbers) == len(conversation_messages(session))
+
+
+@pytest.mark.parametrize("budget", [120, 400])
+def test_messages_from_several_days_carry_the_day_once_per_day_within_the_budget(budget):
+    """A question about "when" needs the dates of the older messages it is shown; each day is said once."""
+    count = functools.partial(litellm_count, "gpt-4o-mini")
+    session = filler_session(60)
+    for number, message in enumerate(session["messages"]):
+        message["timestamp"] = f"2024-03-{1 + number // 20:02d}T09:{number % 60:02d}:00.000Z"  # three days, 20 each
+    session["messages"][5]["content"] = "The churn model was retrained with the March data."
+    plan = select_context(session, "When was the churn model retrained?", budget, count)
+    assert plan.used == recount(plan, count) <= budget
+    sent = [message["content"] for message in plan.messages if message["role"] != "system"]
+    marks = [re.match(r"\[(\d+) March 2024\] ", text) for text in sent[:-1]]
+    days = [1 + (int(item.message_id.split("_")[1]) - 1) // 20 for item in plan.items if item.message_id]
+    assert [mark and int(mark.group(1)) for mark in marks] == [day if n == 0 or day != days[n - 1] else None for n, day in enumerate(days)]
+    assert any("retrained" in text for text in sent)
+
+    one_day = filler_session(60)
+    for message in one_day["messages"]:
+        message["timestamp"] = "2024-03-01T09:00:00.000Z"
+    assert not any(message["content"].startswith("[") for message in select_context(one_day, "When?", budget, count).messages)

@@ -122,7 +122,7 @@ def test_importing_the_package_and_selector_loads_no_embedding_runtime():
     assert result.stdout.strip() == "[]", result.stderr
 
 
-# -- with the [semantic] extra --------------------------------------------------------
+# -- with the embedding model ---------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
@@ -131,7 +131,7 @@ def embedder():
 
     loaded = load_embedder()
     if loaded is None:
-        pytest.skip(unavailable_reason() or "the [semantic] extra is not installed")
+        pytest.skip(unavailable_reason() or "the embedding model cannot be loaded")
     return loaded
 
 
@@ -255,6 +255,55 @@ def test_turns_on_a_long_session_find_a_fact_by_meaning_and_embed_each_finished_
         while not embedded(result["message_id"]) and time.monotonic() < deadline:
             time.sleep(0.05)  # the finished turn is embedded in the background
         assert embedded(result["message_id"])
+
+
+def test_meaning_is_used_only_when_most_passages_have_a_vector():
+    """Ranked by meaning, the few embedded passages would push out better ones that only have words."""
+    messages = [{"id": f"m{n}", "role": ("user", "assistant")[n % 2], "content": f"Note {n} about the weekly sales chart."} for n in range(10)]
+    session = {"messages": messages}
+    prompt = "Which note covers the sales chart?"
+
+    def notes(embedded: int) -> str:
+        vectors = {f"m{n}": [1.0, float(n), 0.5] for n in range(embedded)}
+        return " ".join(select_context(session, prompt, 75, approx, vectors=(vectors, [1.0, 2.0, 0.5]), pin_first_exchange=False).notes)
+
+    assert "words only" in notes(4) and "6 of 10 passages not embedded yet" in notes(4)
+    assert "meaning (embeddings)" in notes(5) and "5 passage(s) not embedded yet" in notes(5)
+
+
+def test_background_embedding_waits_while_a_turn_is_under_way(embedder, tmp_path):
+    from oblix_jupyter.vectors import VectorCache
+
+    store = SessionManager(tmp_path)
+    session_id = store.create_session()
+    for number in range(3):
+        store.save_message(session_id, f"Message {number} of a conversation about churn.")
+    counting = Counting(embedder)
+    cache = VectorCache(store, counting)
+    with cache.during_turn():
+        cache.update_later(session_id, conversation_messages(store.get_session(session_id)))
+        time.sleep(0.3)
+        assert counting.calls == []
+    cache.wait()
+    assert sum(counting.calls) == 3 and cache.keeps(session_id)
+
+
+def test_a_first_turn_with_too_much_to_embed_goes_by_words_and_leaves_the_embedding_to_the_background(embedder, model_env):
+    """Nothing computed for a long session: the turn is not held up, and the next one finds it all embedded."""
+    from oblix_jupyter import OblixClient
+
+    client = OblixClient(max_input_tokens=1200, embed_seconds=0.05)
+    session_id = client.create_session_sync()
+    for number in range(80):
+        client.session_manager.save_message(session_id, f"Step {number}: chart the weekly sales by region.", role=("user", "assistant")[number % 2])
+    started = time.monotonic()
+    first = client.execute_sync("Which step charts the sales?", session_id)
+    assert time.monotonic() - started < 2.0
+    assert "words only (BM25): 80 of 80 passages not embedded yet" in " ".join(first["plan"].notes)
+    client.wait_for_background()
+    second = client.execute_sync("Which step charts the sales, again?", session_id)
+    notes = " ".join(second["plan"].notes)
+    assert "meaning (embeddings)." in notes, notes
 
 
 def test_deleting_a_session_removes_its_vectors_even_with_a_turn_still_embedding(embedder, model_env):
