@@ -56,6 +56,7 @@ def main() -> None:
             prompt = "and what about the last column?"
             client = OblixClient(model=model, session_manager=store, model_options={model: {"api_base": served[0]}}, max_input_tokens=window)
             client.execute_sync(prompt, session_id)  # the first turn after a restart indexes and embeds the session
+            client.wait_for_background()  # or its embedding would slow the bare calls, in our favour
             messages = client.plan(prompt, client.load_session(session_id), model).messages
             for (server_label, _), url in zip(servers, served):
                 client.gateway.model_options = {model: {"api_base": url}}

@@ -226,7 +226,16 @@ class OblixClient:
             readable = store.list_sessions(limit=None)
         rows = [("store", store.location), ("sessions", str(len(readable)))]
         rows += [("unreadable", f"{problem.path} ({problem.reason})") for problem in store.problems] or [("unreadable", "none")]
-        return rows + model_rows(self.model, self.fallback_models)
+        return rows + [("relevance", self._relevance_state())] + model_rows(self.model, self.fallback_models)
+
+    def _relevance_state(self) -> str:
+        """How the selector judges relevance here: by words and meaning, or by words alone and why."""
+        from .context.embedder import load_embedder, unavailable_reason
+
+        if self.semantic is False:
+            return "words only (semantic=False)"
+        embedder = load_embedder()
+        return f"words and meaning ({embedder.name})" if embedder is not None else f"words only: {unavailable_reason()}"
 
     # -- turns --------------------------------------------------------------------
 

@@ -258,6 +258,7 @@ def test_doctor_without_a_model_says_how_to_configure_one(store, tmp_path):
     rows = dict(re.split(r"\s{2,}", line, maxsplit=1) for line in result.stdout.splitlines())
     assert rows["store"] == store.base_dir and rows["sessions"] == "1"
     assert "empty file" in rows["unreadable"]
+    assert rows["relevance"] == "words and meaning (all-MiniLM-L6-v2-int8)"  # a default dependency: always here
     if local_model.is_available():
         assert "the offline default" in rows["model"] and "OBLIX_MODEL" in rows["model"]
     else:
