@@ -92,7 +92,7 @@ STRATEGIES = {
     "semantic-warm": "selector, embeddings, warm",
     "semantic-fresh": "selector, embeddings, fresh",
 }
-_NOT_EMBEDDED = re.compile(r"(\d+) passage\(s\) not embedded yet")
+_NOT_EMBEDDED = re.compile(r"(\d+) (?:of \d+ passages|passage\(s\)) not embedded yet")
 
 
 class RecordingModel:
@@ -300,8 +300,8 @@ def selector_fresh(
         results.scores["semantic-fresh", budget].append((question.category, score(question, by_id, sent)))
         missing = next((int(m.group(1)) for note in plan.notes if (m := _NOT_EMBEDDED.search(note))), 0)
         results.not_embedded.append(missing / passages)
+        client.delete_session(session_id)  # the background stops embedding it after the batch under way
         client.wait_for_background()  # else it competes with the next turn for the 2 cores
-        client.delete_session(session_id)
 
 
 def percent(values: Sequence[float]) -> str:
