@@ -18,6 +18,7 @@ import pathlib
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 from common import CachedCount, median_ms, report
@@ -153,16 +154,20 @@ def speed(cache_dir: str, embedder: Any) -> None:
 
     # First turn: no token counts, no word index, no vectors yet (embedding capped at 2 s; the rest comes later).
     cache = VectorCache(SessionManager(cache_dir), embedder) if embedder else None
-    started = time.perf_counter()
-    variables = summarize_variables(namespace, prompt, count=count)
-    index = LexicalIndex(messages)
-    first_vectors = cache.vectors(session["id"], messages, max_seconds=2.0) if cache else None
-    prompt_vector = cache.embed_prompt(prompt) if cache else None
-    plan = select_context(
-        session, prompt, BUDGET, count, variables=variables, lexical_index=index, vectors=(first_vectors, prompt_vector)
-    )
-    first_turn = time.perf_counter() - started
+    with cache.during_turn() if cache else nullcontext():  # as the client marks a turn: the background waits
+        started = time.perf_counter()
+        variables = summarize_variables(namespace, prompt, count=count)
+        index = LexicalIndex(messages)
+        first_vectors = cache.vectors(session["id"], messages, max_seconds=2.0) if cache else None
+        prompt_vector = cache.embed_prompt(prompt) if cache else None
+        plan = select_context(
+            session, prompt, BUDGET, count, variables=variables, lexical_index=index, vectors=(first_vectors, prompt_vector)
+        )
+        first_turn = time.perf_counter() - started
     assert plan.used <= BUDGET and len(variables) == 20, (plan.used, len(variables))
+    if cache:
+        cache.forget(session["id"])  # the first turn left the rest to the background: it would compete with what follows
+        cache.wait()
 
     vectors = None
     if cache:
@@ -186,7 +191,7 @@ def speed(cache_dir: str, embedder: Any) -> None:
     report("  summarize_variables for the 20 variables", f"{summarize_ms:.1f} ms")
     if cache:
         report("  the prompt's embedding", f"{prompt_ms:.1f} ms")
-        report("first turn, nothing cached (counts, index, <= 2 s embedding)", f"{first_turn:.1f} s")
+        report("first turn, nothing cached (counts, index, embedding if it fits 2 s)", f"{first_turn:.1f} s")
         report("  embedding all 10,000 messages once (from 200 timed)", f"{per_message * 10_000:.0f} s", f"{1 / per_message:.0f} msg/s")
     else:
         report("first turn, nothing cached (counts, word index)", f"{first_turn:.1f} s")

@@ -208,7 +208,7 @@ def unknown_count(semantic: Any) -> int:
     return int(sys.modules["numpy"].isnan(semantic).sum())
 
 
-def fuse(lexical: Mapping[int, float], semantic: Any, size: int) -> Any:
+def fuse(lexical: Mapping[int, float], semantic: Any, size: int, floor: float = 0.0) -> Any:
     """One relevance in [0, 1] per passage, 1 for the best: BM25 alone, or fused with meaning by rank.
 
     Words and meaning are fused by their ranks (reciprocal-rank fusion), not their
@@ -217,6 +217,11 @@ def fuse(lexical: Mapping[int, float], semantic: Any, size: int) -> Any:
     tokens, rank fusion sent 84.3% of the evidence and the best weighted sum of scaled
     scores 81.2%; ``RANK_CONSTANT`` 20 beat the customary 60 (86.0% against 84.3%).
     A passage without a vector is ranked by its words alone.
+
+    With a ``floor`` (the least relevance the caller will use), only the ranks that can
+    reach it are computed: a passage below ``depth`` in both rankings scores under
+    ``2 / (RANK_CONSTANT + depth)``, and the best scores at least ``1 / (RANK_CONSTANT + 1)``.
+    On 10,000 messages that spares sorting them all twice (about 5 ms of a turn).
     """
     best_lexical = max(lexical.values(), default=0.0)
     if semantic is None:
@@ -225,15 +230,25 @@ def fuse(lexical: Mapping[int, float], semantic: Any, size: int) -> Any:
             fused[number] = score / best_lexical
         return fused
     numpy = sys.modules["numpy"]
+    depth = size if floor <= 0 else min(size, math.ceil(2.0 * (RANK_CONSTANT + 1) / floor))
     fused = numpy.zeros(size)
     known = numpy.flatnonzero(~numpy.isnan(semantic))
-    by_meaning = known[numpy.argsort(-semantic[known], kind="stable")]
-    fused[by_meaning] = 1.0 / (RANK_CONSTANT + numpy.arange(1, len(by_meaning) + 1))
+    fused[_best_first(known, semantic[known], depth)] = 1.0 / (RANK_CONSTANT + numpy.arange(1, min(depth, len(known)) + 1))
     if lexical:
-        by_words = numpy.fromiter(sorted(lexical, key=lexical.__getitem__, reverse=True), dtype=numpy.int64, count=len(lexical))
-        fused[by_words] += 1.0 / (RANK_CONSTANT + numpy.arange(1, len(by_words) + 1))
+        numbers = numpy.fromiter(lexical.keys(), dtype=numpy.int64, count=len(lexical))
+        values = numpy.fromiter(lexical.values(), dtype=numpy.float64, count=len(lexical))
+        fused[_best_first(numbers, values, depth)] += 1.0 / (RANK_CONSTANT + numpy.arange(1, min(depth, len(numbers)) + 1))
     top = fused.max() if size else 0.0
     return fused / top if top > 0 else fused
+
+
+def _best_first(numbers: Any, values: Any, depth: int) -> Any:
+    """The ``depth`` of ``numbers`` with the highest ``values``, best first (ties in the given order)."""
+    numpy = sys.modules["numpy"]
+    if len(values) > depth:
+        top = numpy.sort(numpy.argpartition(-values, depth - 1)[:depth])
+        numbers, values = numbers[top], values[top]
+    return numbers[numpy.argsort(-values, kind="stable")]
 
 
 def best_passages(fused: Any, limit: int, floor: float) -> list[int]:

@@ -520,7 +520,7 @@ class _Turn:
                 "Relevance judged by words (BM25) and meaning (embeddings)"
                 + (f"; {missing} passage(s) not embedded yet, ranked by their words." if missing else ".")
             )
-        fused = fuse(index.scores(self.terms), similarities, len(index.texts))
+        fused = fuse(index.scores(self.terms), similarities, len(index.texts), RELEVANCE_FLOOR)
         candidates = best_passages(fused, CANDIDATES, RELEVANCE_FLOOR)
         fused = {c: float(fused[c]) for c in candidates}
         cost = {c: self.count(index.texts[c]) + PASSAGE_OVERHEAD for c in candidates}
