@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 _HANDOFF_SECONDS = 0.01  # how long a prompt's embedding may take to start before the caller goes on anyway
 _FIRST_RATE = 100.0  # passages per second assumed before any is measured (this 2-core machine: 90-190)
 _BACKGROUND_BATCH = 8  # messages per background batch: the longest a turn that starts meanwhile waits
+# A front end still renders the answer after the turn: background work starting at once
+# competes with it for the interpreter lock (%%oblix, first token after 300 ms: the turn
+# adds 13.3 ms to a bare call with no wait, 10.3 ms with this one; one run each).
+_AFTER_TURN = 0.1
 
 
 class VectorCache:
@@ -53,9 +57,11 @@ class VectorCache:
         self.store = store
         self._embedder = embedder
         self._tables: dict[str, VectorTable] = {}
+        self._used: set[str] = set()  # sessions a turn asked for vectors (``keeps``)
         self._forgotten: set[str] = set()  # deleted sessions: a late background call must not write them again
         self._lock = threading.Lock()
         self._turns = 0  # turns under way: background batches wait for none
+        self._turn_ended = 0.0  # when the last one ended (time.monotonic)
         self._quiet = threading.Condition()
         self._rate = _FIRST_RATE  # passages embedded per second, as last measured here
         self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="oblix-embed")
@@ -70,8 +76,13 @@ class VectorCache:
         return self._embedder
 
     def keeps(self, session_id: str) -> bool:
-        """Whether this session's vectors are in use here, so its next prompt is worth embedding ahead."""
-        return session_id in self._tables
+        """Whether a turn has used this session's vectors here, so its next prompt is worth embedding ahead.
+
+        Not merely whether they are kept: a session that fits its window needs no
+        prompt vector, and embedding one anyway cost each of its turns 7 ms (%%oblix,
+        first token after 300 ms).
+        """
+        return session_id in self._used
 
     @contextmanager
     def during_turn(self) -> Iterator[None]:
@@ -83,6 +94,7 @@ class VectorCache:
         finally:
             with self._quiet:
                 self._turns -= 1
+                self._turn_ended = time.monotonic()
                 self._quiet.notify_all()
 
     def update_later(self, session_id: str, messages: Sequence[Mapping[str, Any]]) -> None:
@@ -93,6 +105,7 @@ class VectorCache:
         self._background.submit(self._fill, session_id, list(messages))
 
     def vectors(self, session_id: str, messages: Sequence[Mapping[str, Any]], max_seconds: float | None = None) -> VectorTable:
+        self._used.add(session_id)
         table, complete = self._update(session_id, messages, max_seconds)
         if not complete:
             self.update_later(session_id, messages)
@@ -124,6 +137,16 @@ class VectorCache:
                 self._tables[session_id] = table
             return table, len(table) == sum(1 for m in messages if m.get("content") and m.get("id") is not None)
 
+    def _wait_for_quiet(self) -> None:
+        """Until no turn is under way and the last ended ``_AFTER_TURN`` ago (its front end is still showing it)."""
+        with self._quiet:
+            while True:
+                self._quiet.wait_for(lambda: self._turns == 0)
+                left = self._turn_ended + _AFTER_TURN - time.monotonic()
+                if left <= 0:
+                    return
+                self._quiet.wait(left)
+
     def _fill(self, session_id: str, messages: list[Mapping[str, Any]]) -> None:
         """Background: embed what is missing ``_BACKGROUND_BATCH`` messages at a time, never while a turn is under way.
 
@@ -132,8 +155,7 @@ class VectorCache:
         """
         complete = False
         while not complete and session_id not in self._forgotten and self.embedder is not None:
-            with self._quiet:
-                self._quiet.wait_for(lambda: self._turns == 0)
+            self._wait_for_quiet()
             _, complete = self._update(session_id, messages, None, limit=_BACKGROUND_BATCH)
 
     def embed_prompt_ahead(self, prompt: str) -> None:
@@ -229,3 +251,4 @@ class VectorCache:
         with self._lock:
             self._forgotten.add(session_id)
             self._tables.pop(session_id, None)
+            self._used.discard(session_id)

@@ -285,7 +285,8 @@ def test_background_embedding_waits_while_a_turn_is_under_way(embedder, tmp_path
         time.sleep(0.3)
         assert counting.calls == []
     cache.wait()
-    assert sum(counting.calls) == 3 and cache.keeps(session_id)
+    assert sum(counting.calls) == 3
+    assert len(cache.vectors(session_id, conversation_messages(store.get_session(session_id)))) == 3 and sum(counting.calls) == 3
 
 
 def test_a_first_turn_with_too_much_to_embed_goes_by_words_and_leaves_the_embedding_to_the_background(embedder, model_env):
