@@ -187,7 +187,7 @@ def baselines(
     """Recency, BM25, dense and their fusion over the conversation's turns (no Q/A pairs: nothing is asked here)."""
     count = CachedCount(MODEL)
     texts = [turn.text for turn in conversation.turns]
-    by_id = {turn.dia_id: turn.text for turn in conversation.turns}
+    by_id = {turn.turn_id: turn.text for turn in conversation.turns}
     bm25 = TurnBM25(texts)
     vectors = None
     if embedder is not None and {"dense", "rrf"} & set(strategies):
@@ -257,7 +257,7 @@ def selector_warm(
     results: Results,
 ) -> None:
     """The warm-up prompts, then the questions, one after another on one copy of the session."""
-    by_id = {turn.dia_id: turn.text for turn in conversation.turns}
+    by_id = {turn.turn_id: turn.text for turn in conversation.turns}
     store = client.session_manager
     session_id = store.copy_session(base_id)
     started = time.perf_counter()
@@ -288,7 +288,7 @@ def selector_fresh(
     its vectors, kept there by message content. Each copy is deleted after its turn, its
     vectors with it, so the next one starts cold as well.
     """
-    by_id = {turn.dia_id: turn.text for turn in conversation.turns}
+    by_id = {turn.turn_id: turn.text for turn in conversation.turns}
     passages = sum(len(chunks(turn.text)) for turn in conversation.turns)
     base = SessionManager(store).get_session(base_id)
     for question in questions:

@@ -23,6 +23,7 @@ CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop"} 
 WARM_UP_QUESTIONS = 8  # unscored turns before a warm session's first scored question
 MIN_SENTENCE_WORDS = 5  # a shorter sentence ("That's so sweet!") also occurs in other turns: it proves nothing
 
+_TURN_KEY = "dia_id"  # the field of the release that names a turn (only its name is here, never its data)
 _SITTING = re.compile(r"session_(\d+)")
 _EVIDENCE = re.compile(r"D:?(\d+):(\d+)")  # the release also writes "D:11:26" and "D8:6; D9:17"
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\s+(?=\[shares a photo: )")
@@ -32,7 +33,7 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\s+(?=\[shares a photo: )")
 class Turn:
     """One turn as the session stores it: ``role`` from the speaker, ``text`` as ``"Name: text"``."""
 
-    dia_id: str
+    turn_id: str
     role: str
     text: str
     when: datetime  # the sitting's date: LoCoMo dates sittings, not turns
@@ -42,7 +43,7 @@ class Turn:
 class Question:
     text: str
     category: int
-    evidence: tuple[str, ...]  # dia_ids of the turns that hold the answer
+    evidence: tuple[str, ...]  # turn ids of the turns that hold the answer
 
 
 @dataclass
@@ -71,15 +72,15 @@ def load(path: pathlib.Path) -> Conversation:
         when = datetime.strptime(data[f"session_{number}_date_time"], "%I:%M %p on %d %B, %Y").replace(tzinfo=timezone.utc)
         for turn in data[f"session_{number}"]:
             role = "user" if turn["speaker"] == data["speaker_a"] else "assistant"
-            turns.append(Turn(turn["dia_id"], role, turn_text(turn["speaker"], turn), when))
-    known = {turn.dia_id for turn in turns}
+            turns.append(Turn(turn[_TURN_KEY], role, turn_text(turn["speaker"], turn), when))
+    known = {turn.turn_id for turn in turns}
     questions, dropped = [], 0
     for entry in data["qa"]:
         if entry.get("category") not in CATEGORIES:
             continue
         cited = entry.get("evidence") or ()
         named = [f"D{sitting}:{number}" for text in cited for sitting, number in _EVIDENCE.findall(text)]
-        evidence = tuple(dict.fromkeys(dia_id for dia_id in named if dia_id in known))
+        evidence = tuple(dict.fromkeys(turn_id for turn_id in named if turn_id in known))
         dropped += len(set(named) - known) + sum(1 for text in cited if not _EVIDENCE.search(text))
         if evidence:
             questions.append(Question(str(entry["question"]), int(entry["category"]), evidence))
@@ -127,4 +128,4 @@ def reached(text: str, sent: str) -> bool:
 
 def score(question: Question, texts: dict[str, str], sent: str) -> float:
     """The share of the question's evidence turns that reached the model."""
-    return sum(reached(texts[dia_id], sent) for dia_id in question.evidence) / len(question.evidence)
+    return sum(reached(texts[turn_id], sent) for turn_id in question.evidence) / len(question.evidence)

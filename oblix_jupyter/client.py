@@ -358,8 +358,8 @@ class OblixClient:
         with vectors.during_turn() if vectors is not None else nullcontext():  # background embedding waits meanwhile
             session_id = session_id or self.current_session_id
             store = self.session_manager
-            if session_id and self._vectors is not None and self._vectors.keeps(session_id):
-                self._vectors.embed_prompt_ahead(prompt)  # while the session is read and the plan made
+            if session_id and vectors is not None and vectors.keeps(session_id):
+                vectors.embed_prompt_ahead(prompt)  # while the session is read and the plan made
             session = store.get_session(session_id) if session_id else None
             models = self.models_for(session)
             plan = self.plan(
@@ -398,8 +398,7 @@ class OblixClient:
                 if session is not None and not session.get("model"):
                     store.update_session(session_id, model=completion.model)
                 self._writer.submit(store.prepare_read, session_id)  # the next turn's read, parsed while this answer is read
-                vectors = self._vector_cache() if history else None
-                if vectors is not None:  # embedded as soon as stored: the session is warm when it outgrows the window
+                if history and vectors is not None:  # embedded as soon as stored: the session is warm when it outgrows the window
                     from .context.selector import conversation_messages
 
                     vectors.update_later(session_id, conversation_messages({"messages": [*session["messages"], question, stored]}))

@@ -120,16 +120,17 @@ class VectorCache:
     ) -> tuple[VectorTable, bool]:
         """The session's table with what the store has, and what is embedded now; whether every message is in it.
 
-        Embedded now: at most ``limit`` messages, and none unless that is expected to
-        take at most ``max_seconds`` (None: no limit).
+        Only the first ``limit`` messages without a vector here are looked up and, if the
+        store has none for them, embedded now: none unless that is expected to take at
+        most ``max_seconds`` (None: no limit).
         """
         with self._lock:
             table = self._tables.get(session_id) or VectorTable.empty()
-            missing = [m for m in messages if m.get("content") and m.get("id") is not None and m["id"] not in table.rows]
+            missing = [m for m in messages if m.get("content") and m.get("id") is not None and m["id"] not in table.rows][:limit]
             entries: dict[str, bytes | None] = {}
             embedder = self.embedder
             if missing and embedder is not None:
-                table, entries = self._add(embedder, table, missing, max_seconds, limit)
+                table, entries = self._add(embedder, table, missing, max_seconds)
             table = table.arranged([m.get("id") for m in messages])
             if session_id not in self._forgotten:
                 if entries and embedder is not None:
@@ -194,7 +195,7 @@ class VectorCache:
         return embedder.embed([prompt])[0]
 
     def _add(
-        self, embedder: Embedder, table: VectorTable, missing: list[Mapping[str, Any]], max_seconds: float | None, limit: int | None
+        self, embedder: Embedder, table: VectorTable, missing: list[Mapping[str, Any]], max_seconds: float | None
     ) -> tuple[VectorTable, dict[str, bytes | None]]:
         """``table`` with the ``missing`` messages the store has or that are embedded now (see ``_update``), and what to store.
 
@@ -215,7 +216,7 @@ class VectorCache:
             count = len(found[key]) // (2 * width)
             blocks[key], rows = rows[:count], rows[count:]
         entries: dict[str, bytes | None] = dict.fromkeys(blocks)
-        unknown = list({key: m for m, key in zip(missing, keys) if key not in blocks}.items())[:limit]  # same content: once
+        unknown = list({key: m for m, key in zip(missing, keys) if key not in blocks}.items())  # same content: once
         pieces = [chunks(str(m["content"])) for _, m in unknown]
         if max_seconds is not None and sum(map(len, pieces)) > max_seconds * self._rate:
             unknown = []  # more than the time allows: all of it in the background instead

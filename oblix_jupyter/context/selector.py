@@ -22,6 +22,7 @@ The plan is always chronological, and exchanges stay whole where the budget allo
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 import re
@@ -307,7 +308,11 @@ class _Choice:
 
 def _day(message: Mapping[str, Any]) -> str:
     """The day a message was written, as "8 May 2023" (UTC; "" when it has no readable timestamp)."""
-    stamp = str(message.get("timestamp") or "")
+    return _day_of(str(message.get("timestamp") or ""))
+
+
+@functools.lru_cache(maxsize=4096)  # every turn asks again for the same messages' days
+def _day_of(stamp: str) -> str:
     try:
         when = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
     except ValueError:
@@ -573,9 +578,10 @@ class _Turn:
 
         Messages chosen from different days sit side by side, and "last week" or "when
         did I..." need their dates: each day's mark costs a few tokens once, not one per
-        message. Marks are placed afresh whenever the choice changes.
+        message. Marks are placed afresh whenever the choice changes. A conversation sent
+        whole is sent as it is: it was measured to fit without them.
         """
-        if not self.earlier or _day(self.earlier[0]) == _day(self.earlier[-1]):
+        if len(self.chosen) == len(self.earlier) or _day(self.earlier[0]) == _day(self.earlier[-1]):
             return
         previous = None
         for position in sorted(self.chosen):
