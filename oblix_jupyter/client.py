@@ -272,7 +272,7 @@ class OblixClient:
         ``embed_seconds`` on a first turn, the rest later).
         """
         from .context.embedder import unavailable_reason
-        from .context.selector import conversation_messages, start_selection
+        from .context.selector import start_selection
 
         window = max_input_tokens(model, self.max_input_tokens)
         budget = window - min(max_tokens or DEFAULT_ANSWER_RESERVE, window // 2)
@@ -289,7 +289,7 @@ class OblixClient:
         )
         if selection.fits or session_id is None:
             return selection.finish()
-        messages = conversation_messages(session, history)
+        messages = selection.earlier
         selection.choose_pinned_and_recent(self._lexical_index(session_id, messages))  # while the prompt embeds
         vectors = self._vector_cache()
         if vectors is None or vectors.embedder is None:

@@ -126,17 +126,21 @@ class VectorCache:
         """
         with self._lock:
             table = self._tables.get(session_id) or VectorTable.empty()
-            missing = [m for m in messages if m.get("content") and m.get("id") is not None and m["id"] not in table.rows][:limit]
+            embeddable = [m for m in messages if m.get("content") and m.get("id") is not None]
+            if len(embeddable) == len(table) and [m["id"] for m in embeddable] == table.ids:
+                return table, True  # the usual turn: the background embedded everything already
+            missing = [m for m in embeddable if m["id"] not in table.rows][:limit]
             entries: dict[str, bytes | None] = {}
             embedder = self.embedder
             if missing and embedder is not None:
                 table, entries = self._add(embedder, table, missing, max_seconds)
-            table = table.arranged([m.get("id") for m in messages])
+            table = table.arranged([m["id"] for m in embeddable])
+            table.prepare()  # here, often in the background, rather than in the next turn's ranking
             if session_id not in self._forgotten:
                 if entries and embedder is not None:
                     self.store.write_vectors(embedder.name, session_id, entries)
                 self._tables[session_id] = table
-            return table, len(table) == sum(1 for m in messages if m.get("content") and m.get("id") is not None)
+            return table, len(table) == len(embeddable)
 
     def _wait_for_quiet(self) -> None:
         """Until no turn is under way and the last ended ``_AFTER_TURN`` ago (its front end is still showing it)."""

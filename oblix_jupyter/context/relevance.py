@@ -12,6 +12,7 @@ Everything is pure (no I/O, no model): the selector calls it on every turn.
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 import re
 import sys
@@ -146,9 +147,8 @@ class LexicalIndex:
 
     def extend(self, messages: Iterable[Mapping[str, Any]]) -> LexicalIndex:
         """Add the messages past the ones already indexed (a session only grows at its end)."""
-        for number, message in enumerate(messages):
-            if number >= len(self.ids):
-                self.add(message.get("id"), str(message.get("content") or ""), str(message.get("role")))
+        for message in itertools.islice(messages, len(self.ids), None):
+            self.add(message.get("id"), str(message.get("content") or ""), str(message.get("role")))
         return self
 
     def describes(self, messages: Sequence[Mapping[str, Any]]) -> bool:

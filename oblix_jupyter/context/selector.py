@@ -246,6 +246,11 @@ class Selection:
     budget: int
     _recent_chosen: bool = False
 
+    @property
+    def earlier(self) -> list[dict[str, Any]]:
+        """The messages chosen from (``conversation_messages``): a caller's index and vectors describe these."""
+        return self.turn.earlier
+
     def choose_pinned_and_recent(
         self, lexical_index: LexicalIndex | None = None, pin_first_exchange: bool = True, recent_share: float = DEFAULT_RECENT_SHARE
     ) -> None:
@@ -260,6 +265,7 @@ class Selection:
         self.turn.kept_index = lexical_index
         self.turn.add_pinned(self.pinned, pin_first_exchange)
         self.turn.add_recent(recent_share)
+        self.turn.word_scores  # noqa: B018 - scored now, while a caller's prompt embedding runs
 
     def finish(self, vectors: Vectors | None = None, **recent: Any) -> ContextPlan:
         """Choose the rest by relevance (when it did not fit) and return the plan.
@@ -351,6 +357,11 @@ class _Turn:
         """The passages and word statistics of ``earlier``; built only when there is a choice to make."""
         kept = self.kept_index
         return kept if kept is not None and kept.describes(self.earlier) else LexicalIndex(self.earlier)
+
+    @cached_property
+    def word_scores(self) -> dict[int, float]:
+        """BM25 scores of the passages that share a word with the prompt."""
+        return self.index.scores(self.terms)
 
     @cached_property
     def starts(self) -> list[int]:
@@ -525,7 +536,7 @@ class _Turn:
                 "Relevance judged by words (BM25) and meaning (embeddings)"
                 + (f"; {missing} passage(s) not embedded yet, ranked by their words." if missing else ".")
             )
-        fused = fuse(index.scores(self.terms), similarities, len(index.texts), RELEVANCE_FLOOR)
+        fused = fuse(self.word_scores, similarities, len(index.texts), RELEVANCE_FLOOR)
         candidates = best_passages(fused, CANDIDATES, RELEVANCE_FLOOR)
         fused = {c: float(fused[c]) for c in candidates}
         cost = {c: self.count(index.texts[c]) + PASSAGE_OVERHEAD for c in candidates}
