@@ -11,6 +11,11 @@ Typical use::
         server.enqueue(Behavior(reply="hi", status=500))
         litellm.completion(model="openai/test-model", api_base=server.url, ...)
 
+A reply can be a request to call tools, streamed the way OpenAI streams it; a
+conversation with tools is a queue of behaviours, one per request::
+
+    server.enqueue(Behavior(tool_calls=[ToolCall("look", {"name": "df"})]), Behavior(reply="df has 3 rows"))
+
 Run it as a program (``python tests/model_server.py --port 0``) to serve in
 the foreground; the first line printed is the base URL.
 """
@@ -31,27 +36,50 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-__all__ = ["Behavior", "ModelServer", "split_pieces", "DEFAULT_MODEL"]
+__all__ = ["DEFAULT_MODEL", "LOOK", "Behavior", "ModelServer", "ToolCall", "split_pieces"]
 
 DEFAULT_MODEL = "test-model"
+# A tool schema for tests that script a model calling a tool: "look" at a variable by name.
+LOOK = {
+    "type": "function",
+    "function": {
+        "name": "look",
+        "description": "Describe a variable of the notebook.",
+        "parameters": {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]},
+    },
+}
 
 _PIECE_RE = re.compile(r"\s*\S+\s*")
+_ARGUMENT_FRAGMENT = 8  # characters of tool-call arguments per chunk: providers stream them a token at a time
 _CONNECTION_ERRORS = (OSError,)  # BrokenPipe, ConnectionReset, timeouts, ...
+
+
+@dataclass
+class ToolCall:
+    """One tool call the scripted model asks for."""
+
+    name: str
+    arguments: str | dict = "{}"  # a dict is sent as its JSON; a string as it is, even if it is not JSON
+    id: str | None = None  # None -> "call_" + a random hex
+
+    def arguments_json(self) -> str:
+        return self.arguments if isinstance(self.arguments, str) else json.dumps(self.arguments)
 
 
 @dataclass
 class Behavior:
     """How the server answers one request (or all requests of a kind)."""
 
-    reply: str | None = None  # None -> "Echo: " + content of the last user message
+    reply: str | None = None  # None -> "Echo: " + content of the last user message ("" when tool_calls are set)
     status: int = 200  # non-200 -> OpenAI-style error JSON with this status
     token_delay: float = 0.0  # seconds between streamed chunks
     first_token_delay: float = 0.0  # seconds before the first chunk / non-stream body
-    drop_after: int | None = None  # streaming: close socket after N content chunks
+    drop_after: int | None = None  # streaming: close socket after N chunks (text pieces, then tool-call fragments)
     stall_after: int | None = None  # streaming: stop sending after N chunks until release()/stop()
     prompt_tokens: int | None = None  # default: word count of all message contents
-    completion_tokens: int | None = None  # default: number of content chunks
+    completion_tokens: int | None = None  # default: number of chunks (text pieces and tool-call fragments)
     pieces: list[str] | None = None  # streaming: exactly these content chunks (the reply is their concatenation)
+    tool_calls: list[ToolCall] | None = None  # the reply (if any) then these calls, finish_reason "tool_calls"
 
 
 def split_pieces(text: str) -> list[str]:
@@ -90,6 +118,24 @@ def _default_reply(body: Any) -> str:
         if message.get("role") == "user":
             return "Echo: " + _content_text(message.get("content"))
     return "Echo: "
+
+
+def _tool_call_deltas(calls: list[tuple[str, ToolCall]]) -> list[dict]:
+    """Stream deltas for ``calls`` as OpenAI sends them.
+
+    Each call opens with its index, id, type and name and empty arguments; its
+    arguments follow in fragments that carry only the index. Calls come one after
+    another, so a client must gather the fragments by index.
+    """
+    deltas = []
+    for index, (call_id, call) in enumerate(calls):
+        opening = {"index": index, "id": call_id, "type": "function", "function": {"name": call.name, "arguments": ""}}
+        deltas.append({"tool_calls": [opening]})
+        arguments = call.arguments_json()
+        for start in range(0, len(arguments), _ARGUMENT_FRAGMENT):
+            fragment = arguments[start : start + _ARGUMENT_FRAGMENT]
+            deltas.append({"tool_calls": [{"index": index, "function": {"arguments": fragment}}]})
+    return deltas
 
 
 def _count_prompt_tokens(body: Any) -> int:
@@ -282,12 +328,16 @@ class _Handler(BaseHTTPRequestHandler):
 
         if behavior.pieces is not None:
             pieces = list(behavior.pieces)
-            reply = "".join(pieces)
-        else:
-            reply = behavior.reply if behavior.reply is not None else _default_reply(body)
-            pieces = split_pieces(reply)
+        elif behavior.reply is not None:
+            pieces = split_pieces(behavior.reply)
+        else:  # tool calls alone come without text; anything else is the echo
+            pieces = [] if behavior.tool_calls else split_pieces(_default_reply(body))
+        reply = "".join(pieces)
+        calls = [(call.id or "call_" + uuid.uuid4().hex[:24], call) for call in behavior.tool_calls or ()]
+        deltas = [{"content": piece} for piece in pieces] + _tool_call_deltas(calls)
+        finish_reason = "tool_calls" if calls else "stop"
         prompt_tokens = behavior.prompt_tokens if behavior.prompt_tokens is not None else _count_prompt_tokens(body)
-        completion_tokens = behavior.completion_tokens if behavior.completion_tokens is not None else len(pieces)
+        completion_tokens = behavior.completion_tokens if behavior.completion_tokens is not None else len(deltas)
         usage = {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
@@ -297,6 +347,12 @@ class _Handler(BaseHTTPRequestHandler):
         created = int(time.time())
 
         if not body.get("stream"):
+            message: dict[str, Any] = {"role": "assistant", "content": reply if reply or not calls else None}
+            if calls:
+                message["tool_calls"] = [
+                    {"id": call_id, "type": "function", "function": {"name": call.name, "arguments": call.arguments_json()}}
+                    for call_id, call in calls
+                ]
             self._send_json(
                 200,
                 {
@@ -305,14 +361,7 @@ class _Handler(BaseHTTPRequestHandler):
                     "created": created,
                     "model": model,
                     "system_fingerprint": "fp_model_server",
-                    "choices": [
-                        {
-                            "index": 0,
-                            "message": {"role": "assistant", "content": reply},
-                            "logprobs": None,
-                            "finish_reason": "stop",
-                        }
-                    ],
+                    "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}],
                     "usage": usage,
                 },
             )
@@ -321,14 +370,14 @@ class _Handler(BaseHTTPRequestHandler):
         stream_options = body.get("stream_options")
         include_usage = isinstance(stream_options, dict) and bool(stream_options.get("include_usage"))
 
-        def chunk(delta: dict, finish_reason: str | None) -> dict:
+        def chunk(delta: dict, finish: str | None) -> dict:
             out = {
                 "id": completion_id,
                 "object": "chat.completion.chunk",
                 "created": created,
                 "model": model,
                 "system_fingerprint": "fp_model_server",
-                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
             }
             if include_usage:
                 out["usage"] = None
@@ -340,8 +389,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
 
-        contents = pieces if pieces else [""]
-        for i, piece in enumerate(contents):
+        # The first chunk names the role; with no text it says content null, as OpenAI does before tool calls.
+        deltas = deltas or [{"content": ""}]
+        deltas[0] = {"role": "assistant", "content": None, **deltas[0]}
+        for i, delta in enumerate(deltas):
             if behavior.drop_after is not None and i >= behavior.drop_after:
                 raise _Aborted()
             if behavior.stall_after is not None and i == behavior.stall_after:
@@ -351,9 +402,8 @@ class _Handler(BaseHTTPRequestHandler):
                 owner._sleep(behavior.token_delay)
             if owner._stopping.is_set():
                 raise _Aborted()
-            delta = {"role": "assistant", "content": piece} if i == 0 else {"content": piece}
             self._sse(chunk(delta, None))
-        n = len(contents)
+        n = len(deltas)
         if behavior.drop_after is not None and n >= behavior.drop_after:
             raise _Aborted()
         if behavior.stall_after is not None and n == behavior.stall_after:
@@ -361,7 +411,7 @@ class _Handler(BaseHTTPRequestHandler):
                 raise _Aborted()
         if behavior.token_delay > 0:
             owner._sleep(behavior.token_delay)
-        self._sse(chunk({}, "stop"))
+        self._sse(chunk({}, finish_reason))
         if include_usage:
             self._sse(
                 {

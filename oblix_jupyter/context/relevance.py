@@ -265,6 +265,17 @@ def best_passages(fused: Any, limit: int, floor: float) -> list[int]:
     return chosen
 
 
+def search(index: LexicalIndex, query: str, limit: int, vectors: Mapping[str, Any] | None = None, query_vector: Any = None) -> list[tuple[Any, str]]:
+    """The ``limit`` passages of ``index`` most relevant to ``query``, best first, with their message's id.
+
+    The selector's own relevance (words fused with meaning when both vectors are
+    given), for a model that asks to search the conversation itself; passages that
+    share nothing with the query are left out.
+    """
+    fused = fuse(index.scores(query_terms(query)), semantic_scores(query_vector, vectors, index), len(index.texts))
+    return [(index.ids[index.owners[number]], index.texts[number]) for number in best_passages(fused, limit, 1e-9)]
+
+
 def passages(text: str) -> list[str]:
     """``text`` in pieces that can be kept or dropped: code blocks whole, prose by sentence."""
     pieces: list[str] = []

@@ -97,35 +97,35 @@ def describe(name: str, value: Any, cap_tokens: int, count: Callable[[str], int]
         try:
             text = f"`{name}`: " + _describe(value, detail)
         except Exception:  # a broken __len__, property or dtype: say what we safely can
-            text = f"`{name}`: {_type_name(value)}"
+            text = f"`{name}`: {type_name(value)}"
         if count(text) <= cap_tokens:
             return text
     return truncate_to_tokens(text, cap_tokens, count)
 
 
-def _type_name(value: Any) -> str:
+def type_name(value: Any) -> str:
     kind = type(value)
     module = kind.__module__
     return kind.__qualname__ if module in ("builtins", "__main__") else f"{module.split('.')[0]}.{kind.__qualname__}"
 
 
-def _is(value: Any, module: str, *names: str) -> bool:
+def is_type(value: Any, module: str, *names: str) -> bool:
     kind = type(value)
     return kind.__module__.split(".")[0] == module and kind.__name__ in names
 
 
 def _describe(value: Any, detail: int) -> str:
-    if _is(value, "pandas", "DataFrame"):
+    if is_type(value, "pandas", "DataFrame"):
         return _dataframe(value, detail)
-    if _is(value, "pandas", "Series"):
+    if is_type(value, "pandas", "Series"):
         return _series(value, detail)
-    if _is(value, "numpy", "ndarray"):
+    if is_type(value, "numpy", "ndarray"):
         return _array(value, detail)
     if isinstance(value, (bool, int, float, complex, type(None))):
-        return f"{_type_name(value)} = {value!r}"
+        return f"{type_name(value)} = {value!r}"
     if isinstance(value, (str, bytes)):
         preview = (200, 80, 0)[detail]
-        head = f"{_type_name(value)} of length {len(value)}"
+        head = f"{type_name(value)} of length {len(value)}"
         return head + (f": {_short(value, preview)}" if preview else "")
     if isinstance(value, Mapping):
         return _mapping(value, detail)
@@ -135,16 +135,16 @@ def _describe(value: Any, detail: int) -> str:
         return f"module {value.__name__}"
     if inspect.isclass(value) or callable(value) and inspect.isroutine(value):
         return _callable(value, detail)
-    shown = _safe_repr(value, (160, 60, 0)[detail]) if detail < 2 else None
-    return _type_name(value) + (f": {shown}" if shown else "")
+    shown = safe_repr(value, (160, 60, 0)[detail]) if detail < 2 else None
+    return type_name(value) + (f": {shown}" if shown else "")
 
 
 def _short(value: Any, limit: int) -> str:
-    text = value if isinstance(value, str) else _safe_repr(value, limit) or f"<{_type_name(value)}>"
+    text = value if isinstance(value, str) else safe_repr(value, limit) or f"<{type_name(value)}>"
     return repr(text[:limit]) + ("…" if len(text) > limit else "") if isinstance(value, str) else text
 
 
-def _safe_repr(value: Any, limit: int) -> str | None:
+def safe_repr(value: Any, limit: int) -> str | None:
     """``repr(value)`` cut to ``limit`` characters, or None if it raises or takes longer than ``REPR_SECONDS``."""
     result: list[str] = []
 
@@ -207,25 +207,25 @@ def _array(array: Any, detail: int) -> str:
         text += f", min {low:.6g}, max {high:.6g}, mean {mean:.6g}"
     if detail < 2 and array.size:
         flat = array.reshape(-1)[: (6, 3)[detail]]
-        text += f", first values {_safe_repr(flat.tolist(), 120)}"
+        text += f", first values {safe_repr(flat.tolist(), 120)}"
     return text
 
 
 def _collection(items: Any, detail: int) -> str:
     shown = (5, 3, 0)[detail]
-    text = f"{_type_name(items)} of {len(items)} items"
+    text = f"{type_name(items)} of {len(items)} items"
     if shown and len(items):
-        first = [_safe_repr(item, 40) or f"<{_type_name(item)}>" for item, _ in zip(items, range(shown))]
+        first = [safe_repr(item, 40) or f"<{type_name(item)}>" for item, _ in zip(items, range(shown))]
         text += ": " + ", ".join(first) + (", …" if len(items) > shown else "")
     return text
 
 
 def _mapping(mapping: Mapping[Any, Any], detail: int) -> str:
     shown = (12, 6, 0)[detail]
-    text = f"{_type_name(mapping)} of {len(mapping)} keys"
+    text = f"{type_name(mapping)} of {len(mapping)} keys"
     if shown and len(mapping):
         keys = [key for key, _ in zip(mapping, range(shown))]
-        parts = [f"{_safe_repr(key, 30)}: {_type_name(mapping[key])}" for key in keys]
+        parts = [f"{safe_repr(key, 30)}: {type_name(mapping[key])}" for key in keys]
         text += " {" + ", ".join(parts) + (", …" if len(mapping) > shown else "") + "}"
     return text
 
@@ -236,7 +236,7 @@ def _callable(value: Any, detail: int) -> str:
         signature = str(inspect.signature(value))
     except (TypeError, ValueError):
         signature = "(…)"
-    text = f"{kind} {getattr(value, '__qualname__', _type_name(value))}{signature}"
+    text = f"{kind} {getattr(value, '__qualname__', type_name(value))}{signature}"
     doc = inspect.getdoc(value) if detail < 2 else None
     if doc:
         text += f": {doc.strip().splitlines()[0][:160]}"

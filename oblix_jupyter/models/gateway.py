@@ -4,7 +4,9 @@ Everything that touches litellm lives here, so the rest of the package stays che
 import (litellm takes seconds to import) and provider quirks stay out of the client.
 A turn streams from the session's model; only when that model fails *before any
 text arrived* with an error worth retrying elsewhere (connection, timeout, 5xx, 429)
-does the gateway try the next configured model.
+does the gateway try the next configured model. A model that can call tools may be
+given some (a ``ToolRunner``): the gateway runs the calls it asks for and asks again,
+for a few rounds, without knowing what the tools do.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any
+from typing import Any, Protocol
 
 from ..errors import ModelError, NoModelConfigured, redact
 from . import local_model
@@ -23,6 +25,11 @@ from . import local_model
 DEFAULT_MAX_INPUT_TOKENS = 8192
 DEFAULT_ANSWER_RESERVE = 1024
 DEFAULT_TIMEOUT = 120.0
+DEFAULT_MAX_TOOL_ROUNDS = 5
+TOOL_MODELS_ENV = "OBLIX_TOOL_MODELS"
+
+# Per-model options the gateway reads itself; everything else in model_options goes to litellm.
+_GATEWAY_OPTIONS = frozenset({"supports_tools"})
 
 _litellm: ModuleType | None = None
 _import_lock = threading.Lock()
@@ -143,6 +150,62 @@ def count_tokens(model: str, text: str) -> int:
     return int(litellm_module().token_counter(model=model, text=text))
 
 
+def supports_tools(model: str, model_options: dict[str, Any] | None = None) -> bool:
+    """Whether ``model`` is offered tools: an explicit setting first, else what litellm knows.
+
+    litellm answers from its model map, so it says no for every model it has no entry
+    for, which includes any OpenAI-compatible endpoint reached through an ``api_base``
+    (``openai/<name>``, ``hosted_vllm/...``) and most ``ollama/...`` names. Those are
+    switched on by the per-model option ``{"supports_tools": True}`` or by naming the
+    model in ``OBLIX_TOOL_MODELS`` (comma-separated); the option can also switch tools
+    off for a model litellm lists. ``litellm.register_model`` with
+    ``supports_function_calling`` works too, since litellm is asked. The offline model
+    never gets tools: 135M parameters cannot use them, and its server ignores them.
+    """
+    if model == local_model.LOCAL_MODEL:
+        return False
+    explicit = (model_options or {}).get("supports_tools")
+    if explicit is not None:
+        return bool(explicit)
+    if model in split_models(os.environ.get(TOOL_MODELS_ENV)):
+        return True
+    try:
+        return bool(litellm_module().supports_function_calling(model=model))
+    except Exception:  # litellm raises several types for providers it cannot resolve
+        return False
+
+
+class ToolOutcome(Protocol):
+    """What running a tool gives back; the kernel's ``ToolResult`` has this shape without importing it."""
+
+    @property
+    def text(self) -> str: ...  # what the model is sent
+
+    @property
+    def summary(self) -> str: ...  # the line the user sees
+
+    @property
+    def ok(self) -> bool: ...
+
+
+@dataclass
+class ToolRunner:
+    """Tools a model may call during a turn, and how to run them.
+
+    The gateway does not know what a tool does or where it runs (for the product, in
+    the kernel): it hands ``run`` the tool's name and the JSON arguments the model
+    wrote, and sends the model the ``text`` of what ``run`` returns. ``on_tool`` hears
+    each call as soon as it has run, so a front end can show it while the answer is
+    still coming. A turn makes at most ``max_rounds`` requests and the last offers no
+    tools, so it must be answered in text.
+    """
+
+    schemas: list[dict[str, Any]]
+    run: Callable[[str, str], ToolOutcome]
+    on_tool: Callable[[dict[str, Any]], None] | None = None
+    max_rounds: int = DEFAULT_MAX_TOOL_ROUNDS
+
+
 @dataclass
 class Completion:
     """One model answer, possibly partial, and what it cost."""
@@ -155,6 +218,9 @@ class Completion:
     cost: float | None = None
     failed_models: list[tuple[str, str]] = field(default_factory=list)
     error: str | None = None
+    # The tools the model called, in order: {"name", "arguments", "summary", "ok", "result"},
+    # where result is the text the model was sent.
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _is_retryable(error: BaseException, litellm: ModuleType) -> bool:
@@ -201,6 +267,7 @@ class ModelGateway:
         messages: list[dict[str, Any]],
         on_text: Callable[[str], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
+        tools: ToolRunner | None = None,
         **params: Any,
     ) -> Completion:
         """Stream an answer from the first model in ``models`` that works.
@@ -208,12 +275,14 @@ class ModelGateway:
         Returns a ``Completion`` whose status is ``complete``, or ``interrupted`` when
         ``should_stop`` said so or the user pressed Ctrl-C; raises ``ModelError`` (with
         the partial text) when every model failed or the stream broke mid-answer.
+        ``tools`` are offered only to a model that ``supports_tools``; once a model has
+        shown text or run a tool, no other model takes over from it.
         """
         litellm = litellm_module()
         failed: list[tuple[str, str]] = []
         for model in _dedupe(models):
             try:
-                completion = self._stream(litellm, model, messages, on_text, should_stop, params)
+                completion = self._answer(litellm, model, messages, on_text, should_stop, tools, params)
             except _FailedBeforeText as failure:
                 failed.append((model, failure.message))
                 if failure.retryable:
@@ -231,67 +300,217 @@ class ModelGateway:
             return failed[0][1]
         return "Every configured model failed: " + "; ".join(message for _, message in failed)
 
-    def _stream(
+    def _answer(
         self,
         litellm: ModuleType,
         model: str,
         messages: list[dict[str, Any]],
         on_text: Callable[[str], None] | None,
         should_stop: Callable[[], bool] | None,
+        tools: ToolRunner | None,
         params: dict[str, Any],
     ) -> Completion:
-        arguments = {"timeout": self.timeout, "num_retries": 0, "max_retries": 0, **self.model_options.get(model, {})}
+        """``model``'s answer: one request, or with tools a request per round until it answers in text."""
+        options = self.model_options.get(model, {})
+        arguments = {"timeout": self.timeout, "num_retries": 0, "max_retries": 0}
+        arguments.update({key: value for key, value in options.items() if key not in _GATEWAY_OPTIONS})
         arguments.update({key: value for key, value in params.items() if value is not None})
         _skip_idle_stream_logging(litellm)
+        runner = tools if tools is not None and supports_tools(model, options) else None
+        rounds = max(1, runner.max_rounds) if runner is not None else 1
+        turn = _Turn(model, on_text)
+        conversation = list(messages)
+        try:
+            for number in range(1, rounds + 1):
+                schemas = runner.schemas if runner is not None and number < rounds else None
+                turn.next_round()
+                reply, calls, stopped = self._round(litellm, turn, conversation, should_stop, arguments, schemas)
+                if stopped:
+                    return turn.completion("interrupted")
+                if runner is None or schemas is None or not calls:  # calls asked for without tools offered are not run
+                    break
+                conversation += _run_tools(runner, reply, calls, turn)
+                if should_stop is not None and should_stop():
+                    return turn.completion("interrupted")
+        except KeyboardInterrupt:
+            if not turn.started:
+                raise
+            return turn.completion("interrupted")
+        return turn.completion("complete")
+
+    @staticmethod
+    def _round(
+        litellm: ModuleType,
+        turn: _Turn,
+        messages: list[dict[str, Any]],
+        should_stop: Callable[[], bool] | None,
+        arguments: dict[str, Any],
+        schemas: list[dict[str, Any]] | None,
+    ) -> tuple[str, list[dict[str, str]], bool]:
+        """One request: stream its text into ``turn``; return that text, the tool calls asked for, and whether it was stopped."""
+        request = {**arguments, "tools": schemas} if schemas else arguments
         try:
             stream = litellm.completion(
-                model=model, messages=messages, stream=True, stream_options={"include_usage": True}, **arguments
+                model=turn.model, messages=messages, stream=True, stream_options={"include_usage": True}, **request
             )
         except Exception as error:
-            raise _FailedBeforeText(redact(_explain(error, model, litellm)), _is_retryable(error, litellm)) from None
+            raise turn.failure(error, litellm) from None
         pieces: list[str] = []
+        calls: dict[int, dict[str, str]] = {}
         usage_chunk: Any = None
-        status = "complete"
+        stopped = False
         try:
             for chunk in stream:
                 if getattr(chunk, "usage", None) is not None:
                     usage_chunk = chunk
-                delta = chunk.choices[0].delta.content if chunk.choices else None
-                if delta:
-                    pieces.append(delta)
-                    if on_text is not None:
-                        on_text(delta)
+                delta = chunk.choices[0].delta if chunk.choices else None
+                if delta is not None and delta.content:
+                    pieces.append(delta.content)
+                    turn.show(delta.content)
+                if delta is not None:
+                    _gather_tool_calls(calls, getattr(delta, "tool_calls", None))
                 if should_stop is not None and should_stop():
-                    status = "interrupted"
+                    stopped = True
                     break
         except KeyboardInterrupt:
-            status = "interrupted"
+            stopped = True
         except Exception as error:
-            if not pieces:
-                raise _FailedBeforeText(redact(_explain(error, model, litellm)), _is_retryable(error, litellm)) from None
-            message = redact(_explain(error, model, litellm)) + " The partial answer was kept."
-            raise ModelError(message, model=model, partial="".join(pieces)) from None
+            raise turn.failure(error, litellm) from None
         finally:
             _close_quietly(stream)
-        text = "".join(pieces)
-        completion = Completion(text=text, model=model, status=status)
-        self._account(litellm, completion, messages, usage_chunk)
-        return completion
+        reply = "".join(pieces)
+        requested = _whole_calls(calls)
+        turn.account(litellm, messages, reply + "".join(call["arguments"] for call in requested), usage_chunk)
+        return reply, requested, stopped
 
-    @staticmethod
-    def _account(litellm: ModuleType, completion: Completion, messages: list[dict[str, Any]], usage_chunk: Any) -> None:
-        """Token counts (from the provider when it sent them) and the cost litellm computed, if it knows prices."""
+
+class _Turn:
+    """One model's answer as it builds up over the rounds of a turn: text shown, tools run, tokens spent."""
+
+    def __init__(self, model: str, on_text: Callable[[str], None] | None) -> None:
+        self.model = model
+        self.pieces: list[str] = []
+        self.tool_calls: list[dict[str, Any]] = []
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.cost: float | None = None
+        self._on_text = on_text
+        self._paragraph_pending = False
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+    @property
+    def started(self) -> bool:
+        """Whether the user has seen any of this answer: from then on no other model may take over."""
+        return bool(self.pieces or self.tool_calls)
+
+    def next_round(self) -> None:
+        """Text after a tool call starts a new paragraph: it does not continue the sentence before the call."""
+        self._paragraph_pending = bool(self.pieces)
+
+    def show(self, text: str) -> None:
+        if self._paragraph_pending:
+            text, self._paragraph_pending = "\n\n" + text, False
+        self.pieces.append(text)
+        if self._on_text is not None:
+            self._on_text(text)
+
+    def failure(self, error: Exception, litellm: ModuleType) -> Exception:
+        """What a failed request raises: a chance for the next model while nothing was shown, else the end of the turn."""
+        message = redact(_explain(error, self.model, litellm))
+        if not self.started:
+            return _FailedBeforeText(message, _is_retryable(error, litellm))
+        kept = " The partial answer was kept." if self.pieces else ""
+        return ModelError(message + kept, model=self.model, partial=self.text)
+
+    def account(self, litellm: ModuleType, messages: list[dict[str, Any]], reply: str, usage_chunk: Any) -> None:
+        """Add one request's tokens (from the provider when it sent them) and the cost litellm computed, if it knows prices."""
         usage = getattr(usage_chunk, "usage", None)
         if usage is not None and getattr(usage, "prompt_tokens", None) is not None:
-            completion.prompt_tokens = int(usage.prompt_tokens)
-            completion.completion_tokens = int(usage.completion_tokens or 0)
+            self.prompt_tokens += int(usage.prompt_tokens)
+            self.completion_tokens += int(usage.completion_tokens or 0)
         else:
-            completion.prompt_tokens = int(litellm.token_counter(model=completion.model, messages=messages))
-            completion.completion_tokens = count_tokens(completion.model, completion.text) if completion.text else 0
+            self.prompt_tokens += int(litellm.token_counter(model=self.model, messages=messages))
+            self.completion_tokens += count_tokens(self.model, reply) if reply else 0
         # litellm prices the chunk that carries the usage (``_hidden_params["response_cost"]``);
         # None for models without a known price, which is then left out rather than guessed.
         cost = (getattr(usage_chunk, "_hidden_params", None) or {}).get("response_cost")
-        completion.cost = float(cost) if cost is not None else None
+        if cost is not None:
+            self.cost = (self.cost or 0.0) + float(cost)
+
+    def completion(self, status: str) -> Completion:
+        return Completion(
+            text=self.text,
+            model=self.model,
+            status=status,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            cost=self.cost,
+            tool_calls=self.tool_calls,
+        )
+
+
+def _gather_tool_calls(calls: dict[int, dict[str, str]], deltas: Any) -> None:
+    """Fold streamed tool-call fragments into whole calls.
+
+    A call's first fragment carries its id and name, the later ones only pieces of
+    its JSON arguments; the index says which call a fragment belongs to, since
+    parallel calls stream one after another.
+    """
+    for position, delta in enumerate(deltas or ()):
+        index = getattr(delta, "index", None)
+        call = calls.setdefault(position if index is None else index, {"id": "", "name": "", "arguments": ""})
+        call["id"] = getattr(delta, "id", None) or call["id"]
+        function = getattr(delta, "function", None)
+        if function is not None:
+            call["name"] = function.name or call["name"]
+            call["arguments"] += function.arguments or ""
+
+
+def _whole_calls(calls: dict[int, dict[str, str]]) -> list[dict[str, str]]:
+    """The gathered calls in order, each with an id and JSON arguments (some servers send neither for a call without any)."""
+    return [
+        {"id": call["id"] or f"call_{index}", "name": call["name"], "arguments": call["arguments"] or "{}"}
+        for index, call in sorted(calls.items())
+        if call["name"]
+    ]
+
+
+def _run_tools(runner: ToolRunner, reply: str, calls: list[dict[str, str]], turn: _Turn) -> list[dict[str, Any]]:
+    """Run the calls the model asked for; return the messages that tell it what it asked and what came back."""
+    asked = {
+        "role": "assistant",
+        "content": reply or None,
+        "tool_calls": [
+            {"id": call["id"], "type": "function", "function": {"name": call["name"], "arguments": call["arguments"]}}
+            for call in calls
+        ],
+    }
+    answers: list[dict[str, Any]] = []
+    for call in calls:
+        text, summary, ok = _run_tool(runner.run, call["name"], call["arguments"])
+        record = {"name": call["name"], "arguments": call["arguments"], "summary": summary, "ok": ok, "result": text}
+        turn.tool_calls.append(record)
+        if runner.on_tool is not None:
+            runner.on_tool(record)
+        answers.append({"role": "tool", "tool_call_id": call["id"], "content": text})
+    return [asked, *answers]
+
+
+def _run_tool(run: Callable[[str, str], ToolOutcome], name: str, arguments: str) -> tuple[str, str, bool]:
+    """Run one tool, giving (text for the model, summary for the user, ok).
+
+    A tool that raises tells the model so in one line, never with a traceback, and the turn goes on.
+    """
+    try:
+        outcome = run(name, arguments)
+        return str(outcome.text), str(outcome.summary), bool(outcome.ok)
+    except Exception as error:  # whatever broke, the model hears of it and the answer goes on
+        detail = str(error).strip().splitlines()
+        failure = redact(f"tool failed: {type(error).__name__}" + (f": {detail[0][:200]}" if detail else ""))
+        return failure, failure, False
 
 
 _logging_switched_off = False
@@ -338,6 +557,8 @@ def _close_quietly(stream: Any) -> None:
 __all__ = [
     "Completion",
     "ModelGateway",
+    "ToolOutcome",
+    "ToolRunner",
     "configured_models",
     "count_tokens",
     "litellm_module",
@@ -346,4 +567,5 @@ __all__ = [
     "model_rows",
     "preload_litellm",
     "split_models",
+    "supports_tools",
 ]

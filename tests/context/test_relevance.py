@@ -18,6 +18,7 @@ from oblix_jupyter.context.relevance import (
     cut_to_relevant,
     fuse,
     query_terms,
+    search,
     semantic_scores,
     stem,
     truncate_to_tokens,
@@ -358,3 +359,16 @@ def test_a_prompt_embedded_ahead_starts_before_the_caller_next_blocks(embedder, 
         sys.setswitchinterval(switch)
     assert started and started[0] < handed_over
     assert float(vector @ embedder.embed([prompt])[0]) > 0.9999
+
+
+def test_search_finds_the_passage_by_words_and_leaves_out_unrelated_ones():
+    messages = [
+        {"id": "msg_1", "role": "user", "content": "How do I merge two frames? Also, what is the weather like."},
+        {"id": "msg_2", "role": "assistant", "content": "Use pandas merge on the key column. It keeps matching rows."},
+        {"id": "msg_3", "role": "user", "content": "Thanks, and how do I plot a histogram?"},
+    ]
+    index = LexicalIndex(messages)
+    found = search(index, "pandas merge key", 5)
+    assert found[0][0] == "msg_2" and found[0][1].startswith("Use pandas merge on the key column.")
+    assert all(message_id != "msg_3" for message_id, _ in found)
+    assert search(index, "zebra", 5) == []

@@ -20,7 +20,7 @@ import pytest
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from model_server import Behavior, ModelServer, split_pieces  # noqa: E402
+from model_server import LOOK, Behavior, ModelServer, ToolCall, split_pieces  # noqa: E402
 
 MESSAGES = [
     {"role": "system", "content": "You are terse."},
@@ -55,6 +55,8 @@ def _content(chunk) -> str:
     if not chunk.choices:
         return ""
     return chunk.choices[0].delta.content or ""
+
+
 
 
 def _raw_sse(server, body: dict) -> tuple[httpx.Response, list[str]]:
@@ -343,6 +345,98 @@ def test_async_streams_reuse_connection(server, litellm):
     assert len(server.chat_requests()) == 10
     # the async SDK drains the body after [DONE] on HTTP/1.1, so keep-alive works
     assert server.connections_opened == 1, server.connections_opened
+
+
+# --------------------------------------------------------------------------- tool calls
+
+
+@pytest.mark.timeout(30)
+def test_a_streamed_tool_call_is_reassembled_by_litellm(server, litellm):
+    arguments = {"name": "df", "rows": 3, "columns": ["a", "b"]}
+    server.enqueue(Behavior(reply="Let me look.", tool_calls=[ToolCall("look", arguments, id="call_1")]))
+    chunks = list(litellm.completion(**_kw(server, stream=True, tools=[LOOK])))
+    fragments = [
+        call.function.arguments
+        for chunk in chunks
+        if chunk.choices
+        for call in chunk.choices[0].delta.tool_calls or ()
+        if call.function.arguments
+    ]
+    assert len(fragments) > 1  # the arguments arrive in pieces, as real providers send them
+    message = litellm.stream_chunk_builder(chunks).choices[0]
+    assert message.finish_reason == "tool_calls"
+    assert message.message.content == "Let me look."
+    (call,) = message.message.tool_calls
+    assert (call.id, call.type, call.function.name) == ("call_1", "function", "look")
+    assert json.loads(call.function.arguments) == arguments
+
+
+@pytest.mark.timeout(30)
+def test_parallel_tool_calls_keep_their_order_and_ids(server, litellm):
+    server.enqueue(Behavior(tool_calls=[ToolCall("look", {"name": "df"}), ToolCall("look", '{"name": "x"}')]))
+    response = litellm.stream_chunk_builder(list(litellm.completion(**_kw(server, stream=True, tools=[LOOK]))))
+    message = response.choices[0].message
+    assert not message.content  # tool calls alone: no text, not the echo
+    first, second = message.tool_calls
+    assert [json.loads(c.function.arguments) for c in (first, second)] == [{"name": "df"}, {"name": "x"}]
+    assert first.id.startswith("call_") and second.id.startswith("call_") and first.id != second.id
+
+
+@pytest.mark.timeout(30)
+def test_tool_calls_without_streaming(server, litellm):
+    server.enqueue(Behavior(tool_calls=[ToolCall("look", {"name": "df"}, id="call_9")]))
+    choice = litellm.completion(**_kw(server, tools=[LOOK])).choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    (call,) = choice.message.tool_calls
+    assert (call.id, call.function.name, call.function.arguments) == ("call_9", "look", '{"name": "df"}')
+
+
+@pytest.mark.timeout(30)
+def test_raw_tool_call_wire_format(server):
+    server.enqueue(Behavior(tool_calls=[ToolCall("look", {"name": "dataframe"}, id="call_a"), ToolCall("look", "{}", id="call_b")]))
+    _, payloads = _raw_sse(server, {"model": "m", "stream": True, "messages": [{"role": "user", "content": "q"}]})
+    assert payloads[-1] == "[DONE]"
+    choices = [json.loads(p)["choices"][0] for p in payloads[:-1]]
+    first = choices[0]["delta"]
+    assert first == {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [{"index": 0, "id": "call_a", "type": "function", "function": {"name": "look", "arguments": ""}}],
+    }
+    calls = [c["delta"]["tool_calls"][0] for c in choices if c["delta"].get("tool_calls")]
+    fragments = [c for c in calls if "id" not in c]
+    assert all(set(c) == {"index", "function"} and set(c["function"]) == {"arguments"} for c in fragments)
+    joined = {0: "", 1: ""}
+    for call in calls:
+        joined[call["index"]] += call["function"]["arguments"]
+    assert joined == {0: '{"name": "dataframe"}', 1: "{}"}
+    assert [c["id"] for c in calls if "id" in c] == ["call_a", "call_b"]
+    assert [c["finish_reason"] for c in choices] == [None] * (len(choices) - 1) + ["tool_calls"]
+
+
+@pytest.mark.timeout(30)
+def test_a_tool_round_is_scripted_and_recorded(server, litellm):
+    server.enqueue(Behavior(tool_calls=[ToolCall("look", {"name": "df"}, id="call_1")]), Behavior(reply="df has 3 rows"))
+    first = litellm.stream_chunk_builder(list(litellm.completion(**_kw(server, stream=True, tools=[LOOK]))))
+    call = first.choices[0].message.tool_calls[0]
+    messages = [
+        *MESSAGES,
+        {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+        {"role": "tool", "tool_call_id": call.id, "content": "DataFrame, 3 rows"},
+    ]
+    second = litellm.completion(**_kw(server, messages=messages, stream=True, tools=[LOOK]))
+    assert "".join(_content(c) for c in second) == "df has 3 rows"
+    offered, answered = server.chat_requests()
+    assert offered["tools"] == [LOOK] and answered["tools"] == [LOOK]
+    assert answered["messages"][-1] == {"role": "tool", "tool_call_id": "call_1", "content": "DataFrame, 3 rows"}
+    assert answered["messages"][-2]["tool_calls"][0]["function"] == {"name": "look", "arguments": '{"name": "df"}'}
+
+
+@pytest.mark.timeout(30)
+def test_drop_after_counts_tool_call_fragments(server, litellm):
+    server.enqueue(Behavior(reply="Looking", tool_calls=[ToolCall("look", {"name": "a long variable name"})], drop_after=3))
+    with pytest.raises(litellm.exceptions.MidStreamFallbackError):
+        list(litellm.completion(**_kw(server, stream=True, max_retries=0)))
 
 
 # --------------------------------------------------------------------------- raw HTTP

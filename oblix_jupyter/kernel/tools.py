@@ -1,0 +1,657 @@
+"""Read-only tools a model may call during a turn: the user's variables, DataFrame rows, cells, the conversation.
+
+They run in the kernel beside the user's data and only read it. A tool's arguments are
+written by the model, so they are data: a row filter is a list of ``{column, op, value}``
+conditions evaluated with pandas comparisons, never ``eval``, ``DataFrame.query`` or any
+other text run as code. Every result fits ``cap_tokens``; secret-looking variables are
+withheld unless the user named them, and their string values are blanked in every
+result; a tool never raises: a bad call comes back as ``ok=False`` with a short message
+the model can act on. pandas and NumPy are only touched when a value is one of theirs.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import operator
+import sys
+import types
+import warnings
+from collections import Counter
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..context.relevance import truncate_to_tokens
+from ..errors import is_secret_name, redact
+from .state import format_error
+from .variables import (
+    approximate_tokens,
+    describe,
+    is_hidden_name,
+    is_type,
+    safe_repr,
+    type_name,
+)
+
+DEFAULT_ROWS = 20
+MAX_ROWS = 200
+MAX_SEARCH_RESULTS = 20
+# describe() of a bigger frame reads a seeded sample: on 1,000,000 rows the exact one alone takes ~100 ms.
+SAMPLE_ROWS = 100_000
+OPERATORS = ("==", "!=", "<", "<=", ">", ">=", "in", "not in", "contains", "startswith", "isna", "notna")
+_COMPARISONS = {"==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
+_SHOWN_COLUMNS = 12
+_VALUE_COUNTS = 20
+_CELL_WIDTH = 60
+_SECRET_WITHHELD = "looks like a secret, so it is not shown; the user must name it (e.g. `--vars {name}`) to share it"
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    """One tool call's outcome: ``text`` goes to the model, ``summary`` is the line the user sees."""
+
+    text: str
+    summary: str
+    ok: bool
+
+
+@dataclass(frozen=True)
+class CellHistory:
+    """What IPython kept of earlier cells: sources (``In``), last-expression values (``Out``) and the last error.
+
+    IPython does not keep printed output, so a cell without a value in ``Out`` is
+    reported as having stored none.
+    """
+
+    inputs: Sequence[str] = ()
+    outputs: Mapping[int, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    @classmethod
+    def from_shell(cls, shell: Any) -> CellHistory:
+        namespace = getattr(shell, "user_ns", None) or {}
+        error = getattr(sys, "last_value", None)
+        return cls(namespace.get("In") or (), namespace.get("Out") or {}, format_error(error, getattr(sys, "last_traceback", None)))
+
+    @property
+    def latest(self) -> int:
+        """The number of the last cell run (``In[0]`` is IPython's empty placeholder)."""
+        return len(self.inputs) - 1
+
+
+class _Refusal(Exception):
+    """A call the tool cannot answer; its message is the result the model reads."""
+
+
+def _schema(name: str, description: str, properties: Mapping[str, Any] | None = None, required: Sequence[str] = ()) -> dict[str, Any]:
+    parameters = {"type": "object", "properties": dict(properties or {}), "required": list(required), "additionalProperties": False}
+    return {"type": "function", "function": {"name": name, "description": description, "parameters": parameters}}
+
+
+_CONDITION = {
+    "type": "object",
+    "properties": {
+        "column": {"type": "string", "description": "Column name."},
+        "op": {"type": "string", "enum": list(OPERATORS)},
+        "value": {
+            "description": "What to compare with: a string, number, boolean or null; a list for `in`/`not in`; "
+            "omitted for `isna`/`notna`. Strings are read as numbers or dates when the column holds them."
+        },
+    },
+    "required": ["column", "op"],
+    "additionalProperties": False,
+}
+
+
+class KernelTools:
+    """The read-only tools offered to a model for one turn, over the user's ``namespace``.
+
+    ``named`` are the variables the user named for this turn: secret-looking ones are
+    shown only then. ``hidden`` are the shell's own names (``user_ns_hidden``). The
+    cell tools are offered only with ``cells``, the search tool only with ``search``
+    (``search(query, limit)`` returns the best-matching passages of earlier messages).
+    """
+
+    def __init__(
+        self,
+        namespace: Mapping[str, Any],
+        named: Sequence[str] = (),
+        *,
+        hidden: Collection[str] = (),
+        cells: CellHistory | None = None,
+        search: Callable[[str, int], list[str]] | None = None,
+        count: Callable[[str], int] = approximate_tokens,
+        cap_tokens: int = 1500,
+    ) -> None:
+        self.namespace = namespace
+        self.named = frozenset(named)
+        self.hidden = frozenset(hidden)
+        self.cells = cells
+        self.search = search
+        self.count = count
+        self.cap_tokens = cap_tokens
+
+    @classmethod
+    def from_shell(cls, shell: Any, named: Sequence[str] = (), **options: Any) -> KernelTools:
+        """Tools over an IPython shell's variables, cells and last error."""
+        hidden = getattr(shell, "user_ns_hidden", None) or ()
+        return cls(shell.user_ns, named, hidden=hidden, cells=CellHistory.from_shell(shell), **options)
+
+    # -- what the model is offered -------------------------------------------------------
+
+    def schemas(self) -> list[dict[str, Any]]:
+        """The OpenAI ``tools`` list: one ``{"type": "function", "function": {...}}`` per tool offered."""
+        tools = [
+            _schema("list_variables", "List the user's notebook variables: name, type, shape or length, one-line summary."),
+            _schema(
+                "describe_variable",
+                "Describe one variable. DataFrame/Series: dtypes, missing values per column, describe(), and the value "
+                "counts of `column` if given. Arrays: shape, dtype, min/max/mean/std. Containers: length, keys, a sample.",
+                {
+                    "name": {"type": "string", "description": "The variable's name."},
+                    "column": {"type": "string", "description": "DataFrame column whose value counts to show."},
+                },
+                ["name"],
+            ),
+            _schema(
+                "dataframe_rows",
+                "Rows of a DataFrame (or Series), optionally only those matching conditions, with the total number "
+                "matching. Nothing is evaluated as code: conditions are structured comparisons.",
+                {
+                    "name": {"type": "string", "description": "The DataFrame's variable name."},
+                    "mode": {"type": "string", "enum": ["head", "tail", "sample"], "description": "Which matching rows to show; sample is seeded."},
+                    "where": {"type": "array", "items": _CONDITION, "description": "Conditions rows must meet."},
+                    "combine": {"type": "string", "enum": ["and", "or"], "description": "How conditions combine (default and)."},
+                    "columns": {"type": "array", "items": {"type": "string"}, "description": f"Columns to show (default the first {_SHOWN_COLUMNS})."},
+                    "limit": {"type": "integer", "minimum": 1, "maximum": MAX_ROWS, "description": f"Rows to show (default {DEFAULT_ROWS})."},
+                    "seed": {"type": "integer", "description": "Seed for mode sample (default 0)."},
+                },
+                ["name"],
+            ),
+        ]
+        if self.search is not None:
+            tools.append(
+                _schema(
+                    "search_conversation",
+                    "Search the earlier messages of this conversation for passages about `query`.",
+                    {
+                        "query": {"type": "string", "description": "What to look for."},
+                        "limit": {"type": "integer", "minimum": 1, "maximum": MAX_SEARCH_RESULTS, "description": "Passages to return (default 5)."},
+                    },
+                    ["query"],
+                )
+            )
+        if self.cells is not None:
+            latest = self.cells.latest
+            span = f"Cells run so far are numbered 1-{latest}." if latest >= 1 else "No cell has run yet."
+            tools.append(
+                _schema(
+                    "notebook_cell",
+                    f"The source of notebook cell `number` (In[number]) and the value it returned (Out[number]). {span}",
+                    {"number": {"type": "integer", "description": "The cell's execution count."}},
+                    ["number"],
+                )
+            )
+            tools.append(_schema("last_error", "The traceback of the last error raised in the notebook."))
+        return tools
+
+    def run(self, name: str, arguments: str | Mapping[str, Any] | None) -> ToolResult:
+        """Run tool ``name`` with the model's ``arguments`` (JSON text or a mapping); never raises."""
+        offered = {schema["function"]["name"]: schema["function"]["parameters"] for schema in self.schemas()}
+        try:
+            if name not in offered:
+                raise _Refusal(f"Unknown tool {name!r}. Tools: {', '.join(offered)}.")
+            checked = _checked(_parsed(arguments), offered[name])
+            with warnings.catch_warnings():  # pandas' and NumPy's warnings would print in the user's cell
+                warnings.simplefilter("ignore")
+                text, summary = getattr(self, "_" + name)(**checked)
+        except _Refusal as refusal:
+            return self._result(str(refusal), f"{name} failed: {refusal}", ok=False)
+        except Exception as error:  # noqa: BLE001 - the user's objects and pandas can fail in ways no check foresees
+            reason = (str(error).strip().splitlines() or [""])[0][:200]
+            message = f"{name} failed: {type(error).__name__}" + (f": {reason}" if reason else "")
+            return self._result(message, message, ok=False)
+        return self._result(text, summary, ok=True)
+
+    def _result(self, text: str, summary: str, ok: bool) -> ToolResult:
+        text, summary = self._redacted(text), self._redacted(summary)
+        line = summary.replace("\n", " ")
+        return ToolResult(_capped(text, self.cap_tokens, self.count), line if len(line) <= 160 else line[:159] + "…", ok)
+
+    def _redacted(self, text: str) -> str:
+        """``text`` without the values of secret-looking string variables the user did not name, nor of secret env vars."""
+        for name, value in self._items():
+            if isinstance(value, str) and len(value) >= 8 and is_secret_name(name) and name not in self.named:
+                text = text.replace(value, "***")
+        return redact(text)
+
+    # -- the namespace ---------------------------------------------------------------------
+
+    def _items(self) -> list[tuple[str, Any]]:
+        for _ in range(3):  # the kernel may be adding names on another thread
+            try:
+                return list(self.namespace.items())
+            except RuntimeError:
+                continue
+        return []
+
+    def _visible(self, name: str, value: Any) -> bool:
+        if name in self.named:
+            return True
+        return not (is_hidden_name(name) or name in self.hidden or isinstance(value, types.ModuleType))
+
+    def _value(self, name: str) -> Any:
+        """The user's variable ``name``, refusing unknown, hidden and unnamed secret-looking ones."""
+        if name not in self.namespace or not self._visible(name, self.namespace[name]):
+            known = [known for known, value in self._items() if self._visible(known, value)]
+            close = difflib.get_close_matches(name, known, n=3)
+            hint = f" Did you mean {', '.join(f'`{c}`' for c in close)}?" if close else " list_variables shows them."
+            raise _Refusal(f"No variable `{name}` in the notebook.{hint}")
+        if is_secret_name(name) and name not in self.named:
+            raise _Refusal(f"`{name}` " + _SECRET_WITHHELD.format(name=name) + ".")
+        return self.namespace[name]
+
+    def _frame(self, name: str) -> Any:
+        value = self._value(name)
+        if is_type(value, "pandas", "Series"):
+            return value.to_frame(name=value.name if value.name is not None else name)
+        if not is_type(value, "pandas", "DataFrame"):
+            raise _Refusal(f"`{name}` is a {type_name(value)}, not a DataFrame; describe_variable describes it.")
+        return value
+
+    # -- the tools -------------------------------------------------------------------------
+
+    def _list_variables(self) -> tuple[str, str]:
+        lines = []
+        for name, value in self._items():
+            if not self._visible(name, value):
+                continue
+            if is_secret_name(name) and name not in self.named:
+                lines.append(f"- `{name}`: {type_name(value)} (looks like a secret: value withheld unless the user names it)")
+            else:
+                lines.append("- " + self._glance(name, value))
+        if not lines:
+            return "The notebook has no variables yet.", "listed the notebook's variables: none"
+        text, _ = _fitted([f"The notebook's variables ({len(lines)}):"], lines, [], self.cap_tokens, self.count, "variables")
+        return text, f"listed the notebook's {len(lines)} variables"
+
+    def _glance(self, name: str, value: Any) -> str:
+        """One line about ``value``, cheap even for a 1,000,000-row DataFrame."""
+        if is_type(value, "pandas", "DataFrame"):
+            rows, width = value.shape
+            shown = ", ".join(str(c) for c in value.columns[:8]) + (", …" if width > 8 else "")
+            return f"`{name}`: pandas DataFrame, {rows:,} rows × {width:,} columns: {shown}"
+        if is_type(value, "pandas", "Series"):
+            return f"`{name}`: pandas Series {value.name!r}, length {len(value):,}, dtype {value.dtype}"
+        if is_type(value, "numpy", "ndarray"):
+            return f"`{name}`: numpy array, shape {tuple(value.shape)}, dtype {value.dtype}"
+        return describe(name, value, 40, self.count).splitlines()[0]
+
+    def _describe_variable(self, name: str, column: str | None = None) -> tuple[str, str]:
+        value = self._value(name)
+        if is_type(value, "pandas", "DataFrame"):
+            text = self._describe_frame(name, value, column)
+        elif is_type(value, "pandas", "Series"):
+            label = value.name if value.name is not None else name
+            counted = column if column is not None else (None if value.dtype.kind in "fc" else str(label))
+            text = self._describe_frame(name, value.to_frame(name=label), counted, series=True)
+        elif column is not None:
+            raise _Refusal(f"`column` applies to DataFrames and Series; `{name}` is a {type_name(value)}.")
+        elif is_type(value, "numpy", "ndarray"):
+            text = _describe_array(name, value)
+        elif isinstance(value, Mapping):
+            text = _describe_mapping(name, value)
+        elif isinstance(value, (list, tuple, set, frozenset, range)):
+            text = _describe_collection(name, value)
+        elif callable(value):
+            text = describe(name, value, self.cap_tokens, self.count)
+        else:
+            size = f" of length {len(value):,}" if isinstance(value, (str, bytes)) else ""
+            shown = safe_repr(value, self.cap_tokens * 4) or "(its repr failed or took too long)"
+            text = f"`{name}`: {type_name(value)}{size}: {shown}"
+        return text, f"looked at `{name}`" + (f", value counts of `{column}`" if column is not None else "")
+
+    def _describe_frame(self, name: str, frame: Any, column: str | None, series: bool = False) -> str:
+        rows, width = frame.shape
+        if series:
+            only = frame.columns[0]
+            head = f"`{name}`: pandas Series {only!r}, length {rows:,}, dtype {frame.dtypes.iloc[0]}, {int(frame[only].isna().sum()):,} missing"
+            parts = [head]
+        else:
+            missing = frame.isna().sum()
+            overview = [[frame.dtypes.iloc[n], f"{int(missing.iloc[n]):,}"] for n in range(width)]
+            parts = [
+                f"`{name}`: pandas DataFrame, {rows:,} rows × {width:,} columns",
+                "columns:\n" + _table("column", ["dtype", "missing"], frame.columns, overview),
+            ]
+        if width:
+            sampled = rows > SAMPLE_ROWS
+            stats = (frame.iloc[_sample_positions(rows, SAMPLE_ROWS, 0)] if sampled else frame).describe().T
+            where = f" of a seeded random sample of {SAMPLE_ROWS:,} rows" if sampled else ""
+            parts.append(f"describe(){where}:\n" + _table("column", list(stats.columns), stats.index, stats.values.tolist()))
+        if column is not None:
+            label = _column(frame, column, name)
+            counts = frame[label].value_counts(dropna=False)
+            top = counts.iloc[:_VALUE_COUNTS]
+            more = f"\n[… {len(counts) - len(top):,} more values]" if len(counts) > len(top) else ""
+            table = _table("value", ["count"], top.index, [[n] for n in top.tolist()])
+            parts.append(f"value counts of `{label}` ({len(counts):,} distinct values, missing included):\n{table}{more}")
+        return "\n\n".join(parts)
+
+    def _dataframe_rows(
+        self,
+        name: str,
+        mode: str = "head",
+        where: Sequence[Mapping[str, Any]] = (),
+        combine: str = "and",
+        columns: Sequence[str] | None = None,
+        limit: int = DEFAULT_ROWS,
+        seed: int = 0,
+    ) -> tuple[str, str]:
+        frame = self._frame(name)
+        limit = max(1, min(limit, MAX_ROWS))
+        labels = [_column(frame, c, name) for c in columns] if columns else list(frame.columns[:_SHOWN_COLUMNS])
+        mask = _mask(frame, where, combine, name) if where else None
+        matches = mask.nonzero()[0] if mask is not None else None
+        total = len(frame) if matches is None else len(matches)
+        picked = _picked(mode, total, limit, seed)
+        positions = picked if matches is None else matches[picked]
+        shown = frame.iloc[positions][labels].astype(object)
+        condition = f" {combine} ".join(_condition_text(c) for c in where)
+        which = {"head": "the first", "tail": "the last", "sample": f"a random sample (seed {seed}) of"}[mode]
+        head = [
+            (f"`{name}`: rows where {condition}: {total:,} of {len(frame):,} rows match" if where else f"`{name}`: {total:,} rows")
+            + (f"; {which} {len(positions):,} shown." if total else "."),
+        ]
+        if not columns and len(frame.columns) > len(labels):
+            head.append(f"Showing {len(labels)} of {len(frame.columns):,} columns; pass `columns` to choose others.")
+        rows = _table_lines("", labels, shown.index, shown.values.tolist()) if total else []
+        tail = [f"[… {total - len(positions):,} more matching rows not shown: raise `limit` (max {MAX_ROWS}) or narrow the filter]"]
+        text, fitted = _fitted(head + rows[:2], rows[2:], tail if total > len(positions) else [], self.cap_tokens, self.count, "rows")
+        subject = f"rows where {condition}" if where else f"{mode} rows"
+        return text, f"looked at `{name}`: {subject}, {fitted:,} of {total:,} shown"
+
+    def _search_conversation(self, query: str, limit: int = 5) -> tuple[str, str]:
+        assert self.search is not None  # offered only with a search function
+        found = self.search(query, max(1, min(limit, MAX_SEARCH_RESULTS)))
+        if not found:
+            return f"No earlier message matches {query!r}.", f"searched the conversation for {query!r}: nothing found"
+        blocks = [f"[{n}] {passage}" for n, passage in enumerate(found, 1)]
+        text, _ = _fitted([f"{len(found)} passages of earlier messages matching {query!r}:"], blocks, [], self.cap_tokens, self.count, "passages")
+        return text, f"searched the conversation for {query!r}: {len(found)} passages"
+
+    def _notebook_cell(self, number: int) -> tuple[str, str]:
+        assert self.cells is not None  # offered only with a cell history
+        latest = self.cells.latest
+        if not 1 <= number <= latest:
+            raise _Refusal(f"No cell {number}: cells run so far are numbered 1-{latest}." if latest >= 1 else "No cell has run yet.")
+        parts = [f"In [{number}]:", f"```python\n{self.cells.inputs[number]}\n```"]
+        if number not in self.cells.outputs:
+            parts.append(f"Cell {number} stored no output (IPython keeps only the value of a cell's last expression, not printed text).")
+        else:
+            output = self.cells.outputs[number]
+            secret = next((n for n, v in self._items() if v is output and is_secret_name(n) and n not in self.named), None)
+            if secret is not None:
+                parts.append(f"Out[{number}]: withheld: it is `{secret}`, which " + _SECRET_WITHHELD.format(name=secret) + ".")
+            else:
+                shown = safe_repr(output, self.cap_tokens * 4) or f"<{type_name(output)}: its repr failed or took too long>"
+                parts.append(f"Out[{number}]:\n{shown}")
+        return "\n".join(parts), f"read cell {number}"
+
+    def _last_error(self) -> tuple[str, str]:
+        assert self.cells is not None  # offered only with a cell history
+        if not self.cells.error:
+            return "No error has been raised in this notebook.", "read the last error: there is none"
+        kind = self.cells.error.splitlines()[-1].split(":")[0]
+        return self.cells.error, f"read the last error ({kind})"
+
+
+# -- arguments -----------------------------------------------------------------------------
+
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+    "array": (list, tuple),
+    "object": (Mapping,),
+}
+
+
+def _parsed(arguments: str | Mapping[str, Any] | None) -> Any:
+    if arguments is None or isinstance(arguments, str) and not arguments.strip():
+        return {}
+    if not isinstance(arguments, str):
+        return arguments
+    try:
+        return json.loads(arguments)
+    except ValueError as error:
+        raise _Refusal(f"The arguments are not valid JSON ({error}); send one JSON object.") from None
+
+
+def _checked(value: Any, schema: Mapping[str, Any], path: str = "") -> Any:
+    """``value`` checked against the subset of JSON Schema our own schemas use; integral floats become ints."""
+    what = f"`{path}`" if path else "The arguments"
+    kind = schema.get("type")
+    if kind == "integer" and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if kind is not None and (not isinstance(value, _JSON_TYPES[kind]) or isinstance(value, bool) and kind in ("integer", "number")):
+        article = "an" if kind[0] in "aeiou" else "a"
+        raise _Refusal(f"{what} must be {article} {kind}, not {json.dumps(value, default=repr)[:60]}.")
+    if "enum" in schema and value not in schema["enum"]:
+        raise _Refusal(f"{what} must be one of {', '.join(map(str, schema['enum']))}; got {value!r}.")
+    if kind == "array":
+        return [_checked(item, schema["items"], f"{path}[{n}]") for n, item in enumerate(value)]
+    if kind != "object":
+        return value
+    properties = schema["properties"]
+    inside = f" in `{path}`" if path else ""
+    unknown = [key for key in value if key not in properties]
+    if unknown:
+        raise _Refusal(f"Unknown argument {', '.join(map(repr, unknown))}{inside}; accepted: {', '.join(properties) or 'none'}.")
+    missing = [key for key in schema.get("required", ()) if key not in value]
+    if missing:
+        raise _Refusal(f"Missing argument {', '.join(map(repr, missing))}{inside}.")
+    return {key: _checked(item, properties[key], f"{path}.{key}" if path else key) for key, item in value.items()}
+
+
+# -- DataFrame filters -------------------------------------------------------------------
+
+
+def _column(frame: Any, label: str, name: str) -> Any:
+    """The column of ``frame`` called ``label``, also when its real label is not a string (``0``, a tuple)."""
+    by_text = {str(c): c for c in frame.columns}
+    if label in by_text:
+        return by_text[label]
+    close = difflib.get_close_matches(label, list(by_text), n=3)
+    hint = f" Did you mean {', '.join(f'`{c}`' for c in close)}?" if close else ""
+    listed = ", ".join(list(by_text)[:30]) + (", …" if len(by_text) > 30 else "")
+    raise _Refusal(f"No column `{label}` in `{name}`.{hint} Columns: {listed}.")
+
+
+def _condition_text(condition: Mapping[str, Any]) -> str:
+    if condition["op"] in ("isna", "notna") or "value" not in condition:
+        return f"{condition['column']} {condition['op']}"
+    return f"{condition['column']} {condition['op']} {condition['value']!r}"
+
+
+def _mask(frame: Any, where: Sequence[Mapping[str, Any]], combine: str, name: str) -> Any:
+    """A NumPy boolean array: the rows meeting all (``and``) or any (``or``) of the conditions."""
+    import numpy  # loaded already: pandas needs it
+
+    masks = [_condition_mask(frame, condition, name, n) for n, condition in enumerate(where)]
+    return (numpy.logical_and if combine == "and" else numpy.logical_or).reduce(masks)
+
+
+def _condition_mask(frame: Any, condition: Mapping[str, Any], name: str, number: int) -> Any:
+    label = _column(frame, condition["column"], name)
+    series = frame[label]
+    op, value = condition["op"], condition.get("value")
+    about = f"where[{number}] ({_condition_text(condition)})"
+    if op not in ("isna", "notna") and "value" not in condition:
+        raise _Refusal(f"{about} needs a `value`.")
+    if op in ("==", "!=") and value is None:
+        op = "isna" if op == "==" else "notna"
+    try:
+        if op in ("isna", "notna"):
+            result = series.isna() if op == "isna" else series.notna()
+        elif op in ("in", "not in"):
+            if not isinstance(value, list):
+                raise _Refusal(f"{about}: `{op}` needs a list of values.")
+            result = series.isin([_coerced(series, item, about) for item in value])
+            result = ~result if op == "not in" else result
+        elif op in ("contains", "startswith"):
+            if not isinstance(value, str):
+                raise _Refusal(f"{about}: `{op}` needs a string value.")
+            if series.dtype.kind in "biufcmM":
+                raise _Refusal(f"{about}: `{op}` works on text columns; `{label}` is {series.dtype}.")
+            text = series.str
+            result = text.contains(value, regex=False, na=False) if op == "contains" else text.startswith(value, na=False)
+        else:
+            if isinstance(value, (list, dict)):
+                raise _Refusal(f"{about}: `{op}` compares with one value; use `in` for a list.")
+            result = _COMPARISONS[op](series, _coerced(series, value, about))
+    except _Refusal:
+        raise
+    except (TypeError, ValueError, AttributeError) as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise _Refusal(f"{about} cannot be evaluated: {reason}.") from None
+    return result.to_numpy(dtype=bool, na_value=False)
+
+
+def _coerced(series: Any, value: Any, about: str) -> Any:
+    """``value`` as the column's type: "42" for a number column, "2024-01-31" for a date column."""
+    import pandas  # loaded already: the column is one of its Series
+
+    dtype = series.dtype
+    target = dtype.categories.dtype if isinstance(dtype, pandas.CategoricalDtype) else dtype
+    kind = target.kind
+    if kind in "iuf" and isinstance(value, str):
+        for parse in (int, float):
+            try:
+                return parse(value)
+            except ValueError:
+                continue
+        raise _Refusal(f"{about}: the column holds numbers ({dtype}) and {value!r} is not a number.")
+    if kind == "b" and isinstance(value, str):
+        if value.strip().lower() not in ("true", "false"):
+            raise _Refusal(f"{about}: the column holds booleans and {value!r} is neither true nor false.")
+        return value.strip().lower() == "true"
+    if kind in "mM" and value is not None:
+        try:
+            stamp = pandas.Timestamp(value) if kind == "M" else pandas.Timedelta(value)
+        except (TypeError, ValueError):
+            raise _Refusal(f"{about}: the column holds {'dates' if kind == 'M' else 'durations'} ({dtype}) and {value!r} is not one.") from None
+        zone = getattr(target, "tz", None)
+        return stamp.tz_localize(zone) if kind == "M" and zone is not None and stamp.tzinfo is None else stamp
+    if isinstance(target, pandas.StringDtype) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+def _sample_positions(total: int, size: int, seed: int) -> Any:
+    """``size`` distinct row positions out of ``total``, in order, the same for the same seed."""
+    import numpy  # loaded already: pandas needs it
+
+    return numpy.sort(numpy.random.default_rng(seed).choice(total, size=size, replace=False))
+
+
+def _picked(mode: str, total: int, limit: int, seed: int) -> Any:
+    import numpy  # loaded already: pandas needs it
+
+    shown = min(limit, total)
+    if mode == "sample":
+        return _sample_positions(total, shown, seed)
+    return numpy.arange(shown) if mode == "head" else numpy.arange(total - shown, total)
+
+
+# -- other values -----------------------------------------------------------------------
+
+
+def _describe_array(name: str, array: Any) -> str:
+    import numpy  # loaded already: the value is one of its arrays
+
+    lines = [f"`{name}`: numpy array, shape {tuple(array.shape)}, dtype {array.dtype}, {array.size:,} elements"]
+    if array.size and array.dtype.kind in "biuf":
+        values = array.astype(float) if array.dtype.kind == "b" else array
+        stats = (numpy.nanmin(values), numpy.nanmax(values), numpy.nanmean(values), numpy.nanstd(values))
+        lines.append("min {:.6g}, max {:.6g}, mean {:.6g}, std {:.6g}".format(*map(float, stats)))
+        if array.dtype.kind == "f":
+            lines.append(f"NaN: {int(numpy.isnan(array).sum()):,}")
+    if array.size:
+        lines.append(f"first values: {safe_repr(array.reshape(-1)[:10].tolist(), 400)}")
+    return "\n".join(lines)
+
+
+def _describe_mapping(name: str, mapping: Mapping[Any, Any]) -> str:
+    keys = [key for key, _ in zip(mapping, range(50))]
+    lines = [f"`{name}`: {type_name(mapping)} of {len(mapping):,} keys"]
+    if keys:
+        lines.append("keys: " + ", ".join(safe_repr(key, 40) or "?" for key in keys) + (", …" if len(mapping) > len(keys) else ""))
+        lines.append("first items:")
+        lines += [f"- {safe_repr(key, 40)}: {type_name(mapping[key])} {safe_repr(mapping[key], 160)}" for key in keys[:5]]
+    return "\n".join(lines)
+
+
+def _describe_collection(name: str, items: Any) -> str:
+    first = [item for item, _ in zip(items, range(1000))]
+    kinds = Counter(type_name(item) for item in first)
+    lines = [f"`{name}`: {type_name(items)} of {len(items):,} items"]
+    if first:
+        scope = "" if len(items) <= len(first) else f" (first {len(first):,})"
+        lines.append(f"element types{scope}: " + ", ".join(f"{kind} {n:,}" for kind, n in kinds.most_common(8)))
+        lines.append("first items: " + ", ".join(safe_repr(item, 120) or "?" for item in first[:10]))
+        if len(items) > 10 and isinstance(items, Sequence):
+            lines.append("last items: " + ", ".join(safe_repr(item, 120) or "?" for item in items[-3:]))
+    return "\n".join(lines)
+
+
+# -- text within the cap -----------------------------------------------------------------
+
+
+def _cell(value: Any) -> str:
+    text = f"{value:.6g}" if isinstance(value, float) else str(value)
+    text = text.replace("|", "\\|").replace("\n", " ")
+    return text if len(text) <= _CELL_WIDTH else text[: _CELL_WIDTH - 1] + "…"
+
+
+def _table_lines(corner: str, header: Sequence[Any], index: Any, rows: Sequence[Sequence[Any]]) -> list[str]:
+    """A Markdown table whose first column is ``index``, headed ``corner``; wide cells are cut with "…"."""
+    lines = ["| " + " | ".join(_cell(h) for h in [corner, *header]) + " |", "|---" * (len(header) + 1) + "|"]
+    return lines + ["| " + " | ".join(_cell(v) for v in [label, *row]) + " |" for label, row in zip(index, rows)]
+
+
+def _table(corner: str, header: Sequence[Any], index: Any, rows: Sequence[Sequence[Any]]) -> str:
+    return "\n".join(_table_lines(corner, header, index, rows))
+
+
+def _fitted(
+    head: list[str], items: list[str], tail: list[str], cap: int, count: Callable[[str], int], unit: str
+) -> tuple[str, int]:
+    """``head``, as many ``items`` as fit ``cap`` tokens, a marker saying how many were cut, then ``tail``; and how many fit."""
+
+    def text(kept: int) -> str:
+        cut = [f"[… cut: {len(items) - kept:,} more {unit}]"] if kept < len(items) else []
+        return "\n".join(head + items[:kept] + cut + tail)
+
+    if count(text(len(items))) <= cap:
+        return text(len(items)), len(items)
+    low, high = 0, len(items) - 1  # binary search: a handful of count() calls even for a slow tokenizer
+    while low < high:
+        middle = (low + high + 1) // 2
+        if count(text(middle)) <= cap:
+            low = middle
+        else:
+            high = middle - 1
+    return text(low), low
+
+
+def _capped(text: str, cap: int, count: Callable[[str], int]) -> str:
+    """``text`` within ``cap`` tokens, ending with "[… cut: N more characters]" when it had to be cut."""
+    if count(text) <= cap:
+        return text
+    widest = f"\n[… cut: {len(text):,} more characters]"  # the real marker is never longer
+    kept = truncate_to_tokens(text, cap, count, marker=widest)
+    kept = kept[: -len(widest)] if kept.endswith(widest) else ""
+    return f"{kept}\n[… cut: {len(text) - len(kept):,} more characters]"
