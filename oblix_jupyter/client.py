@@ -29,7 +29,9 @@ from .errors import (
 )
 from .models.gateway import (
     DEFAULT_ANSWER_RESERVE,
+    DEFAULT_MAX_TOOL_ROUNDS,
     ModelGateway,
+    ToolRunner,
     configured_models,
     count_tokens,
     max_input_tokens,
@@ -37,6 +39,7 @@ from .models.gateway import (
     model_rows,
     preload_litellm,
     split_models,
+    supports_tools,
 )
 from .store.sessions import SessionManager, SessionStore
 
@@ -57,7 +60,9 @@ class OblixClient:
     variables. ``model_options`` maps a model name to extra litellm arguments
     (``api_base``...), which are never written into a session. ``store`` is where the
     sessions live (a directory; ``~/.oblix/sessions`` by default), unless a
-    ``session_manager`` is given.
+    ``session_manager`` is given. Inside a kernel, a model that can call tools may look
+    at the notebook's variables, cells and this conversation through read-only tools
+    (``tools=False`` turns them off, ``max_tool_rounds`` bounds the requests of a turn).
     """
 
     def __init__(
@@ -72,6 +77,8 @@ class OblixClient:
         semantic: bool | None = None,
         embed_seconds: float = 2.0,
         store: str | os.PathLike[str] | None = None,
+        tools: bool = True,
+        max_tool_rounds: int = DEFAULT_MAX_TOOL_ROUNDS,
     ) -> None:
         del oblix_api_key  # deliberately not kept: nothing of it may reach a session or a log
         self.model = model
@@ -82,6 +89,9 @@ class OblixClient:
         self.gateway = ModelGateway(model_options=model_options, timeout=timeout)
         self.semantic = semantic
         self.embed_seconds = embed_seconds
+        # Read-only kernel tools for models that can call them (``kernel.tools``); a turn may turn them off.
+        self.tools = tools
+        self.max_tool_rounds = max_tool_rounds
         self._token_counts: dict[str, dict[str, int]] = {}  # by model, then text
         self._indexes: dict[str, LexicalIndex] = {}
         self._vectors: VectorCache | None = None
@@ -298,6 +308,45 @@ class OblixClient:
             return plan
         return selection.finish((vectors.vectors(session_id, messages, self.embed_seconds), vectors.embed_prompt(prompt)))
 
+    def _tool_runner(
+        self,
+        models: Sequence[str],
+        session: dict[str, Any] | None,
+        variables: Sequence[VariableSummary],
+        on_tool: Callable[[dict[str, Any]], Any] | None,
+    ) -> ToolRunner | None:
+        """The kernel's read-only tools for this turn; None outside a kernel or when no model of the chain can call tools.
+
+        Secret-looking variables are shown only when the user named them for this turn
+        (the summaries the front end sent them in).
+        """
+        from .kernel.tools import KernelTools, current_shell
+
+        shell = current_shell()
+        if shell is None or not any(supports_tools(model, self.gateway.model_options.get(model)) for model in models):
+            return None
+        named = [summary.name for summary in variables if not summary.excluded]
+        search = self._conversation_search(session) if session and session.get("messages") else None
+        kernel = KernelTools.from_shell(shell, named, search=search, count=self._counter(models[0]))
+        return ToolRunner(kernel.schemas(), kernel.run, on_tool=on_tool, max_rounds=self.max_tool_rounds)
+
+    def _conversation_search(self, session: dict[str, Any]) -> Callable[[str, int], list[str]]:
+        """The search tool's backend: the selector's relevance over this session's messages, as ``[msg_N] passage`` lines."""
+        from .context.relevance import search
+        from .context.selector import conversation_messages
+
+        messages = conversation_messages(session)
+        vectors = self._vector_cache()
+
+        def find(query: str, limit: int) -> list[str]:
+            index = self._lexical_index(session["id"], messages)
+            table = query_vector = None
+            if vectors is not None and vectors.embedder is not None:
+                table, query_vector = vectors.vectors(session["id"], messages, 0.0), vectors.embedder.embed([query])[0]
+            return [f"[{message_id}] {passage}" for message_id, passage in search(index, query, limit, table, query_vector)]
+
+        return find
+
     def _lexical_index(self, session_id: str, messages: list[dict[str, Any]]) -> LexicalIndex:
         """The session's word index, extended with new messages rather than rebuilt each turn."""
         from .context.relevance import LexicalIndex
@@ -346,12 +395,17 @@ class OblixClient:
         variables: Sequence[VariableSummary] = (),
         notebook: NotebookContext | None = None,
         pinned: Sequence[str] | None = None,
+        tools: bool | None = None,
+        on_tool: Callable[[dict[str, Any]], Any] | None = None,
     ) -> dict[str, Any]:
         """One turn: store the prompt, stream the answer to ``stream_to``, store the answer.
 
         Without a session (none given and no ``current_session_id``) nothing is stored.
         ``variables`` and ``notebook`` are what the front end saw in the notebook
         (``variables.summarize_variables``, ``notebook_state.gather_notebook_context``).
+        ``tools`` (default: the client's ``tools``) lets a model that can call tools look
+        at the kernel; ``on_tool`` hears each call as it is made (``{"name", "arguments",
+        "summary", "ok", "result"}``), and the calls are stored on the answer as ``tools``.
         Raises ``AnswerInterrupted`` or ``ModelError`` after keeping any partial answer.
         """
         vectors = self._vector_cache()
@@ -368,12 +422,14 @@ class OblixClient:
             # The prompt is written while the request goes out; the answer's first text is not
             # shown, nor the answer stored, nor any failure reported, before that write is done.
             saving = self._writer.submit(store.save_message, session_id, redact(prompt), role="user") if session_id else None
+            runner = self._tool_runner(models, session, variables, on_tool) if (self.tools if tools is None else tools) else None
             try:
                 completion = self.gateway.complete(
                     models,
                     plan.messages,
                     on_text=_after(saving, _sink(stream_to)),
                     should_stop=should_stop,
+                    tools=runner,
                     temperature=temperature,
                     max_tokens=max_tokens,
                 )
@@ -393,6 +449,7 @@ class OblixClient:
                     status=None if completion.status == "complete" else completion.status,
                     usage={"prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens},
                     cost=completion.cost,
+                    tools=[{key: _redacted(value) for key, value in call.items()} for call in completion.tool_calls] or None,
                 )
                 message_id = stored["id"]
                 if session is not None and not session.get("model"):
@@ -415,6 +472,7 @@ class OblixClient:
                 "status": completion.status,
                 "usage": {"prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens},
                 "cost": completion.cost,
+                "tools": completion.tool_calls,
                 "failed_models": completion.failed_models,
                 "notice": model_notice(completion.model),
                 "plan": plan,
@@ -452,6 +510,10 @@ class OblixClient:
         from . import open_chat
 
         return await open_chat(self, session_id)
+
+
+def _redacted(value: Any) -> Any:
+    return redact(value) if isinstance(value, str) else value
 
 
 def _settle(pending: Future[Any] | None) -> Any:

@@ -63,6 +63,7 @@ MIN_PIECE = 24  # no cut message is made smaller than this
 MEANING_COVERAGE = 0.5
 CANDIDATES = 400  # passages considered per turn (the rest could never fit)
 
+TOOLS_NOTED = 3  # tool calls named under an earlier answer that used tools
 _STATUS_MARKS = {
     "error": "[answer incomplete: the model failed while answering]",
     "interrupted": "[answer incomplete: interrupted]",
@@ -291,6 +292,19 @@ def conversation_messages(session: dict[str, Any] | None, history: bool = True) 
     return [m for m in (session or {}).get("messages", []) if m.get("role") in _CONVERSATION_ROLES and m.get("content")]
 
 
+def _tools_used(calls: Any) -> str | None:
+    """One line on what the model looked at for an answer (its tools' summaries), never their results.
+
+    A result went to the model once, for that answer; sent again with every later turn,
+    a few hundred rows looked at twenty turns ago would crowd out the conversation.
+    """
+    if not isinstance(calls, list) or not calls:
+        return None
+    summaries = [str(call.get("summary") or call.get("name")) for call in calls[:TOOLS_NOTED] if isinstance(call, dict)]
+    more = f" and {len(calls) - TOOLS_NOTED} more" if len(calls) > TOOLS_NOTED else ""
+    return "[tools used for this answer: " + "; ".join(summaries) + more + "]"
+
+
 def _normal(text: str) -> str:
     return " ".join(text.lower().split())
 
@@ -370,8 +384,8 @@ class _Turn:
 
     def text(self, position: int) -> str:
         message = self.earlier[position]
-        mark = _STATUS_MARKS.get(message.get("status") or "")
-        return f"{message['content']}\n\n{mark}" if mark else message["content"]
+        marks = [_STATUS_MARKS.get(message.get("status") or ""), _tools_used(message.get("tools"))]
+        return "\n\n".join([message["content"], *filter(None, marks)])
 
     def tokens(self, position: int) -> int:
         tokens = self._tokens.get(position)

@@ -33,20 +33,44 @@ def code_blocks(text: str) -> list[str]:
     return [match.group(1).rstrip("\n") for match in _CODE_BLOCK.finditer(text)]
 
 
-class AnswerView:
-    """An answer (possibly still arriving) with its footer."""
+def tools_html(calls: Sequence[Mapping[str, Any]] | None) -> str:
+    """What the model looked at for an answer: one collapsed line per tool call, opening on the exact result it was sent.
 
-    def __init__(self, text: str, footer: str = "", as_text: bool = False) -> None:
+    Summaries and results hold text the model asked for and the user's data: escaped,
+    never rendered as Markdown.
+    """
+    lines = []
+    for call in calls or ():
+        failed = "" if call.get("ok", True) else " <em>(failed)</em>"
+        summary = html.escape(str(call.get("summary") or call.get("name") or "tool"))
+        result = html.escape(str(call.get("result") or ""))
+        lines.append(
+            f"<details class='oblix-tool' style='margin:2px 0;color:#555'><summary>🔎 {summary}{failed}</summary>"
+            f"<pre style='max-height:20em;overflow:auto;white-space:pre-wrap'>{result}</pre></details>"
+        )
+    return "".join(lines)
+
+
+def tools_plain(calls: Sequence[Mapping[str, Any]] | None) -> str:
+    """The tool calls of an answer as plain lines, for terminals and ``text/plain``."""
+    return "".join(f"[{call.get('summary') or call.get('name')}{'' if call.get('ok', True) else ' (failed)'}]\n" for call in calls or ())
+
+
+class AnswerView:
+    """An answer (possibly still arriving) with the tools it used and its footer."""
+
+    def __init__(self, text: str, footer: str = "", as_text: bool = False, tools: Sequence[Mapping[str, Any]] = ()) -> None:
         self.text = text
         self.footer = footer
         self.as_text = as_text
+        self.tools = tools
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
-        plain = self.text + (f"\n\n[{self.footer}]" if self.footer else "")
+        plain = tools_plain(self.tools) + self.text + (f"\n\n[{self.footer}]" if self.footer else "")
         if self.as_text:
             return {"text/plain": plain}
         footer = f"<p><sub>{html.escape(self.footer)}</sub></p>" if self.footer else ""
-        return {"text/html": markdown_html(self.text) + footer, "text/plain": plain}
+        return {"text/html": tools_html(self.tools) + markdown_html(self.text) + footer, "text/plain": plain}
 
 
 class Message:
@@ -100,7 +124,8 @@ def message_html(message: Mapping[str, Any], details: Sequence[str] = (), note: 
     who += [html.escape(str(message[field])) for field in ("model", "status") if message.get(field)]
     who += [f"<small>{html.escape(detail)}</small>" for detail in details if detail]
     after = f"<p><em>{html.escape(note)}</em></p>" if note else ""
-    return f"<div class='oblix-who'>{' · '.join(who)}</div>{markdown_html(str(message.get('content', '')))}{after}"
+    text = markdown_html(str(message.get("content", "")))
+    return f"<div class='oblix-who'>{' · '.join(who)}</div>{tools_html(message.get('tools'))}{text}{after}"
 
 
 class Conversation:
@@ -121,7 +146,8 @@ class Conversation:
         for message in self.messages:
             notes = [n for n in (message.get("model"), message.get("status"), *self._details(message)) if n]
             who = ROLE_NAMES.get(str(message.get("role")), "Message")
-            plain.append(f"--- {who} · {' · '.join(notes)}\n{message['content']}" if notes else f"--- {who}\n{message['content']}")
+            text = tools_plain(message.get("tools")) + message["content"]
+            plain.append(f"--- {who} · {' · '.join(notes)}\n{text}" if notes else f"--- {who}\n{text}")
         return {"text/html": "\n".join(rich), "text/plain": "\n\n".join(plain)}
 
 
@@ -159,6 +185,7 @@ class StreamingOutput:
         self.rich = rich
         self.as_text = as_text
         self.text = ""
+        self.tools: list[Mapping[str, Any]] = []
         self._handle: Any = None
         self._last_update = 0.0
 
@@ -170,8 +197,17 @@ class StreamingOutput:
             return
         now = time.monotonic()
         if self._handle is None or now - self._last_update >= UPDATE_INTERVAL:
-            self._show(AnswerView(self.text + " ▌", as_text=self.as_text))
+            self._show(AnswerView(self.text + " ▌", as_text=self.as_text, tools=self.tools))
             self._last_update = now
+
+    def tool(self, call: Mapping[str, Any]) -> None:
+        """Show a tool call the model made, as soon as it has run."""
+        self.tools.append(call)
+        if not self.rich:
+            sys.stdout.write(tools_plain([call]))
+            sys.stdout.flush()
+            return
+        self._show(AnswerView(self.text + " ▌", as_text=self.as_text, tools=self.tools))
 
     def _show(self, view: Any) -> None:
         from IPython.display import display
@@ -186,4 +222,4 @@ class StreamingOutput:
         if not self.rich:
             print(f"\n\n[{footer_line}]" if footer_line else "")
             return
-        self._show(AnswerView(text, footer_line, as_text=self.as_text))
+        self._show(AnswerView(text, footer_line, as_text=self.as_text, tools=self.tools))

@@ -104,6 +104,7 @@ class CellOptions:
     max_tokens: int | None
     error: bool
     cells: int
+    no_tools: bool
 
 
 def parse_cell_options(line: str) -> CellOptions:
@@ -146,6 +147,7 @@ def parse_cell_options(line: str) -> CellOptions:
         max_tokens=options.max_tokens,
         error=options.error,
         cells=options.cells or 0,
+        no_tools=options.no_tools,
     )
 
 
@@ -198,6 +200,8 @@ class Oblix(Magics):
     base_dir = Unicode(None, allow_none=True, help="session store directory (else ~/.oblix/sessions)").tag(config=True)
     max_input_tokens = Int(None, allow_none=True, help="override the model's input window").tag(config=True)
     show_footer = Bool(True, help="show model, session and tokens under each answer").tag(config=True)
+    tools = Bool(True, help="let models that can call tools look at variables, cells and the conversation (read-only)").tag(config=True)
+    tool_rounds = Int(5, help="most model requests in one turn when it calls tools").tag(config=True)
 
     def __init__(self, shell: Any, **kwargs: Any) -> None:
         # Set before the traits: loading a profile's configuration calls _configuration_changed.
@@ -211,7 +215,7 @@ class Oblix(Magics):
         self.litellm_import: threading.Thread | None = None
         super().__init__(shell=shell, **kwargs)
 
-    @observe("model", "fallback_models", "base_dir", "max_input_tokens")
+    @observe("model", "fallback_models", "base_dir", "max_input_tokens", "tools", "tool_rounds")
     def _configuration_changed(self, change: Any) -> None:
         self._client = None
         self._binding = None
@@ -226,6 +230,8 @@ class Oblix(Magics):
                 fallback_models=self.fallback_models,
                 store=self.base_dir or None,
                 max_input_tokens=self.max_input_tokens or None,
+                tools=self.tools,
+                max_tool_rounds=max(1, self.tool_rounds),
             )
         return self._client
 
@@ -280,6 +286,7 @@ class Oblix(Magics):
     @argument("--max-tokens", type=int, help="longest answer, in tokens")
     @argument("--error", action="store_true", help="include the last exception and its traceback")
     @argument("--cells", type=int, help="include the source of the last N executed cells")
+    @argument("--no-tools", action="store_true", help="offer the model no tools for this cell")
     @cell_magic("oblix")
     def oblix_cell(self, line: str, cell: str) -> None:
         """Ask the model in this notebook's session; the cell body is the prompt.
@@ -314,6 +321,8 @@ class Oblix(Magics):
                 max_tokens=options.max_tokens,
                 variables=variables,
                 notebook=notebook,
+                tools=False if options.no_tools else None,
+                on_tool=stream.tool,
             )
             stream.finish(result["response"], self._with_dotenv_notice(footer(result) if self.show_footer else ""))
             if self._panel is not None:

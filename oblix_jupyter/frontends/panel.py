@@ -414,6 +414,7 @@ class ChatPanel(widgets.VBox):
             "before": before,
             "sent": self.textarea.value,
             "text": "",
+            "tools": [],
             "shown_at": 0.0,
             "prompt_view": prompt_view,
             "answer_view": answer_view,
@@ -445,7 +446,12 @@ class ChatPanel(widgets.VBox):
         assert turn is not None
         try:
             result = self.client.execute_sync(
-                prompt, session_id, stream_to=self._on_text, should_stop=self._stop.is_set, variables=self._variables(prompt)
+                prompt,
+                session_id,
+                stream_to=self._on_text,
+                should_stop=self._stop.is_set,
+                variables=self._variables(prompt),
+                on_tool=self._on_tool,
             )
         except AnswerInterrupted:
             self._clear_input(turn["sent"])
@@ -475,12 +481,23 @@ class ChatPanel(widgets.VBox):
         turn["text"] += piece
         now = time.monotonic()
         if first or now - turn["shown_at"] >= UPDATE_INTERVAL:
-            turn["shown_at"] = now
-            turn["answer_view"].outputs = message_outputs({"role": "assistant", "content": turn["text"] + " ▌"})
+            self._show_answer(turn, now)
         if first:
             self.progress.layout.display = "none"
             with self._render_lock:  # the stored prompt replaces its placeholder
                 self._render_messages(self._session())
+
+    def _on_tool(self, call: dict[str, Any]) -> None:
+        """A tool the model called: shown at once, one collapsed line above the answer."""
+        turn = self._turn
+        if turn is not None:
+            turn["tools"].append(call)
+            self._show_answer(turn, time.monotonic())
+
+    @staticmethod
+    def _show_answer(turn: dict[str, Any], now: float) -> None:
+        turn["shown_at"] = now
+        turn["answer_view"].outputs = message_outputs({"role": "assistant", "content": turn["text"] + " ▌", "tools": turn["tools"]})
 
     def _clear_input(self, sent: str) -> None:
         if self.textarea.value == sent:  # not if the user has started the next message

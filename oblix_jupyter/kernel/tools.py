@@ -80,6 +80,12 @@ class CellHistory:
         return len(self.inputs) - 1
 
 
+def current_shell() -> Any:
+    """The IPython shell this process runs, or None (outside IPython; IPython is never imported here)."""
+    ipython = sys.modules.get("IPython")
+    return ipython.get_ipython() if ipython is not None else None
+
+
 class _Refusal(Exception):
     """A call the tool cannot answer; its message is the result the model reads."""
 

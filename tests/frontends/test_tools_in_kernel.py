@@ -1,0 +1,117 @@
+"""The model looks at the kernel through read-only tools: ``%%oblix`` in real kernels, a scripted model over HTTP.
+
+The loopback server plays a model that calls tools (OpenAI's streamed ``tool_calls``);
+what the tools returned is read from the requests it received, so these tests check
+what the model was really sent.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from kernels import outputs_text, run_cells
+from model_server import Behavior, ToolCall
+
+from oblix_jupyter.sessions import SessionManager
+
+pytestmark = pytest.mark.timeout(180)
+LOAD = "%load_ext oblix_jupyter"
+DATA = (
+    "import pandas as pd\n"
+    "df = pd.DataFrame({'city': ['Paris', 'Lyon', 'Paris', 'Nice'], 'price': [10, 20, 30, 40]})\n"
+    "api_key = 'sk-live-abcdef0123456789'"
+)
+
+
+@pytest.fixture
+def tool_model(model_env, monkeypatch):
+    """The test model, declared able to call tools (as a self-hosted endpoint would be)."""
+    monkeypatch.setenv("OBLIX_TOOL_MODELS", "openai/test-model")
+    return model_env
+
+
+def tool_results(request: dict) -> list[str]:
+    return [m["content"] for m in request["messages"] if m["role"] == "tool"]
+
+
+def offered(request: dict) -> list[str]:
+    return [tool["function"]["name"] for tool in request.get("tools") or []]
+
+
+def test_the_model_reads_filtered_rows_and_the_record_is_kept(tool_model, tmp_path):
+    server = tool_model
+    paris = {"name": "df", "where": [{"column": "city", "op": "==", "value": "Paris"}], "columns": ["city", "price"]}
+    server.enqueue(
+        Behavior(tool_calls=[ToolCall("dataframe_rows", paris), ToolCall("list_variables")]),
+        Behavior(reply="Two rows of df are in Paris."),
+    )
+    notebook = str(tmp_path / "nb" / "tools.ipynb")
+    export = tmp_path / "exported.json"
+    client = run_cells([DATA, LOAD, "%%oblix\nHow many rows of df are in Paris?", f"%oblix export {export}"], notebook)
+
+    first, second = server.chat_requests()[-2:]
+    assert {"list_variables", "describe_variable", "dataframe_rows", "notebook_cell", "last_error"} <= set(offered(first))
+    rows, variables = tool_results(second)
+    assert "2 of 4 rows match" in rows
+    assert "| 0 | Paris | 10 |" in rows and "| 2 | Paris | 30 |" in rows and "Lyon" not in rows
+    assert "`df`: pandas DataFrame, 4 rows" in variables
+    assert "`api_key`" in variables and "sk-live" not in variables, "a secret-looking value is never sent unnamed"
+    assert [m["role"] for m in second["messages"][-3:]] == ["assistant", "tool", "tool"]
+
+    shown = client.nb.cells[2].outputs[-1]["data"]
+    assert "<details class='oblix-tool'" in shown["text/html"] and "rows where city == &#x27;Paris&#x27;, 2 of 2 shown" in shown["text/html"]
+    assert "Two rows of df are in Paris." in shown["text/plain"]
+
+    store = SessionManager()
+    answer = store.get_session(store.bound_session(notebook))["messages"][-1]
+    assert set(answer) >= {"id", "role", "content", "timestamp"} and answer["role"] == "assistant"
+    assert [call["name"] for call in answer["tools"]] == ["dataframe_rows", "list_variables"]
+    assert answer["tools"][0]["result"] == rows
+    exported = json.loads(export.read_text())
+    assert exported["messages"][-1]["tools"] == answer["tools"]
+    imported = store.import_session(str(export))
+    assert store.get_session(imported)["messages"][-1]["tools"] == answer["tools"]
+
+    server.enqueue(Behavior(reply="ok"))
+    run_cells([LOAD, "%%oblix\nand Lyon?"], notebook)
+    earlier = server.chat_requests()[-1]["messages"][-2]
+    assert earlier["content"].startswith("Two rows of df are in Paris.")
+    assert "[tools used for this answer: looked at `df`: rows where city == 'Paris'" in earlier["content"]
+    assert "| 0 | Paris | 10 |" not in json.dumps(server.chat_requests()[-1]), "a past tool result is not resent"
+
+
+def test_nothing_the_model_writes_runs_and_failures_and_limits_hold(tool_model, tmp_path):
+    server = tool_model
+    planted = tmp_path / "planted"
+    injection = {"name": "df", "where": [{"column": "city", "op": "==", "value": f"__import__('os').system('touch {planted}')"}]}
+    server.enqueue(
+        Behavior(tool_calls=[ToolCall("dataframe_rows", injection), ToolCall("describe_variable", {"name": "api_key"})]),
+        Behavior(tool_calls=[ToolCall("delete_everything", {"path": "/"}), ToolCall("dataframe_rows", "{not json")]),
+        Behavior(reply="Nothing matched.", tool_calls=[ToolCall("list_variables")]),  # the last request: no tools offered
+    )
+    notebook = str(tmp_path / "nb" / "limits.ipynb")
+    client = run_cells([DATA, LOAD, "%config Oblix.tool_rounds = 3", "%%oblix\nFind the rows of df for my city."], notebook)
+
+    first, second, third = server.chat_requests()[-3:]
+    rows, secret = tool_results(second)
+    assert "0 of 4 rows match" in rows and not planted.exists()
+    assert "looks like a secret" in secret and "sk-live" not in json.dumps(second)
+    unknown, malformed = tool_results(third)[-2:]
+    assert "Unknown tool 'delete_everything'" in unknown and "not valid JSON" in malformed
+    assert offered(first) and offered(second) and not offered(third), "the last round offers no tools"
+    shown = outputs_text(client.nb.cells[3])
+    assert "Nothing matched." in shown and "Traceback" not in shown
+    assert "delete_everything failed" in shown
+
+    server.enqueue(Behavior(reply="plain"))
+    run_cells([DATA, LOAD, "%%oblix --no-tools\nhow many rows?"], notebook)
+    assert "tools" not in server.chat_requests()[-1]
+
+
+def test_a_model_without_tool_support_gets_no_tools(model_env, tmp_path):
+    server = model_env
+    server.enqueue(Behavior(reply="no tools here"))
+    client = run_cells([DATA, LOAD, "%%oblix\nhow many rows has df?"], str(tmp_path / "nb" / "plain.ipynb"))
+    assert "tools" not in server.chat_requests()[-1]
+    assert "no tools here" in outputs_text(client.nb.cells[2])
