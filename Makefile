@@ -31,7 +31,15 @@ $(CHROMIUM):
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; \
 	else echo "chromium missing (apt-get install chromium): browser tests will be skipped"; fi
 
-test: setup $(CHROMIUM)
+# The PostgreSQL store's tests start a server of their own from Debian's PostgreSQL 15
+# (tests/postgres_server.py); they fail, never skip, when it is missing.
+PG_INITDB := /usr/lib/postgresql/15/bin/initdb
+$(PG_INITDB):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql-15; \
+	else echo "postgresql-15 missing (apt-get install postgresql-15): the PostgreSQL store tests will fail"; fi
+
+test: setup $(CHROMIUM) $(PG_INITDB)
 	$(PY) -m pytest
 
 demo: setup

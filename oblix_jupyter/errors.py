@@ -91,6 +91,14 @@ class StoreBusy(OblixError, TimeoutError):
         self.path = path
 
 
+class StoreUnavailable(OblixError):
+    """The session database cannot be used now: unreachable, or its schema is not the one this code reads."""
+
+
+class NotPermitted(OblixError, PermissionError):
+    """A session this user can see but may not change that way (someone else's, shared with them)."""
+
+
 class BadArguments(OblixError, ValueError):
     """Options of a magic or command that cannot be accepted; the message includes the usage."""
 

@@ -11,6 +11,7 @@ import os
 
 import pytest
 from model_server import ModelServer
+from postgres_server import PostgresServer
 
 TEST_MODEL = "openai/test-model"
 TEST_KEY = "sk-test-0123456789abcdef"  # looks like a key, so leaks of it can be detected
@@ -26,6 +27,22 @@ def private_home(tmp_path, monkeypatch):
     for name in ("OBLIX_MODEL", "OBLIX_FALLBACK_MODELS", "OPENAI_API_BASE", "OPENAI_BASE_URL", "OPENAI_API_KEY"):
         monkeypatch.delenv(name, raising=False)
     return tmp_path / "oblix-home"
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A PostgreSQL server of our own for the whole test session, its database upgraded; made on first use.
+
+    If it cannot start, every test that uses it fails (never skips): the PostgreSQL
+    store must be tested wherever the tests run.
+    """
+    server = PostgresServer()
+    try:
+        server.start()
+        server.create_database()
+        yield server
+    finally:
+        server.close()
 
 
 @pytest.fixture(scope="session")

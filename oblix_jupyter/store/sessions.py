@@ -18,8 +18,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import re
-import uuid
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -29,13 +27,7 @@ from typing import Any, Protocol
 
 from tinydb import TinyDB
 
-from ..errors import (
-    AmbiguousSessionId,
-    CorruptSession,
-    ImportFormatError,
-    InvalidSessionId,
-    SessionNotFound,
-)
+from ..errors import CorruptSession, ImportFormatError, SessionNotFound
 from .bindings import Bindings
 from .files import DIR_MODE, atomic_write_bytes, ensure_private_dir, remove_file
 from .formats import read_import_file
@@ -46,9 +38,13 @@ from .shape import (
     change_time,
     check_context,
     check_session_shape,
+    check_update,
     format_time,
+    imported_session,
+    message_parts,
+    new_session,
     now_iso,
-    parse_time,
+    resolve_session_id,
     stamp,
     summarize,
     validate_session_id,
@@ -57,7 +53,6 @@ from .storage import LockedAtomicStorage
 from .vectors import VectorStore
 from .written import ParsedFiles
 
-_PREFIX = re.compile(r"^[0-9a-f][0-9a-f-]{0,35}$")
 _DOC_ID = 1  # each session file holds exactly one TinyDB document
 
 
@@ -96,7 +91,49 @@ class SessionStore(Protocol):
     def problems(self) -> list[CorruptSession]: ...
 
 
-class SessionManager:
+class SessionTransfer:
+    """The SDK's create, import, export and copy, which any store has once it can ``get_session`` and ``_store_new``."""
+
+    def get_session(self, session_id: str) -> dict[str, Any]: ...
+    def _store_new(self, session: dict[str, Any]) -> str: ...
+
+    def create_session(
+        self,
+        initial_context: dict[str, Any] | None = None,
+        title: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        model: str | None = None,
+    ) -> str:
+        """Create an empty session and return its id (a UUID4 string)."""
+        return self._store_new(new_session(initial_context, title, metadata, model))
+
+    def add_session(self, data: dict[str, Any], new_id: bool = True) -> str:
+        """Store a complete session dict (from an import); timestamps are normalised to ours."""
+        return self._store_new(imported_session(data, new_id))
+
+    def export_session(self, session_id: str, export_path: str | os.PathLike[str]) -> bool:
+        """Write the session as one JSON object in the seed's shape."""
+        session = self.get_session(session_id)
+        export_path = os.fspath(export_path)
+        os.makedirs(os.path.dirname(os.path.abspath(export_path)), exist_ok=True)
+        atomic_write_bytes(export_path, json.dumps(session, ensure_ascii=False, indent=2).encode("utf-8"))
+        return True
+
+    def import_session(self, import_path: str | os.PathLike[str], new_id: bool = True) -> str:
+        """Read a session JSON file (ours or the original SDK's) and store it; returns its id."""
+        import_path = os.fspath(import_path)
+        data = read_import_file(import_path)
+        return self.add_session(check_session_shape(data, import_path), new_id=new_id)
+
+    def copy_session(self, session_id: str, new_title: str | None = None) -> str:
+        """Duplicate a session under a new id, e.g. to branch a conversation."""
+        session = self.get_session(session_id)
+        session["title"] = new_title or f"Copy of {session['title']}"
+        session["created_at"] = session["updated_at"] = change_time()
+        return self.add_session(session, new_id=True)
+
+
+class SessionManager(SessionTransfer):
     """Sessions on disk, with the Oblix SDK's method names and argument order."""
 
     def __init__(self, base_dir: str | os.PathLike[str] | None = None, lock_timeout: float = 30.0) -> None:
@@ -227,28 +264,6 @@ class SessionManager:
 
     # -- the Oblix SDK's SessionManager API ---------------------------------------
 
-    def create_session(
-        self,
-        initial_context: dict[str, Any] | None = None,
-        title: str | None = None,
-        metadata: dict[str, Any] | None = None,
-        model: str | None = None,
-    ) -> str:
-        """Create an empty session and return its id (a UUID4 string)."""
-        created = change_time()
-        session = {
-            "id": str(uuid.uuid4()),
-            "title": title or f"Chat Session {datetime.now().strftime('%Y-%m-%d %H:%M')}",
-            "created_at": created,
-            "updated_at": created,
-            "messages": [],
-            "context": check_context(initial_context),
-            "model": model,
-            "metadata": check_context(metadata),
-            "schema_version": SCHEMA_VERSION,
-        }
-        return self._store_new(session)
-
     def _store_new(self, session: dict[str, Any]) -> str:
         with self._transaction(session["id"]) as db:
             if os.path.exists(self.session_path(session["id"])):
@@ -263,11 +278,7 @@ class SessionManager:
         ``message`` may be text or a dict with ``content`` (as the SDK accepted); extra
         ``fields`` (``model``, ``status``, ``usage``...) are stored on the message.
         """
-        if role not in ("user", "assistant", "system"):
-            raise ValueError(f"role must be 'user', 'assistant' or 'system', not {role!r}")
-        content = message.get("content", "") if isinstance(message, dict) else str(message)
-        extra = {key: value for key, value in fields.items() if value is not None}
-        check_context(extra)
+        content, extra = message_parts(message, role, fields)
 
         def append(session: dict[str, Any]) -> dict[str, Any]:
             taken = set(map(dict.get, session["messages"], repeat("id")))
@@ -315,10 +326,10 @@ class SessionManager:
         Unreadable session files are left out, warned about, and kept in ``self.problems``.
         """
         listed: list[dict[str, Any]] = []
-        for stamp, session_id in self._headers():
+        for stamp_text, session_id in self._headers():
             if limit is not None and len(listed) >= limit:
                 break
-            summary = self._read_header(stamp, session_id)
+            summary = self._read_header(stamp_text, session_id)
             if summary is not None:
                 listed.append(summary)
         return listed
@@ -367,12 +378,7 @@ class SessionManager:
 
     def update_session(self, session_id: str, **fields: Any) -> dict[str, Any]:
         """Change ``title``, ``context``, ``model``, ``metadata`` or other extra fields; returns the session."""
-        protected = {"id", "messages", "created_at", "updated_at"} & set(fields)
-        if protected:
-            raise ValueError(f"update_session cannot change {', '.join(sorted(protected))}")
-        if "context" in fields:
-            fields["context"] = check_context(fields["context"])
-        check_context(fields)
+        fields = check_update(fields)
 
         def patch(session: dict[str, Any]) -> dict[str, Any]:
             session.update(copy.deepcopy(fields))
@@ -398,47 +404,6 @@ class SessionManager:
                 if len(found) >= limit:
                     break
         return found
-
-    def export_session(self, session_id: str, export_path: str | os.PathLike[str]) -> bool:
-        """Write the session as one JSON object in the seed's shape."""
-        session = self.get_session(session_id)
-        export_path = os.fspath(export_path)
-        os.makedirs(os.path.dirname(os.path.abspath(export_path)), exist_ok=True)
-        atomic_write_bytes(export_path, json.dumps(session, ensure_ascii=False, indent=2).encode("utf-8"))
-        return True
-
-    def import_session(self, import_path: str | os.PathLike[str], new_id: bool = True) -> str:
-        """Read a session JSON file (ours or the original SDK's) and store it; returns its id."""
-        import_path = os.fspath(import_path)
-        data = read_import_file(import_path)
-        return self.add_session(check_session_shape(data, import_path), new_id=new_id)
-
-    def add_session(self, data: dict[str, Any], new_id: bool = True) -> str:
-        """Store a complete session dict (from an import); timestamps are normalised to ours."""
-        session = copy.deepcopy(check_session_shape(data, "session"))
-        if not upgrade(session):
-            raise ImportFormatError(
-                f"This session was written by a newer oblix_jupyter (schema {version_of(session)}): upgrade to import it."
-            )
-        if new_id:
-            session["id"] = str(uuid.uuid4())
-        else:
-            validate_session_id(session["id"])
-        session.setdefault("title", "Imported session")
-        session["context"] = check_context(session.get("context"))
-        for field in ("created_at", "updated_at"):
-            session[field] = format_time(parse_time(str(session[field])))
-        for number, message in enumerate(session["messages"], start=1):
-            message.setdefault("id", f"msg_{number}")
-            message["timestamp"] = format_time(parse_time(str(message.get("timestamp") or session["updated_at"])))
-        return self._store_new(session)
-
-    def copy_session(self, session_id: str, new_title: str | None = None) -> str:
-        """Duplicate a session under a new id, e.g. to branch a conversation."""
-        session = self.get_session(session_id)
-        session["title"] = new_title or f"Copy of {session['title']}"
-        session["created_at"] = session["updated_at"] = change_time()
-        return self.add_session(session, new_id=True)
 
     # -- beyond the SDK -------------------------------------------------------------
 
@@ -473,16 +438,25 @@ class SessionManager:
 
     def resolve_id(self, id_or_prefix: str) -> str:
         """Turn a full id or a unique prefix of one into the full id."""
-        candidate = (id_or_prefix or "").strip().lower()
-        if UUID.match(candidate):
-            if not os.path.exists(self.session_path(candidate)):
-                raise SessionNotFound(candidate, self.base_dir)
-            return candidate
-        if not _PREFIX.match(candidate):
-            raise InvalidSessionId(id_or_prefix)
-        matches = [sid for sid in self._session_ids_on_disk() if sid.startswith(candidate)]
-        if not matches:
-            raise SessionNotFound(candidate, self.base_dir)
-        if len(matches) > 1:
-            raise AmbiguousSessionId(candidate, matches)
-        return matches[0]
+
+        def matching(candidate: str) -> list[str]:
+            if UUID.match(candidate):
+                return [candidate] if os.path.exists(self.session_path(candidate)) else []
+            return [sid for sid in self._session_ids_on_disk() if sid.startswith(candidate)]
+
+        return resolve_session_id(id_or_prefix, matching, self.base_dir)
+
+
+def open_store(location: str | os.PathLike[str] | None = None) -> SessionStore:
+    """The store ``location`` names, else ``$OBLIX_STORE``, else the default directory (``default_base_dir``).
+
+    A ``postgresql://`` (or ``postgres://``) URL opens the PostgreSQL store (libpq's
+    ``PG*`` variables and ``~/.pgpass`` fill in what it leaves out); anything else is a directory.
+    """
+    location = os.fspath(location) if location is not None else os.environ.get("OBLIX_STORE") or None
+    if location and location.startswith(("postgresql://", "postgres://")):
+        # psycopg is an optional extra: imported only when asked for
+        from .postgres import PostgresStore
+
+        return PostgresStore(location)
+    return SessionManager(location)

@@ -12,13 +12,23 @@ import copy
 import json
 import re
 import threading
+import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from ..errors import ImportFormatError, InvalidContext, InvalidSessionId
+from ..errors import (
+    AmbiguousSessionId,
+    ImportFormatError,
+    InvalidContext,
+    InvalidSessionId,
+    SessionNotFound,
+)
+from .migrations import SCHEMA_VERSION, upgrade, version_of
 
 SEED_FIELDS = ("id", "title", "created_at", "updated_at", "messages", "context")
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_PREFIX = re.compile(r"^[0-9a-f][0-9a-f-]{0,35}$")
 
 
 def now_iso() -> str:
@@ -121,3 +131,79 @@ def check_session_shape(data: Any, where: str) -> dict[str, Any]:
             raise ImportFormatError(f"{where}: {field} {data[field]!r} is not an ISO 8601 time.") from None
     check_context(data.get("context"))
     return data
+
+
+def new_session(
+    initial_context: dict[str, Any] | None, title: str | None, metadata: dict[str, Any] | None, model: str | None
+) -> dict[str, Any]:
+    """A new empty session (``create_session``), with a fresh UUID4 id."""
+    created = change_time()
+    return {
+        "id": str(uuid.uuid4()),
+        "title": title or f"Chat Session {datetime.now().strftime('%Y-%m-%d %H:%M')}",
+        "created_at": created,
+        "updated_at": created,
+        "messages": [],
+        "context": check_context(initial_context),
+        "model": model,
+        "metadata": check_context(metadata),
+        "schema_version": SCHEMA_VERSION,
+    }
+
+
+def message_parts(message: Any, role: str, fields: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The content and extra fields of a message to append, checked before anything is written.
+
+    ``message`` may be text or a dict with ``content`` (as the SDK accepted); extra
+    ``fields`` (``model``, ``status``, ``usage``...) are stored on the message, None ones left out.
+    """
+    if role not in ("user", "assistant", "system"):
+        raise ValueError(f"role must be 'user', 'assistant' or 'system', not {role!r}")
+    content = message.get("content", "") if isinstance(message, dict) else str(message)
+    extra = {key: value for key, value in fields.items() if value is not None}
+    check_context(extra)
+    return content, extra
+
+
+def check_update(fields: dict[str, Any]) -> dict[str, Any]:
+    """The fields of an ``update_session`` call, refused if they name what a store keeps itself."""
+    protected = {"id", "messages", "created_at", "updated_at"} & set(fields)
+    if protected:
+        raise ValueError(f"update_session cannot change {', '.join(sorted(protected))}")
+    if "context" in fields:
+        fields["context"] = check_context(fields["context"])
+    return check_context(fields)
+
+
+def imported_session(data: dict[str, Any], new_id: bool) -> dict[str, Any]:
+    """A complete session dict (from an import) in the current shape, its timestamps normalised to ours."""
+    session = copy.deepcopy(check_session_shape(data, "session"))
+    if not upgrade(session):
+        raise ImportFormatError(
+            f"This session was written by a newer oblix_jupyter (schema {version_of(session)}): upgrade to import it."
+        )
+    if new_id:
+        session["id"] = str(uuid.uuid4())
+    else:
+        validate_session_id(session["id"])
+    session.setdefault("title", "Imported session")
+    session["context"] = check_context(session.get("context"))
+    for field in ("created_at", "updated_at"):
+        session[field] = format_time(parse_time(str(session[field])))
+    for number, message in enumerate(session["messages"], start=1):
+        message.setdefault("id", f"msg_{number}")
+        message["timestamp"] = format_time(parse_time(str(message.get("timestamp") or session["updated_at"])))
+    return session
+
+
+def resolve_session_id(id_or_prefix: str, matching: Callable[[str], list[str]], where: str) -> str:
+    """Turn a full id or a unique prefix of one into the full id, given the store's ``matching`` ids of a prefix."""
+    candidate = (id_or_prefix or "").strip().lower()
+    if not _PREFIX.match(candidate):
+        raise InvalidSessionId(id_or_prefix)
+    matches = matching(candidate)
+    if not matches:
+        raise SessionNotFound(candidate, where)
+    if len(matches) > 1:
+        raise AmbiguousSessionId(candidate, matches)
+    return matches[0]

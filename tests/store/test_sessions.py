@@ -1,9 +1,15 @@
-"""The session store on real TinyDB files in temporary directories."""
+"""The session store, on real TinyDB files in temporary directories and on a real PostgreSQL server.
+
+``store`` is each of the two implementations in turn (each test of PostgreSQL as a
+fresh database user, who sees no other test's sessions); ``file_store`` is for what
+only the files have (file modes, damaged files, the listing index).
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import pathlib
 import random
 import re
 import signal
@@ -30,15 +36,49 @@ from oblix_jupyter.errors import (
     SessionNotFound,
 )
 from oblix_jupyter.sessions import SessionManager
+from oblix_jupyter.store.postgres import PostgresStore
 from oblix_jupyter.store.shape import SEED_FIELDS
 
 TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 
 
+def open_store(spec: tuple[str, str]) -> SessionManager | PostgresStore:
+    """The store a spec names, so that other threads and processes can open the same one."""
+    kind, where = spec
+    return SessionManager(where) if kind == "files" else PostgresStore(where)
+
+
+@pytest.fixture(params=["files", "postgres"])
+def store_spec(request, tmp_path) -> tuple[str, str]:
+    """(kind, where): a directory, or the DSN of a new database user (the server starts on first use)."""
+    if request.param == "files":
+        return ("files", str(tmp_path / "sessions"))
+    server = request.getfixturevalue("postgres")
+    return ("postgres", server.dsn(server.create_user()))
+
+
 @pytest.fixture
-def store(tmp_path):
+def store(store_spec):
+    opened = open_store(store_spec)
+    yield opened
+    if isinstance(opened, PostgresStore):
+        opened.close()
+
+
+@pytest.fixture
+def file_store(tmp_path):
     return SessionManager(base_dir=tmp_path / "sessions")
+
+
+@pytest.fixture
+def footprint(store, store_spec, request):
+    """A function returning everything the store keeps, to prove that a refused call changed nothing."""
+    if store_spec[0] == "files":
+        return lambda: tree(os.path.dirname(store.base_dir))
+    server = request.getfixturevalue("postgres")
+    tables = ("sessions", "messages", "shares", "bindings", "uses", "vectors")
+    return lambda: [server.admin_query(f"SELECT * FROM oblix.{table} ORDER BY 1, 2") for table in tables]
 
 
 def tree(path) -> dict[str, bytes]:
@@ -52,15 +92,11 @@ def tree(path) -> dict[str, bytes]:
     return found
 
 
-def test_session_file_has_the_seed_shape(store):
+def test_a_session_has_the_seed_shape(store):
     session_id = store.create_session(initial_context={"customer_id": "cust_123"}, title="Support")
     store.save_message(session_id, "I'm having trouble installing the software.")
     store.save_message(session_id, "What operating system?", role="assistant", model="openai/x")
-    path = os.path.join(store.base_dir, f"{session_id}.json")
-    with TinyDB(path) as db:
-        documents = db.all()
-    assert len(documents) == 1
-    stored = documents[0]
+    stored = store.load_session(session_id)
     assert set(SEED_FIELDS) <= set(stored)
     assert UUID4.match(stored["id"]) and stored["id"] == session_id
     assert stored["title"] == "Support"
@@ -72,7 +108,14 @@ def test_session_file_has_the_seed_shape(store):
     assert (second["id"], second["role"], second["model"]) == ("msg_2", "assistant", "openai/x")
     assert set(first) == {"id", "role", "content", "timestamp"}
     assert TIME.match(first["timestamp"])
-    assert store.load_session(session_id) == stored
+
+
+def test_the_session_file_holds_what_is_loaded(file_store):
+    session_id = file_store.create_session(initial_context={"customer_id": "cust_123"}, title="Support")
+    file_store.save_message(session_id, "What operating system?", role="assistant", model="openai/x")
+    with TinyDB(os.path.join(file_store.base_dir, f"{session_id}.json")) as db:
+        documents = db.all()
+    assert documents == [file_store.load_session(session_id)]
 
 
 def test_default_title_and_location(tmp_path, monkeypatch):
@@ -83,11 +126,11 @@ def test_default_title_and_location(tmp_path, monkeypatch):
     assert re.match(r"^Chat Session \d{4}-\d\d-\d\d \d\d:\d\d$", session["title"])
 
 
-def test_files_and_directories_are_private(store):
-    session_id = store.create_session(title="secret")
-    store.save_message(session_id, "hello")
-    assert stat.S_IMODE(os.stat(store.base_dir).st_mode) == 0o700
-    for root, dirs, files in os.walk(store.base_dir):
+def test_files_and_directories_are_private(file_store):
+    session_id = file_store.create_session(title="secret")
+    file_store.save_message(session_id, "hello")
+    assert stat.S_IMODE(os.stat(file_store.base_dir).st_mode) == 0o700
+    for root, dirs, files in os.walk(file_store.base_dir):
         for name in dirs:
             assert stat.S_IMODE(os.stat(os.path.join(root, name)).st_mode) == 0o700, name
         for name in files:
@@ -108,30 +151,30 @@ def test_a_realistic_run_makes_every_directory_0700_and_every_file_0600_whatever
 
 
 @pytest.mark.timeout(180)
-def test_prune_removes_every_trace_that_another_process_left(store):
-    doomed, kept = make_sessions(store.base_dir, "/work/old.ipynb")
-    assert_fully_traced(store.base_dir, doomed, "/work/old.ipynb")
-    kept_traces = traces(store.base_dir, kept)
-    assert store.prune(older_than=timedelta(days=30)) == [doomed]
-    assert traces(store.base_dir, doomed) == []
-    assert traces(store.base_dir, kept) == kept_traces
+def test_prune_removes_every_trace_that_another_process_left(file_store):
+    doomed, kept = make_sessions(file_store.base_dir, "/work/old.ipynb")
+    assert_fully_traced(file_store.base_dir, doomed, "/work/old.ipynb")
+    kept_traces = traces(file_store.base_dir, kept)
+    assert file_store.prune(older_than=timedelta(days=30)) == [doomed]
+    assert traces(file_store.base_dir, doomed) == []
+    assert traces(file_store.base_dir, kept) == kept_traces
 
 
 @pytest.mark.parametrize("bad", ["../x", "/etc/passwd", "a/b", "", "..", "5f3e9a7b-6c1d-4d8e-9e7a-9b8c7d6e5f4a/../../x", None])
-def test_path_traversal_ids_are_rejected_before_any_file_is_touched(store, bad):
+def test_path_traversal_ids_are_rejected_before_anything_is_touched(store, footprint, tmp_path, bad):
     store.create_session(title="keep")
-    before = tree(os.path.dirname(store.base_dir))
+    before = footprint()
     for call in (
         lambda: store.load_session(bad),
         lambda: store.save_message(bad, "x"),
         lambda: store.delete_session(bad),
         lambda: store.update_session(bad, title="x"),
-        lambda: store.export_session(bad, os.path.join(store.base_dir, "out.json")),
+        lambda: store.export_session(bad, tmp_path / "out.json"),
         lambda: store.resolve_id(bad),
     ):
         with pytest.raises(InvalidSessionId):
             call()
-    assert tree(os.path.dirname(store.base_dir)) == before
+    assert footprint() == before
 
 
 def test_unknown_ids(store):
@@ -142,7 +185,7 @@ def test_unknown_ids(store):
         store.save_message(missing, "hello")
     with pytest.raises(SessionNotFound):
         store.get_session(missing)
-    assert not os.path.exists(os.path.join(store.base_dir, f"{missing}.json"))
+    assert store.load_session(missing) is None and store.list_sessions() == []
 
 
 def test_list_update_delete_prune_search(store):
@@ -174,11 +217,11 @@ def test_list_update_delete_prune_search(store):
     assert store.list_sessions() == []
 
 
-def test_context_must_be_json(store):
-    before = tree(store.base_dir)
+def test_context_must_be_json(store, footprint):
+    before = footprint()
     with pytest.raises(InvalidContext, match="'when'"):
         store.create_session(initial_context={"ok": 1, "when": object()})
-    assert tree(store.base_dir) == before
+    assert footprint() == before
     session_id = store.create_session(initial_context={"ok": 1})
     with pytest.raises(InvalidContext, match="'bad'"):
         store.update_session(session_id, context={"bad": {1, 2}})
@@ -250,47 +293,47 @@ def test_import_of_a_file_written_by_the_original_sdk(store, tmp_path):
     "content, complaint",
     [("{\"id\": ", "invalid JSON"), ("[]", "JSON object"), ('{"id": "x"}', "missing field"), ("", "empty")],
 )
-def test_malformed_import_creates_nothing(store, tmp_path, content, complaint):
+def test_malformed_import_creates_nothing(store, footprint, tmp_path, content, complaint):
     path = tmp_path / "bad.json"
     path.write_text(content)
-    before = tree(store.base_dir)
+    before = footprint()
     with pytest.raises(ImportFormatError, match=complaint):
         store.import_session(path)
-    assert tree(store.base_dir) == before
+    assert footprint() == before
 
 
-def test_a_corrupt_session_never_hides_the_others(store):
-    good = [store.create_session(title=f"good {n}") for n in range(3)]
-    bad = store.create_session(title="bad")
-    bad_path = os.path.join(store.base_dir, f"{bad}.json")
+def test_a_corrupt_session_never_hides_the_others(file_store):
+    good = [file_store.create_session(title=f"good {n}") for n in range(3)]
+    bad = file_store.create_session(title="bad")
+    bad_path = os.path.join(file_store.base_dir, f"{bad}.json")
     with open(bad_path, "w") as handle:
         handle.write('{"_default": {"1": {"id": "trunc')
-    broken_bytes = open(bad_path, "rb").read()
+    broken_bytes = pathlib.Path(bad_path).read_bytes()
     # Remove the index so the store must read every session file to rebuild it.
-    for name in os.listdir(os.path.join(store.base_dir, ".index")):
-        os.unlink(os.path.join(store.base_dir, ".index", name))
+    for name in os.listdir(os.path.join(file_store.base_dir, ".index")):
+        os.unlink(os.path.join(file_store.base_dir, ".index", name))
     with pytest.warns(RuntimeWarning, match=re.escape(bad_path)):
-        listed = store.list_sessions()
+        listed = file_store.list_sessions()
     assert sorted(s["id"] for s in listed) == sorted(good)
-    assert [p.path for p in store.problems] == [bad_path]
+    assert [p.path for p in file_store.problems] == [bad_path]
     with pytest.raises(CorruptSession, match=re.escape(bad_path)):
-        store.load_session(bad)
+        file_store.load_session(bad)
     with pytest.raises(CorruptSession):
-        store.save_message(bad, "must not overwrite")
-    assert open(bad_path, "rb").read() == broken_bytes
+        file_store.save_message(bad, "must not overwrite")
+    assert pathlib.Path(bad_path).read_bytes() == broken_bytes
 
 
-def test_listing_reads_only_the_listed_sessions(store):
+def test_listing_reads_only_the_listed_sessions(file_store):
     """A corrupt session outside the top N is not even opened by list_sessions(limit=N)."""
-    old = store.create_session(title="old")
-    newer = [store.create_session(title=f"new {n}") for n in range(3)]
-    store.list_sessions()  # headers exist for all
-    with open(os.path.join(store.base_dir, f"{old}.json"), "w") as handle:
+    old = file_store.create_session(title="old")
+    newer = [file_store.create_session(title=f"new {n}") for n in range(3)]
+    file_store.list_sessions()  # headers exist for all
+    with open(os.path.join(file_store.base_dir, f"{old}.json"), "w") as handle:
         handle.write("garbage")
-    os.utime(os.path.join(store.base_dir, f"{old}.json"), ns=(1, 1))
-    listed = store.list_sessions(limit=3)
+    os.utime(os.path.join(file_store.base_dir, f"{old}.json"), ns=(1, 1))
+    listed = file_store.list_sessions(limit=3)
     assert [s["id"] for s in listed] == newer[::-1]
-    assert store.problems == []
+    assert file_store.problems == []
 
 
 def test_sessions_changed_within_one_millisecond_list_in_the_order_they_were_changed(store):
@@ -303,35 +346,35 @@ def test_sessions_changed_within_one_millisecond_list_in_the_order_they_were_cha
     assert len({s["updated_at"] for s in listed}) == len(ids)
 
 
-def test_index_is_rebuilt_when_missing_or_stale(store):
-    ids = [store.create_session(title=f"s{n}") for n in range(3)]
-    store.save_message(ids[0], "latest")
-    index = os.path.join(store.base_dir, ".index")
+def test_index_is_rebuilt_when_missing_or_stale(file_store):
+    ids = [file_store.create_session(title=f"s{n}") for n in range(3)]
+    file_store.save_message(ids[0], "latest")
+    index = os.path.join(file_store.base_dir, ".index")
     for name in os.listdir(index):
         os.unlink(os.path.join(index, name))
-    assert [s["id"] for s in store.list_sessions()] == [ids[0], ids[2], ids[1]]
+    assert [s["id"] for s in file_store.list_sessions()] == [ids[0], ids[2], ids[1]]
     assert len(os.listdir(index)) == 3
     # A header left behind by a writer killed between its two writes is noticed.
-    path = os.path.join(store.base_dir, f"{ids[1]}.json")
+    path = os.path.join(file_store.base_dir, f"{ids[1]}.json")
     with TinyDB(path) as db:
         db.update({"title": "edited behind our back"}, doc_ids=[1])
-    assert {s["title"] for s in store.list_sessions()} >= {"edited behind our back"}
+    assert {s["title"] for s in file_store.list_sessions()} >= {"edited behind our back"}
 
 
-def _append_many(base_dir: str, session_ids: list[str], count: int, tag: str) -> None:
-    manager = SessionManager(base_dir)
+def _append_many(spec: tuple[str, str], session_ids: list[str], count: int, tag: str) -> None:
+    manager = open_store(spec)
     for number in range(count):
         manager.save_message(session_ids[number % len(session_ids)], f"{tag}-{number}")
 
 
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("shared", [True, False], ids=["one-session", "own-sessions"])
-def test_four_processes_appending_lose_nothing(store, shared):
+def test_four_processes_appending_lose_nothing(store, store_spec, shared):
     workers = 4
     ids = [store.create_session(title=f"w{n}") for n in range(1 if shared else workers)]
     context = get_context("spawn")
     processes = [
-        context.Process(target=_append_many, args=(store.base_dir, ids if shared else [ids[n]], 250, f"p{n}"))
+        context.Process(target=_append_many, args=(store_spec, ids if shared else [ids[n]], 250, f"p{n}"))
         for n in range(workers)
     ]
     for process in processes:
@@ -341,19 +384,17 @@ def test_four_processes_appending_lose_nothing(store, shared):
         assert process.exitcode == 0
     contents = []
     for session_id in ids:
-        with open(os.path.join(store.base_dir, f"{session_id}.json")) as handle:
-            json.load(handle)  # every file valid JSON
         messages = store.load_session(session_id)["messages"]
-        assert len({m["id"] for m in messages}) == len(messages)
+        assert [m["id"] for m in messages] == [f"msg_{n}" for n in range(1, len(messages) + 1)]
         contents += [m["content"] for m in messages]
     assert sorted(contents) == sorted(f"p{p}-{n}" for p in range(workers) for n in range(250))
 
 
 @pytest.mark.timeout(120)
-def test_threads_of_one_process_appending_lose_nothing(store):
-    """Threads share the store's lock objects: each must still exclude the others."""
+def test_threads_of_one_process_appending_lose_nothing(store, store_spec):
+    """Threads share the store's lock objects (or connection pool): each must still exclude the others."""
     session_id = store.create_session(title="threads")
-    other = SessionManager(store.base_dir)  # a second manager in the same process, as a chat panel has
+    other = open_store(store_spec)  # a second manager in the same process, as a chat panel has
     threads = [
         threading.Thread(target=lambda n=n: [(store if n % 2 else other).save_message(session_id, f"t{n}-{k}") for k in range(60)])
         for n in range(4)
@@ -371,26 +412,29 @@ WRITER = textwrap.dedent(
     """
     import sys
     from oblix_jupyter.sessions import SessionManager
-    manager = SessionManager(sys.argv[1])
+    from oblix_jupyter.store.postgres import PostgresStore
+    kind, where, session_id = sys.argv[1:]
+    manager = SessionManager(where) if kind == "files" else PostgresStore(where)
     print("ready", flush=True)
     for number in range(200):
-        manager.save_message(sys.argv[2], "x" * 2000 + str(number))
+        manager.save_message(session_id, "x" * 2000 + str(number))
     """
 )
 
 
 @pytest.mark.timeout(180)
-def test_kill_minus_nine_never_leaves_a_half_written_file(store):
+def test_kill_minus_nine_never_leaves_a_half_written_session(store, store_spec):
     session_id = store.create_session(title="victim")
     rng = random.Random(7)
     for _ in range(8):
-        writer = subprocess.Popen([sys.executable, "-c", WRITER, store.base_dir, session_id], stdout=subprocess.PIPE)
+        writer = subprocess.Popen([sys.executable, "-c", WRITER, *store_spec, session_id], stdout=subprocess.PIPE)
         assert writer.stdout.readline().strip() == b"ready"
         time.sleep(rng.uniform(0.0, 0.3))
         writer.send_signal(signal.SIGKILL)
         writer.wait()
-        with open(os.path.join(store.base_dir, f"{session_id}.json")) as handle:
-            json.load(handle)
+        if store_spec[0] == "files":
+            with open(os.path.join(store.base_dir, f"{session_id}.json")) as handle:
+                json.load(handle)
         session = store.load_session(session_id)
         assert [m["id"] for m in session["messages"]] == [f"msg_{n}" for n in range(1, len(session["messages"]) + 1)]
     assert [s["id"] for s in store.list_sessions()] == [session_id]
@@ -410,15 +454,20 @@ def test_notebook_bindings(store):
     assert "b.ipynb" not in store.bindings()
     with pytest.raises(InvalidSessionId):
         store.bind("x.ipynb", "../etc")
-    with open(os.path.join(store.base_dir, ".bindings.json"), "w") as handle:
+
+
+def test_an_unreadable_bindings_file_loses_bindings_never_sessions(file_store):
+    first = file_store.create_session()
+    file_store.bind("a.ipynb", first)
+    with open(os.path.join(file_store.base_dir, ".bindings.json"), "w") as handle:
         handle.write("{broken")
     with pytest.warns(RuntimeWarning):
-        assert store.bindings() == {}
-    assert store.load_session(first) is not None
+        assert file_store.bindings() == {}
+    assert file_store.load_session(first) is not None
     with pytest.warns(RuntimeWarning):
-        store.bind("c.ipynb", first)
-    assert store.bindings() == {"c.ipynb": first}
-    assert any(name.startswith(".bindings.json.corrupt-") for name in os.listdir(store.base_dir))
+        file_store.bind("c.ipynb", first)
+    assert file_store.bindings() == {"c.ipynb": first}
+    assert any(name.startswith(".bindings.json.corrupt-") for name in os.listdir(file_store.base_dir))
 
 
 def test_an_older_session_file_is_upgraded_on_read_and_a_newer_one_is_refused_without_hiding_the_rest(tmp_path):

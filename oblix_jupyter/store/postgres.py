@@ -1,0 +1,610 @@
+"""Sessions in PostgreSQL: the ``SessionStore`` a team shares, chosen with ``OBLIX_STORE=postgresql://...``.
+
+The same operations as the file store (``sessions.SessionManager``), over the schema of
+``sql/`` (``pg_schema``). PostgreSQL, not this code, keeps sessions private: row-level
+security shows each database user only their own sessions and those shared with them,
+so every query here is written as if the user's own rows were the only ones.
+
+A session is a row and each message a row at the next dense position: an append locks
+the session row (its ``UPDATE ... RETURNING message_count``) and inserts at that
+position, so appends from many kernels at once never gap, repeat or reorder. Each
+append also NOTIFYs the session's channel with the ids (never the text), for
+``wait_for_changes``. A kernel holds a pool of at most two connections, and none once
+it has been idle for a minute, so a hundred kernels fit in the server's default
+``max_connections``.
+
+The DSN's password never leaves this module: ``location`` and every error show the
+connection string without it.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime, timedelta, timezone
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from ..errors import (
+    BadArguments,
+    CorruptSession,
+    ImportFormatError,
+    NotPermitted,
+    SessionNotFound,
+    StoreUnavailable,
+    redact,
+)
+from .migrations import SCHEMA_VERSION, upgrade, version_of
+from .pg_schema import check_version
+from .sessions import SessionTransfer
+from .shape import (
+    UUID,
+    change_time,
+    check_context,
+    check_update,
+    format_time,
+    message_parts,
+    now_iso,
+    parse_time,
+    resolve_session_id,
+    validate_session_id,
+)
+
+CHANNEL_PREFIX = "oblix_"  # each session's appends are announced on oblix_<session id>
+_COLUMNS = {"title", "context", "model", "metadata", "schema_version"}  # session fields with a column; others go to ``extra``
+_KEPT_APART = _COLUMNS | {"id", "messages", "created_at", "updated_at"}
+_FIELDS = (
+    "s.id::text, s.title, s.created_at, s.updated_at, s.message_count, s.context, s.model, s.metadata, s.extra, "
+    "s.schema_version, CASE WHEN s.owner = current_user THEN NULL ELSE s.owner END AS shared_by"
+)
+_SESSION = f"SELECT {_FIELDS} FROM oblix.sessions s"
+_HIGHLIGHT = "StartSel=«, StopSel=», MaxWords=18, MinWords=6, MaxFragments=1, FragmentDelimiter=\" … \""
+_URL_PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")
+
+Result = TypeVar("Result")
+
+
+def describe_dsn(dsn: str) -> str:
+    """The connection string as it may be shown to people: every password taken out."""
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "postgresql (an unreadable connection string)"
+    shown = make_conninfo("", **{name: value for name, value in params.items() if "password" not in name})
+    return f"postgresql: {shown}" if shown else "postgresql (from the PG* environment)"
+
+
+def _scrub(text: str, dsn: str) -> str:
+    """``text`` (a server's or libpq's message) with the DSN's password, and secret environment values, taken out."""
+    text = _URL_PASSWORD.sub(r"\1***@", text)
+    try:
+        secrets = [value for name, value in conninfo_to_dict(dsn).items() if "password" in name and value]
+    except psycopg.ProgrammingError:
+        secrets = []
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return redact(text)
+
+
+def _summary(row: tuple[Any, ...]) -> dict[str, Any]:
+    """A listing row from a ``_SESSION`` row: ``shape.summarize``'s fields, and who shared it (None: mine)."""
+    session_id, title, created, updated, count, _context, model, metadata, _extra, _version, shared_by = row
+    return {
+        "id": session_id,
+        "title": title,
+        "created_at": format_time(created),
+        "updated_at": format_time(updated),
+        "message_count": count,
+        "model": model,
+        "metadata": metadata,
+        "shared_by": shared_by,
+    }
+
+
+def _message(row: tuple[Any, ...]) -> dict[str, Any]:
+    message_id, role, content, stamp, extra = row
+    return {"id": message_id, "role": role, "content": content, "timestamp": format_time(stamp), **extra}
+
+
+class PostgresStore(SessionTransfer):
+    """The sessions this database user may see, with ``SessionManager``'s methods, plus sharing, search and live changes."""
+
+    def __init__(self, dsn: str = "", max_connections: int = 2, timeout: float = 30.0) -> None:
+        """Connect (``dsn`` as libpq reads it; empty: the ``PG*`` variables) and check the schema's version.
+
+        A wrong DSN, an unreachable server or a schema this code was not written for
+        raises ``StoreUnavailable`` here, at once, rather than at the first turn.
+        """
+        self._dsn = dsn
+        self._where = describe_dsn(dsn)
+        self.problems: list[CorruptSession] = []  # the file store's unreadable files; a database has none
+        try:
+            with psycopg.connect(dsn, connect_timeout=max(2, round(timeout))) as conn:  # libpq: 0 waits forever
+                check_version(conn, self._where)
+        except psycopg.Error as error:
+            raise self._unavailable(error) from None
+        self._max_connections = max_connections
+        self.timeout = timeout
+        self._pool = self._open_pool()
+        self._listener: psycopg.Connection | None = None
+        self._channels: set[str] = set()  # the sessions the listener LISTENs to
+        self._listening = threading.Lock()
+
+    def _open_pool(self) -> ConnectionPool:
+        return ConnectionPool(
+            self._dsn,
+            min_size=0,
+            max_size=self._max_connections,
+            max_idle=60,
+            timeout=self.timeout,
+            kwargs={"autocommit": True},
+            check=ConnectionPool.check_connection,  # a connection broken by a server restart is replaced, unseen
+            name="oblix",
+            open=True,
+        )
+
+    @property
+    def location(self) -> str:
+        """Where the sessions are, for people (``oblix doctor``): the connection string without its password."""
+        return self._where
+
+    def close(self) -> None:
+        """Close every connection; the store cannot be used afterwards."""
+        self._pool.close()
+        with self._listening:
+            self._drop_listener()
+
+    # -- running statements -----------------------------------------------------------
+
+    def _unavailable(self, error: BaseException, detail: str = "") -> StoreUnavailable:
+        return StoreUnavailable(
+            f"The session database ({self._where}) cannot be reached{detail}: {_scrub(str(error), self._dsn).strip()}"
+        )
+
+    def _run(self, work: Callable[[psycopg.Connection], Result], write: bool = False, retry: bool = True) -> Result:
+        """``work`` on a pooled connection; with ``write``, in one transaction.
+
+        A connection that breaks (the server restarted, a network hiccup) is replaced
+        and ``work`` run once more, if that is safe: always for reads, and for a write
+        only if it broke before its COMMIT was sent, because an uncommitted transaction
+        dies with its connection. Once COMMIT is on its way, nobody can tell whether it
+        arrived; repeating an append then could store it twice, so the caller is told
+        instead (reloading the session shows whether it is there).
+        """
+        committing = False
+        try:
+            with self._pool.connection() as conn:
+                if not write:
+                    return work(conn)
+                with conn.transaction():
+                    result = work(conn)
+                    committing = True  # leaving this block sends COMMIT
+                return result
+        except PoolTimeout as error:  # an OperationalError too, but the pool has already waited as long as we would
+            # The pool now retries connecting ever more slowly; a new one connects as soon as the server is back.
+            self._pool, broken = self._open_pool(), self._pool
+            broken.close(timeout=0)
+            raise self._unavailable(error) from None
+        except psycopg.OperationalError as error:
+            if committing:
+                raise self._unavailable(error, " while a change was being saved; it may or may not have been") from None
+            if not retry:
+                raise self._unavailable(error) from None
+        except psycopg.errors.InsufficientPrivilege as error:
+            raise NotPermitted(f"The session database refused this: {error.diag.message_primary}") from None
+        return self._run(work, write, retry=False)
+
+    def _refusal(self, conn: psycopg.Connection, session_id: str, action: str) -> Exception:
+        """Why a change found no row: no such session (for this user), or one shared with them that they may not change."""
+        row = conn.execute("SELECT owner FROM oblix.sessions WHERE id = %s", (session_id,)).fetchone()
+        if row is None:
+            return SessionNotFound(session_id, self._where)
+        return NotPermitted(f"Session {session_id} belongs to {row[0]}; you cannot {action} it.")
+
+    def _require_owner(self, conn: psycopg.Connection, session_id: str, action: str) -> None:
+        row = conn.execute("SELECT owner = current_user FROM oblix.sessions WHERE id = %s", (session_id,)).fetchone()
+        if row is None or not row[0]:
+            raise self._refusal(conn, session_id, action)
+
+    # -- the Oblix SDK's SessionManager API ---------------------------------------------
+
+    def _store_new(self, session: dict[str, Any]) -> str:
+        fields = {name: value for name, value in session.items() if name not in _KEPT_APART}
+        messages = session["messages"]
+
+        def insert(conn: psycopg.Connection) -> None:
+            conn.execute(
+                "INSERT INTO oblix.sessions (id, title, created_at, updated_at, message_count, context, model, metadata, extra, "
+                "schema_version) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (
+                    session["id"], session.get("title"), session["created_at"], session["updated_at"], len(messages),
+                    Jsonb(session.get("context")), session.get("model"), Jsonb(session.get("metadata", {})),
+                    Jsonb(fields), session.get("schema_version", SCHEMA_VERSION),
+                ),
+            )
+            with conn.cursor() as cursor:
+                cursor.executemany(
+                    "INSERT INTO oblix.messages (session_id, position, id, role, content, timestamp, extra) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                    [
+                        (session["id"], position, m["id"], m["role"], m["content"], m["timestamp"],
+                         Jsonb({k: v for k, v in m.items() if k not in ("id", "role", "content", "timestamp")}))
+                        for position, m in enumerate(messages, start=1)
+                    ],
+                )
+
+        try:
+            self._run(insert, write=True)
+        except psycopg.errors.UniqueViolation as error:
+            if error.diag.constraint_name == "sessions_pkey":
+                raise ImportFormatError(f"A session with id {session['id']} already exists.") from None
+            raise ImportFormatError(f"Session {session['id']} has two messages with the same id.") from None
+        return session["id"]
+
+    def save_message(self, session_id: str, message: Any, role: str = "user", **fields: Any) -> dict[str, Any]:
+        """Append a message and return it as stored, numbered ``msg_<n>`` like the file store's.
+
+        ``n`` is the message's position unless an imported message already has that id;
+        then the next free number, as the file store does.
+        """
+        validate_session_id(session_id)
+        content, extra = message_parts(message, role, fields)
+
+        def append(conn: psycopg.Connection) -> dict[str, Any]:
+            locked = conn.execute(
+                "UPDATE oblix.sessions SET message_count = message_count + 1, updated_at = greatest(updated_at, %s) "
+                "WHERE id = %s RETURNING message_count",  # the row stays locked until COMMIT: appends queue here
+                (change_time(), session_id),
+            ).fetchone()
+            if locked is None:
+                raise self._refusal(conn, session_id, "add messages to")
+            position = number = locked[0]
+            stored = {"role": role, "content": content, "timestamp": now_iso(), **extra}
+            while conn.execute(
+                "INSERT INTO oblix.messages (session_id, position, id, role, content, timestamp, extra) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (session_id, id) DO NOTHING RETURNING 1",
+                (session_id, position, f"msg_{number}", role, content, stored["timestamp"], Jsonb(extra)),
+            ).fetchone() is None:
+                number += 1
+            return {"id": f"msg_{number}", **stored}
+
+        return self._run(append, write=True)
+
+    def load_session(self, session_id: str) -> dict[str, Any] | None:
+        """The whole session as a plain dict, or None when this user has no such session (as in the SDK)."""
+        validate_session_id(session_id)
+
+        def load(conn: psycopg.Connection) -> dict[str, Any] | None:
+            row = conn.execute(f"{_SESSION} WHERE id = %s", (session_id,)).fetchone()
+            if row is None:
+                return None
+            # Messages are only ever appended: those up to the count read are the session as it was then.
+            messages = conn.execute(
+                "SELECT id, role, content, timestamp, extra FROM oblix.messages "
+                "WHERE session_id = %s AND position <= %s ORDER BY position",
+                (session_id, row[4]),
+            ).fetchall()
+            return self._document(row, [_message(m) for m in messages])
+
+        return self._run(load)
+
+    def _document(self, row: tuple[Any, ...], messages: list[dict[str, Any]]) -> dict[str, Any]:
+        session_id, title, created, updated, _count, context, model, metadata, extra, version, _shared_by = row
+        document = {
+            "id": session_id,
+            "title": title,
+            "created_at": format_time(created),
+            "updated_at": format_time(updated),
+            "messages": messages,
+            "context": context,
+            "model": model,
+            "metadata": metadata,
+            "schema_version": version,
+            **extra,
+        }
+        if not upgrade(document):
+            raise StoreUnavailable(
+                f"Session {session_id} was written by a newer oblix_jupyter (session schema {version_of(document)}; "
+                f"this one reads up to {SCHEMA_VERSION}): upgrade oblix_jupyter to open it."
+            )
+        return document
+
+    def prepare_read(self, session_id: str) -> None:
+        """Nothing to prepare: the server parses nothing ahead of a read (the file store's reason for this call)."""
+
+    def get_session(self, session_id: str) -> dict[str, Any]:
+        """Like ``load_session`` but a missing session is an error, for callers that need one."""
+        session = self.load_session(session_id)
+        if session is None:
+            raise SessionNotFound(session_id, self._where)
+        return session
+
+    def session_version(self, session_id: str) -> Any:
+        """A value that changes whenever the session is written (its row's ``xmin``; None while it does not exist)."""
+        validate_session_id(session_id)
+        row = self._run(lambda conn: conn.execute("SELECT xmin::text FROM oblix.sessions WHERE id = %s", (session_id,)).fetchone())
+        return None if row is None else row[0]
+
+    def list_sessions(self, limit: int | None = 50) -> list[dict[str, Any]]:
+        """Summaries of the most recently updated sessions this user may read, newest first.
+
+        Each has ``shared_by``: None for the user's own, else the owner who shared it.
+        """
+        rows = self._run(lambda conn: conn.execute(f"{_SESSION} ORDER BY updated_at DESC, id DESC LIMIT %s", (limit,)).fetchall())
+        return [_summary(row) for row in rows]
+
+    def delete_session(self, session_id: str) -> bool:
+        """Remove a session and every trace of it, of every user: messages, shares, bindings, vectors; False when there was none.
+
+        Only its owner may; the rest goes with the session row (foreign keys, and a
+        trigger for vectors no other session uses).
+        """
+        validate_session_id(session_id)
+
+        def delete(conn: psycopg.Connection) -> bool:
+            if conn.execute("DELETE FROM oblix.sessions WHERE id = %s", (session_id,)).rowcount:
+                return True
+            refusal = self._refusal(conn, session_id, "delete")
+            if isinstance(refusal, NotPermitted):
+                raise refusal
+            return False
+
+        return self._run(delete, write=True)
+
+    def update_session(self, session_id: str, **fields: Any) -> dict[str, Any]:
+        """Change ``title``, ``context``, ``model``, ``metadata`` or other extra fields; returns the session."""
+        validate_session_id(session_id)
+        fields = check_update(fields)
+        columns = {name: Jsonb(value) if name in ("context", "metadata") else value for name, value in fields.items() if name in _COLUMNS}
+        extra = {name: value for name, value in fields.items() if name not in _COLUMNS}
+        assignments = [sql.SQL("{} = %s").format(sql.Identifier(name)) for name in columns]
+        statement = sql.SQL(
+            "UPDATE oblix.sessions SET {}extra = extra || %s, updated_at = greatest(updated_at, %s) WHERE id = %s"
+        ).format(sql.SQL("").join(sql.SQL("{}, ").format(a) for a in assignments))
+        self._change(session_id, statement, (*columns.values(), Jsonb(extra), change_time(), session_id))
+        return self.get_session(session_id)
+
+    def update_session_metadata(self, session_id: str, metadata: dict[str, Any]) -> bool:
+        """Merge ``metadata`` into the session's metadata (the SDK's call), in one statement."""
+        validate_session_id(session_id)
+        statement = sql.SQL(
+            "UPDATE oblix.sessions SET metadata = coalesce(metadata, '{}') || %s, updated_at = greatest(updated_at, %s) "
+            "WHERE id = %s"
+        )
+        self._change(session_id, statement, (Jsonb(check_context(metadata)), change_time(), session_id))
+        return True
+
+    def _change(self, session_id: str, statement: sql.Composable, params: tuple[Any, ...]) -> None:
+        def change(conn: psycopg.Connection) -> None:
+            if not conn.execute(statement, params).rowcount:
+                raise self._refusal(conn, session_id, "change")
+
+        self._run(change, write=True)
+
+    def search_sessions(self, query: str, limit: int = 50) -> list[dict[str, Any]]:
+        """Sessions whose title or messages match ``query`` (web search syntax: words, "phrases", -not, or), best first.
+
+        Each row is a listing row plus ``snippet``: the best matching text, shortened,
+        its matches between « and » (plain text, never markup). An empty query finds
+        every session, newest first, as the file store's does.
+        """
+        if not query.strip():
+            return [{**row, "snippet": ""} for row in self.list_sessions(limit)]
+        statement = f"""
+            WITH q AS (SELECT websearch_to_tsquery('english', %(query)s) AS q),
+            hits AS (
+                SELECT s.id AS session_id, ts_rank(s.title_text, q.q) * 2 AS rank, s.title AS text
+                  FROM oblix.sessions s, q WHERE s.title_text @@ q.q
+                UNION ALL
+                SELECT m.session_id, ts_rank(m.content_text, q.q), m.content
+                  FROM oblix.messages m, q WHERE m.content_text @@ q.q
+            ),
+            best AS (
+                SELECT DISTINCT ON (session_id) session_id, rank, text FROM hits ORDER BY session_id, rank DESC
+            ),
+            chosen AS (
+                SELECT b.*, s.updated_at FROM best b JOIN oblix.sessions s ON s.id = b.session_id
+                 ORDER BY b.rank DESC, s.updated_at DESC LIMIT %(limit)s
+            )
+            SELECT {_FIELDS}, ts_headline('english', c.text, q.q, %(highlight)s)
+              FROM chosen c JOIN oblix.sessions s ON s.id = c.session_id, q
+             ORDER BY c.rank DESC, c.updated_at DESC
+        """
+        params = {"query": query, "limit": limit, "highlight": _HIGHLIGHT}
+        rows = self._run(lambda conn: conn.execute(statement, params).fetchall())
+        return [{**_summary(row[:-1]), "snippet": row[-1]} for row in rows]
+
+    def prune(self, older_than: timedelta, dry_run: bool = False) -> list[str]:
+        """Delete this user's own sessions not updated within ``older_than``, newest first; returns their ids."""
+        cutoff = parse_time(format_time(datetime.now(timezone.utc) - older_than))
+
+        def prune(conn: psycopg.Connection) -> list[str]:
+            doomed = [row[0] for row in conn.execute(
+                "SELECT id::text FROM oblix.sessions WHERE owner = current_user AND updated_at < %s "
+                "ORDER BY updated_at DESC, id DESC",
+                (cutoff,),
+            )]
+            if not dry_run:
+                conn.execute("DELETE FROM oblix.sessions WHERE id = ANY(%s::uuid[])", (doomed,))
+            return doomed
+
+        return self._run(prune, write=True)
+
+    def resolve_id(self, id_or_prefix: str) -> str:
+        """Turn a full id or a unique prefix of one into the full id, among the sessions this user may read."""
+
+        def matching(candidate: str) -> list[str]:
+            if UUID.match(candidate):
+                statement, value = "SELECT id::text FROM oblix.sessions WHERE id = %s", candidate
+            else:
+                statement, value = "SELECT id::text FROM oblix.sessions WHERE id::text LIKE %s", f"{candidate}%"
+            return [row[0] for row in self._run(lambda conn: conn.execute(statement, (value,)).fetchall())]
+
+        return resolve_session_id(id_or_prefix, matching, self._where)
+
+    # -- vectors: a cache, so a failure costs embedding again, never a turn ---------------
+
+    def read_vectors(self, model: str, keys: Iterable[str]) -> dict[str, bytes]:
+        """This user's vectors by embedding ``model`` under those of the content ``keys`` that they stored."""
+        wanted = list(dict.fromkeys(keys))
+        if not wanted:
+            return {}
+        statement = "SELECT key, payload FROM oblix.vectors WHERE model = %s AND key = ANY(%s)"
+        try:
+            return dict(self._run(lambda conn: conn.execute(statement, (model, wanted)).fetchall()))
+        except StoreUnavailable:
+            return {}
+
+    def write_vectors(self, model: str, session_id: str, entries: Mapping[str, bytes | None]) -> None:
+        """Keep vectors by content key, and that the session uses them (None: kept already), until no session does.
+
+        Deleting the session removes its uses, and the database then removes the vectors left unused.
+        """
+        validate_session_id(session_id)
+        if not entries:
+            return
+
+        def write(conn: psycopg.Connection) -> None:
+            with conn.cursor() as cursor:
+                cursor.executemany(
+                    "INSERT INTO oblix.vectors (model, key, payload) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+                    [(model, key, payload) for key, payload in entries.items() if payload is not None],
+                )
+                cursor.executemany(
+                    "INSERT INTO oblix.uses (session_id, model, key) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+                    [(session_id, model, key) for key in entries],
+                )
+
+        try:
+            self._run(write, write=True)
+        except (StoreUnavailable, NotPermitted, psycopg.errors.ForeignKeyViolation):
+            pass  # no database, or the session is gone or no longer shared: nothing to keep vectors for
+
+    # -- notebook bindings (each user's own) ---------------------------------------------
+
+    def bind(self, key: str, session_id: str) -> None:
+        """Bind a notebook (any stable identifier of it, usually its path) to a session this user may read."""
+        validate_session_id(session_id)
+        if not key:
+            raise ValueError("a binding needs a non-empty notebook key")
+        statement = (
+            "INSERT INTO oblix.bindings (notebook, session_id) VALUES (%s, %s) ON CONFLICT (owner, notebook) "
+            "DO UPDATE SET session_id = excluded.session_id, updated_at = now()"
+        )
+        try:
+            self._run(lambda conn: conn.execute(statement, (key, session_id)), write=True)
+        except (NotPermitted, psycopg.errors.ForeignKeyViolation):
+            raise SessionNotFound(session_id, self._where) from None
+
+    def unbind(self, key: str) -> None:
+        self._run(lambda conn: conn.execute("DELETE FROM oblix.bindings WHERE notebook = %s", (key,)), write=True)
+
+    def bound_session(self, key: str) -> str | None:
+        """The session bound to ``key``, or None if there is none or this user can no longer read it."""
+        statement = (
+            "SELECT b.session_id::text FROM oblix.bindings b JOIN oblix.sessions s ON s.id = b.session_id "
+            "WHERE b.notebook = %s"
+        )
+        row = self._run(lambda conn: conn.execute(statement, (key,)).fetchone())
+        return None if row is None else row[0]
+
+    def bindings(self) -> dict[str, str]:
+        """Every notebook key of this user and the session bound to it."""
+        rows = self._run(lambda conn: conn.execute("SELECT notebook, session_id::text FROM oblix.bindings").fetchall())
+        return dict(rows)
+
+    # -- sharing --------------------------------------------------------------------------
+
+    def share(self, session_id: str, user: str, write: bool = False) -> None:
+        """Let database user ``user`` read the session (and, with ``write``, add messages to it); only its owner may.
+
+        Sharing again changes ``write``. A writer may append and change the title or
+        context, never delete the session, share it or take it over.
+        """
+        validate_session_id(session_id)
+
+        def share(conn: psycopg.Connection) -> None:
+            self._require_owner(conn, session_id, "share")
+            if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (user,)).fetchone() is None:
+                raise BadArguments(f"There is no database user {user!r} to share with.")
+            conn.execute(
+                "INSERT INTO oblix.shares (session_id, grantee, can_write) VALUES (%s, %s, %s) "
+                "ON CONFLICT (session_id, grantee) DO UPDATE SET can_write = excluded.can_write",
+                (session_id, user, write),
+            )
+
+        self._run(share, write=True)
+
+    def unshare(self, session_id: str, user: str) -> None:
+        """Take the session back from ``user`` (nothing if it was not shared with them); only its owner may."""
+        validate_session_id(session_id)
+
+        def unshare(conn: psycopg.Connection) -> None:
+            self._require_owner(conn, session_id, "unshare")
+            conn.execute("DELETE FROM oblix.shares WHERE session_id = %s AND grantee = %s", (session_id, user))
+
+        self._run(unshare, write=True)
+
+    def shares(self, session_id: str) -> list[dict[str, Any]]:
+        """Who else may read the session, and who may write: ``[{"user", "write"}]``, for its owner (others see only their own)."""
+        validate_session_id(session_id)
+        statement = "SELECT grantee, can_write FROM oblix.shares WHERE session_id = %s ORDER BY grantee"
+        rows = self._run(lambda conn: conn.execute(statement, (session_id,)).fetchall())
+        return [{"user": user, "write": can_write} for user, can_write in rows]
+
+    # -- live changes ---------------------------------------------------------------------
+
+    def wait_for_changes(self, session_ids: Iterable[str], timeout: float = 10.0) -> list[tuple[str, str]]:
+        """(session id, message id) of messages appended to ``session_ids``, waiting up to ``timeout`` s for one.
+
+        The first call for a session starts listening to it, on a connection of its own
+        kept for the next calls, so nothing appended between two calls is missed; an
+        append before that first call is not reported (read the session after it). If
+        the connection breaks, it is opened again and appends in between go unreported:
+        a caller that must not miss one compares ``session_version``. The notification
+        carries ids only, and only to whoever listens to that session's id.
+        """
+        wanted = {validate_session_id(session_id) for session_id in session_ids}
+        deadline = time.monotonic() + timeout
+        found: list[tuple[str, str]] = []
+        with self._listening:
+            try:
+                self._collect(wanted, deadline, found)
+            except psycopg.OperationalError:
+                self._drop_listener()
+                try:
+                    self._collect(wanted, deadline, found)
+                except psycopg.OperationalError as error:
+                    self._drop_listener()
+                    raise self._unavailable(error) from None
+        return found
+
+    def _collect(self, wanted: set[str], deadline: float, found: list[tuple[str, str]]) -> None:
+        """Add to ``found`` what arrives for ``wanted`` until one has come and nothing more is waiting, or ``deadline``."""
+        if self._listener is None:
+            self._listener = psycopg.connect(self._dsn, autocommit=True)
+        for session_id in wanted - self._channels:
+            self._listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL_PREFIX + session_id)))
+            self._channels.add(session_id)
+        while True:
+            waiting = 0.0 if found else max(0.0, deadline - time.monotonic())
+            batch = [note.payload for note in self._listener.notifies(timeout=waiting, stop_after=1)]
+            for payload in batch:
+                session_id, _, message_id = payload.partition(" ")
+                if session_id in wanted:
+                    found.append((session_id, message_id))
+            if not batch and (found or time.monotonic() >= deadline):
+                return
+
+    def _drop_listener(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+            self._channels.clear()

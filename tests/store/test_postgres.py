@@ -1,0 +1,313 @@
+"""What only the PostgreSQL store does, on a real server: concurrency, privacy by row security, sharing, search,
+live changes, surviving a server restart, and its migrations.
+
+The operations both stores share are tested on both in ``test_sessions.py``.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+from multiprocessing import get_context
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from oblix_jupyter.errors import NotPermitted, SessionNotFound, StoreUnavailable
+from oblix_jupyter.store import pg_schema
+from oblix_jupyter.store.postgres import PostgresStore, describe_dsn
+from oblix_jupyter.store.sessions import open_store
+
+PASSWORD = "correct-horse-battery-staple"
+
+
+@pytest.fixture
+def open_as(postgres):
+    """``open_as(name)``: a store for a new database user (``name`` plus a number); closed after the test."""
+    opened: list[PostgresStore] = []
+
+    def open_as(name: str = "user", **options) -> PostgresStore:
+        role = postgres.create_user(f"{name}_{uuid.uuid4().hex[:8]}")
+        opened.append(PostgresStore(postgres.dsn(role), **options))
+        return opened[-1]
+
+    yield open_as
+    for store in opened:
+        store.close()
+
+
+def role_of(store: PostgresStore) -> str:
+    return store.location.split("user=")[1].split()[0]
+
+
+def _append(dsn: str, session_id: str, writer: int, count: int) -> None:
+    store = PostgresStore(dsn)
+    for number in range(count):
+        store.save_message(session_id, f"w{writer}-{number}")
+    store.close()
+
+
+@pytest.mark.timeout(60)
+def test_eight_processes_appending_to_one_session_number_every_message_densely_in_each_writers_order(postgres, open_as):
+    store = open_as()
+    session_id = store.create_session(title="busy")
+    context = get_context("spawn")
+    dsn = postgres.dsn(role_of(store))
+    processes = [context.Process(target=_append, args=(dsn, session_id, writer, 50)) for writer in range(8)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(50)
+        assert process.exitcode == 0
+    messages = store.get_session(session_id)["messages"]
+    assert [m["id"] for m in messages] == [f"msg_{n}" for n in range(1, 401)]
+    for writer in range(8):
+        mine = [m["content"] for m in messages if m["content"].startswith(f"w{writer}-")]
+        assert mine == [f"w{writer}-{n}" for n in range(50)]
+    positions = postgres.admin_query("SELECT position FROM oblix.messages WHERE session_id = %s ORDER BY 1", (session_id,))
+    assert [p for (p,) in positions] == list(range(1, 401))
+    assert store.list_sessions()[0]["message_count"] == 400
+
+
+def test_sessions_are_private_even_to_raw_sql_and_sharing_gives_exactly_what_it_says(postgres):
+    names = ("alice", "bob", "carol")
+    for name in names:
+        postgres.create_user(name, password=PASSWORD)
+    alice, bob, carol = (PostgresStore(postgres.dsn(name, password=PASSWORD)) for name in names)
+    try:
+        secret = bob.create_session(title="bob's plans")
+        bob.save_message(secret, "the launch is on Friday")
+        bob.bind("/home/bob/plans.ipynb", secret)
+        bob.write_vectors("model", secret, {"key-of-friday": b"vector"})
+
+        with psycopg.connect(postgres.dsn("alice", password=PASSWORD), autocommit=True) as raw:
+            def seen() -> list[int]:
+                return [raw.execute(f"SELECT count(*) FROM oblix.{table}").fetchone()[0]
+                        for table in ("sessions", "messages", "shares", "bindings", "vectors", "uses")]
+
+            assert secret not in {s["id"] for s in alice.list_sessions()}
+            assert alice.load_session(secret) is None
+            assert alice.read_vectors("model", ["key-of-friday"]) == {}
+            assert alice.search_sessions("launch Friday") == []
+            with pytest.raises(SessionNotFound):
+                alice.save_message(secret, "let me in")
+            with pytest.raises(SessionNotFound):
+                alice.share(secret, "alice", write=True)
+            assert alice.delete_session(secret) is False
+            assert seen() == [0, 0, 0, 0, 0, 0]
+            assert raw.execute("DELETE FROM oblix.sessions WHERE id = %s", (secret,)).rowcount == 0
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                raw.execute("INSERT INTO oblix.shares (session_id, grantee, owner, can_write) VALUES (%s, 'alice', 'bob', true)",
+                            (secret,))
+
+            bob.share(secret, "alice", write=True)
+            bob.share(secret, "carol")
+            assert bob.shares(secret) == [{"user": "alice", "write": True}, {"user": "carol", "write": False}]
+            assert [(s["id"], s["shared_by"]) for s in alice.list_sessions()] == [(secret, "bob")]
+            assert alice.save_message(secret, "count me in")["id"] == "msg_2"
+            assert [m["content"] for m in carol.get_session(secret)["messages"]] == ["the launch is on Friday", "count me in"]
+            assert alice.shares(secret) == [{"user": "alice", "write": True}]  # her own access, not the others'
+            with pytest.raises(NotPermitted, match="belongs to bob"):
+                carol.save_message(secret, "a reader cannot write")
+            with pytest.raises(NotPermitted):
+                alice.delete_session(secret)
+            with pytest.raises(NotPermitted):
+                alice.share(secret, "carol", write=True)
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                raw.execute("UPDATE oblix.sessions SET owner = 'alice' WHERE id = %s", (secret,))
+            assert raw.execute("DELETE FROM oblix.sessions WHERE id = %s", (secret,)).rowcount == 0
+            assert raw.execute("UPDATE oblix.shares SET can_write = true WHERE grantee = 'carol'").rowcount == 0
+            assert raw.execute("DELETE FROM oblix.shares WHERE session_id = %s", (secret,)).rowcount == 0
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                raw.execute("UPDATE oblix.messages SET content = 'rewritten' WHERE session_id = %s", (secret,))
+            assert raw.execute("SELECT count(*) FROM oblix.bindings").fetchone()[0] == 0  # bob's bindings stay his
+            assert raw.execute("SELECT count(*) FROM oblix.vectors").fetchone()[0] == 0  # and so do his vectors
+            assert bob.get_session(secret)["messages"][0]["content"] == "the launch is on Friday"
+
+            bob.unshare(secret, "alice")
+            assert alice.list_sessions() == [] and alice.load_session(secret) is None
+            assert seen() == [0, 0, 0, 0, 0, 0]
+            assert carol.load_session(secret) is not None
+    finally:
+        for store in (alice, bob, carol):
+            store.close()
+
+
+def test_delete_removes_every_trace_of_every_user_and_only_vectors_nothing_else_uses(postgres, open_as):
+    owner, writer = open_as("owner"), open_as("writer")
+    doomed, kept = owner.create_session(title="doomed"), owner.create_session(title="kept")
+    owner.share(doomed, role_of(writer), write=True)
+    writer.save_message(doomed, "hello")
+    writer.bind("/w.ipynb", doomed)
+    owner.bind("/o.ipynb", doomed)
+    owner.write_vectors("m", doomed, {"only-doomed": b"1", "both": b"2"})
+    owner.write_vectors("m", kept, {"both": None})
+    writer.write_vectors("m", doomed, {"writer's": b"3"})
+
+    assert owner.delete_session(doomed) is True
+    assert owner.delete_session(doomed) is False
+    for table in ("messages", "shares", "bindings", "uses"):
+        assert postgres.admin_query(f"SELECT count(*) FROM oblix.{table} WHERE session_id = %s", (doomed,)) == [(0,)]
+    assert owner.read_vectors("m", ["only-doomed", "both"]) == {"both": b"2"}
+    assert writer.read_vectors("m", ["writer's"]) == {}
+    assert postgres.admin_query("SELECT count(*) FROM oblix.vectors WHERE key IN ('only-doomed', 'writer''s')") == [(0,)]
+    assert writer.bindings() == {} and owner.bindings() == {}
+
+
+def test_search_ranks_hits_with_snippets_over_thousands_of_messages_and_only_readable_ones(open_as):
+    alice, bob = open_as("alice"), open_as("bob")
+    rng = random.Random(3)
+    words = ["data", "frame", "plot", "column", "index", "merge", "group", "filter", "model", "train", "test", "split", "value", "array"]
+
+    def filler(count: int) -> list[dict[str, str]]:
+        return [{"role": rng.choice(("user", "assistant")), "content": " ".join(rng.choices(words, k=12))} for _ in range(count)]
+
+    def add(store: PostgresStore, title: str, messages: list[dict[str, str]]) -> str:
+        stamp = "2025-01-01T00:00:00.000Z"
+        return store.add_session({"id": "-", "title": title, "created_at": stamp, "updated_at": stamp, "messages": messages})
+
+    for number in range(25):
+        add(alice, f"notebook {number}", filler(100))
+    in_title = add(alice, "Ornithopter wing loads", filler(60))
+    in_text = add(alice, "misc", [*filler(60), {"role": "user", "content": "How heavy is an ornithopter's wing, roughly?"}])
+    bobs = add(bob, "Ornithopter secrets", [{"role": "user", "content": "the ornithopter prototype flies"}])
+
+    started = time.monotonic()
+    hits = alice.search_sessions("ornithopter wings", limit=10)
+    assert time.monotonic() - started < 1.0
+    assert [hit["id"] for hit in hits] == [in_title, in_text]
+    assert "«Ornithopter»" in hits[0]["snippet"] and "«wing»" in hits[0]["snippet"]
+    assert "«ornithopter»'s «wing»" in hits[1]["snippet"] and len(hits[1]["snippet"]) < 200
+    assert {"id", "title", "created_at", "updated_at", "message_count", "model", "metadata", "shared_by"} <= set(hits[0])
+    assert bobs not in {hit["id"] for hit in alice.search_sessions("ornithopter prototype")}
+    assert len(alice.search_sessions("column", limit=5)) == 5
+    assert alice.search_sessions('"plot merge" -index', limit=100)  # websearch syntax is accepted
+    bob.share(bobs, role_of(alice))
+    shared = alice.search_sessions("prototype")
+    assert [(hit["id"], hit["shared_by"]) for hit in shared] == [(bobs, role_of(bob))]
+
+
+def test_an_append_on_another_connection_reaches_a_listener_within_a_second(open_as, postgres):
+    listener = open_as("listener")
+    session_id = listener.create_session(title="live")
+    other = PostgresStore(postgres.dsn(role_of(listener)))  # another kernel of the same user
+    try:
+        assert listener.wait_for_changes([session_id], timeout=0) == []  # listening from now on
+        unrelated = listener.create_session(title="unrelated")
+        threading.Timer(0.2, lambda: (other.save_message(unrelated, "not this one"), other.save_message(session_id, "hi"))).start()
+        started = time.monotonic()
+        assert listener.wait_for_changes([session_id], timeout=5) == [(session_id, "msg_1")]
+        assert time.monotonic() - started < 1.0
+        other.save_message(session_id, "two")
+        other.save_message(session_id, "three")
+        time.sleep(0.1)
+        assert listener.wait_for_changes([session_id, unrelated], timeout=1) == [(session_id, "msg_2"), (session_id, "msg_3")]
+    finally:
+        other.close()
+
+
+@pytest.mark.timeout(60)
+def test_the_store_carries_on_after_the_server_crashes_and_comes_back(postgres, open_as):
+    store = open_as("survivor", timeout=1)
+    session_id = store.create_session(title="before")
+    store.save_message(session_id, "before the crash")
+    assert store.wait_for_changes([session_id], timeout=0) == []
+    postgres.stop(immediate=True)
+    try:
+        with pytest.raises(StoreUnavailable, match="cannot be reached") as info:
+            store.list_sessions()
+        assert PASSWORD not in str(info.value)
+    finally:
+        postgres.start()
+    assert [m["content"] for m in store.get_session(session_id)["messages"]] == ["before the crash"]
+    assert store.save_message(session_id, "after")["id"] == "msg_2"
+    threading.Timer(0.2, lambda: store.save_message(session_id, "heard")).start()
+    assert store.wait_for_changes([session_id], timeout=5) == [(session_id, "msg_3")]
+
+
+def test_an_append_whose_connection_dies_before_its_commit_is_made_once_on_a_new_connection(postgres, open_as):
+    store = open_as("retry")
+    session_id = store.create_session(title="retried")
+
+    def blocked_append(other_than: int | None) -> int:
+        """The backend of the store's append waiting for the session row's lock (not ``other_than``)."""
+        for _ in range(200):
+            rows = postgres.admin_query(
+                "SELECT pid FROM pg_stat_activity WHERE usename = %s AND wait_event_type = 'Lock' AND pid <> %s",
+                (role_of(store), other_than or 0),
+            )
+            if rows:
+                return rows[0][0]
+            time.sleep(0.02)
+        raise AssertionError("the append never waited for the row lock")
+
+    appended: list[dict] = []
+    with psycopg.connect(postgres.admin_dsn) as holder:  # holds the session row, so the append waits mid-transaction
+        holder.execute("SELECT 1 FROM oblix.sessions WHERE id = %s FOR UPDATE", (session_id,))
+        thread = threading.Thread(target=lambda: appended.append(store.save_message(session_id, "once")))
+        thread.start()
+        first = blocked_append(None)
+        postgres.admin_query("SELECT pg_terminate_backend(%s)", (first,))  # before COMMIT: nothing was written
+        blocked_append(first)  # the store tried again, on a new connection
+        holder.commit()
+    thread.join(10)
+    assert [m["id"] for m in appended] == ["msg_1"]
+    assert [m["content"] for m in store.get_session(session_id)["messages"]] == ["once"]
+
+
+def test_migrations_are_recorded_applied_once_and_a_schema_of_another_version_is_refused(postgres, open_as):
+    assert pg_schema.upgrade(postgres.admin_dsn) == 0
+    assert pg_schema.upgrade(postgres.admin_dsn) == 0
+    assert pg_schema.status(postgres.admin_dsn) == (pg_schema.LATEST, pg_schema.LATEST)
+    role = role_of(open_as())
+    with pytest.raises(NotPermitted, match="superuser"):
+        pg_schema.upgrade(postgres.dsn(role))
+
+    postgres.admin_query(f"INSERT INTO oblix.migrations (version) VALUES ({pg_schema.LATEST + 1}) RETURNING version")
+    try:
+        with pytest.raises(StoreUnavailable, match="newer than this oblix_jupyter"):
+            PostgresStore(postgres.dsn(role))
+        with pytest.raises(StoreUnavailable, match="upgrade oblix_jupyter"):
+            pg_schema.upgrade(postgres.admin_dsn)
+    finally:
+        postgres.admin_query(f"DELETE FROM oblix.migrations WHERE version > {pg_schema.LATEST} RETURNING version")
+
+    blank = f"blank_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(postgres.dsn(database="postgres"), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(blank)))
+    with pytest.raises(StoreUnavailable, match="oblix db upgrade"):
+        PostgresStore(postgres.dsn(role, database=blank))
+    results: list[int] = []
+    upgrades = [threading.Thread(target=lambda: results.append(pg_schema.upgrade(postgres.dsn(database=blank)))) for _ in range(2)]
+    for thread in upgrades:
+        thread.start()
+    for thread in upgrades:
+        thread.join(30)
+    assert sorted(results) == [0, pg_schema.LATEST]  # the advisory lock let one of them do it all
+    store = PostgresStore(postgres.dsn(role, database=blank))
+    try:
+        assert store.list_sessions() == []
+    finally:
+        store.close()
+
+
+def test_the_password_never_shows_and_oblix_store_chooses_the_database(postgres, open_as, monkeypatch):
+    role = role_of(open_as())
+    url = f"postgresql://{role}:{PASSWORD}@/oblix?host={postgres.socket_dir}"
+    monkeypatch.setenv("OBLIX_STORE", url)
+    store = open_store()
+    try:
+        assert isinstance(store, PostgresStore)
+        assert PASSWORD not in store.location and role in store.location
+        session_id = store.create_session(title="configured")
+        assert PASSWORD not in repr(store.load_session(session_id))
+    finally:
+        store.close()
+    for unreachable in (url.replace(postgres.socket_dir, "/nonexistent"), postgres.dsn(role, password=PASSWORD) + " port=1"):
+        with pytest.raises(StoreUnavailable) as info:
+            PostgresStore(unreachable, timeout=2)
+        assert PASSWORD not in str(info.value) and "cannot be reached" in str(info.value)
+    assert PASSWORD not in describe_dsn(f"postgresql://u:{PASSWORD}@host:notaport/db")
