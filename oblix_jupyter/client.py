@@ -41,7 +41,7 @@ from .models.gateway import (
     split_models,
     supports_tools,
 )
-from .store.sessions import SessionManager, SessionStore
+from .store.sessions import SessionStore, open_store
 
 if TYPE_CHECKING:  # the selector's modules load on the first turn, keeping %load_ext light
     from .context.inputs import NotebookContext, VariableSummary
@@ -59,8 +59,9 @@ class OblixClient:
     models are called through litellm, with provider keys from the usual environment
     variables. ``model_options`` maps a model name to extra litellm arguments
     (``api_base``...), which are never written into a session. ``store`` is where the
-    sessions live (a directory; ``~/.oblix/sessions`` by default), unless a
-    ``session_manager`` is given. Inside a kernel, a model that can call tools may look
+    sessions live, unless a ``session_manager`` is given: a directory, or a
+    ``postgresql://`` URL for a team's database; by default ``$OBLIX_STORE``, else
+    ``~/.oblix/sessions``. Inside a kernel, a model that can call tools may look
     at the notebook's variables, cells and this conversation through read-only tools
     (``tools=False`` turns them off, ``max_tool_rounds`` bounds the requests of a turn).
     """
@@ -84,7 +85,7 @@ class OblixClient:
         self.model = model
         self.fallback_models = fallback_models
         self.max_input_tokens = max_input_tokens
-        self.session_manager: SessionStore = session_manager or SessionManager(store)
+        self.session_manager: SessionStore = session_manager or open_store(store)
         self.current_session_id: str | None = None
         self.gateway = ModelGateway(model_options=model_options, timeout=timeout)
         self.semantic = semantic
@@ -358,7 +359,7 @@ class OblixClient:
 
     def _vector_cache(self) -> VectorCache | None:
         """The embedding cache beside the store (its model loads on first use), or None when meaning is switched off."""
-        if self._vectors is None and self.semantic is not False and isinstance(self.session_manager, SessionManager):
+        if self._vectors is None and self.semantic is not False:
             from .vectors import VectorCache
 
             self._vectors = VectorCache(self.session_manager)
