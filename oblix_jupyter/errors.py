@@ -92,7 +92,15 @@ class StoreBusy(OblixError, TimeoutError):
 
 
 class StoreUnavailable(OblixError):
-    """The session database cannot be used now: unreachable, or its schema is not the one this code reads."""
+    """The session database cannot be used now: unreachable, or its schema is not the one this code reads.
+
+    ``uncertain`` when a change was on its way as the connection broke: it may have been
+    saved, so it must not simply be made again.
+    """
+
+    def __init__(self, message: str, uncertain: bool = False) -> None:
+        super().__init__(message)
+        self.uncertain = uncertain
 
 
 class NotPermitted(OblixError, PermissionError):

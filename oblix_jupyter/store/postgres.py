@@ -56,6 +56,7 @@ from .shape import (
     resolve_session_id,
     validate_session_id,
 )
+from .spool import Spool
 
 CHANNEL_PREFIX = "oblix_"  # each session's appends are announced on oblix_<session id>
 _COLUMNS = {"title", "context", "model", "metadata", "schema_version"}  # session fields with a column; others go to ``extra``
@@ -124,6 +125,7 @@ class PostgresStore(SessionTransfer):
         """
         self._dsn = dsn
         self._where = describe_dsn(dsn)
+        self.spool = Spool(self._where)  # messages kept here while the database could not take them
         self.problems: list[CorruptSession] = []  # the file store's unreadable files; a database has none
         try:
             with psycopg.connect(dsn, connect_timeout=max(2, round(timeout))) as conn:  # libpq: 0 waits forever
@@ -163,9 +165,10 @@ class PostgresStore(SessionTransfer):
 
     # -- running statements -----------------------------------------------------------
 
-    def _unavailable(self, error: BaseException, detail: str = "") -> StoreUnavailable:
+    def _unavailable(self, error: BaseException, detail: str = "", uncertain: bool = False) -> StoreUnavailable:
         return StoreUnavailable(
-            f"The session database ({self._where}) cannot be reached{detail}: {_scrub(str(error), self._dsn).strip()}"
+            f"The session database ({self._where}) cannot be reached{detail}: {_scrub(str(error), self._dsn).strip()}",
+            uncertain=uncertain,
         )
 
     def _run(self, work: Callable[[psycopg.Connection], Result], write: bool = False, retry: bool = True) -> Result:
@@ -194,7 +197,7 @@ class PostgresStore(SessionTransfer):
             raise self._unavailable(error) from None
         except psycopg.OperationalError as error:
             if committing:
-                raise self._unavailable(error, " while a change was being saved; it may or may not have been") from None
+                raise self._unavailable(error, " while a change was being saved; it may or may not have been", uncertain=True) from None
             if not retry:
                 raise self._unavailable(error) from None
         except psycopg.errors.InsufficientPrivilege as error:
@@ -252,10 +255,30 @@ class PostgresStore(SessionTransfer):
         """Append a message and return it as stored, numbered ``msg_<n>`` like the file store's.
 
         ``n`` is the message's position unless an imported message already has that id;
-        then the next free number, as the file store does.
+        then the next free number, as the file store does. When the database cannot be
+        reached, the message is kept in this machine's spool instead and returned with
+        ``"saved_locally": True`` and no id; the session's kept messages are written,
+        in order, before its next one (``flush_spool``).
         """
         validate_session_id(session_id)
         content, extra = message_parts(message, role, fields)
+        stored = {"role": role, "content": content, "timestamp": now_iso(), **extra}
+        try:
+            self.flush_spool(session_id)
+            return self._append(session_id, stored)
+        except StoreUnavailable as error:
+            if error.uncertain:
+                raise
+            self.spool.add(session_id, stored)
+            return {"id": None, **stored, "saved_locally": True}
+
+    def flush_spool(self, session_id: str | None = None) -> int:
+        """Write the messages kept while the database was unreachable (``session_id``'s, or all), oldest first."""
+        return self.spool.flush(self._append, session_id)
+
+    def _append(self, session_id: str, stored: dict[str, Any]) -> dict[str, Any]:
+        role, content, stamp = stored["role"], stored["content"], stored["timestamp"]
+        extra = {key: value for key, value in stored.items() if key not in ("role", "content", "timestamp")}
 
         def append(conn: psycopg.Connection) -> dict[str, Any]:
             locked = conn.execute(
@@ -266,11 +289,10 @@ class PostgresStore(SessionTransfer):
             if locked is None:
                 raise self._refusal(conn, session_id, "add messages to")
             position = number = locked[0]
-            stored = {"role": role, "content": content, "timestamp": now_iso(), **extra}
             while conn.execute(
                 "INSERT INTO oblix.messages (session_id, position, id, role, content, timestamp, extra) "
                 "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (session_id, id) DO NOTHING RETURNING 1",
-                (session_id, position, f"msg_{number}", role, content, stored["timestamp"], Jsonb(extra)),
+                (session_id, position, f"msg_{number}", role, content, stamp, Jsonb(extra)),
             ).fetchone() is None:
                 number += 1
             return {"id": f"msg_{number}", **stored}

@@ -7,6 +7,7 @@ The operations both stores share are tested on both in ``test_sessions.py``.
 from __future__ import annotations
 
 import random
+import os
 import threading
 import time
 import uuid
@@ -226,6 +227,33 @@ def test_the_store_carries_on_after_the_server_crashes_and_comes_back(postgres, 
     assert store.save_message(session_id, "after")["id"] == "msg_2"
     threading.Timer(0.2, lambda: store.save_message(session_id, "heard")).start()
     assert store.wait_for_changes([session_id], timeout=5) == [(session_id, "msg_3")]
+
+
+@pytest.mark.timeout(60)
+def test_messages_saved_while_the_database_is_down_wait_in_a_private_spool_and_land_in_order(postgres, open_as):
+    store = open_as("spooler", timeout=1)
+    session_id = store.create_session(title="spooled")
+    store.save_message(session_id, "question one")
+    postgres.stop(immediate=True)
+    try:
+        kept = store.save_message(session_id, "the answer that arrived meanwhile", role="assistant", model="m")
+        also = store.save_message(session_id, "and one more")
+    finally:
+        postgres.start()
+    assert kept["saved_locally"] and kept["id"] is None and kept["model"] == "m" and also["saved_locally"]
+    files = [record["path"] for record in store.spool.pending()]
+    assert len(files) == 2 and all(os.stat(path).st_mode & 0o777 == 0o600 for path in files)
+    assert os.stat(store.spool.directory).st_mode & 0o777 == 0o700
+    assert store.save_message(session_id, "after the restart")["id"] == "msg_4"
+    messages = store.get_session(session_id)["messages"]
+    assert [(m["id"], m["content"]) for m in messages] == [
+        ("msg_1", "question one"),
+        ("msg_2", "the answer that arrived meanwhile"),
+        ("msg_3", "and one more"),
+        ("msg_4", "after the restart"),
+    ]
+    assert messages[1]["model"] == "m" and messages[1]["timestamp"] == kept["timestamp"]
+    assert store.spool.pending() == [] and store.flush_spool() == 0, "nothing is written twice"
 
 
 def test_an_append_whose_connection_dies_before_its_commit_is_made_once_on_a_new_connection(postgres, open_as):
