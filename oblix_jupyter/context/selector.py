@@ -397,6 +397,22 @@ class _Turn:
         end = self.starts[number + 1] if number + 1 < len(self.starts) else len(self.earlier)
         return range(self.starts[number], end)
 
+    def asked_before(self, position: int, passage: str) -> bool:
+        """Whether ``passage`` is a question the user put to the model earlier: no evidence of its own.
+
+        A past question that resembles the new one tells the model nothing the new one
+        does not; what it learned is in the answer, which brings its question along
+        (``partner``). Statements in a prompt (data, an error, a decision) still count.
+        On the LoCoMo dev conversations asked in turn (each question leaving its exchange),
+        earlier questions took a fifth of the room at 2,000 tokens; passing over them took
+        the evidence sent from 73.4/82.4/89.4% to 77.5/84.1/91.2% at 1,000/2,000/4,000
+        tokens (words only: 70.5/77.9/82.3 to 71.2/78.5/83.4%).
+        """
+        if not passage.rstrip().endswith("?") or self.earlier[position]["role"] != "user":
+            return False
+        answer = self.earlier[position + 1] if position + 1 < len(self.earlier) else None
+        return answer is not None and answer.get("role") == "assistant" and bool(answer.get("model"))
+
     def partner(self, position: int) -> int | None:
         """The question of an answer, or the first answer of a question."""
         role = self.earlier[position]["role"]
@@ -560,7 +576,7 @@ class _Turn:
                 break
             position = index.owners[passage]
             key = _normal(index.texts[passage])
-            if position in self.chosen or key in sent:
+            if position in self.chosen or key in sent or self.asked_before(position, index.texts[passage]):
                 continue
             extra = cost[passage] + (0 if position in self.partial else MESSAGE_OVERHEAD + PASSAGE_OVERHEAD)
             if extra > self.room:

@@ -300,3 +300,19 @@ def test_messages_from_several_days_carry_the_day_once_per_day_within_the_budget
     for message in one_day["messages"]:
         message["timestamp"] = "2024-03-01T09:00:00.000Z"
     assert not any(message["content"].startswith("[") for message in select_context(one_day, "When?", budget, count).messages)
+
+
+def test_an_earlier_question_to_the_model_is_no_evidence_but_its_answer_and_stated_facts_are():
+    texts = [FILLER[n % len(FILLER)] + f" (step {n})" for n in range(400)]
+    texts[10] = "Which seed did we use for the train test split of orders_df?"  # asked before, answered by a model
+    texts[11] = "No seed was chosen then."
+    texts[40] = "Which seed did we use for the train test split of orders_df?"  # the same question, in a human's turn
+    texts[41] = "I think it was the default."
+    texts[70] = "Note: the train test split of orders_df used seed 2718."
+    session = session_of(*texts)
+    session["messages"][11]["model"] = "openai/gpt-4o-mini"
+    budget = int(sum(approx(t) + MESSAGE_OVERHEAD for t in texts) / len(texts) * 12)
+    plan = select_context(session, "Which seed did we use for the train test split of orders_df?", budget, approx)
+    sent = sent_ids(plan)
+    assert "msg_71" in sent and "msg_41" in sent
+    assert "msg_11" not in sent, "the question already put to the model is not evidence"
