@@ -25,6 +25,8 @@ from .errors import (
     CorruptSession,
     ModelError,
     NoModelConfigured,
+    OblixError,
+    StoreUnavailable,
     redact,
 )
 from .models.gateway import (
@@ -41,7 +43,7 @@ from .models.gateway import (
     split_models,
     supports_tools,
 )
-from .store.sessions import SessionStore, open_store
+from .store.sessions import SessionStore, is_database_url, open_store
 
 if TYPE_CHECKING:  # the selector's modules load on the first turn, keeping %load_ext light
     from .context.inputs import NotebookContext, VariableSummary
@@ -143,8 +145,68 @@ class OblixClient:
         return self.session_manager.get_session(session_id)
 
     def search_sessions(self, query: str, limit: int = 50) -> list[dict[str, Any]]:
-        """Summaries of the sessions whose title or messages contain ``query``, newest first."""
-        return self.session_manager.search_sessions(query, limit=limit)
+        """Summaries of the sessions whose title or messages match ``query``, best first, each with a ``snippet``.
+
+        The PostgreSQL store ranks by full-text relevance and quotes the best match (its
+        words between « and »); the file store finds substrings, newest first, and has no
+        snippet to give (``""``), so front ends can show both the same way.
+        """
+        return [{"snippet": "", **row} for row in self.session_manager.search_sessions(query, limit=limit)]
+
+    def share(self, session_id: str, user: str, write: bool = False) -> None:
+        """Let database user ``user`` read the session (and with ``write`` add to it); sharing again changes ``write``."""
+        self._sharing_store().share(session_id, user, write=write)
+
+    def unshare(self, session_id: str, user: str) -> None:
+        """Take the session back from ``user``; nothing happens if it was not shared with them."""
+        self._sharing_store().unshare(session_id, user)
+
+    def shares(self, session_id: str) -> list[dict[str, Any]]:
+        """Who else may read the session: ``[{"user", "write"}]``; always empty on the file store, which nobody shares."""
+        store = self.session_manager
+        return store.shares(session_id) if hasattr(store, "shares") else []
+
+    def _sharing_store(self) -> Any:
+        """The store, if it can share: only a database knows other users to share with."""
+        if not hasattr(self.session_manager, "share"):
+            raise BadArguments(
+                f"Sessions in {self.session_manager.location} cannot be shared: sharing needs the PostgreSQL store "
+                "(OBLIX_STORE=postgresql://...)."
+            )
+        return self.session_manager
+
+    def import_files(self, directory: str | os.PathLike[str] | None = None) -> dict[str, int]:
+        """Copy a file store (default ``~/.oblix/sessions``) into this client's store, keeping ids; returns counts.
+
+        Safe to run again: a session already here is skipped, and a binding is copied only
+        where this store has none for that notebook, so nothing is copied twice and nothing
+        newer is overwritten. A session that cannot be stored (an id another user of the
+        database holds, a malformed file) is warned about and counted as ``failed``.
+        """
+        from .store.sessions import SessionManager, default_base_dir
+
+        source_dir = os.path.abspath(os.fspath(directory) if directory is not None else default_base_dir())
+        if not os.path.isdir(source_dir):
+            raise BadArguments(f"There is no session directory {source_dir} to import.")
+        source, target = SessionManager(source_dir), self.session_manager
+        counts = {"copied": 0, "skipped": 0, "failed": 0, "bindings": 0}
+        for session in source.iter_sessions():
+            if target.session_version(session["id"]) is not None:  # already here: one row read, not the messages
+                counts["skipped"] += 1
+                continue
+            try:
+                target.add_session(session, new_id=False)
+            except OblixError as error:
+                warnings.warn(f"Session {session['id']} was not copied: {error}", RuntimeWarning, stacklevel=2)
+                counts["failed"] += 1
+                continue
+            counts["copied"] += 1
+        for notebook, session_id in source.bindings().items():
+            if target.bound_session(notebook) is None and target.session_version(session_id) is not None:
+                target.bind(notebook, session_id)
+                counts["bindings"] += 1
+        counts["unreadable"] = len(source.problems)
+        return counts
 
     def unreadable_sessions(self) -> list[CorruptSession]:
         """The session files the last listing could not read (each is also warned about once)."""
@@ -232,12 +294,62 @@ class OblixClient:
     def diagnose(self) -> list[tuple[str, str]]:
         """What ``oblix doctor`` reports of the store and the models: rows of (what, state), never a key's value."""
         store = self.session_manager
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # unreadable files are listed below instead
-            readable = store.list_sessions(limit=None)
-        rows = [("store", store.location), ("sessions", str(len(readable)))]
-        rows += [("unreadable", f"{problem.path} ({problem.reason})") for problem in store.problems] or [("unreadable", "none")]
+        rows = [("store", store.location)]
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # unreadable files are listed below instead
+                readable = store.list_sessions(limit=None)
+        except StoreUnavailable as error:
+            rows.append(("store state", f"not answering: {error}"))
+        else:
+            rows += [("store state", self._store_state()), ("sessions", str(len(readable)))]
+            rows += [("unreadable", f"{problem.path} ({problem.reason})") for problem in store.problems] or [("unreadable", "none")]
         return rows + [("relevance", self._relevance_state())] + model_rows(self.model, self.fallback_models)
+
+    def _store_state(self) -> str:
+        """A store that just answered: files, or a database whose schema is the one this code reads (it opens no other)."""
+        from .store.sessions import SessionManager
+
+        if isinstance(self.session_manager, SessionManager):
+            return "answers (session files)"
+        from .store.pg_schema import LATEST
+
+        return f"answers (PostgreSQL, schema version {LATEST}, up to date)"
+
+    # -- the team database, for its administrator ------------------------------------
+
+    @staticmethod
+    def describe_store(location: str | os.PathLike[str] | None = None) -> str:
+        """Where ``OblixClient(store=location)`` keeps sessions, for people, without opening it: a database without its password."""
+        location = os.fspath(location) if location is not None else os.environ.get("OBLIX_STORE") or None
+        if is_database_url(location):
+            from .store.pg_schema import describe_dsn
+
+            return describe_dsn(location)
+        from .store.sessions import default_base_dir
+
+        return os.path.abspath(location or default_base_dir())
+
+    @staticmethod
+    def upgrade_database(dsn: str) -> int:
+        """Bring the database's schema up to date (as a PostgreSQL superuser); returns how many migrations ran."""
+        from .store.pg_schema import upgrade
+
+        return upgrade(dsn)
+
+    @staticmethod
+    def database_status(dsn: str) -> tuple[int, int]:
+        """(the database's schema version, the newest this oblix_jupyter knows)."""
+        from .store.pg_schema import status
+
+        return status(dsn)
+
+    @staticmethod
+    def add_database_user(dsn: str, name: str) -> None:
+        """Make login role ``name`` (created without a password if absent) a user of the store."""
+        from .store.pg_schema import add_user
+
+        add_user(dsn, name)
 
     def _relevance_state(self) -> str:
         """How the selector judges relevance here: by words and meaning, or by words alone and why."""

@@ -24,7 +24,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from .. import __version__
-from ..errors import BadArguments, OblixError
+from ..errors import BadArguments, OblixError, StoreUnavailable
 
 if TYPE_CHECKING:
     from ..client import OblixClient
@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args = parser.parse_args(argv)
             return args.run(args)
         except OblixError as error:
-            print(f"oblix: {error}", file=sys.stderr)
+            print(f"oblix: {_one_line(error)}", file=sys.stderr)
             return 1
         except BrokenPipeError:
             # The reader of our output (head, less) has gone: stop quietly, and point
@@ -71,15 +71,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="oblix",
-        description="Persistent conversations with language models. Sessions are kept in "
-        "$OBLIX_HOME/sessions (default ~/.oblix/sessions); ids may be shortened to any unique prefix.",
+        description="Persistent conversations with language models. Sessions are kept where $OBLIX_STORE says "
+        "(a directory, or a team's postgresql:// database), else in $OBLIX_HOME/sessions (default ~/.oblix/sessions); "
+        "ids may be shortened to any unique prefix.",
     )
     parser.add_argument("--version", action="version", version=f"oblix {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def command(name: str, run: Callable[[argparse.Namespace], int], summary: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=summary, description=summary)
-        sub.set_defaults(run=run)
+    def command(
+        name: str, run: Callable[[argparse.Namespace], int] | None, summary: str, within: Any = commands
+    ) -> argparse.ArgumentParser:
+        sub = within.add_parser(name, help=summary, description=summary)
+        if run is not None:  # a command with actions of its own (db) runs the action's
+            sub.set_defaults(run=run)
         return sub
 
     sub = command("sessions", _sessions, "List sessions, most recently updated first.")
@@ -122,6 +126,32 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("prune", _prune, "Delete the sessions not updated for a while.")
     sub.add_argument("--older-than", type=_duration, required=True, metavar="AGE", help="e.g. 90m, 12h, 30d, 8w")
     sub.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
+
+    sub = command("search", _search, "Find sessions by their title and messages, best match first.")
+    sub.add_argument("query", metavar="QUERY", nargs="+", help='words; on PostgreSQL also "phrases", -not and or')
+    sub.add_argument("--limit", type=_positive, default=20, metavar="N", help="show at most N sessions (default 20)")
+
+    sub = command("share", _share, "Let database user USER read session ID (PostgreSQL store only).")
+    sub.add_argument("id", metavar="ID")
+    sub.add_argument("user", metavar="USER")
+    sub.add_argument("--write", action="store_true", help="let USER add messages too (sharing again without it takes that back)")
+
+    sub = command("unshare", _unshare, "Stop sharing session ID with USER.")
+    sub.add_argument("id", metavar="ID")
+    sub.add_argument("user", metavar="USER")
+
+    sub = command("shares", _shares, "List who else may read session ID, and who may write.")
+    sub.add_argument("id", metavar="ID")
+
+    db = command("db", None, "Administer the team's PostgreSQL store: upgrade, status, add-user, import-files.")
+    db.add_argument("--dsn", metavar="DSN", help="the database to work on (default: $OBLIX_STORE); its password is never shown")
+    actions = db.add_subparsers(dest="action", metavar="ACTION", required=True)
+    command("upgrade", _db_upgrade, "Apply the schema migrations the database lacks (as a PostgreSQL superuser).", actions)
+    command("status", _db_status, "Show the database's schema version and the one this oblix_jupyter needs.", actions)
+    sub = command("add-user", _db_add_user, "Make login role NAME a user of the store (created without a password if absent).", actions)
+    sub.add_argument("name", metavar="NAME")
+    sub = command("import-files", _db_import_files, "Copy a session directory into the database, keeping ids; safe to repeat.", actions)
+    sub.add_argument("directory", metavar="DIR", nargs="?", help="default: $OBLIX_HOME/sessions (~/.oblix/sessions)")
 
     command("doctor", _doctor, "Check the store, the model configuration and the JupyterLab extension.")
     return parser
@@ -167,7 +197,8 @@ def _sessions(args: argparse.Namespace) -> int:
     if not found:
         print("No sessions found." if args.search else "No sessions yet: start one with `oblix chat` or `oblix ask`.")
         return 0
-    rows = [["TITLE", "ID", "MESSAGES", "MODEL", "UPDATED", "NOTEBOOK"]]
+    shared = any(summary.get("shared_by") for summary in found)  # the column only on a team's database
+    rows = [["TITLE", "ID", "MESSAGES", "MODEL", "UPDATED", "NOTEBOOK", *(["ACCESS"] if shared else [])]]
     for summary in found:
         rows.append(
             [
@@ -177,9 +208,59 @@ def _sessions(args: argparse.Namespace) -> int:
                 summary.get("model") or "-",
                 local_time(summary["updated_at"]),
                 ", ".join(notebooks.get(summary["id"], [])),
+                *([_access(summary)] if shared else []),
             ]
         )
     print(format_table(rows))
+    return 0
+
+
+def _access(summary: dict[str, Any]) -> str:
+    """Whose session this is, for a listing: empty for the user's own."""
+    return f"shared by {summary['shared_by']}" if summary.get("shared_by") else ""
+
+
+def _search(args: argparse.Namespace) -> int:
+    from ..render import terminal_text
+
+    query = " ".join(args.query)
+    if not query.strip():
+        raise BadArguments("the search is empty.")
+    found = _client().search_sessions(query, limit=args.limit)
+    if not found:
+        print(f"No session matches {query!r}.")
+    for rank, hit in enumerate(found, start=1):
+        owner = f" · {_access(hit)}" if hit.get("shared_by") else ""
+        print(f"{rank}. {terminal_text(_clip(hit['title']))} ({hit['id'][:8]}){owner}")
+        if hit["snippet"]:
+            print(f"   {terminal_text(' '.join(hit['snippet'].split()))}")
+    return 0
+
+
+def _share(args: argparse.Namespace) -> int:
+    client = _client()
+    session_id = client.resolve_session_id(args.id)
+    client.share(session_id, args.user, write=args.write)
+    print(f"Shared {session_id[:8]} with {args.user} ({'read and write' if args.write else 'read only'}).")
+    return 0
+
+
+def _unshare(args: argparse.Namespace) -> int:
+    client = _client()
+    session_id = client.resolve_session_id(args.id)
+    client.unshare(session_id, args.user)
+    print(f"{args.user} can no longer open {session_id[:8]}.")
+    return 0
+
+
+def _shares(args: argparse.Namespace) -> int:
+    client = _client()
+    session_id = client.resolve_session_id(args.id)
+    shares = client.shares(session_id)
+    if not shares:
+        print(f"{session_id[:8]} is shared with nobody.")
+        return 0
+    print(format_table([["USER", "ACCESS"], *([share["user"], "read and write" if share["write"] else "read only"] for share in shares)]))
     return 0
 
 
@@ -301,9 +382,70 @@ def _prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _database(args: argparse.Namespace) -> str:
+    """The DSN a ``db`` action works on: ``--dsn``, else ``$OBLIX_STORE`` when it names a database."""
+    from ..client import is_database_url
+
+    dsn = args.dsn or os.environ.get("OBLIX_STORE", "")
+    if args.dsn is None and not is_database_url(dsn):
+        raise BadArguments("which database? Give --dsn, or set OBLIX_STORE=postgresql://... (the store's administrator's).")
+    return dsn
+
+
+def _db_upgrade(args: argparse.Namespace) -> int:
+    from ..client import OblixClient
+
+    dsn = _database(args)
+    applied = OblixClient.upgrade_database(dsn)
+    version = OblixClient.database_status(dsn)[0]
+    done = f"applied {applied} migration(s)" if applied else "already up to date"
+    print(f"{OblixClient.describe_store(dsn)}: {done}; schema version {version}.")
+    return 0
+
+
+def _db_status(args: argparse.Namespace) -> int:
+    from ..client import OblixClient
+
+    dsn = _database(args)
+    current, latest = OblixClient.database_status(dsn)
+    if current == latest:
+        state = "up to date"
+    elif current < latest:
+        state = f"this oblix_jupyter needs {latest}: run `oblix db upgrade`"
+    else:
+        state = f"newer than this oblix_jupyter understands ({latest}): upgrade oblix_jupyter"
+    print(f"{OblixClient.describe_store(dsn)}: schema version {current}, {state}.")
+    return 0
+
+
+def _db_add_user(args: argparse.Namespace) -> int:
+    from ..client import OblixClient
+
+    OblixClient.add_database_user(_database(args), args.name)
+    print(f"{args.name} is a user of the session database (give the role a password if the server asks for one).")
+    return 0
+
+
+def _db_import_files(args: argparse.Namespace) -> int:
+    from ..client import OblixClient
+
+    dsn = _database(args)
+    counts = OblixClient(store=dsn).import_files(args.directory)
+    print(
+        f"Copied {counts['copied']} session(s) and {counts['bindings']} notebook binding(s) to {OblixClient.describe_store(dsn)}; "
+        f"{counts['skipped']} already there, {counts['failed']} failed, {counts['unreadable']} unreadable."
+    )
+    return 1 if counts["failed"] else 0
+
+
 def _doctor(args: argparse.Namespace) -> int:
+    from ..client import OblixClient
+
     dotenv = _keys_from_dotenv()  # first: the key checks below must see what a notebook started here would
-    rows = [["oblix", __version__], *map(list, _client().diagnose())]
+    try:
+        rows = [["oblix", __version__], *([what, _one_line(state)] for what, state in _client().diagnose())]
+    except StoreUnavailable as error:  # the store is what must be fixed first; the model rows need a client
+        rows = [["oblix", __version__], ["store", OblixClient.describe_store()], ["store state", f"not answering: {_one_line(error)}"]]
     rows.append([".env", dotenv.describe() if dotenv else f"none in {os.getcwd()}"])
     rows.append(["lab extension", _lab_extension_status()])
     print(format_table(rows))
@@ -342,6 +484,11 @@ def format_table(rows: list[list[str]]) -> str:
     """Rows as left-aligned columns, the widest cell of each setting its width."""
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+
+
+def _one_line(text: object) -> str:
+    """A message (an error, a state) on one line: libpq, for one, puts its hints on lines of their own."""
+    return " ".join(str(text).split())
 
 
 def _clip(text: str, width: int = TITLE_WIDTH) -> str:

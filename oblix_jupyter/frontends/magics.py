@@ -178,6 +178,13 @@ def line_parser() -> _Parser:
     commands.add_parser("import", add_help=False, help="import a session file and bind to it").add_argument("path")
     commands.add_parser("pin", add_help=False, help="always send this message (e.g. msg_3)").add_argument("message")
     commands.add_parser("unpin", add_help=False, help="stop always sending this message").add_argument("message")
+    share = commands.add_parser("share", add_help=False, help="let a database user read a session (PostgreSQL store)")
+    share.add_argument("session")
+    share.add_argument("user")
+    share.add_argument("--write", action="store_true", help="let them add messages too")
+    unshare = commands.add_parser("unshare", add_help=False, help="stop sharing a session with a database user")
+    unshare.add_argument("session")
+    unshare.add_argument("user")
     commands.add_parser("chat", add_help=False, help="show the chat panel")
     commands.add_parser("help", add_help=False, help="this help")
     return parser
@@ -198,6 +205,9 @@ class Oblix(Magics):
     model = Unicode(None, allow_none=True, help="litellm model for new sessions (else OBLIX_MODEL)").tag(config=True)
     fallback_models = List(Unicode(), default_value=None, allow_none=True, help="models tried when one fails").tag(config=True)
     base_dir = Unicode(None, allow_none=True, help="session store directory (else ~/.oblix/sessions)").tag(config=True)
+    store = Unicode(
+        None, allow_none=True, help="where sessions live: a directory or a postgresql:// URL; wins over base_dir and OBLIX_STORE"
+    ).tag(config=True)
     max_input_tokens = Int(None, allow_none=True, help="override the model's input window").tag(config=True)
     show_footer = Bool(True, help="show model, session and tokens under each answer").tag(config=True)
     tools = Bool(True, help="let models that can call tools look at variables, cells and the conversation (read-only)").tag(config=True)
@@ -215,7 +225,7 @@ class Oblix(Magics):
         self.litellm_import: threading.Thread | None = None
         super().__init__(shell=shell, **kwargs)
 
-    @observe("model", "fallback_models", "base_dir", "max_input_tokens", "tools", "tool_rounds")
+    @observe("model", "fallback_models", "base_dir", "store", "max_input_tokens", "tools", "tool_rounds")
     def _configuration_changed(self, change: Any) -> None:
         self._client = None
         self._binding = None
@@ -228,7 +238,7 @@ class Oblix(Magics):
             self._client = OblixClient(
                 model=self.model or None,
                 fallback_models=self.fallback_models,
-                store=self.base_dir or None,
+                store=self.store or self.base_dir or None,
                 max_input_tokens=self.max_input_tokens or None,
                 tools=self.tools,
                 max_tool_rounds=max(1, self.tool_rounds),
@@ -361,7 +371,7 @@ class Oblix(Magics):
 
     @line_magic("oblix")
     def oblix_line(self, line: str) -> Any:
-        """Manage sessions: sessions, new, use, show, delete, rename, model, context, export, import, help."""
+        """Manage sessions: sessions, new, use, show, delete, rename, model, context, export, import, share, unshare, help."""
         try:
             options = parse_line_command(line)
             return getattr(self, f"_command_{options.command}")(options)
@@ -376,12 +386,13 @@ class Oblix(Magics):
         client = self.client
         sessions = client.search_sessions(options.search) if options.search else client.list_sessions(None if options.all else 20)
         bound = self.binding.session_id(create=False)
+        snippets = any(s.get("snippet") for s in sessions)  # the database quotes what matched; files have nothing to quote
         rows = [
             [s["title"], s["id"][:8], str(s["message_count"]), s.get("model") or "", local_time(s["updated_at"]),
-             "◀ this notebook" if s["id"] == bound else ""]
+             _whose(s, bound), *([s.get("snippet") or ""] if snippets else [])]
             for s in sessions
         ]
-        display(Table(["title", "id", "messages", "model", "updated", ""], rows))
+        display(Table(["title", "id", "messages", "model", "updated", "", *(["match"] if snippets else [])], rows))
         for problem in client.unreadable_sessions():
             display(Message(str(problem)))
 
@@ -457,6 +468,17 @@ class Oblix(Magics):
         self.binding.use(session_id)
         display(Message(f"Imported session {session_id[:8]}; this notebook now continues it.", error=False))
 
+    def _command_share(self, options: argparse.Namespace) -> None:
+        session_id = self.client.resolve_session_id(options.session)
+        self.client.share(session_id, options.user, write=options.write)
+        access = "read and add to" if options.write else "read"
+        display(Message(f"{options.user} can now {access} session {session_id[:8]}.", error=False))
+
+    def _command_unshare(self, options: argparse.Namespace) -> None:
+        session_id = self.client.resolve_session_id(options.session)
+        self.client.unshare(session_id, options.user)
+        display(Message(f"{options.user} can no longer open session {session_id[:8]}.", error=False))
+
     def chat_panel(self) -> Any:
         """This notebook's chat panel (one per kernel), sharing the session with ``%%oblix`` cells."""
         from .panel import ChatPanel
@@ -473,6 +495,16 @@ class Oblix(Magics):
         session_id = self.binding.session_id(create=True)
         assert session_id is not None
         return SessionHandle(self.client, session_id)
+
+
+def _whose(summary: Mapping[str, Any], bound: str | None) -> str:
+    """The listing's note on a session: this notebook's, or someone else's shared with this user."""
+    notes = []
+    if summary["id"] == bound:
+        notes.append("◀ this notebook")
+    if summary.get("shared_by"):
+        notes.append(f"shared by {summary['shared_by']}")
+    return " · ".join(notes)
 
 
 def _parse_pairs(pairs: Sequence[str]) -> dict[str, Any]:

@@ -11,17 +11,65 @@ holds exactly the rights the store needs and no more (row security does the rest
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Callable
 from importlib import resources
+from typing import ParamSpec, TypeVar
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from ..errors import NotPermitted, StoreUnavailable
+from ..errors import NotPermitted, StoreUnavailable, redact
 
+Params = ParamSpec("Params")
+Result = TypeVar("Result")
+
+_URL_PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")
 _LOCK_KEY = 0x0B11_7A5E  # pg_advisory_lock's key for "an oblix upgrade is running"
 _FILE_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 USERS_ROLE = "oblix_users"
+
+
+def describe_dsn(dsn: str) -> str:
+    """The connection string as it may be shown to people: every password taken out."""
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "postgresql (an unreadable connection string)"
+    shown = make_conninfo("", **{name: value for name, value in params.items() if "password" not in name})
+    return f"postgresql: {shown}" if shown else "postgresql (from the PG* environment)"
+
+
+def scrub(text: str, dsn: str) -> str:
+    """``text`` (a server's or libpq's message) on one line, without the DSN's password or secret environment values.
+
+    libpq adds its hints on lines of their own, and quotes a connection string it cannot read.
+    """
+    text = _URL_PASSWORD.sub(r"\1***@", text)
+    try:
+        secrets = [value for name, value in conninfo_to_dict(dsn).items() if "password" in name and value]
+    except psycopg.ProgrammingError:
+        secrets = []
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return " ".join(redact(text).split())
+
+
+def _administration(run: Callable[Params, Result]) -> Callable[Params, Result]:
+    """An administrator's command whose database failures are ours, naming the database without its password."""
+
+    @functools.wraps(run)
+    def checked(dsn: str, *args: Params.args, **kwargs: Params.kwargs) -> Result:
+        try:
+            return run(dsn, *args, **kwargs)
+        except psycopg.errors.InsufficientPrivilege as error:
+            raise NotPermitted(f"The session database refused this: {error.diag.message_primary}") from None
+        except psycopg.Error as error:
+            raise StoreUnavailable(f"The session database ({describe_dsn(dsn)}) cannot be used: {scrub(str(error), dsn)}") from None
+
+    return checked  # type: ignore[return-value]
 
 
 def migrations() -> dict[int, str]:
@@ -61,6 +109,7 @@ def check_version(conn: psycopg.Connection, where: str) -> None:
         )
 
 
+@_administration
 def upgrade(dsn: str) -> int:
     """Apply the migrations the database lacks, as a superuser; returns how many were applied (0: up to date)."""
     scripts = migrations()
@@ -93,12 +142,14 @@ def upgrade(dsn: str) -> int:
     return len(scripts) - current
 
 
+@_administration
 def status(dsn: str) -> tuple[int, int]:
     """(the database's schema version, the newest this code knows), for ``oblix db status``."""
     with psycopg.connect(dsn) as conn:
         return current_version(conn), LATEST
 
 
+@_administration
 def add_user(dsn: str, name: str) -> None:
     """Make ``name`` a user of the store: a LOGIN role (created if absent) in ``oblix_users``.
 

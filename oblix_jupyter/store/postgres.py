@@ -19,7 +19,6 @@ connection string without it.
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -28,7 +27,6 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
@@ -39,10 +37,9 @@ from ..errors import (
     NotPermitted,
     SessionNotFound,
     StoreUnavailable,
-    redact,
 )
 from .migrations import SCHEMA_VERSION, upgrade, version_of
-from .pg_schema import check_version
+from .pg_schema import check_version, describe_dsn, scrub
 from .sessions import SessionTransfer
 from .shape import (
     UUID,
@@ -67,31 +64,8 @@ _FIELDS = (
 )
 _SESSION = f"SELECT {_FIELDS} FROM oblix.sessions s"
 _HIGHLIGHT = "StartSel=«, StopSel=», MaxWords=18, MinWords=6, MaxFragments=1, FragmentDelimiter=\" … \""
-_URL_PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")
 
 Result = TypeVar("Result")
-
-
-def describe_dsn(dsn: str) -> str:
-    """The connection string as it may be shown to people: every password taken out."""
-    try:
-        params = conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError:
-        return "postgresql (an unreadable connection string)"
-    shown = make_conninfo("", **{name: value for name, value in params.items() if "password" not in name})
-    return f"postgresql: {shown}" if shown else "postgresql (from the PG* environment)"
-
-
-def _scrub(text: str, dsn: str) -> str:
-    """``text`` (a server's or libpq's message) with the DSN's password, and secret environment values, taken out."""
-    text = _URL_PASSWORD.sub(r"\1***@", text)
-    try:
-        secrets = [value for name, value in conninfo_to_dict(dsn).items() if "password" in name and value]
-    except psycopg.ProgrammingError:
-        secrets = []
-    for secret in secrets:
-        text = text.replace(secret, "***")
-    return redact(text)
 
 
 def _summary(row: tuple[Any, ...]) -> dict[str, Any]:
@@ -167,7 +141,7 @@ class PostgresStore(SessionTransfer):
 
     def _unavailable(self, error: BaseException, detail: str = "", uncertain: bool = False) -> StoreUnavailable:
         return StoreUnavailable(
-            f"The session database ({self._where}) cannot be reached{detail}: {_scrub(str(error), self._dsn).strip()}",
+            f"The session database ({self._where}) cannot be reached{detail}: {scrub(str(error), self._dsn)}",
             uncertain=uncertain,
         )
 

@@ -447,6 +447,11 @@ class SessionManager(SessionTransfer):
         return resolve_session_id(id_or_prefix, matching, self.base_dir)
 
 
+def is_database_url(location: str | None) -> bool:
+    """Whether a store location names the PostgreSQL store rather than a directory."""
+    return bool(location) and str(location).startswith(("postgresql://", "postgres://"))
+
+
 def open_store(location: str | os.PathLike[str] | None = None) -> SessionStore:
     """The store ``location`` names, else ``$OBLIX_STORE``, else the default directory (``default_base_dir``).
 
@@ -454,7 +459,7 @@ def open_store(location: str | os.PathLike[str] | None = None) -> SessionStore:
     ``PG*`` variables and ``~/.pgpass`` fill in what it leaves out); anything else is a directory.
     """
     location = os.fspath(location) if location is not None else os.environ.get("OBLIX_STORE") or None
-    if location and location.startswith(("postgresql://", "postgres://")):
+    if is_database_url(location):
         # psycopg is an optional extra: imported only when asked for
         from .postgres import PostgresStore
 

@@ -98,6 +98,15 @@ def test_sessions_table_json_search_and_limit(twins):
     assert len(oblix("sessions", "--limit", "1").stdout.splitlines()) == 2
 
 
+def test_search_and_sharing_on_the_file_store(twins):
+    """Ranked hits as plain lines (the database's ranking and snippets: test_postgres_frontends.py)."""
+    found = oblix("search", "PETAL")
+    assert (found.returncode, found.stdout) == (0, "1. Iris plots (abcdef01)\n")
+    assert oblix("search", "plot", "length").stdout == "No session matches 'plot length'.\n"
+    fails_with(oblix("share", "abcdef01", "bob"), "sharing needs the PostgreSQL store (OBLIX_STORE=postgresql://...)")
+    assert oblix("shares", "abcdef01").stdout == "abcdef01 is shared with nobody.\n"
+
+
 def test_sessions_warns_about_an_unreadable_file_and_lists_the_rest(twins):
     broken = pathlib.Path(twins.base_dir, f"{uuid.uuid4()}.json")
     broken.write_text("{ not json")

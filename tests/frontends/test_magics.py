@@ -289,7 +289,7 @@ class _Unprintable:
 
 WORDS = ["--session", "--new", "--title", "--model", "--vars", "--format", "code", "xml", "--max-tokens", "-1", "5",
          "--temperature", "3", "--explain", "sessions", "show", "--last", "delete", "--force", "context", "a=1", "=",
-         "--clear", "use", "model", "export", "\"", "'", "--", "-h", "--help", "a,b", "1x,"]
+         "--clear", "use", "model", "export", "share", "unshare", "--write", "\"", "'", "--", "-h", "--help", "a,b", "1x,"]
 
 
 @settings(max_examples=400, deadline=None)

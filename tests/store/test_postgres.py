@@ -6,8 +6,8 @@ The operations both stores share are tested on both in ``test_sessions.py``.
 
 from __future__ import annotations
 
-import random
 import os
+import random
 import threading
 import time
 import uuid
