@@ -15,6 +15,8 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import psycopg
 from psycopg import sql
@@ -114,3 +116,15 @@ class PostgresServer:
             self.stop(immediate=True)
         finally:
             self.remove()
+
+
+@contextmanager
+def running() -> Iterator[PostgresServer]:
+    """A started server with its database upgraded, stopped and removed afterwards (tests' fixture, benchmarks)."""
+    server = PostgresServer()
+    try:
+        server.start()
+        server.create_database()
+        yield server
+    finally:
+        server.close()
