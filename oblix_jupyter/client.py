@@ -271,6 +271,23 @@ class OblixClient:
         """A value that changes whenever the session is written, for front ends that follow it."""
         return self.session_manager.session_version(session_id)
 
+    def wait_for_change(self, session_id: str, timeout: float) -> None:
+        """Return when ``session_id`` may have changed, at the latest after ``timeout`` seconds.
+
+        A database announces each message as it is stored (LISTEN/NOTIFY), so a panel
+        following the session shows another kernel's or a colleague's message at once;
+        session files announce nothing, so this only waits and the caller checks
+        ``session_version``.
+        """
+        listen = getattr(self.session_manager, "wait_for_changes", None)
+        if listen is None:
+            threading.Event().wait(timeout)
+            return
+        try:
+            listen([session_id], timeout)
+        except OblixError:
+            threading.Event().wait(timeout)  # the database is away: the caller's next check says so, or finds it back
+
     def bind(self, notebook: str, session_id: str) -> None:
         """Bind a notebook (its path, or another stable key) to a session."""
         self.session_manager.bind(notebook, session_id)
@@ -303,6 +320,10 @@ class OblixClient:
             rows.append(("store state", f"not answering: {error}"))
         else:
             rows += [("store state", self._store_state()), ("sessions", str(len(readable)))]
+        spool = getattr(store, "spool", None)
+        if spool is not None:
+            waiting = len(spool.pending())
+            rows.append(("saved locally", f"{waiting} message(s) waiting for the database" if waiting else "none waiting"))
             rows += [("unreadable", f"{problem.path} ({problem.reason})") for problem in store.problems] or [("unreadable", "none")]
         return rows + [("relevance", self._relevance_state())] + model_rows(self.model, self.fallback_models)
 
@@ -587,7 +608,7 @@ class OblixClient:
                 "cost": completion.cost,
                 "tools": completion.tool_calls,
                 "failed_models": completion.failed_models,
-                "notice": model_notice(completion.model),
+                "notice": _saved_locally_notice(stored if session_id else None) or model_notice(completion.model),
                 "plan": plan,
             }
 
@@ -623,6 +644,16 @@ class OblixClient:
         from . import open_chat
 
         return await open_chat(self, session_id)
+
+
+def _saved_locally_notice(stored: dict[str, Any] | None) -> str | None:
+    """What the user must know when the answer could not reach the session database: it is kept, not lost."""
+    if stored is None or not stored.get("saved_locally"):
+        return None
+    return (
+        "The session database could not be reached: this answer is saved on this machine and will be written "
+        "to the session, in order, when the database answers again (`oblix doctor` shows what is waiting)."
+    )
 
 
 def _redacted(value: Any) -> Any:

@@ -619,7 +619,12 @@ class ChatPanel(widgets.VBox):
                     self._poller.start()
 
     def _poll(self) -> None:
-        while not self._closed.wait(self.poll_interval):
+        while not self._closed.is_set():
+            session_id = self._session_id
+            if session_id is not None:
+                self.client.wait_for_change(session_id, self.poll_interval)  # at once on a database, which announces
+            elif self._closed.wait(self.poll_interval):
+                break
             with self._poll_lock:
                 if not self._view_count:  # no front end shows the panel any more
                     self._poller = None

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from urllib.parse import quote
 
 import pytest
 from conftest import TEST_MODEL
+from model_server import Behavior
 from postgres_server import DATABASE
 
 from oblix_jupyter import OblixClient
+from oblix_jupyter.errors import StoreUnavailable
 from oblix_jupyter.store.postgres import PostgresStore
 
 pytestmark = pytest.mark.timeout(120)
@@ -43,3 +46,39 @@ def test_turns_vectors_and_delete_go_to_the_database_named_by_oblix_store(model_
     assert postgres.admin_query("SELECT count(*) FROM oblix.messages WHERE session_id = %s", (session_id,))[0][0] == 0
     assert postgres.admin_query("SELECT count(*) FROM oblix.vectors WHERE owner = %s", (database_user,))[0][0] == 0
     store.close()
+
+
+def test_a_database_lost_mid_answer_keeps_the_answer_and_a_lost_one_at_the_start_stops_before_the_model(
+    model_env, database_user, postgres
+):
+    client = OblixClient()
+    session_id = client.create_session_sync(title="faults")
+    client.execute_sync("first question", session_id)
+    model_env.enqueue(Behavior(reply="a long answer that streams while the database goes away", token_delay=0.05))
+    stopped = threading.Event()
+
+    def stop_the_database(piece: str) -> None:
+        if not stopped.is_set():
+            stopped.set()
+            postgres.stop(immediate=True)
+
+    try:
+        result = client.execute_sync("second question", session_id, stream_to=stop_the_database)
+        assert result["response"] == "a long answer that streams while the database goes away"
+        assert "saved on this machine" in result["notice"] and result["message_id"] is None
+        assert ("saved locally", "1 message(s) waiting for the database") in client.diagnose()
+        requests = len(model_env.chat_requests())
+        with pytest.raises(StoreUnavailable, match="cannot be reached"):
+            client.execute_sync("third question, while it is down", session_id)
+        assert len(model_env.chat_requests()) == requests, "no model is called for a turn that cannot be stored"
+    finally:
+        postgres.start()
+    client.execute_sync("fourth question, once it is back", session_id)
+    contents = [m["content"] for m in client.load_session(session_id)["messages"]]
+    assert contents == [
+        "first question", "Echo: first question",
+        "second question", "a long answer that streams while the database goes away",
+        "fourth question, once it is back", "Echo: fourth question, once it is back",
+    ], "nothing lost, nothing twice, in order"
+    assert ("saved locally", "none waiting") in client.diagnose()
+    client.session_manager.close()

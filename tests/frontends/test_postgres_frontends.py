@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from urllib.parse import quote
@@ -19,6 +20,7 @@ from kernels import outputs_text, run_cells
 from postgres_server import ADMIN, DATABASE, PostgresServer
 from psycopg import sql
 from test_cli import fails_with, oblix
+from waiting import wait_until
 
 from oblix_jupyter import OblixClient
 from oblix_jupyter.errors import BadArguments, NotPermitted
@@ -232,3 +234,23 @@ def test_two_users_in_real_kernels_share_and_a_notebook_keeps_its_session_in_the
     assert f"{bob} can no longer open session {mine['id'][:8]}" in texts[5]
     assert all(s["shared_by"] != alice for s in bobs.list_sessions())
     assert not (tmp_path / "not-this-store").exists()
+
+
+def test_a_panel_on_a_shared_session_shows_a_colleagues_message_within_a_second(team, postgres):
+    from oblix_jupyter.frontends.panel import ChatPanel
+
+    (alice, alice_client), (_, bob_client) = team["alice"], team["bob"]
+    session_id = bob_client.create_session_sync(title="live notes")
+    bob_client.share(session_id, alice)
+    panel = ChatPanel(alice_client, session_id=session_id)
+    try:
+        panel.poll_interval = 30  # so that only the database's announcement can bring the message in time
+        panel._view_count = 1  # a front end shows the panel
+        time.sleep(0.3)  # the panel is listening
+        started = time.monotonic()
+        bob_client.session_manager.save_message(session_id, "the join key is customer_id")
+        wait_until(lambda: any("the join key is customer_id" in output["data"]["text/plain"]
+                               for view in panel.messages.children for output in getattr(view, "outputs", ())), 5, "the message")
+        assert time.monotonic() - started < 1.0
+    finally:
+        panel.close()
