@@ -19,6 +19,7 @@ connection string without it.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -63,6 +64,22 @@ _FIELDS = (
     "s.schema_version, CASE WHEN s.owner = current_user THEN NULL ELSE s.owner END AS shared_by"
 )
 _SESSION = f"SELECT {_FIELDS} FROM oblix.sessions s"
+# A session's messages up to a position, all text: timestamps already in ``shape.format_time``'s
+# form (UTC, milliseconds cut, not rounded), extra fields as JSON text.
+_MESSAGES = (
+    "SELECT id, role, content, to_char(timestamp AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), extra::text "
+    "FROM oblix.messages WHERE session_id = %s AND position <= %s ORDER BY position"
+)
+_RECENT = "ORDER BY s.updated_at DESC, s.id DESC LIMIT %(limit)s"
+# Own sessions come newest first from the index on (owner, updated_at, id) (``::text``: the
+# planner cannot use it for ``text = name``); shared ones are few.
+_LISTING = (
+    # The user's own name as a parameter, not current_user: compared with a value, the owner index is usable
+    # under row security (which still applies: a wrong name shows nothing more).
+    f"SELECT * FROM (({_SESSION} WHERE s.owner = %(me)s {_RECENT}) UNION ALL "
+    f"({_SESSION} WHERE s.id IN (SELECT session_id FROM oblix.shares WHERE grantee = current_user) {_RECENT})) s "
+    "ORDER BY s.updated_at DESC, s.id DESC LIMIT %(limit)s"
+)
 _HIGHLIGHT = "StartSel=«, StopSel=», MaxWords=18, MinWords=6, MaxFragments=1, FragmentDelimiter=\" … \""
 
 Result = TypeVar("Result")
@@ -83,9 +100,19 @@ def _summary(row: tuple[Any, ...]) -> dict[str, Any]:
     }
 
 
-def _message(row: tuple[Any, ...]) -> dict[str, Any]:
+def _message(row: tuple[str, str, str, str, str]) -> dict[str, Any]:
+    """A message from a ``_MESSAGES`` row; most have no extra fields, and decoding ``{}`` a thousand times shows."""
     message_id, role, content, stamp, extra = row
-    return {"id": message_id, "role": role, "content": content, "timestamp": format_time(stamp), **extra}
+    message = {"id": message_id, "role": role, "content": content, "timestamp": stamp}
+    if extra != "{}":
+        message.update(json.loads(extra))
+    return message
+
+
+def _configure(conn: psycopg.Connection) -> None:
+    # The planner's cost of a search over many rows would have every query compiled by
+    # JIT, which costs more than the query; the user's own settings are not touched.
+    conn.execute("SET jit = off")
 
 
 class PostgresStore(SessionTransfer):
@@ -121,7 +148,7 @@ class PostgresStore(SessionTransfer):
             max_idle=60,
             timeout=self.timeout,
             kwargs={"autocommit": True},
-            check=ConnectionPool.check_connection,  # a connection broken by a server restart is replaced, unseen
+            configure=_configure,
             name="oblix",
             open=True,
         )
@@ -148,8 +175,8 @@ class PostgresStore(SessionTransfer):
     def _run(self, work: Callable[[psycopg.Connection], Result], write: bool = False, retry: bool = True) -> Result:
         """``work`` on a pooled connection; with ``write``, in one transaction.
 
-        A connection that breaks (the server restarted, a network hiccup) is replaced
-        and ``work`` run once more, if that is safe: always for reads, and for a write
+        A connection that breaks (the server restarted, a network hiccup) is replaced,
+        with every idle one that broke too, and ``work`` run once more, if that is safe: always for reads, and for a write
         only if it broke before its COMMIT was sent, because an uncommitted transaction
         dies with its connection. Once COMMIT is on its way, nobody can tell whether it
         arrived; repeating an append then could store it twice, so the caller is told
@@ -174,6 +201,9 @@ class PostgresStore(SessionTransfer):
                 raise self._unavailable(error, " while a change was being saved; it may or may not have been", uncertain=True) from None
             if not retry:
                 raise self._unavailable(error) from None
+            # Rather than test every connection as it leaves the pool (a round trip per
+            # statement), test the idle ones once one has failed: a restart broke them all.
+            self._pool.check()
         except psycopg.errors.InsufficientPrivilege as error:
             raise NotPermitted(f"The session database refused this: {error.diag.message_primary}") from None
         return self._run(work, write, retry=False)
@@ -282,11 +312,7 @@ class PostgresStore(SessionTransfer):
             if row is None:
                 return None
             # Messages are only ever appended: those up to the count read are the session as it was then.
-            messages = conn.execute(
-                "SELECT id, role, content, timestamp, extra FROM oblix.messages "
-                "WHERE session_id = %s AND position <= %s ORDER BY position",
-                (session_id, row[4]),
-            ).fetchall()
+            messages = conn.execute(_MESSAGES, (session_id, row[4])).fetchall()
             return self._document(row, [_message(m) for m in messages])
 
         return self._run(load)
@@ -333,7 +359,7 @@ class PostgresStore(SessionTransfer):
 
         Each has ``shared_by``: None for the user's own, else the owner who shared it.
         """
-        rows = self._run(lambda conn: conn.execute(f"{_SESSION} ORDER BY updated_at DESC, id DESC LIMIT %s", (limit,)).fetchall())
+        rows = self._run(lambda conn: conn.execute(_LISTING, {"limit": limit, "me": conn.info.user}).fetchall())
         return [_summary(row) for row in rows]
 
     def delete_session(self, session_id: str) -> bool:
@@ -393,20 +419,12 @@ class PostgresStore(SessionTransfer):
         """
         if not query.strip():
             return [{**row, "snippet": ""} for row in self.list_sessions(limit)]
+        # search_hits (sql/) reads the indexes past row security, keeping to this user's
+        # sessions; the join with sessions, under row security, would drop any other.
         statement = f"""
             WITH q AS (SELECT websearch_to_tsquery('english', %(query)s) AS q),
-            hits AS (
-                SELECT s.id AS session_id, ts_rank(s.title_text, q.q) * 2 AS rank, s.title AS text
-                  FROM oblix.sessions s, q WHERE s.title_text @@ q.q
-                UNION ALL
-                SELECT m.session_id, ts_rank(m.content_text, q.q), m.content
-                  FROM oblix.messages m, q WHERE m.content_text @@ q.q
-            ),
-            best AS (
-                SELECT DISTINCT ON (session_id) session_id, rank, text FROM hits ORDER BY session_id, rank DESC
-            ),
             chosen AS (
-                SELECT b.*, s.updated_at FROM best b JOIN oblix.sessions s ON s.id = b.session_id
+                SELECT b.*, s.updated_at FROM q, oblix.search_hits(q.q) b JOIN oblix.sessions s ON s.id = b.session_id
                  ORDER BY b.rank DESC, s.updated_at DESC LIMIT %(limit)s
             )
             SELECT {_FIELDS}, ts_headline('english', c.text, q.q, %(highlight)s)

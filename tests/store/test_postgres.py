@@ -191,6 +191,48 @@ def test_search_ranks_hits_with_snippets_over_thousands_of_messages_and_only_rea
     assert [(hit["id"], hit["shared_by"]) for hit in shared] == [(bobs, role_of(bob))]
 
 
+def test_search_hits_passes_row_security_yet_gives_raw_sql_only_what_its_caller_may_read(postgres, open_as):
+    owner, reader, stranger = open_as("owner"), open_as("reader"), open_as("stranger")
+    secret = owner.add_session({"id": "-", "title": "zeppelin plans", "created_at": "2025-01-01T00:00:00.000Z",
+                                "updated_at": "2025-01-01T00:00:00.000Z",
+                                "messages": [{"role": "user", "content": "the zeppelin leaves at dawn"}]})
+    owner.share(secret, role_of(reader))
+
+    def raw_hits(store: PostgresStore) -> list[tuple[str, str]]:
+        with psycopg.connect(postgres.dsn(role_of(store)), autocommit=True) as raw:
+            return raw.execute(
+                "SELECT session_id::text, text FROM oblix.search_hits(to_tsquery('english', 'zeppelin'))"
+            ).fetchall()
+
+    assert raw_hits(owner) == [(secret, "zeppelin plans")]
+    assert raw_hits(reader) == [(secret, "zeppelin plans")]
+    assert raw_hits(stranger) == []
+    with psycopg.connect(postgres.dsn(role_of(stranger)), autocommit=True) as raw:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):  # only its owner may redefine who may read what
+            raw.execute("CREATE OR REPLACE FUNCTION oblix.search_hits(query tsquery) RETURNS TABLE "
+                        "(session_id uuid, rank real, text text) LANGUAGE sql AS 'SELECT NULL::uuid, 0::real, NULL'")
+    owner.unshare(secret, role_of(reader))
+    assert raw_hits(reader) == [] and reader.search_sessions("zeppelin") == []
+
+
+def test_a_message_belongs_to_its_sessions_owner_whoever_writes_it_and_says_so(postgres, open_as):
+    owner, writer = open_as("owner"), open_as("writer")
+    session_id = owner.create_session(title="together")
+    owner.share(session_id, role_of(writer), write=True)
+    with psycopg.connect(postgres.dsn(role_of(writer)), autocommit=True) as raw:
+        raw.execute(
+            "INSERT INTO oblix.messages (session_id, owner, position, id, role, content, timestamp) "
+            "VALUES (%s, %s, 1, 'msg_1', 'user', 'mine now?', now())",
+            (session_id, role_of(writer)),
+        )
+    assert postgres.admin_query("SELECT owner FROM oblix.messages WHERE session_id = %s", (session_id,)) == [(role_of(owner),)]
+    owner.unshare(session_id, role_of(writer))
+    with psycopg.connect(postgres.dsn(role_of(owner)), autocommit=True) as raw:
+        assert raw.execute("SELECT content FROM oblix.messages").fetchall() == [("mine now?",)]
+    with psycopg.connect(postgres.dsn(role_of(writer)), autocommit=True) as raw:
+        assert raw.execute("SELECT count(*) FROM oblix.messages").fetchone()[0] == 0
+
+
 def test_an_append_on_another_connection_reaches_a_listener_within_a_second(open_as, postgres):
     listener = open_as("listener")
     session_id = listener.create_session(title="live")
