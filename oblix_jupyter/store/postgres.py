@@ -118,11 +118,13 @@ def _configure(conn: psycopg.Connection) -> None:
 class PostgresStore(SessionTransfer):
     """The sessions this database user may see, with ``SessionManager``'s methods, plus sharing, search and live changes."""
 
-    def __init__(self, dsn: str = "", max_connections: int = 2, timeout: float = 30.0) -> None:
+    def __init__(self, dsn: str = "", max_connections: int = 2, timeout: float = 5.0) -> None:
         """Connect (``dsn`` as libpq reads it; empty: the ``PG*`` variables) and check the schema's version.
 
         A wrong DSN, an unreachable server or a schema this code was not written for
-        raises ``StoreUnavailable`` here, at once, rather than at the first turn.
+        raises ``StoreUnavailable`` here, at once, rather than at the first turn. Later,
+        a call waits at most ``timeout`` seconds for a connection: someone is waiting at
+        a notebook, and an answer that cannot be stored by then goes to the spool.
         """
         self._dsn = dsn
         self._where = describe_dsn(dsn)
