@@ -25,6 +25,7 @@ from .errors import (
     CorruptSession,
     ModelError,
     NoModelConfigured,
+    NotPermitted,
     OblixError,
     StoreUnavailable,
     redact,
@@ -320,11 +321,11 @@ class OblixClient:
             rows.append(("store state", f"not answering: {error}"))
         else:
             rows += [("store state", self._store_state()), ("sessions", str(len(readable)))]
+            rows += [("unreadable", f"{problem.path} ({problem.reason})") for problem in store.problems] or [("unreadable", "none")]
         spool = getattr(store, "spool", None)
         if spool is not None:
             waiting = len(spool.pending())
             rows.append(("saved locally", f"{waiting} message(s) waiting for the database" if waiting else "none waiting"))
-            rows += [("unreadable", f"{problem.path} ({problem.reason})") for problem in store.problems] or [("unreadable", "none")]
         return rows + [("relevance", self._relevance_state())] + model_rows(self.model, self.fallback_models)
 
     def _store_state(self) -> str:
@@ -549,6 +550,12 @@ class OblixClient:
             if session_id and vectors is not None and vectors.keeps(session_id):
                 vectors.embed_prompt_ahead(prompt)  # while the session is read and the plan made
             session = store.get_session(session_id) if session_id else None
+            writable = getattr(store, "can_write", None)
+            if session_id and writable is not None and not writable(session_id):
+                raise NotPermitted(
+                    f"Session {session_id} was shared with you to read: you cannot add to it. "
+                    "Start a session of your own, or ask its owner to share it with --write."
+                )
             models = self.models_for(session)
             plan = self.plan(
                 prompt, session, models[0], history=history, max_tokens=max_tokens, variables=variables, notebook=notebook, pinned=pinned
@@ -569,8 +576,10 @@ class OblixClient:
                 )
             except BaseException as error:
                 _settle(saving)
-                if isinstance(error, ModelError) and session_id and error.partial:
-                    store.save_message(session_id, redact(error.partial), role="assistant", model=error.model, status="error")
+                if isinstance(error, ModelError) and session_id and (error.partial or error.tools):
+                    store.save_message(
+                        session_id, redact(error.partial), role="assistant", model=error.model, status="error", tools=_stored_tools(error.tools)
+                    )
                 raise
             question = _settle(saving)
             message_id = None
@@ -583,7 +592,7 @@ class OblixClient:
                     status=None if completion.status == "complete" else completion.status,
                     usage={"prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens},
                     cost=completion.cost,
-                    tools=[{key: _redacted(value) for key, value in call.items()} for call in completion.tool_calls] or None,
+                    tools=_stored_tools(completion.tool_calls),
                 )
                 message_id = stored["id"]
                 if session is not None and not session.get("model"):
@@ -656,8 +665,9 @@ def _saved_locally_notice(stored: dict[str, Any] | None) -> str | None:
     )
 
 
-def _redacted(value: Any) -> Any:
-    return redact(value) if isinstance(value, str) else value
+def _stored_tools(calls: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """The tool calls of an answer as the session keeps them: every text redacted; None when there were none."""
+    return [{key: redact(value) if isinstance(value, str) else value for key, value in call.items()} for call in calls] or None
 
 
 def _settle(pending: Future[Any] | None) -> Any:

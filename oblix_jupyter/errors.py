@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from typing import Any
 
 _SECRET_NAME = re.compile(r"key|token|secret|password", re.IGNORECASE)
 
@@ -135,12 +136,13 @@ class NoModelConfigured(OblixError):
 
 
 class ModelError(OblixError):
-    """A model call failed; ``partial`` holds any text that had already arrived."""
+    """A model call failed; ``partial`` holds any text that had already arrived, ``tools`` the tool calls already made."""
 
-    def __init__(self, message: str, *, model: str | None = None, partial: str = "") -> None:
+    def __init__(self, message: str, *, model: str | None = None, partial: str = "", tools: list[dict[str, Any]] | None = None) -> None:
         super().__init__(message)
         self.model = model
         self.partial = partial
+        self.tools = tools or []
 
 
 class AnswerInterrupted(ModelError):

@@ -423,7 +423,7 @@ class _Turn:
         if not self.started:
             return _FailedBeforeText(message, _is_retryable(error, litellm))
         kept = " The partial answer was kept." if self.pieces else ""
-        return ModelError(message + kept, model=self.model, partial=self.text)
+        return ModelError(message + kept, model=self.model, partial=self.text, tools=self.tool_calls)
 
     def account(self, litellm: ModuleType, messages: list[dict[str, Any]], reply: str, usage_chunk: Any) -> None:
         """Add one request's tokens (from the provider when it sent them) and the cost litellm computed, if it knows prices."""

@@ -129,6 +129,7 @@ class PostgresStore(SessionTransfer):
         self._dsn = dsn
         self._where = describe_dsn(dsn)
         self.spool = Spool(self._where)  # messages kept here while the database could not take them
+        self._theirs: set[str] = set()  # sessions read here that another user shared with this one
         self.problems: list[CorruptSession] = []  # the file store's unreadable files; a database has none
         try:
             with psycopg.connect(dsn, connect_timeout=max(2, round(timeout))) as conn:  # libpq: 0 waits forever
@@ -313,6 +314,8 @@ class PostgresStore(SessionTransfer):
             row = conn.execute(f"{_SESSION} WHERE id = %s", (session_id,)).fetchone()
             if row is None:
                 return None
+            if row[-1] is not None:
+                self._theirs.add(session_id)
             # Messages are only ever appended: those up to the count read are the session as it was then.
             messages = conn.execute(_MESSAGES, (session_id, row[4])).fetchall()
             return self._document(row, [_message(m) for m in messages])
@@ -574,6 +577,20 @@ class PostgresStore(SessionTransfer):
         statement = "SELECT grantee, can_write FROM oblix.shares WHERE session_id = %s ORDER BY grantee"
         rows = self._run(lambda conn: conn.execute(statement, (session_id,)).fetchall())
         return [{"user": user, "write": can_write} for user, can_write in rows]
+
+    def can_write(self, session_id: str) -> bool:
+        """Whether this user may add messages to a session read here: theirs, or shared with them for writing.
+
+        Asked before a turn calls the model, so that a reader learns at once that they
+        cannot add to the session, not after an answer that could not be stored. Costs a
+        query only for sessions someone else shared (the database enforces it anyway).
+        """
+        if session_id not in self._theirs:
+            return True
+        statement = (
+            "SELECT EXISTS (SELECT 1 FROM oblix.shares WHERE session_id = %s AND grantee = current_user AND can_write)"
+        )
+        return bool(self._run(lambda conn: conn.execute(statement, (session_id,)).fetchone()[0]))
 
     # -- live changes ---------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ fixture, and the kernels are real ones.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -209,7 +210,9 @@ def test_two_users_in_real_kernels_share_and_a_notebook_keeps_its_session_in_the
     texts = [outputs_text(cell) for cell in first.nb.cells]
     assert f"shared by {bob}" in texts[2] and "Pandas merge notes" in texts[2] and "◀ this notebook" in texts[2]
     assert "«merge»" in texts[3] and "Plotting" not in texts[3]
-    assert f"belongs to {bob}; you cannot add messages to it" in texts[4] and "Traceback" not in texts[4]
+    assert "was shared with you to read: you cannot add to it" in texts[4] and "Traceback" not in texts[4]
+    assert not any("may I add to your notes?" in json.dumps(request) for request in model_env.chat_requests()), \
+        "a reader's turn is refused before any model is called"
     assert len(bobs.get_session(notes)["messages"]) == 2, "a reader's turn leaves the owner's session as it was"
     assert f"{bob} can now read and add to session" in texts[6]
     mine = next(s for s in bobs.list_sessions() if s["shared_by"] == alice)

@@ -115,3 +115,15 @@ def test_a_model_without_tool_support_gets_no_tools(model_env, tmp_path):
     client = run_cells([DATA, LOAD, "%%oblix\nhow many rows has df?"], str(tmp_path / "nb" / "plain.ipynb"))
     assert "tools" not in server.chat_requests()[-1]
     assert "no tools here" in outputs_text(client.nb.cells[2])
+
+
+def test_a_model_failing_after_a_tool_keeps_the_record_of_what_it_looked_at(tool_model, tmp_path):
+    server = tool_model
+    server.enqueue(Behavior(tool_calls=[ToolCall("list_variables")]), Behavior(status=500))
+    notebook = str(tmp_path / "nb" / "failing.ipynb")
+    client = run_cells([DATA, LOAD, "%%oblix\nwhat is in the notebook?"], notebook)
+    assert "failed" in outputs_text(client.nb.cells[2])
+    store = SessionManager()
+    question, answer = store.get_session(store.bound_session(notebook))["messages"][-2:]
+    assert question["content"] == "what is in the notebook?"
+    assert answer["status"] == "error" and [call["name"] for call in answer["tools"]] == ["list_variables"]
