@@ -10,10 +10,13 @@ import subprocess
 import sys
 import textwrap
 import threading
+import uuid
+from urllib.parse import quote
 
 import pytest
 from conftest import TEST_KEY, TEST_MODEL
 from model_server import Behavior
+from postgres_server import DATABASE
 
 from oblix_jupyter import OblixClient, SessionManager
 from oblix_jupyter.errors import (
@@ -23,6 +26,7 @@ from oblix_jupyter.errors import (
     PromptTooLarge,
     SessionNotFound,
 )
+from oblix_jupyter.store.sessions import open_store
 
 SEED_SAMPLES = textwrap.dedent(
     """
@@ -118,8 +122,13 @@ SEED_SAMPLES = textwrap.dedent(
 )
 
 
-def test_seed_samples_run_as_written(model_env, tmp_path):
+@pytest.mark.parametrize("where", ["files", "postgres"])
+def test_seed_samples_run_as_written(model_env, tmp_path, where, request):
     env = dict(os.environ, CUSTOM_DIR=str(tmp_path / "custom"))
+    if where == "postgres":  # OblixClient() without a session_manager: the store OBLIX_STORE names
+        postgres = request.getfixturevalue("postgres")
+        role = postgres.create_user(f"seed_{uuid.uuid4().hex[:8]}")
+        env["OBLIX_STORE"] = f"postgresql://{role}@/{DATABASE}?host={quote(str(postgres.socket_dir))}&port=5432"
     chat_input = "hello from the terminal\n/list\nexit\nsecond chat line\nexit\n"
     result = subprocess.run(
         [sys.executable, "-c", SEED_SAMPLES], input=chat_input, capture_output=True, text=True, env=env, timeout=120
@@ -132,7 +141,7 @@ def test_seed_samples_run_as_written(model_env, tmp_path):
     assert "DELETED True" in out
     assert "Traceback" not in result.stderr
 
-    store = SessionManager()
+    store = open_store(env.get("OBLIX_STORE"))
     listed = store.list_sessions()
     support = store.load_session(next(s["id"] for s in listed if s["title"] == "Customer Support Chat"))
     assert [m["role"] for m in support["messages"]] == ["user", "assistant"] * 2
