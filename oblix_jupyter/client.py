@@ -162,6 +162,10 @@ class OblixClient:
         """Take the session back from ``user``; nothing happens if it was not shared with them."""
         self._sharing_store().unshare(session_id, user)
 
+    def can_share(self) -> bool:
+        """Whether this store has other users to share sessions with (the PostgreSQL store; files have none)."""
+        return hasattr(self.session_manager, "share")
+
     def shares(self, session_id: str) -> list[dict[str, Any]]:
         """Who else may read the session: ``[{"user", "write"}]``; always empty on the file store, which nobody shares."""
         store = self.session_manager
@@ -169,7 +173,7 @@ class OblixClient:
 
     def _sharing_store(self) -> Any:
         """The store, if it can share: only a database knows other users to share with."""
-        if not hasattr(self.session_manager, "share"):
+        if not self.can_share():
             raise BadArguments(
                 f"Sessions in {self.session_manager.location} cannot be shared: sharing needs the PostgreSQL store "
                 "(OBLIX_STORE=postgresql://...)."

@@ -163,6 +163,10 @@ class ChatPanel(widgets.VBox):
         self.model_field = W.Combobox(placeholder="model", ensure_option=False, layout=Layout(flex="1 1 120px", width="auto"))
         self.fallbacks_field = W.Text(placeholder="fallback models, comma-separated", layout=Layout(flex="1 1 120px", width="auto"))
         self.apply_model_button = W.Button(description="Apply", tooltip="Use this model for the session", layout=Layout(width="auto"))
+        self.share_user = W.Text(placeholder="share with (a database user)", layout=Layout(flex="1 1 120px", width="auto"))
+        self.share_write = W.Checkbox(description="may add", indent=False, layout=Layout(width="auto"))
+        self.share_button = W.Button(description="Share", tooltip="Let this user read the session (and add to it)", layout=Layout(width="auto"))
+        self.access_note = W.HTML("")
         self.messages = W.VBox()
         self.empty_note = W.HTML("<small>No messages yet: ask something below, or run a <code>%%oblix</code> cell.</small>")
         self.conversation = W.Box([self.messages], layout=Layout(display="flex"))
@@ -183,6 +187,7 @@ class ChatPanel(widgets.VBox):
         self.delete_button.on_click(self._delete_clicked)
         self.rename_button.on_click(self._rename)
         self.apply_model_button.on_click(self._apply_model)
+        self.share_button.on_click(self._share)
         self.send_button.on_click(self.send)
         self.stop_button.on_click(self.stop)
         self.explain_toggle.observe(lambda _change: self._show_plan(), names="value")
@@ -195,11 +200,15 @@ class ChatPanel(widgets.VBox):
             box.add_class("oblix-row")
             return box
 
+        sharing = W.VBox([row(self.share_user, self.share_write, self.share_button), self.access_note])
+        if not self.client.can_share():
+            sharing.layout.display = "none"  # session files have no other users to share with
         settings = W.VBox(
             [
                 row(self.title_field, self.rename_button),
                 row(self.model_field, self.apply_model_button),
                 row(self.fallbacks_field),
+                sharing,
             ]
         )
         self.settings = W.Accordion([settings], titles=("Session settings",))
@@ -322,6 +331,18 @@ class ChatPanel(widgets.VBox):
         self.title_field.value = session["title"] if session else ""
         self.model_field.value = (session or {}).get("model") or ""
         self.fallbacks_field.value = ", ".join((session or {}).get("fallback_models") or [])
+        self._render_access()
+
+    def _render_access(self) -> None:
+        """Who else may read the session, for its owner (a database user's name is text: escaped)."""
+        if not self.client.can_share() or self._session_id is None:
+            return
+        try:
+            shares = self.client.shares(self._session_id)
+        except OblixError:
+            shares = []
+        listed = ", ".join(f"{share['user']} ({'reads and adds' if share['write'] else 'reads'})" for share in shares)
+        self.access_note.value = f"<small>Shared with: {html.escape(listed)}</small>" if listed else "<small>Not shared.</small>"
 
     def _render_messages(self, session: dict[str, Any] | None) -> None:
         stored = session["messages"] if session else []
@@ -567,6 +588,19 @@ class ChatPanel(widgets.VBox):
             self._show_notice(f"Model: {chain[0]}; fallbacks: {', '.join(chain[1:]) or 'none'}.")
 
         self._act(apply)
+
+    def _share(self, _button: Any = None) -> None:
+        user, write = self.share_user.value.strip(), self.share_write.value
+        if not user:
+            self._show_notice("Type the database user to share with.", error=True)
+            return
+
+        def share() -> None:
+            self.client.share(self._ensure_session(), user, write=write)
+            self.share_user.value = ""
+            self._render_access()
+
+        self._act(share, f"{user} may now read this session" + (" and add to it." if write else "."))
 
     def _delete_clicked(self, _button: Any = None) -> None:
         if self._session_id is None:

@@ -257,3 +257,37 @@ def test_a_panel_on_a_shared_session_shows_a_colleagues_message_within_a_second(
         assert time.monotonic() - started < 1.0
     finally:
         panel.close()
+
+
+def test_the_panels_share_button_shares_and_shows_who_has_access(team, tmp_path):
+    from oblix_jupyter.frontends.panel import ChatPanel
+
+    (alice, alice_client), (bob, bob_client) = team["alice"], team["bob"]
+    session_id = bob_client.create_session_sync(title="to share")
+    panel = ChatPanel(bob_client, session_id=session_id)
+    files_panel = ChatPanel(OblixClient(store=str(tmp_path / "files")))
+    try:
+        assert panel.access_note.value == "<small>Not shared.</small>"
+        panel.share_user.value, panel.share_write.value = alice, True
+        panel.share_button.click()
+        assert bob_client.shares(session_id) == [{"user": alice, "write": True}]
+        assert f"{alice} (reads and adds)" in panel.access_note.value and panel.share_user.value == ""
+        assert any(s["id"] == session_id and s["shared_by"] == bob for s in alice_client.list_sessions())
+        sharing = panel.share_button
+        assert all(box.layout.display != "none" for box in _ancestors(panel, sharing))
+        assert any(box.layout.display == "none" for box in _ancestors(files_panel, files_panel.share_button)), \
+            "session files have nobody to share with: no Share button"
+    finally:
+        panel.close()
+        files_panel.close()
+
+
+def _ancestors(root, widget) -> list:
+    """The boxes between ``root`` and ``widget``."""
+    for child in getattr(root, "children", ()):
+        if child is widget:
+            return [root]
+        found = _ancestors(child, widget)
+        if found:
+            return [root, *found]
+    return []
