@@ -97,6 +97,17 @@ def notebook_variables(namespace: Mapping[str, Any]) -> list[str]:
     return sorted(name for name in names if not is_hidden_name(name))
 
 
+def _picker_label(summary: Mapping[str, Any]) -> str:
+    """A session in the picker: its title and size, who shared it, and for a search hit the matching words."""
+    parts = [str(summary["title"]), f"{summary['message_count']} messages"]
+    if summary.get("shared_by"):
+        parts.append(f"shared by {summary['shared_by']}")
+    if summary.get("snippet"):
+        snippet = " ".join(str(summary["snippet"]).split())
+        parts.append(snippet if len(snippet) <= 60 else snippet[:59] + "…")
+    return " · ".join(parts)
+
+
 class ChatPanel(widgets.VBox):
     """The conversation of one session, with input, session and model pickers, and context chips."""
 
@@ -156,6 +167,8 @@ class ChatPanel(widgets.VBox):
         self.style_html = W.HTML(STYLE, layout=Layout(display="none"))
         self.session_picker = W.Dropdown(layout=Layout(flex="1 1 140px", width="auto", min_width="0"))
         self.session_picker.observe(self._session_chosen, names="value")
+        self.search_field = W.Text(placeholder="search sessions (titles and messages)", continuous_update=False, layout=Layout(width="auto"))
+        self.search_field.observe(lambda _change: self.refresh(), names="value")
         self.new_button = W.Button(description="New", tooltip="Start a new session", layout=Layout(width="auto"))
         self.delete_button = W.Button(description="Delete", tooltip="Delete this session", layout=Layout(width="auto"))
         self.title_field = W.Text(placeholder="session title", layout=Layout(flex="1 1 120px", width="auto"))
@@ -215,6 +228,7 @@ class ChatPanel(widgets.VBox):
         return [
             self.style_html,
             row(self.session_picker, self.new_button, self.delete_button),
+            row(self.search_field),
             self.settings,
             self.conversation,
             self.progress,
@@ -292,7 +306,8 @@ class ChatPanel(widgets.VBox):
             # Taken before reading: a write landing while this renders is seen by the next check.
             self._last_signature = self._signature(bound)
             session = self._session()
-            recent = self.client.list_sessions(limit=RECENT_SESSIONS)
+            query = self.search_field.value.strip()
+            recent = self.client.search_sessions(query, RECENT_SESSIONS) if query else self.client.list_sessions(limit=RECENT_SESSIONS)
             self._render_picker(session, recent)
             self._render_settings(session, recent)
             self._render_messages(session)
@@ -305,7 +320,7 @@ class ChatPanel(widgets.VBox):
             first = [("New session (starts with your first message)", NO_SESSION)]
         else:
             first = [(f"{session['title']} · {len(session['messages'])} messages", session["id"])]
-        options = first + [(f"{s['title']} · {s['message_count']} messages", s["id"]) for s in listed]
+        options = first + [(_picker_label(s), s["id"]) for s in listed]
         self._syncing_picker = True
         try:
             if tuple(options) != tuple(self.session_picker.options):

@@ -225,3 +225,18 @@ def test_closing_stops_everything(panel):
     children = panel.messages.children
     panel.refresh()  # after close, a late refresh from the magics is harmless
     assert panel.messages.children is children
+
+
+def test_the_session_picker_searches_titles_and_messages(panel, client):
+    store = client.session_manager
+    merge = store.create_session(title="Joining tables")
+    store.save_message(merge, "How do I merge two frames on a customer key?")
+    other = store.create_session(title="Plotting")
+    store.save_message(other, "a histogram of prices")
+    panel.refresh()
+    assert {merge, other} <= set(value for _, value in panel.session_picker.options)
+    panel.search_field.value = "customer key"
+    labels = {value: label for label, value in panel.session_picker.options}
+    assert merge in labels and other not in labels and labels[merge].startswith("Joining tables · 1 messages")
+    panel.search_field.value = ""
+    assert other in {value for _, value in panel.session_picker.options}

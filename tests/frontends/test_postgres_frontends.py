@@ -291,3 +291,17 @@ def _ancestors(root, widget) -> list:
         if found:
             return [root, *found]
     return []
+
+
+def test_the_panels_picker_search_ranks_with_snippets_on_the_database(team):
+    from oblix_jupyter.frontends.panel import ChatPanel
+
+    _, alice_client = team["alice"]
+    notes = merge_notes(alice_client)
+    panel = ChatPanel(alice_client)
+    try:
+        panel.search_field.value = "merge frames"
+        labels = {value: label for label, value in panel.session_picker.options}
+        assert "«merge»" in labels[notes] and len(labels) == 2  # the new-session line, and the hit
+    finally:
+        panel.close()
