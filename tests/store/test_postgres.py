@@ -381,3 +381,21 @@ def test_the_password_never_shows_and_oblix_store_chooses_the_database(postgres,
             PostgresStore(unreachable, timeout=2)
         assert PASSWORD not in str(info.value) and "cannot be reached" in str(info.value)
     assert PASSWORD not in describe_dsn(f"postgresql://u:{PASSWORD}@host:notaport/db")
+
+
+def test_a_session_read_again_has_every_message_including_those_another_connection_added(postgres, open_as):
+    store = open_as("reader")
+    other = PostgresStore(store._dsn)
+    try:
+        session_id = store.create_session(title="grows")
+        for number in range(5):
+            store.save_message(session_id, f"m{number}")
+        first = store.get_session(session_id)
+        first["messages"][0]["content"] = "changed by the caller"
+        other.save_message(session_id, "from another kernel", role="assistant", model="m")
+        again = store.get_session(session_id)
+        assert [m["content"] for m in again["messages"]] == ["m0", "m1", "m2", "m3", "m4", "from another kernel"]
+        assert [m["id"] for m in again["messages"]] == [f"msg_{n}" for n in range(1, 7)] and again["messages"][-1]["model"] == "m"
+        assert store.delete_session(session_id) and store.load_session(session_id) is None
+    finally:
+        other.close()
