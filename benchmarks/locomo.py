@@ -23,7 +23,7 @@ CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop"} 
 WARM_UP_QUESTIONS = 8  # unscored turns before a warm session's first scored question
 MIN_SENTENCE_WORDS = 5  # a shorter sentence ("That's so sweet!") also occurs in other turns: it proves nothing
 
-_TURN_KEY = "dia_id"  # the field of the release that names a turn (only its name is here, never its data)
+_TURN_ID = re.compile(r"D\d+:\d+")  # how the release names a turn ("D3:14"), the names evidence cites
 _SITTING = re.compile(r"session_(\d+)")
 _EVIDENCE = re.compile(r"D:?(\d+):(\d+)")  # the release also writes "D:11:26" and "D8:6; D9:17"
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\s+(?=\[shares a photo: )")
@@ -63,6 +63,11 @@ def turn_text(name: str, turn: dict[str, object]) -> str:
     return text
 
 
+def _turn_id(turn: dict[str, object]) -> str:
+    """The turn's name, found by its form: the release's field for it is not named in this repository."""
+    return next(value for value in turn.values() if isinstance(value, str) and _TURN_ID.fullmatch(value))
+
+
 def load(path: pathlib.Path) -> Conversation:
     """One conversation file: its sittings in order, its scorable questions and its warm-up prompts."""
     data = json.loads(path.read_text(encoding="utf-8"))
@@ -72,7 +77,7 @@ def load(path: pathlib.Path) -> Conversation:
         when = datetime.strptime(data[f"session_{number}_date_time"], "%I:%M %p on %d %B, %Y").replace(tzinfo=timezone.utc)
         for turn in data[f"session_{number}"]:
             role = "user" if turn["speaker"] == data["speaker_a"] else "assistant"
-            turns.append(Turn(turn[_TURN_KEY], role, turn_text(turn["speaker"], turn), when))
+            turns.append(Turn(_turn_id(turn), role, turn_text(turn["speaker"], turn), when))
     known = {turn.turn_id for turn in turns}
     questions, dropped = [], 0
     for entry in data["qa"]:
