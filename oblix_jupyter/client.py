@@ -474,10 +474,9 @@ class OblixClient:
         from .context.relevance import search
         from .context.selector import conversation_messages
 
-        messages = conversation_messages(session)
-        vectors = self._vector_cache()
-
-        def find(query: str, limit: int) -> list[str]:
+        def find(query: str, limit: int) -> list[str]:  # the work happens only if the model searches
+            messages = conversation_messages(session)
+            vectors = self._vector_cache()
             index = self._lexical_index(session["id"], messages)
             table = query_vector = None
             if vectors is not None and vectors.embedder is not None:
