@@ -604,7 +604,8 @@ class OblixClient:
                 if history and vectors is not None:  # embedded as soon as stored: the session is warm when it outgrows the window
                     from .context.selector import conversation_messages
 
-                    vectors.update_later(session_id, conversation_messages({"messages": [*session["messages"], question, stored]}))
+                    stored_now = {"messages": [*session["messages"], question, stored]}
+                    self._writer.submit(lambda: vectors.update_later(session_id, conversation_messages(stored_now)))  # listed off the turn's path
             if completion.status == "interrupted":
                 raise AnswerInterrupted(
                     "The answer was interrupted; the part that arrived was kept.", model=completion.model, partial=completion.text

@@ -267,6 +267,7 @@ class Selection:
         self.turn.add_pinned(self.pinned, pin_first_exchange)
         self.turn.add_recent(recent_share)
         self.turn.word_scores  # noqa: B018 - scored now, while a caller's prompt embedding runs
+        self.turn.asked  # noqa: B018 - found now, for the same reason
 
     def finish(self, vectors: Vectors | None = None, **recent: Any) -> ContextPlan:
         """Choose the rest by relevance (when it did not fit) and return the plan.
@@ -384,6 +385,8 @@ class _Turn:
 
     def text(self, position: int) -> str:
         message = self.earlier[position]
+        if not message.get("status") and not message.get("tools"):
+            return message["content"]  # most messages: nothing to mark
         marks = [_STATUS_MARKS.get(message.get("status") or ""), _tools_used(message.get("tools"))]
         return "\n\n".join([message["content"], *filter(None, marks)])
 
@@ -397,7 +400,8 @@ class _Turn:
         end = self.starts[number + 1] if number + 1 < len(self.starts) else len(self.earlier)
         return range(self.starts[number], end)
 
-    def asked_passages(self) -> set[int]:
+    @cached_property
+    def asked(self) -> set[int]:
         """The passages that are questions the user already put to the model: no evidence of their own.
 
         A past question that resembles the new one tells the model nothing the new one
@@ -573,7 +577,7 @@ class _Turn:
                 "Relevance judged by words (BM25) and meaning (embeddings)"
                 + (f"; {missing} passage(s) not embedded yet, ranked by their words." if missing else ".")
             )
-        asked = self.asked_passages()
+        asked = self.asked
         words = {c: v for c, v in self.word_scores.items() if c not in asked} if asked else self.word_scores
         if asked and similarities is not None:
             similarities = similarities.copy()
@@ -606,12 +610,11 @@ class _Turn:
         index = self.index
         for position, kept in self.partial.items():
             first, end = index.spans[position]
-            pieces = index.texts[first:end]
-            numbers = {passage - first for passage in kept}
-            if len(numbers) == len(pieces):
-                text, note = self.text(position), ""
-            else:
-                text, note = join_passages(pieces, numbers), f"{len(numbers)} of {len(pieces)} passages " + ELLIPSIS
+            if len(kept) == end - first:  # every passage: the message whole, measured already
+                self.chosen[position] = _Choice("relevant", self.text(position), self.tokens(position), max(kept.values()))
+                continue
+            text = join_passages(index.texts[first:end], {passage - first for passage in kept})
+            note = f"{len(kept)} of {end - first} passages " + ELLIPSIS
             self.chosen[position] = _Choice("relevant", text, self.count(text) + MESSAGE_OVERHEAD, max(kept.values()), note)
         self.partial = {}
 
