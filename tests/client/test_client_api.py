@@ -9,6 +9,7 @@ a call here too: three lines of Python can do what the CLI, the magics or the pa
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -17,6 +18,7 @@ import pytest
 from oblix_jupyter import OblixClient
 from oblix_jupyter.errors import BadArguments, SessionNotFound
 from oblix_jupyter.models.gateway import litellm_module
+from oblix_jupyter.store.shape import now_iso
 
 PROVIDER = "recorded"
 
@@ -124,6 +126,11 @@ def test_everything_a_front_end_does_is_a_client_call(client, recorded, tmp_path
     client.execute_sync("one more", session_id)
     assert client.session_version(session_id) != before
 
+    # Stamps run ahead of the clock by a millisecond per change made within one (``change_time``):
+    # "not updated within 0 s" holds for both sessions once the clock has passed the newest stamp.
+    newest = max(client.get_session(s)["updated_at"] for s in (session_id, copy))
+    while now_iso() <= newest:
+        time.sleep(0.001)
     assert sorted(client.prune_sessions(timedelta(0), dry_run=True)) == sorted([session_id, copy])
     assert client.delete_session(copy) is True
     assert client.bound_session("work/analysis.ipynb") == session_id
