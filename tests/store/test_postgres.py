@@ -383,19 +383,36 @@ def test_the_password_never_shows_and_oblix_store_chooses_the_database(postgres,
     assert PASSWORD not in describe_dsn(f"postgresql://u:{PASSWORD}@host:notaport/db")
 
 
-def test_a_session_read_again_has_every_message_including_those_another_connection_added(postgres, open_as):
+@pytest.fixture
+def read_twice(open_as):
+    """A store that has read a session of five messages, and a second connection of the same user (another kernel)."""
     store = open_as("reader")
     other = PostgresStore(store._dsn)
-    try:
-        session_id = store.create_session(title="grows")
-        for number in range(5):
-            store.save_message(session_id, f"m{number}")
-        first = store.get_session(session_id)
-        first["messages"][0]["content"] = "changed by the caller"
-        other.save_message(session_id, "from another kernel", role="assistant", model="m")
-        again = store.get_session(session_id)
-        assert [m["content"] for m in again["messages"]] == ["m0", "m1", "m2", "m3", "m4", "from another kernel"]
-        assert [m["id"] for m in again["messages"]] == [f"msg_{n}" for n in range(1, 7)] and again["messages"][-1]["model"] == "m"
-        assert store.delete_session(session_id) and store.load_session(session_id) is None
-    finally:
-        other.close()
+    session_id = store.create_session(title="first life")
+    for number in range(5):
+        store.save_message(session_id, f"m{number}")
+    assert len(store.get_session(session_id)["messages"]) == 5
+    yield store, other, session_id
+    other.close()
+
+
+def test_a_session_read_again_has_every_message_including_those_another_connection_added(read_twice):
+    store, other, session_id = read_twice
+    first = store.get_session(session_id)
+    first["messages"][0]["content"] = "changed by the caller"
+    other.save_message(session_id, "from another kernel", role="assistant", model="m")
+    again = store.get_session(session_id)
+    assert [m["content"] for m in again["messages"]] == ["m0", "m1", "m2", "m3", "m4", "from another kernel"]
+    assert [m["id"] for m in again["messages"]] == [f"msg_{n}" for n in range(1, 7)] and again["messages"][-1]["model"] == "m"
+    assert store.delete_session(session_id) and store.load_session(session_id) is None
+
+
+def test_a_session_deleted_elsewhere_and_stored_again_under_its_id_is_read_afresh(read_twice):
+    store, other, session_id = read_twice
+    stamp = "2020-01-01T00:00:00.000Z"
+    again = {
+        "id": session_id, "title": "second life", "created_at": stamp, "updated_at": stamp,
+        "messages": [{"id": f"msg_{n}", "role": "user", "content": f"new {n}", "timestamp": stamp} for n in (1, 2, 3)],
+    }
+    assert other.delete_session(session_id) and other.add_session(again, new_id=False) == session_id
+    assert [m["content"] for m in store.get_session(session_id)["messages"]] == ["new 1", "new 2", "new 3"]
