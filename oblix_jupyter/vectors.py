@@ -127,14 +127,15 @@ class VectorCache:
         with self._lock:
             table = self._tables.get(session_id) or VectorTable.empty()
             embeddable = [m for m in messages if m.get("content") and m.get("id") is not None]
-            if len(embeddable) == len(table) and [m["id"] for m in embeddable] == table.ids:
+            ids = [m["id"] for m in embeddable]
+            if ids == table.ids:
                 return table, True  # the usual turn: the background embedded everything already
             missing = [m for m in embeddable if m["id"] not in table.rows][:limit]
             entries: dict[str, bytes | None] = {}
             embedder = self.embedder
             if missing and embedder is not None:
                 table, entries = self._add(embedder, table, missing, max_seconds)
-            table = table.arranged([m["id"] for m in embeddable])
+            table = table.arranged(ids)
             table.prepare()  # here, often in the background, rather than in the next turn's ranking
             if session_id not in self._forgotten:
                 if entries and embedder is not None:

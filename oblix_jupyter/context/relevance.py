@@ -110,7 +110,10 @@ class LexicalIndex:
     ``texts[c]`` is passage ``c``, ``owners[c]`` the position of its message, and
     ``spans[p]`` the passages of message ``p``. Scoring a prompt touches only the
     postings of its own terms, so it stays fast on sessions of thousands of messages.
-    ``describes`` tells whether the index still matches a list of messages.
+    ``questions[p]`` lists the passages of user message ``p`` that end in a question
+    mark (messages without one are absent), so that a turn finds earlier questions
+    without reading every message. ``describes`` tells whether the index still matches
+    a list of messages.
     """
 
     def __init__(self, messages: Iterable[Mapping[str, Any]] = ()) -> None:
@@ -121,6 +124,7 @@ class LexicalIndex:
         self.lengths: list[int] = []
         self.postings: dict[str, list[tuple[int, int]]] = {}
         self.starts: list[int] = []  # positions where an exchange begins (a user message, or the first)
+        self.questions: dict[int, list[int]] = {}
         self.total_length = 0
         self._norm_cache: list[float] = []
         self.extend(messages)
@@ -139,6 +143,8 @@ class LexicalIndex:
                 self.postings.setdefault(term, []).append((number, frequency))
             length = sum(counts.values())
             self.texts.append(piece)
+            if role == "user" and piece.rstrip().endswith("?"):
+                self.questions.setdefault(position, []).append(number)
             self.owners.append(position)
             self.lengths.append(length)
             self.total_length += length
