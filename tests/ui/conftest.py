@@ -191,6 +191,15 @@ class LabPage:
     def wait_for_app(self) -> None:
         self.page.wait_for_function("() => !!window.jupyterapp", timeout=WAIT_MS)
         self.evaluate("async () => { await window.jupyterapp.started; await window.jupyterapp.restored; }")
+        # The /tree/<path> URL is routed after `restored`: the file browser opens the notebook
+        # again (router:tree, filebrowser:open-path, docmanager:open, which asks the server
+        # before it activates the notebook) and drops jp-mod-restoring when done. Until then a
+        # command run or the focus taken closes the modal command palette, and a key meant for
+        # it goes to the notebook (seen under load: the chat panel never asked for after a reload).
+        self.page.wait_for_function(
+            "() => { const fb = document.getElementById('filebrowser'); return !!fb && !fb.classList.contains('jp-mod-restoring'); }",
+            timeout=WAIT_MS,
+        )
         self.page.wait_for_function(
             "(path) => [...window.jupyterapp.shell.widgets('main')].some(w => w.context && w.context.path === path)",
             arg=self.path,
@@ -250,20 +259,10 @@ class LabPage:
         return self.page.evaluate("(name) => window[name]", name)
 
     def open_chat_from_palette(self) -> Any:
-        """Run "Oblix: open chat" from the command palette; returns the docked panel.
-
-        The palette opens by its shortcut, or by its own command when a freshly reloaded
-        page has not taken the keyboard focus yet and the shortcut goes nowhere.
-        """
-        from playwright.sync_api import TimeoutError as PlaywrightTimeout
-
+        """Run "Oblix: open chat" from the command palette, opened by its shortcut; returns the docked panel."""
         self.page.keyboard.press("Control+Shift+C")
         search = self.page.locator(".lm-CommandPalette-input")
-        try:
-            search.wait_for(state="visible", timeout=5_000)
-        except PlaywrightTimeout:
-            self.evaluate("async () => { await jupyterapp.commands.execute('apputils:activate-command-palette'); }")
-            search.wait_for(state="visible", timeout=WAIT_MS)
+        search.wait_for(state="visible", timeout=WAIT_MS)
         search.fill("Oblix: open chat")
         self.page.locator(".lm-CommandPalette-item", has_text="Oblix: open chat").first.wait_for(timeout=WAIT_MS)
         search.press("Enter")
