@@ -64,6 +64,7 @@ def test_bm25_prefers_the_rare_matching_word_and_shorter_passages():
     grown = LexicalIndex(messages[:1]).extend(messages)
     assert grown.texts == index.texts and grown.starts == [0, 2]
     assert index.questions == grown.questions == {0: [0]}, "only a user's passage ending in '?' is a question"
+    assert not LexicalIndex([{"id": "x", "role": "assistant", "content": "Which frame do you mean?"}]).questions
 
 
 def test_chunks_split_prose_by_sentence_and_keep_code_whole():
