@@ -19,10 +19,18 @@ interpreter lock: the last lines measure that case.
 from __future__ import annotations
 
 import os
+import statistics
 import tempfile
 from contextlib import ExitStack
 
-from common import Behavior, paired_medians, report, server_process
+from common import (
+    Behavior,
+    paired_medians,
+    paired_runs,
+    ratio_spread,
+    report,
+    server_process,
+)
 
 from oblix_jupyter import OblixClient, SessionManager
 from oblix_jupyter.models import local_model
@@ -71,12 +79,14 @@ def main() -> None:
                 def turn() -> None:
                     client.execute_sync(prompt, session_id)
 
-                baseline, ours = paired_medians(bare, turn, repeat=15, pause=PAUSE)
+                bares, turns = paired_runs(bare, turn, repeat=15, pause=PAUSE)
+                baseline, ours = statistics.median(bares), statistics.median(turns)
                 case = f"{label}, {server_label}" + ("" if model == MODEL else ", unpriced model")
                 report(f"bare litellm.completion, {len(messages)} msgs, {case}", f"{baseline:.2f} ms")
                 report("execute turn, 1,000-message session, same server", f"{ours:.2f} ms")
                 report(f"  execute adds ({case})", f"{ours - baseline:.2f} ms")
                 report(f"  ratio execute / bare ({case})", f"{ours / baseline:.3f}", "goal <= 1.05")
+                report("    middle half of the 15 pairs' ratios", ratio_spread(bares, turns))
     if local_model.is_available():
         local_turn_ratio(litellm)
 

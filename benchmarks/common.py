@@ -18,7 +18,7 @@ sys.path.insert(0, str(TESTS))
 
 from model_server import Behavior, ModelServer  # noqa: E402  (the tests' own server)
 
-__all__ = ["Behavior", "CachedCount", "ModelServer", "median_ms", "paired_medians", "report", "server_process"]
+__all__ = ["Behavior", "CachedCount", "ModelServer", "median_ms", "paired_medians", "paired_runs", "ratio_spread", "report", "server_process"]
 
 
 @contextmanager
@@ -54,10 +54,10 @@ def median_ms(action: Callable[[], object], repeat: int = 30, warmup: int = 3) -
     return statistics.median(times) * 1000
 
 
-def paired_medians(
+def paired_runs(
     baseline: Callable[[], object], candidate: Callable[[], object], repeat: int = 20, warmup: int = 2, pause: float = 0.0
-) -> tuple[float, float]:
-    """Median milliseconds of ``baseline`` and ``candidate``, run alternately.
+) -> tuple[list[float], list[float]]:
+    """Milliseconds of ``baseline`` and ``candidate``, run alternately: the i-th of each ran side by side.
 
     Alternating cancels the drift of a shared machine (other work, clock speed) that
     would otherwise land on whichever of the two ran second. ``pause`` (untimed, after
@@ -70,9 +70,27 @@ def paired_medians(
             start = time.perf_counter()
             action()
             if number >= warmup:
-                bucket.append(time.perf_counter() - start)
+                bucket.append((time.perf_counter() - start) * 1000)
             time.sleep(pause)
-    return statistics.median(times[0]) * 1000, statistics.median(times[1]) * 1000
+    return times
+
+
+def paired_medians(
+    baseline: Callable[[], object], candidate: Callable[[], object], repeat: int = 20, warmup: int = 2, pause: float = 0.0
+) -> tuple[float, float]:
+    """Median milliseconds of ``baseline`` and ``candidate``, run alternately (``paired_runs``)."""
+    times = paired_runs(baseline, candidate, repeat, warmup, pause)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
+def ratio_spread(baseline: list[float], candidate: list[float]) -> str:
+    """The middle half of the pairs' ratios (candidate / baseline), as "low-high".
+
+    On a shared machine a ratio of medians moves by a few hundredths from run to run;
+    this range says how far one run's figure can be read.
+    """
+    quartiles = statistics.quantiles([ours / bare for bare, ours in zip(baseline, candidate)], n=4)
+    return f"{quartiles[0]:.3f}-{quartiles[2]:.3f}"
 
 
 def report(name: str, value: str, goal: str = "") -> None:
