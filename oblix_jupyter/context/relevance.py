@@ -111,9 +111,10 @@ class LexicalIndex:
     ``spans[p]`` the passages of message ``p``. Scoring a prompt touches only the
     postings of its own terms, so it stays fast on sessions of thousands of messages.
     ``questions[p]`` lists the passages of user message ``p`` that end in a question
-    mark (messages without one are absent), so that a turn finds earlier questions
-    without reading every message. ``describes`` tells whether the index still matches
-    a list of messages.
+    mark (messages without one are absent), and ``answered`` those of them that a
+    model's answer (the next message, an assistant's with a ``model``) followed, so
+    that a turn finds earlier questions without reading every message. ``describes``
+    tells whether the index still matches a list of messages.
     """
 
     def __init__(self, messages: Iterable[Mapping[str, Any]] = ()) -> None:
@@ -125,14 +126,17 @@ class LexicalIndex:
         self.postings: dict[str, list[tuple[int, int]]] = {}
         self.starts: list[int] = []  # positions where an exchange begins (a user message, or the first)
         self.questions: dict[int, list[int]] = {}
+        self.answered: set[int] = set()
         self.total_length = 0
         self._norm_cache: list[float] = []
         self.extend(messages)
 
-    def add(self, message_id: Any, text: str, role: str = "user") -> None:
+    def add(self, message_id: Any, text: str, role: str = "user", model: Any = None) -> None:
         position = len(self.ids)
         if role == "user" or not position:
             self.starts.append(position)
+        if role == "assistant" and model:
+            self.answered.update(self.questions.get(position - 1, ()))
         first = len(self.texts)
         for piece in chunks(text):
             number = len(self.texts)
@@ -154,7 +158,7 @@ class LexicalIndex:
     def extend(self, messages: Iterable[Mapping[str, Any]]) -> LexicalIndex:
         """Add the messages past the ones already indexed (a session only grows at its end)."""
         for message in itertools.islice(messages, len(self.ids), None):
-            self.add(message.get("id"), str(message.get("content") or ""), str(message.get("role")))
+            self.add(message.get("id"), str(message.get("content") or ""), str(message.get("role")), message.get("model"))
         return self
 
     def describes(self, messages: Sequence[Mapping[str, Any]]) -> bool:

@@ -65,6 +65,17 @@ def test_bm25_prefers_the_rare_matching_word_and_shorter_passages():
     assert grown.texts == index.texts and grown.starts == [0, 2]
     assert index.questions == grown.questions == {0: [0]}, "only a user's passage ending in '?' is a question"
     assert not LexicalIndex([{"id": "x", "role": "assistant", "content": "Which frame do you mean?"}]).questions
+    assert not index.answered, "an answer without a model (imported, typed in) does not make a question one the model was asked"
+    asked = [
+        {"id": "q", "role": "user", "content": "Which file did we load for the sales report?"},
+        {"id": "r", "role": "assistant", "content": "sales.csv, 2 GB.", "model": "openai/gpt-4o-mini"},
+        {"id": "s", "role": "user", "content": "And the other one?"},
+    ]
+    whole = LexicalIndex(asked)
+    one_by_one = LexicalIndex()
+    for number in range(1, len(asked) + 1):
+        one_by_one.extend(asked[:number])
+    assert whole.answered == one_by_one.answered == {whole.spans[0][0]}, "a question counts as asked once a model answered it"
 
 
 def test_chunks_split_prose_by_sentence_and_keep_code_whole():
