@@ -424,7 +424,7 @@ class _Turn:
         The index lists them as it grows (``LexicalIndex.answered``): finding them here
         took 3 ms a turn on 10,000 messages.
         """
-        return set(self.index.answered)
+        return set(self.index.answered)  # a copy: the session's index may grow under another turn meanwhile
 
     def partner(self, position: int) -> int | None:
         """The question of an answer, or the first answer of a question."""
@@ -700,7 +700,7 @@ class _Turn:
             messages=messages,
             list_items=items,
             budget=budget,
-            list_omitted=omitted if len(kept) < len(earlier) else list,
+            list_omitted=omitted,
             dropped=self.dropped,
             warnings=self.warnings,
             notes=self.notes,
