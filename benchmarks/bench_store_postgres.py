@@ -2,13 +2,13 @@
 
 PostgreSQL is the tests' own throwaway server (``tests/postgres_server.py``: Debian's
 PostgreSQL 15 on a Unix socket, fsync off), each figure's data owned by a database
-user of its own, as a team's are, so row-level security is in every query. Everything
-is loaded before anything is measured, so every PostgreSQL figure is taken in a
-database holding all three users' data (10,201 sessions, 201,000 messages): a user's
-queries pay for rows they cannot see. Bulk data is inserted as its user on a
-connection of its own, in single statements (COPY FROM is refused on a table with
-row-level security), while the file store's is built; then the tables are analysed,
-as autovacuum would within a minute.
+user of its own, as a team's are, so every call goes through the functions that decide
+what that user may read and write. Everything is loaded before anything is measured,
+so every PostgreSQL figure is taken in a database holding all three users' data
+(10,201 sessions, 201,000 messages): a user's queries pay for rows they cannot see.
+Bulk data is inserted by the administrator in its user's name (users may not touch the
+tables), in single statements on a connection of its own, while the file store's is
+built; then the tables are analysed, as autovacuum would within a minute.
 
 The files are the same data through the file store's API (``bench_store.fill`` for the
 10,000 sessions). The 200,000 messages are 200 sessions of 1,000, each of 20 words
@@ -89,26 +89,26 @@ def searched_sessions(texts: list[str]) -> Iterator[dict[str, object]]:
         yield {"id": str(uuid.uuid4()), "title": f"analysis {number}", "created_at": stamp, "updated_at": stamp, "messages": messages, "context": {}}
 
 
-# -- PostgreSQL bulk data, inserted as the store's user --------------------------------------
+# -- PostgreSQL bulk data, inserted by the administrator in the store's user's name ----------
 
 
-def insert_sessions(dsn: str, count: int, messages: int = 0) -> list[str]:
-    """``count`` empty sessions (or holding ``messages`` each, inserted by ``insert_messages``), a second apart; their ids."""
+def insert_sessions(admin_dsn: str, owner: str, count: int, messages: int = 0) -> list[str]:
+    """``count`` empty sessions of ``owner`` (or holding ``messages`` each, inserted by ``insert_messages``), a second apart; their ids."""
     ids = [str(uuid.uuid4()) for _ in range(count)]
-    with psycopg.connect(dsn) as conn:
+    with psycopg.connect(admin_dsn) as conn:
         conn.execute(
-            "INSERT INTO oblix.sessions (id, title, created_at, updated_at, message_count, schema_version) "
-            "SELECT id, 'session ' || n, now() - make_interval(secs => n), now() - make_interval(secs => n), %s, %s "
+            "INSERT INTO oblix.sessions (id, owner, title, created_at, updated_at, message_count, schema_version) "
+            "SELECT id, %s, 'session ' || n, now() - make_interval(secs => n), now() - make_interval(secs => n), %s, %s "
             "FROM unnest(%s::uuid[]) WITH ORDINALITY AS s(id, n)",
-            (messages, SCHEMA_VERSION, ids),
+            (owner, messages, SCHEMA_VERSION, ids),
         )
     return ids
 
 
-def insert_messages(dsn: str, texts: list[str]) -> None:
-    """``texts`` as messages of new sessions of ``SEARCHED_PER_SESSION`` each, in one statement."""
-    ids = insert_sessions(dsn, SEARCHED_SESSIONS, SEARCHED_PER_SESSION)
-    with psycopg.connect(dsn) as conn:
+def insert_messages(admin_dsn: str, owner: str, texts: list[str]) -> None:
+    """``texts`` as messages of new sessions of ``owner``, ``SEARCHED_PER_SESSION`` each, in one statement."""
+    ids = insert_sessions(admin_dsn, owner, SEARCHED_SESSIONS, SEARCHED_PER_SESSION)
+    with psycopg.connect(admin_dsn) as conn:
         conn.execute(
             "INSERT INTO oblix.messages (session_id, position, id, role, content, timestamp) "
             "SELECT session_id, position, 'msg_' || position, (ARRAY['user', 'assistant'])[1 + (position - 1) %% 2], "
@@ -209,7 +209,9 @@ def main() -> None:
         talk, listed, searched = stores("talker"), stores("lister"), stores("searcher")
         talks = {name: store.add_session(long_session("long"), new_id=False) for name, store in talk.items()}
         # The server does PostgreSQL's bulk work, so it overlaps the file store's, which is Python's.
-        postgres_built = timed(lambda: (insert_sessions(server.dsn("lister"), LISTED), insert_messages(server.dsn("searcher"), texts)))
+        postgres_built = timed(
+            lambda: (insert_sessions(server.admin_dsn, "lister", LISTED), insert_messages(server.admin_dsn, "searcher", texts))
+        )
         start = time.perf_counter()
         fill(listed["files"], LISTED)
         for session in searched_sessions(texts):

@@ -44,7 +44,8 @@ from .models.gateway import (
     split_models,
     supports_tools,
 )
-from .store.sessions import SessionStore, is_database_url, open_store
+from .store.dsn import check, describe, is_connection_string
+from .store.sessions import SessionStore, open_store
 
 if TYPE_CHECKING:  # the selector's modules load on the first turn, keeping %load_ext light
     from .context.inputs import NotebookContext, VariableSummary
@@ -63,10 +64,11 @@ class OblixClient:
     variables. ``model_options`` maps a model name to extra litellm arguments
     (``api_base``...), which are never written into a session. ``store`` is where the
     sessions live, unless a ``session_manager`` is given: a directory, or a
-    ``postgresql://`` URL for a team's database; by default ``$OBLIX_STORE``, else
-    ``~/.oblix/sessions``. Inside a kernel, a model that can call tools may look
-    at the notebook's variables, cells and this conversation through read-only tools
-    (``tools=False`` turns them off, ``max_tool_rounds`` bounds the requests of a turn).
+    connection string (``postgresql://...``, ``host=... dbname=...``) for a team's
+    database; by default ``$OBLIX_STORE``, else ``~/.oblix/sessions``. Inside a
+    kernel, a model that can call tools may look at the notebook's variables, cells
+    and this conversation through read-only tools (``tools=False`` turns them off,
+    ``max_tool_rounds`` bounds the requests of a turn).
     """
 
     def __init__(
@@ -348,10 +350,8 @@ class OblixClient:
     def describe_store(location: str | os.PathLike[str] | None = None) -> str:
         """Where ``OblixClient(store=location)`` keeps sessions, for people, without opening it: a database without its password."""
         location = os.fspath(location) if location is not None else os.environ.get("OBLIX_STORE") or None
-        if is_database_url(location):
-            from .store.pg_schema import describe_dsn
-
-            return describe_dsn(location)
+        if is_connection_string(location):
+            return describe(location)
         from .store.sessions import default_base_dir
 
         return os.path.abspath(location or default_base_dir())
@@ -361,6 +361,7 @@ class OblixClient:
         """Bring the database's schema up to date (as a PostgreSQL superuser); returns how many migrations ran."""
         from .store.pg_schema import upgrade
 
+        check(dsn)  # before libpq sees a string it would misread, or quote in its errors
         return upgrade(dsn)
 
     @staticmethod
@@ -368,6 +369,7 @@ class OblixClient:
         """(the database's schema version, the newest this oblix_jupyter knows)."""
         from .store.pg_schema import status
 
+        check(dsn)
         return status(dsn)
 
     @staticmethod
@@ -375,6 +377,7 @@ class OblixClient:
         """Make login role ``name`` (created without a password if absent) a user of the store."""
         from .store.pg_schema import add_user
 
+        check(dsn)
         add_user(dsn, name)
 
     def _relevance_state(self) -> str:
@@ -599,7 +602,10 @@ class OblixClient:
                 )
                 message_id = stored["id"]
                 if session is not None and not session.get("model"):
-                    store.update_session(session_id, model=completion.model)
+                    try:
+                        store.update_session(session_id, model=completion.model)
+                    except NotPermitted:  # a write sharee adds messages; the model stays the owner's to pin
+                        pass
                 self._writer.submit(store.prepare_read, session_id)  # the next turn's read, parsed while this answer is read
                 if history and vectors is not None:  # embedded as soon as stored: the session is warm when it outgrows the window
                     from .context.selector import conversation_messages

@@ -104,6 +104,14 @@ class StoreUnavailable(OblixError):
         self.uncertain = uncertain
 
 
+class DatabaseBusy(StoreUnavailable):
+    """The session database kept a command waiting for a lock longer than the store waits (another connection holds it).
+
+    A ``StoreUnavailable``, so that a turn's message goes to the spool as it does when the
+    database cannot be reached.
+    """
+
+
 class NotPermitted(OblixError, PermissionError):
     """A session this user can see but may not change that way (someone else's, shared with them)."""
 

@@ -14,8 +14,11 @@ holds only what this module wrote:
 
 - raw HTML in the text shows as the literal text the model wrote;
 - a link is clickable only to http(s), mailto or a relative address;
-- an image loads only from a relative address (the Jupyter server's own origin); any
-  other image is a link showing its alt text, so nothing is fetched without a click;
+- no image is fetched, from another host or from the Jupyter server itself (where
+  ``![x](/logout)`` would log the user out, and on a hub could stop their server): an
+  image is a link showing its alt text, so nothing is requested without a click. Only
+  an image carried in the text itself, a ``data:`` PNG, JPEG, GIF or WebP (never SVG),
+  is shown as one, as showing it requests nothing;
 - maths reaches MathJax only inside the spans marked for it (``mathjax_process`` under
   a ``mathjax_ignore`` root), with the TeX commands that make links, load extensions
   or set styles disabled;
@@ -35,11 +38,12 @@ from __future__ import annotations
 
 import functools
 import html
+import io
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from markdown_it import MarkdownIt
@@ -51,6 +55,7 @@ _LINK_SCHEMES = ("http:", "https:", "mailto:")
 _BROWSER_DROPS = re.compile(r"[\x00-\x20\x7f]")  # URL parsers strip these around and tab/newline inside
 # MathJax's html and require packages: links (javascript: included), CSS, loading extensions.
 _UNSAFE_TEX = re.compile(r"\\(href|class|cssId|style|data|require)(?![A-Za-z])")
+_INLINE_RASTER = re.compile(r"data:image/(png|jpeg|gif|webp)[;,]", re.IGNORECASE)  # SVG can refer to other files
 
 
 def _plain(url: str) -> str:
@@ -63,10 +68,14 @@ def link_allowed(url: str) -> bool:
     return scheme is None or scheme.group(0).lower() in _LINK_SCHEMES
 
 
-def image_is_local(url: str) -> bool:
-    """Whether an image at ``url`` comes from the page's own server (a relative address)."""
-    plain = _plain(url).replace("\\", "/")  # browsers read a backslash as a slash
-    return bool(plain) and _SCHEME.match(plain) is None and not plain.startswith("//")
+def image_is_inline(url: str) -> bool:
+    """Whether an image at ``url`` is carried in the address itself (a ``data:`` raster image), so showing it requests nothing."""
+    return _INLINE_RASTER.match(_plain(url)) is not None
+
+
+def _destination_allowed(url: str) -> bool:
+    """What markdown-it may read as a link's or an image's address (``_unlink_data`` then unlinks a link to a ``data:`` image)."""
+    return link_allowed(url) or image_is_inline(url)
 
 
 def markdown_html(text: str) -> str:
@@ -78,8 +87,9 @@ def inert_markdown(text: str) -> str:
     """``text`` as Markdown for a file: the same formatting, with raw HTML as visible text.
 
     Every ``<`` outside code is written ``&lt;`` (code blocks and code spans are left as
-    written, so code still reads the same), an image from another host becomes a link
-    showing its alt text, and a link to a script address loses its link syntax.
+    written, so code still reads the same), every image becomes a link showing its alt
+    text (an inline ``data:`` image, whose address may not be a link, becomes plain
+    text), and a link to a script address loses its link syntax.
     """
     text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\0", "\ufffd")  # as markdown-it reads it
     env: dict[str, Any] = {_SPANS: []}
@@ -88,7 +98,7 @@ def inert_markdown(text: str) -> str:
     for line in text.split("\n"):
         starts.append(starts[-1] + len(line) + 1)
     code: list[tuple[int, int]] = []
-    images: dict[int, bool] = {}  # where the "!" of each image stands: whether it may load
+    images: set[int] = set()  # where the "!" of each image stands
     for token in tokens:
         if token.type in ("fence", "code_block") and token.map:
             code.append((starts[token.map[0]], starts[token.map[1]] - 1))
@@ -97,7 +107,7 @@ def inert_markdown(text: str) -> str:
                 if kind == "code":
                     code.append((start, end))
                 else:
-                    images[start] = kind == "local image"
+                    images.add(start)
     return _escape_outside(text, sorted(code), images)
 
 
@@ -128,7 +138,7 @@ def _spans_in(spans: list[tuple[str, str, int, int]], token: Token, text: str, s
     return placed
 
 
-def _escape_outside(text: str, code: list[tuple[int, int]], images: dict[int, bool]) -> str:
+def _escape_outside(text: str, code: list[tuple[int, int]], images: set[int]) -> str:
     out: list[str] = []
     position = 0
     for start, end in [*code, (len(text), len(text))]:
@@ -140,24 +150,22 @@ def _escape_outside(text: str, code: list[tuple[int, int]], images: dict[int, bo
     return "".join(out)
 
 
-def _escape_text(part: str, offset: int, images: dict[int, bool]) -> str:
-    """Escape one stretch of text outside code; ``images`` are keyed by offset in the whole text.
+def _escape_text(part: str, offset: int, images: set[int]) -> str:
+    """Escape one stretch of text outside code; ``images`` are offsets in the whole text.
 
-    Only an image markdown-it read as local keeps its ``![``: an image from elsewhere
-    becomes a link, and any other ``![`` (one these edits could turn into an image)
-    keeps its "!" as an entity, which no Markdown reads as syntax.
+    An image markdown-it read becomes a link, and any other ``![`` (one these edits could
+    turn into an image) keeps its "!" as an entity, which no Markdown reads as syntax.
     """
     pieces = re.split(r"(!\[)", part)
     position = offset
     for number, piece in enumerate(pieces):
         if piece == "![":
-            local = images.get(position)
-            if not local:
-                # Of an image from elsewhere, a link (a "!" written before it must not make it one again).
-                if local is False and pieces[number - 1].endswith("!"):
-                    pieces[number - 1] = pieces[number - 1][:-1] + "&#33;"
-                empty = local is False and pieces[number + 1].startswith("]")
-                pieces[number] = "&#33;[" if local is None else "[image" if empty else "["
+            image = position in images
+            # Of an image, a link (a "!" written before it must not make it one again).
+            if image and pieces[number - 1].endswith("!"):
+                pieces[number - 1] = pieces[number - 1][:-1] + "&#33;"
+            empty = image and pieces[number + 1].startswith("]")
+            pieces[number] = "[image" if empty else "[" if image else "&#33;["
         position += len(piece)
     part = "".join(pieces)
 
@@ -169,11 +177,52 @@ def _escape_text(part: str, offset: int, images: dict[int, bool]) -> str:
 
 
 def terminal_text(text: str) -> str:
-    """``text`` without the control characters a terminal would obey (colours, titles, the clipboard)."""
+    """``text`` without the characters a terminal would obey (colours, titles, the clipboard, moving the cursor).
+
+    Every C0 and C1 control character and DEL goes (ESC and the one-character CSI
+    ``\\x9b`` that start a sequence, BEL and ST that end one, carriage return that would
+    let a line overwrite what came before), except newline and tab. The printable rest
+    of a sequence stays as text: nothing a model or a colleague wrote is hidden, and a
+    sequence split across two pieces of a streamed answer is defused all the same.
+    """
     return _TERMINAL_CONTROLS.sub("", text)
 
 
 _TERMINAL_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+class TerminalWriter(io.TextIOBase):
+    """A text stream that passes everything written to it through ``terminal_text``: the one way to a terminal.
+
+    The ``oblix`` command puts one over its stdout and stderr, and the terminal chat
+    over its output, so that no path (a table, an error, a streamed answer, a warning)
+    can print stored or model text raw. Writes go straight through, so streaming stays
+    streaming.
+    """
+
+    def __init__(self, stream: IO[str]) -> None:
+        super().__init__()
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        self.stream.write(terminal_text(text))
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return self.stream.encoding
 
 
 ROLE_NAMES = {"user": "User", "assistant": "Assistant", "system": "System"}
@@ -228,11 +277,12 @@ def _parser() -> MarkdownIt:
 
     parser = MarkdownIt("commonmark", {"html": False, "linkify": True, "highlight": _highlight})
     parser.enable(["table", "strikethrough", "linkify"])
-    parser.validateLink = link_allowed  # type: ignore[method-assign]
+    parser.validateLink = _destination_allowed  # type: ignore[method-assign]
     # "$5 and $10" stays text: maths needs no space inside its dollars and no digit after.
     dollarmath_plugin(parser, allow_space=False, allow_digits=False, renderer=_dollar_maths)
     amsmath_plugin(parser, renderer=lambda tex: _maths(tex, "", block=True))
     parser.add_render_rule("image", _image)
+    parser.core.ruler.push("oblix_unlink_data", _unlink_data)
     for rule in parser.inline.ruler.__rules__:
         if rule.name in ("backticks", "image"):
             rule.fn = _recording(rule.name, rule.fn)
@@ -248,20 +298,28 @@ def _recording(name: str, parse: Any) -> Any:
             return False
         spans = state.env.get(_SPANS) if isinstance(state.env, dict) else None
         if spans is not None and not silent:
-            if name == "backticks":
-                spans.append(("code", state.src, start, state.pos))
-            else:
-                local = image_is_local(str(state.tokens[-1].attrGet("src") or ""))
-                spans.append(("local image" if local else "remote image", state.src, start, state.pos))
+            spans.append(("code" if name == "backticks" else "image", state.src, start, state.pos))
         return True
 
     return rule
 
 
+def _unlink_data(state: Any) -> None:
+    """A link (not an image) to a ``data:`` address, let through by ``_destination_allowed``, shows as its text."""
+    for block in state.tokens:
+        hiding = False
+        for token in block.children or ():
+            if token.type == "link_open":
+                hiding = token.hidden = not link_allowed(str(token.attrGet("href") or ""))
+            elif token.type == "link_close":
+                token.hidden, hiding = hiding, False
+
+
 def _image(renderer: Any, tokens: Sequence[Token], index: int, options: Any, env: Any) -> str:
+    """An image as a link showing its alt text (its address in the tooltip), or, for an inline raster, as itself."""
     token = tokens[index]
     source = str(token.attrGet("src") or "")
-    if image_is_local(source):
+    if image_is_inline(source):
         return renderer.image(tokens, index, options, env)
     alt = html.escape(renderer.renderInlineAsText(token.children or [], options, env) or "image")
     if link_allowed(source):

@@ -102,6 +102,11 @@ class PostgresServer:
         with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
             return conn.execute(statement, params).fetchall()
 
+    def analyze(self) -> None:
+        """Gather the planner's statistics of every table, as autovacuum does soon after rows are written."""
+        with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
+            conn.execute("ANALYZE")
+
     def log(self) -> str:
         """The server's log, for a failing test's message."""
         with open(os.path.join(self.root, "server.log")) as handle:

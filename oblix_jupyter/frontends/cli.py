@@ -9,6 +9,11 @@ working directory's ``.env``, as a notebook kernel started there does (``envfile
 Exit status: 0 on success, 1 on a user error (shown as one ``oblix: ...`` line,
 never a traceback), 130 when interrupted. Usage mistakes are user errors too, so
 they exit 1 like the rest rather than argparse's 2: a script needs one test.
+
+Titles, answers, model names, a colleague's role name: what the commands print was
+written by others, and a terminal obeys the control characters in it (an ``ESC ]52``
+writes the clipboard). So ``main`` puts ``render.TerminalWriter`` over stdout and
+stderr, and nothing printed while a command runs reaches the terminal with them.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from .. import __version__
 from ..errors import BadArguments, OblixError, StoreUnavailable
+from ..render import TerminalWriter, terminal_text
 
 if TYPE_CHECKING:
     from ..client import OblixClient
@@ -47,6 +53,15 @@ class _Parser(argparse.ArgumentParser):
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one ``oblix`` command; returns the exit status."""
     parser = build_parser()
+    out, err = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = TerminalWriter(out), TerminalWriter(err)
+    try:
+        return _run(parser, argv)
+    finally:
+        sys.stdout, sys.stderr = out, err
+
+
+def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
         try:
@@ -192,7 +207,7 @@ def _sessions(args: argparse.Namespace) -> int:
         notebooks.setdefault(session_id, []).append(notebook)
     if args.json:
         for summary in found:
-            print(json.dumps({**summary, "notebooks": notebooks.get(summary["id"], [])}, ensure_ascii=False))
+            print(_json({**summary, "notebooks": notebooks.get(summary["id"], [])}))
         return 0
     if not found:
         print("No sessions found." if args.search else "No sessions yet: start one with `oblix chat` or `oblix ask`.")
@@ -221,8 +236,6 @@ def _access(summary: dict[str, Any]) -> str:
 
 
 def _search(args: argparse.Namespace) -> int:
-    from ..render import terminal_text
-
     query = " ".join(args.query)
     if not query.strip():
         raise BadArguments("the search is empty.")
@@ -231,9 +244,9 @@ def _search(args: argparse.Namespace) -> int:
         print(f"No session matches {query!r}.")
     for rank, hit in enumerate(found, start=1):
         owner = f" · {_access(hit)}" if hit.get("shared_by") else ""
-        print(f"{rank}. {terminal_text(_clip(hit['title']))} ({hit['id'][:8]}){owner}")
+        print(f"{rank}. {_clip(hit['title'])} ({hit['id'][:8]}){owner}")
         if hit["snippet"]:
-            print(f"   {terminal_text(' '.join(hit['snippet'].split()))}")
+            print(f"   {' '.join(hit['snippet'].split())}")
     return 0
 
 
@@ -265,14 +278,14 @@ def _shares(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from ..render import terminal_text, transcript
+    from ..render import transcript
 
     client = _client()
     session = client.get_session(client.resolve_session_id(args.id))
     if args.last:
         session["messages"] = session["messages"][-args.last :]
     if args.json:
-        print(json.dumps(session, ensure_ascii=False, indent=2))
+        print(_json(session, indent=2))
     else:
         print(transcript(session, escape=terminal_text), end="")
     return 0
@@ -357,19 +370,20 @@ def _rename(args: argparse.Namespace) -> int:
 
 def _delete(args: argparse.Namespace) -> int:
     client = _client()
-    session = client.get_session(client.resolve_session_id(args.id))
-    described = f"{session['title']!r} ({session['id'][:8]}, {len(session['messages'])} messages)"
+    session_id = client.resolve_session_id(args.id)  # acted on as resolved, never as read back from the stored row
+    session = client.get_session(session_id)
+    described = f"{session['title']!r} ({session_id[:8]}, {len(session['messages'])} messages)"
     if not args.yes:
         if not sys.stdin.isatty():
             raise BadArguments(f"not deleting {described} without --yes: stdin is not a terminal to confirm on.")
         try:
-            answer = input(f"Delete {described}? [y/N] ")
+            answer = input(terminal_text(f"Delete {described}? [y/N] "))  # on a terminal, input() writes past sys.stdout
         except EOFError:
             answer = ""
         if answer.strip().lower() not in ("y", "yes"):
             print("Kept.")
             return 0
-    client.delete_session(session["id"])
+    client.delete_session(session_id)
     print(f"Deleted {described}.")
     return 0
 
@@ -384,10 +398,10 @@ def _prune(args: argparse.Namespace) -> int:
 
 def _database(args: argparse.Namespace) -> str:
     """The DSN a ``db`` action works on: ``--dsn``, else ``$OBLIX_STORE`` when it names a database."""
-    from ..client import is_database_url
+    from ..client import is_connection_string
 
     dsn = args.dsn or os.environ.get("OBLIX_STORE", "")
-    if args.dsn is None and not is_database_url(dsn):
+    if args.dsn is None and not is_connection_string(dsn):
         raise BadArguments("which database? Give --dsn, or set OBLIX_STORE=postgresql://... (the store's administrator's).")
     return dsn
 
@@ -481,9 +495,27 @@ def _lab_extension_status() -> str:
 
 
 def format_table(rows: list[list[str]]) -> str:
-    """Rows as left-aligned columns, the widest cell of each setting its width."""
+    """Rows as left-aligned columns, the widest cell of each setting its width.
+
+    Each cell is made one line of terminal text first, so that what is measured is what
+    the terminal will show.
+    """
+    rows = [[" ".join(terminal_text(cell).split()) for cell in row] for row in rows]
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+
+
+def _json(value: object, indent: int | None = None) -> str:
+    """``value`` as JSON whose C1 controls and DEL are escapes: the same data, nothing for a terminal to obey.
+
+    ``json.dumps`` escapes the C0 controls itself; without ``ensure_ascii`` it writes the
+    others raw, and the terminal filter would then drop them from the data.
+    """
+    text = json.dumps(value, ensure_ascii=False, indent=indent)
+    return _C1_CONTROLS.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
+
+
+_C1_CONTROLS = re.compile(r"[\x7f-\x9f]")
 
 
 def _one_line(text: object) -> str:
@@ -492,7 +524,7 @@ def _one_line(text: object) -> str:
 
 
 def _clip(text: str, width: int = TITLE_WIDTH) -> str:
-    text = " ".join(text.split())
+    text = " ".join(terminal_text(text).split())
     return text if len(text) <= width else text[: width - 1] + "…"
 
 

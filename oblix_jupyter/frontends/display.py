@@ -4,6 +4,8 @@ Every object here has ``_repr_mimebundle_`` giving ``text/plain`` next to HTML, 
 same magic reads well in JupyterLab and in terminal IPython. Text that came from a
 model or a session file reaches the HTML only through ``render`` (inert) or
 ``html.escape``; never as Markdown, which JupyterLab would render with raw HTML live.
+Its plain twin, which terminal IPython prints as it is, goes through ``terminal_text``,
+so no escape sequence in it can write the clipboard, set a title or recolour the terminal.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from ..render import ROLE_NAMES, local_time, markdown_html
+from ..render import ROLE_NAMES, local_time, markdown_html, terminal_text
 
 
 class Explained(Protocol):
@@ -66,7 +68,7 @@ class AnswerView:
         self.tools = tools
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
-        plain = tools_plain(self.tools) + self.text + (f"\n\n[{self.footer}]" if self.footer else "")
+        plain = terminal_text(tools_plain(self.tools) + self.text + (f"\n\n[{self.footer}]" if self.footer else ""))
         if self.as_text:
             return {"text/plain": plain}
         footer = f"<p><sub>{html.escape(self.footer)}</sub></p>" if self.footer else ""
@@ -87,7 +89,7 @@ class Message:
         detail = f"<pre style='margin:4px 0 0 0'>{html.escape(self.detail)}</pre>" if self.detail else ""
         return {
             "text/html": f"<div style='color:{colour}'><b>{prefix}</b>{html.escape(self.text)}{detail}</div>",
-            "text/plain": f"{prefix}{self.text}" + (f"\n{self.detail}" if self.detail else ""),
+            "text/plain": terminal_text(f"{prefix}{self.text}" + (f"\n{self.detail}" if self.detail else "")),
         }
 
 
@@ -95,9 +97,9 @@ class Table:
     """A small table: HTML in Jupyter, aligned columns in a terminal."""
 
     def __init__(self, headers: Sequence[str], rows: Sequence[Sequence[str]], caption: str = "") -> None:
-        self.headers = list(headers)
-        self.rows = [[str(cell) for cell in row] for row in rows]
-        self.caption = caption
+        self.headers = [terminal_text(header) for header in headers]
+        self.rows = [[terminal_text(str(cell)) for cell in row] for row in rows]
+        self.caption = terminal_text(caption)
 
     def plain(self) -> str:
         widths = [max(len(h), *(len(r[i]) for r in self.rows)) if self.rows else len(h) for i, h in enumerate(self.headers)]
@@ -148,7 +150,7 @@ class Conversation:
             who = ROLE_NAMES.get(str(message.get("role")), "Message")
             text = tools_plain(message.get("tools")) + message["content"]
             plain.append(f"--- {who} · {' · '.join(notes)}\n{text}" if notes else f"--- {who}\n{text}")
-        return {"text/html": "\n".join(rich), "text/plain": "\n\n".join(plain)}
+        return {"text/html": "\n".join(rich), "text/plain": terminal_text("\n\n".join(plain))}
 
 
 class PlanView:
@@ -159,7 +161,7 @@ class PlanView:
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
         text = "#### Context sent\n\n" + self.plan.explain()
-        return {"text/html": markdown_html(text), "text/plain": text}
+        return {"text/html": markdown_html(text), "text/plain": terminal_text(text)}
 
 
 def footer(result: dict[str, Any]) -> str:
@@ -192,7 +194,7 @@ class StreamingOutput:
     def __call__(self, piece: str) -> None:
         self.text += piece
         if not self.rich:
-            sys.stdout.write(piece)
+            sys.stdout.write(terminal_text(piece))
             sys.stdout.flush()
             return
         now = time.monotonic()
@@ -204,7 +206,7 @@ class StreamingOutput:
         """Show a tool call the model made, as soon as it has run."""
         self.tools.append(call)
         if not self.rich:
-            sys.stdout.write(tools_plain([call]))
+            sys.stdout.write(terminal_text(tools_plain([call])))
             sys.stdout.flush()
             return
         self._show(AnswerView(self.text + " ▌", as_text=self.as_text, tools=self.tools))
@@ -220,6 +222,6 @@ class StreamingOutput:
     def finish(self, text: str, footer_line: str) -> None:
         """Replace the streamed text by the final answer and its footer."""
         if not self.rich:
-            print(f"\n\n[{footer_line}]" if footer_line else "")
+            print(terminal_text(f"\n\n[{footer_line}]") if footer_line else "")
             return
         self._show(AnswerView(text, footer_line, as_text=self.as_text, tools=self.tools))

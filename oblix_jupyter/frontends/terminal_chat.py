@@ -1,7 +1,9 @@
 """The interactive terminal chat behind ``OblixClient.start_chat`` and ``oblix chat``.
 
 A front end like the others: it parses a line, calls the client, prints. Slash
-commands manage sessions without leaving the loop.
+commands manage sessions without leaving the loop. Titles and answers are someone
+else's text, so everything goes out through ``render.TerminalWriter``, streamed
+answers included: the terminal never gets a control character from them.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Callable
 from typing import IO, TYPE_CHECKING
 
 from ..errors import AnswerInterrupted, OblixError
+from ..render import TerminalWriter
 
 if TYPE_CHECKING:
     from ..client import OblixClient
@@ -25,6 +28,7 @@ def run_terminal_chat(
     out: IO[str] = sys.stdout,
 ) -> str | None:
     """Chat until ``exit`` or end of input; returns the session id the chat ended in."""
+    out = TerminalWriter(out)  # type: ignore[assignment]  # a text stream too
     if session_id is None:
         session_id = client.create_session_sync()
     else:

@@ -4,9 +4,11 @@ An administrator runs ``upgrade`` (``oblix db upgrade``) as a superuser; clients
 check that the schema is the one they were written for (``check_version``). The
 migrations are the files ``sql/NNN_name.sql``, applied in order, each in its own
 transaction, and recorded in ``oblix.migrations``; an advisory lock lets only one
-upgrade run at a time, so two admins (or two deploys) cannot apply one twice.
-``add_user`` makes a login role a user of the store: a member of ``oblix_users``, which
-holds exactly the rights the store needs and no more (row security does the rest).
+upgrade run at a time, so two admins (or two deploys) cannot apply one twice. Nothing
+waits for a lock longer than ``upgrade``'s ``wait``: a user's open transaction, or a
+user holding the advisory lock, makes an upgrade fail soon with ``DatabaseBusy``, never
+hang. ``add_user`` makes a login role a user of the store: a member of ``oblix_users``,
+which may call the store's functions and nothing else (``sql/002_private_functions.sql``).
 """
 
 from __future__ import annotations
@@ -19,42 +21,19 @@ from typing import ParamSpec, TypeVar
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from ..errors import NotPermitted, StoreUnavailable, redact
+from ..errors import DatabaseBusy, NotPermitted, StoreUnavailable
+from .dsn import describe as describe_dsn
+from .dsn import scrub
 
 Params = ParamSpec("Params")
 Result = TypeVar("Result")
 
-_URL_PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")
 _LOCK_KEY = 0x0B11_7A5E  # pg_advisory_lock's key for "an oblix upgrade is running"
+UPGRADE_WAIT = 10.0  # seconds an upgrade waits for any lock (another upgrade's, a table's)
+IDLE_IN_TRANSACTION = "10s"  # after which the server ends a user's transaction left open (and its locks)
 _FILE_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 USERS_ROLE = "oblix_users"
-
-
-def describe_dsn(dsn: str) -> str:
-    """The connection string as it may be shown to people: every password taken out."""
-    try:
-        params = conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError:
-        return "postgresql (an unreadable connection string)"
-    shown = make_conninfo("", **{name: value for name, value in params.items() if "password" not in name})
-    return f"postgresql: {shown}" if shown else "postgresql (from the PG* environment)"
-
-
-def scrub(text: str, dsn: str) -> str:
-    """``text`` (a server's or libpq's message) on one line, without the DSN's password or secret environment values.
-
-    libpq adds its hints on lines of their own, and quotes a connection string it cannot read.
-    """
-    text = _URL_PASSWORD.sub(r"\1***@", text)
-    try:
-        secrets = [value for name, value in conninfo_to_dict(dsn).items() if "password" in name and value]
-    except psycopg.ProgrammingError:
-        secrets = []
-    for secret in secrets:
-        text = text.replace(secret, "***")
-    return " ".join(redact(text).split())
 
 
 def _administration(run: Callable[Params, Result]) -> Callable[Params, Result]:
@@ -66,6 +45,11 @@ def _administration(run: Callable[Params, Result]) -> Callable[Params, Result]:
             return run(dsn, *args, **kwargs)
         except psycopg.errors.InsufficientPrivilege as error:
             raise NotPermitted(f"The session database refused this: {error.diag.message_primary}") from None
+        except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled):
+            raise DatabaseBusy(
+                f"The session database ({describe_dsn(dsn)}) is busy: another connection held a lock this needs "
+                "(another upgrade, or a user's open transaction); nothing was changed. Try again in a minute."
+            ) from None
         except psycopg.Error as error:
             raise StoreUnavailable(f"The session database ({describe_dsn(dsn)}) cannot be used: {scrub(str(error), dsn)}") from None
 
@@ -110,15 +94,19 @@ def check_version(conn: psycopg.Connection, where: str) -> None:
 
 
 @_administration
-def upgrade(dsn: str) -> int:
-    """Apply the migrations the database lacks, as a superuser; returns how many were applied (0: up to date)."""
+def upgrade(dsn: str, wait: float = UPGRADE_WAIT) -> int:
+    """Apply the migrations the database lacks, as a superuser; returns how many were applied (0: up to date).
+
+    Waits at most ``wait`` seconds for each lock, the advisory lock of upgrades included.
+    """
     scripts = migrations()
     with psycopg.connect(dsn, autocommit=True) as conn:
         if not conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]:
             raise NotPermitted(
                 f"`oblix db upgrade` must run as a PostgreSQL superuser, not {conn.info.user}: it creates the "
-                "oblix_users role and functions that pass row security to remove unused vectors."
+                "oblix_users role and the functions through which its members, who may not touch the tables, reach their sessions."
             )
+        conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{round(wait * 1000)}ms")))
         conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
         try:
             with conn.transaction():
@@ -155,7 +143,10 @@ def add_user(dsn: str, name: str) -> None:
 
     The role gets no password here (the administrator sets one, or the server's
     authentication needs none). On PostgreSQL 16 and later the membership is granted
-    without SET, so the user cannot ``SET ROLE oblix_users`` and own rows as the group.
+    without SET (on older ones ``SET ROLE oblix_users`` gains nothing: the store's
+    functions go by the login, ``session_user``). In this database, a transaction the
+    user leaves open is ended after ``IDLE_IN_TRANSACTION``, so that its locks do not
+    hold the others.
     """
     role = sql.Identifier(name)
     with psycopg.connect(dsn, autocommit=True) as conn, conn.transaction():
@@ -165,3 +156,8 @@ def add_user(dsn: str, name: str) -> None:
         if conn.info.server_version >= 160000:
             grant = sql.SQL("{} WITH INHERIT TRUE, SET FALSE").format(grant)
         conn.execute(grant)
+        conn.execute(
+            sql.SQL("ALTER ROLE {} IN DATABASE {} SET idle_in_transaction_session_timeout = {}").format(
+                role, sql.Identifier(conn.info.dbname), sql.Literal(IDLE_IN_TRANSACTION)
+            )
+        )

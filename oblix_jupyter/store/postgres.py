@@ -1,17 +1,22 @@
 """Sessions in PostgreSQL: the ``SessionStore`` a team shares, chosen with ``OBLIX_STORE=postgresql://...``.
 
 The same operations as the file store (``sessions.SessionManager``), over the schema of
-``sql/`` (``pg_schema``). PostgreSQL, not this code, keeps sessions private: row-level
-security shows each database user only their own sessions and those shared with them,
-so every query here is written as if the user's own rows were the only ones.
+``sql/`` (``pg_schema``). PostgreSQL, not this code, keeps sessions private: a database
+user holds no privilege on the tables and calls the functions of
+``sql/002_private_functions.sql``, which decide by the login (``session_user``) what it
+may read and write, so every call here is written as if the user's own sessions and
+those shared with them were the only ones. Their refusals arrive as errors of codes of
+our own (OB403, OB404, OB400), turned into ours by ``_refused``.
 
 A session is a row and each message a row at the next dense position: an append locks
-the session row (its ``UPDATE ... RETURNING message_count``) and inserts at that
-position, so appends from many kernels at once never gap, repeat or reorder. Each
-append also NOTIFYs the session's channel with the ids (never the text), for
-``wait_for_changes``. A kernel holds a pool of at most two connections, and none once
-it has been idle for a minute, so a hundred kernels fit in the server's default
-``max_connections``.
+the session row and inserts at that position, so appends from many kernels at once
+never gap, repeat or reorder. Each append also NOTIFYs the channel of each user who
+may read the session (``oblix.my_channel()``: named from a secret, so nobody else can
+listen) with the ids, never the text, for ``wait_for_changes``. A kernel holds a pool of
+at most two connections, and none once it has been idle for a minute, so a hundred
+kernels fit in the server's default ``max_connections``. No statement waits for a lock
+longer than ``LOCK_WAIT``: a colleague's open transaction costs a command a few seconds
+and ``DatabaseBusy`` (an append then goes to the spool), never a hang.
 
 The DSN's password never leaves this module: ``location`` and every error show the
 connection string without it.
@@ -35,8 +40,10 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from ..errors import (
     BadArguments,
     CorruptSession,
+    DatabaseBusy,
     ImportFormatError,
     NotPermitted,
+    OblixError,
     SessionNotFound,
     StoreUnavailable,
 )
@@ -44,7 +51,6 @@ from .migrations import SCHEMA_VERSION, upgrade, version_of
 from .pg_schema import check_version, describe_dsn, scrub
 from .sessions import SessionTransfer
 from .shape import (
-    UUID,
     change_time,
     check_context,
     check_update,
@@ -57,36 +63,21 @@ from .shape import (
 )
 from .spool import Spool
 
-CHANNEL_PREFIX = "oblix_"  # each session's appends are announced on oblix_<session id>
 _COLUMNS = {"title", "context", "model", "metadata", "schema_version"}  # session fields with a column; others go to ``extra``
 _KEPT_APART = _COLUMNS | {"id", "messages", "created_at", "updated_at"}
-_FIELDS = (
-    "s.id::text, s.title, s.created_at, s.updated_at, s.message_count, s.context, s.model, s.metadata, s.extra, "
-    "s.schema_version, CASE WHEN s.owner = current_user THEN NULL ELSE s.owner END AS shared_by"
-)
-_SESSION = f"SELECT {_FIELDS} FROM oblix.sessions s"
-# A session's messages up to a position, all text: timestamps already in ``shape.format_time``'s
-# form (UTC, milliseconds cut, not rounded), extra fields as JSON text.
-_MESSAGES = (
-    "SELECT id, role, content, to_char(timestamp AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), extra::text "
-    "FROM oblix.messages WHERE session_id = %s AND position > %s AND position <= %s ORDER BY position"
-)
-_RECENT = "ORDER BY s.updated_at DESC, s.id DESC LIMIT %(limit)s"
-# Own sessions come newest first from the index on (owner, updated_at, id); shared ones are few.
-_LISTING = (
-    # The user's own name as a parameter, not current_user: compared with a value, the owner index is usable
-    # under row security (which still applies: a wrong name shows nothing more).
-    f"SELECT * FROM (({_SESSION} WHERE s.owner = %(me)s {_RECENT}) UNION ALL "
-    f"({_SESSION} WHERE s.id IN (SELECT session_id FROM oblix.shares WHERE grantee = current_user) {_RECENT})) s "
-    "ORDER BY s.updated_at DESC, s.id DESC LIMIT %(limit)s"
-)
+# What a session's ``extra`` may never hold (sql/002 drops them too): a field a reader would
+# take for a column's, or for the store's own. Rows written before may, so readers skip them.
+_NOT_EXTRA = _KEPT_APART | {"owner", "message_count", "shared_by"}
+_MESSAGE_FIELDS = ("id", "role", "content", "timestamp")  # a message's columns, never among its extra fields
+LOCK_WAIT = 3  # seconds a statement waits for a lock another connection holds, before DatabaseBusy
+STATEMENT_LIMIT = 15  # seconds any statement of the store may run
 _HIGHLIGHT = "StartSel=«, StopSel=», MaxWords=18, MinWords=6, MaxFragments=1, FragmentDelimiter=\" … \""
 
 Result = TypeVar("Result")
 
 
 def _summary(row: tuple[Any, ...]) -> dict[str, Any]:
-    """A listing row from a ``_SESSION`` row: ``shape.summarize``'s fields, and who shared it (None: mine)."""
+    """A listing row from an ``oblix.list_sessions`` row: ``shape.summarize``'s fields, and who shared it (None: mine)."""
     session_id, title, created, updated, count, _context, model, metadata, _extra, _version, shared_by = row
     return {
         "id": session_id,
@@ -101,26 +92,31 @@ def _summary(row: tuple[Any, ...]) -> dict[str, Any]:
 
 
 def _message(row: tuple[str, str, str, str, str]) -> dict[str, Any]:
-    """A message from a ``_MESSAGES`` row; most have no extra fields, and decoding ``{}`` a thousand times shows."""
+    """A message from an ``oblix.read_messages`` row; most have no extra fields, and decoding ``{}`` a thousand times shows.
+
+    Its columns win over any extra field of the same name (in rows written before the database dropped those).
+    """
     message_id, role, content, stamp, extra = row
     message = {"id": message_id, "role": role, "content": content, "timestamp": stamp}
     if extra != "{}":
-        message.update(json.loads(extra))
+        message.update((name, value) for name, value in json.loads(extra).items() if name not in message)
     return message
 
 
 def _configure(conn: psycopg.Connection) -> None:
     # The planner's cost of a search over many rows would have every query compiled by
-    # JIT, which costs more than the query; the user's own settings are not touched.
-    conn.execute("SET jit = off")
+    # JIT, which costs more than the query; the user's own settings are not touched. A
+    # lock held elsewhere (a colleague's open transaction) fails a statement after
+    # LOCK_WAIT rather than holding it, and so does a statement that runs on and on.
+    conn.execute(f"SET jit = off; SET lock_timeout = '{LOCK_WAIT}s'; SET statement_timeout = '{STATEMENT_LIMIT}s'")
 
 
 class _ReadMessages:
     """The messages of the sessions read here last, so that a session read again fetches only the newer ones.
 
     A turn reads its session again each time: on 1,000 messages that is 5 ms fetched
-    and decoded otherwise. Sound because messages are only ever appended (no user may
-    change or remove one; they go only with their session): those read before are
+    and decoded otherwise. Sound because messages are only ever appended (no function
+    changes or removes one; they go only with their session): those read before are
     still the first ones. A session deleted elsewhere and stored again under the same
     id (an import that keeps ids) is another one, told apart by its creation time.
     At most ``size`` sessions are kept, the least recently read leaving first.
@@ -162,20 +158,21 @@ class PostgresStore(SessionTransfer):
         """
         self._dsn = dsn
         self._where = describe_dsn(dsn)
-        self.spool = Spool(self._where)  # messages kept here while the database could not take them
         self._theirs: set[str] = set()  # sessions read here that another user shared with this one
         self._read = _ReadMessages()
         self.problems: list[CorruptSession] = []  # the file store's unreadable files; a database has none
         try:
             with psycopg.connect(dsn, connect_timeout=max(2, round(timeout))) as conn:  # libpq: 0 waits forever
+                _configure(conn)
                 check_version(conn, self._where)
+                # messages kept here while the database cannot take them: this database's, this user's
+                self.spool = Spool(self._where, conn.info.user)
         except psycopg.Error as error:
             raise self._unavailable(error) from None
         self._max_connections = max_connections
         self.timeout = timeout
         self._pool = self._open_pool()
-        self._listener: psycopg.Connection | None = None
-        self._channels: set[str] = set()  # the sessions the listener LISTENs to
+        self._listener: psycopg.Connection | None = None  # LISTENs to this user's channel
         self._listening = threading.Lock()
 
     def _open_pool(self) -> ConnectionPool:
@@ -218,7 +215,9 @@ class PostgresStore(SessionTransfer):
         only if it broke before its COMMIT was sent, because an uncommitted transaction
         dies with its connection. Once COMMIT is on its way, nobody can tell whether it
         arrived; repeating an append then could store it twice, so the caller is told
-        instead (reloading the session shows whether it is there).
+        instead (reloading the session shows whether it is there). A statement that
+        waited too long for a lock is not run again: its transaction was rolled back,
+        and the user hears at once that the database is busy.
         """
         committing = False
         try:
@@ -234,6 +233,11 @@ class PostgresStore(SessionTransfer):
             self._pool, broken = self._open_pool(), self._pool
             broken.close(timeout=0)
             raise self._unavailable(error) from None
+        except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled):  # OperationalErrors, but nothing broke
+            raise DatabaseBusy(
+                f"The session database ({self._where}) is busy: another connection held what this needed for more than "
+                f"{LOCK_WAIT} s, so nothing was done. Try again in a moment."
+            ) from None
         except psycopg.OperationalError as error:
             if committing:
                 raise self._unavailable(error, " while a change was being saved; it may or may not have been", uncertain=True) from None
@@ -244,49 +248,41 @@ class PostgresStore(SessionTransfer):
             self._pool.check()
         except psycopg.errors.InsufficientPrivilege as error:
             raise NotPermitted(f"The session database refused this: {error.diag.message_primary}") from None
+        except psycopg.DatabaseError as error:
+            refusal = self._refused(error)
+            if refusal is None:
+                raise
+            raise refusal from None
         return self._run(work, write, retry=False)
 
-    def _refusal(self, conn: psycopg.Connection, session_id: str, action: str) -> Exception:
-        """Why a change found no row: no such session (for this user), or one shared with them that they may not change."""
-        row = conn.execute("SELECT owner FROM oblix.sessions WHERE id = %s", (session_id,)).fetchone()
-        if row is None:
-            return SessionNotFound(session_id, self._where)
-        return NotPermitted(f"Session {session_id} belongs to {row[0]}; you cannot {action} it.")
-
-    def _require_owner(self, conn: psycopg.Connection, session_id: str, action: str) -> None:
-        row = conn.execute("SELECT owner = current_user FROM oblix.sessions WHERE id = %s", (session_id,)).fetchone()
-        if row is None or not row[0]:
-            raise self._refusal(conn, session_id, action)
+    def _refused(self, error: psycopg.DatabaseError) -> OblixError | None:
+        """A refusal of the store's functions (sql/002) as our error; None for any other error."""
+        message = error.diag.message_primary or ""
+        if error.sqlstate == "OB404":  # the message is the session's id
+            return SessionNotFound(message, self._where)
+        if error.sqlstate == "OB403":
+            return NotPermitted(message)
+        if error.sqlstate == "OB400":
+            return BadArguments(message)
+        return None
 
     # -- the Oblix SDK's SessionManager API ---------------------------------------------
 
     def _store_new(self, session: dict[str, Any]) -> str:
-        fields = {name: value for name, value in session.items() if name not in _KEPT_APART}
+        fields = {name: value for name, value in session.items() if name not in _NOT_EXTRA}
         messages = session["messages"]
-
-        def insert(conn: psycopg.Connection) -> None:
-            conn.execute(
-                "INSERT INTO oblix.sessions (id, title, created_at, updated_at, message_count, context, model, metadata, extra, "
-                "schema_version) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                (
-                    session["id"], session.get("title"), session["created_at"], session["updated_at"], len(messages),
-                    Jsonb(session.get("context")), session.get("model"), Jsonb(session.get("metadata", {})),
-                    Jsonb(fields), session.get("schema_version", SCHEMA_VERSION),
-                ),
-            )
-            with conn.cursor() as cursor:
-                cursor.executemany(
-                    "INSERT INTO oblix.messages (session_id, position, id, role, content, timestamp, extra) "
-                    "VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                    [
-                        (session["id"], position, m["id"], m["role"], m["content"], m["timestamp"],
-                         Jsonb({k: v for k, v in m.items() if k not in ("id", "role", "content", "timestamp")}))
-                        for position, m in enumerate(messages, start=1)
-                    ],
-                )
-
+        statement = (
+            "SELECT oblix.create_session(%s, %s, %s, %s, %s, %s, %s, %s, %s, "
+            "%s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::jsonb[])"
+        )
+        params = (
+            session["id"], session.get("title"), session["created_at"], session["updated_at"], Jsonb(session.get("context")),
+            session.get("model"), Jsonb(session.get("metadata", {})), Jsonb(fields), session.get("schema_version", SCHEMA_VERSION),
+            *([m[field] for m in messages] for field in _MESSAGE_FIELDS),
+            [Jsonb({k: v for k, v in m.items() if k not in _MESSAGE_FIELDS}) for m in messages],
+        )
         try:
-            self._run(insert, write=True)
+            self._run(lambda conn: conn.execute(statement, params), write=True)
         except psycopg.errors.UniqueViolation as error:
             if error.diag.constraint_name == "sessions_pkey":
                 raise ImportFormatError(f"A session with id {session['id']} already exists.") from None
@@ -304,6 +300,7 @@ class PostgresStore(SessionTransfer):
         """
         validate_session_id(session_id)
         content, extra = message_parts(message, role, fields)
+        extra = {name: value for name, value in extra.items() if name not in _MESSAGE_FIELDS}
         stored = {"role": role, "content": content, "timestamp": now_iso(), **extra}
         try:
             self.flush_spool(session_id)
@@ -323,21 +320,10 @@ class PostgresStore(SessionTransfer):
         extra = {key: value for key, value in stored.items() if key not in ("role", "content", "timestamp")}
 
         def append(conn: psycopg.Connection) -> dict[str, Any]:
-            locked = conn.execute(
-                "UPDATE oblix.sessions SET message_count = message_count + 1, updated_at = greatest(updated_at, %s) "
-                "WHERE id = %s RETURNING message_count",  # the row stays locked until COMMIT: appends queue here
-                (change_time(), session_id),
-            ).fetchone()
-            if locked is None:
-                raise self._refusal(conn, session_id, "add messages to")
-            position = number = locked[0]
-            while conn.execute(
-                "INSERT INTO oblix.messages (session_id, position, id, role, content, timestamp, extra) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (session_id, id) DO NOTHING RETURNING 1",
-                (session_id, position, f"msg_{number}", role, content, stamp, Jsonb(extra)),
-            ).fetchone() is None:
-                number += 1
-            return {"id": f"msg_{number}", **stored}
+            number = conn.execute(
+                "SELECT oblix.append_message(%s, %s, %s, %s, %s, %s)", (session_id, role, content, stamp, Jsonb(extra), change_time())
+            ).fetchone()[0]
+            return {"id": number, **stored}
 
         return self._run(append, write=True)
 
@@ -346,7 +332,7 @@ class PostgresStore(SessionTransfer):
         validate_session_id(session_id)
 
         def load(conn: psycopg.Connection) -> dict[str, Any] | None:
-            row = conn.execute(f"{_SESSION} WHERE id = %s", (session_id,)).fetchone()
+            row = conn.execute("SELECT * FROM oblix.read_session(%s)", (session_id,)).fetchone()
             if row is None:
                 self._read.forget(session_id)
                 return None
@@ -354,7 +340,7 @@ class PostgresStore(SessionTransfer):
                 self._theirs.add(session_id)
             # Those up to the count read are the session as it was then.
             known = self._read.first(session_id, row[2], row[4])
-            newer = conn.execute(_MESSAGES, (session_id, len(known), row[4])).fetchall()
+            newer = conn.execute("SELECT * FROM oblix.read_messages(%s, %s, %s)", (session_id, len(known), row[4])).fetchall()
             messages = known + [_message(m) for m in newer]
             self._read.keep(session_id, row[2], messages)
             return self._document(row, [dict(message) for message in messages])
@@ -363,7 +349,7 @@ class PostgresStore(SessionTransfer):
 
     def _document(self, row: tuple[Any, ...], messages: list[dict[str, Any]]) -> dict[str, Any]:
         session_id, title, created, updated, _count, context, model, metadata, extra, version, _shared_by = row
-        document = {
+        document: dict[str, Any] = {
             "id": session_id,
             "title": title,
             "created_at": format_time(created),
@@ -373,8 +359,8 @@ class PostgresStore(SessionTransfer):
             "model": model,
             "metadata": metadata,
             "schema_version": version,
-            **extra,
         }
+        document.update((name, value) for name, value in extra.items() if name not in _NOT_EXTRA)
         if not upgrade(document):
             raise StoreUnavailable(
                 f"Session {session_id} was written by a newer oblix_jupyter (session schema {version_of(document)}; "
@@ -395,15 +381,14 @@ class PostgresStore(SessionTransfer):
     def session_version(self, session_id: str) -> Any:
         """A value that changes whenever the session is written (its row's ``xmin``; None while it does not exist)."""
         validate_session_id(session_id)
-        row = self._run(lambda conn: conn.execute("SELECT xmin::text FROM oblix.sessions WHERE id = %s", (session_id,)).fetchone())
-        return None if row is None else row[0]
+        return self._run(lambda conn: conn.execute("SELECT oblix.session_version(%s)", (session_id,)).fetchone()[0])
 
     def list_sessions(self, limit: int | None = 50) -> list[dict[str, Any]]:
         """Summaries of the most recently updated sessions this user may read, newest first.
 
         Each has ``shared_by``: None for the user's own, else the owner who shared it.
         """
-        rows = self._run(lambda conn: conn.execute(_LISTING, {"limit": limit, "me": conn.info.user}).fetchall())
+        rows = self._run(lambda conn: conn.execute("SELECT * FROM oblix.list_sessions(%s)", (limit,)).fetchall())
         return [_summary(row) for row in rows]
 
     def delete_session(self, session_id: str) -> bool:
@@ -413,48 +398,25 @@ class PostgresStore(SessionTransfer):
         trigger for vectors no other session uses).
         """
         validate_session_id(session_id)
-
         self._read.forget(session_id)
-
-        def delete(conn: psycopg.Connection) -> bool:
-            if conn.execute("DELETE FROM oblix.sessions WHERE id = %s", (session_id,)).rowcount:
-                return True
-            refusal = self._refusal(conn, session_id, "delete")
-            if isinstance(refusal, NotPermitted):
-                raise refusal
-            return False
-
-        return self._run(delete, write=True)
+        return self._run(lambda conn: conn.execute("SELECT oblix.delete_session(%s)", (session_id,)).fetchone()[0], write=True)
 
     def update_session(self, session_id: str, **fields: Any) -> dict[str, Any]:
-        """Change ``title``, ``context``, ``model``, ``metadata`` or other extra fields; returns the session."""
+        """Change ``title``, ``context``, ``model``, ``metadata`` or other extra fields; returns the session. Only its owner may."""
         validate_session_id(session_id)
         fields = check_update(fields)
-        columns = {name: Jsonb(value) if name in ("context", "metadata") else value for name, value in fields.items() if name in _COLUMNS}
+        columns = {name: value for name, value in fields.items() if name in _COLUMNS}
         extra = {name: value for name, value in fields.items() if name not in _COLUMNS}
-        assignments = [sql.SQL("{} = %s").format(sql.Identifier(name)) for name in columns]
-        statement = sql.SQL(
-            "UPDATE oblix.sessions SET {}extra = extra || %s, updated_at = greatest(updated_at, %s) WHERE id = %s"
-        ).format(sql.SQL("").join(sql.SQL("{}, ").format(a) for a in assignments))
-        self._change(session_id, statement, (*columns.values(), Jsonb(extra), change_time(), session_id))
+        statement = "SELECT oblix.update_session(%s, %s, %s, %s)"
+        self._run(lambda conn: conn.execute(statement, (session_id, Jsonb(columns), Jsonb(extra), change_time())), write=True)
         return self.get_session(session_id)
 
     def update_session_metadata(self, session_id: str, metadata: dict[str, Any]) -> bool:
-        """Merge ``metadata`` into the session's metadata (the SDK's call), in one statement."""
+        """Merge ``metadata`` into the session's metadata (the SDK's call), in one statement. Only its owner may."""
         validate_session_id(session_id)
-        statement = sql.SQL(
-            "UPDATE oblix.sessions SET metadata = coalesce(metadata, '{}') || %s, updated_at = greatest(updated_at, %s) "
-            "WHERE id = %s"
-        )
-        self._change(session_id, statement, (Jsonb(check_context(metadata)), change_time(), session_id))
+        params = (session_id, Jsonb(check_context(metadata)), change_time())
+        self._run(lambda conn: conn.execute("SELECT oblix.merge_metadata(%s, %s, %s)", params), write=True)
         return True
-
-    def _change(self, session_id: str, statement: sql.Composable, params: tuple[Any, ...]) -> None:
-        def change(conn: psycopg.Connection) -> None:
-            if not conn.execute(statement, params).rowcount:
-                raise self._refusal(conn, session_id, "change")
-
-        self._run(change, write=True)
 
     def search_sessions(self, query: str, limit: int = 50) -> list[dict[str, Any]]:
         """Sessions whose title or messages match ``query`` (web search syntax: words, "phrases", -not, or), best first.
@@ -465,20 +427,8 @@ class PostgresStore(SessionTransfer):
         """
         if not query.strip():
             return [{**row, "snippet": ""} for row in self.list_sessions(limit)]
-        # search_hits (sql/) reads the indexes past row security, keeping to this user's
-        # sessions; the join with sessions, under row security, would drop any other.
-        statement = f"""
-            WITH q AS (SELECT websearch_to_tsquery('english', %(query)s) AS q),
-            chosen AS (
-                SELECT b.*, s.updated_at FROM q, oblix.search_hits(q.q) b JOIN oblix.sessions s ON s.id = b.session_id
-                 ORDER BY b.rank DESC, s.updated_at DESC LIMIT %(limit)s
-            )
-            SELECT {_FIELDS}, ts_headline('english', c.text, q.q, %(highlight)s)
-              FROM chosen c JOIN oblix.sessions s ON s.id = c.session_id, q
-             ORDER BY c.rank DESC, c.updated_at DESC
-        """
-        params = {"query": query, "limit": limit, "highlight": _HIGHLIGHT}
-        rows = self._run(lambda conn: conn.execute(statement, params).fetchall())
+        params = (query, limit, _HIGHLIGHT)
+        rows = self._run(lambda conn: conn.execute("SELECT * FROM oblix.search_sessions(%s, %s, %s)", params).fetchall())
         return [{**_summary(row[:-1]), "snippet": row[-1]} for row in rows]
 
     def prune(self, older_than: timedelta, dry_run: bool = False) -> list[str]:
@@ -486,14 +436,7 @@ class PostgresStore(SessionTransfer):
         cutoff = parse_time(format_time(datetime.now(timezone.utc) - older_than))
 
         def prune(conn: psycopg.Connection) -> list[str]:
-            doomed = [row[0] for row in conn.execute(
-                "SELECT id::text FROM oblix.sessions WHERE owner = current_user AND updated_at < %s "
-                "ORDER BY updated_at DESC, id DESC",
-                (cutoff,),
-            )]
-            if not dry_run:
-                conn.execute("DELETE FROM oblix.sessions WHERE id = ANY(%s::uuid[])", (doomed,))
-            return doomed
+            return [row[0] for row in conn.execute("SELECT * FROM oblix.prune_sessions(%s, %s)", (cutoff, dry_run))]
 
         return self._run(prune, write=True)
 
@@ -501,11 +444,8 @@ class PostgresStore(SessionTransfer):
         """Turn a full id or a unique prefix of one into the full id, among the sessions this user may read."""
 
         def matching(candidate: str) -> list[str]:
-            if UUID.match(candidate):
-                statement, value = "SELECT id::text FROM oblix.sessions WHERE id = %s", candidate
-            else:
-                statement, value = "SELECT id::text FROM oblix.sessions WHERE id::text LIKE %s", f"{candidate}%"
-            return [row[0] for row in self._run(lambda conn: conn.execute(statement, (value,)).fetchall())]
+            statement = "SELECT * FROM oblix.matching_sessions(%s)"
+            return [row[0] for row in self._run(lambda conn: conn.execute(statement, (candidate,)).fetchall())]
 
         return resolve_session_id(id_or_prefix, matching, self._where)
 
@@ -516,7 +456,7 @@ class PostgresStore(SessionTransfer):
         wanted = list(dict.fromkeys(keys))
         if not wanted:
             return {}
-        statement = "SELECT key, payload FROM oblix.vectors WHERE model = %s AND key = ANY(%s)"
+        statement = "SELECT * FROM oblix.read_vectors(%s, %s::text[])"
         try:
             return dict(self._run(lambda conn: conn.execute(statement, (model, wanted)).fetchall()))
         except StoreUnavailable:
@@ -531,21 +471,12 @@ class PostgresStore(SessionTransfer):
         if not entries:
             return
 
-        def write(conn: psycopg.Connection) -> None:
-            with conn.cursor() as cursor:
-                cursor.executemany(
-                    "INSERT INTO oblix.vectors (model, key, payload) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
-                    [(model, key, payload) for key, payload in entries.items() if payload is not None],
-                )
-                cursor.executemany(
-                    "INSERT INTO oblix.uses (session_id, model, key) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
-                    [(session_id, model, key) for key in entries],
-                )
-
+        statement = "SELECT oblix.write_vectors(%s, %s, %s::text[], %s::bytea[])"
+        params = (session_id, model, list(entries), list(entries.values()))
         try:
-            self._run(write, write=True)
-        except (StoreUnavailable, NotPermitted, psycopg.errors.ForeignKeyViolation):
-            pass  # no database, or the session is gone or no longer shared: nothing to keep vectors for
+            self._run(lambda conn: conn.execute(statement, params), write=True)
+        except (StoreUnavailable, psycopg.errors.ForeignKeyViolation):
+            pass  # no database, or the session went meanwhile: nothing to keep vectors for
 
     # -- notebook bindings (each user's own) ---------------------------------------------
 
@@ -554,30 +485,21 @@ class PostgresStore(SessionTransfer):
         validate_session_id(session_id)
         if not key:
             raise ValueError("a binding needs a non-empty notebook key")
-        statement = (
-            "INSERT INTO oblix.bindings (notebook, session_id) VALUES (%s, %s) ON CONFLICT (owner, notebook) "
-            "DO UPDATE SET session_id = excluded.session_id, updated_at = now()"
-        )
         try:
-            self._run(lambda conn: conn.execute(statement, (key, session_id)), write=True)
-        except (NotPermitted, psycopg.errors.ForeignKeyViolation):
+            self._run(lambda conn: conn.execute("SELECT oblix.bind(%s, %s)", (key, session_id)), write=True)
+        except psycopg.errors.ForeignKeyViolation:  # the session went meanwhile
             raise SessionNotFound(session_id, self._where) from None
 
     def unbind(self, key: str) -> None:
-        self._run(lambda conn: conn.execute("DELETE FROM oblix.bindings WHERE notebook = %s", (key,)), write=True)
+        self._run(lambda conn: conn.execute("SELECT oblix.unbind(%s)", (key,)), write=True)
 
     def bound_session(self, key: str) -> str | None:
         """The session bound to ``key``, or None if there is none or this user can no longer read it."""
-        statement = (
-            "SELECT b.session_id::text FROM oblix.bindings b JOIN oblix.sessions s ON s.id = b.session_id "
-            "WHERE b.notebook = %s"
-        )
-        row = self._run(lambda conn: conn.execute(statement, (key,)).fetchone())
-        return None if row is None else row[0]
+        return self._run(lambda conn: conn.execute("SELECT oblix.bound_session(%s)", (key,)).fetchone()[0])
 
     def bindings(self) -> dict[str, str]:
         """Every notebook key of this user and the session bound to it."""
-        rows = self._run(lambda conn: conn.execute("SELECT notebook, session_id::text FROM oblix.bindings").fetchall())
+        rows = self._run(lambda conn: conn.execute("SELECT * FROM oblix.bindings()").fetchall())
         return dict(rows)
 
     # -- sharing --------------------------------------------------------------------------
@@ -585,37 +507,24 @@ class PostgresStore(SessionTransfer):
     def share(self, session_id: str, user: str, write: bool = False) -> None:
         """Let database user ``user`` read the session (and, with ``write``, add messages to it); only its owner may.
 
-        Sharing again changes ``write``. A writer may append and change the title or
-        context, never delete the session, share it or take it over.
+        Sharing again changes ``write``. A writer may add messages, nothing else: the
+        title, context, model, metadata, sharing and deletion stay the owner's.
         """
         validate_session_id(session_id)
-
-        def share(conn: psycopg.Connection) -> None:
-            self._require_owner(conn, session_id, "share")
-            if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (user,)).fetchone() is None:
-                raise BadArguments(f"There is no database user {user!r} to share with.")
-            conn.execute(
-                "INSERT INTO oblix.shares (session_id, grantee, can_write) VALUES (%s, %s, %s) "
-                "ON CONFLICT (session_id, grantee) DO UPDATE SET can_write = excluded.can_write",
-                (session_id, user, write),
-            )
-
-        self._run(share, write=True)
+        self._run(lambda conn: conn.execute("SELECT oblix.share(%s, %s, %s)", (session_id, user, write)), write=True)
 
     def unshare(self, session_id: str, user: str) -> None:
-        """Take the session back from ``user`` (nothing if it was not shared with them); only its owner may."""
+        """Take the session back from ``user`` (nothing if it was not shared with them); only its owner may.
+
+        From then on ``user`` reads nothing of it and hears of none of its appends.
+        """
         validate_session_id(session_id)
-
-        def unshare(conn: psycopg.Connection) -> None:
-            self._require_owner(conn, session_id, "unshare")
-            conn.execute("DELETE FROM oblix.shares WHERE session_id = %s AND grantee = %s", (session_id, user))
-
-        self._run(unshare, write=True)
+        self._run(lambda conn: conn.execute("SELECT oblix.unshare(%s, %s)", (session_id, user)), write=True)
 
     def shares(self, session_id: str) -> list[dict[str, Any]]:
         """Who else may read the session, and who may write: ``[{"user", "write"}]``, for its owner (others see only their own)."""
         validate_session_id(session_id)
-        statement = "SELECT grantee, can_write FROM oblix.shares WHERE session_id = %s ORDER BY grantee"
+        statement = "SELECT * FROM oblix.shares(%s)"
         rows = self._run(lambda conn: conn.execute(statement, (session_id,)).fetchall())
         return [{"user": user, "write": can_write} for user, can_write in rows]
 
@@ -628,22 +537,19 @@ class PostgresStore(SessionTransfer):
         """
         if session_id not in self._theirs:
             return True
-        statement = (
-            "SELECT EXISTS (SELECT 1 FROM oblix.shares WHERE session_id = %s AND grantee = current_user AND can_write)"
-        )
-        return bool(self._run(lambda conn: conn.execute(statement, (session_id,)).fetchone()[0]))
+        return bool(self._run(lambda conn: conn.execute("SELECT oblix.can_write(%s)", (session_id,)).fetchone()[0]))
 
     # -- live changes ---------------------------------------------------------------------
 
     def wait_for_changes(self, session_ids: Iterable[str], timeout: float = 10.0) -> list[tuple[str, str]]:
         """(session id, message id) of messages appended to ``session_ids``, waiting up to ``timeout`` s for one.
 
-        The first call for a session starts listening to it, on a connection of its own
-        kept for the next calls, so nothing appended between two calls is missed; an
-        append before that first call is not reported (read the session after it). If
-        the connection breaks, it is opened again and appends in between go unreported:
-        a caller that must not miss one compares ``session_version``. The notification
-        carries ids only, and only to whoever listens to that session's id.
+        The first call starts listening, on a connection of its own kept for the next
+        calls, so nothing appended between two calls is missed; an append before that
+        first call is not reported (read the session after it). If the connection
+        breaks, it is opened again and appends in between go unreported: a caller that
+        must not miss one compares ``session_version``. The notification carries ids
+        only, and only to the users who may read the session at the time of the append.
         """
         wanted = {validate_session_id(session_id) for session_id in session_ids}
         deadline = time.monotonic() + timeout
@@ -664,9 +570,9 @@ class PostgresStore(SessionTransfer):
         """Add to ``found`` what arrives for ``wanted`` until one has come and nothing more is waiting, or ``deadline``."""
         if self._listener is None:
             self._listener = psycopg.connect(self._dsn, autocommit=True)
-        for session_id in wanted - self._channels:
-            self._listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL_PREFIX + session_id)))
-            self._channels.add(session_id)
+            _configure(self._listener)
+            channel = self._listener.execute("SELECT oblix.my_channel()").fetchone()[0]
+            self._listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
         while True:
             waiting = 0.0 if found else max(0.0, deadline - time.monotonic())
             batch = [note.payload for note in self._listener.notifies(timeout=waiting, stop_after=1)]
@@ -681,4 +587,3 @@ class PostgresStore(SessionTransfer):
         if self._listener is not None:
             self._listener.close()
             self._listener = None
-            self._channels.clear()

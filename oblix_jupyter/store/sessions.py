@@ -29,6 +29,7 @@ from tinydb import TinyDB
 
 from ..errors import CorruptSession, ImportFormatError, SessionNotFound
 from .bindings import Bindings
+from .dsn import check, is_connection_string
 from .files import DIR_MODE, atomic_write_bytes, ensure_private_dir, remove_file
 from .formats import read_import_file
 from .index import ListingIndex
@@ -447,19 +448,16 @@ class SessionManager(SessionTransfer):
         return resolve_session_id(id_or_prefix, matching, self.base_dir)
 
 
-def is_database_url(location: str | None) -> bool:
-    """Whether a store location names the PostgreSQL store rather than a directory."""
-    return bool(location) and str(location).startswith(("postgresql://", "postgres://"))
-
-
 def open_store(location: str | os.PathLike[str] | None = None) -> SessionStore:
     """The store ``location`` names, else ``$OBLIX_STORE``, else the default directory (``default_base_dir``).
 
-    A ``postgresql://`` (or ``postgres://``) URL opens the PostgreSQL store (libpq's
-    ``PG*`` variables and ``~/.pgpass`` fill in what it leaves out); anything else is a directory.
+    A connection string (a ``postgresql://`` URL or libpq's ``key=value`` pairs, see
+    ``dsn``) opens the PostgreSQL store (libpq's ``PG*`` variables, service file and
+    ``~/.pgpass`` fill in what it leaves out); anything else is a directory.
     """
     location = os.fspath(location) if location is not None else os.environ.get("OBLIX_STORE") or None
-    if is_database_url(location):
+    if is_connection_string(location):
+        check(location)  # before libpq sees a string it would misread, or quote in its errors
         # psycopg is an optional extra: imported only when asked for
         from .postgres import PostgresStore
 

@@ -23,15 +23,18 @@ from .sessions import default_base_dir
 
 
 class Spool:
-    """Pending messages for one database, by session: what ``PostgresStore.save_message`` could not write.
+    """Pending messages for one database and one of its users, by session: what ``PostgresStore.save_message`` could not write.
 
-    ``location`` names the database (without its password); each has a folder of its
-    own, so that messages for one are never written to another.
+    ``location`` names the database (without its password) and ``user`` is the role the
+    store logged in as, as libpq resolved it (from the connection string, ``PGUSER``, a
+    service file or the login name). Each pair has a folder of its own, so that a
+    message is only ever written to the database it was meant for, as the user who
+    wrote it: two database users of one machine account never flush each other's.
     """
 
-    def __init__(self, location: str) -> None:
+    def __init__(self, location: str, user: str) -> None:
         spool = os.path.join(os.path.dirname(default_base_dir()), "spool")
-        self.directory = os.path.join(spool, hashlib.sha256(location.encode("utf-8")).hexdigest()[:16])
+        self.directory = os.path.join(spool, _folder_name(location, user))
 
     def add(self, session_id: str, message: dict[str, Any]) -> None:
         """Keep ``message`` (role, content, timestamp and extra fields) for ``session_id`` until ``flush``."""
@@ -69,3 +72,8 @@ class Spool:
             remove_file(record["path"])
             written += 1
         return written
+
+
+def _folder_name(location: str, user: str) -> str:
+    """A name that differs for every (database, user) pair and says nothing of either."""
+    return hashlib.sha256(json.dumps([location, user]).encode("utf-8")).hexdigest()[:16]

@@ -82,3 +82,23 @@ def test_a_database_lost_mid_answer_keeps_the_answer_and_a_lost_one_at_the_start
     ], "nothing lost, nothing twice, in order"
     assert ("saved locally", "none waiting") in client.diagnose()
     client.session_manager.close()
+
+
+def test_a_write_sharee_answers_in_a_session_without_a_model_and_leaves_the_model_to_its_owner(model_env, postgres, monkeypatch):
+    """The first answer pins the session's model, but only its owner may set it: a sharee's turn still succeeds."""
+    owner, sharee = (postgres.create_user(f"{who}_{uuid.uuid4().hex[:8]}") for who in ("owner", "sharee"))
+
+    def store_of(role: str) -> str:
+        return f"postgresql://{role}@/{DATABASE}?host={quote(str(postgres.socket_dir))}&port=5432"
+
+    mine = PostgresStore(store_of(owner))
+    session_id = mine.create_session(title="no model yet")
+    mine.share(session_id, sharee, write=True)
+    theirs = OblixClient(store=store_of(sharee))
+    result = theirs.execute_sync("a question from a colleague", session_id)
+    assert result["response"] == "Echo: a question from a colleague"
+    seen = mine.get_session(session_id)
+    assert [m["content"] for m in seen["messages"]] == ["a question from a colleague", "Echo: a question from a colleague"]
+    assert not seen.get("model"), "the model is the owner's to pin"
+    theirs.session_manager.close()
+    mine.close()

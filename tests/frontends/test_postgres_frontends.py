@@ -27,6 +27,7 @@ from oblix_jupyter import OblixClient
 from oblix_jupyter.errors import BadArguments, NotPermitted
 from oblix_jupyter.frontends.cli import main
 from oblix_jupyter.sessions import SessionManager
+from oblix_jupyter.store.pg_schema import LATEST
 
 pytestmark = pytest.mark.timeout(120)
 LOAD = "%load_ext oblix_jupyter"
@@ -98,12 +99,15 @@ def test_search_share_and_unshare_between_two_users(postgres, team):
 
 
 def test_the_client_shares_for_writing_and_refuses_what_the_database_cannot(team):
-    (alice, alices), (_, bobs) = team["alice"], team["bob"]
+    (alice, alices), (bob, bobs) = team["alice"], team["bob"]
     notes = merge_notes(bobs)
     bobs.share(notes, alice, write=True)
     assert bobs.shares(notes) == [{"user": alice, "write": True}]
-    alices.rename_session(notes, "Merge notes, tidied by alice")
-    assert bobs.get_session(notes)["title"] == "Merge notes, tidied by alice"
+    alices.session_manager.save_message(notes, "I added the left join too.")
+    with pytest.raises(NotPermitted, match=f"belongs to {bob}; you cannot change it"):  # a write share adds messages, no more
+        alices.rename_session(notes, "Merge notes, tidied by alice")
+    assert bobs.get_session(notes)["title"] == "Pandas merge notes"
+    assert bobs.get_session(notes)["messages"][-1]["content"] == "I added the left join too."
     with pytest.raises(BadArguments, match="no database user 'nobody_here'"):
         bobs.share(notes, "nobody_here")
     bobs.share(notes, alice)  # again, without write: read only from now on
@@ -119,11 +123,11 @@ def test_db_upgrade_status_and_add_user(postgres):
         admin = store_url(postgres, ADMIN, fresh, password=SECRET)
         shown = f"postgresql: user={ADMIN} dbname={fresh} host={postgres.socket_dir} port=5432"
         before = oblix("db", "--dsn", admin, "status")
-        assert before.stdout == f"{shown}: schema version 0, this oblix_jupyter needs 1: run `oblix db upgrade`.\n"
-        assert oblix("db", "--dsn", admin, "upgrade").stdout == f"{shown}: applied 1 migration(s); schema version 1.\n"
+        assert before.stdout == f"{shown}: schema version 0, this oblix_jupyter needs {LATEST}: run `oblix db upgrade`.\n"
+        assert oblix("db", "--dsn", admin, "upgrade").stdout == f"{shown}: applied {LATEST} migration(s); schema version {LATEST}.\n"
         again = oblix("db", "upgrade", env=as_user(admin))  # OBLIX_STORE names the database when --dsn does not
-        assert again.stdout == f"{shown}: already up to date; schema version 1.\n"
-        assert oblix("db", "--dsn", admin, "status").stdout == f"{shown}: schema version 1, up to date.\n"
+        assert again.stdout == f"{shown}: already up to date; schema version {LATEST}.\n"
+        assert oblix("db", "--dsn", admin, "status").stdout == f"{shown}: schema version {LATEST}, up to date.\n"
         assert SECRET not in before.stdout + before.stderr + again.stdout + again.stderr
     finally:
         with psycopg.connect(postgres.dsn(ADMIN, database="postgres"), autocommit=True) as conn:
@@ -179,7 +183,7 @@ def test_doctor_names_the_database_without_its_password_and_says_whether_it_answ
     assert main(["doctor"]) == 0
     rows = dict(re.split(r"\s{2,}", line, maxsplit=1) for line in capsys.readouterr().out.splitlines())
     assert rows["store"].startswith("postgresql: user=") and f"dbname={DATABASE}" in rows["store"]
-    assert rows["store state"] == "answers (PostgreSQL, schema version 1, up to date)" and rows["sessions"] == "0"
+    assert rows["store state"] == f"answers (PostgreSQL, schema version {LATEST}, up to date)" and rows["sessions"] == "0"
 
     monkeypatch.setenv("OBLIX_STORE", f"postgresql://nobody:{SECRET}@/{DATABASE}?host=/nowhere")
     assert main(["doctor"]) == 0

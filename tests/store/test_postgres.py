@@ -1,11 +1,13 @@
-"""What only the PostgreSQL store does, on a real server: concurrency, privacy by row security, sharing, search,
-live changes, surviving a server restart, and its migrations.
+"""What only the PostgreSQL store does, on a real server: concurrency, privacy enforced by the database, sharing,
+search, live changes, surviving a server restart, and its migrations.
 
-The operations both stores share are tested on both in ``test_sessions.py``.
+The operations both stores share are tested on both in ``test_sessions.py``; what users'
+own SQL cannot do to each other is attacked in ``test_pg_attacks.py``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import threading
@@ -86,8 +88,10 @@ def test_sessions_are_private_even_to_raw_sql_and_sharing_gives_exactly_what_it_
 
         with psycopg.connect(postgres.dsn("alice", password=PASSWORD), autocommit=True) as raw:
             def seen() -> list[int]:
-                return [raw.execute(f"SELECT count(*) FROM oblix.{table}").fetchone()[0]
-                        for table in ("sessions", "messages", "shares", "bindings", "vectors", "uses")]
+                """What alice's own SQL gets of bob's session, through every function that reads."""
+                calls = ("list_sessions(NULL)", "read_session(%(s)s)", "read_messages(%(s)s, 0, 100)", "shares(%(s)s)",
+                         "bindings()", "read_vectors('model', ARRAY['key-of-friday'])", "matching_sessions(left(%(s)s, 4))")
+                return [raw.execute(f"SELECT count(*) FROM oblix.{call}", {"s": secret}).fetchone()[0] for call in calls]
 
             assert secret not in {s["id"] for s in alice.list_sessions()}
             assert alice.load_session(secret) is None
@@ -98,8 +102,8 @@ def test_sessions_are_private_even_to_raw_sql_and_sharing_gives_exactly_what_it_
             with pytest.raises(SessionNotFound):
                 alice.share(secret, "alice", write=True)
             assert alice.delete_session(secret) is False
-            assert seen() == [0, 0, 0, 0, 0, 0]
-            assert raw.execute("DELETE FROM oblix.sessions WHERE id = %s", (secret,)).rowcount == 0
+            assert seen() == [0, 0, 0, 0, 0, 0, 0]
+            assert raw.execute("SELECT oblix.delete_session(%s)", (secret,)).fetchone()[0] is False
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 raw.execute("INSERT INTO oblix.shares (session_id, grantee, owner, can_write) VALUES (%s, 'alice', 'bob', true)",
                             (secret,))
@@ -117,20 +121,17 @@ def test_sessions_are_private_even_to_raw_sql_and_sharing_gives_exactly_what_it_
                 alice.delete_session(secret)
             with pytest.raises(NotPermitted):
                 alice.share(secret, "carol", write=True)
-            with pytest.raises(psycopg.errors.InsufficientPrivilege):
-                raw.execute("UPDATE oblix.sessions SET owner = 'alice' WHERE id = %s", (secret,))
-            assert raw.execute("DELETE FROM oblix.sessions WHERE id = %s", (secret,)).rowcount == 0
-            assert raw.execute("UPDATE oblix.shares SET can_write = true WHERE grantee = 'carol'").rowcount == 0
-            assert raw.execute("DELETE FROM oblix.shares WHERE session_id = %s", (secret,)).rowcount == 0
-            with pytest.raises(psycopg.errors.InsufficientPrivilege):
-                raw.execute("UPDATE oblix.messages SET content = 'rewritten' WHERE session_id = %s", (secret,))
-            assert raw.execute("SELECT count(*) FROM oblix.bindings").fetchone()[0] == 0  # bob's bindings stay his
-            assert raw.execute("SELECT count(*) FROM oblix.vectors").fetchone()[0] == 0  # and so do his vectors
+            for statement in ("UPDATE oblix.sessions SET owner = 'alice' WHERE id = %s", "DELETE FROM oblix.sessions WHERE id = %s",
+                              "UPDATE oblix.shares SET can_write = true WHERE session_id = %s",
+                              "UPDATE oblix.messages SET content = 'rewritten' WHERE session_id = %s"):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    raw.execute(statement, (secret,))
+            assert seen() == [1, 1, 2, 1, 0, 0, 1]  # bob's bindings and vectors stay his; of the shares, her own
             assert bob.get_session(secret)["messages"][0]["content"] == "the launch is on Friday"
 
             bob.unshare(secret, "alice")
             assert alice.list_sessions() == [] and alice.load_session(secret) is None
-            assert seen() == [0, 0, 0, 0, 0, 0]
+            assert seen() == [0, 0, 0, 0, 0, 0, 0]
             assert carol.load_session(secret) is not None
     finally:
         for store in (alice, bob, carol):
@@ -191,7 +192,7 @@ def test_search_ranks_hits_with_snippets_over_thousands_of_messages_and_only_rea
     assert [(hit["id"], hit["shared_by"]) for hit in shared] == [(bobs, role_of(bob))]
 
 
-def test_search_hits_passes_row_security_yet_gives_raw_sql_only_what_its_caller_may_read(postgres, open_as):
+def test_search_passes_the_indexes_yet_gives_raw_sql_only_what_its_caller_may_read(postgres, open_as):
     owner, reader, stranger = open_as("owner"), open_as("reader"), open_as("stranger")
     secret = owner.add_session({"id": "-", "title": "zeppelin plans", "created_at": "2025-01-01T00:00:00.000Z",
                                 "updated_at": "2025-01-01T00:00:00.000Z",
@@ -200,37 +201,32 @@ def test_search_hits_passes_row_security_yet_gives_raw_sql_only_what_its_caller_
 
     def raw_hits(store: PostgresStore) -> list[tuple[str, str]]:
         with psycopg.connect(postgres.dsn(role_of(store)), autocommit=True) as raw:
-            return raw.execute(
-                "SELECT session_id::text, text FROM oblix.search_hits(to_tsquery('english', 'zeppelin'))"
-            ).fetchall()
+            return raw.execute("SELECT id, title FROM oblix.search_sessions('zeppelin', 10, '')").fetchall()
 
     assert raw_hits(owner) == [(secret, "zeppelin plans")]
     assert raw_hits(reader) == [(secret, "zeppelin plans")]
     assert raw_hits(stranger) == []
     with psycopg.connect(postgres.dsn(role_of(stranger)), autocommit=True) as raw:
         with pytest.raises(psycopg.errors.InsufficientPrivilege):  # only its owner may redefine who may read what
-            raw.execute("CREATE OR REPLACE FUNCTION oblix.search_hits(query tsquery) RETURNS TABLE "
-                        "(session_id uuid, rank real, text text) LANGUAGE sql AS 'SELECT NULL::uuid, 0::real, NULL'")
+            raw.execute("CREATE OR REPLACE FUNCTION oblix.search_sessions(query text, most integer, highlight text) "
+                        "RETURNS SETOF text LANGUAGE sql AS 'SELECT NULL::text'")
     owner.unshare(secret, role_of(reader))
     assert raw_hits(reader) == [] and reader.search_sessions("zeppelin") == []
 
 
-def test_a_message_belongs_to_its_sessions_owner_whoever_writes_it_and_says_so(postgres, open_as):
+def test_a_message_belongs_to_its_sessions_owner_whoever_writes_it(postgres, open_as):
     owner, writer = open_as("owner"), open_as("writer")
     session_id = owner.create_session(title="together")
     owner.share(session_id, role_of(writer), write=True)
     with psycopg.connect(postgres.dsn(role_of(writer)), autocommit=True) as raw:
-        raw.execute(
-            "INSERT INTO oblix.messages (session_id, owner, position, id, role, content, timestamp) "
-            "VALUES (%s, %s, 1, 'msg_1', 'user', 'mine now?', now())",
-            (session_id, role_of(writer)),
-        )
+        appended = raw.execute("SELECT oblix.append_message(%s, 'user', 'mine now?', now(), '{}')", (session_id,)).fetchone()
+        assert appended == ("msg_1",)
     assert postgres.admin_query("SELECT owner FROM oblix.messages WHERE session_id = %s", (session_id,)) == [(role_of(owner),)]
     owner.unshare(session_id, role_of(writer))
     with psycopg.connect(postgres.dsn(role_of(owner)), autocommit=True) as raw:
-        assert raw.execute("SELECT content FROM oblix.messages").fetchall() == [("mine now?",)]
+        assert raw.execute("SELECT content FROM oblix.read_messages(%s, 0, 10)", (session_id,)).fetchall() == [("mine now?",)]
     with psycopg.connect(postgres.dsn(role_of(writer)), autocommit=True) as raw:
-        assert raw.execute("SELECT count(*) FROM oblix.messages").fetchone()[0] == 0
+        assert raw.execute("SELECT count(*) FROM oblix.read_messages(%s, 0, 10)", (session_id,)).fetchone()[0] == 0
 
 
 def test_an_append_on_another_connection_reaches_a_listener_within_a_second(open_as, postgres):
@@ -416,3 +412,59 @@ def test_a_session_deleted_elsewhere_and_stored_again_under_its_id_is_read_afres
     }
     assert other.delete_session(session_id) and other.add_session(again, new_id=False) == session_id
     assert [m["content"] for m in store.get_session(session_id)["messages"]] == ["new 1", "new 2", "new 3"]
+
+
+def test_upgrading_a_database_of_the_first_schema_shuts_its_users_out_of_the_tables_and_purges_the_statistics(postgres, monkeypatch):
+    """A team's database as the first schema left it: a user's rows, forged fields among them, and the planner's statistics."""
+    database, user = f"old_{uuid.uuid4().hex[:8]}", f"veteran_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(postgres.dsn(database="postgres"), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+    shipped = pg_schema.migrations()
+    monkeypatch.setattr(pg_schema, "migrations", lambda: {1: shipped[1]})
+    assert pg_schema.upgrade(postgres.dsn(database=database)) == 1
+    monkeypatch.undo()
+    session_id, stamp = str(uuid.uuid4()), "2024-01-01T00:00:00Z"
+    try:
+        with psycopg.connect(postgres.dsn(database=database), autocommit=True) as admin:
+            admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(user)))  # as the first add_user made them
+            admin.execute(sql.SQL("GRANT oblix_users TO {}").format(sql.Identifier(user)))
+        with psycopg.connect(postgres.dsn(user, database=database), autocommit=True) as raw:  # the first schema let users write rows
+            raw.execute("INSERT INTO oblix.sessions (id, title, created_at, updated_at, message_count, extra, schema_version) "
+                        "VALUES (%s, 'board minutes', %s, %s, 100, %s, 1)",
+                        (session_id, stamp, stamp, json.dumps({"id": str(uuid.uuid4()), "message_count": 0, "tags": ["kept"]})))
+            raw.execute("INSERT INTO oblix.messages (session_id, position, id, role, content, timestamp, extra) "
+                        "SELECT %s, n, 'msg_' || n, 'user', 'the board approved the merger', %s, '{\"content\": \"forged\"}' "
+                        "FROM generate_series(1, 100) n", (session_id, stamp))
+        with psycopg.connect(postgres.dsn(database=database), autocommit=True) as admin:
+            admin.execute("ANALYZE")
+
+            def content_statistics() -> int:
+                return admin.execute(
+                    "SELECT count(*) FROM pg_statistic s JOIN pg_attribute a ON a.attrelid = s.starelid AND a.attnum = s.staattnum "
+                    "WHERE s.starelid IN ('oblix.sessions'::regclass, 'oblix.messages'::regclass) AND a.attname IN "
+                    "('title', 'content', 'content_text', 'title_text', 'extra')"
+                ).fetchone()[0]
+
+            assert content_statistics() > 0
+            assert pg_schema.upgrade(postgres.dsn(database=database)) == pg_schema.LATEST - 1
+            assert content_statistics() == 0
+            admin.execute("ANALYZE")
+            assert content_statistics() == 0, "and none are gathered again"
+            settings = admin.execute("SELECT s.setconfig FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole "
+                                     "WHERE r.rolname = %s", (user,)).fetchone()
+            assert settings == ([f"idle_in_transaction_session_timeout={pg_schema.IDLE_IN_TRANSACTION}"],)
+        with psycopg.connect(postgres.dsn(user, database=database), autocommit=True) as raw:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                raw.execute("SELECT count(*) FROM oblix.messages")
+        store = PostgresStore(postgres.dsn(user, database=database))
+        try:
+            session = store.get_session(session_id)
+            assert session["id"] == session_id and session["tags"] == ["kept"] and "message_count" not in session
+            assert {m["content"] for m in session["messages"]} == {"the board approved the merger"}
+            assert store.save_message(session_id, "minuted")["id"] == "msg_101"
+        finally:
+            store.close()
+    finally:
+        with psycopg.connect(postgres.dsn(database="postgres"), autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(database)))
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(user)))

@@ -24,7 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from model_server import Behavior
+from model_server import Behavior, split_pieces
 
 pytestmark = pytest.mark.timeout(240)
 LOAD = "%load_ext oblix_jupyter"
@@ -438,3 +438,79 @@ def test_an_imported_hostile_session_shows_inertly(jlab, server, other_host):
     problems += inert_problems(jlab, conversation, other_host, "chat panel, imported session")
     assert not problems, "\n".join(problems)
     assert not server.chat_requests(), "showing a session asks no model"
+
+
+# -- images: nothing is requested, from another host or from the Jupyter server ------
+
+PROBE = "oblix-probe"  # in every address the answer's images name, so their requests are known
+GIF = "data:image/gif;base64," + base64.b64encode(OtherHost.PIXEL).decode()
+
+
+def image_answer(elsewhere: str) -> str:
+    """An answer whose every image syntax names the Jupyter server itself or another host.
+
+    ``/logout`` is the real attack (a GET logs the user out); the other addresses carry
+    ``PROBE`` so that any request for them stands out among JupyterLab's own.
+    """
+    return "\n\n".join(
+        [
+            "Pictures, as asked.",
+            "![log out](/logout)",
+            f"![server api](../api/contents/{PROBE}-api.png) and ![files view](files/{PROBE}-file.png)",
+            f"![root relative](/{PROBE}-root.png) ![protocol relative](//{elsewhere.removeprefix('http://')}/{PROBE}-proto.png)",
+            f"![backslash host](\\\\{elsewhere.removeprefix('http://')}/{PROBE}-backslash.png)",
+            f"![by reference][probe]\n\n[probe]: /{PROBE}-reference.png",
+            f'Raw: <img src="/{PROBE}-raw.png" srcset="/{PROBE}-srcset.png 2x"> '
+            f'<picture><source srcset="/{PROBE}-picture.png"></picture>',
+            f"Autolinks: <{elsewhere}/{PROBE}-autolink.png> and {elsewhere}/{PROBE}-bare.png",
+            f"[![inside a link](/{PROBE}-nested.png)](https://example.invalid/)",
+            f"| chart |\n|---|\n| ![in a table](/{PROBE}-table.png) |",
+            f"![other host]({elsewhere}/{PROBE}-other.png?q=secret)",
+            f"Inline, allowed: ![a dot]({GIF})",
+            END,
+        ]
+    )
+
+
+IMAGE_ALTS = (
+    "log out", "server api", "files view", "root relative", "protocol relative", "backslash host",
+    "by reference", "inside a link", "in a table", "other host",
+)  # fmt: skip
+
+
+def test_no_image_in_an_answer_makes_the_browser_request_anything(jlab, server, other_host):
+    requests: list[str] = []
+    jlab.page.on("request", lambda request: requests.append(request.url))
+    answer_text = image_answer(other_host.url)
+    server.enqueue(Behavior(pieces=split_pieces(answer_text), token_delay=0.01))
+    jlab.lab.write_notebook("inert/images.ipynb", [LOAD, "%%oblix\nshow me pictures", "%oblix show"])
+    jlab.open_notebook("inert/images.ipynb")
+
+    # The control: as trusted Markdown, the same answer (with its probes renamed) requests them.
+    jlab.evaluate(RENDER_TRUSTED, answer_text.replace(PROBE, "control").replace("/logout", "/control-logout"))
+    jlab.wait_until(lambda: [url for url in requests if "/control-" in url], 15, "the control's images to be requested")
+    assert f"{other_host.url}/control-other.png?q=secret" in requests, requests
+    jlab.page.evaluate("() => document.getElementById('oblix-trusted-control').remove()")
+    other_host.reset()
+    requests.clear()
+
+    cells = jlab.page.locator(".jp-Notebook .jp-Cell")
+    jlab.run_cell(0)
+    problems = []
+    for index, where in ((1, "%%oblix cell (streamed, then final)"), (2, "%oblix show")):
+        jlab.run_cell(index)
+        area = cells.nth(index).locator(".jp-Cell-outputWrapper")
+        wait_for_text(jlab, area, END, where)
+        jlab.page.wait_for_timeout(SETTLE_MS)
+        fetched = [url for url in requests if PROBE in url or url.split("?")[0].endswith("/logout")]
+        if fetched or other_host.leaks():
+            problems.append(f"{where}: the browser requested {sorted(set(fetched + other_host.leaks()))}")
+        missing = [alt for alt in IMAGE_ALTS if area.locator("a", has_text=alt).count() == 0]
+        if missing:
+            problems.append(f"{where}: images not shown as links with their alt text: {missing}")
+        images = area.evaluate("(node) => [...node.querySelectorAll('img, source, image')].map((i) => i.getAttribute('src') || i.getAttribute('srcset'))")
+        if images != [GIF]:
+            problems.append(f"{where}: image elements {images}, expected only the inline GIF")
+    jlab.screenshot("inert-images")
+    assert not problems, "\n".join(problems)
+    assert "/logout" not in " ".join(requests), "the session was not logged out"
