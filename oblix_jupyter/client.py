@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import nullcontext
+from dataclasses import replace
 from datetime import timedelta
 from typing import IO, TYPE_CHECKING, Any
 
@@ -44,6 +45,7 @@ from .models.gateway import (
     split_models,
     supports_tools,
 )
+from .redaction import is_secret_name, withhold_values
 from .store.dsn import check, describe, is_connection_string
 from .store.sessions import SessionStore, open_store
 
@@ -51,6 +53,7 @@ if TYPE_CHECKING:  # the selector's modules load on the first turn, keeping %loa
     from .context.inputs import NotebookContext, VariableSummary
     from .context.relevance import LexicalIndex
     from .context.selector import ContextPlan
+    from .kernel.tools import KernelTools
     from .vectors import VectorCache
 
 TextSink = Callable[[str], Any] | IO[str]
@@ -450,13 +453,7 @@ class OblixClient:
             return plan
         return selection.finish((vectors.vectors(session_id, messages, self.embed_seconds), vectors.embed_prompt(prompt)))
 
-    def _tool_runner(
-        self,
-        models: Sequence[str],
-        session: dict[str, Any] | None,
-        variables: Sequence[VariableSummary],
-        on_tool: Callable[[dict[str, Any]], Any] | None,
-    ) -> ToolRunner | None:
+    def _kernel_tools(self, models: Sequence[str], session: dict[str, Any] | None, variables: Sequence[VariableSummary]) -> KernelTools | None:
         """The kernel's read-only tools for this turn; None outside a kernel or when no model of the chain can call tools.
 
         Secret-looking variables are shown only when the user named them for this turn
@@ -469,8 +466,7 @@ class OblixClient:
             return None
         named = [summary.name for summary in variables if not summary.excluded]
         search = self._conversation_search(session) if session and session.get("messages") else None
-        kernel = KernelTools.from_shell(shell, named, search=search, count=self._counter(models[0]))
-        return ToolRunner(kernel.schemas(), kernel.run, on_tool=on_tool, max_rounds=self.max_tool_rounds)
+        return KernelTools.from_shell(shell, named, search=search, count=self._counter(models[0]), rounds=self.max_tool_rounds)
 
     def _conversation_search(self, session: dict[str, Any]) -> Callable[[str, int], list[str]]:
         """The search tool's backend: the selector's relevance over this session's messages, as ``[msg_N] passage`` lines."""
@@ -563,13 +559,20 @@ class OblixClient:
                     "Start a session of your own, or ask its owner to share it with --write."
                 )
             models = self.models_for(session)
+            # The one redaction, on everything of the notebook's that goes out; what the user
+            # sent on purpose (a variable named with --vars, in its summary) stays in the prompt.
+            sent = redact(prompt, keep=[summary.text for summary in variables if not summary.excluded])
             plan = self.plan(
-                prompt, session, models[0], history=history, max_tokens=max_tokens, variables=variables, notebook=notebook, pinned=pinned
+                sent, session, models[0], history=history, max_tokens=max_tokens, variables=variables, notebook=_redacted(notebook), pinned=pinned
             )
             # The prompt is written while the request goes out; the answer's first text is not
             # shown, nor the answer stored, nor any failure reported, before that write is done.
-            saving = self._writer.submit(store.save_message, session_id, redact(prompt), role="user") if session_id else None
-            runner = self._tool_runner(models, session, variables, on_tool) if (self.tools if tools is None else tools) else None
+            to_store = _for_the_store(variables)
+            saving = self._writer.submit(store.save_message, session_id, to_store(prompt), role="user") if session_id else None
+            kernel = self._kernel_tools(models, session, variables) if (self.tools if tools is None else tools) else None
+            runner = None
+            if kernel is not None:
+                runner = ToolRunner(kernel.schemas(), kernel.run, on_tool=on_tool, max_rounds=self.max_tool_rounds, max_calls=kernel.max_calls)
             try:
                 completion = self.gateway.complete(
                     models,
@@ -584,7 +587,7 @@ class OblixClient:
                 _settle(saving)
                 if isinstance(error, ModelError) and session_id and (error.partial or error.tools):
                     store.save_message(
-                        session_id, redact(error.partial), role="assistant", model=error.model, status="error", tools=_stored_tools(error.tools)
+                        session_id, to_store(error.partial), role="assistant", model=error.model, status="error", tools=_stored_tools(error.tools, kernel, to_store)
                     )
                 raise
             question = _settle(saving)
@@ -592,13 +595,13 @@ class OblixClient:
             if session_id:
                 stored = store.save_message(
                     session_id,
-                    redact(completion.text),
+                    to_store(completion.text),
                     role="assistant",
                     model=completion.model,
                     status=None if completion.status == "complete" else completion.status,
                     usage={"prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens},
                     cost=completion.cost,
-                    tools=_stored_tools(completion.tool_calls),
+                    tools=_stored_tools(completion.tool_calls, kernel, to_store),
                 )
                 message_id = stored["id"]
                 if session is not None and not session.get("model"):
@@ -675,9 +678,44 @@ def _saved_locally_notice(stored: dict[str, Any] | None) -> str | None:
     )
 
 
-def _stored_tools(calls: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
-    """The tool calls of an answer as the session keeps them: every text redacted; None when there were none."""
-    return [{key: redact(value) if isinstance(value, str) else value for key, value in call.items()} for call in calls] or None
+def _for_the_store(variables: Sequence[VariableSummary]) -> Callable[[str], str]:
+    """How a text of this turn is redacted to be stored: the one redaction, and without the secrets named for the turn.
+
+    A secret the user named with ``--vars`` is sent to the model on purpose, for this
+    turn; the session is read later, and by the colleagues it is shared with, so the
+    value is taken out of the prompt, the answer and the tool records it keeps.
+    """
+    names = [summary.name for summary in variables if not summary.excluded and is_secret_name(summary.name)]
+    named: list[str] = []
+    if names:
+        from .kernel.tools import current_shell
+        from .kernel.variables import secret_values
+
+        namespace = getattr(current_shell(), "user_ns", None) or {}
+        named = secret_values({name: namespace[name] for name in names if name in namespace})
+    return lambda text: withhold_values(redact(text), named)
+
+
+def _stored_tools(calls: list[dict[str, Any]], kernel: KernelTools | None, to_store: Callable[[str], str]) -> list[dict[str, Any]] | None:
+    """The tool calls of an answer as the session keeps them; None when there were none.
+
+    Each result is what the call gives without the secrets the user named for this turn
+    (a shared session's readers never see what the owner's redaction removes), and
+    every text is redacted by ``to_store``.
+    """
+    stored = []
+    for call in calls:
+        if kernel is not None:
+            call = {**call, "result": kernel.recorded(call["name"], call["arguments"], call["result"])}
+        stored.append({key: to_store(value) if isinstance(value, str) else value for key, value in call.items()})
+    return stored or None
+
+
+def _redacted(notebook: NotebookContext | None) -> NotebookContext | None:
+    """The notebook's last error and cell sources through the one redaction."""
+    if notebook is None:
+        return None
+    return replace(notebook, error=redact(notebook.error) if notebook.error else notebook.error, cells=tuple(map(redact, notebook.cells)))
 
 
 def _settle(pending: Future[Any] | None) -> Any:

@@ -2,34 +2,16 @@
 
 Front ends (magics, chat panel, command line) show ``str(error)`` as one line and
 never a traceback, so every message here must say what went wrong and what to do.
-Such a message may quote a provider's reply, which can echo a key: ``redact`` takes
-those out, and ``is_secret_name`` is also how the notebook's variables are judged.
+Such a message may quote a provider's reply, which can echo a key: ``redact`` (the
+package's one redaction, ``redaction.py``, named here for the callers of errors) takes
+those out.
 """
 
 from __future__ import annotations
 
-import os
-import re
 from typing import Any
 
-_SECRET_NAME = re.compile(r"key|token|secret|password", re.IGNORECASE)
-
-
-def is_secret_name(name: str) -> bool:
-    """Whether a variable's name says it holds a secret: its value is redacted, or never sent unasked."""
-    return bool(_SECRET_NAME.search(name))
-
-
-def redact(text: str) -> str:
-    """Remove the values of secret-looking environment variables from ``text``.
-
-    Provider error messages sometimes echo request details; they are shown to the
-    user and stored on failed messages, where a key must never appear.
-    """
-    for name, value in os.environ.items():
-        if len(value) >= 8 and is_secret_name(name) and value in text:
-            text = text.replace(value, "***")
-    return text
+from .redaction import is_secret_name, redact  # noqa: F401 - re-exported: the store and the gateway redact through errors
 
 
 class OblixError(Exception):

@@ -13,7 +13,7 @@ import json
 import os
 import re
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +28,7 @@ from ..client import OblixClient
 from ..errors import AnswerInterrupted, BadArguments, OblixError
 from ..kernel.binding import NotebookBinding
 from ..kernel.envfile import load_dotenv
+from ..redaction import WITHHELD, is_secret_name
 from ..render import local_time, prepare
 from .comm import LabExtension
 from .display import (
@@ -44,10 +45,12 @@ from .handle import SessionHandle
 _FIELD = re.compile(r"\{\{|\}\}|\{([A-Za-z_]\w*)(?:\[(-?\d+)\])?\}")
 
 
-def interpolate(text: str, namespace: Mapping[str, Any]) -> str:
+def interpolate(text: str, namespace: Mapping[str, Any], named: Collection[str] = ()) -> str:
     """Replace ``{name}`` and ``{name[i]}`` (e.g. ``{In[3]}``) by values; ``{{``/``}}`` escape.
 
-    Unknown names, bad indexes and values whose ``str`` fails are left as typed.
+    Unknown names, bad indexes and values whose ``str`` fails are left as typed. A
+    secret-looking variable gives its value only when ``named`` (``--vars``) holds it;
+    the client redacts the rest of the prompt.
     """
 
     def replace(match: re.Match[str]) -> str:
@@ -57,6 +60,8 @@ def interpolate(text: str, namespace: Mapping[str, Any]) -> str:
         name, index = match.group(1), match.group(2)
         if name not in namespace:
             return token
+        if is_secret_name(name) and name not in named:
+            return WITHHELD
         try:
             value = namespace[name]
             if index is not None:
@@ -308,7 +313,7 @@ class Oblix(Magics):
         stream: StreamingOutput | None = None
         try:
             options = parse_cell_options(line)
-            prompt = interpolate(cell, self.shell.user_ns).strip()
+            prompt = interpolate(cell, self.shell.user_ns, options.vars).strip()
             if not prompt:
                 raise BadArguments("The cell is empty: write the question below the %%oblix line.")
             session_id = self._session_for(options)

@@ -3,10 +3,19 @@
 They run in the kernel beside the user's data and only read it. A tool's arguments are
 written by the model, so they are data: a row filter is a list of ``{column, op, value}``
 conditions evaluated with pandas comparisons, never ``eval``, ``DataFrame.query`` or any
-other text run as code. Every result fits ``cap_tokens``; secret-looking variables are
-withheld unless the user named them, and their string values are blanked in every
-result; a tool never raises: a bad call comes back as ``ok=False`` with a short message
-the model can act on. pandas and NumPy are only touched when a value is one of theirs.
+other text run as code. Every result fits ``cap_tokens`` and goes through the one
+redaction; secret-looking variables are withheld unless the user named them, their
+string values are blanked in every result, and so are the values under secret-looking
+keys and DataFrame columns. A tool never raises: a bad call comes back as ``ok=False``
+with a short message the model can act on. pandas and NumPy are only touched when a
+value is one of theirs.
+
+Tools are bounded, and the model is told the limits in the schemas: conditions per
+filter, calls per request (``MAX_CALLS``, which the gateway enforces), requests per turn.
+Every conversion of a user object to text in a call shares one time limit
+(``variables.text_budget``); a filter reads a large frame a block of rows at a time, so
+its memory stays that of a block, and stops at ``FILTER_SECONDS`` saying how far it got;
+only built-in containers, pandas and NumPy objects are looked into.
 """
 
 from __future__ import annotations
@@ -15,7 +24,7 @@ import difflib
 import json
 import operator
 import sys
-import types
+import time
 import warnings
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -23,28 +32,43 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..context.relevance import truncate_to_tokens
-from ..errors import is_secret_name, redact
+from ..redaction import WITHHELD, is_secret_name, redact, withhold_values
 from .state import format_error
 from .variables import (
+    TEXT_SECONDS,
     approximate_tokens,
     describe,
+    is_container,
     is_hidden_name,
+    is_mapping,
+    is_module,
     is_type,
-    safe_repr,
+    missing_counts,
+    secret_values,
+    text_budget,
+    text_of,
     type_name,
 )
 
 DEFAULT_ROWS = 20
 MAX_ROWS = 200
 MAX_SEARCH_RESULTS = 20
+MAX_CONDITIONS = 8
+MAX_LISTED_VALUES = 100  # values of one `in` / `not in` condition
+MAX_CALLS = 8  # tool calls the model may ask for in one request; the gateway runs no more
 # describe() of a bigger frame reads a seeded sample: on 1,000,000 rows the exact one alone takes ~100 ms.
 SAMPLE_ROWS = 100_000
+# Value counts are exact up to this many rows, of a seeded sample above: their memory grows with the distinct values.
+COUNTED_ROWS = 2_000_000
+FILTER_SECONDS = 3.0
+FILTER_BLOCK = 524_288  # rows a filter evaluates at once: its masks' memory
 OPERATORS = ("==", "!=", "<", "<=", ">", ">=", "in", "not in", "contains", "startswith", "isna", "notna")
 _COMPARISONS = {"==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 _SHOWN_COLUMNS = 12
 _VALUE_COUNTS = 20
 _CELL_WIDTH = 60
 _SECRET_WITHHELD = "looks like a secret, so it is not shown; the user must name it (e.g. `--vars {name}`) to share it"
+_COLUMN_WITHHELD = "Column `{label}` of `{name}` has a secret-looking name, so its values are withheld unless the user names `{name}`."
 
 
 @dataclass(frozen=True)
@@ -101,8 +125,8 @@ _CONDITION = {
         "column": {"type": "string", "description": "Column name."},
         "op": {"type": "string", "enum": list(OPERATORS)},
         "value": {
-            "description": "What to compare with: a string, number, boolean or null; a list for `in`/`not in`; "
-            "omitted for `isna`/`notna`. Strings are read as numbers or dates when the column holds them."
+            "description": f"What to compare with: a string, number, boolean or null; a list (at most {MAX_LISTED_VALUES}) "
+            "for `in`/`not in`; omitted for `isna`/`notna`. Strings are read as numbers or dates when the column holds them."
         },
     },
     "required": ["column", "op"],
@@ -114,10 +138,13 @@ class KernelTools:
     """The read-only tools offered to a model for one turn, over the user's ``namespace``.
 
     ``named`` are the variables the user named for this turn: secret-looking ones are
-    shown only then. ``hidden`` are the shell's own names (``user_ns_hidden``). The
+    shown only then, whole. ``hidden`` are the shell's own names (``user_ns_hidden``). The
     cell tools are offered only with ``cells``, the search tool only with ``search``
     (``search(query, limit)`` returns the best-matching passages of earlier messages).
+    ``rounds`` is how many requests a turn may make, which the model is told.
     """
+
+    max_calls = MAX_CALLS  # for the gateway, which runs the calls
 
     def __init__(
         self,
@@ -129,6 +156,7 @@ class KernelTools:
         search: Callable[[str, int], list[str]] | None = None,
         count: Callable[[str], int] = approximate_tokens,
         cap_tokens: int = 1500,
+        rounds: int | None = None,
     ) -> None:
         self.namespace = namespace
         self.named = frozenset(named)
@@ -137,6 +165,9 @@ class KernelTools:
         self.search = search
         self.count = count
         self.cap_tokens = cap_tokens
+        self.rounds = rounds
+        self._kept: list[str] = []  # this call's texts of variables the user named: sent as they are
+        self._withheld: list[str] = []  # this call's secret values (``secret_values``), withheld from every text
 
     @classmethod
     def from_shell(cls, shell: Any, named: Sequence[str] = (), **options: Any) -> KernelTools:
@@ -148,8 +179,10 @@ class KernelTools:
 
     def schemas(self) -> list[dict[str, Any]]:
         """The OpenAI ``tools`` list: one ``{"type": "function", "function": {...}}`` per tool offered."""
+        rounds = f", {self.rounds} requests a turn (the last without tools)" if self.rounds else ""
+        limits = f" Limits: {MAX_CALLS} tool calls a request{rounds}. Secrets show as {WITHHELD}."
         tools = [
-            _schema("list_variables", "List the user's notebook variables: name, type, shape or length, one-line summary."),
+            _schema("list_variables", "List the user's notebook variables: name, type, shape or length, one-line summary." + limits),
             _schema(
                 "describe_variable",
                 "Describe one variable. DataFrame/Series: dtypes, missing values per column, describe(), and the value "
@@ -167,7 +200,12 @@ class KernelTools:
                 {
                     "name": {"type": "string", "description": "The DataFrame's variable name."},
                     "mode": {"type": "string", "enum": ["head", "tail", "sample"], "description": "Which matching rows to show; sample is seeded."},
-                    "where": {"type": "array", "items": _CONDITION, "description": "Conditions rows must meet."},
+                    "where": {
+                        "type": "array",
+                        "items": _CONDITION,
+                        "maxItems": MAX_CONDITIONS,
+                        "description": f"Conditions rows must meet (at most {MAX_CONDITIONS}).",
+                    },
                     "combine": {"type": "string", "enum": ["and", "or"], "description": "How conditions combine (default and)."},
                     "columns": {"type": "array", "items": {"type": "string"}, "description": f"Columns to show (default the first {_SHOWN_COLUMNS})."},
                     "limit": {"type": "integer", "minimum": 1, "maximum": MAX_ROWS, "description": f"Rows to show (default {DEFAULT_ROWS})."},
@@ -205,11 +243,14 @@ class KernelTools:
     def run(self, name: str, arguments: str | Mapping[str, Any] | None) -> ToolResult:
         """Run tool ``name`` with the model's ``arguments`` (JSON text or a mapping); never raises."""
         offered = {schema["function"]["name"]: schema["function"]["parameters"] for schema in self.schemas()}
+        items = dict(self._items())
+        self._kept = [value for name, value in items.items() if self._reveals(name) and type(value) is str]
+        self._withheld = secret_values(items, self.named)
         try:
             if name not in offered:
                 raise _Refusal(f"Unknown tool {name!r}. Tools: {', '.join(offered)}.")
             checked = _checked(_parsed(arguments), offered[name])
-            with warnings.catch_warnings():  # pandas' and NumPy's warnings would print in the user's cell
+            with warnings.catch_warnings(), text_budget(TEXT_SECONDS):  # pandas' and NumPy's warnings would print in the user's cell
                 warnings.simplefilter("ignore")
                 text, summary = getattr(self, "_" + name)(**checked)
         except _Refusal as refusal:
@@ -226,11 +267,32 @@ class KernelTools:
         return ToolResult(_capped(text, self.cap_tokens, self.count), line if len(line) <= 160 else line[:159] + "…", ok)
 
     def _redacted(self, text: str) -> str:
-        """``text`` without the values of secret-looking string variables the user did not name, nor of secret env vars."""
-        for name, value in self._items():
-            if isinstance(value, str) and len(value) >= 8 and is_secret_name(name) and name not in self.named:
-                text = text.replace(value, "***")
-        return redact(text)
+        """``text`` through the one redaction, and without the notebook's secret values (``secret_values``)."""
+        return withhold_values(redact(text, self._kept), self._withheld, self._kept)
+
+    def recorded(self, name: str, arguments: str | Mapping[str, Any] | None, text: str) -> str:
+        """The result ``text`` of a call as a stored record may keep it: what the call gives when no secret is named.
+
+        A session is read later, and by the colleagues it is shared with: what the user sent
+        on purpose for one turn is not kept in it. Only a call made while a secret-looking
+        variable was named is run again (tools only read, so it gives the same answer).
+        """
+        if not any(is_secret_name(named) for named in self.named):
+            return text
+        unnamed = [named for named in self.named if not is_secret_name(named)]
+        again = KernelTools(
+            self.namespace, unnamed, hidden=self.hidden, cells=self.cells, search=self.search, count=self.count, cap_tokens=self.cap_tokens
+        )
+        return again.run(name, arguments).text
+
+    def _reveals(self, name: str) -> bool:
+        """Whether variable ``name`` is sent whole: a secret-looking name the user named."""
+        return name in self.named and is_secret_name(name)
+
+    def _keep(self, text: str) -> str:
+        """``text``, made of a variable the user named, marked to pass the redaction as it is."""
+        self._kept.append(text)
+        return text
 
     # -- the namespace ---------------------------------------------------------------------
 
@@ -245,7 +307,7 @@ class KernelTools:
     def _visible(self, name: str, value: Any) -> bool:
         if name in self.named:
             return True
-        return not (is_hidden_name(name) or name in self.hidden or isinstance(value, types.ModuleType))
+        return not (is_hidden_name(name) or name in self.hidden or is_module(value))
 
     def _value(self, name: str) -> Any:
         """The user's variable ``name``, refusing unknown, hidden and unnamed secret-looking ones."""
@@ -274,7 +336,9 @@ class KernelTools:
             if not self._visible(name, value):
                 continue
             if is_secret_name(name) and name not in self.named:
-                lines.append(f"- `{name}`: {type_name(value)} (looks like a secret: value withheld unless the user names it)")
+                lines.append(f"- `{name}`: {type_name(value)} (looks like a secret, so its value is withheld unless the user names it)")
+            elif self._reveals(name):
+                lines.append("- " + self._keep(self._glance(name, value)))
             else:
                 lines.append("- " + self._glance(name, value))
         if not lines:
@@ -286,63 +350,73 @@ class KernelTools:
         """One line about ``value``, cheap even for a 1,000,000-row DataFrame."""
         if is_type(value, "pandas", "DataFrame"):
             rows, width = value.shape
-            shown = ", ".join(str(c) for c in value.columns[:8]) + (", …" if width > 8 else "")
+            shown = ", ".join(_label(c) for c in value.columns[:8]) + (", …" if width > 8 else "")
             return f"`{name}`: pandas DataFrame, {rows:,} rows × {width:,} columns: {shown}"
         if is_type(value, "pandas", "Series"):
-            return f"`{name}`: pandas Series {value.name!r}, length {len(value):,}, dtype {value.dtype}"
+            return f"`{name}`: pandas Series {_label(value.name, quoted=True)}, length {len(value):,}, dtype {value.dtype}"
         if is_type(value, "numpy", "ndarray"):
             return f"`{name}`: numpy array, shape {tuple(value.shape)}, dtype {value.dtype}"
-        return describe(name, value, 40, self.count).splitlines()[0]
+        return describe(name, value, 40, self.count, reveal=self._reveals(name)).splitlines()[0]
 
     def _describe_variable(self, name: str, column: str | None = None) -> tuple[str, str]:
         value = self._value(name)
+        reveal = self._reveals(name)
         if is_type(value, "pandas", "DataFrame"):
-            text = self._describe_frame(name, value, column)
+            text = self._describe_frame(name, value, column, reveal=reveal)
         elif is_type(value, "pandas", "Series"):
             label = value.name if value.name is not None else name
             counted = column if column is not None else (None if value.dtype.kind in "fc" else str(label))
-            text = self._describe_frame(name, value.to_frame(name=label), counted, series=True)
+            text = self._describe_frame(name, value.to_frame(name=label), counted, series=True, reveal=reveal)
         elif column is not None:
             raise _Refusal(f"`column` applies to DataFrames and Series; `{name}` is a {type_name(value)}.")
         elif is_type(value, "numpy", "ndarray"):
             text = _describe_array(name, value)
-        elif isinstance(value, Mapping):
-            text = _describe_mapping(name, value)
-        elif isinstance(value, (list, tuple, set, frozenset, range)):
-            text = _describe_collection(name, value)
+        elif is_mapping(value):
+            text = _describe_mapping(name, value, reveal)
+        elif is_container(value) or type(value) is range:
+            text = _describe_collection(name, value, reveal)
         elif callable(value):
-            text = describe(name, value, self.cap_tokens, self.count)
-        else:
-            size = f" of length {len(value):,}" if isinstance(value, (str, bytes)) else ""
-            shown = safe_repr(value, self.cap_tokens * 4) or "(its repr failed or took too long)"
+            text = describe(name, value, self.cap_tokens, self.count, reveal=reveal)
+        else:  # anything else, a Mapping such as a shelve included, is never indexed or iterated
+            size = f" of length {len(value):,}" if type(value) in (str, bytes, bytearray) else ""
+            shown = text_of(value, self.cap_tokens * 4, reveal=reveal) or "(its repr failed or took too long)"
             text = f"`{name}`: {type_name(value)}{size}: {shown}"
+        text = self._keep(text) if reveal else text
         return text, f"looked at `{name}`" + (f", value counts of `{column}`" if column is not None else "")
 
-    def _describe_frame(self, name: str, frame: Any, column: str | None, series: bool = False) -> str:
+    def _describe_frame(self, name: str, frame: Any, column: str | None, series: bool = False, reveal: bool = False) -> str:
         rows, width = frame.shape
+        missing = missing_counts(frame)
         if series:
-            only = frame.columns[0]
-            head = f"`{name}`: pandas Series {only!r}, length {rows:,}, dtype {frame.dtypes.iloc[0]}, {int(frame[only].isna().sum()):,} missing"
+            head = f"`{name}`: pandas Series {_label(frame.columns[0], quoted=True)}, length {rows:,}, dtype {frame.dtypes.iloc[0]}, {missing[0]:,} missing"
             parts = [head]
         else:
-            missing = frame.isna().sum()
-            overview = [[frame.dtypes.iloc[n], f"{int(missing.iloc[n]):,}"] for n in range(width)]
+            overview = [[frame.dtypes.iloc[n], f"{missing[n]:,}"] for n in range(width)]
             parts = [
                 f"`{name}`: pandas DataFrame, {rows:,} rows × {width:,} columns",
                 "columns:\n" + _table("column", ["dtype", "missing"], frame.columns, overview),
             ]
-        if width:
+        secret = [] if reveal else [n for n, label in enumerate(frame.columns) if _is_secret_label(label)]
+        if secret:
+            parts.append(f"Values of {', '.join(f'`{_label(frame.columns[n])}`' for n in secret)} withheld: secret-looking column names.")
+        described = frame.iloc[:, [n for n in range(width) if n not in secret]] if secret else frame
+        if described.shape[1]:
             sampled = rows > SAMPLE_ROWS
-            stats = (frame.iloc[_sample_positions(rows, SAMPLE_ROWS, 0)] if sampled else frame).describe().T
+            stats = (described.iloc[_sample_positions(rows, SAMPLE_ROWS, 0)] if sampled else described).describe().T
             where = f" of a seeded random sample of {SAMPLE_ROWS:,} rows" if sampled else ""
             parts.append(f"describe(){where}:\n" + _table("column", list(stats.columns), stats.index, stats.values.tolist()))
         if column is not None:
             label = _column(frame, column, name)
-            counts = frame[label].value_counts(dropna=False)
+            if not reveal and _is_secret_label(label):
+                raise _Refusal(_COLUMN_WITHHELD.format(label=_label(label), name=name))
+            values = frame[label]
+            sampled = rows > COUNTED_ROWS
+            counts = (values.iloc[_sample_positions(rows, SAMPLE_ROWS, 0)] if sampled else values).value_counts(dropna=False)
             top = counts.iloc[:_VALUE_COUNTS]
             more = f"\n[… {len(counts) - len(top):,} more values]" if len(counts) > len(top) else ""
             table = _table("value", ["count"], top.index, [[n] for n in top.tolist()])
-            parts.append(f"value counts of `{label}` ({len(counts):,} distinct values, missing included):\n{table}{more}")
+            scope = f"of a seeded random sample of {SAMPLE_ROWS:,} rows, " if sampled else ""
+            parts.append(f"value counts of `{_label(label)}` ({scope}{len(counts):,} distinct values, missing included):\n{table}{more}")
         return "\n\n".join(parts)
 
     def _dataframe_rows(
@@ -356,27 +430,40 @@ class KernelTools:
         seed: int = 0,
     ) -> tuple[str, str]:
         frame = self._frame(name)
+        reveal = self._reveals(name)
         limit = max(1, min(limit, MAX_ROWS))
+        if len(where) > MAX_CONDITIONS:
+            raise _Refusal(f"At most {MAX_CONDITIONS} conditions per call; got {len(where)}. Narrow the question, or make several calls.")
+        for number, condition in enumerate(where):
+            label = _column(frame, condition["column"], name)
+            if not reveal and _is_secret_label(label):
+                raise _Refusal(f"where[{number}]: " + _COLUMN_WITHHELD.format(label=_label(label), name=name))
         labels = [_column(frame, c, name) for c in columns] if columns else list(frame.columns[:_SHOWN_COLUMNS])
-        mask = _mask(frame, where, combine, name) if where else None
-        matches = mask.nonzero()[0] if mask is not None else None
-        total = len(frame) if matches is None else len(matches)
-        picked = _picked(mode, total, limit, seed)
-        positions = picked if matches is None else matches[picked]
+        found = _Matches(frame, where, combine, name) if where else None
+        total = len(frame) if found is None else found.total
+        positions = _picked(mode, total, limit, seed)
+        positions = positions if found is None else found.positions(positions)
         shown = frame.iloc[positions][labels].astype(object)
         condition = f" {combine} ".join(_condition_text(c) for c in where)
         which = {"head": "the first", "tail": "the last", "sample": f"a random sample (seed {seed}) of"}[mode]
-        head = [
-            (f"`{name}`: rows where {condition}: {total:,} of {len(frame):,} rows match" if where else f"`{name}`: {total:,} rows")
-            + (f"; {which} {len(positions):,} shown." if total else "."),
-        ]
+        if found is not None and found.searched < len(frame):
+            matched = (
+                f"`{name}`: rows where {condition}: {total:,} match in the first {found.searched:,} of {len(frame):,} rows "
+                f"(the search stops after {FILTER_SECONDS:g} s; narrow the filter to search further)"
+            )
+        elif where:
+            matched = f"`{name}`: rows where {condition}: {total:,} of {len(frame):,} rows match"
+        else:
+            matched = f"`{name}`: {total:,} rows"
+        head = [matched + (f"; {which} {len(positions):,} shown." if total else ".")]
         if not columns and len(frame.columns) > len(labels):
             head.append(f"Showing {len(labels)} of {len(frame.columns):,} columns; pass `columns` to choose others.")
-        rows = _table_lines("", labels, shown.index, shown.values.tolist()) if total else []
+        cells = [[WITHHELD if not reveal and _is_secret_label(label) else value for label, value in zip(labels, row)] for row in shown.values.tolist()]
+        rows = _table_lines("", labels, shown.index, cells) if total else []
         tail = [f"[… {total - len(positions):,} more matching rows not shown: raise `limit` (max {MAX_ROWS}) or narrow the filter]"]
         text, fitted = _fitted(head + rows[:2], rows[2:], tail if total > len(positions) else [], self.cap_tokens, self.count, "rows")
         subject = f"rows where {condition}" if where else f"{mode} rows"
-        return text, f"looked at `{name}`: {subject}, {fitted:,} of {total:,} shown"
+        return self._keep(text) if reveal else text, f"looked at `{name}`: {subject}, {fitted:,} of {total:,} shown"
 
     def _search_conversation(self, query: str, limit: int = 5) -> tuple[str, str]:
         assert self.search is not None  # offered only with a search function
@@ -397,12 +484,14 @@ class KernelTools:
             parts.append(f"Cell {number} stored no output (IPython keeps only the value of a cell's last expression, not printed text).")
         else:
             output = self.cells.outputs[number]
-            secret = next((n for n, v in self._items() if v is output and is_secret_name(n) and n not in self.named), None)
+            holders = [n for n, v in self._items() if v is output and is_secret_name(n)]
+            secret = next((n for n in holders if n not in self.named), None)
             if secret is not None:
                 parts.append(f"Out[{number}]: withheld: it is `{secret}`, which " + _SECRET_WITHHELD.format(name=secret) + ".")
             else:
-                shown = safe_repr(output, self.cap_tokens * 4) or f"<{type_name(output)}: its repr failed or took too long>"
-                parts.append(f"Out[{number}]:\n{shown}")
+                reveal = any(self._reveals(n) for n in holders)
+                shown = text_of(output, self.cap_tokens * 4, reveal=reveal) or f"<{type_name(output)}: its repr failed or took too long>"
+                parts.append(f"Out[{number}]:\n{self._keep(shown) if reveal else shown}")
         return "\n".join(parts), f"read cell {number}"
 
     def _last_error(self) -> tuple[str, str]:
@@ -467,7 +556,7 @@ def _checked(value: Any, schema: Mapping[str, Any], path: str = "") -> Any:
 
 def _column(frame: Any, label: str, name: str) -> Any:
     """The column of ``frame`` called ``label``, also when its real label is not a string (``0``, a tuple)."""
-    by_text = {str(c): c for c in frame.columns}
+    by_text = {_label(c): c for c in frame.columns}
     if label in by_text:
         return by_text[label]
     close = difflib.get_close_matches(label, list(by_text), n=3)
@@ -482,12 +571,43 @@ def _condition_text(condition: Mapping[str, Any]) -> str:
     return f"{condition['column']} {condition['op']} {condition['value']!r}"
 
 
-def _mask(frame: Any, where: Sequence[Mapping[str, Any]], combine: str, name: str) -> Any:
-    """A NumPy boolean array: the rows meeting all (``and``) or any (``or``) of the conditions."""
-    import numpy  # loaded already: pandas needs it
+class _Matches:
+    """The rows of ``frame`` meeting all (``and``) or any (``or``) of the conditions, found a block of rows at a time.
 
-    masks = [_condition_mask(frame, condition, name, n) for n, condition in enumerate(where)]
-    return (numpy.logical_and if combine == "and" else numpy.logical_or).reduce(masks)
+    Only a block's masks are in memory at once, and the matches are kept as bits, so a
+    filter over 10,000,000 rows holds a few megabytes whatever it matches. The search
+    stops after ``FILTER_SECONDS``: ``searched`` says how many rows it read.
+    """
+
+    def __init__(self, frame: Any, where: Sequence[Mapping[str, Any]], combine: str, name: str) -> None:
+        import numpy  # loaded already: pandas needs it
+
+        deadline = time.monotonic() + FILTER_SECONDS
+        join = numpy.logical_and if combine == "and" else numpy.logical_or
+        self.blocks: list[tuple[int, int, Any]] = []  # (first row, matches, packed bits)
+        self.searched = self.total = 0
+        while self.searched < len(frame) and (not self.blocks or time.monotonic() < deadline):
+            block = frame.iloc[self.searched : self.searched + FILTER_BLOCK]
+            mask = _condition_mask(block, where[0], name, 0)
+            for number, condition in enumerate(where[1:], 1):
+                mask = join(mask, _condition_mask(block, condition, name, number))
+            matched = int(mask.sum())
+            self.blocks.append((self.searched, matched, numpy.packbits(mask)))
+            self.searched += len(block)
+            self.total += matched
+
+    def positions(self, ranks: Any) -> Any:
+        """The row positions of the matches numbered ``ranks`` (sorted, counting from 0)."""
+        import numpy  # loaded already: pandas needs it
+
+        found, seen = [], 0
+        for first, matched, bits in self.blocks:
+            wanted = ranks[(ranks >= seen) & (ranks < seen + matched)]
+            if len(wanted):
+                inside = numpy.unpackbits(bits, count=min(FILTER_BLOCK, self.searched - first)).nonzero()[0]
+                found.append(inside[wanted - seen] + first)
+            seen += matched
+        return numpy.concatenate(found) if found else numpy.zeros(0, dtype=numpy.int64)
 
 
 def _condition_mask(frame: Any, condition: Mapping[str, Any], name: str, number: int) -> Any:
@@ -505,6 +625,8 @@ def _condition_mask(frame: Any, condition: Mapping[str, Any], name: str, number:
         elif op in ("in", "not in"):
             if not isinstance(value, list):
                 raise _Refusal(f"{about}: `{op}` needs a list of values.")
+            if len(value) > MAX_LISTED_VALUES:
+                raise _Refusal(f"{about}: at most {MAX_LISTED_VALUES} values in a list; got {len(value)}.")
             result = series.isin([_coerced(series, item, about) for item in value])
             result = ~result if op == "not in" else result
         elif op in ("contains", "startswith"):
@@ -586,30 +708,34 @@ def _describe_array(name: str, array: Any) -> str:
         if array.dtype.kind == "f":
             lines.append(f"NaN: {int(numpy.isnan(array).sum()):,}")
     if array.size:
-        lines.append(f"first values: {safe_repr(array.reshape(-1)[:10].tolist(), 400)}")
+        lines.append(f"first values: {text_of(array.flat[:10].tolist(), 400)}")
     return "\n".join(lines)
 
 
-def _describe_mapping(name: str, mapping: Mapping[Any, Any]) -> str:
-    keys = [key for key, _ in zip(mapping, range(50))]
+def _describe_mapping(name: str, mapping: Mapping[Any, Any], reveal: bool) -> str:
+    items = [item for item, _ in zip(mapping.items(), range(50))]
     lines = [f"`{name}`: {type_name(mapping)} of {len(mapping):,} keys"]
-    if keys:
-        lines.append("keys: " + ", ".join(safe_repr(key, 40) or "?" for key in keys) + (", …" if len(mapping) > len(keys) else ""))
+    if items:
+        more = ", …" if len(mapping) > len(items) else ""
+        lines.append("the keys are " + ", ".join(text_of(key, 40) or "?" for key, _ in items) + more)
         lines.append("first items:")
-        lines += [f"- {safe_repr(key, 40)}: {type_name(mapping[key])} {safe_repr(mapping[key], 160)}" for key in keys[:5]]
+        for key, value in items[:5]:
+            hidden = not reveal and type(key) is str and is_secret_name(key)
+            shown = WITHHELD if hidden else text_of(value, 160, reveal=reveal) or "?"
+            lines.append(f"- {text_of(key, 40)}: {type_name(value)} {shown}")
     return "\n".join(lines)
 
 
-def _describe_collection(name: str, items: Any) -> str:
+def _describe_collection(name: str, items: Any, reveal: bool) -> str:
     first = [item for item, _ in zip(items, range(1000))]
     kinds = Counter(type_name(item) for item in first)
     lines = [f"`{name}`: {type_name(items)} of {len(items):,} items"]
     if first:
         scope = "" if len(items) <= len(first) else f" (first {len(first):,})"
         lines.append(f"element types{scope}: " + ", ".join(f"{kind} {n:,}" for kind, n in kinds.most_common(8)))
-        lines.append("first items: " + ", ".join(safe_repr(item, 120) or "?" for item in first[:10]))
-        if len(items) > 10 and isinstance(items, Sequence):
-            lines.append("last items: " + ", ".join(safe_repr(item, 120) or "?" for item in items[-3:]))
+        lines.append("first items: " + ", ".join(text_of(item, 120, reveal=reveal) or "?" for item in first[:10]))
+        if len(items) > 10 and type(items) in (list, tuple, range):
+            lines.append("last items: " + ", ".join(text_of(item, 120, reveal=reveal) or "?" for item in items[-3:]))
     return "\n".join(lines)
 
 
@@ -617,9 +743,18 @@ def _describe_collection(name: str, items: Any) -> str:
 
 
 def _cell(value: Any) -> str:
-    text = f"{value:.6g}" if isinstance(value, float) else str(value)
-    text = text.replace("|", "\\|").replace("\n", " ")
-    return text if len(text) <= _CELL_WIDTH else text[: _CELL_WIDTH - 1] + "…"
+    text = f"{value:.6g}" if type(value) is float else text_of(value, _CELL_WIDTH, as_str=True)
+    return f"<{type_name(value)}>" if text is None else text.replace("|", "\\|").replace("\n", " ")
+
+
+def _label(label: Any, quoted: bool = False) -> str:
+    """A column's or Series' label as text, however odd its type."""
+    text = text_of(label, 80, as_str=not quoted)
+    return f"<{type_name(label)}>" if text is None else text
+
+
+def _is_secret_label(label: Any) -> bool:
+    return is_secret_name(_label(label))
 
 
 def _table_lines(corner: str, header: Sequence[Any], index: Any, rows: Sequence[Sequence[Any]]) -> list[str]:

@@ -197,13 +197,15 @@ class ToolRunner:
     wrote, and sends the model the ``text`` of what ``run`` returns. ``on_tool`` hears
     each call as soon as it has run, so a front end can show it while the answer is
     still coming. A turn makes at most ``max_rounds`` requests and the last offers no
-    tools, so it must be answered in text.
+    tools, so it must be answered in text; of the calls one request asks for, the first
+    ``max_calls`` run (None: all), and the model hears that the others did not.
     """
 
     schemas: list[dict[str, Any]]
     run: Callable[[str, str], ToolOutcome]
     on_tool: Callable[[dict[str, Any]], None] | None = None
     max_rounds: int = DEFAULT_MAX_TOOL_ROUNDS
+    max_calls: int | None = None
 
 
 @dataclass
@@ -489,7 +491,10 @@ def _run_tools(runner: ToolRunner, reply: str, calls: list[dict[str, str]], turn
         ],
     }
     answers: list[dict[str, Any]] = []
-    for call in calls:
+    for number, call in enumerate(calls):
+        if runner.max_calls is not None and number >= runner.max_calls:
+            answers.append({"role": "tool", "tool_call_id": call["id"], "content": f"Not run: at most {runner.max_calls} tool calls per request."})
+            continue
         text, summary, ok = _run_tool(runner.run, call["name"], call["arguments"])
         record = {"name": call["name"], "arguments": call["arguments"], "summary": summary, "ok": ok, "result": text}
         turn.tool_calls.append(record)

@@ -127,3 +127,86 @@ def test_a_model_failing_after_a_tool_keeps_the_record_of_what_it_looked_at(tool
     question, answer = store.get_session(store.bound_session(notebook))["messages"][-2:]
     assert question["content"] == "what is in the notebook?"
     assert answer["status"] == "error" and [call["name"] for call in answer["tools"]] == ["list_variables"]
+
+
+PLANTED = {
+    "a key assigned in a cell": "sk-proj-PLANTEDplantedPLANTED0123",
+    "a short password": "hunter2",
+    "a DataFrame column named api_key": "tok-col-7781",
+    "a token nested in a dict": "tok-nested-9731",
+    "an object whose repr holds a key": "AKIAPLANTED0EXAMPLE1",
+    "a dataclass field": "pw-4417x",
+    "a connection string's password": "s3cr3t-pw",
+}
+HOSTILE = [
+    "import dataclasses\nimport pandas as pd",
+    "class Stub:\n    pass\nopenai = Stub()\nopenai.api_key = 'sk-proj-PLANTEDplantedPLANTED0123'",
+    'db_password = "hunter2"',
+    "df = pd.DataFrame({'city': ['Paris', 'Lyon', 'Paris'], 'price': [10, 20, 30], 'api_key': ['tok-col-7781', 'tok-col-7782', 'x']})",
+    "config = {'db': {'host': 'db.internal', 'options': [{'token': 'tok-nested-9731'}]}}",
+    "class Client:\n    def __repr__(self):\n        return \"Client(region='eu', key='AKIAPLANTED0EXAMPLE1')\"\nclient = Client()",
+    "@dataclasses.dataclass\nclass Settings:\n    user: str\n    password: str\nsettings = Settings('bob', 'pw-4417x')",
+    "dsn = 'postgresql://alice:s3cr3t-pw@db.internal/app'",
+    "config",
+    "raise ConnectionError(f'could not connect to {dsn}')",
+    LOAD,
+    "%config Oblix.tool_rounds = 6",
+]
+VARIABLES = ["openai", "db_password", "df", "config", "client", "settings", "dsn", "Stub", "Client", "Settings"]
+
+
+def every_tool_call() -> list[ToolCall]:
+    """What a model that looks at everything asks for: every variable, every column, every cell, the last error."""
+    calls = [ToolCall("list_variables"), ToolCall("last_error")]
+    calls += [ToolCall("describe_variable", {"name": name}) for name in VARIABLES]
+    calls += [ToolCall("describe_variable", {"name": "df", "column": column}) for column in ("city", "price", "api_key")]
+    for where in ([], [{"column": "city", "op": "==", "value": "Paris"}], [{"column": "api_key", "op": "startswith", "value": "tok"}]):
+        calls.append(ToolCall("dataframe_rows", {"name": "df", "where": where, "columns": ["city", "price", "api_key"]}))
+    return calls + [ToolCall("notebook_cell", {"number": number}) for number in range(1, len(HOSTILE) + 2)]
+
+
+def stored_bytes(home) -> bytes:
+    return b"".join(path.read_bytes() for path in sorted(home.rglob("*")) if path.is_file())
+
+
+def test_a_model_calling_every_tool_gets_no_secret_and_nothing_secret_is_stored(tool_model, tmp_path, private_home):
+    server = tool_model
+    calls = every_tool_call()
+    rounds = [calls[:8] + [ToolCall("list_variables")] * 2, *(calls[n : n + 8] for n in range(8, len(calls), 8))]
+    assert len(rounds) <= 5, "the turn's rounds (tool_rounds 6: five with tools)"
+    server.enqueue(*(Behavior(tool_calls=chunk) for chunk in rounds), Behavior(reply="Paris has two rows."))
+    notebook = str(tmp_path / "nb" / "hostile.ipynb")
+    run_cells([*HOSTILE, "%%oblix\nTell me everything in this notebook."], notebook)
+
+    requests = server.chat_requests()[-(len(rounds) + 1) :]
+    sent = json.dumps(requests)
+    for where, secret in PLANTED.items():
+        assert secret not in sent, f"{where} reached the model"
+        assert secret.encode() not in stored_bytes(private_home), f"{where} was stored"
+    results = [m["content"] for m in requests[-1]["messages"] if m["role"] == "tool"]
+    assert len(results) == len(calls) + 2
+    assert results[8] == results[9] == "Not run: at most 8 tool calls per request."
+    assert "Limits: 8 tool calls a request, 6 requests a turn" in requests[0]["tools"][0]["function"]["description"]
+    answered = "\n".join(results)  # the tools still answer plain questions
+    assert "`df`: pandas DataFrame, 3 rows × 3 columns" in answered and "2 of 3 rows match" in answered
+    assert "| 0 | Paris | 10 | [withheld: secret-looking] |" in answered and "'host': 'db.internal'" in answered
+    assert "Settings(user='bob', password=[withheld: secret-looking])" in answered
+    assert "ConnectionError: could not connect to postgresql://alice:[withheld: secret-looking]@db.internal/app" in answered
+
+    store = SessionManager()
+    answer = store.get_session(store.bound_session(notebook))["messages"][-1]
+    assert answer["content"] == "Paris has two rows." and len(answer["tools"]) == len(calls)
+
+
+def test_a_secret_named_with_vars_reaches_the_model_but_not_the_store(tool_model, tmp_path, private_home):
+    server = tool_model
+    server.enqueue(Behavior(tool_calls=[ToolCall("describe_variable", {"name": "db_password"})]), Behavior(reply="It is short."))
+    notebook = str(tmp_path / "nb" / "named.ipynb")
+    run_cells([HOSTILE[2], LOAD, "%%oblix --vars db_password\nIs {db_password} a strong password?"], notebook)
+    first, second = server.chat_requests()[-2:]
+    assert "hunter2" in json.dumps(first) and "hunter2" in tool_results(second)[0], "named on purpose: sent"
+    assert b"hunter2" not in stored_bytes(private_home), "but never kept where a colleague may read it"
+    store = SessionManager()
+    question, answer = store.get_session(store.bound_session(notebook))["messages"][-2:]
+    assert question["content"] == "Is [withheld: secret-looking] a strong password?"
+    assert "looks like a secret" in answer["tools"][0]["result"]

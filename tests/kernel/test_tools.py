@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
@@ -241,3 +242,80 @@ print(json.dumps([heavy] + [tools.run(name, args).text for name, args in
     assert listing == "The notebook's variables (1):\n- `x`: int = 41"  # not math, open, In, Out, exit or quit
     assert cell.startswith("In [1]:\n```python\nimport math") and cell.endswith("Out[1]:\n42")
     assert error.endswith("ZeroDivisionError: division by zero")
+
+
+class Shelf(Mapping):
+    """A Mapping that is not a dict, like ``shelve``: every read of an item runs code (there: unpickling)."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    def __getitem__(self, key):
+        self.reads += 1
+        raise AssertionError("an item was read")
+
+    def __iter__(self):
+        self.reads += 1
+        return iter(["payload"])
+
+    def __len__(self) -> int:
+        return 1
+
+
+def test_only_builtin_containers_pandas_and_numpy_are_looked_into():
+    shelf = Shelf()
+    tools = KernelTools({"shelf": shelf, "cfg": {"alpha": 1}})
+    listing = tools.run("list_variables", {}).text
+    described = tools.run("describe_variable", {"name": "shelf"})
+    assert described.ok and "`shelf`: test_tools.Shelf: <test_tools.Shelf object at" in described.text
+    assert "- `shelf`: test_tools.Shelf" in listing and "- `cfg`: dict of 1 keys {'alpha': int}" in listing
+    assert shelf.reads == 0, "a Mapping of the user's own was indexed or iterated"
+
+
+def test_secret_columns_and_keys_are_withheld_unless_the_variable_is_named():
+    frame = pd.DataFrame({"city": ["Paris", "Lyon"], "api_key": ["tok-1111", "tok-2222"], "n": [1, 2]})
+    config = {"db": {"host": "db", "password": "pw-3333"}, "region": "eu"}
+    tools = KernelTools({"frame": frame, "config": config})
+    rows = tools.run("dataframe_rows", {"name": "frame"}).text
+    assert "| 0 | Paris | [withheld: secret-looking] | 1 |" in rows and "tok-" not in rows
+    described = tools.run("describe_variable", {"name": "frame"}).text
+    assert "Values of `api_key` withheld: secret-looking column names." in described and "tok-" not in described
+    for arguments in ({"name": "frame", "column": "api_key"}, {"name": "frame", "where": [{"column": "api_key", "op": "startswith", "value": "tok-1"}]}):
+        name = "describe_variable" if "column" in arguments else "dataframe_rows"
+        refused = tools.run(name, arguments)
+        assert not refused.ok and "has a secret-looking name" in refused.text, "no oracle on a secret column's values"
+    nested = tools.run("describe_variable", {"name": "config"}).text
+    assert "'host': 'db', 'password': [withheld: secret-looking]" in nested and "'region'" in nested and "pw-3333" not in nested
+
+
+def test_the_limits_are_told_and_held():
+    schemas = {schema["function"]["name"]: schema["function"] for schema in KernelTools(NAMESPACE, rounds=5).schemas()}
+    assert f"Limits: {tools_module.MAX_CALLS} tool calls a request, 5 requests a turn" in schemas["list_variables"]["description"]
+    where = schemas["dataframe_rows"]["parameters"]["properties"]["where"]
+    assert where["maxItems"] == tools_module.MAX_CONDITIONS and f"at most {tools_module.MAX_CONDITIONS}" in where["description"]
+    many = [{"column": "qty", "op": ">", "value": n} for n in range(tools_module.MAX_CONDITIONS + 1)]
+    refused = make().run("dataframe_rows", {"name": "df", "where": many})
+    assert not refused.ok and f"At most {tools_module.MAX_CONDITIONS} conditions per call" in refused.text
+    listed = make().run("dataframe_rows", {"name": "df", "where": [{"column": "qty", "op": "in", "value": list(range(101))}]})
+    assert not listed.ok and "at most 100 values in a list" in listed.text
+
+
+def test_a_filter_reads_blocks_and_stops_at_its_time_limit(monkeypatch):
+    monkeypatch.setattr(tools_module, "FILTER_BLOCK", 1000)
+    whole = {"name": "big", "where": [{"column": "n", "op": ">=", "value": 10}], "columns": ["n"], "mode": "sample", "limit": 5}
+    sampled = make().run("dataframe_rows", whole).text
+    assert "4,990 of 5,000 rows match" in sampled and len(shown(sampled)) == 5 and all(n >= 10 for n in shown(sampled))
+    tail = make().run("dataframe_rows", {**whole, "mode": "tail", "limit": 3}).text
+    assert shown(tail) == [4997, 4998, 4999]
+    monkeypatch.setattr(tools_module, "FILTER_SECONDS", 0.0)
+    stopped = make().run("dataframe_rows", {**whole, "mode": "head", "limit": 3}).text
+    assert "`big`: rows where n >= 10: 990 match in the first 1,000 of 5,000 rows (the search stops after 0 s" in stopped
+    assert shown(stopped) == [10, 11, 12]
+
+
+def test_a_named_secret_variable_is_shown_whole_for_the_turn_only():
+    named = make(named=("api_key",))
+    assert SECRET in named.run("notebook_cell", {"number": 2}).text
+    assert SECRET not in named.recorded("notebook_cell", {"number": 2}, named.run("notebook_cell", {"number": 2}).text)
+    assert named.recorded("list_variables", {}, "same") != "same"
+    assert make().recorded("list_variables", {}, "same") == "same", "nothing named: the record is the result"

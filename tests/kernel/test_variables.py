@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import sys
 import threading
+import time
 import types
 
 import numpy as np
@@ -167,3 +168,78 @@ def test_the_last_error_is_trimmed_to_the_notebooks_frames(monkeypatch):
     assert context.error == text
     assert context.cells == ("x = 1", "helper()")
     assert gather_notebook_context(types.SimpleNamespace(user_ns={}), cells=2).cells == ()
+
+
+class LazyProxy:
+    """A lazy object (an ORM row, a proxy): touching anything but its repr would load it."""
+
+    touched: list[str] = []
+
+    def __getattr__(self, name: str):
+        LazyProxy.touched.append(name)
+        raise AttributeError(name)
+
+    @property
+    def __class__(self):  # noqa: PLE0237 - isinstance() asks for it
+        LazyProxy.touched.append("__class__")
+        return LazyProxy
+
+    def __iter__(self):
+        LazyProxy.touched.append("__iter__")
+        return iter(())
+
+    def __len__(self) -> int:
+        LazyProxy.touched.append("__len__")
+        return 0
+
+    def __repr__(self) -> str:
+        return "<LazyProxy, not loaded>"
+
+
+def test_other_objects_get_their_type_and_a_repr_and_nothing_else():
+    LazyProxy.touched.clear()
+    (summary,) = summarize_variables({"row": LazyProxy()}, "what is row?", count=count)
+    assert summary.text == "`row`: test_variables.LazyProxy: <LazyProxy, not loaded>"
+    assert LazyProxy.touched == []
+
+
+def test_secrets_inside_variables_are_withheld_unless_named():
+    frame = pd.DataFrame({"user": ["ann", "bob"], "password": ["pw-1111", "pw-2222"]})
+    config = {"db": {"host": "db", "token": "tok-5555"}}
+    namespace = {"frame": frame, "config": config, "thing": Opaque(), "dsn": "postgresql://ann:s3cr3t@db/app"}
+    summaries = {s.name: s.text for s in summarize_variables(namespace, "frame config dsn", count=count)}
+    assert "| 0 | ann | [withheld: secret-looking] |" in summaries["frame"] and "pw-1111" not in summaries["frame"]
+    assert summaries["dsn"] == "`dsn`: str of length 30: 'postgresql://ann:[withheld: secret-looking]@db/app'"
+    named = {s.name: s.text for s in summarize_variables(namespace, "", named=["frame"], count=count)}
+    assert "pw-1111" in named["frame"], "--vars sends a variable as it is"
+
+
+def test_text_of_reads_a_slice_and_shares_one_deadline(monkeypatch):
+    from oblix_jupyter.kernel.variables import text_budget, text_of
+
+    huge, long = "x" * 50_000_000, list(range(10_000_000))
+    started = time.perf_counter()
+    assert text_of(huge, 20) == "'xxxxxxxxxxxxxxxxxx…" and text_of([huge, huge], 30).startswith("['xxx")
+    assert text_of(long, 25) == "[0, 1, 2, 3, 4, 5, 6, 7, …"
+    assert time.perf_counter() - started < 0.5, "only the slice shown is converted"
+    started = time.perf_counter()
+    with text_budget(0.3):
+        shown = text_of([Slow() for _ in range(10)], 400)
+    assert time.perf_counter() - started < 0.8 and shown == "[" + ", ".join(["<test_variables.Slow>"] * 10) + "]"
+    assert text_of(Slow(), 50) is None
+
+
+class Spinning:
+    def __repr__(self) -> str:
+        while True:
+            pass
+
+
+def test_a_conversion_given_up_is_stopped_not_left_spinning():
+    from oblix_jupyter.kernel.variables import text_of
+
+    before = set(threading.enumerate())
+    assert text_of(Spinning(), 50) is None
+    (spinning,) = set(threading.enumerate()) - before
+    spinning.join(5)
+    assert not spinning.is_alive()

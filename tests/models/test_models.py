@@ -13,6 +13,7 @@ from oblix_jupyter import OblixClient
 from oblix_jupyter.errors import NoModelConfigured, redact
 from oblix_jupyter.models import local_model
 from oblix_jupyter.models.gateway import configured_models, model_notice
+from oblix_jupyter.redaction import WITHHELD
 
 needs_local = pytest.mark.skipif(not local_model.is_available(), reason=str(local_model.unavailable_reason()))
 
@@ -80,7 +81,7 @@ def test_a_turn_with_nothing_configured_answers_offline():
 
 def test_redact_removes_secret_values(monkeypatch):
     monkeypatch.setenv("MY_SERVICE_API_KEY", "sk-live-abcdefgh12345")
-    assert redact("error: key sk-live-abcdefgh12345 rejected") == "error: key *** rejected"
+    assert redact("error: key sk-live-abcdefgh12345 rejected") == f"error: key {WITHHELD} rejected"
 
 
 def test_stream_logging_is_skipped_only_while_nothing_listens(model_env):
