@@ -28,7 +28,7 @@ import litellm
 from common import paired_medians  # the benchmarks' directory is on the kernel's PYTHONPATH
 from oblix_jupyter.frontends.magics import active
 magics = active()
-magics.litellm_import.join()
+magics.warming.join()
 shell.run_cell_magic("oblix", "", "warm up")
 client = magics.client
 session = client.session_manager.get_session(magics.binding.session_id())

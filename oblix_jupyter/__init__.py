@@ -39,7 +39,7 @@ def _jupyter_labextension_paths() -> list[dict[str, str]]:
 
 
 def load_ipython_extension(ipython: Any) -> None:
-    """``%load_ext oblix_jupyter``: register ``%%oblix``/``%oblix`` (litellm loads in the background)."""
+    """``%load_ext oblix_jupyter``: register ``%%oblix``/``%oblix``; what a first turn would do first (litellm...) starts in the background."""
     from .frontends.magics import load
 
     load(ipython)

@@ -10,6 +10,7 @@ can lose it.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
 import threading
 import warnings
@@ -31,6 +32,7 @@ from .errors import (
     StoreUnavailable,
     redact,
 )
+from .models import local_model
 from .models.gateway import (
     DEFAULT_ANSWER_RESERVE,
     DEFAULT_MAX_TOOL_ROUNDS,
@@ -41,7 +43,6 @@ from .models.gateway import (
     max_input_tokens,
     model_notice,
     model_rows,
-    preload_litellm,
     split_models,
     supports_tools,
 )
@@ -57,6 +58,13 @@ if TYPE_CHECKING:  # the selector's modules load on the first turn, keeping %loa
     from .vectors import VectorCache
 
 TextSink = Callable[[str], Any] | IO[str]
+
+# Clear while a warm-up does a first turn's imports; turns wait for it rather than import the same modules at
+# once, since two threads importing litellm's (circular) modules together can each get the other's half-made one.
+_warmed = threading.Event()
+_warmed.set()
+_warming: threading.Thread | None = None
+_leaving = threading.Event()  # Python is exiting: the warm-up skips what it has not started
 
 
 class OblixClient:
@@ -314,9 +322,26 @@ class OblixClient:
         return self.session_manager.bindings()
 
     @staticmethod
-    def warm_up() -> threading.Thread:
-        """Start importing litellm in the background, so the first turn does not wait for it."""
-        return preload_litellm()
+    def warm_up(model: str | None = None, fallback_models: str | Sequence[str] | None = None) -> threading.Thread:
+        """Start doing in the background what a first turn would otherwise do first, so it costs what later ones do.
+
+        For the model new sessions use (``model`` and ``fallback_models`` as for the client):
+        litellm and the selector's modules, the tokenizer, and one answer rehearsed through
+        the gateway with litellm's mock response (nothing is sent, stored or logged); then
+        the offline model when it is the one that answers, and the embedding model. Turns
+        wait for the rehearsal's imports; the models have locks of their own. Once per process.
+        """
+        global _warming
+        if _warming is None:
+            _warmed.clear()
+            _warming = threading.Thread(target=_rehearse, args=(model, fallback_models), name="oblix-warm-up", daemon=True)
+            try:
+                _warming.start()
+            except BaseException:
+                _warmed.set()  # no warm-up: no turn may wait for one
+                raise
+            atexit.register(_end_warm_up)
+        return _warming
 
     def diagnose(self) -> list[tuple[str, str]]:
         """What ``oblix doctor`` reports of the store and the models: rows of (what, state), never a key's value."""
@@ -534,6 +559,7 @@ class OblixClient:
         pinned: Sequence[str] | None = None,
         tools: bool | None = None,
         on_tool: Callable[[dict[str, Any]], Any] | None = None,
+        on_model: Callable[[str], Any] | None = None,
     ) -> dict[str, Any]:
         """One turn: store the prompt, stream the answer to ``stream_to``, store the answer.
 
@@ -543,7 +569,13 @@ class OblixClient:
         ``tools`` (default: the client's ``tools``) lets a model that can call tools look
         at the kernel; ``on_tool`` hears each call as it is made (``{"name", "arguments",
         "summary", "ok", "result"}``), and the calls are stored on the answer as ``tools``.
-        Raises ``AnswerInterrupted`` or ``ModelError`` after keeping any partial answer.
+        ``on_model`` hears the model asked first, before the request is prepared.
+        Raises ``AnswerInterrupted`` or ``ModelError`` after keeping any partial answer;
+        a ``ModelError`` also leaves a ``status: "failed"`` answer holding its message when
+        nothing arrived, so the session shows the failure and the prompt is never sent again
+        on its own. Sending the prompt of the session's last turn again right after it
+        failed retries that turn (as ``retry_sync`` does): the prompt is not stored a
+        second time, the answer follows the failure, and the model gets the prompt once.
         """
         vectors = self._vector_cache()
         with vectors.during_turn() if vectors is not None else nullcontext():  # background embedding waits meanwhile
@@ -559,16 +591,23 @@ class OblixClient:
                     "Start a session of your own, or ask its owner to share it with --write."
                 )
             models = self.models_for(session)
+            if on_model is not None:
+                on_model(models[0])
+            _warmed.wait()  # a warm-up doing this turn's imports: wait for it rather than meet it halfway
             # The one redaction, on everything of the notebook's that goes out; what the user
             # sent on purpose (a variable named with --vars, in its summary) stays in the prompt.
             sent = redact(prompt, keep=[summary.text for summary in variables if not summary.excluded])
+            to_store = _for_the_store(variables)
+            # Asking again what just failed is a retry: the prompt is stored once, and the
+            # selector sees the session as it was before the failed attempts.
+            retried = _retried_exchange(session, to_store(prompt))
+            before = session if session is None or retried is None else {**session, "messages": session["messages"][:retried]}
             plan = self.plan(
-                sent, session, models[0], history=history, max_tokens=max_tokens, variables=variables, notebook=_redacted(notebook), pinned=pinned
+                sent, before, models[0], history=history, max_tokens=max_tokens, variables=variables, notebook=_redacted(notebook), pinned=pinned
             )
             # The prompt is written while the request goes out; the answer's first text is not
             # shown, nor the answer stored, nor any failure reported, before that write is done.
-            to_store = _for_the_store(variables)
-            saving = self._writer.submit(store.save_message, session_id, to_store(prompt), role="user") if session_id else None
+            saving = self._writer.submit(store.save_message, session_id, to_store(prompt), role="user") if session_id and retried is None else None
             kernel = self._kernel_tools(models, session, variables) if (self.tools if tools is None else tools) else None
             runner = None
             if kernel is not None:
@@ -585,10 +624,8 @@ class OblixClient:
                 )
             except BaseException as error:
                 _settle(saving)
-                if isinstance(error, ModelError) and session_id and (error.partial or error.tools):
-                    store.save_message(
-                        session_id, to_store(error.partial), role="assistant", model=error.model, status="error", tools=_stored_tools(error.tools, kernel, to_store)
-                    )
+                if isinstance(error, ModelError) and session_id:
+                    _record_failure(store, session_id, error, _stored_tools(error.tools, kernel, to_store), to_store)
                 raise
             question = _settle(saving)
             message_id = None
@@ -613,7 +650,7 @@ class OblixClient:
                 if history and vectors is not None:  # embedded as soon as stored: the session is warm when it outgrows the window
                     from .context.selector import conversation_messages
 
-                    stored_now = {"messages": [*session["messages"], question, stored]}
+                    stored_now = {"messages": [*session["messages"], *filter(None, [question]), stored]}
                     self._writer.submit(lambda: vectors.update_later(session_id, conversation_messages(stored_now)))  # listed off the turn's path
             if completion.status == "interrupted":
                 raise AnswerInterrupted(
@@ -648,6 +685,38 @@ class OblixClient:
             stop.set()
             raise
 
+    def failed_prompt(self, session_id: str | None = None) -> str | None:
+        """The prompt of the session's last turn if that turn failed (what ``retry_sync`` asks again), else None.
+
+        A front end offers Retry while this is not None; the retried turn stores no new
+        user message, only its answer.
+        """
+        from .context.selector import failed_exchange
+
+        session_id = session_id or self.current_session_id
+        session = self.get_session(session_id) if session_id else None
+        position = failed_exchange(session)
+        return None if position is None else str((session or {})["messages"][position]["content"])
+
+    def retry_sync(self, session_id: str | None = None, stream_to: TextSink | None = None, **options: Any) -> dict[str, Any]:
+        """Ask the session's last prompt again after its turn failed; ``execute_sync``'s options and result.
+
+        The prompt is the one stored (secrets named for the failed turn stay withheld).
+        ``BadArguments`` when the last turn did not fail.
+        """
+        return self.execute_sync(self._prompt_to_retry(session_id), session_id, stream_to, **options)
+
+    async def retry(self, session_id: str | None = None, stream_to: TextSink | None = None, **options: Any) -> dict[str, Any]:
+        """``retry_sync`` without blocking the event loop; cancelling the task stops the answer."""
+        prompt = await asyncio.to_thread(self._prompt_to_retry, session_id)
+        return await self.execute(prompt, session_id, stream_to, **options)
+
+    def _prompt_to_retry(self, session_id: str | None) -> str:
+        prompt = self.failed_prompt(session_id)
+        if prompt is None:
+            raise BadArguments("There is nothing to retry: the session's last turn did not fail.")
+        return prompt
+
     async def chat_once(self, message: str, session_id: str | None = None, **options: Any) -> dict[str, Any]:
         """One chat turn; without ``session_id`` a new session is started (pass the returned id to continue)."""
         return await asyncio.to_thread(self.chat_once_sync, message, session_id, **options)
@@ -666,6 +735,76 @@ class OblixClient:
         from . import open_chat
 
         return await open_chat(self, session_id)
+
+
+def _retried_exchange(session: dict[str, Any] | None, prompt: str) -> int | None:
+    """Where the exchange a turn retries starts: the session's last one, when it failed and asked ``prompt`` (as stored)."""
+    from .context.selector import failed_exchange
+
+    position = failed_exchange(session)
+    if position is None or (session or {})["messages"][position].get("content") != prompt:
+        return None
+    return position
+
+
+def _record_failure(
+    store: SessionStore, session_id: str, error: ModelError, tools: list[dict[str, Any]] | None, to_store: Callable[[str], str]
+) -> None:
+    """Mark a failed turn's prompt by what follows it, since messages are only ever appended.
+
+    What follows is the partial answer that arrived (status ``error``), or, when nothing
+    did, the one-line error the user was shown (``FAILED``): the selector never sends
+    that line, nor a prompt that got nothing else, and asking again reuses the prompt.
+    """
+    from .context.selector import FAILED
+
+    status = "error" if error.partial else FAILED
+    store.save_message(session_id, to_store(error.partial or str(error)), role="assistant", model=error.model, status=status, tools=tools)
+
+
+def _rehearse(model: str | None, fallback_models: str | Sequence[str] | None) -> None:
+    """``OblixClient.warm_up``'s work. A failure here is left for the first turn to meet and report."""
+    try:
+        try:
+            first = _rehearse_turn(model, fallback_models)
+        finally:
+            _warmed.set()
+        if first == local_model.LOCAL_MODEL and not _leaving.is_set():
+            local_model.warm_up()
+        if not _leaving.is_set():
+            from .context.embedder import load_embedder
+
+            load_embedder()
+    except Exception:  # noqa: BLE001 - whatever failed here, the turn does again and reports
+        pass
+
+
+def _end_warm_up() -> None:
+    """At exit, wait for the warm-up's current step and skip the rest.
+
+    A thread still inside llama.cpp, onnxruntime or litellm's native parts when Python
+    finalizes is ended by unwinding through them, which aborts the process.
+    """
+    _leaving.set()
+    if _warming is not None:
+        _warming.join()
+
+
+def _rehearse_turn(model: str | None, fallback_models: str | Sequence[str] | None) -> str | None:
+    """A turn's first-time work for the model new sessions use, without a turn; returns that model (None if there is none)."""
+    from . import vectors  # noqa: F401  (what a turn imports, imported now)
+    from .context import relevance, selector  # noqa: F401
+    from .kernel import tools  # noqa: F401
+
+    try:
+        first = configured_models(model, fallback_models)[0]
+    except NoModelConfigured:
+        return None
+    selector.start_selection(None, "Hello", max_input_tokens(first, None), lambda text: count_tokens(first, text)).finish()
+    supports_tools(first)
+    rehearsal = {"mock_response": "Hello", "no-log": True}  # litellm answers itself, and tells no callback
+    ModelGateway(model_options={first: rehearsal}).complete([first], [{"role": "user", "content": "Hello"}])
+    return first
 
 
 def _saved_locally_notice(stored: dict[str, Any] | None) -> str | None:

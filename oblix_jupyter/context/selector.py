@@ -30,6 +30,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
+from itertools import islice, repeat
 from typing import Any
 
 from ..errors import PromptTooLarge
@@ -64,6 +65,10 @@ MEANING_COVERAGE = 0.5
 CANDIDATES = 400  # passages considered per turn (the rest could never fit)
 
 TOOLS_NOTED = 3  # tool calls named under an earlier answer that used tools
+# An answer that never came: the model failed before any text, and the message holds the
+# error the user was shown. Neither it nor a prompt that got nothing else is ever sent.
+FAILED = "failed"
+_FAILURES = frozenset({FAILED, "error"})  # how a turn that raised ``ModelError`` ends: retrying it starts it over
 _STATUS_MARKS = {
     "error": "[answer incomplete: the model failed while answering]",
     "interrupted": "[answer incomplete: interrupted]",
@@ -292,11 +297,55 @@ class Selection:
 def conversation_messages(session: dict[str, Any] | None, history: bool = True) -> list[dict[str, Any]]:
     """The messages the selector chooses from: user and assistant messages with text, in order.
 
-    Callers that cache a ``LexicalIndex`` or vectors build them from this same list.
+    Failed turns are left out: the ``FAILED`` answers (our error lines, not the model's
+    words) and a prompt that got no other answer. A failed prompt that a retry answered
+    later is kept once, with that answer. Both are recognised by what follows them, so
+    the list still only grows at its end, as the callers' caches of it (a
+    ``LexicalIndex``, vectors) expect.
     """
     if not history:
         return []
-    return [m for m in (session or {}).get("messages", []) if m.get("role") in _CONVERSATION_ROLES and m.get("content")]
+    messages = [m for m in (session or {}).get("messages", []) if m.get("role") in _CONVERSATION_ROLES and m.get("content")]
+    if FAILED not in map(dict.get, messages, repeat("status")):  # the common session, checked at C speed
+        return messages
+    failed = [position for position, message in enumerate(messages) if message.get("status") == FAILED]
+    left_out = set(failed)
+    for position in failed:
+        prompt = position - 1
+        while prompt >= 0 and messages[prompt]["role"] == "assistant":
+            prompt -= 1
+        if prompt >= 0 and messages[prompt]["role"] == "user" and _only_failures_answer(messages, prompt):
+            left_out.add(prompt)
+    return [message for position, message in enumerate(messages) if position not in left_out]
+
+
+def _only_failures_answer(messages: list[dict[str, Any]], prompt: int) -> bool:
+    """Whether every answer after the user message at ``prompt`` (up to the next one) is a ``FAILED`` one."""
+    for message in islice(messages, prompt + 1, None):
+        if message["role"] == "user":
+            return True
+        if message.get("status") != FAILED:
+            return False
+    return True
+
+
+def failed_exchange(session: dict[str, Any] | None) -> int | None:
+    """Where the session's last exchange starts (its user message), when that exchange ended in a failure.
+
+    A turn that raised ``ModelError`` ends with a ``FAILED`` answer, or with the partial
+    answer that arrived (status ``error``); retrying it means asking that prompt again
+    without what followed it. None when the last exchange did not fail.
+    """
+    messages = (session or {}).get("messages") or []
+    if not messages or messages[-1].get("role") != "assistant" or messages[-1].get("status") not in _FAILURES:
+        return None
+    for position in range(len(messages) - 2, -1, -1):
+        role = messages[position].get("role")
+        if role == "user":
+            return position
+        if role != "assistant":
+            return None
+    return None
 
 
 def _tools_used(calls: Any) -> str | None:

@@ -306,7 +306,7 @@ def _chat(args: argparse.Namespace) -> int:
 
     _keys_from_dotenv()
     client = _client(args.model)
-    client.warm_up()  # litellm is imported while the user types the first line
+    client.warm_up(args.model)  # the first turn's imports and model load happen while the user types
     run_terminal_chat(client, args.id)
     return 0
 

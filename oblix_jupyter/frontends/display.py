@@ -10,9 +10,11 @@ so no escape sequence in it can write the clipboard, set a title or recolour the
 
 from __future__ import annotations
 
+import contextvars
 import html
 import re
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
@@ -27,6 +29,7 @@ class Explained(Protocol):
 
 
 UPDATE_INTERVAL = 0.1  # seconds between display updates while an answer streams (10 a second read as smooth)
+WAITING_TICK = 1.0  # seconds between updates of the waiting line, which counts whole seconds
 _CODE_BLOCK = re.compile(r"```[^\n`]*\n(.*?)```", re.DOTALL)
 
 
@@ -35,20 +38,44 @@ def code_blocks(text: str) -> list[str]:
     return [match.group(1).rstrip("\n") for match in _CODE_BLOCK.finditer(text)]
 
 
+# How our outputs look, in JupyterLab's theme variables and scoped to our own classes. It
+# travels with the output (a <style> of ours, never text from a model), so it applies
+# wherever the HTML is shown, with or without the lab extension. JupyterLab spaces only
+# the top-level code blocks of an output, and ours sit inside the Markdown's root: without
+# this the next paragraph ran into the block. The tool icon is drawn (a magnifier), as an
+# emoji showed as an empty box where the font lacks it.
+OUTPUT_CSS = """
+.oblix-tool { margin: 2px 0; color: var(--jp-ui-font-color2, #616161); }
+.oblix-tool > summary { cursor: pointer; }
+.oblix-tool > summary > .oblix-markdown, .oblix-tool > summary > .oblix-markdown > p { display: inline; margin: 0; }
+.oblix-tool-icon { display: inline-block; box-sizing: border-box; position: relative; width: 0.75em; height: 0.75em;
+  margin: 0 0.55em 0 0.2em; border: 0.13em solid currentColor; border-radius: 50%; vertical-align: -0.05em; }
+.oblix-tool-icon::after { content: ""; position: absolute; left: 80%; top: 80%; width: 0.38em; height: 0.13em;
+  background: currentColor; transform: rotate(45deg); transform-origin: 0 50%; }
+.jp-RenderedHTMLCommon .oblix-tool > pre, .oblix-tool > pre { max-height: 20em; overflow: auto; white-space: pre-wrap; margin: 2px 0 6px 1.2em; }
+.jp-RenderedHTMLCommon .oblix-markdown pre, .oblix-markdown pre { background: var(--jp-layout-color2, #eee);
+  border: var(--jp-border-width, 1px) solid var(--jp-border-color2, #e0e0e0); border-radius: 3px;
+  padding: 6px 10px; margin: 0.75em 0 1em; overflow-x: auto; line-height: var(--jp-code-line-height, 1.3); }
+.jp-RenderedHTMLCommon .oblix-markdown pre > code, .oblix-markdown pre > code { background: none; padding: 0; }
+"""
+OUTPUT_STYLE = f"<style>{OUTPUT_CSS}</style>"
+
+
 def tools_html(calls: Sequence[Mapping[str, Any]] | None) -> str:
     """What the model looked at for an answer: one collapsed line per tool call, opening on the exact result it was sent.
 
-    Summaries and results hold text the model asked for and the user's data: escaped,
-    never rendered as Markdown.
+    Summaries and results hold text the model asked for and the user's data: the summary
+    goes through the inert Markdown renderer (our summaries quote names in backticks), the
+    result is escaped as it is.
     """
     lines = []
     for call in calls or ():
         failed = "" if call.get("ok", True) else " <em>(failed)</em>"
-        summary = html.escape(str(call.get("summary") or call.get("name") or "tool"))
+        summary = markdown_html(str(call.get("summary") or call.get("name") or "tool"))
         result = html.escape(str(call.get("result") or ""))
         lines.append(
-            f"<details class='oblix-tool' style='margin:2px 0;color:#555'><summary>🔎 {summary}{failed}</summary>"
-            f"<pre style='max-height:20em;overflow:auto;white-space:pre-wrap'>{result}</pre></details>"
+            f"<details class='oblix-tool'><summary><span class='oblix-tool-icon' aria-hidden='true'></span>{summary}{failed}</summary>"
+            f"<pre>{result}</pre></details>"
         )
     return "".join(lines)
 
@@ -72,11 +99,11 @@ class AnswerView:
         if self.as_text:
             return {"text/plain": plain}
         footer = f"<p><sub>{html.escape(self.footer)}</sub></p>" if self.footer else ""
-        return {"text/html": tools_html(self.tools) + markdown_html(self.text) + footer, "text/plain": plain}
+        return {"text/html": OUTPUT_STYLE + tools_html(self.tools) + markdown_html(self.text) + footer, "text/plain": plain}
 
 
 class Message:
-    """A short notice or error: red for errors, never a traceback."""
+    """A short notice or error: red for errors, never a traceback; its lines (a usage line, JSON) kept as written."""
 
     def __init__(self, text: str, error: bool = True, detail: str = "") -> None:
         self.text = text
@@ -84,11 +111,11 @@ class Message:
         self.detail = detail
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
-        colour = "#c62828" if self.error else "#555"
+        colour = "var(--jp-error-color1, #c62828)" if self.error else "var(--jp-ui-font-color1, #333)"  # readable in any theme
         prefix = "Oblix error: " if self.error else ""
         detail = f"<pre style='margin:4px 0 0 0'>{html.escape(self.detail)}</pre>" if self.detail else ""
         return {
-            "text/html": f"<div style='color:{colour}'><b>{prefix}</b>{html.escape(self.text)}{detail}</div>",
+            "text/html": f"<div style='color:{colour};white-space:pre-wrap'><b>{prefix}</b>{html.escape(self.text)}{detail}</div>",
             "text/plain": terminal_text(f"{prefix}{self.text}" + (f"\n{self.detail}" if self.detail else "")),
         }
 
@@ -143,7 +170,7 @@ class Conversation:
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
         title = f"{self.session['title']} ({self.session['id'][:8]}, {len(self.session['messages'])} messages)"
-        rich = [f"<h3>{html.escape(title)}</h3>"] + [message_html(m, self._details(m)) for m in self.messages]
+        rich = [f"{OUTPUT_STYLE}<h3>{html.escape(title)}</h3>"] + [message_html(m, self._details(m)) for m in self.messages]
         plain = [title]
         for message in self.messages:
             notes = [n for n in (message.get("model"), message.get("status"), *self._details(message)) if n]
@@ -180,6 +207,19 @@ def footer(result: dict[str, Any]) -> str:
     return f"{line} · {result['notice']}" if result.get("notice") else line
 
 
+class Waiting:
+    """What a cell shows until its answer's first text: the model asked, and the seconds since."""
+
+    def __init__(self, model: str, seconds: float = 0.0) -> None:
+        self.model = model
+        self.seconds = seconds
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
+        line = f"Waiting for {self.model}…" + (f" {self.seconds:.0f} s" if self.seconds >= 1 else "")
+        style = "color:var(--jp-ui-font-color2, #616161)"
+        return {"text/html": f"<div class='oblix-waiting' style='{style}'>{html.escape(line)}</div>", "text/plain": terminal_text(line)}
+
+
 class StreamingOutput:
     """Shows an answer as it arrives: an updated display in Jupyter, plain writes in a terminal."""
 
@@ -190,6 +230,48 @@ class StreamingOutput:
         self.tools: list[Mapping[str, Any]] = []
         self._handle: Any = None
         self._last_update = 0.0
+        self._lock = threading.Lock()  # the waiting line's clock and the answer update the same display
+        self._waiting: threading.Event | None = None  # set once something else has replaced the waiting line
+        self._waiting_for = "the model"
+        self._waiting_since = 0.0
+
+    def waiting(self, model: str | None = None) -> None:
+        """Show that a model is being asked, counting the seconds until the answer's first text or tool line.
+
+        Called at once without a model, before the turn's slower preparations (the session
+        is read, maybe created, the variables summarised), and again with the model the
+        turn asks, which the line then names. In a terminal: one line, once the model is known.
+        """
+        if not self.rich:
+            if model is not None:
+                sys.stdout.write(terminal_text(f"[Waiting for {model}…]\n"))
+                sys.stdout.flush()
+            return
+        self._waiting_for = model or "the model"
+        if self._waiting is not None:  # already counting: name the model now
+            with self._lock:
+                if not self._waiting.is_set():
+                    self._handle.update(Waiting(self._waiting_for, time.monotonic() - self._waiting_since))
+            return
+        self._waiting_since = time.monotonic()
+        self._show(Waiting(self._waiting_for))
+        done = self._waiting = threading.Event()
+
+        def count() -> None:
+            while not done.wait(WAITING_TICK):
+                with self._lock:
+                    if not done.is_set():
+                        self._handle.update(Waiting(self._waiting_for, time.monotonic() - self._waiting_since))
+
+        # Run in the cell's context, so that the kernel sends the updates as this cell's output.
+        threading.Thread(target=contextvars.copy_context().run, args=(count,), name="oblix-waiting", daemon=True).start()
+
+    def close(self) -> None:
+        """Stop the waiting line's clock; take the line away if nothing replaced it (the turn failed first)."""
+        with self._lock:
+            if self._waiting is not None and not self._waiting.is_set():
+                self._waiting.set()
+                self._handle.update({"text/plain": ""}, raw=True)
 
     def __call__(self, piece: str) -> None:
         self.text += piece
@@ -214,10 +296,13 @@ class StreamingOutput:
     def _show(self, view: Any) -> None:
         from IPython.display import display
 
-        if self._handle is None:
-            self._handle = display(view, display_id=True)
-        else:
-            self._handle.update(view)
+        with self._lock:
+            if self._waiting is not None:
+                self._waiting.set()
+            if self._handle is None:
+                self._handle = display(view, display_id=True)
+            else:
+                self._handle.update(view)
 
     def finish(self, text: str, footer_line: str) -> None:
         """Replace the streamed text by the final answer and its footer."""

@@ -77,7 +77,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse that raises ``BadArguments`` (with the usage line) instead of exiting."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise BadArguments(f"{message}\n{usage(self)}")
+        raise BadArguments(f"{closest_options(message, self)}\n{usage(self)}")
 
     def exit(self, status: int = 0, message: str | None = None) -> None:  # type: ignore[override]
         raise BadArguments((message or "").strip() or usage(self))
@@ -86,6 +86,24 @@ class _Parser(argparse.ArgumentParser):
 def usage(parser: argparse.ArgumentParser) -> str:
     """The usage line, without the reST markup IPython's help formatter adds."""
     return "usage: " + " ".join(parser.format_usage().replace("::", "").split()).removeprefix("usage: ")
+
+
+def closest_options(message: str, parser: argparse.ArgumentParser) -> str:
+    """argparse's message, and for options it did not recognise the known ones closest to them (a typo's likely fix)."""
+    if not message.startswith("unrecognized arguments:"):
+        return message
+    known = [option for action in parser._actions for option in action.option_strings]
+    typed = [word.split("=", 1)[0] for word in message.partition(":")[2].split() if word.startswith("-")]
+    guesses = list(dict.fromkeys(filter(None, (closest(word, known) for word in typed))))
+    return message + (f" (did you mean {' or '.join(guesses)}?)" if guesses else "")
+
+
+def closest(word: str, choices: Sequence[str]) -> str | None:
+    """The choice a mistyped ``word`` most likely meant, if one is close enough."""
+    import difflib  # only after a mistake: %load_ext stays light
+
+    close = difflib.get_close_matches(word, choices, n=1)
+    return close[0] if close else None
 
 
 def split_line(line: str) -> list[str]:
@@ -122,7 +140,7 @@ def parse_cell_options(line: str) -> CellOptions:
     try:
         options = parser.parse_args(split_line(line))
     except UsageError as error:
-        raise BadArguments(f"{error}\n{usage(parser)}") from None
+        raise BadArguments(f"{closest_options(str(error), parser)}\n{usage(parser)}") from None
     except SystemExit:  # argparse exits on --help-like input despite add_help=False in some versions
         raise BadArguments(usage(parser)) from None
     if options.new and options.session:
@@ -195,9 +213,26 @@ def line_parser() -> _Parser:
     return parser
 
 
+def _commands() -> dict[str, tuple[argparse.ArgumentParser, str]]:
+    """``%oblix``'s commands in the order declared: each one's parser and its help line."""
+    subcommands = next(action for action in line_parser()._actions if isinstance(action, argparse._SubParsersAction))
+    return {choice.dest: (subcommands.choices[choice.dest], choice.help or "") for choice in subcommands._choices_actions}
+
+
 def parse_line_command(line: str) -> argparse.Namespace:
-    """Parse a ``%oblix`` line; raises ``BadArguments`` for anything it cannot accept."""
-    options = line_parser().parse_args(split_line(line) or ["help"])
+    """Parse a ``%oblix`` line; raises ``BadArguments`` for anything it cannot accept.
+
+    An unknown command gets one line naming the closest one, and a command's own
+    mistakes its own usage line, rather than the list of every command.
+    """
+    command, *words = split_line(line) or ["help"]
+    commands = _commands()
+    if command not in commands:
+        close = closest(command, list(commands))
+        hint = f"did you mean `%oblix {close}`?" if close else "`%oblix help` lists the commands."
+        raise BadArguments(f"%oblix has no command {command!r}; {hint}")
+    options = commands[command][0].parse_args(words)
+    options.command = command
     if options.command == "show" and options.last is not None and options.last <= 0:
         raise BadArguments("--last must be a positive number.")
     return options
@@ -227,7 +262,7 @@ class Oblix(Magics):
         self._dotenv_notice = ""  # what the .env loaded and ignored, until a footer has shown it
         self._panel: Any = None
         self.lab = LabExtension(self.follow_path, self.chat_panel)
-        self.litellm_import: threading.Thread | None = None
+        self.warming: threading.Thread | None = None  # what a first turn would do first, done after %load_ext
         super().__init__(shell=shell, **kwargs)
 
     @observe("model", "fallback_models", "base_dir", "store", "max_input_tokens", "tools", "tool_rounds")
@@ -268,14 +303,12 @@ class Oblix(Magics):
         return getattr(self.shell, "kernel", None) is not None
 
     def _prepare(self) -> None:
-        """Per-turn set-up that must not run at load time: .env keys, litellm import."""
+        """Per-turn set-up that must not run at load time: .env keys."""
         if not self._dotenv_loaded:
             self._dotenv_loaded = True
             dotenv = load_dotenv(os.getcwd())
             if dotenv is not None:
                 self._dotenv_notice = dotenv.describe()
-        if self.litellm_import is not None:
-            self.litellm_import.join()
 
     def _with_dotenv_notice(self, footer_line: str) -> str:
         """``footer_line``, and on the first answer after the .env was read, what it loaded and ignored.
@@ -316,6 +349,8 @@ class Oblix(Magics):
             prompt = interpolate(cell, self.shell.user_ns, options.vars).strip()
             if not prompt:
                 raise BadArguments("The cell is empty: write the question below the %%oblix line.")
+            stream = StreamingOutput(self.rich, as_text=options.format == "text")
+            stream.waiting()  # at once: what follows may write the session and summarise variables first
             session_id = self._session_for(options)
             if options.model:
                 self.client.set_model(session_id, options.model)
@@ -326,7 +361,6 @@ class Oblix(Magics):
             # Variables are read from the cell as typed: {name} still marks a reference there.
             variables = summarize_variables(self.shell.user_ns, cell, named=options.vars)
             notebook = gather_notebook_context(self.shell, force_error=options.error, force_cells=options.cells)
-            stream = StreamingOutput(self.rich, as_text=options.format == "text")
             result = self.client.execute_sync(
                 prompt,
                 session_id,
@@ -338,6 +372,7 @@ class Oblix(Magics):
                 notebook=notebook,
                 tools=False if options.no_tools else None,
                 on_tool=stream.tool,
+                on_model=stream.waiting,
             )
             stream.finish(result["response"], self._with_dotenv_notice(footer(result) if self.show_footer else ""))
             if self._panel is not None:
@@ -355,6 +390,9 @@ class Oblix(Magics):
             if stream is not None and stream.text:
                 stream.finish(stream.text, self._with_dotenv_notice("failed: the partial answer was kept"))
             display(Message(str(error)))
+        finally:
+            if stream is not None:
+                stream.close()
 
     def _session_for(self, options: CellOptions) -> str:
         if options.new:
@@ -385,7 +423,8 @@ class Oblix(Magics):
         return None
 
     def _command_help(self, options: argparse.Namespace) -> None:
-        display(Message(line_parser().format_help() + "\n" + Oblix.oblix_cell.parser.format_help(), error=False))
+        for table in help_tables():
+            display(table)
 
     def _command_sessions(self, options: argparse.Namespace) -> None:
         client = self.client
@@ -502,6 +541,24 @@ class Oblix(Magics):
         return SessionHandle(self.client, session_id)
 
 
+def help_tables() -> tuple[Table, Table]:
+    """``%oblix help``: the commands, then a ``%%oblix`` cell's options, a row each, from the parsers that read them."""
+    commands = [[usage(parser).removeprefix("usage: "), what] for parser, what in _commands().values()]
+    options = [[_invocation(action), action.help or ""] for action in Oblix.oblix_cell.parser._actions]
+    return (
+        Table(["command", "what it does"], commands, caption="%oblix: this notebook's sessions"),
+        Table(["option", "what it does"], options, caption="%%oblix [options]: the rest of the cell is the prompt; {name} puts in a variable's value"),
+    )
+
+
+def _invocation(action: argparse.Action) -> str:
+    """An option as it is typed: ``--format {markdown,code,text}``, ``--max-tokens MAX_TOKENS``."""
+    if action.nargs == 0:
+        return ", ".join(action.option_strings)
+    value = "{" + ",".join(map(str, action.choices)) + "}" if action.choices else action.metavar or action.dest.upper()
+    return f"{', '.join(action.option_strings)} {value}"
+
+
 def _whose(summary: Mapping[str, Any], bound: str | None) -> str:
     """The listing's note on a session: this notebook's, or someone else's shared with this user."""
     notes = []
@@ -530,7 +587,7 @@ _active: Oblix | None = None
 
 
 def load(shell: Any) -> Oblix:
-    """Register the magics on ``shell`` (once), start importing litellm, and listen to the lab extension."""
+    """Register the magics on ``shell`` (once), start warming up the first turn, and listen to the lab extension."""
     global _active
     if _active is not None and _active.shell is shell:
         return _active
@@ -541,7 +598,7 @@ def load(shell: Any) -> Oblix:
         magics.lab.listen()
     _active = magics
     threading.Thread(target=prepare, name="oblix-render-import", daemon=True).start()  # the first answer's display
-    magics.litellm_import = OblixClient.warm_up()  # last: the import competes for the GIL
+    magics.warming = OblixClient.warm_up(magics.model, magics.fallback_models)  # last: its imports compete for the GIL
     return magics
 
 

@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 
-from ..errors import AnswerInterrupted, OblixError
+from ..errors import AnswerInterrupted, ModelError, OblixError
 from ..kernel.binding import NotebookBinding, notebook_title
 from ..kernel.variables import is_hidden_name, summarize_variables
-from ..render import local_time
-from .display import UPDATE_INTERVAL, PlanView, code_blocks, message_html
+from ..render import local_time, prepare
+from .display import OUTPUT_CSS, UPDATE_INTERVAL, WAITING_TICK, PlanView, Waiting, code_blocks, message_html
 
 if TYPE_CHECKING:
     from ..client import OblixClient
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 POLL_INTERVAL = 1.0  # seconds between checks of the session file while the panel is shown
 RECENT_SESSIONS = 20
 NO_SESSION = ""  # the picker's value while the notebook has no session yet
-WAITING = "waiting for the first token…"
 INCOMPLETE = {
     "interrupted": "Interrupted: the part of the answer that arrived was kept.",
     "error": "The model failed while answering: the part that arrived was kept.",
@@ -38,23 +37,42 @@ INCOMPLETE = {
 
 # Outside JupyterLab's sidebar (a cell output, VS Code) the panel keeps a bounded height;
 # in the sidebar (.jp-OblixChat, from the lab extension) it fills the height it is given.
-# The conversation scrolls in a column-reverse box, which keeps it anchored at the newest
-# message without any JavaScript.
-STYLE = """<style>
-.oblix-chat { gap: 4px; min-width: 0; }
-.oblix-chat .oblix-row { flex-flow: row wrap; gap: 4px; align-items: center; }
+# ipywidgets' boxes are flex columns whose children shrink (and scroll) by default, which
+# crushed every message into its own little scroll box: here every control and message
+# keeps its natural height and only the list flexes and scrolls.
+# The list is a column-reverse box: it opens at the newest message, stays pinned to the
+# bottom while an answer grows there, and, once the user has scrolled up, the browser's
+# scroll anchoring keeps what they read in place. None of this needs JavaScript. The
+# "jump to latest" button shows only once the list is scrolled away from its newest
+# message (a scroll-driven animation: hidden while the list does not scroll, which leaves
+# its timeline inactive; a browser without them runs the animation to its end and always
+# shows the button).
+STYLE = "<style>" + OUTPUT_CSS + """
+.oblix-chat { gap: 4px; min-width: 0; overflow: visible; timeline-scope: --oblix-list; }
+.oblix-chat > *, .oblix-chat .oblix-messages > * { flex: 0 0 auto; }
+.oblix-chat .oblix-row { flex-flow: row wrap; gap: 4px; align-items: center; overflow: visible; }
 .oblix-chat .oblix-row > .widget-inline-hbox, .oblix-chat .oblix-row > .jupyter-widgets { margin: 0; }
-.oblix-chat .oblix-scroll { flex-direction: column-reverse; overflow-y: auto; max-height: 60vh; min-height: 60px; }
-.jp-OblixChat .oblix-chat .oblix-scroll { max-height: none; flex: 1 1 auto; }
+.oblix-chat > .oblix-scroll { flex: 1 1 auto; flex-direction: column-reverse; overflow-y: auto; overflow-x: hidden;
+  min-height: 120px; max-height: 60vh; scroll-timeline: --oblix-list block; }
+.jp-OblixChat .oblix-chat > .oblix-scroll { max-height: none; }
+.oblix-chat .oblix-messages { overflow: visible; }
+.oblix-chat .oblix-jump-row { height: 0; overflow: visible; position: relative; z-index: 1; }
+.oblix-chat .oblix-jump { position: absolute; right: 16px; bottom: 8px; margin: 0; box-shadow: var(--jp-elevation-z4);
+  visibility: hidden; animation: oblix-away linear both; animation-timeline: --oblix-list; animation-range: 0px 48px; }
+@keyframes oblix-away { from { visibility: hidden; opacity: 0; } to { visibility: visible; opacity: 1; } }
 .oblix-chat .oblix-message .jp-OutputPrompt, .oblix-chat .oblix-explain .jp-OutputPrompt { display: none; }
-.oblix-chat .oblix-message { margin: 3px 0; padding: 0 6px; border-left: 4px solid; border-radius: 3px; overflow-x: auto; }
-.oblix-chat .oblix-message .jp-RenderedHTMLCommon { padding-right: 4px; }
+.oblix-chat .oblix-message { margin: 3px 0; padding: 0 6px; border-left: 4px solid; border-radius: 3px; overflow: visible; }
+.oblix-chat .oblix-message .jp-RenderedHTMLCommon { padding-right: 4px; overflow-x: auto; }
 .oblix-chat .oblix-message pre { white-space: pre-wrap; word-break: break-word; }
 .oblix-chat .oblix-user { border-color: var(--jp-brand-color1, #1976d2); background: var(--jp-layout-color2, #eee); }
 .oblix-chat .oblix-assistant { border-color: var(--jp-success-color1, #388e3c); }
 .oblix-chat .oblix-system { border-color: var(--jp-border-color1, #999); }
 .oblix-chat .oblix-incomplete { border-color: var(--jp-warn-color1, #f57c00); }
-.oblix-chat .oblix-progress { color: var(--jp-ui-font-color2, #666); font-style: italic; }
+.oblix-chat .oblix-failed { border-color: var(--jp-error-color1, #c62828); color: var(--jp-error-color1, #c62828); }
+.oblix-chat .oblix-waiting { margin: 4px 0 8px; display: flex; align-items: center; gap: 6px; }
+.oblix-chat .oblix-waiting::before { content: ""; width: 10px; height: 10px; border-radius: 50%;
+  border: 2px solid var(--jp-brand-color1); border-right-color: transparent; animation: oblix-spin 1s linear infinite; }
+@keyframes oblix-spin { to { transform: rotate(360deg); } }
 .oblix-chat .oblix-error { color: var(--jp-error-color1, #c62828); }
 .oblix-chat .oblix-notice { color: var(--jp-ui-font-color2, #555); }
 .oblix-chat .oblix-input textarea { min-height: 4em; resize: vertical; }
@@ -152,6 +170,11 @@ class ChatPanel(widgets.VBox):
         self._confirming_delete = False
         self._last_plan: Any = None
         self._last_signature: tuple[Any, ...] | None = None
+        self._model = ""  # the model the shown session's next turn asks first
+        self._stored_count = 0  # the messages the shown session held when last rendered
+        self._failed_prompt: str | None = None  # the prompt of the shown session's last turn, if that turn failed: Retry asks it
+        # The first answer renders Markdown; the parser is built now, while the user types.
+        threading.Thread(target=prepare, name="oblix-render-prepare", daemon=True).start()
 
         self._build()
         super().__init__(children=self._layout())
@@ -168,6 +191,7 @@ class ChatPanel(widgets.VBox):
         self.session_picker = W.Dropdown(layout=Layout(flex="1 1 140px", width="auto", min_width="0"))
         self.session_picker.observe(self._session_chosen, names="value")
         self.search_field = W.Text(placeholder="search sessions (titles and messages)", continuous_update=False, layout=Layout(width="auto"))
+        self.search_field.add_class("oblix-search")
         self.search_field.observe(lambda _change: self.refresh(), names="value")
         self.new_button = W.Button(description="New", tooltip="Start a new session", layout=Layout(width="auto"))
         self.delete_button = W.Button(description="Delete", tooltip="Delete this session", layout=Layout(width="auto"))
@@ -181,21 +205,28 @@ class ChatPanel(widgets.VBox):
         self.share_button = W.Button(description="Share", tooltip="Let this user read the session (and add to it)", layout=Layout(width="auto"))
         self.access_note = W.HTML("")
         self.messages = W.VBox()
+        self.messages.add_class("oblix-messages")
         self.empty_note = W.HTML("<small>No messages yet: ask something below, or run a <code>%%oblix</code> cell.</small>")
-        self.conversation = W.Box([self.messages], layout=Layout(display="flex"))
-        self.conversation.add_class("oblix-scroll")
-        self.progress = W.HTML(f"<span>{WAITING}</span>", layout=Layout(display="none"))
-        self.progress.add_class("oblix-progress")
+        self.conversation = self._scroll_box()
+        self.jump_button = W.Button(description="Latest", icon="arrow-down", tooltip="Jump to the newest message", layout=Layout(width="auto"))
+        self.jump_button.add_class("oblix-jump")
+        self.jump_button.on_click(self._jump_to_latest)
         self.notice = W.HTML("", layout=Layout(display="none"))
         self.explain_output = W.Output(layout=Layout(display="none", overflow_x="auto"))
         self.explain_output.add_class("oblix-explain")
         self.variables_input = W.TagsInput(allow_duplicates=False, placeholder="add a variable", layout=Layout(flex="1 1 100px", width="auto"))
+        self.variables_input.add_class("oblix-context")
         self.textarea = W.Textarea(placeholder="Ask about this notebook…", rows=3, layout=Layout(width="100%"))
         self.textarea.add_class("oblix-input")
         self.send_button = W.Button(description="Send", button_style="primary", icon="paper-plane", layout=Layout(width="auto"))
         self.send_button.add_class("oblix-send")
         self.stop_button = W.Button(description="Stop", button_style="warning", icon="stop", layout=Layout(width="auto", display="none"))
+        self.retry_button = W.Button(
+            description="Retry", icon="redo", tooltip="Ask the prompt that failed again", layout=Layout(width="auto", display="none")
+        )
+        self.retry_button.add_class("oblix-retry")
         self.explain_toggle = W.ToggleButton(description="Explain", tooltip="Show what context the last turn sent", layout=Layout(width="auto"))
+        self.explain_toggle.add_class("oblix-explain-toggle")
         self.new_button.on_click(self._new_session)
         self.delete_button.on_click(self._delete_clicked)
         self.rename_button.on_click(self._rename)
@@ -203,6 +234,7 @@ class ChatPanel(widgets.VBox):
         self.share_button.on_click(self._share)
         self.send_button.on_click(self.send)
         self.stop_button.on_click(self.stop)
+        self.retry_button.on_click(self.retry)
         self.explain_toggle.observe(lambda _change: self._show_plan(), names="value")
 
     def _layout(self) -> list[widgets.Widget]:
@@ -225,19 +257,37 @@ class ChatPanel(widgets.VBox):
             ]
         )
         self.settings = W.Accordion([settings], titles=("Session settings",))
+        jump_row = row(self.jump_button)
+        jump_row.add_class("oblix-jump-row")
         return [
             self.style_html,
             row(self.session_picker, self.new_button, self.delete_button),
             row(self.search_field),
             self.settings,
             self.conversation,
-            self.progress,
+            jump_row,
             self.notice,
             self.explain_output,
             row(W.HTML("<small>Context:</small>"), self.variables_input),
             self.textarea,
-            row(self.send_button, self.stop_button, self.explain_toggle),
+            row(self.send_button, self.stop_button, self.retry_button, self.explain_toggle),
         ]
+
+    def _scroll_box(self) -> widgets.Box:
+        box = widgets.Box([self.messages], layout=widgets.Layout(display="flex"))
+        box.add_class("oblix-scroll")
+        return box
+
+    def _jump_to_latest(self, _button: Any = None) -> None:
+        """Show the newest message: a new view of the list opens there, where a column-reverse box starts.
+
+        Only the front end knows how far the user scrolled, and the panel sends it no
+        script; replacing the list's box makes every front end draw a fresh one.
+        """
+        old, self.conversation = self.conversation, self._scroll_box()
+        self.children = tuple(self.conversation if child is old else child for child in self.children)
+        old.children = ()
+        old.close()
 
     def close(self) -> None:
         self._closed.set()
@@ -339,6 +389,7 @@ class ChatPanel(widgets.VBox):
         known = [*chain, *(s.get("model") for s in recent)]
         self.model_field.options = tuple(dict.fromkeys(m for m in known if m))
         self.model_field.placeholder = chain[0] if chain else "model (litellm name)"
+        self._model = chain[0] if chain else ""  # named at once when the next prompt is sent
         if shown == self._settings_for:
             return
         self._settings_for = shown
@@ -361,6 +412,9 @@ class ChatPanel(widgets.VBox):
 
     def _render_messages(self, session: dict[str, Any] | None) -> None:
         stored = session["messages"] if session else []
+        self._stored_count = len(stored)
+        self._failed_prompt = self.client.failed_prompt(session["id"]) if session else None
+        self.retry_button.layout.display = None if self._failed_prompt is not None and self._turn is None else "none"
         shown: list[widgets.Widget] = []
         keep: set[tuple[str, str]] = set()
         for number, message in enumerate(stored):
@@ -373,6 +427,8 @@ class ChatPanel(widgets.VBox):
                 view = message_view(str(message.get("role", "user")))
             if message.get("status") in INCOMPLETE:
                 view.add_class("oblix-incomplete")
+            elif message.get("status") == "failed":  # the record of a turn that failed: its one-line error
+                view.add_class("oblix-failed")
             if rendered != shown_as:
                 view.outputs = message_outputs(message)
                 if actions is not None:
@@ -431,35 +487,62 @@ class ChatPanel(widgets.VBox):
         return self.worker is not None and self.worker.is_alive()
 
     def send(self, _button: Any = None) -> None:
-        """Send what is typed; the answer streams in from a background thread."""
+        """Send what is typed; the answer streams in from a background thread.
+
+        The prompt leaves the box and the answer's place shows which model is working at
+        once, before the store is read; the prompt comes back if the turn fails before
+        any of the answer arrived.
+        """
         prompt = self.textarea.value.strip()
         if not prompt or self.busy:
             return
         self._show_notice("")
-        try:
-            session_id = self._ensure_session()
-            before = len(self.client.get_session(session_id)["messages"])
-        except OblixError as error:
-            self._show_notice(str(error), error=True)
-            return
-        prompt_view = message_view("user")
-        prompt_view.outputs = message_outputs({"role": "user", "content": prompt})
-        answer_view = message_view("assistant")
-        self._turn = {
-            "session_id": session_id,
-            "before": before,
-            "sent": self.textarea.value,
-            "text": "",
-            "tools": [],
-            "shown_at": 0.0,
-            "prompt_view": prompt_view,
-            "answer_view": answer_view,
-        }
+        with self._render_lock:
+            prompt_view = message_view("user")
+            prompt_view.outputs = message_outputs({"role": "user", "content": prompt})
+            turn = {
+                "session_id": self._session_id,
+                "before": self._stored_count,
+                "sent": self.textarea.value,
+                "model": self._model,
+                "text": "",
+                "tools": [],
+                "started": time.monotonic(),
+                "shown_at": 0.0,
+                "shown": threading.Lock(),  # the waiting line's clock and the stream both redraw the answer
+                "ended": threading.Event(),
+                "prompt_view": prompt_view,
+                "answer_view": message_view("assistant"),
+            }
+            self._show_answer(turn, turn["started"])
+            self._turn = turn
+            self.textarea.value = ""
+            self._set_busy(True)
+            shown = [view for view in self.messages.children if view is not self.empty_note]
+            self.messages.children = (*shown, prompt_view, turn["answer_view"])
+            try:
+                turn["session_id"] = self._ensure_session()
+                turn["before"] = len(self.client.get_session(turn["session_id"])["messages"])
+                if self.client.failed_prompt(turn["session_id"]) == prompt:
+                    turn["before"] -= 1  # a retry: its prompt is stored already, and only the answer will be
+            except OblixError as error:
+                self._end_turn(turn)
+                self._restore_prompt(turn)
+                self._show_notice(str(error), error=True)
+                return
         self._stop.clear()
-        self._set_busy(True)
-        self.worker = threading.Thread(target=self._run_turn, args=(prompt, session_id), name="oblix-chat-turn", daemon=True)
+        self.worker = threading.Thread(target=self._run_turn, args=(prompt, turn["session_id"]), name="oblix-chat-turn", daemon=True)
         self.worker.start()
+        threading.Thread(target=self._tick, args=(turn,), name="oblix-chat-progress", daemon=True).start()
         self.refresh()
+
+    def retry(self, _button: Any = None) -> None:
+        """Ask the prompt of the turn that failed again: the session keeps it once, and gets the answer after it."""
+        if self._failed_prompt is not None and not self.busy:
+            typed = self.textarea.value
+            self.textarea.value = self._failed_prompt
+            self.send()
+            self.textarea.value = typed  # what the user was writing meanwhile stays in the box
 
     def stop(self, _button: Any = None) -> None:
         """Stop the answer that is streaming; the part that arrived is kept."""
@@ -490,24 +573,30 @@ class ChatPanel(widgets.VBox):
                 on_tool=self._on_tool,
             )
         except AnswerInterrupted:
-            self._clear_input(turn["sent"])
             self._show_notice("Stopped: the part of the answer that arrived was kept.")
         except OblixError as error:
-            self._show_notice(str(error), error=True)
+            self._restore_prompt(turn)
+            if not (isinstance(error, ModelError) and self.client.failed_prompt(session_id) is not None):
+                self._show_notice(str(error), error=True)  # else the session's failure record says it, once
         except Exception as error:  # a bug must show, not vanish with the thread
+            self._restore_prompt(turn)
             self._show_notice(f"Unexpected {type(error).__name__}: {error}", error=True)
         else:
-            self._clear_input(turn["sent"])
             self._last_plan = result.get("plan")
             self._show_plan()
             if result.get("notice"):
                 self._show_notice(str(result["notice"]))
         finally:
-            self._turn = None
-            self._set_busy(False)
-            self.refresh()
-            for view in (turn["prompt_view"], turn["answer_view"]):
-                view.close()
+            self._end_turn(turn)
+
+    def _end_turn(self, turn: dict[str, Any]) -> None:
+        """The turn's placeholders give way to what the store holds."""
+        turn["ended"].set()
+        self._turn = None
+        self._set_busy(False)
+        self.refresh()
+        for view in (turn["prompt_view"], turn["answer_view"]):
+            view.close()
 
     def _on_text(self, piece: str) -> None:
         turn = self._turn
@@ -519,7 +608,6 @@ class ChatPanel(widgets.VBox):
         if first or now - turn["shown_at"] >= UPDATE_INTERVAL:
             self._show_answer(turn, now)
         if first:
-            self.progress.layout.display = "none"
             with self._render_lock:  # the stored prompt replaces its placeholder
                 self._render_messages(self._session())
 
@@ -530,19 +618,34 @@ class ChatPanel(widgets.VBox):
             turn["tools"].append(call)
             self._show_answer(turn, time.monotonic())
 
+    def _tick(self, turn: dict[str, Any]) -> None:
+        """Count the seconds in the answer's place until its first text arrives or the turn ends."""
+        while not turn["ended"].wait(WAITING_TICK) and not turn["text"]:
+            self._show_answer(turn, time.monotonic())
+
     @staticmethod
     def _show_answer(turn: dict[str, Any], now: float) -> None:
-        turn["shown_at"] = now
-        turn["answer_view"].outputs = message_outputs({"role": "assistant", "content": turn["text"] + " ▌", "tools": turn["tools"]})
+        """The answer so far with a cursor or, before any text, which model is working and for how long."""
+        with turn["shown"]:
+            turn["shown_at"] = now
+            text = turn["text"]
+            if text:
+                message = {"role": "assistant", "model": turn["model"], "content": text + " ▌", "tools": turn["tools"]}
+                turn["answer_view"].outputs = message_outputs(message)
+                return
+            waiting = Waiting(turn["model"], now - turn["started"])._repr_mimebundle_()  # the line a %%oblix cell shows
+            rich = message_html({"role": "assistant", "content": "", "tools": turn["tools"]}) + waiting["text/html"]
+            turn["answer_view"].outputs = html_outputs(rich, waiting["text/plain"])
 
-    def _clear_input(self, sent: str) -> None:
-        if self.textarea.value == sent:  # not if the user has started the next message
-            self.textarea.value = ""
+    def _restore_prompt(self, turn: dict[str, Any]) -> None:
+        """A turn that failed before any answer arrived gives its prompt back, unless the user typed another."""
+        if not turn["text"] and not self.textarea.value:
+            self.textarea.value = turn["sent"]
 
     def _set_busy(self, busy: bool) -> None:
         self.stop_button.layout.display = None if busy else "none"
         self.send_button.disabled = busy
-        self.progress.layout.display = None if busy else "none"
+        self.retry_button.layout.display = None if not busy and self._failed_prompt is not None else "none"
 
     def _show_notice(self, text: str, error: bool = False) -> None:
         if not text:

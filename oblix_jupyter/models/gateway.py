@@ -12,7 +12,9 @@ for a few rounds, without knowing what the tools do.
 from __future__ import annotations
 
 import functools
+import json
 import os
+import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +35,9 @@ _GATEWAY_OPTIONS = frozenset({"supports_tools"})
 
 _litellm: ModuleType | None = None
 _import_lock = threading.Lock()
+# litellm repeats the exception's class and names the provider's before what the server said:
+# "litellm.InternalServerError: InternalServerError: OpenAIException - the server's message".
+_LITELLM_PREFIXES = re.compile(r"^(?:litellm\.\w+:\s*|[A-Za-z]\w*(?:Error|Exception)(?::\s+|\s+-\s+))+")
 
 
 def litellm_module() -> ModuleType:
@@ -250,9 +255,31 @@ def _explain(error: BaseException, model: str, litellm: ModuleType) -> str:
         return f"{model} did not answer in time."
     if isinstance(error, litellm.APIConnectionError) and status is None:
         return f"{model} could not be reached ({type(error).__name__})."
-    detail = str(getattr(error, "message", "") or error).strip().splitlines()
-    text = detail[0] if detail else type(error).__name__
-    return f"{model} failed{f' with HTTP {status}' if status else ''}: {text[:300]}"
+    return f"{model} failed{f' with HTTP {status}' if status else ''}: {server_said(error)[:300]}"
+
+
+def server_said(error: BaseException) -> str:
+    """What the server said, once: litellm's error text without its class and provider prefixes, on one line.
+
+    A provider that answered with a JSON error body (``{"error": {"message": ...}}``)
+    is quoted by its message.
+    """
+    text = _LITELLM_PREFIXES.sub("", str(getattr(error, "message", "") or error).strip())
+    if text.startswith("{"):
+        text = _json_error_message(text) or text
+    lines = text.splitlines()
+    return lines[0].strip() if lines and lines[0].strip() else type(error).__name__
+
+
+def _json_error_message(text: str) -> str | None:
+    """The message of a JSON error body, ``{"error": {"message": ...}}`` or ``{"message": ...}``; None if ``text`` is none."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return None
+    inner = body.get("error") if isinstance(body, dict) and isinstance(body.get("error"), dict) else body
+    message = inner.get("message") if isinstance(inner, dict) else None
+    return message.strip() if isinstance(message, str) and message.strip() else None
 
 
 class ModelGateway:

@@ -32,6 +32,7 @@ Design notes:
 from __future__ import annotations
 
 import asyncio
+import atexit
 import collections
 import importlib.util
 import os
@@ -228,6 +229,16 @@ def load() -> float:
     return _get_runtime().load_seconds
 
 
+def warm_up() -> None:
+    """Load the model and generate one token, so that a first answer starts as fast as later ones.
+
+    llama.cpp's first generation after a load sets up what later ones reuse, and costs
+    several times a later first token. A request arriving meanwhile waits its turn for
+    the single slot, for the time of that one token.
+    """
+    complete_sync(build_request([{"role": "user", "content": "Hi"}], {"max_tokens": 1}))
+
+
 # --------------------------------------------------------------------------- #
 # Requests and generations
 # --------------------------------------------------------------------------- #
@@ -354,6 +365,20 @@ class Generation:
 
 
 _recent_generations: collections.deque = collections.deque(maxlen=16)
+
+
+@atexit.register
+def _stop_generations() -> None:
+    """Stop what the engine still generates before Python exits (a warm-up's token, an answer left unread).
+
+    Once Python finalizes, a worker thread that calls back into it is ended by unwinding
+    through llama.cpp, which aborts the process ("FATAL: exception not rethrown").
+    """
+    running = [generation for generation in list(_recent_generations) if not generation.finished.is_set()]
+    for generation in running:
+        generation.cancel()
+    for generation in running:
+        generation.finished.wait(5)
 
 
 class _Assembler:

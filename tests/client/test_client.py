@@ -263,7 +263,9 @@ def test_no_fallback_on_authentication_errors(server, monkeypatch):
     with pytest.raises(ModelError, match="authentication failed"):
         client.execute_sync("hello", session_id)
     assert [r["model"] for r in server.chat_requests()] == ["primary"]
-    assert [m["role"] for m in client.load_session(session_id)["messages"]] == ["user"]
+    user, failure = client.load_session(session_id)["messages"]
+    assert (user["content"], failure["role"], failure["status"], failure["model"]) == ("hello", "assistant", "failed", "openai/primary")
+    assert failure["content"].startswith("openai/primary refused the request: authentication failed")
 
 
 def test_a_missing_key_names_the_variable_to_set(server, monkeypatch):

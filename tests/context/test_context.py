@@ -12,8 +12,10 @@ from hypothesis import strategies as st
 from oblix_jupyter.context.inputs import NotebookContext, VariableSummary
 from oblix_jupyter.context.relevance import LexicalIndex
 from oblix_jupyter.context.selector import (
+    FAILED,
     MESSAGE_OVERHEAD,
     conversation_messages,
+    failed_exchange,
     select_context,
     start_selection,
 )
@@ -180,6 +182,56 @@ def test_interrupted_and_failed_answers_are_marked():
     assert "[answer incomplete: interrupted]" in plan.messages[1]["content"]
     notes = {i.message_id: i.note for i in plan.items}
     assert notes["msg_2"].startswith("interrupted") and notes["msg_4"].startswith("error")
+
+
+def with_failures(session: dict, failed_after: dict[str, int]) -> dict:
+    """``session`` with ``n`` failed answers (the error the user saw) inserted after each named message."""
+    messages = []
+    for message in session["messages"]:
+        messages.append(message)
+        for attempt in range(failed_after.get(message["id"], 0)):
+            error = f"openai/x failed with HTTP 500: upstream exploded ({message['id']}, attempt {attempt})"
+            messages.append({"id": f"{message['id']}_failed{attempt}", "role": "assistant", "content": error, "status": FAILED})
+    return {**session, "messages": messages}
+
+
+def test_failed_exchanges_never_send_their_prompts_or_errors():
+    lost = "Which warehouse ships the frozen salmon to Oslo?"
+    filler = [m["content"] for m in filler_session(20)["messages"]]
+    # Filler; the lost question (two failures, no answer); filler; a question that a retry
+    # answered after one failure; the lost question asked again, failed again.
+    texts = (*filler, lost, "(no answer)", *filler, "retried: salmon stock", "Echo: salmon stock", lost)
+    session = with_failures(session_of(*texts), {"msg_21": 2, "msg_43": 1, "msg_45": 1})
+    session["messages"] = [m for m in session["messages"] if m["id"] != "msg_22"]  # the lost question's only answers are failures
+    prompt = "Tell me again about the frozen salmon shipped to Oslo"
+    for budget in (200, 5000):  # chosen by relevance, and sent whole
+        plan = select_context(session, prompt, budget, approx)
+        text = "\n".join(m["content"] for m in plan.messages)
+        assert lost not in text and "upstream exploded" not in text
+        assert not {"msg_21", "msg_45"} & set(sent_ids(plan)) and not any("failed" in i for i in sent_ids(plan))
+        assert text.count("retried: salmon stock") == 1, "a prompt a retry answered is sent once, with its answer"
+        assert plan.messages[-1] == {"role": "user", "content": prompt}
+    assert {"msg_43", "msg_44"} <= set(sent_ids(select_context(session, prompt, 5000, approx)))
+
+
+def test_sessions_without_failures_are_chosen_from_as_before():
+    session = filler_session(30)
+    session["messages"][5]["status"] = "error"
+    session["messages"][7]["status"] = "interrupted"
+    assert conversation_messages(session) == session["messages"]
+    orphan = session_of("a question that was never answered", "another question", roles=("user",))
+    assert conversation_messages(orphan) == orphan["messages"], "only a recorded failure takes a prompt out"
+
+
+def test_the_failed_exchange_a_retry_starts_over_from():
+    assert failed_exchange(None) is None and failed_exchange(session_of()) is None
+    assert failed_exchange(session_of("q", "a")) is None
+    assert failed_exchange(with_failures(session_of("q", "a", "q2"), {"msg_3": 2})) == 2
+    broken = session_of("q", "a", "q2", "partial")
+    broken["messages"][3]["status"] = "error"
+    assert failed_exchange(broken) == 2
+    assert failed_exchange(with_failures(session_of("q", "a", "q2", "a2"), {"msg_3": 1})) is None  # q2, its failure, the retry's answer
+    assert failed_exchange(with_failures(session_of("q", "a"), {"msg_2": 1})) == 0  # a failure after an answer
 
 
 def test_relevance_by_meaning_uses_the_vectors_given():

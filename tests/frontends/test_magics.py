@@ -201,13 +201,57 @@ def test_errors_are_one_clear_line_and_lose_nothing(model_env, tmp_path):
     assert "No session '5f3e9a7b" in texts[1]
     assert "matches 2 sessions" in texts[2]
     assert "unrecognized arguments: --colour" in texts[3] and "usage: %%oblix" in texts[3]
-    assert "HTTP 500" in texts[4]
+    assert "openai/test-model failed with HTTP 500: Scripted error (HTTP 500)" in texts[4] and "litellm" not in texts[4]
     assert "The cell is empty" in texts[5]
     for text in texts[1:]:
         assert "Traceback" not in text and "Oblix error" in text
     assert all(cell.outputs[0]["output_type"] == "display_data" for cell in client.nb.cells[1:])
     session_id = store.bound_session(notebook)
-    assert conversation(store, session_id) == [("user", "please keep this message")]
+    assert conversation(store, session_id) == [
+        ("user", "please keep this message"),
+        ("assistant", "openai/test-model failed with HTTP 500: Scripted error (HTTP 500)"),
+    ]
+
+
+def test_a_cell_that_failed_twice_then_ran_again_stores_and_sends_its_prompt_once(model_env, tmp_path):
+    server = model_env
+    notebook = str(tmp_path / "nb" / "orders.ipynb")
+    question = "Which city has the largest single order?"
+    server.enqueue(Behavior(status=500), Behavior(status=500))
+    client = run_cells([LOAD, *[f"%%oblix\n{question}"] * 3, "%oblix show"], notebook)
+    cells = client.nb.cells
+    for failed in cells[1:3]:
+        (error,) = [shown for output in failed.outputs if "Oblix error" in (shown := output["data"].get("text/plain", ""))]
+        assert error == "Oblix error: openai/test-model failed with HTTP 500: Scripted error (HTTP 500)"
+    assert f"Echo: {question}" in outputs_text(cells[3]) and "Oblix error" not in outputs_text(cells[3])
+
+    store = SessionManager()
+    messages = store.get_session(store.bound_session(notebook))["messages"]
+    assert [(m["role"], m.get("status")) for m in messages] == [("user", None), ("assistant", "failed"), ("assistant", "failed"), ("assistant", None)]
+    shown = cells[4].outputs[0]["data"]["text/plain"]
+    assert shown.count("--- User") == 1 and shown.count(question) == 2  # asked once, answered once (the echo)
+    assert shown.count("· failed ·") == 2
+    requests = server.chat_requests()
+    assert len(requests) == 3
+    assert all(r["messages"] == [{"role": "user", "content": question}] for r in requests), "once per attempt, never twice"
+
+
+def test_help_is_a_table_and_a_mistyped_command_gets_the_closest_one(tmp_path):
+    client = run_cells([LOAD, "%oblix", "%oblix sesions", "%oblix show --lats 2", "%oblix frobnicate"], str(tmp_path / "nb" / "help.ipynb"))
+    cells = client.nb.cells
+    commands, options = (output["data"] for output in cells[1].outputs)
+    assert commands["text/html"].count("<tr>") == 17 and "<td style='text-align:left'>%oblix show [--last LAST] [session]</td>" in commands["text/html"]
+    rows = commands["text/plain"].splitlines()
+    assert rows[2].startswith("%oblix sessions [--all] [--search SEARCH]") and rows[2].endswith("list sessions")
+    column = rows[1].index("what it does")
+    assert len(rows) == 18 and all(row[column - 2 : column] == "  " and row[column] != " " for row in rows[2:]), "aligned columns"
+    assert "<td style='text-align:left'>--format {markdown,code,text}</td>" in options["text/html"]
+    typo = cells[2].outputs[0]["data"]["text/plain"]
+    assert typo == "Oblix error: %oblix has no command 'sesions'; did you mean `%oblix sessions`?"
+    assert outputs_text(cells[3]).count("usage: %oblix show [--last LAST] [session]") == 2  # the plain line and the HTML
+    assert "unrecognized arguments: --lats (did you mean --last?)" in outputs_text(cells[3])
+    assert "white-space:pre-wrap" in cells[3].outputs[0]["data"]["text/html"], "the usage on its own line"
+    assert cells[4].outputs[0]["data"]["text/plain"] == "Oblix error: %oblix has no command 'frobnicate'; `%oblix help` lists the commands."
 
 
 def test_no_model_configured_says_what_to_do(server, tmp_path):
@@ -230,7 +274,8 @@ def test_interrupting_a_streaming_cell_keeps_the_partial_answer(model_env, tmp_p
                 message = kernel.get_iopub_msg(timeout=1)
             except queue.Empty:
                 continue
-            if message["msg_type"] == "update_display_data":
+            shown = message["content"].get("data", {}).get("text/plain", "") if message["msg_type"] == "update_display_data" else ""
+            if "word" in shown:  # the answer's text, not the progress shown before it
                 break
         manager.interrupt_kernel()
         after = kernel.execute_interactive("print('kernel alive', 6 * 7)", timeout=60)

@@ -57,14 +57,18 @@ def test_send_streams_the_answer_and_stores_the_exchange(panel, client, server):
     server.default = Behavior(reply="Hello **world**, in several streamed words", first_token_delay=0.3, token_delay=0.03)
     assert panel.session_id is None and panel.session_picker.value == NO_SESSION
     ask(panel, "first question")
-    assert panel.progress.layout.display is None and panel.stop_button.layout.display is None
+    assert panel.stop_button.layout.display is None and panel.textarea.value == "", "the prompt left the box"
+    working = rendered(panel)[-1]
+    assert "class='oblix-waiting'" in working and "Waiting for openai/test-model…" in working
     seen = []
     panel._turn["answer_view"].observe(lambda change: seen.append(change["new"][0]["data"]["text/html"]), names="outputs")
     assert any("first question" in text for text in rendered(panel)), "the prompt shows at once"
     assert panel.wait(20)
 
-    assert seen and "▌</p>" in seen[0] and "several streamed words" not in seen[0], "the answer streamed in"
-    assert panel.progress.layout.display == "none" and panel.stop_button.layout.display == "none"
+    streamed = [text for text in seen if "▌" in text]
+    assert streamed and "▌</p>" in streamed[0] and "several streamed words" not in streamed[0], "the answer streamed in"
+    assert "oblix-waiting" not in streamed[0], "the text replaced the waiting line"
+    assert panel.stop_button.layout.display == "none"
     texts = rendered(panel)
     assert len(texts) == 2 and "<b>User</b>" in texts[0] and "first question" in texts[0]
     assert "<b>Assistant</b> · openai/test-model" in texts[1] and "<p>Hello <strong>world</strong>, in several streamed words</p>" in texts[1]
@@ -99,14 +103,49 @@ def test_stop_keeps_the_partial_answer_marked_interrupted(panel, client, server)
     assert "oblix-incomplete" in classes and "oblix-assistant" in classes
 
 
-def test_an_error_shows_inline_and_keeps_the_typed_text(panel, client, server):
-    server.for_model("test-model", Behavior(status=500))
+def test_the_seconds_count_while_the_model_holds_its_first_token(panel, server):
+    server.default = Behavior(reply="late but here", first_token_delay=1.5)
+    ask(panel, "take your time")
+    wait_until(lambda: "Waiting for openai/test-model… 1 s" in rendered(panel)[-1], 10, "the waiting line to count a second")
+    assert panel.wait(20)
+    assert "late but here" in rendered(panel)[-1] and "oblix-waiting" not in rendered(panel)[-1]
+
+
+def test_an_error_gives_the_prompt_back(panel, client, server):
+    server.for_model("test-model", Behavior(status=500, first_token_delay=0.5))
     ask(panel, "please keep this text")
+    assert panel.textarea.value == "", "the prompt left the box when sent"
     assert panel.wait(30)
-    assert "oblix-error" in panel.notice.value and "500" in panel.notice.value
+    assert panel.notice.value == "", "the failure record says it, once"
+    failed = [view for view in panel.messages.children if "oblix-failed" in getattr(view, "_dom_classes", ())]
+    assert len(failed) == 1 and "HTTP 500" in failed[0].outputs[0]["data"]["text/html"]
     assert panel.textarea.value == "please keep this text"
     assert not panel.send_button.disabled and panel.stop_button.layout.display == "none"
-    assert [m["content"] for m in client.session_manager.get_session(panel.session_id)["messages"]] == ["please keep this text"]
+    messages = client.session_manager.get_session(panel.session_id)["messages"]
+    assert [m["content"] for m in messages if m["role"] == "user"] == ["please keep this text"]
+
+    # Retry asks it again: the prompt is not stored twice, and the answer shows once while it streams.
+    assert panel.retry_button.layout.display is None, "Retry is offered after a failed turn"
+    server.for_model("test-model", Behavior(reply="an answer at last", token_delay=0.2))
+    panel.textarea.value = "something else typed meanwhile"
+    panel.retry_button.click()
+    assert panel.retry_button.layout.display == "none" and panel.textarea.value == "something else typed meanwhile"
+    wait_until(lambda: any("an answer" in html for html in rendered(panel)), 10, "the retried answer to stream")
+    assert sum("an answer" in html for html in rendered(panel)) == 1
+    assert sum("please keep this text" in html for html in rendered(panel)) == 1, "the stored prompt is the retried one"
+    assert panel.wait(30)
+    messages = client.session_manager.get_session(panel.session_id)["messages"]
+    assert [m["content"] for m in messages if m["role"] == "user"] == ["please keep this text"]
+    assert messages[-1]["content"] == "an answer at last" and sum("an answer at last" in html for html in rendered(panel)) == 1
+    assert panel.retry_button.layout.display == "none", "nothing failed any more"
+
+
+def test_jump_to_latest_gives_the_list_a_new_box_around_the_same_messages(panel):
+    old = panel.conversation
+    panel.jump_button.click()
+    assert panel.conversation is not old and panel.conversation in panel.children and old not in panel.children
+    assert panel.conversation.children == (panel.messages,) and old.comm is None, "the old box is closed, the messages kept"
+    assert "oblix-scroll" in panel.conversation._dom_classes
 
 
 def test_session_picker_new_rename_and_delete_with_confirmation(panel, client, binding):

@@ -60,7 +60,7 @@ def test_the_model_reads_filtered_rows_and_the_record_is_kept(tool_model, tmp_pa
     assert [m["role"] for m in second["messages"][-3:]] == ["assistant", "tool", "tool"]
 
     shown = client.nb.cells[2].outputs[-1]["data"]
-    assert "<details class='oblix-tool'" in shown["text/html"] and "rows where city == &#x27;Paris&#x27;, 2 of 2 shown" in shown["text/html"]
+    assert "<details class='oblix-tool'" in shown["text/html"] and "rows where city == 'Paris', 2 of 2 shown" in shown["text/html"]
     assert "Two rows of df are in Paris." in shown["text/plain"]
 
     store = SessionManager()
@@ -126,7 +126,7 @@ def test_a_model_failing_after_a_tool_keeps_the_record_of_what_it_looked_at(tool
     store = SessionManager()
     question, answer = store.get_session(store.bound_session(notebook))["messages"][-2:]
     assert question["content"] == "what is in the notebook?"
-    assert answer["status"] == "error" and [call["name"] for call in answer["tools"]] == ["list_variables"]
+    assert answer["status"] == "failed" and [call["name"] for call in answer["tools"]] == ["list_variables"]
 
 
 PLANTED = {

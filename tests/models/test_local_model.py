@@ -216,6 +216,39 @@ def test_two_threads_at_once_both_answered():
     assert results[0].id != results[1].id
 
 
+_FIRST_TOKEN_SCRIPT = r"""
+import json, sys, time
+from oblix_jupyter.models import local_model
+mode, max_tokens = sys.argv[1], int(sys.argv[2])
+if mode == "warmed":
+    local_model.warm_up()
+start = time.perf_counter()
+answer = local_model.stream_sync(local_model.build_request([{"role": "user", "content": "Write a story."}], {"max_tokens": max_tokens}))
+next(answer)  # the first piece; the rest is left to generate
+print(json.dumps(time.perf_counter() - start))
+"""
+
+
+def _first_token(mode: str, max_tokens: int = 4) -> subprocess.CompletedProcess:
+    """Seconds to the first token of a fresh process's first answer, ``warmed`` up or ``cold``; the process leaves the rest unread."""
+    command = [sys.executable, "-c", _FIRST_TOKEN_SCRIPT, mode, str(max_tokens)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, env=_subprocess_env())
+
+
+def test_warm_up_makes_the_first_answer_start_as_fast_as_later_ones():
+    cold, warmed = (_first_token(mode) for mode in ("cold", "warmed"))
+    assert cold.returncode == warmed.returncode == 0, cold.stderr + warmed.stderr
+    cold, warmed = json.loads(cold.stdout), json.loads(warmed.stdout)
+    # Cold includes the load and llama.cpp's first generation: several times a warm first token.
+    assert warmed < cold / 2, f"first token {warmed:.3f} s after warm_up, {cold:.3f} s without"
+
+
+def test_python_exits_cleanly_while_an_answer_is_still_generating():
+    """As a warm-up's token can still be generating when a short ``oblix chat`` ends."""
+    proc = _first_token("cold", max_tokens=400)
+    assert (proc.returncode, proc.stderr) == (0, "")
+
+
 def _last_generation():
     return local_model._recent_generations[-1]
 

@@ -8,6 +8,7 @@ import textwrap
 import time
 
 import pytest
+from model_server import Behavior
 
 from oblix_jupyter import OblixClient
 from oblix_jupyter.errors import NoModelConfigured, redact
@@ -108,3 +109,39 @@ def test_stream_logging_is_skipped_only_while_nothing_listens(model_env):
         litellm.success_callback.remove(listener)
     client.chat_once_sync("third")
     assert litellm.disable_streaming_logging is True
+
+
+def test_an_error_says_the_model_and_what_the_server_said_once(model_env, monkeypatch):
+    from oblix_jupyter.errors import ModelError
+    from oblix_jupyter.models.gateway import litellm_module, server_said
+
+    model_env.enqueue(Behavior(status=500))
+    with pytest.raises(ModelError) as failure:
+        OblixClient().chat_once_sync("hello")
+    assert str(failure.value) == "openai/test-model failed with HTTP 500: Scripted error (HTTP 500)"
+
+    litellm = litellm_module()
+    body = '{"type":"error","error":{"type":"invalid_request_error","message":"prompt is too long: 212000 tokens"}}'
+    anthropic = litellm.BadRequestError(message=f"AnthropicException - {body}", model="claude", llm_provider="anthropic")
+    assert str(anthropic).startswith("litellm.BadRequestError: AnthropicException - {")  # what litellm makes of it
+    assert server_said(anthropic) == "prompt is too long: 212000 tokens"
+    overloaded = litellm.InternalServerError(message="InternalServerError: OpenAIException - Overloaded\nRetry later", model="m", llm_provider="openai")
+    assert server_said(overloaded) == "Overloaded"
+    assert server_said(RuntimeError("")) == "RuntimeError"
+
+
+def test_what_the_server_said_is_redacted(model_env):
+    """A provider that echoes the key it was sent: the error the user sees and the session keeps has it withheld."""
+    from oblix_jupyter.errors import ModelError
+    from oblix_jupyter.models.gateway import litellm_module
+
+    echoed = litellm_module().InternalServerError(
+        message="InternalServerError: OpenAIException - upstream rejected key sk-live-echoed-0123456789abcdef", model="test-model", llm_provider="openai"
+    )
+    client = OblixClient(model_options={"openai/test-model": {"mock_response": echoed}})  # litellm raises it as the provider's answer
+    session_id = client.create_session_sync()
+    with pytest.raises(ModelError) as failure:
+        client.execute_sync("hello", session_id)
+    assert str(failure.value) == "openai/test-model failed with HTTP 500: upstream rejected key [withheld: secret-looking]"
+    stored = client.load_session(session_id)["messages"][-1]
+    assert (stored["content"], stored["status"]) == (str(failure.value), "failed")

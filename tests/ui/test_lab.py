@@ -115,12 +115,25 @@ def test_a_failing_model_shows_inline_and_keeps_the_typed_text(jlab, server):
     assert textarea.input_value() == "please keep\nthis text"
     chat.locator("button.oblix-send").click()
 
-    error = chat.locator(".oblix-error")
+    error = chat.locator(".oblix-failed")
     error.wait_for()
     assert "500" in error.inner_text() and "Traceback" not in chat.inner_text()
+    assert chat.get_by_text("HTTP 500").count() == 1, "the error is said once"
     chat.locator("button.oblix-send:not([disabled])").wait_for()
     assert textarea.input_value() == "please keep\nthis text"
     assert len(server.chat_requests()) == 1
+
+    # Retry asks the failed prompt again, once, and the session keeps it once.
+    server.for_model("test-model", Behavior(reply="answered on the retry"))
+    retry = chat.locator("button.oblix-retry")
+    retry.wait_for()
+    assert retry.bounding_box()["height"] >= 20
+    jlab.screenshot("panel-retry-after-a-failure")
+    retry.click()
+    chat.get_by_text("answered on the retry").wait_for()
+    retry.wait_for(state="hidden")
+    requests = server.chat_requests()
+    assert len(requests) == 2 and [m["content"] for m in requests[-1]["messages"]].count("please keep\nthis text") == 1
 
 
 
