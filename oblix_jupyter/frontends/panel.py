@@ -195,6 +195,7 @@ class ChatPanel(widgets.VBox):
         self.search_field.observe(lambda _change: self.refresh(), names="value")
         self.new_button = W.Button(description="New", tooltip="Start a new session", layout=Layout(width="auto"))
         self.delete_button = W.Button(description="Delete", tooltip="Delete this session", layout=Layout(width="auto"))
+        self.cancel_delete_button = W.Button(description="Cancel", tooltip="Keep this session", layout=Layout(width="auto", display="none"))
         self.title_field = W.Text(placeholder="session title", layout=Layout(flex="1 1 120px", width="auto"))
         self.rename_button = W.Button(description="Rename", layout=Layout(width="auto"))
         self.model_field = W.Combobox(placeholder="model", ensure_option=False, layout=Layout(flex="1 1 120px", width="auto"))
@@ -229,6 +230,7 @@ class ChatPanel(widgets.VBox):
         self.explain_toggle.add_class("oblix-explain-toggle")
         self.new_button.on_click(self._new_session)
         self.delete_button.on_click(self._delete_clicked)
+        self.cancel_delete_button.on_click(lambda _button: (self._reset_delete(), self._show_notice("")))
         self.rename_button.on_click(self._rename)
         self.apply_model_button.on_click(self._apply_model)
         self.share_button.on_click(self._share)
@@ -261,7 +263,7 @@ class ChatPanel(widgets.VBox):
         jump_row.add_class("oblix-jump-row")
         return [
             self.style_html,
-            row(self.session_picker, self.new_button, self.delete_button),
+            row(self.session_picker, self.new_button, self.delete_button, self.cancel_delete_button),
             row(self.search_field),
             self.settings,
             self.conversation,
@@ -723,19 +725,24 @@ class ChatPanel(widgets.VBox):
     def _delete_clicked(self, _button: Any = None) -> None:
         if self._session_id is None:
             return
-        if not self._confirming_delete:
+        session_id = self._session_id
+        session = self._session()
+        described = f"'{session['title']}' ({session_id[:8]}, {len(session['messages'])} messages)" if session else session_id[:8]
+        if not self._confirming_delete:  # say what would go, and offer a way back, before anything is deleted
             self._confirming_delete = True
             self.delete_button.description = "Confirm delete"
             self.delete_button.button_style = "danger"
+            self.cancel_delete_button.layout.display = None
+            self._show_notice(f"Delete session {described} for good, everywhere it is kept?")
             return
-        session_id = self._session_id
         self._reset_delete()
-        self._act(lambda: self.client.delete_session(session_id), f"Deleted session {session_id[:8]}.")
+        self._act(lambda: self.client.delete_session(session_id), f"Deleted session {described}.")
 
     def _reset_delete(self) -> None:
         self._confirming_delete = False
         self.delete_button.description = "Delete"
         self.delete_button.button_style = ""
+        self.cancel_delete_button.layout.display = "none"
 
     def _act(self, action: Any, done: str = "") -> None:
         """Run a store action for a button: its error is shown inline, then everything is re-read."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 
 import pytest
@@ -175,10 +176,15 @@ def test_session_picker_new_rename_and_delete_with_confirmation(panel, client, b
 
     panel.delete_button.click()
     assert panel.delete_button.description == "Confirm delete" and store.load_session(fresh) is not None
+    assert "Delete session 'Renamed session'" in html.unescape(panel.notice.value) and "0 messages" in panel.notice.value, "it says what would go"
+    panel.cancel_delete_button.click()
+    assert store.load_session(fresh) is not None and panel.delete_button.description == "Delete" and panel.notice.value == ""
+    assert panel.cancel_delete_button.layout.display == "none"
+    panel.delete_button.click()
     panel.delete_button.click()
     assert store.load_session(fresh) is None and panel.session_id is None
     assert panel.session_picker.value == NO_SESSION and panel.delete_button.description == "Delete"
-    assert "Deleted session" in panel.notice.value
+    assert "Deleted session 'Renamed session'" in html.unescape(panel.notice.value)
 
 
 @pytest.mark.timeout(180)
