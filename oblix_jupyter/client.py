@@ -685,16 +685,18 @@ class OblixClient:
             stop.set()
             raise
 
-    def failed_prompt(self, session_id: str | None = None) -> str | None:
+    def failed_prompt(self, session_id: str | None = None, session: dict[str, Any] | None = None) -> str | None:
         """The prompt of the session's last turn if that turn failed (what ``retry_sync`` asks again), else None.
 
         A front end offers Retry while this is not None; the retried turn stores no new
-        user message, only its answer.
+        user message, only its answer. ``session``: the session as the caller just read it,
+        so that a front end rendering it does not read it again.
         """
         from .context.selector import failed_exchange
 
-        session_id = session_id or self.current_session_id
-        session = self.get_session(session_id) if session_id else None
+        if session is None:
+            session_id = session_id or self.current_session_id
+            session = self.get_session(session_id) if session_id else None
         position = failed_exchange(session)
         return None if position is None else str((session or {})["messages"][position]["content"])
 

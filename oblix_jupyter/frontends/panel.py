@@ -415,7 +415,7 @@ class ChatPanel(widgets.VBox):
     def _render_messages(self, session: dict[str, Any] | None) -> None:
         stored = session["messages"] if session else []
         self._stored_count = len(stored)
-        self._failed_prompt = self.client.failed_prompt(session["id"]) if session else None
+        self._failed_prompt = self.client.failed_prompt(session=session) if session else None
         self.retry_button.layout.display = None if self._failed_prompt is not None and self._turn is None else "none"
         shown: list[widgets.Widget] = []
         keep: set[tuple[str, str]] = set()
@@ -524,8 +524,9 @@ class ChatPanel(widgets.VBox):
             self.messages.children = (*shown, prompt_view, turn["answer_view"])
             try:
                 turn["session_id"] = self._ensure_session()
-                turn["before"] = len(self.client.get_session(turn["session_id"])["messages"])
-                if self.client.failed_prompt(turn["session_id"]) == prompt:
+                session = self.client.get_session(turn["session_id"])
+                turn["before"] = len(session["messages"])
+                if self.client.failed_prompt(session=session) == prompt:
                     turn["before"] -= 1  # a retry: its prompt is stored already, and only the answer will be
             except OblixError as error:
                 self._end_turn(turn)
