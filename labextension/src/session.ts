@@ -34,7 +34,7 @@ export const COMM_TARGET = 'oblix.session';
  *              IPython extension is not loaded yet). Retried once after the
  *              next cell execution, e.g. the one running `%load_ext`.
  */
-type State = 'waiting' | 'opening' | 'ready' | 'failed';
+export type LinkState = 'waiting' | 'opening' | 'ready' | 'failed';
 
 /** Outcome of an "open chat" request, for the command to report. */
 export type ChatRequestResult = 'sent' | 'not-loaded' | 'no-kernel';
@@ -57,6 +57,11 @@ export class SessionLink implements IDisposable {
   /** Emits the ipywidgets model id of the chat widget the kernel wants shown. */
   get chatWidget(): ISignal<this, string> {
     return this._chatWidget;
+  }
+
+  /** Emits each new state: `ready` once the kernel acked, `failed` when it is not loaded there. */
+  get stateChanged(): ISignal<this, LinkState> {
+    return this._stateChanged;
   }
 
   /** Emits when the kernel restarts or changes: its widgets are gone. */
@@ -87,6 +92,18 @@ export class SessionLink implements IDisposable {
       this._open();
     }
     return new Promise(resolve => this._chatWaiters.push(resolve));
+  }
+
+  /**
+   * Open the comm again after something other than a cell run may have
+   * loaded the extension (the chat's own "Load Oblix" button): at once if the
+   * kernel is idle, else on its next idle.
+   */
+  retry(): void {
+    if (this._state === 'failed') {
+      this._retryPending = true;
+      this._maybeOpen();
+    }
   }
 
   dispose(): void {
@@ -157,7 +174,7 @@ export class SessionLink implements IDisposable {
       return;
     }
     this._closeComm();
-    this._state = 'opening';
+    this._setState('opening');
     this._retryPending = false;
     const info = this._pathInfo();
     let comm: Kernel.IComm;
@@ -176,7 +193,7 @@ export class SessionLink implements IDisposable {
       comm.open(info).done.catch(() => undefined);
     } catch {
       // Kernel disposed or restarting under us: quietly try again later.
-      this._state = 'failed';
+      this._setState('failed');
       this._settleChatWaiters('not-loaded');
       return;
     }
@@ -195,7 +212,7 @@ export class SessionLink implements IDisposable {
     };
     switch (data.action) {
       case 'ack':
-        this._state = 'ready';
+        this._setState('ready');
         // The file may have been renamed while the open was in flight.
         this._syncPath();
         if (this._chatWaiters.length) {
@@ -227,7 +244,7 @@ export class SessionLink implements IDisposable {
     // Closed before (or after) the ack: the kernel side is not (or no
     // longer) listening. Wait for a cell run before trying again.
     this._comm = null;
-    this._state = 'failed';
+    this._setState('failed');
     this._settleChatWaiters('not-loaded');
   }
 
@@ -255,9 +272,16 @@ export class SessionLink implements IDisposable {
     }
   }
 
+  private _setState(state: LinkState): void {
+    if (state !== this._state) {
+      this._state = state;
+      this._stateChanged.emit(state);
+    }
+  }
+
   private _reset(): void {
     this._closeComm();
-    this._state = 'waiting';
+    this._setState('waiting');
     this._retryPending = false;
     this._settleChatWaiters('no-kernel');
     this._kernelReset.emit();
@@ -283,11 +307,12 @@ export class SessionLink implements IDisposable {
 
   private _panel: NotebookPanel;
   private _comm: Kernel.IComm | null = null;
-  private _state: State = 'waiting';
+  private _state: LinkState = 'waiting';
   private _retryPending = false;
   private _sentPath = '';
   private _chatWaiters: Array<(result: ChatRequestResult) => void> = [];
   private _isDisposed = false;
   private _chatWidget = new Signal<this, string>(this);
   private _kernelReset = new Signal<this, void>(this);
+  private _stateChanged = new Signal<this, LinkState>(this);
 }

@@ -10,6 +10,7 @@ behaviour and read what it was sent. A failing test leaves a screenshot in
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -118,25 +119,21 @@ def browser() -> Iterator[Any]:
         chromium.close()
 
 
-@pytest.fixture(scope="session")
-def lab(browser, model_server, tmp_path_factory) -> Iterator[Lab]:
-    """A JupyterLab server on a loopback port, its kernels talking to the test model server."""
-    root = tmp_path_factory.mktemp("jupyterlab")
-    port = _free_port()
-    lab = Lab(root, port)
-    lab.work.mkdir()
+@contextlib.contextmanager
+def _serving(lab: Lab, model_url: str, app: str, flags: Sequence[str]) -> Iterator[Lab]:
+    """``python -m app`` (JupyterLab or Notebook 7) serving ``lab.work`` on ``lab.url``, stopped afterwards."""
+    port = lab.url.rsplit(":", 1)[1]
     command = [
-        sys.executable, "-m", "jupyterlab", "--allow-root", "--no-browser",
+        sys.executable, "-m", app, "--allow-root", "--no-browser",
         "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
-        f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={lab.work}",
-        "--LabApp.expose_app_in_browser=True",
+        f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={lab.work}", *flags,
     ]  # fmt: skip
     with lab.log.open("w") as log:
-        process = subprocess.Popen(command, env=_lab_environment(root, model_server.url), stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, env=_lab_environment(lab.root, model_url), stdout=log, stderr=subprocess.STDOUT)
 
     def answering() -> bool:
         if process.poll() is not None:
-            raise AssertionError(f"jupyter lab exited ({process.returncode}):\n{lab.log_tail()}")
+            raise AssertionError(f"{app} exited ({process.returncode}):\n{lab.log_tail()}")
         try:
             with urllib.request.urlopen(f"{lab.url}/api/status?token={TOKEN}", timeout=2) as response:
                 return response.status == 200
@@ -144,7 +141,7 @@ def lab(browser, model_server, tmp_path_factory) -> Iterator[Lab]:
             return False
 
     try:
-        wait_until(answering, START_TIMEOUT, "jupyter lab to answer")
+        wait_until(answering, START_TIMEOUT, f"{app} to answer")
         yield lab
     finally:
         process.terminate()  # jupyter_server shuts its kernels down on SIGTERM
@@ -153,6 +150,28 @@ def lab(browser, model_server, tmp_path_factory) -> Iterator[Lab]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(10)
+
+
+def _new_lab(tmp_path_factory: pytest.TempPathFactory, name: str) -> Lab:
+    root = tmp_path_factory.mktemp(name)
+    lab = Lab(root, _free_port())
+    lab.work.mkdir()
+    return lab
+
+
+@pytest.fixture(scope="session")
+def lab(browser, model_server, tmp_path_factory) -> Iterator[Lab]:
+    """A JupyterLab server on a loopback port, its kernels talking to the test model server."""
+    with _serving(_new_lab(tmp_path_factory, "jupyterlab"), model_server.url, "jupyterlab", ["--LabApp.expose_app_in_browser=True"]) as lab:
+        yield lab
+
+
+@pytest.fixture(scope="module")
+def notebook7(browser, model_server, tmp_path_factory) -> Iterator[Lab]:
+    """A Jupyter Notebook 7 server (the same extension, another shell), set up like ``lab``."""
+    flags = ["--JupyterNotebookApp.expose_app_in_browser=True"]
+    with _serving(_new_lab(tmp_path_factory, "notebook7"), model_server.url, "notebook", flags) as lab:
+        yield lab
 
 
 class LabPage:
@@ -282,13 +301,13 @@ class LabPage:
         return path
 
 
-@pytest.fixture
-def jlab(browser, lab, request) -> Iterator[LabPage]:
-    """A fresh browser context on the shared JupyterLab; its kernels are shut down afterwards."""
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
+@contextlib.contextmanager
+def browser_tab(browser: Any, lab: Lab, request: pytest.FixtureRequest, workspace: str, viewport: dict[str, int]) -> Iterator[LabPage]:
+    """A fresh browser context on ``lab``, its kernels shut down afterwards (shared by JupyterLab's and Notebook 7's tabs)."""
+    context = browser.new_context(viewport=viewport)
     page = context.new_page()
     page.set_default_timeout(WAIT_MS)
-    tab = LabPage(page, lab, workspace=request.node.name.replace("_", "-"))
+    tab = LabPage(page, lab, workspace=workspace)
     request.node.lab_page = tab
     try:
         yield tab
@@ -298,6 +317,13 @@ def jlab(browser, lab, request) -> Iterator[LabPage]:
         except Exception:  # the page may be what failed; the server's exit stops the kernels anyway
             pass
         context.close()
+
+
+@pytest.fixture
+def jlab(browser, lab, request) -> Iterator[LabPage]:
+    """A fresh browser tab on the shared JupyterLab, in a workspace of the test's own."""
+    with browser_tab(browser, lab, request, request.node.name.replace("_", "-"), {"width": 1400, "height": 900}) as tab:
+        yield tab
 
 
 @pytest.hookimpl(hookwrapper=True)

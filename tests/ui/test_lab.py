@@ -89,9 +89,11 @@ def test_renamed_notebook_continues_its_session_after_a_kernel_restart(jlab, ser
     jlab.chat_from_toolbar().wait_for()
     jlab.evaluate("async () => jupyterapp.shell.currentWidget.sessionContext.restartKernel()")
     jlab.wait_for_kernel()
-    jlab.page.locator(".jp-OblixChat").wait_for(state="detached")  # its widget died with the kernel
+    # Its widget died with the kernel: the panel says so, and comes back once the cell loads Oblix again.
+    jlab.page.locator(".jp-OblixChat").get_by_text("Oblix is not loaded in the kernel of rename/after.ipynb").wait_for()
     jlab.set_cell(1, "%%oblix\nsecond, after rename and restart")
     jlab.run_cell(0)
+    jlab.page.locator(".jp-OblixChat .oblix-chat").get_by_text("Echo: first, before the rename").wait_for()
     jlab.run_cell(1)
     jlab.output_locator(1).get_by_text("Echo: second, after rename and restart").wait_for()
 
