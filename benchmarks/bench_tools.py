@@ -52,7 +52,7 @@ ROWS = 1_000_000
 NAME = "orders"
 REPEAT = 5
 GOAL_MS = 100.0
-DESCRIBE_SAMPLE = 100_000  # rows describe() reads on a frame this big (tools.SAMPLE_ROWS)
+DESCRIBE_SAMPLE = 100_000  # rows describe() reads on a frame this big (describe.SAMPLE_ROWS)
 CITIES = [
     "Paris", "Lyon", "Marseille", "Toulouse", "Nice", "Nantes", "Strasbourg", "Montpellier", "Bordeaux", "Lille", "Rennes", "Reims",
     "Le Havre", "Dijon",

@@ -1,54 +1,43 @@
 """Read-only tools a model may call during a turn: the user's variables, DataFrame rows, cells, the conversation.
 
-They run in the kernel beside the user's data and only read it. A tool's arguments are
-written by the model, so they are data: a row filter is a list of ``{column, op, value}``
-conditions evaluated with pandas comparisons, never ``eval``, ``DataFrame.query`` or any
-other text run as code. Every result fits ``cap_tokens`` and goes through the one
-redaction; secret-looking variables are withheld unless the user named them, their
-string values are blanked in every result, and so are the values under secret-looking
-keys and DataFrame columns. A tool never raises: a bad call comes back as ``ok=False``
-with a short message the model can act on. pandas and NumPy are only touched when a
-value is one of theirs.
+They run in the kernel beside the user's data and only read it. Each tool is a method of
+``KernelTools`` declared with its schema on it (``registry``); the model's arguments are
+checked against that schema before the method runs, and are data: a row filter is a list
+of ``{column, op, value}`` conditions evaluated with pandas comparisons, never ``eval``,
+``DataFrame.query`` or any other text run as code. Values are described by the one
+describer (``describe``), as the prompt's summaries are. Every result fits ``cap_tokens``
+and goes through the one redaction; secret-looking variables are withheld unless the
+user named them, their string values are blanked in every result, and so are the values
+under secret-looking keys and DataFrame columns. A tool never raises: a bad call comes
+back as ``ok=False`` with a one-line message the model can act on. pandas and NumPy are
+only touched when a value is one of theirs.
 
 Tools are bounded, and the model is told the limits in the schemas: conditions per
 filter, calls per request (``MAX_CALLS``, which the gateway enforces), requests per turn.
 Every conversion of a user object to text in a call shares one time limit
-(``variables.text_budget``); a filter reads a large frame a block of rows at a time, so
-its memory stays that of a block, and stops at ``FILTER_SECONDS`` saying how far it got;
+(``text.text_budget``); a filter reads a large frame a block of rows at a time, so its
+memory stays that of a block, and stops at ``FILTER_SECONDS`` saying how far it got;
 only built-in containers, pandas and NumPy objects are looked into.
 """
 
 from __future__ import annotations
 
 import difflib
-import json
 import operator
 import sys
 import time
 import warnings
-from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..context.relevance import truncate_to_tokens
 from ..redaction import WITHHELD, is_secret_name, redact, withhold_values
+from .describe import describe_fully, glance, sample_positions
+from .registry import ToolRefusal, ToolRegistry
 from .state import format_error
-from .variables import (
-    TEXT_SECONDS,
-    approximate_tokens,
-    describe,
-    is_container,
-    is_hidden_name,
-    is_mapping,
-    is_module,
-    is_type,
-    missing_counts,
-    secret_values,
-    text_budget,
-    text_of,
-    type_name,
-)
+from .text import TEXT_SECONDS, is_module, is_secret_label, is_type, label_text, markdown_table, text_budget, text_of, type_name
+from .variables import approximate_tokens, is_hidden_name, secret_values
 
 DEFAULT_ROWS = 20
 MAX_ROWS = 200
@@ -56,19 +45,16 @@ MAX_SEARCH_RESULTS = 20
 MAX_CONDITIONS = 8
 MAX_LISTED_VALUES = 100  # values of one `in` / `not in` condition
 MAX_CALLS = 8  # tool calls the model may ask for in one request; the gateway runs no more
-# describe() of a bigger frame reads a seeded sample: on 1,000,000 rows the exact one alone takes ~100 ms.
-SAMPLE_ROWS = 100_000
-# Value counts are exact up to this many rows, of a seeded sample above: their memory grows with the distinct values.
-COUNTED_ROWS = 2_000_000
 FILTER_SECONDS = 3.0
 FILTER_BLOCK = 524_288  # rows a filter evaluates at once: its masks' memory
 OPERATORS = ("==", "!=", "<", "<=", ">", ">=", "in", "not in", "contains", "startswith", "isna", "notna")
 _COMPARISONS = {"==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 _SHOWN_COLUMNS = 12
-_VALUE_COUNTS = 20
 _CELL_WIDTH = 60
 _SECRET_WITHHELD = "looks like a secret, so it is not shown; the user must name it (e.g. `--vars {name}`) to share it"
 _COLUMN_WITHHELD = "Column `{label}` of `{name}` has a secret-looking name, so its values are withheld unless the user names `{name}`."
+
+TOOLS = ToolRegistry()  # every tool a model may be offered, declared below on the method that answers it
 
 
 @dataclass(frozen=True)
@@ -108,15 +94,6 @@ def current_shell() -> Any:
     """The IPython shell this process runs, or None (outside IPython; IPython is never imported here)."""
     ipython = sys.modules.get("IPython")
     return ipython.get_ipython() if ipython is not None else None
-
-
-class _Refusal(Exception):
-    """A call the tool cannot answer; its message is the result the model reads."""
-
-
-def _schema(name: str, description: str, properties: Mapping[str, Any] | None = None, required: Sequence[str] = ()) -> dict[str, Any]:
-    parameters = {"type": "object", "properties": dict(properties or {}), "required": list(required), "additionalProperties": False}
-    return {"type": "function", "function": {"name": name, "description": description, "parameters": parameters}}
 
 
 _CONDITION = {
@@ -175,85 +152,20 @@ class KernelTools:
         hidden = getattr(shell, "user_ns_hidden", None) or ()
         return cls(shell.user_ns, named, hidden=hidden, cells=CellHistory.from_shell(shell), **options)
 
-    # -- what the model is offered -------------------------------------------------------
-
     def schemas(self) -> list[dict[str, Any]]:
         """The OpenAI ``tools`` list: one ``{"type": "function", "function": {...}}`` per tool offered."""
-        rounds = f", {self.rounds} requests a turn (the last without tools)" if self.rounds else ""
-        limits = f" Limits: {MAX_CALLS} tool calls a request{rounds}. Secrets show as {WITHHELD}."
-        tools = [
-            _schema("list_variables", "List the user's notebook variables: name, type, shape or length, one-line summary." + limits),
-            _schema(
-                "describe_variable",
-                "Describe one variable. DataFrame/Series: dtypes, missing values per column, describe(), and the value "
-                "counts of `column` if given. Arrays: shape, dtype, min/max/mean/std. Containers: length, keys, a sample.",
-                {
-                    "name": {"type": "string", "description": "The variable's name."},
-                    "column": {"type": "string", "description": "DataFrame column whose value counts to show."},
-                },
-                ["name"],
-            ),
-            _schema(
-                "dataframe_rows",
-                "Rows of a DataFrame (or Series), optionally only those matching conditions, with the total number "
-                "matching. Nothing is evaluated as code: conditions are structured comparisons.",
-                {
-                    "name": {"type": "string", "description": "The DataFrame's variable name."},
-                    "mode": {"type": "string", "enum": ["head", "tail", "sample"], "description": "Which matching rows to show; sample is seeded."},
-                    "where": {
-                        "type": "array",
-                        "items": _CONDITION,
-                        "maxItems": MAX_CONDITIONS,
-                        "description": f"Conditions rows must meet (at most {MAX_CONDITIONS}).",
-                    },
-                    "combine": {"type": "string", "enum": ["and", "or"], "description": "How conditions combine (default and)."},
-                    "columns": {"type": "array", "items": {"type": "string"}, "description": f"Columns to show (default the first {_SHOWN_COLUMNS})."},
-                    "limit": {"type": "integer", "minimum": 1, "maximum": MAX_ROWS, "description": f"Rows to show (default {DEFAULT_ROWS})."},
-                    "seed": {"type": "integer", "description": "Seed for mode sample (default 0)."},
-                },
-                ["name"],
-            ),
-        ]
-        if self.search is not None:
-            tools.append(
-                _schema(
-                    "search_conversation",
-                    "Search the earlier messages of this conversation for passages about `query`.",
-                    {
-                        "query": {"type": "string", "description": "What to look for."},
-                        "limit": {"type": "integer", "minimum": 1, "maximum": MAX_SEARCH_RESULTS, "description": "Passages to return (default 5)."},
-                    },
-                    ["query"],
-                )
-            )
-        if self.cells is not None:
-            latest = self.cells.latest
-            span = f"Cells run so far are numbered 1-{latest}." if latest >= 1 else "No cell has run yet."
-            tools.append(
-                _schema(
-                    "notebook_cell",
-                    f"The source of notebook cell `number` (In[number]) and the value it returned (Out[number]). {span}",
-                    {"number": {"type": "integer", "description": "The cell's execution count."}},
-                    ["number"],
-                )
-            )
-            tools.append(_schema("last_error", "The traceback of the last error raised in the notebook."))
-        return tools
+        return TOOLS.schemas(self)
 
     def run(self, name: str, arguments: str | Mapping[str, Any] | None) -> ToolResult:
         """Run tool ``name`` with the model's ``arguments`` (JSON text or a mapping); never raises."""
-        offered = {schema["function"]["name"]: schema["function"]["parameters"] for schema in self.schemas()}
         items = dict(self._items())
         self._kept = [value for name, value in items.items() if self._reveals(name) and type(value) is str]
         self._withheld = secret_values(items, self.named)
         try:
-            if name not in offered:
-                raise _Refusal(f"Unknown tool {name!r}. Tools: {', '.join(offered)}.")
-            checked = _checked(_parsed(arguments), offered[name])
             with warnings.catch_warnings(), text_budget(TEXT_SECONDS):  # pandas' and NumPy's warnings would print in the user's cell
                 warnings.simplefilter("ignore")
-                text, summary = getattr(self, "_" + name)(**checked)
-        except _Refusal as refusal:
+                text, summary = TOOLS.call(self, name, arguments)
+        except ToolRefusal as refusal:
             return self._result(str(refusal), f"{name} failed: {refusal}", ok=False)
         except Exception as error:  # noqa: BLE001 - the user's objects and pandas can fail in ways no check foresees
             reason = (str(error).strip().splitlines() or [""])[0][:200]
@@ -315,21 +227,34 @@ class KernelTools:
             known = [known for known, value in self._items() if self._visible(known, value)]
             close = difflib.get_close_matches(name, known, n=3)
             hint = f" Did you mean {', '.join(f'`{c}`' for c in close)}?" if close else " list_variables shows them."
-            raise _Refusal(f"No variable `{name}` in the notebook.{hint}")
+            raise ToolRefusal(f"No variable `{name}` in the notebook.{hint}")
         if is_secret_name(name) and name not in self.named:
-            raise _Refusal(f"`{name}` " + _SECRET_WITHHELD.format(name=name) + ".")
+            raise ToolRefusal(f"`{name}` " + _SECRET_WITHHELD.format(name=name) + ".")
         return self.namespace[name]
 
     def _frame(self, name: str) -> Any:
+        """Variable ``name`` as a DataFrame (a Series as its one column), refusing any other value."""
         value = self._value(name)
         if is_type(value, "pandas", "Series"):
             return value.to_frame(name=value.name if value.name is not None else name)
         if not is_type(value, "pandas", "DataFrame"):
-            raise _Refusal(f"`{name}` is a {type_name(value)}, not a DataFrame; describe_variable describes it.")
+            raise ToolRefusal(f"`{name}` is a {type_name(value)}, not a DataFrame; describe_variable describes it.")
         return value
 
-    # -- the tools -------------------------------------------------------------------------
+    def _readable_column(self, frame: Any, column: str, name: str, about: str = "") -> Any:
+        """The real label of ``column`` in ``frame``, refused when its name looks secret: no oracle on a secret column's values."""
+        label = _column(frame, column, name)
+        if not self._reveals(name) and is_secret_label(label):
+            raise ToolRefusal(about + _COLUMN_WITHHELD.format(label=label_text(label), name=name))
+        return label
 
+    # -- the tools, in the order the model is offered them --------------------------------
+
+    @TOOLS.tool(
+        "list_variables",
+        lambda tools: "List the user's notebook variables: name, type, shape or length, one-line summary." + tools._limits(),
+        properties={},
+    )
     def _list_variables(self) -> tuple[str, str]:
         lines = []
         for name, value in self._items():
@@ -338,87 +263,60 @@ class KernelTools:
             if is_secret_name(name) and name not in self.named:
                 lines.append(f"- `{name}`: {type_name(value)} (looks like a secret, so its value is withheld unless the user names it)")
             elif self._reveals(name):
-                lines.append("- " + self._keep(self._glance(name, value)))
+                lines.append("- " + self._keep(glance(name, value, self.count, reveal=True)))
             else:
-                lines.append("- " + self._glance(name, value))
+                lines.append("- " + glance(name, value, self.count))
         if not lines:
             return "The notebook has no variables yet.", "listed the notebook's variables: none"
         text, _ = _fitted([f"The notebook's variables ({len(lines)}):"], lines, [], self.cap_tokens, self.count, "variables")
         return text, f"listed the notebook's {len(lines)} variables"
 
-    def _glance(self, name: str, value: Any) -> str:
-        """One line about ``value``, cheap even for a 1,000,000-row DataFrame."""
-        if is_type(value, "pandas", "DataFrame"):
-            rows, width = value.shape
-            shown = ", ".join(_label(c) for c in value.columns[:8]) + (", …" if width > 8 else "")
-            return f"`{name}`: pandas DataFrame, {rows:,} rows × {width:,} columns: {shown}"
-        if is_type(value, "pandas", "Series"):
-            return f"`{name}`: pandas Series {_label(value.name, quoted=True)}, length {len(value):,}, dtype {value.dtype}"
-        if is_type(value, "numpy", "ndarray"):
-            return f"`{name}`: numpy array, shape {tuple(value.shape)}, dtype {value.dtype}"
-        return describe(name, value, 40, self.count, reveal=self._reveals(name)).splitlines()[0]
+    def _limits(self) -> str:
+        rounds = f", {self.rounds} requests a turn (the last without tools)" if self.rounds else ""
+        return f" Limits: {MAX_CALLS} tool calls a request{rounds}. Secrets show as {WITHHELD}."
 
+    @TOOLS.tool(
+        "describe_variable",
+        "Describe one variable. DataFrame/Series: dtypes, missing values per column, describe(), and the value "
+        "counts of `column` if given. Arrays: shape, dtype, min/max/mean/std. Containers: length, keys, a sample.",
+        properties={
+            "name": {"type": "string", "description": "The variable's name."},
+            "column": {"type": "string", "description": "DataFrame column whose value counts to show."},
+        },
+        required=["name"],
+    )
     def _describe_variable(self, name: str, column: str | None = None) -> tuple[str, str]:
         value = self._value(name)
         reveal = self._reveals(name)
-        if is_type(value, "pandas", "DataFrame"):
-            text = self._describe_frame(name, value, column, reveal=reveal)
-        elif is_type(value, "pandas", "Series"):
-            label = value.name if value.name is not None else name
-            counted = column if column is not None else (None if value.dtype.kind in "fc" else str(label))
-            text = self._describe_frame(name, value.to_frame(name=label), counted, series=True, reveal=reveal)
-        elif column is not None:
-            raise _Refusal(f"`column` applies to DataFrames and Series; `{name}` is a {type_name(value)}.")
-        elif is_type(value, "numpy", "ndarray"):
-            text = _describe_array(name, value)
-        elif is_mapping(value):
-            text = _describe_mapping(name, value, reveal)
-        elif is_container(value) or type(value) is range:
-            text = _describe_collection(name, value, reveal)
-        elif callable(value):
-            text = describe(name, value, self.cap_tokens, self.count, reveal=reveal)
-        else:  # anything else, a Mapping such as a shelve included, is never indexed or iterated
-            size = f" of length {len(value):,}" if type(value) in (str, bytes, bytearray) else ""
-            shown = text_of(value, self.cap_tokens * 4, reveal=reveal) or "(its repr failed or took too long)"
-            text = f"`{name}`: {type_name(value)}{size}: {shown}"
+        label = None
+        if column is not None:
+            if not is_type(value, "pandas", "DataFrame", "Series"):
+                raise ToolRefusal(f"`column` applies to DataFrames and Series; `{name}` is a {type_name(value)}.")
+            label = self._readable_column(self._frame(name), column, name)
+        text = describe_fully(name, value, preview=self.cap_tokens * 4, reveal=reveal, counts_of=label)
         text = self._keep(text) if reveal else text
         return text, f"looked at `{name}`" + (f", value counts of `{column}`" if column is not None else "")
 
-    def _describe_frame(self, name: str, frame: Any, column: str | None, series: bool = False, reveal: bool = False) -> str:
-        rows, width = frame.shape
-        missing = missing_counts(frame)
-        if series:
-            head = f"`{name}`: pandas Series {_label(frame.columns[0], quoted=True)}, length {rows:,}, dtype {frame.dtypes.iloc[0]}, {missing[0]:,} missing"
-            parts = [head]
-        else:
-            overview = [[frame.dtypes.iloc[n], f"{missing[n]:,}"] for n in range(width)]
-            parts = [
-                f"`{name}`: pandas DataFrame, {rows:,} rows × {width:,} columns",
-                "columns:\n" + _table("column", ["dtype", "missing"], frame.columns, overview),
-            ]
-        secret = [] if reveal else [n for n, label in enumerate(frame.columns) if _is_secret_label(label)]
-        if secret:
-            parts.append(f"Values of {', '.join(f'`{_label(frame.columns[n])}`' for n in secret)} withheld: secret-looking column names.")
-        described = frame.iloc[:, [n for n in range(width) if n not in secret]] if secret else frame
-        if described.shape[1]:
-            sampled = rows > SAMPLE_ROWS
-            stats = (described.iloc[_sample_positions(rows, SAMPLE_ROWS, 0)] if sampled else described).describe().T
-            where = f" of a seeded random sample of {SAMPLE_ROWS:,} rows" if sampled else ""
-            parts.append(f"describe(){where}:\n" + _table("column", list(stats.columns), stats.index, stats.values.tolist()))
-        if column is not None:
-            label = _column(frame, column, name)
-            if not reveal and _is_secret_label(label):
-                raise _Refusal(_COLUMN_WITHHELD.format(label=_label(label), name=name))
-            values = frame[label]
-            sampled = rows > COUNTED_ROWS
-            counts = (values.iloc[_sample_positions(rows, SAMPLE_ROWS, 0)] if sampled else values).value_counts(dropna=False)
-            top = counts.iloc[:_VALUE_COUNTS]
-            more = f"\n[… {len(counts) - len(top):,} more values]" if len(counts) > len(top) else ""
-            table = _table("value", ["count"], top.index, [[n] for n in top.tolist()])
-            scope = f"of a seeded random sample of {SAMPLE_ROWS:,} rows, " if sampled else ""
-            parts.append(f"value counts of `{_label(label)}` ({scope}{len(counts):,} distinct values, missing included):\n{table}{more}")
-        return "\n\n".join(parts)
-
+    @TOOLS.tool(
+        "dataframe_rows",
+        "Rows of a DataFrame (or Series), optionally only those matching conditions, with the total number "
+        "matching. Nothing is evaluated as code: conditions are structured comparisons.",
+        properties={
+            "name": {"type": "string", "description": "The DataFrame's variable name."},
+            "mode": {"type": "string", "enum": ["head", "tail", "sample"], "description": "Which matching rows to show; sample is seeded."},
+            "where": {
+                "type": "array",
+                "items": _CONDITION,
+                "maxItems": MAX_CONDITIONS,
+                "description": f"Conditions rows must meet (at most {MAX_CONDITIONS}).",
+            },
+            "combine": {"type": "string", "enum": ["and", "or"], "description": "How conditions combine (default and)."},
+            "columns": {"type": "array", "items": {"type": "string"}, "description": f"Columns to show (default the first {_SHOWN_COLUMNS})."},
+            "limit": {"type": "integer", "minimum": 1, "maximum": MAX_ROWS, "description": f"Rows to show (default {DEFAULT_ROWS})."},
+            "seed": {"type": "integer", "description": "Seed for mode sample (default 0)."},
+        },
+        required=["name"],
+    )
     def _dataframe_rows(
         self,
         name: str,
@@ -433,11 +331,9 @@ class KernelTools:
         reveal = self._reveals(name)
         limit = max(1, min(limit, MAX_ROWS))
         if len(where) > MAX_CONDITIONS:
-            raise _Refusal(f"At most {MAX_CONDITIONS} conditions per call; got {len(where)}. Narrow the question, or make several calls.")
+            raise ToolRefusal(f"At most {MAX_CONDITIONS} conditions per call; got {len(where)}. Narrow the question, or make several calls.")
         for number, condition in enumerate(where):
-            label = _column(frame, condition["column"], name)
-            if not reveal and _is_secret_label(label):
-                raise _Refusal(f"where[{number}]: " + _COLUMN_WITHHELD.format(label=_label(label), name=name))
+            self._readable_column(frame, condition["column"], name, about=f"where[{number}]: ")
         labels = [_column(frame, c, name) for c in columns] if columns else list(frame.columns[:_SHOWN_COLUMNS])
         found = _Matches(frame, where, combine, name) if where else None
         total = len(frame) if found is None else found.total
@@ -458,15 +354,23 @@ class KernelTools:
         head = [matched + (f"; {which} {len(positions):,} shown." if total else ".")]
         if not columns and len(frame.columns) > len(labels):
             head.append(f"Showing {len(labels)} of {len(frame.columns):,} columns; pass `columns` to choose others.")
-        cells = [[WITHHELD if not reveal and _is_secret_label(label) else value for label, value in zip(labels, row)] for row in shown.values.tolist()]
-        rows = _table_lines("", labels, shown.index, cells) if total else []
+        table = markdown_table(labels, shown.index, shown.values.tolist(), _CELL_WIDTH, reveal=reveal).splitlines() if total else []
         tail = [f"[… {total - len(positions):,} more matching rows not shown: raise `limit` (max {MAX_ROWS}) or narrow the filter]"]
-        text, fitted = _fitted(head + rows[:2], rows[2:], tail if total > len(positions) else [], self.cap_tokens, self.count, "rows")
+        text, fitted = _fitted(head + table[:2], table[2:], tail if total > len(positions) else [], self.cap_tokens, self.count, "rows")
         subject = f"rows where {condition}" if where else f"{mode} rows"
         return self._keep(text) if reveal else text, f"looked at `{name}`: {subject}, {fitted:,} of {total:,} shown"
 
+    @TOOLS.tool(
+        "search_conversation",
+        "Search the earlier messages of this conversation for passages about `query`.",
+        properties={
+            "query": {"type": "string", "description": "What to look for."},
+            "limit": {"type": "integer", "minimum": 1, "maximum": MAX_SEARCH_RESULTS, "description": "Passages to return (default 5)."},
+        },
+        required=["query"],
+        offered_when=lambda tools: tools.search is not None,
+    )
     def _search_conversation(self, query: str, limit: int = 5) -> tuple[str, str]:
-        assert self.search is not None  # offered only with a search function
         found = self.search(query, max(1, min(limit, MAX_SEARCH_RESULTS)))
         if not found:
             return f"No earlier message matches {query!r}.", f"searched the conversation for {query!r}: nothing found"
@@ -474,11 +378,17 @@ class KernelTools:
         text, _ = _fitted([f"{len(found)} passages of earlier messages matching {query!r}:"], blocks, [], self.cap_tokens, self.count, "passages")
         return text, f"searched the conversation for {query!r}: {len(found)} passages"
 
+    @TOOLS.tool(
+        "notebook_cell",
+        lambda tools: "The source of notebook cell `number` (In[number]) and the value it returned (Out[number]). " + tools._cells_run(),
+        properties={"number": {"type": "integer", "description": "The cell's execution count."}},
+        required=["number"],
+        offered_when=lambda tools: tools.cells is not None,
+    )
     def _notebook_cell(self, number: int) -> tuple[str, str]:
-        assert self.cells is not None  # offered only with a cell history
         latest = self.cells.latest
         if not 1 <= number <= latest:
-            raise _Refusal(f"No cell {number}: cells run so far are numbered 1-{latest}." if latest >= 1 else "No cell has run yet.")
+            raise ToolRefusal(f"No cell {number}: cells run so far are numbered 1-{latest}." if latest >= 1 else "No cell has run yet.")
         parts = [f"In [{number}]:", f"```python\n{self.cells.inputs[number]}\n```"]
         if number not in self.cells.outputs:
             parts.append(f"Cell {number} stored no output (IPython keeps only the value of a cell's last expression, not printed text).")
@@ -494,61 +404,21 @@ class KernelTools:
                 parts.append(f"Out[{number}]:\n{self._keep(shown) if reveal else shown}")
         return "\n".join(parts), f"read cell {number}"
 
+    def _cells_run(self) -> str:
+        latest = self.cells.latest
+        return f"Cells run so far are numbered 1-{latest}." if latest >= 1 else "No cell has run yet."
+
+    @TOOLS.tool(
+        "last_error",
+        "The traceback of the last error raised in the notebook.",
+        properties={},
+        offered_when=lambda tools: tools.cells is not None,
+    )
     def _last_error(self) -> tuple[str, str]:
-        assert self.cells is not None  # offered only with a cell history
         if not self.cells.error:
             return "No error has been raised in this notebook.", "read the last error: there is none"
         kind = self.cells.error.splitlines()[-1].split(":")[0]
         return self.cells.error, f"read the last error ({kind})"
-
-
-# -- arguments -----------------------------------------------------------------------------
-
-_JSON_TYPES: dict[str, tuple[type, ...]] = {
-    "string": (str,),
-    "integer": (int,),
-    "number": (int, float),
-    "boolean": (bool,),
-    "array": (list, tuple),
-    "object": (Mapping,),
-}
-
-
-def _parsed(arguments: str | Mapping[str, Any] | None) -> Any:
-    if arguments is None or isinstance(arguments, str) and not arguments.strip():
-        return {}
-    if not isinstance(arguments, str):
-        return arguments
-    try:
-        return json.loads(arguments)
-    except ValueError as error:
-        raise _Refusal(f"The arguments are not valid JSON ({error}); send one JSON object.") from None
-
-
-def _checked(value: Any, schema: Mapping[str, Any], path: str = "") -> Any:
-    """``value`` checked against the subset of JSON Schema our own schemas use; integral floats become ints."""
-    what = f"`{path}`" if path else "The arguments"
-    kind = schema.get("type")
-    if kind == "integer" and isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if kind is not None and (not isinstance(value, _JSON_TYPES[kind]) or isinstance(value, bool) and kind in ("integer", "number")):
-        article = "an" if kind[0] in "aeiou" else "a"
-        raise _Refusal(f"{what} must be {article} {kind}, not {json.dumps(value, default=repr)[:60]}.")
-    if "enum" in schema and value not in schema["enum"]:
-        raise _Refusal(f"{what} must be one of {', '.join(map(str, schema['enum']))}; got {value!r}.")
-    if kind == "array":
-        return [_checked(item, schema["items"], f"{path}[{n}]") for n, item in enumerate(value)]
-    if kind != "object":
-        return value
-    properties = schema["properties"]
-    inside = f" in `{path}`" if path else ""
-    unknown = [key for key in value if key not in properties]
-    if unknown:
-        raise _Refusal(f"Unknown argument {', '.join(map(repr, unknown))}{inside}; accepted: {', '.join(properties) or 'none'}.")
-    missing = [key for key in schema.get("required", ()) if key not in value]
-    if missing:
-        raise _Refusal(f"Missing argument {', '.join(map(repr, missing))}{inside}.")
-    return {key: _checked(item, properties[key], f"{path}.{key}" if path else key) for key, item in value.items()}
 
 
 # -- DataFrame filters -------------------------------------------------------------------
@@ -556,13 +426,13 @@ def _checked(value: Any, schema: Mapping[str, Any], path: str = "") -> Any:
 
 def _column(frame: Any, label: str, name: str) -> Any:
     """The column of ``frame`` called ``label``, also when its real label is not a string (``0``, a tuple)."""
-    by_text = {_label(c): c for c in frame.columns}
+    by_text = {label_text(c): c for c in frame.columns}
     if label in by_text:
         return by_text[label]
     close = difflib.get_close_matches(label, list(by_text), n=3)
     hint = f" Did you mean {', '.join(f'`{c}`' for c in close)}?" if close else ""
     listed = ", ".join(list(by_text)[:30]) + (", …" if len(by_text) > 30 else "")
-    raise _Refusal(f"No column `{label}` in `{name}`.{hint} Columns: {listed}.")
+    raise ToolRefusal(f"No column `{label}` in `{name}`.{hint} Columns: {listed}.")
 
 
 def _condition_text(condition: Mapping[str, Any]) -> str:
@@ -616,7 +486,7 @@ def _condition_mask(frame: Any, condition: Mapping[str, Any], name: str, number:
     op, value = condition["op"], condition.get("value")
     about = f"where[{number}] ({_condition_text(condition)})"
     if op not in ("isna", "notna") and "value" not in condition:
-        raise _Refusal(f"{about} needs a `value`.")
+        raise ToolRefusal(f"{about} needs a `value`.")
     if op in ("==", "!=") and value is None:
         op = "isna" if op == "==" else "notna"
     try:
@@ -624,27 +494,27 @@ def _condition_mask(frame: Any, condition: Mapping[str, Any], name: str, number:
             result = series.isna() if op == "isna" else series.notna()
         elif op in ("in", "not in"):
             if not isinstance(value, list):
-                raise _Refusal(f"{about}: `{op}` needs a list of values.")
+                raise ToolRefusal(f"{about}: `{op}` needs a list of values.")
             if len(value) > MAX_LISTED_VALUES:
-                raise _Refusal(f"{about}: at most {MAX_LISTED_VALUES} values in a list; got {len(value)}.")
+                raise ToolRefusal(f"{about}: at most {MAX_LISTED_VALUES} values in a list; got {len(value)}.")
             result = series.isin([_coerced(series, item, about) for item in value])
             result = ~result if op == "not in" else result
         elif op in ("contains", "startswith"):
             if not isinstance(value, str):
-                raise _Refusal(f"{about}: `{op}` needs a string value.")
+                raise ToolRefusal(f"{about}: `{op}` needs a string value.")
             if series.dtype.kind in "biufcmM":
-                raise _Refusal(f"{about}: `{op}` works on text columns; `{label}` is {series.dtype}.")
+                raise ToolRefusal(f"{about}: `{op}` works on text columns; `{label}` is {series.dtype}.")
             text = series.str
             result = text.contains(value, regex=False, na=False) if op == "contains" else text.startswith(value, na=False)
         else:
             if isinstance(value, (list, dict)):
-                raise _Refusal(f"{about}: `{op}` compares with one value; use `in` for a list.")
+                raise ToolRefusal(f"{about}: `{op}` compares with one value; use `in` for a list.")
             result = _COMPARISONS[op](series, _coerced(series, value, about))
-    except _Refusal:
+    except ToolRefusal:
         raise
     except (TypeError, ValueError, AttributeError) as error:
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-        raise _Refusal(f"{about} cannot be evaluated: {reason}.") from None
+        raise ToolRefusal(f"{about} cannot be evaluated: {reason}.") from None
     return result.to_numpy(dtype=bool, na_value=False)
 
 
@@ -661,16 +531,16 @@ def _coerced(series: Any, value: Any, about: str) -> Any:
                 return parse(value)
             except ValueError:
                 continue
-        raise _Refusal(f"{about}: the column holds numbers ({dtype}) and {value!r} is not a number.")
+        raise ToolRefusal(f"{about}: the column holds numbers ({dtype}) and {value!r} is not a number.")
     if kind == "b" and isinstance(value, str):
         if value.strip().lower() not in ("true", "false"):
-            raise _Refusal(f"{about}: the column holds booleans and {value!r} is neither true nor false.")
+            raise ToolRefusal(f"{about}: the column holds booleans and {value!r} is neither true nor false.")
         return value.strip().lower() == "true"
     if kind in "mM" and value is not None:
         try:
             stamp = pandas.Timestamp(value) if kind == "M" else pandas.Timedelta(value)
         except (TypeError, ValueError):
-            raise _Refusal(f"{about}: the column holds {'dates' if kind == 'M' else 'durations'} ({dtype}) and {value!r} is not one.") from None
+            raise ToolRefusal(f"{about}: the column holds {'dates' if kind == 'M' else 'durations'} ({dtype}) and {value!r} is not one.") from None
         zone = getattr(target, "tz", None)
         return stamp.tz_localize(zone) if kind == "M" and zone is not None and stamp.tzinfo is None else stamp
     if isinstance(target, pandas.StringDtype) and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -678,93 +548,17 @@ def _coerced(series: Any, value: Any, about: str) -> Any:
     return value
 
 
-def _sample_positions(total: int, size: int, seed: int) -> Any:
-    """``size`` distinct row positions out of ``total``, in order, the same for the same seed."""
-    import numpy  # loaded already: pandas needs it
-
-    return numpy.sort(numpy.random.default_rng(seed).choice(total, size=size, replace=False))
-
-
 def _picked(mode: str, total: int, limit: int, seed: int) -> Any:
     import numpy  # loaded already: pandas needs it
 
     shown = min(limit, total)
     if mode == "sample":
-        return _sample_positions(total, shown, seed)
+        return sample_positions(total, shown, seed)
     return numpy.arange(shown) if mode == "head" else numpy.arange(total - shown, total)
 
 
-# -- other values -----------------------------------------------------------------------
-
-
-def _describe_array(name: str, array: Any) -> str:
-    import numpy  # loaded already: the value is one of its arrays
-
-    lines = [f"`{name}`: numpy array, shape {tuple(array.shape)}, dtype {array.dtype}, {array.size:,} elements"]
-    if array.size and array.dtype.kind in "biuf":
-        values = array.astype(float) if array.dtype.kind == "b" else array
-        stats = (numpy.nanmin(values), numpy.nanmax(values), numpy.nanmean(values), numpy.nanstd(values))
-        lines.append("min {:.6g}, max {:.6g}, mean {:.6g}, std {:.6g}".format(*map(float, stats)))
-        if array.dtype.kind == "f":
-            lines.append(f"NaN: {int(numpy.isnan(array).sum()):,}")
-    if array.size:
-        lines.append(f"first values: {text_of(array.flat[:10].tolist(), 400)}")
-    return "\n".join(lines)
-
-
-def _describe_mapping(name: str, mapping: Mapping[Any, Any], reveal: bool) -> str:
-    items = [item for item, _ in zip(mapping.items(), range(50))]
-    lines = [f"`{name}`: {type_name(mapping)} of {len(mapping):,} keys"]
-    if items:
-        more = ", …" if len(mapping) > len(items) else ""
-        lines.append("the keys are " + ", ".join(text_of(key, 40) or "?" for key, _ in items) + more)
-        lines.append("first items:")
-        for key, value in items[:5]:
-            hidden = not reveal and type(key) is str and is_secret_name(key)
-            shown = WITHHELD if hidden else text_of(value, 160, reveal=reveal) or "?"
-            lines.append(f"- {text_of(key, 40)}: {type_name(value)} {shown}")
-    return "\n".join(lines)
-
-
-def _describe_collection(name: str, items: Any, reveal: bool) -> str:
-    first = [item for item, _ in zip(items, range(1000))]
-    kinds = Counter(type_name(item) for item in first)
-    lines = [f"`{name}`: {type_name(items)} of {len(items):,} items"]
-    if first:
-        scope = "" if len(items) <= len(first) else f" (first {len(first):,})"
-        lines.append(f"element types{scope}: " + ", ".join(f"{kind} {n:,}" for kind, n in kinds.most_common(8)))
-        lines.append("first items: " + ", ".join(text_of(item, 120, reveal=reveal) or "?" for item in first[:10]))
-        if len(items) > 10 and type(items) in (list, tuple, range):
-            lines.append("last items: " + ", ".join(text_of(item, 120, reveal=reveal) or "?" for item in items[-3:]))
-    return "\n".join(lines)
-
 
 # -- text within the cap -----------------------------------------------------------------
-
-
-def _cell(value: Any) -> str:
-    text = f"{value:.6g}" if type(value) is float else text_of(value, _CELL_WIDTH, as_str=True)
-    return f"<{type_name(value)}>" if text is None else text.replace("|", "\\|").replace("\n", " ")
-
-
-def _label(label: Any, quoted: bool = False) -> str:
-    """A column's or Series' label as text, however odd its type."""
-    text = text_of(label, 80, as_str=not quoted)
-    return f"<{type_name(label)}>" if text is None else text
-
-
-def _is_secret_label(label: Any) -> bool:
-    return is_secret_name(_label(label))
-
-
-def _table_lines(corner: str, header: Sequence[Any], index: Any, rows: Sequence[Sequence[Any]]) -> list[str]:
-    """A Markdown table whose first column is ``index``, headed ``corner``; wide cells are cut with "…"."""
-    lines = ["| " + " | ".join(_cell(h) for h in [corner, *header]) + " |", "|---" * (len(header) + 1) + "|"]
-    return lines + ["| " + " | ".join(_cell(v) for v in [label, *row]) + " |" for label, row in zip(index, rows)]
-
-
-def _table(corner: str, header: Sequence[Any], index: Any, rows: Sequence[Sequence[Any]]) -> str:
-    return "\n".join(_table_lines(corner, header, index, rows))
 
 
 def _fitted(

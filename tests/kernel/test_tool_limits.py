@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from oblix_jupyter.kernel.tools import FILTER_SECONDS, MAX_CONDITIONS
-from oblix_jupyter.kernel.variables import TEXT_SECONDS
+from oblix_jupyter.kernel.text import TEXT_SECONDS
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from oblix_jupyter.kernel import describe as describe_module
 from oblix_jupyter.kernel import tools as tools_module
 from oblix_jupyter.kernel.state import format_error
 from oblix_jupyter.kernel.tools import CellHistory, KernelTools
@@ -201,7 +202,7 @@ def test_head_tail_and_sample_are_deterministic(monkeypatch):
     assert sample == index(mode="sample", limit=5) == sorted(sample) and len(set(sample)) == 5
     assert index(mode="sample", limit=5, seed=7) != sample
     assert index(limit=500) == list(range(200))  # the most a call shows
-    monkeypatch.setattr(tools_module, "SAMPLE_ROWS", 1000)
+    monkeypatch.setattr(describe_module, "SAMPLE_ROWS", 1000)
     described = make().run("describe_variable", {"name": "big"}).text
     assert "describe() of a seeded random sample of 1,000 rows" in described
     assert described == make().run("describe_variable", {"name": "big"}).text

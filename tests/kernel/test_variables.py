@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from oblix_jupyter.kernel import variables as variables_module
+from oblix_jupyter.kernel import text as text_module
 from oblix_jupyter.kernel.state import (
     format_error,
     gather_notebook_context,
@@ -113,7 +113,7 @@ def test_caps_are_respected(cap):
 
 
 def test_a_slow_repr_gives_the_type_only(monkeypatch):
-    monkeypatch.setattr(variables_module, "REPR_SECONDS", 0.05)
+    monkeypatch.setattr(text_module, "REPR_SECONDS", 0.05)
     (summary,) = summarize_variables({"slow": Slow()}, "why is slow slow?", count=count)
     assert summary.text == "`slow`: test_variables.Slow"
 
@@ -215,7 +215,7 @@ def test_secrets_inside_variables_are_withheld_unless_named():
 
 
 def test_text_of_reads_a_slice_and_shares_one_deadline(monkeypatch):
-    from oblix_jupyter.kernel.variables import text_budget, text_of
+    from oblix_jupyter.kernel.text import text_budget, text_of
 
     huge, long = "x" * 50_000_000, list(range(10_000_000))
     started = time.perf_counter()
@@ -236,7 +236,7 @@ class Spinning:
 
 
 def test_a_conversion_given_up_is_stopped_not_left_spinning():
-    from oblix_jupyter.kernel.variables import text_of
+    from oblix_jupyter.kernel.text import text_of
 
     before = set(threading.enumerate())
     assert text_of(Spinning(), 50) is None
