@@ -357,9 +357,12 @@ class OblixClient:
             rows += [("store state", self._store_state()), ("sessions", str(len(readable)))]
             rows += [("unreadable", f"{problem.path} ({problem.reason})") for problem in store.problems] or [("unreadable", "none")]
         spool = getattr(store, "spool", None)
-        if spool is not None:
+        if spool is not None:  # read from the spool's files: true whether or not the database answers
             waiting = len(spool.pending())
             rows.append(("saved locally", f"{waiting} message(s) waiting for the database" if waiting else "none waiting"))
+            refused = spool.refused()
+            if refused:
+                rows.append(("saved locally, refused", f"{len(refused)} message(s) the database will not take, kept in {spool.directory}"))
         return rows + [("relevance", self._relevance_state())] + model_rows(self.model, self.fallback_models)
 
     def _store_state(self) -> str:
@@ -383,6 +386,13 @@ class OblixClient:
         from .store.sessions import default_base_dir
 
         return os.path.abspath(location or default_base_dir())
+
+    @staticmethod
+    def waiting_on_this_machine() -> list[tuple[str, str, int, int]]:
+        """(database, user, messages waiting, refused) for each local spool that holds any: read from files, so it answers while the database is away."""
+        from .store.spool import waiting_on_this_machine
+
+        return waiting_on_this_machine()
 
     @staticmethod
     def upgrade_database(dsn: str) -> int:

@@ -460,6 +460,10 @@ def _doctor(args: argparse.Namespace) -> int:
         rows = [["oblix", __version__], *([what, _one_line(state)] for what, state in _client().diagnose())]
     except StoreUnavailable as error:  # the store is what must be fixed first; the model rows need a client
         rows = [["oblix", __version__], ["store", OblixClient.describe_store()], ["store state", f"not answering: {_one_line(error)}"]]
+        rows += [
+            ["saved locally", f"{waiting} message(s) waiting for {location} as {user}" + (f", {refused} refused" if refused else "")]
+            for location, user, waiting, refused in OblixClient.waiting_on_this_machine()
+        ]
     rows.append([".env", dotenv.describe() if dotenv else f"none in {os.getcwd()}"])
     rows.append(["lab extension", _lab_extension_status()])
     print(format_table(rows))

@@ -10,13 +10,22 @@ our own (OB403, OB404, OB400), turned into ours by ``_refused``.
 
 A session is a row and each message a row at the next dense position: an append locks
 the session row and inserts at that position, so appends from many kernels at once
-never gap, repeat or reorder. Each append also NOTIFYs the channel of each user who
+never gap, repeat or reorder. Each message carries an idempotency key made here when it
+is created (sql/003), and the database stores a key once: an append whose COMMIT was cut
+off, so that nobody knows whether it arrived, goes to the spool with its key and is
+appended again later, harmlessly. Each append also NOTIFYs the channel of each user who
 may read the session (``oblix.my_channel()``: named from a secret, so nobody else can
-listen) with the ids, never the text, for ``wait_for_changes``. A kernel holds a pool of
-at most two connections, and none once it has been idle for a minute, so a hundred
-kernels fit in the server's default ``max_connections``. No statement waits for a lock
-longer than ``LOCK_WAIT``: a colleague's open transaction costs a command a few seconds
-and ``DatabaseBusy`` (an append then goes to the spool), never a hang.
+listen) with the ids, never the text, for ``wait_for_changes``.
+
+A kernel holds at most ``max_connections`` (two) connections, the listening one of
+``wait_for_changes`` among them, and none once it has been idle for ``idle`` seconds (a
+minute), so a hundred kernels fit in the server's default ``max_connections``. No
+statement waits for a lock longer than ``LOCK_WAIT``: a colleague's open transaction
+costs a command a few seconds and ``DatabaseBusy`` (an append then goes to the spool),
+never a hang. Once the database has failed, the store stops waiting for it: calls fail
+at once (an append goes to the spool) while a background thread tries to reconnect,
+more and more slowly up to every ``RECONNECT_MOST`` seconds, and writes every message
+the spool holds as soon as the database answers.
 
 The DSN's password never leaves this module: ``location`` and every error show the
 connection string without it.
@@ -27,6 +36,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta, timezone
@@ -71,6 +81,10 @@ _NOT_EXTRA = _KEPT_APART | {"owner", "message_count", "shared_by"}
 _MESSAGE_FIELDS = ("id", "role", "content", "timestamp")  # a message's columns, never among its extra fields
 LOCK_WAIT = 3  # seconds a statement waits for a lock another connection holds, before DatabaseBusy
 STATEMENT_LIMIT = 15  # seconds any statement of the store may run
+RECONNECT_FIRST = 0.25  # seconds after a failure before the database is tried again; doubled each time it still fails
+RECONNECT_MOST = 2.0  # the longest pause between two tries: a database back is found within this
+QUICK_REFUSAL = 0.05  # seconds within which a refused try is cheap enough for a caller to make it itself
+PROBE_WAIT = 2  # seconds a try to reach a database that does not answer may take (libpq's least connect_timeout)
 _HIGHLIGHT = "StartSel=«, StopSel=», MaxWords=18, MinWords=6, MaxFragments=1, FragmentDelimiter=\" … \""
 
 Result = TypeVar("Result")
@@ -148,13 +162,15 @@ class _ReadMessages:
 class PostgresStore(SessionTransfer):
     """The sessions this database user may see, with ``SessionManager``'s methods, plus sharing, search and live changes."""
 
-    def __init__(self, dsn: str = "", max_connections: int = 2, timeout: float = 5.0) -> None:
+    def __init__(self, dsn: str = "", max_connections: int = 2, timeout: float = 5.0, idle: float = 60.0) -> None:
         """Connect (``dsn`` as libpq reads it; empty: the ``PG*`` variables) and check the schema's version.
 
         A wrong DSN, an unreachable server or a schema this code was not written for
         raises ``StoreUnavailable`` here, at once, rather than at the first turn. Later,
         a call waits at most ``timeout`` seconds for a connection: someone is waiting at
-        a notebook, and an answer that cannot be stored by then goes to the spool.
+        a notebook, and an answer that cannot be stored by then goes to the spool. At
+        most ``max_connections`` are open at once (the listening one included, when there
+        are at least two), and each is closed once unused for ``idle`` seconds.
         """
         self._dsn = dsn
         self._where = describe_dsn(dsn)
@@ -171,16 +187,31 @@ class PostgresStore(SessionTransfer):
             raise self._unavailable(error) from None
         self._max_connections = max_connections
         self.timeout = timeout
-        self._pool = self._open_pool()
+        self.idle = idle
         self._listener: psycopg.Connection | None = None  # LISTENs to this user's channel
         self._listening = threading.Lock()
+        self._followed: dict[str, int] = {}  # sessions the listener reports on: the last position it heard of
+        self._followed_at = 0.0  # when wait_for_changes last returned (monotonic): the listener closes ``idle`` after
+        self._pool = self._open_pool()
+        self._state = threading.Lock()  # guards the fields below, which the keeper thread shares with callers
+        self._away_since: float | None = None  # when the database failed (monotonic); None while it answers
+        self._away_because = ""
+        self._refused_at_once = False  # whether the database's last refusal came at once (trying it again costs nothing)
+        self._flush_wanted = bool(self.spool.pending())  # a spool left by this user's earlier (or killed) processes
+        self._keeper: threading.Thread | None = None
+        self._wake = threading.Event()
+        self._closed = False
+        if self._flush_wanted:
+            self._keep()
 
     def _open_pool(self) -> ConnectionPool:
+        # psycopg_pool closes at most one connection per ``max_idle`` that went unused all that
+        # while, checked on a schedule of its own: a third of ``idle`` closes both in time.
         return ConnectionPool(
             self._dsn,
             min_size=0,
-            max_size=self._max_connections,
-            max_idle=60,
+            max_size=self._pool_size(),
+            max_idle=self.idle / 3,
             timeout=self.timeout,
             kwargs={"autocommit": True},
             configure=_configure,
@@ -188,13 +219,23 @@ class PostgresStore(SessionTransfer):
             open=True,
         )
 
+    def _pool_size(self) -> int:
+        """What the pool may hold: ``max_connections``, less the listening connection while there is one (never below one)."""
+        return max(1, self._max_connections - (self._listener is not None))
+
     @property
     def location(self) -> str:
         """Where the sessions are, for people (``oblix doctor``): the connection string without its password."""
         return self._where
 
     def close(self) -> None:
-        """Close every connection; the store cannot be used afterwards."""
+        """Close every connection and stop the background thread; the store cannot be used afterwards."""
+        with self._state:
+            self._closed = True
+            keeper = self._keeper
+        self._wake.set()
+        if keeper is not None and keeper is not threading.current_thread():
+            keeper.join(PROBE_WAIT + self.timeout)
         self._pool.close()
         with self._listening:
             self._drop_listener()
@@ -210,15 +251,17 @@ class PostgresStore(SessionTransfer):
     def _run(self, work: Callable[[psycopg.Connection], Result], write: bool = False, retry: bool = True) -> Result:
         """``work`` on a pooled connection; with ``write``, in one transaction.
 
-        A connection that breaks (the server restarted, a network hiccup) is replaced,
-        with every idle one that broke too, and ``work`` run once more, if that is safe: always for reads, and for a write
-        only if it broke before its COMMIT was sent, because an uncommitted transaction
-        dies with its connection. Once COMMIT is on its way, nobody can tell whether it
-        arrived; repeating an append then could store it twice, so the caller is told
-        instead (reloading the session shows whether it is there). A statement that
-        waited too long for a lock is not run again: its transaction was rolled back,
-        and the user hears at once that the database is busy.
+        While the database is away (it failed, and the keeper thread has not reached it
+        since), fails at once. A connection that breaks (the server restarted, a network
+        hiccup) is replaced, with every idle one that broke too, and ``work`` run once more,
+        if the server answers and it is safe: always for reads, and for a write only if it
+        broke before its COMMIT was sent, because an uncommitted transaction dies with its
+        connection. Once COMMIT is on its way, nobody can tell whether it arrived; the
+        caller is told (``uncertain``), and an append goes to the spool with its key. A
+        statement that waited too long for a lock is not run again: its transaction was
+        rolled back, and the user hears at once that the database is busy.
         """
+        self._check_not_away()
         committing = False
         try:
             with self._pool.connection() as conn:
@@ -229,9 +272,7 @@ class PostgresStore(SessionTransfer):
                     committing = True  # leaving this block sends COMMIT
                 return result
         except PoolTimeout as error:  # an OperationalError too, but the pool has already waited as long as we would
-            # The pool now retries connecting ever more slowly; a new one connects as soon as the server is back.
-            self._pool, broken = self._open_pool(), self._pool
-            broken.close(timeout=0)
+            self._lost(error)
             raise self._unavailable(error) from None
         except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled):  # OperationalErrors, but nothing broke
             raise DatabaseBusy(
@@ -239,9 +280,12 @@ class PostgresStore(SessionTransfer):
                 f"{LOCK_WAIT} s, so nothing was done. Try again in a moment."
             ) from None
         except psycopg.OperationalError as error:
+            answers = self._reachable()
+            if not answers:
+                self._lost(error)
             if committing:
                 raise self._unavailable(error, " while a change was being saved; it may or may not have been", uncertain=True) from None
-            if not retry:
+            if not retry or not answers:
                 raise self._unavailable(error) from None
             # Rather than test every connection as it leaves the pool (a round trip per
             # statement), test the idle ones once one has failed: a restart broke them all.
@@ -254,6 +298,122 @@ class PostgresStore(SessionTransfer):
                 raise
             raise refusal from None
         return self._run(work, write, retry=False)
+
+    # -- while the database is away --------------------------------------------------------
+
+    def _reachable(self) -> bool:
+        """Whether the server takes a new connection now: one try, on a connection of its own, closed at once."""
+        started = time.monotonic()
+        try:
+            psycopg.connect(self._dsn, connect_timeout=PROBE_WAIT).close()
+        except psycopg.Error:
+            self._refused_at_once = time.monotonic() - started < QUICK_REFUSAL
+            return False
+        return True
+
+    def _check_not_away(self) -> None:
+        """Fail at once while the database is away; but try it first when that costs nothing (it refused at once last time)."""
+        with self._state:
+            since, because = self._away_since, self._away_because
+        if since is None:
+            return
+        if self._refused_at_once and self._back():
+            return
+        raise StoreUnavailable(
+            f"The session database ({self._where}) cannot be reached: it has not answered for {time.monotonic() - since:.0f} s "
+            f"({because}); it is tried again in the background."
+        )
+
+    def _back(self) -> bool:
+        """Whether the database answers again; if so, a new pool, and the keeper writes the spool."""
+        if not self._reachable():
+            return False
+        with self._state:
+            if self._away_since is not None:
+                self._pool = self._open_pool()
+                self._away_since, self._flush_wanted = None, True
+        self._keep()
+        return True
+
+    def _lost(self, error: BaseException) -> None:
+        """Stop waiting for the database: calls fail at once until the keeper thread reaches it again."""
+        with self._state:
+            if self._away_since is None:
+                self._away_since = time.monotonic()
+                self._away_because = scrub(str(error), self._dsn).splitlines()[0] if str(error) else type(error).__name__
+                # The pool would go on connecting, ever more slowly; a new one connects as soon as the server is back.
+                self._pool.close(timeout=0)
+        self._keep()
+
+    def _keep(self) -> None:
+        """Make sure the keeper thread runs (it ends itself once there is nothing to keep)."""
+        with self._state:
+            if self._closed:
+                return
+            if self._keeper is None:
+                self._keeper = threading.Thread(target=self._keeping, name="oblix-store-keeper", daemon=True)
+                self._keeper.start()
+        self._wake.set()
+
+    def _keeping(self) -> None:
+        """The keeper thread: reconnect after a failure, write the spool, close the listener once idle; end when none is due."""
+        try:
+            self._keep_until_done()
+        finally:  # also after an error nobody foresaw: the next failure starts another
+            with self._state:
+                if self._keeper is threading.current_thread():
+                    self._keeper = None
+
+    def _keep_until_done(self) -> None:
+        pause = RECONNECT_FIRST
+        while True:
+            with self._state:
+                if self._closed:
+                    return
+                away, flush = self._away_since is not None, self._flush_wanted
+            if away:
+                if not self._back():
+                    self._wake.wait(pause)
+                    self._wake.clear()
+                    pause = min(2 * pause, RECONNECT_MOST)
+                    continue
+                flush, pause = True, RECONNECT_FIRST
+            if flush:
+                with self._state:
+                    self._flush_wanted = False
+                try:
+                    self.flush_spool()
+                except OblixError:
+                    with self._state:
+                        self._flush_wanted = True
+                    self._wake.wait(pause)
+                    self._wake.clear()
+                    continue
+            until_idle = self._close_idle_listener()
+            with self._state:
+                if self._closed or self._away_since is not None or self._flush_wanted:
+                    continue
+                if until_idle is None:
+                    self._keeper = None  # under the lock: a _keep() from now on starts another
+                    return
+            self._wake.wait(until_idle)
+            self._wake.clear()
+
+    def _close_idle_listener(self) -> float | None:
+        """Close the listening connection if nothing has followed a session for ``idle`` s; else seconds until it may be (None: none open)."""
+        if not self._listening.acquire(blocking=False):
+            return self.idle  # a wait_for_changes is under way: not idle
+        try:
+            if self._listener is None:
+                return None
+            left = self._followed_at + self.idle - time.monotonic()
+            if left > 0:
+                return left
+            self._drop_listener()
+            self._followed.clear()  # a later call listens afresh: what came in between is for a read to show
+            return None
+        finally:
+            self._listening.release()
 
     def _refused(self, error: psycopg.DatabaseError) -> OblixError | None:
         """A refusal of the store's functions (sql/002) as our error; None for any other error."""
@@ -293,43 +453,52 @@ class PostgresStore(SessionTransfer):
         """Append a message and return it as stored, numbered ``msg_<n>`` like the file store's.
 
         ``n`` is the message's position unless an imported message already has that id;
-        then the next free number, as the file store does. When the database cannot be
-        reached, the message is kept in this machine's spool instead and returned with
-        ``"saved_locally": True`` and no id; the session's kept messages are written,
-        in order, before its next one (``flush_spool``).
+        then the next free number, as the file store does. When the database cannot take
+        it (unreachable, busy, or it broke while the message was being committed), the
+        message is kept in this machine's spool instead, with its idempotency key, and
+        returned with ``"saved_locally": True`` and no id; the session's kept messages are
+        written, in order, before its next one is and before it is read
+        (``flush_spool``), and all of them as soon as the database answers again.
         """
         validate_session_id(session_id)
         content, extra = message_parts(message, role, fields)
         extra = {name: value for name, value in extra.items() if name not in _MESSAGE_FIELDS}
         stored = {"role": role, "content": content, "timestamp": now_iso(), **extra}
+        key = str(uuid.uuid4())  # the message's from now on: however often it is sent, the database stores it once
         try:
             self.flush_spool(session_id)
-            return self._append(session_id, stored)
-        except StoreUnavailable as error:
-            if error.uncertain:
-                raise
-            self.spool.add(session_id, stored)
+            return self._append(session_id, key, stored)
+        except StoreUnavailable:
+            self.spool.add(session_id, stored, key)
             return {"id": None, **stored, "saved_locally": True}
 
     def flush_spool(self, session_id: str | None = None) -> int:
-        """Write the messages kept while the database was unreachable (``session_id``'s, or all), oldest first."""
-        return self.spool.flush(self._append, session_id)
+        """Write the messages kept while the database could not take them (``session_id``'s, or all), oldest first."""
+        return self.spool.flush(self._append, session_id, wait=self.timeout)
 
-    def _append(self, session_id: str, stored: dict[str, Any]) -> dict[str, Any]:
+    def _append(self, session_id: str, key: str, stored: dict[str, Any]) -> dict[str, Any]:
         role, content, stamp = stored["role"], stored["content"], stored["timestamp"]
-        extra = {key: value for key, value in stored.items() if key not in ("role", "content", "timestamp")}
+        extra = {name: value for name, value in stored.items() if name not in ("role", "content", "timestamp")}
+        statement = "SELECT oblix.append_message(%s, %s, %s, %s, %s, %s, %s)"
 
         def append(conn: psycopg.Connection) -> dict[str, Any]:
-            number = conn.execute(
-                "SELECT oblix.append_message(%s, %s, %s, %s, %s, %s)", (session_id, role, content, stamp, Jsonb(extra), change_time())
-            ).fetchone()[0]
+            number = conn.execute(statement, (session_id, role, content, stamp, Jsonb(extra), change_time(), key)).fetchone()[0]
             return {"id": number, **stored}
 
         return self._run(append, write=True)
 
     def load_session(self, session_id: str) -> dict[str, Any] | None:
-        """The whole session as a plain dict, or None when this user has no such session (as in the SDK)."""
+        """The whole session as a plain dict, or None when this user has no such session (as in the SDK).
+
+        Messages this machine keeps for the session are written first, so that the
+        session read is the conversation as the user had it; when they cannot be written
+        but the session can be read, they are included from the spool (``saved_locally``).
+        """
         validate_session_id(session_id)
+        try:
+            self.flush_spool(session_id)
+        except StoreUnavailable:
+            pass  # read below if the database lets us, with what still waits added
 
         def load(conn: psycopg.Connection) -> dict[str, Any] | None:
             row = conn.execute("SELECT * FROM oblix.read_session(%s)", (session_id,)).fetchone()
@@ -343,7 +512,8 @@ class PostgresStore(SessionTransfer):
             newer = conn.execute("SELECT * FROM oblix.read_messages(%s, %s, %s)", (session_id, len(known), row[4])).fetchall()
             messages = known + [_message(m) for m in newer]
             self._read.keep(session_id, row[2], messages)
-            return self._document(row, [dict(message) for message in messages])
+            waiting = [{"id": None, **record["message"], "saved_locally": True} for record in self.spool.pending(session_id)]
+            return self._document(row, [dict(message) for message in messages] + waiting)
 
         return self._run(load)
 
@@ -545,15 +715,17 @@ class PostgresStore(SessionTransfer):
         """(session id, message id) of messages appended to ``session_ids``, waiting up to ``timeout`` s for one.
 
         The first call starts listening, on a connection of its own kept for the next
-        calls, so nothing appended between two calls is missed; an append before that
-        first call is not reported (read the session after it). If the connection
-        breaks, it is opened again and appends in between go unreported: a caller that
-        must not miss one compares ``session_version``. The notification carries ids
-        only, and only to the users who may read the session at the time of the append.
+        calls (one of the store's ``max_connections``), so nothing appended between two
+        calls is missed; an append before a session's first call is not reported (read
+        the session after it). The connection closes once no call has come for ``idle``
+        seconds. If it breaks, it is opened again and the messages appended meanwhile are
+        read and reported, so none goes unannounced. The notification carries ids only,
+        and only to the users who may read the session at the time of the append.
         """
         wanted = {validate_session_id(session_id) for session_id in session_ids}
         deadline = time.monotonic() + timeout
         found: list[tuple[str, str]] = []
+        self._check_not_away()
         with self._listening:
             try:
                 self._collect(wanted, deadline, found)
@@ -564,26 +736,51 @@ class PostgresStore(SessionTransfer):
                 except psycopg.OperationalError as error:
                     self._drop_listener()
                     raise self._unavailable(error) from None
+            finally:
+                self._followed_at = time.monotonic()
         return found
 
     def _collect(self, wanted: set[str], deadline: float, found: list[tuple[str, str]]) -> None:
         """Add to ``found`` what arrives for ``wanted`` until one has come and nothing more is waiting, or ``deadline``."""
         if self._listener is None:
-            self._listener = psycopg.connect(self._dsn, autocommit=True)
-            _configure(self._listener)
-            channel = self._listener.execute("SELECT oblix.my_channel()").fetchone()[0]
-            self._listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+            self._listen(found)
+        for session_id in wanted - self._followed.keys():  # from now on: its position as the listener starts to follow it
+            self._followed[session_id] = self._position(self._listener, session_id)
         while True:
             waiting = 0.0 if found else max(0.0, deadline - time.monotonic())
             batch = [note.payload for note in self._listener.notifies(timeout=waiting, stop_after=1)]
             for payload in batch:
-                session_id, _, message_id = payload.partition(" ")
+                session_id, message_id, position = payload.split(" ")
+                if session_id in self._followed:
+                    self._followed[session_id] = max(self._followed[session_id], int(position))
                 if session_id in wanted:
                     found.append((session_id, message_id))
             if not batch and (found or time.monotonic() >= deadline):
                 return
 
+    def _listen(self, found: list[tuple[str, str]]) -> None:
+        """Open the listening connection (the pool gives up a place for it), and report what the sessions followed before got meanwhile."""
+        self._listener = psycopg.connect(self._dsn, autocommit=True, connect_timeout=PROBE_WAIT)
+        self._pool.resize(0, self._pool_size())
+        _configure(self._listener)
+        channel = self._listener.execute("SELECT oblix.my_channel()").fetchone()[0]
+        self._listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+        for session_id, heard in list(self._followed.items()):  # listening again, after a break: what was missed
+            now = self._position(self._listener, session_id)
+            missed = self._listener.execute("SELECT id FROM oblix.read_messages(%s, %s, %s)", (session_id, heard, now)).fetchall()
+            found.extend((session_id, message_id) for (message_id,) in missed)
+            self._followed[session_id] = max(heard, now)
+        self._keep()  # which closes the listener once idle
+
+    @staticmethod
+    def _position(conn: psycopg.Connection, session_id: str) -> int:
+        """The session's last position as ``conn`` reads it now (0 if it cannot read the session)."""
+        row = conn.execute("SELECT message_count FROM oblix.read_session(%s)", (session_id,)).fetchone()
+        return row[0] if row is not None else 0
+
     def _drop_listener(self) -> None:
         if self._listener is not None:
             self._listener.close()
             self._listener = None
+            if not self._pool.closed:
+                self._pool.resize(0, self._pool_size())

@@ -192,6 +192,14 @@ def test_doctor_names_the_database_without_its_password_and_says_whether_it_answ
     assert rows["store"] == f"postgresql: user=nobody dbname={DATABASE} host=/nowhere"
     assert rows["store state"].startswith("not answering: The session database") and SECRET not in out
 
+    # What this machine keeps for the database is read from the spool's files, with the database away.
+    from oblix_jupyter.store.spool import Spool
+
+    Spool(f"user=nobody dbname={DATABASE} host=/nowhere", "nobody").add("some-session", {"role": "user", "content": "kept"})
+    assert main(["doctor"]) == 0
+    rows = dict(re.split(r"\s{2,}", line, maxsplit=1) for line in capsys.readouterr().out.splitlines())
+    assert rows["saved locally"] == f"1 message(s) waiting for user=nobody dbname={DATABASE} host=/nowhere as nobody"
+
 
 def test_two_users_in_real_kernels_share_and_a_notebook_keeps_its_session_in_the_database(model_env, postgres, team, tmp_path):
     (alice, _), (bob, bobs) = team["alice"], team["bob"]

@@ -263,6 +263,8 @@ def test_the_store_carries_on_after_the_server_crashes_and_comes_back(postgres, 
         postgres.start()
     assert [m["content"] for m in store.get_session(session_id)["messages"]] == ["before the crash"]
     assert store.save_message(session_id, "after")["id"] == "msg_2"
+    # the listener broke with the server: listening again, it reports what it missed meanwhile
+    assert store.wait_for_changes([session_id], timeout=5) == [(session_id, "msg_2")]
     threading.Timer(0.2, lambda: store.save_message(session_id, "heard")).start()
     assert store.wait_for_changes([session_id], timeout=5) == [(session_id, "msg_3")]
 
