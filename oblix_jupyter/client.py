@@ -40,6 +40,7 @@ from .models.gateway import (
     ToolRunner,
     configured_models,
     count_tokens,
+    local_input_budget,
     max_input_tokens,
     model_notice,
     model_rows,
@@ -58,6 +59,9 @@ if TYPE_CHECKING:  # the selector's modules load on the first turn, keeping %loa
     from .vectors import VectorCache
 
 TextSink = Callable[[str], Any] | IO[str]
+SPEED_LIMIT_NOTE = "input limited to {tokens} tokens so the local model answers sooner (local_max_input_tokens)"
+TITLE_FROM_PROMPT = "title_from_prompt"  # in a session's metadata until its first prompt names it
+PROMPT_TITLE_CHARS = 60  # a title made from a prompt is its first line, cut at a word within this length
 
 # Clear while a warm-up does a first turn's imports; turns wait for it rather than import the same modules at
 # once, since two threads importing litellm's (circular) modules together can each get the other's half-made one.
@@ -90,6 +94,7 @@ class OblixClient:
         session_manager: SessionStore | None = None,
         max_input_tokens: int | None = None,
         model_options: dict[str, dict[str, Any]] | None = None,
+        local_max_input_tokens: int | None = None,
         timeout: float | None = None,
         semantic: bool | None = None,
         embed_seconds: float = 2.0,
@@ -101,6 +106,7 @@ class OblixClient:
         self.model = model
         self.fallback_models = fallback_models
         self.max_input_tokens = max_input_tokens
+        self.local_max_input_tokens = local_max_input_tokens
         self.session_manager: SessionStore = session_manager or open_store(store)
         self.current_session_id: str | None = None
         self.gateway = ModelGateway(model_options=model_options, timeout=timeout)
@@ -119,14 +125,31 @@ class OblixClient:
     # -- sessions -----------------------------------------------------------------
 
     async def create_session(
-        self, title: str | None = None, initial_context: dict[str, Any] | None = None, metadata: dict[str, Any] | None = None
+        self,
+        title: str | None = None,
+        initial_context: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+        *,
+        title_from_prompt: bool = False,
     ) -> str:
-        """Create a session and return its id; it is not made current (set ``current_session_id``)."""
-        return self.create_session_sync(title=title, initial_context=initial_context, metadata=metadata)
+        """Create a session and return its id; it is not made current (set ``current_session_id``).
+
+        Without a title it is called "Chat Session" and the date, as the Oblix SDK does;
+        with ``title_from_prompt`` that title lasts only until the first prompt is sent,
+        and the session is then named after it.
+        """
+        return self.create_session_sync(title=title, initial_context=initial_context, metadata=metadata, title_from_prompt=title_from_prompt)
 
     def create_session_sync(
-        self, title: str | None = None, initial_context: dict[str, Any] | None = None, metadata: dict[str, Any] | None = None
+        self,
+        title: str | None = None,
+        initial_context: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+        *,
+        title_from_prompt: bool = False,
     ) -> str:
+        if title_from_prompt and not title:
+            metadata = {**(metadata or {}), TITLE_FROM_PROMPT: True}
         return self.session_manager.create_session(initial_context=initial_context, title=title, metadata=metadata)
 
     def list_sessions(self, limit: int = 10) -> list[dict[str, Any]]:
@@ -375,6 +398,23 @@ class OblixClient:
 
         return f"answers (PostgreSQL, schema version {LATEST}, up to date)"
 
+    # -- local models: GGUF files the user brings ---------------------------------------
+
+    @staticmethod
+    def add_local_model(path: str | os.PathLike[str], name: str | None = None) -> str:
+        """Register a GGUF file so that ``local/NAME`` answers from it, here and in every later process; returns that model string."""
+        return local_model.add(path, name)
+
+    @staticmethod
+    def remove_local_model(model: str) -> str:
+        """Forget ``local/NAME`` (or ``NAME``); the file is left where it is, and its path returned."""
+        return str(local_model.remove(model))
+
+    @staticmethod
+    def local_models() -> list[tuple[str, str]]:
+        """Each local model string and what it is: its file, size, context length, measured speed and input budget."""
+        return local_model.local_models()
+
     # -- the team database, for its administrator ------------------------------------
 
     @staticmethod
@@ -464,7 +504,7 @@ class OblixClient:
         from .context.embedder import unavailable_reason
         from .context.selector import start_selection
 
-        window = max_input_tokens(model, self.max_input_tokens)
+        window, limited = self._input_window(model)
         budget = window - min(max_tokens or DEFAULT_ANSWER_RESERVE, window // 2)
         session_id = (session or {}).get("id")
         selection = start_selection(
@@ -478,15 +518,31 @@ class OblixClient:
             pinned=pinned if pinned is not None else (session or {}).get("pinned", ()),
         )
         if selection.fits or session_id is None:
-            return selection.finish()
-        messages = selection.earlier
-        selection.choose_pinned_and_recent(self._lexical_index(session_id, messages))  # while the prompt embeds
-        vectors = self._vector_cache()
-        if vectors is None or vectors.embedder is None:
             plan = selection.finish()
-            plan.notes.append(unavailable_reason() or "Meaning is switched off for this client (semantic=False).")
-            return plan
-        return selection.finish((vectors.vectors(session_id, messages, self.embed_seconds), vectors.embed_prompt(prompt)))
+        else:
+            messages = selection.earlier
+            selection.choose_pinned_and_recent(self._lexical_index(session_id, messages))  # while the prompt embeds
+            vectors = self._vector_cache()
+            if vectors is None or vectors.embedder is None:
+                plan = selection.finish()
+                plan.notes.append(unavailable_reason() or "Meaning is switched off for this client (semantic=False).")
+            else:
+                plan = selection.finish((vectors.vectors(session_id, messages, self.embed_seconds), vectors.embed_prompt(prompt)))
+        if limited is not None and not selection.fits:
+            plan.notes.append(limited)
+        return plan
+
+    def _input_window(self, model: str) -> tuple[int, str | None]:
+        """The tokens ``model`` may be sent, and, when its reading speed rather than its window set them, a note saying so.
+
+        A local model reads a few hundred tokens a second on a CPU, so it is given what it
+        reads in a few seconds (``local_max_input_tokens`` overrides), within the window.
+        """
+        window = max_input_tokens(model, self.max_input_tokens)
+        budget = local_input_budget(model, self.local_max_input_tokens)
+        if budget is None or budget >= window:
+            return window, None
+        return budget, SPEED_LIMIT_NOTE.format(tokens=budget)
 
     def _kernel_tools(self, models: Sequence[str], session: dict[str, Any] | None, variables: Sequence[VariableSummary]) -> KernelTools | None:
         """The kernel's read-only tools for this turn; None outside a kernel or when no model of the chain can call tools.
@@ -617,7 +673,8 @@ class OblixClient:
             )
             # The prompt is written while the request goes out; the answer's first text is not
             # shown, nor the answer stored, nor any failure reported, before that write is done.
-            saving = self._writer.submit(store.save_message, session_id, to_store(prompt), role="user") if session_id and retried is None else None
+            title = _title_from(to_store(prompt)) if session is not None and (session.get("metadata") or {}).get(TITLE_FROM_PROMPT) else None
+            saving = self._writer.submit(_save_prompt, store, session, to_store(prompt), title) if session_id and retried is None else None
             kernel = self._kernel_tools(models, session, variables) if (self.tools if tools is None else tools) else None
             runner = None
             if kernel is not None:
@@ -656,20 +713,29 @@ class OblixClient:
                         store.update_session(session_id, model=completion.model)
                     except NotPermitted:  # a write sharee adds messages; the model stays the owner's to pin
                         pass
+                    except StoreUnavailable:  # the answer is kept (spooled if need be); the next answer pins the model
+                        pass
                 self._writer.submit(store.prepare_read, session_id)  # the next turn's read, parsed while this answer is read
                 if history and vectors is not None:  # embedded as soon as stored: the session is warm when it outgrows the window
                     from .context.selector import conversation_messages
 
                     stored_now = {"messages": [*session["messages"], *filter(None, [question]), stored]}
                     self._writer.submit(lambda: vectors.update_later(session_id, conversation_messages(stored_now)))  # listed off the turn's path
+            plan.add_requests(completion.tool_messages, completion.requests, self._counter(models[0]))
+            plan.shown = to_store  # a secret named for this turn was sent, but is not shown where the notebook keeps it
             if completion.status == "interrupted":
                 raise AnswerInterrupted(
                     "The answer was interrupted; the part that arrived was kept.", model=completion.model, partial=completion.text
                 )
+            notices = [
+                _saved_locally_notice(stored if session_id else None),
+                model_notice(completion.model),
+                _limited_note(plan),
+            ]
             return {
                 "response": completion.text,
                 "session_id": session_id,
-                "session_title": session["title"] if session is not None else None,
+                "session_title": title or session["title"] if session is not None else None,
                 "message_id": message_id,
                 "model": completion.model,
                 "status": completion.status,
@@ -677,7 +743,7 @@ class OblixClient:
                 "cost": completion.cost,
                 "tools": completion.tool_calls,
                 "failed_models": completion.failed_models,
-                "notice": _saved_locally_notice(stored if session_id else None) or model_notice(completion.model),
+                "notice": " · ".join(filter(None, notices)) or None,
                 "plan": plan,
             }
 
@@ -759,6 +825,31 @@ def _retried_exchange(session: dict[str, Any] | None, prompt: str) -> int | None
     return position
 
 
+def _save_prompt(store: SessionStore, session: dict[str, Any], prompt: str, title: str | None) -> dict[str, Any]:
+    """Store a turn's prompt (as stored: redacted) and, for a session waiting for one, name the session after it.
+
+    A session that cannot be renamed (shared with this user to add to, or the database
+    away) keeps its title and the mark, so that a later prompt names it.
+    """
+    stored = store.save_message(session["id"], prompt, role="user")
+    if title is not None:
+        metadata = {key: value for key, value in (session.get("metadata") or {}).items() if key != TITLE_FROM_PROMPT}
+        try:
+            store.update_session(session["id"], title=title, metadata=metadata)
+        except OblixError:
+            pass
+    return stored
+
+
+def _title_from(prompt: str) -> str | None:
+    """A session title from a prompt: its first line of text, cut at a word boundary; None when it has no text."""
+    line = next((" ".join(line.split()).lstrip("#> ") for line in prompt.splitlines() if line.strip()), "")  # a heading's marks go
+    if len(line) <= PROMPT_TITLE_CHARS:
+        return line or None
+    room = line[: PROMPT_TITLE_CHARS - 1]
+    return (room.rsplit(" ", 1)[0] if " " in room else room).rstrip(",;:.") + "…"
+
+
 def _record_failure(
     store: SessionStore, session_id: str, error: ModelError, tools: list[dict[str, Any]] | None, to_store: Callable[[str], str]
 ) -> None:
@@ -781,8 +872,8 @@ def _rehearse(model: str | None, fallback_models: str | Sequence[str] | None) ->
             first = _rehearse_turn(model, fallback_models)
         finally:
             _warmed.set()
-        if first == local_model.LOCAL_MODEL and not _leaving.is_set():
-            local_model.warm_up()
+        if first is not None and local_model.is_local(first) and not _leaving.is_set():
+            local_model.warm_up(first)
         if not _leaving.is_set():
             from .context.embedder import load_embedder
 
@@ -817,6 +908,12 @@ def _rehearse_turn(model: str | None, fallback_models: str | Sequence[str] | Non
     rehearsal = {"mock_response": "Hello", "no-log": True}  # litellm answers itself, and tells no callback
     ModelGateway(model_options={first: rehearsal}).complete([first], [{"role": "user", "content": "Hello"}])
     return first
+
+
+def _limited_note(plan: ContextPlan) -> str | None:
+    """The footer's word that a local model was sent less than its window holds, so it answers sooner (only when it left something out)."""
+    prefix = SPEED_LIMIT_NOTE.split("{", 1)[0]
+    return next((note for note in plan.notes if note.startswith(prefix)), None)
 
 
 def _saved_locally_notice(stored: dict[str, Any] | None) -> str | None:

@@ -188,9 +188,8 @@ function notice(text: string, action?: INoticeAction): Widget {
 /**
  * Enter in the chat's input sends; Shift+Enter makes a new line. ipywidgets'
  * Textarea has no key events of its own, so this clicks the chat's Send
- * button. The textarea syncs its value on every input event, so the kernel
- * has the text before the click arrives. Listening on the document (capture
- * phase) also covers a chat shown in a cell output.
+ * button. Listening on the document (capture phase) also covers a chat shown
+ * in a cell output.
  */
 function sendOnEnter(event: KeyboardEvent): void {
   const target = event.target;
@@ -217,6 +216,9 @@ function sendOnEnter(event: KeyboardEvent): void {
   event.preventDefault();
   event.stopPropagation();
   if (!send.disabled) {
+    // The chat's textarea syncs on `change` (see panel.py): fire it first, so
+    // that the kernel has the whole text before the click arrives.
+    target.dispatchEvent(new Event('change', { bubbles: true }));
     send.click();
   }
 }

@@ -27,7 +27,7 @@ import html
 import json
 import re
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import cached_property
 from itertools import islice, repeat
@@ -90,13 +90,22 @@ class PlanItem:
     """One entry of the plan: a message, or a part of the system message, and why it is there."""
 
     role: str
-    reason: str  # system, prompt, pinned, recent, relevant, neighbour, variable, error, cells
+    reason: str  # system, prompt, pinned, recent, relevant, neighbour, variable, error, cells, tool call, tool result
     tokens: int
     message_id: str | None = None
     score: float | None = None
     note: str = ""
     in_system: bool = False  # a part of the system message: its tokens are in the system item's
     label: str | None = None  # what to show in the "message" column when it is not a message id
+    text: str = ""  # exactly what was sent for it
+
+    @property
+    def what(self) -> str:
+        """What the row is, for its "message" column."""
+        return self.label or self.message_id or _UNLABELLED.get(self.reason, self.reason)
+
+
+_UNLABELLED = {"system": "system message", "prompt": "the prompt"}
 
 
 @dataclass
@@ -106,7 +115,9 @@ class ContextPlan:
     ``items`` (one per message or system part, with its reason) and ``omitted`` (the
     ids of the earlier messages left out) are built when first read: a turn needs only
     ``messages`` before its request goes out, and listing what it left out of 10,000
-    messages took 1.5 ms.
+    messages took 1.5 ms. After the turn, ``add_requests`` adds what the model was sent
+    beyond the plan: a model that calls tools gets the plan again with every request,
+    followed by the calls and results of the rounds before it.
     """
 
     messages: list[dict[str, str]]
@@ -117,6 +128,11 @@ class ContextPlan:
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # how relevance was judged
     variables: list[VariableSummary] = field(default_factory=list)
+    tool_items: list[PlanItem] = field(default_factory=list)  # the tool rounds' messages, one row each
+    # Each request of the turn: (messages sent, input tokens, whether the model's server counted them).
+    requests: list[tuple[int, int, bool]] = field(default_factory=list)
+    # How a text is shown: the client withholds the secrets named for the turn, as in the session.
+    shown: Callable[[str], str] = field(default=str, repr=False)
 
     @cached_property
     def items(self) -> list[PlanItem]:
@@ -130,40 +146,113 @@ class ContextPlan:
     def used(self) -> int:
         return sum(item.tokens for item in self.items if not item.in_system)
 
-    def _rows(self) -> list[tuple[str, ...]]:
+    def add_requests(
+        self, tool_messages: Sequence[Mapping[str, Any]], requests: Sequence[tuple[int, int, bool]], count: Callable[[str], int]
+    ) -> None:
+        """Record what the turn sent: the tool rounds' messages (as sent, after the plan's) and each request's input tokens."""
+        names: dict[str, str] = {}
+        round_number = 0
+        for message in tool_messages:
+            if message.get("role") == "assistant":
+                round_number += 1
+                calls = [call.get("function") or {} for call in message.get("tool_calls") or ()]
+                for call, function in zip(message.get("tool_calls") or (), calls):
+                    names[str(call.get("id"))] = str(function.get("name"))
+                asked = [f"{function.get('name')}({function.get('arguments')})" for function in calls]
+                text = "\n".join([*filter(None, [message.get("content")]), *asked])
+                label = ", ".join(str(function.get("name")) for function in calls)
+                item = PlanItem("assistant", "tool call", count(text) + MESSAGE_OVERHEAD, label=label, text=text)
+            else:
+                text = str(message.get("content") or "")
+                label = names.get(str(message.get("tool_call_id")), "tool")
+                item = PlanItem(str(message.get("role")), "tool result", count(text) + MESSAGE_OVERHEAD, label=label, text=text)
+            item.note = f"tool round {round_number}"  # the requests after this round send it again
+            self.tool_items.append(item)
+        self.requests = [(int(messages), int(tokens), bool(reported)) for messages, tokens, reported in requests]
+
+    def _rows(self) -> list[tuple[PlanItem, tuple[str, ...]]]:
         rows = []
-        for number, item in enumerate(self.items, start=1):
+        for number, item in enumerate([*self.items, *self.tool_items], start=1):
             why = item.reason if item.score is None else f"{item.reason} ({item.score:.2f})"
-            what = item.label or item.message_id or ""
-            rows.append((str(number), item.role, why, what, str(item.tokens), item.note))
+            rows.append((item, (str(number), item.role, why, item.what, str(item.tokens), item.note)))
         return rows
 
-    def _summary(self) -> str:
-        return f"{self.used} of {self.budget} tokens used; {len(self.omitted)} earlier message(s) left out."
+    def _summary(self) -> tuple[str, list[str]]:
+        """The totals in plain words: the context against the budget, then the turn's input as its requests add up."""
+        left_out = len(self.omitted)
+        context = f"{self.used:,} of {self.budget:,} tokens used" + (
+            f"; {_count(left_out, 'earlier message')} left out." if left_out else "."
+        )
+        if not self.requests:
+            return context, []
+        total = sum(tokens for _, tokens, _ in self.requests)
+        counter = "the model's server" if all(reported for _, _, reported in self.requests) else "litellm"
+        if len(self.requests) == 1:
+            lines = [f"{total:,} tokens in, as {counter} counted them (the footer's figure); {self.used:,} counted here."]
+        else:
+            lines = [
+                f"{total:,} tokens in over {len(self.requests)} requests, as {counter} counted them (the footer's figure): "
+                "each request sends the context again, with the tool calls and results of the rounds before it."
+            ]
+            plan_rows, plan_messages = len(self.items), len(self.messages)
+            for number, (messages, tokens, _) in enumerate(self.requests, start=1):
+                carried = self.tool_items[: max(0, messages - plan_messages)]
+                ours = self.used + sum(item.tokens for item in carried)
+                lines.append(f"request {number} (rows 1–{plan_rows + len(carried)}): {ours:,} tokens counted here, {tokens:,} by {counter}.")
+        if counter == "the model's server":
+            lines.append("The server also counts its chat format and the definitions of any tools offered, which no row shows.")
+        return context, lines
 
-    def explain(self) -> str:
-        """A Markdown table of the plan, for ``--explain`` and the chat panel."""
+    def _extra(self) -> list[str]:
+        return [*self.warnings, *self.dropped, *self.notes]
+
+    def explain(self, texts: bool = False) -> str:
+        """A Markdown table of the plan, for ``--explain`` in a terminal; ``texts`` adds what each row sent, in full."""
         lines = ["| # | role | why | message | tokens | note |", "|---|---|---|---|---|---|"]
-        lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in self._rows()]
-        lines.append(f"\n**{self._summary()}**")
-        lines += [f"- {text}" for text in [*self.warnings, *self.dropped, *self.notes]]
+        lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for _, row in self._rows()]
+        context, totals = self._summary()
+        lines.append(f"\n**{context}**")
+        lines += [f"- {text}" for text in [*totals, *self._extra()]]
+        if texts:
+            lines.append("\nWhat each row sent:")
+            for item, row in self._rows():
+                sent = self.shown(item.text) or "(empty)"
+                lines.append(f"\n#{row[0]} {item.role}, {item.what}:\n" + "\n".join("    " + line for line in sent.splitlines()))
         return "\n".join(lines)
 
     def explain_html(self) -> str:
-        """The same table as HTML, for notebooks and the chat panel."""
-        head = "".join(f"<th>{name}</th>" for name in ("#", "role", "why", "message", "tokens", "note"))
-        body = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in self._rows()
+        """The same as HTML: one line per row, which opens on the exact text it sent, escaped (nothing in it is markup).
+
+        Each row is a ``<details>`` rather than a table row, so that its text opens under
+        it at the full width, which a table cell would not give in a narrow sidebar.
+        """
+        columns = ("number", "role", "why", "what", "tokens", "note")  # as ``_rows`` gives them
+        shown_as = ("number", "role", "why", "tokens", "what", "note")  # the one that may wrap last, after the narrow ones
+
+        def line(cells: Sequence[str]) -> str:
+            named = dict(zip(columns, cells))
+            return "".join(f"<span class='oblix-plan-{name}'>{html.escape(named[name])}</span>" for name in shown_as if named[name] or name != "note")
+
+        head = f"<div class='oblix-plan-head'>{line(('#', 'role', 'why', 'message', 'tokens', ''))}</div>"
+        rows = "".join(
+            f"<details class='oblix-plan-row'><summary>{line(cells)}</summary><pre>{html.escape(self.shown(item.text))}</pre></details>"
+            for item, cells in self._rows()
         )
-        extra = "".join(f"<li>{html.escape(text)}</li>" for text in [*self.warnings, *self.dropped, *self.notes])
+        context, totals = self._summary()
+        extra = "".join(f"<li>{html.escape(text)}</li>" for text in [*totals, *self._extra()])
         return (
-            f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-            f"<p><b>{html.escape(self._summary())}</b></p>" + (f"<ul>{extra}</ul>" if extra else "")
+            f"<div class='oblix-plan'>{head}{rows}</div>"
+            f"<p><b>{html.escape(context)}</b></p>" + (f"<ul>{extra}</ul>" if extra else "")
         )
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
         # No text/markdown: JupyterLab would render raw HTML in it (a message's text) live.
         return {"text/plain": self.explain(), "text/html": self.explain_html()}
+
+
+def _count(number: int, thing: str) -> str:
+    """"1 earlier message", "3 earlier messages"."""
+    return f"{number:,} {thing}" + ("" if number == 1 else "s")
 
 
 def system_text(context: dict[str, Any], omitted: int, sections: Sequence[str] = (), instructions: str | None = None) -> str | None:
@@ -728,7 +817,10 @@ class _Turn:
         messages.append({"role": "user", "content": prompt})
 
         def items() -> list[PlanItem]:
-            listed = [PlanItem("system", "system", system_tokens), *(s.item for s in self.sections)] if system else []
+            listed = []
+            if system:
+                listed.append(PlanItem("system", "system", system_tokens, text=system))
+                listed += [replace(section.item, text=section.text) for section in self.sections]
             for position, choice in chosen:
                 message = self.earlier[position]
                 note = choice.note
@@ -736,8 +828,8 @@ class _Turn:
                 if status in _STATUS_MARKS:
                     note = f"{status} answer" + (f"; {note}" if note else "")
                 reason = "recent" if choice.reason == "fill" else choice.reason
-                listed.append(PlanItem(message["role"], reason, choice.tokens, message.get("id"), choice.score, note))
-            listed.append(PlanItem("user", "prompt", prompt_tokens))
+                listed.append(PlanItem(message["role"], reason, choice.tokens, message.get("id"), choice.score, note, text=choice.text))
+            listed.append(PlanItem("user", "prompt", prompt_tokens, text=prompt))
             return listed
 
         earlier, kept = self.earlier, self.chosen

@@ -168,6 +168,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("import-files", _db_import_files, "Copy a session directory into the database, keeping ids; safe to repeat.", actions)
     sub.add_argument("directory", metavar="DIR", nargs="?", help="default: $OBLIX_HOME/sessions (~/.oblix/sessions)")
 
+    local = command("local", None, "Register GGUF model files you have, to use as local/NAME: add, list, remove.")
+    actions = local.add_subparsers(dest="action", metavar="ACTION", required=True)
+    sub = command("add", _local_add, "Register the GGUF file PATH as local/NAME (the file stays where it is).", actions)
+    sub.add_argument("path", metavar="PATH")
+    sub.add_argument("--name", metavar="NAME", help="default: from the file's name, e.g. qwen2.5-coder-0.5b-instruct-q4_k_m")
+    command("list", _local_list, "List the local models: file, size, context length, measured speed.", actions)
+    sub = command("remove", _local_remove, "Forget local/NAME (its file is not deleted).", actions)
+    sub.add_argument("name", metavar="NAME")
+
     command("doctor", _doctor, "Check the store, the model configuration and the JupyterLab extension.")
     return parser
 
@@ -319,7 +328,7 @@ def _ask(args: argparse.Namespace) -> int:
         session_id = client.resolve_session_id(args.session)
     else:
         client.models_for(None)  # with no model configured, fail before creating a session that would stay empty
-        session_id = client.create_session_sync()
+        session_id = client.create_session_sync(title_from_prompt=True)
         print(f"oblix: new session {session_id}", file=sys.stderr)
     result = client.execute_sync(prompt, session_id, stream_to=sys.stdout)
     if not result["response"].endswith("\n"):
@@ -450,6 +459,29 @@ def _db_import_files(args: argparse.Namespace) -> int:
         f"{counts['skipped']} already there, {counts['failed']} failed, {counts['unreadable']} unreadable."
     )
     return 1 if counts["failed"] else 0
+
+
+def _local_add(args: argparse.Namespace) -> int:
+    from ..client import OblixClient
+
+    model = OblixClient.add_local_model(args.path, args.name)
+    print(f"{model} is ready: use --model {model}, or OBLIX_MODEL={model}.")
+    return 0
+
+
+def _local_list(args: argparse.Namespace) -> int:
+    from ..client import OblixClient
+
+    print(format_table([["MODEL", "FILE"], *([model, _one_line(what)] for model, what in OblixClient.local_models())]))
+    return 0
+
+
+def _local_remove(args: argparse.Namespace) -> int:
+    from ..client import OblixClient
+
+    path = OblixClient.remove_local_model(args.name)
+    print(f"local/{args.name.removeprefix('local/')} removed; its file {path} was left where it is.")
+    return 0
 
 
 def _doctor(args: argparse.Namespace) -> int:

@@ -25,7 +25,8 @@ from ..render import ROLE_NAMES, local_time, markdown_html, terminal_text
 class Explained(Protocol):
     """A turn's plan (``result["plan"]``), as far as showing it goes."""
 
-    def explain(self) -> str: ...
+    def explain(self, texts: bool = False) -> str: ...
+    def explain_html(self) -> str: ...
 
 
 UPDATE_INTERVAL = 0.1  # seconds between display updates while an answer streams (10 a second read as smooth)
@@ -57,6 +58,24 @@ OUTPUT_CSS = """
   border: var(--jp-border-width, 1px) solid var(--jp-border-color2, #e0e0e0); border-radius: 3px;
   padding: 6px 10px; margin: 0.75em 0 1em; overflow-x: auto; line-height: var(--jp-code-line-height, 1.3); }
 .jp-RenderedHTMLCommon .oblix-markdown pre > code, .oblix-markdown pre > code { background: none; padding: 0; }
+.oblix-plan { margin: 4px 0; font-size: var(--jp-ui-font-size1, 13px); }
+.oblix-plan-head, .oblix-plan-row > summary { display: flex; flex-wrap: wrap; column-gap: 8px; padding: 2px 4px; }
+.oblix-plan-head { font-weight: bold; border-bottom: var(--jp-border-width, 1px) solid var(--jp-border-color1, #bdbdbd); }
+.oblix-plan-head::before, .oblix-plan-row > summary::before { content: "▸"; flex: 0 0 1em; color: var(--jp-ui-font-color2, #616161); }
+.oblix-plan-head::before { content: ""; }
+.oblix-plan-row[open] > summary::before { content: "▾"; }
+.oblix-plan-row > summary { cursor: pointer; list-style: none; }
+.oblix-plan-row > summary::-webkit-details-marker { display: none; }
+.oblix-plan-row > summary:hover { background: var(--jp-layout-color2, #eee); }
+.oblix-plan-number { flex: 0 0 1.6em; text-align: right; }
+.oblix-plan-role { flex: 0 0 5em; }
+.oblix-plan-why { flex: 0 0 8em; }
+.oblix-plan-what { flex: 1 1 5em; min-width: 0; overflow-wrap: anywhere; }
+.oblix-plan-tokens { flex: 0 0 3.5em; text-align: right; }
+.oblix-plan-note { flex: 1 0 100%; padding-left: 3em; color: var(--jp-ui-font-color2, #616161); }
+.jp-RenderedHTMLCommon .oblix-plan-row > pre, .oblix-plan-row > pre { max-height: 24em; overflow: auto; margin: 2px 0 6px 3em;
+  padding: 4px 6px; white-space: pre-wrap; overflow-wrap: anywhere; background: var(--jp-layout-color2, #eee);
+  border: var(--jp-border-width, 1px) solid var(--jp-border-color2, #e0e0e0); border-radius: 3px; }
 """
 OUTPUT_STYLE = f"<style>{OUTPUT_CSS}</style>"
 
@@ -181,14 +200,19 @@ class Conversation:
 
 
 class PlanView:
-    """The context selector's plan: what was sent, and why."""
+    """The context selector's plan: what was sent, and why; each row opens on the exact text it sent.
+
+    A terminal cannot open a row, so the plain twin prints every text after the table.
+    """
 
     def __init__(self, plan: Explained) -> None:
         self.plan = plan
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
-        text = "#### Context sent\n\n" + self.plan.explain()
-        return {"text/html": markdown_html(text), "text/plain": terminal_text(text)}
+        return {
+            "text/html": f"{OUTPUT_STYLE}<h4>Context sent</h4>{self.plan.explain_html()}",
+            "text/plain": terminal_text("Context sent\n\n" + self.plan.explain(texts=True)),
+        }
 
 
 def footer(result: dict[str, Any]) -> str:

@@ -249,6 +249,9 @@ class Oblix(Magics):
         None, allow_none=True, help="where sessions live: a directory or a postgresql:// URL; wins over base_dir and OBLIX_STORE"
     ).tag(config=True)
     max_input_tokens = Int(None, allow_none=True, help="override the model's input window").tag(config=True)
+    local_max_input_tokens = Int(
+        None, allow_none=True, help="input tokens for local/ models (else what they read in about 3 s)"
+    ).tag(config=True)
     show_footer = Bool(True, help="show model, session and tokens under each answer").tag(config=True)
     tools = Bool(True, help="let models that can call tools look at variables, cells and the conversation (read-only)").tag(config=True)
     tool_rounds = Int(5, help="most model requests in one turn when it calls tools").tag(config=True)
@@ -265,7 +268,7 @@ class Oblix(Magics):
         self.warming: threading.Thread | None = None  # what a first turn would do first, done after %load_ext
         super().__init__(shell=shell, **kwargs)
 
-    @observe("model", "fallback_models", "base_dir", "store", "max_input_tokens", "tools", "tool_rounds")
+    @observe("model", "fallback_models", "base_dir", "store", "max_input_tokens", "local_max_input_tokens", "tools", "tool_rounds")
     def _configuration_changed(self, change: Any) -> None:
         self._client = None
         self._binding = None
@@ -280,6 +283,7 @@ class Oblix(Magics):
                 fallback_models=self.fallback_models,
                 store=self.store or self.base_dir or None,
                 max_input_tokens=self.max_input_tokens or None,
+                local_max_input_tokens=self.local_max_input_tokens or None,
                 tools=self.tools,
                 max_tool_rounds=max(1, self.tool_rounds),
             )

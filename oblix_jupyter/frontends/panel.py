@@ -14,12 +14,13 @@ import html
 import threading
 import time
 from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 
 from ..errors import AnswerInterrupted, ModelError, OblixError
-from ..kernel.binding import NotebookBinding, notebook_title
+from ..kernel.binding import NotebookBinding
 from ..kernel.variables import is_hidden_name, summarize_variables
 from ..render import local_time, prepare
 from .display import OUTPUT_CSS, UPDATE_INTERVAL, WAITING_TICK, PlanView, Waiting, code_blocks, message_html
@@ -61,6 +62,7 @@ STYLE = "<style>" + OUTPUT_CSS + """
   visibility: hidden; animation: oblix-away linear both; animation-timeline: --oblix-list; animation-range: 0px 48px; }
 @keyframes oblix-away { from { visibility: hidden; opacity: 0; } to { visibility: visible; opacity: 1; } }
 .oblix-chat .oblix-message .jp-OutputPrompt, .oblix-chat .oblix-explain .jp-OutputPrompt { display: none; }
+.oblix-chat > .oblix-explain { max-height: 40vh; overflow-y: auto; }
 .oblix-chat .oblix-message { margin: 3px 0; padding: 0 6px; border-left: 4px solid; border-radius: 3px; overflow: visible; }
 .oblix-chat .oblix-message .jp-RenderedHTMLCommon { padding-right: 4px; overflow-x: auto; }
 .oblix-chat .oblix-message pre { white-space: pre-wrap; word-break: break-word; }
@@ -98,7 +100,10 @@ def message_view(role: str) -> widgets.Output:
 
 def message_outputs(message: Mapping[str, Any]) -> tuple[dict[str, Any], ...]:
     """One stored message as the panel shows it: who (model, status) and when, then the text."""
-    rich = message_html(message, [_when(message)], note=INCOMPLETE.get(str(message.get("status")), ""))
+    note = INCOMPLETE.get(str(message.get("status")), "")
+    if message.get("status") == "interrupted" and not message.get("content"):
+        note = "Stopped before any of the answer arrived."
+    rich = message_html(message, [_when(message)], note=note)
     return html_outputs(rich, f"{message.get('role')}: {message.get('content', '')}")
 
 
@@ -115,9 +120,29 @@ def notebook_variables(namespace: Mapping[str, Any]) -> list[str]:
     return sorted(name for name in names if not is_hidden_name(name))
 
 
+def last_activity(timestamp: str, now: datetime | None = None) -> str:
+    """When a session was last written, as people say it: "just now", "5 min ago", "2 h ago", then the date."""
+    moment = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    now = now or datetime.now(timezone.utc)
+    seconds = (now - moment).total_seconds()
+    if seconds < 60:
+        return "just now"
+    if seconds < 3600:
+        return f"{int(seconds // 60)} min ago"
+    if seconds < 86400:
+        return f"{int(seconds // 3600)} h ago"
+    local = moment.astimezone()
+    return f"{local.day} {local:%b}" + ("" if local.year == now.astimezone().year else f" {local.year}")
+
+
+def _messages(count: int) -> str:
+    return "1 message" if count == 1 else f"{count} messages"
+
+
 def _picker_label(summary: Mapping[str, Any]) -> str:
-    """A session in the picker: its title and size, who shared it, and for a search hit the matching words."""
-    parts = [str(summary["title"]), f"{summary['message_count']} messages"]
+    """A session in the picker: its title, when it was last active and its size, who shared it, and for a search hit the matching words."""
+    parts = [str(summary["title"]), last_activity(str(summary["updated_at"])), _messages(summary["message_count"])]
     if summary.get("shared_by"):
         parts.append(f"shared by {summary['shared_by']}")
     if summary.get("snippet"):
@@ -169,6 +194,7 @@ class ChatPanel(widgets.VBox):
         self._syncing_picker = False
         self._confirming_delete = False
         self._last_plan: Any = None
+        self._notice_at: int | None = None  # the messages the session held when the notice shown was rendered
         self._last_signature: tuple[Any, ...] | None = None
         self._model = ""  # the model the shown session's next turn asks first
         self._stored_count = 0  # the messages the shown session held when last rendered
@@ -217,7 +243,9 @@ class ChatPanel(widgets.VBox):
         self.explain_output.add_class("oblix-explain")
         self.variables_input = W.TagsInput(allow_duplicates=False, placeholder="add a variable", layout=Layout(flex="1 1 100px", width="auto"))
         self.variables_input.add_class("oblix-context")
-        self.textarea = W.Textarea(placeholder="Ask about this notebook…", rows=3, layout=Layout(width="100%"))
+        # Synced when it changes (blur, or Enter through the lab extension), not on each keystroke: ipywidgets holds
+        # back a keystroke's sync while the previous one is answered, and a Send click overtaking it sent half the text.
+        self.textarea = W.Textarea(placeholder="Ask about this notebook…", rows=3, continuous_update=False, layout=Layout(width="100%"))
         self.textarea.add_class("oblix-input")
         self.send_button = W.Button(description="Send", button_style="primary", icon="paper-plane", layout=Layout(width="auto"))
         self.send_button.add_class("oblix-send")
@@ -319,7 +347,7 @@ class ChatPanel(widgets.VBox):
             if self.binding is not None:
                 self._session_id = self.binding.session_id(create=True)
             else:
-                self._session_id = self.client.create_session_sync()
+                self._session_id = self.client.create_session_sync(title_from_prompt=True)
         assert self._session_id is not None
         return self._session_id
 
@@ -371,7 +399,8 @@ class ChatPanel(widgets.VBox):
         if session is None:
             first = [("New session (starts with your first message)", NO_SESSION)]
         else:
-            first = [(f"{session['title']} · {len(session['messages'])} messages", session["id"])]
+            summary = {**session, "message_count": len(session["messages"]), "snippet": ""}
+            first = [(_picker_label(summary), session["id"])]
         options = first + [(_picker_label(s), s["id"]) for s in listed]
         self._syncing_picker = True
         try:
@@ -415,6 +444,7 @@ class ChatPanel(widgets.VBox):
     def _render_messages(self, session: dict[str, Any] | None) -> None:
         stored = session["messages"] if session else []
         self._stored_count = len(stored)
+        self._expire_notice(len(stored))
         self._failed_prompt = self.client.failed_prompt(session=session) if session else None
         self.retry_button.layout.display = None if self._failed_prompt is not None and self._turn is None else "none"
         shown: list[widgets.Widget] = []
@@ -576,7 +606,7 @@ class ChatPanel(widgets.VBox):
                 on_tool=self._on_tool,
             )
         except AnswerInterrupted:
-            self._show_notice("Stopped: the part of the answer that arrived was kept.")
+            pass  # the stored answer says it was interrupted; a notice would say it twice
         except OblixError as error:
             self._restore_prompt(turn)
             if not (isinstance(error, ModelError) and self.client.failed_prompt(session_id) is not None):
@@ -651,6 +681,8 @@ class ChatPanel(widgets.VBox):
         self.retry_button.layout.display = None if not busy and self._failed_prompt is not None else "none"
 
     def _show_notice(self, text: str, error: bool = False) -> None:
+        """One notice at a time, about the latest event; the next turn, here or anywhere else, takes it away."""
+        self._notice_at = None  # set by the next render, which shows the state the notice is about
         if not text:
             self.notice.layout.display = "none"
             self.notice.value = ""
@@ -659,6 +691,15 @@ class ChatPanel(widgets.VBox):
         prefix = "<b>Oblix error:</b> " if error else ""
         self.notice.value = f"<div class='{css}'>{prefix}{html.escape(text)}</div>"
         self.notice.layout.display = None
+
+    def _expire_notice(self, stored: int) -> None:
+        """Take the notice away once the session has moved on from it (a turn from a cell, another kernel)."""
+        if not self.notice.value or self._turn is not None or self._confirming_delete:
+            return
+        if self._notice_at is None:
+            self._notice_at = stored
+        elif stored > self._notice_at:
+            self._show_notice("")
 
     def _show_plan(self) -> None:
         if not self.explain_toggle.value:
@@ -685,10 +726,11 @@ class ChatPanel(widgets.VBox):
         self.refresh()
 
     def _new_session(self, _button: Any = None) -> None:
+        """A session named after its first prompt: titled after the notebook, as its first one is, two could not be told apart."""
+        metadata = {"notebook": self.binding.key} if self.binding is not None else None
+        self._session_id = self.client.create_session_sync(metadata=metadata, title_from_prompt=True)
         if self.binding is not None:
-            self._session_id = self.binding.new_session(notebook_title(self.binding.key))
-        else:
-            self._session_id = self.client.create_session_sync()
+            self.binding.use(self._session_id)
         self._last_plan = None
         self._show_notice("")
         self.refresh()

@@ -68,9 +68,9 @@ class NotebookBinding:
         return session_id
 
     def new_session(self, title: str | None = None) -> str:
-        """Start a session for this notebook (recorded in its metadata) and bind the notebook to it."""
+        """Start a session for this notebook (recorded in its metadata) and bind the notebook to it; untitled, its first prompt names it."""
         key = self.key
-        session_id = self.sessions.create_session_sync(title=title, metadata={"notebook": key})
+        session_id = self.sessions.create_session_sync(title=title, metadata={"notebook": key}, title_from_prompt=True)
         self.sessions.bind(key, session_id)
         return session_id
 

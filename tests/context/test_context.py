@@ -291,8 +291,8 @@ def test_explanation_lists_every_choice():
     table = plan.explain()
     assert table.startswith("| # | role | why | message | tokens | note |")
     assert re.search(r"\| relevant \(\d\.\d\d\) \|", table) and "| pinned |" in table and "| prompt |" in table
-    assert f"**{plan.used} of 400 tokens used; {len(plan.omitted)} earlier message(s) left out.**" in table
-    assert "<table>" in plan.explain_html() and set(plan._repr_mimebundle_()) == {"text/plain", "text/html"}
+    assert f"**{plan.used} of 400 tokens used; {len(plan.omitted)} earlier messages left out.**" in table
+    assert "<div class='oblix-plan'>" in plan.explain_html() and set(plan._repr_mimebundle_()) == {"text/plain", "text/html"}
 
 
 roles = st.sampled_from(["user", "assistant", "system"])

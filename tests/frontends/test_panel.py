@@ -98,7 +98,7 @@ def test_stop_keeps_the_partial_answer_marked_interrupted(panel, client, server)
     user, answer = client.session_manager.get_session(panel.session_id)["messages"]
     assert answer["status"] == "interrupted" and 0 < len(answer["content"]) < len("word " * 300)
     assert "Interrupted" in rendered(panel)[-1] and "interrupted" in rendered(panel)[-1].splitlines()[0]
-    assert "Stopped" in panel.notice.value and "oblix-error" not in panel.notice.value
+    assert panel.notice.value == "", "the stored answer says it was interrupted, once"
     assert panel.textarea.value == ""
     classes = panel.messages.children[-1]._dom_classes
     assert "oblix-incomplete" in classes and "oblix-assistant" in classes
@@ -167,7 +167,7 @@ def test_session_picker_new_rename_and_delete_with_confirmation(panel, client, b
     panel.new_button.click()
     fresh = panel.session_id
     assert fresh not in (mine, other) and store.bound_session(NOTEBOOK) == fresh
-    assert store.get_session(fresh)["title"] == "analysis" and rendered(panel) == []
+    assert store.get_session(fresh)["title"].startswith("Chat Session") and rendered(panel) == [], "named by its first prompt, later"
 
     panel.title_field.value = "Renamed session"
     panel.rename_button.click()
@@ -282,6 +282,6 @@ def test_the_session_picker_searches_titles_and_messages(panel, client):
     assert {merge, other} <= set(value for _, value in panel.session_picker.options)
     panel.search_field.value = "customer key"
     labels = {value: label for label, value in panel.session_picker.options}
-    assert merge in labels and other not in labels and labels[merge].startswith("Joining tables · 1 messages")
+    assert merge in labels and other not in labels and labels[merge].startswith("Joining tables · just now · 1 message")
     panel.search_field.value = ""
     assert other in {value for _, value in panel.session_picker.options}

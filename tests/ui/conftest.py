@@ -44,6 +44,11 @@ START_TIMEOUT = 90.0  # seconds for JupyterLab to answer
 WAIT_MS = 45_000  # default for every browser-side wait
 
 
+def user_messages(request_body: dict) -> list[str]:
+    """The user turns of one request the loopback model server received."""
+    return [m["content"] for m in request_body["messages"] if m["role"] == "user"]
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

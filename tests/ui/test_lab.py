@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from conftest import user_messages
 from model_server import Behavior
 
 pytestmark = pytest.mark.timeout(180)
 LOAD = "%load_ext oblix_jupyter"
 STREAMED = "The answer is **bold**, arrives word by word and ends here"
-
-
-def user_messages(request_body: dict) -> list[str]:
-    return [m["content"] for m in request_body["messages"] if m["role"] == "user"]
 
 
 def test_oblix_cell_streams_and_ends_as_rendered_markdown(jlab, server):

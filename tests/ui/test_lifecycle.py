@@ -4,6 +4,7 @@ panel through kernel restarts, page reloads and its keyboard shortcut."""
 from __future__ import annotations
 
 import pytest
+from conftest import user_messages
 from model_server import Behavior
 
 pytestmark = pytest.mark.timeout(240)
@@ -125,3 +126,19 @@ def test_the_shortcut_without_oblix_loaded_offers_to_load_it_in_the_panel(jlab, 
     sidebar.locator(".oblix-chat").wait_for()
     jlab.run_cell(0)  # the kernel has Oblix now: the cell that could not run, runs
     jlab.output_locator(0).get_by_text("Echo: will not run").wait_for()
+
+
+def test_text_typed_fast_and_sent_with_enter_arrives_whole(jlab, server):
+    server.default = Behavior()
+    jlab.lab.write_notebook("life/typing.ipynb", [LOAD])
+    jlab.open_notebook("life/typing.ipynb")
+    jlab.run_cell(0)
+    chat = jlab.chat_from_toolbar()
+    textarea = chat.locator(".oblix-input textarea")
+    prompts = [f"question {n}: " + "how many rows have a missing price, per region and month? " * 3 for n in range(3)]
+    for prompt in prompts:
+        # Keystrokes with no pause, then Enter at once: the kernel must get the last keystroke's text, not an earlier one.
+        textarea.press_sequentially(prompt, delay=0)
+        textarea.press("Enter")
+        chat.get_by_text(f"Echo: {prompt.strip()}").wait_for()
+    assert [user_messages(body)[-1] for body in server.chat_requests()] == [p.strip() for p in prompts]
