@@ -43,7 +43,7 @@ from oblix_jupyter import OblixClient, SessionManager
 from oblix_jupyter.models.gateway import litellm_module
 from oblix_jupyter.store.migrations import SCHEMA_VERSION
 from oblix_jupyter.store.postgres import PostgresStore
-from oblix_jupyter.store.sessions import SessionStore
+from oblix_jupyter.store.base import SessionStore
 
 MODEL = "openai/gpt-4o-mini"
 PAUSE = 0.2

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "OblixClient": "client",
+    "OblixClient": "sdk",  # the client plus start_chat, which opens a front end (see sdk.py)
     "SessionManager": "sessions",
     "OblixError": "errors",
     "SessionNotFound": "errors",
@@ -22,7 +22,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from .client import OblixClient
+    from .sdk import OblixClient
     from .errors import (
         InvalidSessionId,
         ModelError,
@@ -43,13 +43,6 @@ def load_ipython_extension(ipython: Any) -> None:
     from .frontends.magics import load
 
     load(ipython)
-
-
-async def open_chat(client: OblixClient, session_id: str | None = None) -> str | None:
-    """What ``OblixClient.start_chat`` opens: the chat panel in a Jupyter kernel, else a terminal loop."""
-    from .frontends.chat import open_chat as open_front_end
-
-    return await open_front_end(client, session_id)
 
 
 def current() -> Any:

@@ -49,7 +49,8 @@ from .models.gateway import (
 )
 from .redaction import is_secret_name, withhold_values
 from .store.dsn import check, describe, is_connection_string
-from .store.sessions import SessionStore, open_store
+from .store.base import ChangeFeed, SessionStore, Sharing, Spooling
+from .store.factory import open_store
 
 if TYPE_CHECKING:  # the selector's modules load on the first turn, keeping %load_ext light
     from .context.inputs import NotebookContext, VariableSummary
@@ -200,21 +201,22 @@ class OblixClient:
 
     def can_share(self) -> bool:
         """Whether this store has other users to share sessions with (the PostgreSQL store; files have none)."""
-        return hasattr(self.session_manager, "share")
+        return isinstance(self.session_manager, Sharing)
 
     def shares(self, session_id: str) -> list[dict[str, Any]]:
         """Who else may read the session: ``[{"user", "write"}]``; always empty on the file store, which nobody shares."""
         store = self.session_manager
-        return store.shares(session_id) if hasattr(store, "shares") else []
+        return store.shares(session_id) if isinstance(store, Sharing) else []
 
-    def _sharing_store(self) -> Any:
+    def _sharing_store(self) -> Sharing:
         """The store, if it can share: only a database knows other users to share with."""
-        if not self.can_share():
+        store = self.session_manager
+        if not isinstance(store, Sharing):
             raise BadArguments(
-                f"Sessions in {self.session_manager.location} cannot be shared: sharing needs the PostgreSQL store "
+                f"Sessions in {store.location} cannot be shared: sharing needs the PostgreSQL store "
                 "(OBLIX_STORE=postgresql://...)."
             )
-        return self.session_manager
+        return store
 
     def import_files(self, directory: str | os.PathLike[str] | None = None) -> dict[str, int]:
         """Copy a file store (default ``~/.oblix/sessions``) into this client's store, keeping ids; returns counts.
@@ -224,7 +226,8 @@ class OblixClient:
         newer is overwritten. A session that cannot be stored (an id another user of the
         database holds, a malformed file) is warned about and counted as ``failed``.
         """
-        from .store.sessions import SessionManager, default_base_dir
+        from .store.files import default_base_dir
+        from .store.sessions import SessionManager
 
         source_dir = os.path.abspath(os.fspath(directory) if directory is not None else default_base_dir())
         if not os.path.isdir(source_dir):
@@ -320,12 +323,12 @@ class OblixClient:
         session files announce nothing, so this only waits and the caller checks
         ``session_version``.
         """
-        listen = getattr(self.session_manager, "wait_for_changes", None)
-        if listen is None:
+        store = self.session_manager
+        if not isinstance(store, ChangeFeed):
             threading.Event().wait(timeout)
             return
         try:
-            listen([session_id], timeout)
+            store.wait_for_changes([session_id], timeout)
         except OblixError:
             threading.Event().wait(timeout)  # the database is away: the caller's next check says so, or finds it back
 
@@ -379,8 +382,8 @@ class OblixClient:
         else:
             rows += [("store state", self._store_state()), ("sessions", str(len(readable)))]
             rows += [("unreadable", f"{problem.path} ({problem.reason})") for problem in store.problems] or [("unreadable", "none")]
-        spool = getattr(store, "spool", None)
-        if spool is not None:  # read from the spool's files: true whether or not the database answers
+        if isinstance(store, Spooling):  # read from the spool's files: true whether or not the database answers
+            spool = store.spool
             waiting = len(spool.pending())
             rows.append(("saved locally", f"{waiting} message(s) waiting for the database" if waiting else "none waiting"))
             refused = spool.refused()
@@ -423,7 +426,7 @@ class OblixClient:
         location = os.fspath(location) if location is not None else os.environ.get("OBLIX_STORE") or None
         if is_connection_string(location):
             return describe(location)
-        from .store.sessions import default_base_dir
+        from .store.files import default_base_dir
 
         return os.path.abspath(location or default_base_dir())
 
@@ -650,8 +653,7 @@ class OblixClient:
             if session_id and vectors is not None and vectors.keeps(session_id):
                 vectors.embed_prompt_ahead(prompt)  # while the session is read and the plan made
             session = store.get_session(session_id) if session_id else None
-            writable = getattr(store, "can_write", None)
-            if session_id and writable is not None and not writable(session_id):
+            if session_id and isinstance(store, Sharing) and not store.can_write(session_id):
                 raise NotPermitted(
                     f"Session {session_id} was shared with you to read: you cannot add to it. "
                     "Start a session of your own, or ask its owner to share it with --write."
@@ -804,16 +806,6 @@ class OblixClient:
             session_id = self.create_session_sync()
         return self.execute_sync(message, session_id, **options)
 
-    async def start_chat(self, session_id: str | None = None) -> str | None:
-        """An interactive chat: the chat panel inside Jupyter, a terminal loop elsewhere (``exit`` to leave).
-
-        Returns the session id the chat is in. The front end is opened by
-        ``oblix_jupyter.open_chat``, so that this client imports no front end.
-        """
-        from . import open_chat
-
-        return await open_chat(self, session_id)
-
 
 def _retried_exchange(session: dict[str, Any] | None, prompt: str) -> int | None:
     """Where the exchange a turn retries starts: the session's last one, when it failed and asked ``prompt`` (as stored)."""
@@ -898,6 +890,7 @@ def _rehearse_turn(model: str | None, fallback_models: str | Sequence[str] | Non
     from . import vectors  # noqa: F401  (what a turn imports, imported now)
     from .context import relevance, selector  # noqa: F401
     from .kernel import tools  # noqa: F401
+    from .store import sessions  # noqa: F401  (the default store's backend: open_store imports it on first use)
 
     try:
         first = configured_models(model, fallback_models)[0]

@@ -63,6 +63,19 @@ class CorruptSession(OblixError):
         self.reason = reason
 
 
+class NewerSchema(OblixError):
+    """A session written by a newer oblix_jupyter, in a shape this one would read wrongly: refused, and left as it is.
+
+    ``path`` names where it is (a file, or the session in a database) and ``reason`` says
+    why it cannot be read, as ``CorruptSession``'s do, so a store lists both among its problems.
+    """
+
+    def __init__(self, path: str, version: int, readable: int) -> None:
+        self.path = path
+        self.reason = f"written by a newer oblix_jupyter: session schema {version}; this one reads up to {readable}"
+        super().__init__(f"{path} was {self.reason}: upgrade oblix_jupyter to open it.")
+
+
 class StoreBusy(OblixError, TimeoutError):
     """Another process held a session file's lock for longer than the store waits."""
 

@@ -3,6 +3,7 @@
 The store itself lives in ``oblix_jupyter.store``; this module only keeps that import working.
 """
 
-from .store.sessions import SessionManager, SessionStore
+from .store.base import SessionStore
+from .store.sessions import SessionManager
 
 __all__ = ["SessionManager", "SessionStore"]

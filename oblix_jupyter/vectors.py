@@ -22,7 +22,7 @@ from .context.embedder import BATCH, Embedder, VectorTable, digest, load_embedde
 from .context.relevance import chunks
 
 if TYPE_CHECKING:
-    from .store.sessions import SessionStore
+    from .store.base import SessionStore
 
 _HANDOFF_SECONDS = 0.01  # how long a prompt's embedding may take to start before the caller goes on anyway
 _FIRST_RATE = 100.0  # passages per second assumed before any is measured (this 2-core machine: 90-190)

@@ -1,4 +1,4 @@
-"""Private files written whole or not at all, and JSON read from them with one clear error.
+"""Private files written whole or not at all, JSON read from them with one clear error, and where they live.
 
 Every byte the store keeps on disk goes through here: folders 0700, files 0600, and a
 write that a kill interrupts leaves the old file, never half of the new one.
@@ -11,10 +11,16 @@ import os
 import tempfile
 from typing import Any
 
-from ..errors import CorruptSession
+from ..errors import CorruptSession, ImportFormatError
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
+
+
+def default_base_dir() -> str:
+    """The file store's directory when nothing names one: ``$OBLIX_HOME/sessions``, else ``~/.oblix/sessions``."""
+    home = os.environ.get("OBLIX_HOME") or os.path.join(os.path.expanduser("~"), ".oblix")
+    return os.path.join(home, "sessions")
 
 
 def ensure_private_dir(path: str) -> None:
@@ -100,3 +106,13 @@ def parse_json(path: str, raw: bytes) -> Any:
     except (ValueError, UnicodeDecodeError) as exc:
         reason = "empty file" if not raw.strip() else f"invalid JSON: {exc}"
         raise CorruptSession(path, reason) from exc
+
+
+def read_import_file(path: str) -> Any:
+    """Parse a JSON file given to import; every way it can be unreadable becomes ``ImportFormatError``."""
+    try:
+        return read_json_file(path)
+    except FileNotFoundError:
+        raise ImportFormatError(f"{path}: no such file.") from None
+    except CorruptSession as exc:
+        raise ImportFormatError(f"{path}: {exc.reason}.") from None

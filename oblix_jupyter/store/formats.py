@@ -18,17 +18,16 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import (
-    CorruptSession,
     ExportFormatError,
     ImportFormatError,
     InvalidSessionId,
 )
 from ..render import inert_markdown, message_header, transcript
-from .files import atomic_write_bytes, read_json_file
+from .files import atomic_write_bytes, read_import_file
 from .shape import check_session_shape
 
 if TYPE_CHECKING:
-    from .sessions import SessionManager
+    from .base import SessionStore
 
 EXPORT_FORMATS = (".ipynb", ".md", ".json")
 IMPORT_FORMATS = (".ipynb", ".json")
@@ -36,17 +35,7 @@ METADATA_KEY = "oblix"  # notebook and cell metadata key; other tools keep their
 NOTEBOOK_LAYOUT = 1  # bumped if the layout of our notebook metadata ever changes
 
 
-def read_import_file(path: str) -> Any:
-    """Parse a JSON file given to import; every way it can be unreadable becomes ``ImportFormatError``."""
-    try:
-        return read_json_file(path)
-    except FileNotFoundError:
-        raise ImportFormatError(f"{path}: no such file.") from None
-    except CorruptSession as exc:
-        raise ImportFormatError(f"{path}: {exc.reason}.") from None
-
-
-def export_session(store: SessionManager, session_id: str, path: str | os.PathLike[str]) -> str:
+def export_session(store: SessionStore, session_id: str, path: str | os.PathLike[str]) -> str:
     """Write the session to ``path`` in the format its extension names; returns the absolute path."""
     path = os.path.abspath(os.fspath(path))
     extension = _extension(path)
@@ -62,7 +51,7 @@ def export_session(store: SessionManager, session_id: str, path: str | os.PathLi
     return path
 
 
-def import_session(store: SessionManager, path: str | os.PathLike[str], keep_id: bool = False) -> str:
+def import_session(store: SessionStore, path: str | os.PathLike[str], keep_id: bool = False) -> str:
     """Store the session in ``path`` (.json or our .ipynb) and return its id.
 
     The session gets a new id unless ``keep_id`` is set and its own id is free in this

@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ..errors import NewerSchema
+
 FIELD = "schema_version"
 
 
@@ -46,3 +48,13 @@ def upgrade(document: dict[str, Any]) -> bool:
         MIGRATIONS[number](document)
         document[FIELD] = number
     return True
+
+
+def readable(document: dict[str, Any], where: str) -> dict[str, Any]:
+    """``document`` upgraded in place and returned; ``NewerSchema`` naming ``where`` if this code would read it wrongly.
+
+    The one check of every store's reads and of imports, so a newer session is refused alike everywhere.
+    """
+    if not upgrade(document):
+        raise NewerSchema(where, version_of(document), SCHEMA_VERSION)
+    return document

@@ -1,6 +1,6 @@
 """Sessions in PostgreSQL: the ``SessionStore`` a team shares, chosen with ``OBLIX_STORE=postgresql://...``.
 
-The same operations as the file store (``sessions.SessionManager``), over the schema of
+The contract of ``base.SessionStore``, as the file store (``sessions.SessionManager``) has it, over the schema of
 ``sql/`` (``pg_schema``). PostgreSQL, not this code, keeps sessions private: a database
 user holds no privilege on the tables and calls the functions of
 ``sql/002_private_functions.sql``, which decide by the login (``session_user``) what it
@@ -39,7 +39,6 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 import psycopg
@@ -49,7 +48,6 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..errors import (
     BadArguments,
-    CorruptSession,
     DatabaseBusy,
     ImportFormatError,
     NotPermitted,
@@ -57,14 +55,15 @@ from ..errors import (
     SessionNotFound,
     StoreUnavailable,
 )
-from .migrations import SCHEMA_VERSION, upgrade, version_of
+from .base import ChangeFeed, SessionStore, Sharing, Spooling
+from .migrations import SCHEMA_VERSION, readable
 from .pg_schema import check_version, describe_dsn, scrub
-from .sessions import SessionTransfer
 from .shape import (
     change_time,
     check_context,
     check_update,
     format_time,
+    listing_row,
     message_parts,
     now_iso,
     parse_time,
@@ -93,16 +92,7 @@ Result = TypeVar("Result")
 def _summary(row: tuple[Any, ...]) -> dict[str, Any]:
     """A listing row from an ``oblix.list_sessions`` row: ``shape.summarize``'s fields, and who shared it (None: mine)."""
     session_id, title, created, updated, count, _context, model, metadata, _extra, _version, shared_by = row
-    return {
-        "id": session_id,
-        "title": title,
-        "created_at": format_time(created),
-        "updated_at": format_time(updated),
-        "message_count": count,
-        "model": model,
-        "metadata": metadata,
-        "shared_by": shared_by,
-    }
+    return {**listing_row(session_id, title, format_time(created), format_time(updated), count, model, metadata), "shared_by": shared_by}
 
 
 def _message(row: tuple[str, str, str, str, str]) -> dict[str, Any]:
@@ -159,7 +149,7 @@ class _ReadMessages:
             self._entries.pop(session_id, None)
 
 
-class PostgresStore(SessionTransfer):
+class PostgresStore(SessionStore, Sharing, ChangeFeed, Spooling):
     """The sessions this database user may see, with ``SessionManager``'s methods, plus sharing, search and live changes."""
 
     def __init__(self, dsn: str = "", max_connections: int = 2, timeout: float = 5.0, idle: float = 60.0) -> None:
@@ -172,11 +162,11 @@ class PostgresStore(SessionTransfer):
         most ``max_connections`` are open at once (the listening one included, when there
         are at least two), and each is closed once unused for ``idle`` seconds.
         """
+        super().__init__()
         self._dsn = dsn
         self._where = describe_dsn(dsn)
         self._theirs: set[str] = set()  # sessions read here that another user shared with this one
         self._read = _ReadMessages()
-        self.problems: list[CorruptSession] = []  # the file store's unreadable files; a database has none
         try:
             with psycopg.connect(dsn, connect_timeout=max(2, round(timeout))) as conn:  # libpq: 0 waits forever
                 _configure(conn)
@@ -531,22 +521,7 @@ class PostgresStore(SessionTransfer):
             "schema_version": version,
         }
         document.update((name, value) for name, value in extra.items() if name not in _NOT_EXTRA)
-        if not upgrade(document):
-            raise StoreUnavailable(
-                f"Session {session_id} was written by a newer oblix_jupyter (session schema {version_of(document)}; "
-                f"this one reads up to {SCHEMA_VERSION}): upgrade oblix_jupyter to open it."
-            )
-        return document
-
-    def prepare_read(self, session_id: str) -> None:
-        """Nothing to prepare: the server parses nothing ahead of a read (the file store's reason for this call)."""
-
-    def get_session(self, session_id: str) -> dict[str, Any]:
-        """Like ``load_session`` but a missing session is an error, for callers that need one."""
-        session = self.load_session(session_id)
-        if session is None:
-            raise SessionNotFound(session_id, self._where)
-        return session
+        return readable(document, f"Session {session_id} in {self._where}")
 
     def session_version(self, session_id: str) -> Any:
         """A value that changes whenever the session is written (its row's ``xmin``; None while it does not exist)."""
@@ -601,12 +576,12 @@ class PostgresStore(SessionTransfer):
         rows = self._run(lambda conn: conn.execute("SELECT * FROM oblix.search_sessions(%s, %s, %s)", params).fetchall())
         return [{**_summary(row[:-1]), "snippet": row[-1]} for row in rows]
 
-    def prune(self, older_than: timedelta, dry_run: bool = False) -> list[str]:
-        """Delete this user's own sessions not updated within ``older_than``, newest first; returns their ids."""
-        cutoff = parse_time(format_time(datetime.now(timezone.utc) - older_than))
+    def _prune(self, cutoff: str, dry_run: bool) -> list[str]:
+        """This user's own sessions only, newest first."""
 
         def prune(conn: psycopg.Connection) -> list[str]:
-            return [row[0] for row in conn.execute("SELECT * FROM oblix.prune_sessions(%s, %s)", (cutoff, dry_run))]
+            params = (parse_time(cutoff), dry_run)
+            return [row[0] for row in conn.execute("SELECT * FROM oblix.prune_sessions(%s, %s)", params)]
 
         return self._run(prune, write=True)
 
@@ -621,26 +596,16 @@ class PostgresStore(SessionTransfer):
 
     # -- vectors: a cache, so a failure costs embedding again, never a turn ---------------
 
-    def read_vectors(self, model: str, keys: Iterable[str]) -> dict[str, bytes]:
-        """This user's vectors by embedding ``model`` under those of the content ``keys`` that they stored."""
-        wanted = list(dict.fromkeys(keys))
-        if not wanted:
-            return {}
+    def _read_vectors(self, model: str, keys: list[str]) -> dict[str, bytes]:
+        """This user's vectors: the database reads those they stored."""
         statement = "SELECT * FROM oblix.read_vectors(%s, %s::text[])"
         try:
-            return dict(self._run(lambda conn: conn.execute(statement, (model, wanted)).fetchall()))
+            return dict(self._run(lambda conn: conn.execute(statement, (model, keys)).fetchall()))
         except StoreUnavailable:
             return {}
 
-    def write_vectors(self, model: str, session_id: str, entries: Mapping[str, bytes | None]) -> None:
-        """Keep vectors by content key, and that the session uses them (None: kept already), until no session does.
-
-        Deleting the session removes its uses, and the database then removes the vectors left unused.
-        """
-        validate_session_id(session_id)
-        if not entries:
-            return
-
+    def _write_vectors(self, model: str, session_id: str, entries: Mapping[str, bytes | None]) -> None:
+        """Deleting the session removes its uses, and the database then removes the vectors left unused."""
         statement = "SELECT oblix.write_vectors(%s, %s, %s::text[], %s::bytea[])"
         params = (session_id, model, list(entries), list(entries.values()))
         try:

@@ -1,4 +1,4 @@
-"""The session store: one TinyDB file per session, in the Oblix SDK's data shape.
+"""The file store: ``base.SessionStore`` as one TinyDB file per session, in the Oblix SDK's data shape.
 
 Layout of ``base_dir`` (default ``~/.oblix/sessions``, or ``$OBLIX_HOME/sessions``)::
 
@@ -16,34 +16,28 @@ What a session document is, and how it is checked, is ``shape``.
 from __future__ import annotations
 
 import copy
-import json
 import os
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
-from itertools import repeat
-from typing import Any, Protocol
+from typing import Any
 
 from tinydb import TinyDB
 
-from ..errors import CorruptSession, ImportFormatError, SessionNotFound
+from ..errors import CorruptSession, ImportFormatError, NewerSchema, SessionNotFound
+from .base import SessionStore
 from .bindings import Bindings
-from .dsn import check, is_connection_string
-from .files import DIR_MODE, atomic_write_bytes, ensure_private_dir, remove_file
-from .formats import read_import_file
+from .files import DIR_MODE, default_base_dir, ensure_private_dir, remove_file
 from .index import ListingIndex
-from .migrations import SCHEMA_VERSION, upgrade, version_of
+from .migrations import readable, upgrade
 from .shape import (
     UUID,
     change_time,
     check_context,
-    check_session_shape,
     check_update,
-    format_time,
-    imported_session,
+    mentions,
     message_parts,
-    new_session,
+    next_message_id,
     now_iso,
     resolve_session_id,
     stamp,
@@ -57,92 +51,15 @@ from .written import ParsedFiles
 _DOC_ID = 1  # each session file holds exactly one TinyDB document
 
 
-def default_base_dir() -> str:
-    home = os.environ.get("OBLIX_HOME") or os.path.join(os.path.expanduser("~"), ".oblix")
-    return os.path.join(home, "sessions")
-
-
-class SessionStore(Protocol):
-    """The few operations the client needs, so another store (e.g. a team server) can stand in."""
-
-    def create_session(
-        self, initial_context: dict[str, Any] | None = None, title: str | None = None, metadata: dict[str, Any] | None = None
-    ) -> str: ...
-    def load_session(self, session_id: str) -> dict[str, Any] | None: ...
-    def save_message(self, session_id: str, message: Any, role: str = "user", **fields: Any) -> dict[str, Any]: ...
-    def update_session(self, session_id: str, **fields: Any) -> dict[str, Any]: ...
-    def list_sessions(self, limit: int = 50) -> list[dict[str, Any]]: ...
-    def delete_session(self, session_id: str) -> bool: ...
-    def get_session(self, session_id: str) -> dict[str, Any]: ...
-    def prepare_read(self, session_id: str) -> None: ...
-    def bind(self, key: str, session_id: str) -> None: ...
-    def unbind(self, key: str) -> None: ...
-    def bound_session(self, key: str) -> str | None: ...
-    def bindings(self) -> dict[str, str]: ...
-    def resolve_id(self, id_or_prefix: str) -> str: ...
-    def search_sessions(self, query: str, limit: int = 50) -> list[dict[str, Any]]: ...
-    def prune(self, older_than: timedelta, dry_run: bool = False) -> list[str]: ...
-    def add_session(self, data: dict[str, Any], new_id: bool = True) -> str: ...
-    def session_version(self, session_id: str) -> Any: ...
-    def read_vectors(self, model: str, keys: Iterable[str]) -> dict[str, bytes]: ...
-    def write_vectors(self, model: str, session_id: str, entries: Mapping[str, bytes | None]) -> None: ...
-    @property
-    def location(self) -> str: ...
-    @property
-    def problems(self) -> list[CorruptSession]: ...
-
-
-class SessionTransfer:
-    """The SDK's create, import, export and copy, which any store has once it can ``get_session`` and ``_store_new``."""
-
-    def get_session(self, session_id: str) -> dict[str, Any]: ...
-    def _store_new(self, session: dict[str, Any]) -> str: ...
-
-    def create_session(
-        self,
-        initial_context: dict[str, Any] | None = None,
-        title: str | None = None,
-        metadata: dict[str, Any] | None = None,
-        model: str | None = None,
-    ) -> str:
-        """Create an empty session and return its id (a UUID4 string)."""
-        return self._store_new(new_session(initial_context, title, metadata, model))
-
-    def add_session(self, data: dict[str, Any], new_id: bool = True) -> str:
-        """Store a complete session dict (from an import); timestamps are normalised to ours."""
-        return self._store_new(imported_session(data, new_id))
-
-    def export_session(self, session_id: str, export_path: str | os.PathLike[str]) -> bool:
-        """Write the session as one JSON object in the seed's shape."""
-        session = self.get_session(session_id)
-        export_path = os.fspath(export_path)
-        os.makedirs(os.path.dirname(os.path.abspath(export_path)), exist_ok=True)
-        atomic_write_bytes(export_path, json.dumps(session, ensure_ascii=False, indent=2).encode("utf-8"))
-        return True
-
-    def import_session(self, import_path: str | os.PathLike[str], new_id: bool = True) -> str:
-        """Read a session JSON file (ours or the original SDK's) and store it; returns its id."""
-        import_path = os.fspath(import_path)
-        data = read_import_file(import_path)
-        return self.add_session(check_session_shape(data, import_path), new_id=new_id)
-
-    def copy_session(self, session_id: str, new_title: str | None = None) -> str:
-        """Duplicate a session under a new id, e.g. to branch a conversation."""
-        session = self.get_session(session_id)
-        session["title"] = new_title or f"Copy of {session['title']}"
-        session["created_at"] = session["updated_at"] = change_time()
-        return self.add_session(session, new_id=True)
-
-
-class SessionManager(SessionTransfer):
+class SessionManager(SessionStore):
     """Sessions on disk, with the Oblix SDK's method names and argument order."""
 
     def __init__(self, base_dir: str | os.PathLike[str] | None = None, lock_timeout: float = 30.0) -> None:
+        super().__init__()
         self.base_dir = os.path.abspath(os.fspath(base_dir) if base_dir is not None else default_base_dir())
         self.lock_timeout = lock_timeout
         self._locks_dir = os.path.join(self.base_dir, ".locks")
         self._index = ListingIndex(os.path.join(self.base_dir, ".index"))
-        self.problems: list[CorruptSession] = []
         self._parsed = ParsedFiles()
         for directory in (self.base_dir, self._index.directory, self._locks_dir):
             ensure_private_dir(directory)
@@ -205,13 +122,7 @@ class SessionManager(SessionTransfer):
         document = db.get(doc_id=_DOC_ID)
         if document is None or not isinstance(document.get("messages"), list):
             raise CorruptSession(path, "not an oblix session (no session document)")
-        if not upgrade(document):
-            raise CorruptSession(
-                path,
-                f"written by a newer oblix_jupyter (session schema {version_of(document)}; this one reads up to "
-                f"{SCHEMA_VERSION}): upgrade oblix_jupyter to open it",
-            )
-        return document
+        return readable(document, path)
 
     # -- the listing index ----------------------------------------------------------
 
@@ -232,7 +143,7 @@ class SessionManager(SessionTransfer):
         """Read the session file and write its header; record it as a problem if unreadable."""
         try:
             session = self.load_session(session_id)
-        except CorruptSession as problem:
+        except (CorruptSession, NewerSchema) as problem:
             self._report(problem)
             return None
         if session is None:
@@ -241,7 +152,7 @@ class SessionManager(SessionTransfer):
             self._write_header(session)
         return summarize(session)
 
-    def _report(self, problem: CorruptSession) -> None:
+    def _report(self, problem: CorruptSession | NewerSchema) -> None:
         if all(p.path != problem.path for p in self.problems):
             self.problems.append(problem)
         warnings.warn(str(problem), RuntimeWarning, stacklevel=3)
@@ -282,11 +193,7 @@ class SessionManager(SessionTransfer):
         content, extra = message_parts(message, role, fields)
 
         def append(session: dict[str, Any]) -> dict[str, Any]:
-            taken = set(map(dict.get, session["messages"], repeat("id")))
-            number = len(session["messages"]) + 1
-            while f"msg_{number}" in taken:
-                number += 1
-            stored = {"id": f"msg_{number}", "role": role, "content": content, "timestamp": now_iso(), **extra}
+            stored = {"id": next_message_id(session["messages"]), "role": role, "content": content, "timestamp": now_iso(), **extra}
             session["messages"].append(stored)
             return copy.deepcopy(stored)  # the stored dict stays with the transaction's data
 
@@ -314,13 +221,6 @@ class SessionManager(SessionTransfer):
         except (FileNotFoundError, CorruptSession):
             pass
 
-    def get_session(self, session_id: str) -> dict[str, Any]:
-        """Like ``load_session`` but a missing session is an error, for callers that need one."""
-        session = self.load_session(session_id)
-        if session is None:
-            raise SessionNotFound(session_id, self.base_dir)
-        return session
-
     def list_sessions(self, limit: int | None = 50) -> list[dict[str, Any]]:
         """Summaries of the most recently updated sessions, newest first.
 
@@ -340,7 +240,7 @@ class SessionManager(SessionTransfer):
         for _, session_id in self._headers():
             try:
                 session = self.load_session(session_id)
-            except CorruptSession as problem:
+            except (CorruptSession, NewerSchema) as problem:
                 self._report(problem)
                 continue
             if session is not None:
@@ -363,19 +263,11 @@ class SessionManager(SessionTransfer):
         remove_file(os.path.join(self._locks_dir, f"{session_id}.lock"))
         return existed
 
-    def read_vectors(self, model: str, keys: Iterable[str]) -> dict[str, bytes]:
-        """The vectors by embedding ``model`` kept under those of the content ``keys`` that any session stored.
-
-        A cache: an unusable file finds nothing, and the caller embeds again.
-        """
+    def _read_vectors(self, model: str, keys: list[str]) -> dict[str, bytes]:
         return self._vectors.get(model, keys)
 
-    def write_vectors(self, model: str, session_id: str, entries: Mapping[str, bytes | None]) -> None:
-        """Keep vectors by content key, and that the session uses them (None: kept already), until no session does.
-
-        ``delete_session`` forgets the session's uses and removes the vectors left unused.
-        """
-        self._vectors.put(model, validate_session_id(session_id), entries)
+    def _write_vectors(self, model: str, session_id: str, entries: Mapping[str, bytes | None]) -> None:
+        self._vectors.put(model, session_id, entries)
 
     def update_session(self, session_id: str, **fields: Any) -> dict[str, Any]:
         """Change ``title``, ``context``, ``model``, ``metadata`` or other extra fields; returns the session."""
@@ -399,8 +291,7 @@ class SessionManager(SessionTransfer):
         needle = query.casefold()
         found = []
         for session in self.iter_sessions():
-            texts = [session.get("title") or ""] + [m.get("content", "") for m in session["messages"]]
-            if any(needle in text.casefold() for text in texts):
+            if mentions(session, needle):
                 found.append(summarize(session))
                 if len(found) >= limit:
                     break
@@ -408,9 +299,8 @@ class SessionManager(SessionTransfer):
 
     # -- beyond the SDK -------------------------------------------------------------
 
-    def prune(self, older_than: timedelta, dry_run: bool = False) -> list[str]:
-        """Delete sessions not updated within ``older_than``; returns their ids."""
-        cutoff = stamp(format_time(datetime.now(timezone.utc) - older_than))
+    def _prune(self, cutoff: str, dry_run: bool) -> list[str]:
+        cutoff = stamp(cutoff)
         doomed = [session_id for stamp, session_id in self._headers() if stamp < cutoff]
         if not dry_run:
             for session_id in doomed:
@@ -447,19 +337,3 @@ class SessionManager(SessionTransfer):
 
         return resolve_session_id(id_or_prefix, matching, self.base_dir)
 
-
-def open_store(location: str | os.PathLike[str] | None = None) -> SessionStore:
-    """The store ``location`` names, else ``$OBLIX_STORE``, else the default directory (``default_base_dir``).
-
-    A connection string (a ``postgresql://`` URL or libpq's ``key=value`` pairs, see
-    ``dsn``) opens the PostgreSQL store (libpq's ``PG*`` variables, service file and
-    ``~/.pgpass`` fill in what it leaves out); anything else is a directory.
-    """
-    location = os.fspath(location) if location is not None else os.environ.get("OBLIX_STORE") or None
-    if is_connection_string(location):
-        check(location)  # before libpq sees a string it would misread, or quote in its errors
-        # psycopg is an optional extra: imported only when asked for
-        from .postgres import PostgresStore
-
-        return PostgresStore(location)
-    return SessionManager(location)

@@ -15,6 +15,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
+from itertools import repeat
 from typing import Any
 
 from ..errors import (
@@ -24,7 +25,7 @@ from ..errors import (
     InvalidSessionId,
     SessionNotFound,
 )
-from .migrations import SCHEMA_VERSION, upgrade, version_of
+from .migrations import SCHEMA_VERSION, readable
 
 SEED_FIELDS = ("id", "title", "created_at", "updated_at", "messages", "context")
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -99,14 +100,29 @@ def stamp(updated_at: str) -> str:
 
 def summarize(session: dict[str, Any]) -> dict[str, Any]:
     """The listing view of a session: what ``list_sessions`` returns for it."""
+    return listing_row(
+        session["id"],
+        session["title"],
+        session["created_at"],
+        session["updated_at"],
+        len(session["messages"]),
+        session.get("model"),
+        session.get("metadata", {}),
+    )
+
+
+def listing_row(
+    session_id: str, title: str, created_at: str, updated_at: str, message_count: int, model: str | None, metadata: dict[str, Any]
+) -> dict[str, Any]:
+    """One row of ``list_sessions``, the same fields from every store (a store may add its own, e.g. ``shared_by``)."""
     return {
-        "id": session["id"],
-        "title": session["title"],
-        "created_at": session["created_at"],
-        "updated_at": session["updated_at"],
-        "message_count": len(session["messages"]),
-        "model": session.get("model"),
-        "metadata": session.get("metadata", {}),
+        "id": session_id,
+        "title": title,
+        "created_at": created_at,
+        "updated_at": updated_at,
+        "message_count": message_count,
+        "model": model,
+        "metadata": metadata,
     }
 
 
@@ -165,6 +181,24 @@ def message_parts(message: Any, role: str, fields: dict[str, Any]) -> tuple[str,
     return content, extra
 
 
+def next_message_id(messages: list[dict[str, Any]]) -> str:
+    """The id of a message appended after ``messages``: ``msg_<its position>``, or the next number no imported message took.
+
+    The PostgreSQL store numbers the same way, in ``oblix.append_message`` (sql/), under the session's row lock.
+    """
+    taken = set(map(dict.get, messages, repeat("id")))
+    number = len(messages) + 1
+    while f"msg_{number}" in taken:
+        number += 1
+    return f"msg_{number}"
+
+
+def mentions(session: dict[str, Any], needle: str) -> bool:
+    """Whether the session's title or any message contains ``needle`` (casefolded by the caller, once per search)."""
+    texts = [session.get("title") or ""] + [message.get("content", "") for message in session["messages"]]
+    return any(needle in text.casefold() for text in texts)
+
+
 def check_update(fields: dict[str, Any]) -> dict[str, Any]:
     """The fields of an ``update_session`` call, refused if they name what a store keeps itself."""
     protected = {"id", "messages", "created_at", "updated_at"} & set(fields)
@@ -177,11 +211,7 @@ def check_update(fields: dict[str, Any]) -> dict[str, Any]:
 
 def imported_session(data: dict[str, Any], new_id: bool) -> dict[str, Any]:
     """A complete session dict (from an import) in the current shape, its timestamps normalised to ours."""
-    session = copy.deepcopy(check_session_shape(data, "session"))
-    if not upgrade(session):
-        raise ImportFormatError(
-            f"This session was written by a newer oblix_jupyter (schema {version_of(session)}): upgrade to import it."
-        )
+    session = readable(copy.deepcopy(check_session_shape(data, "session")), "The session to import")
     if new_id:
         session["id"] = str(uuid.uuid4())
     else:

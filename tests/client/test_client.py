@@ -26,7 +26,7 @@ from oblix_jupyter.errors import (
     PromptTooLarge,
     SessionNotFound,
 )
-from oblix_jupyter.store.sessions import open_store
+from oblix_jupyter.store.factory import open_store
 
 SEED_SAMPLES = textwrap.dedent(
     """

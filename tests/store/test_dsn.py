@@ -21,8 +21,8 @@ from oblix_jupyter import OblixClient
 from oblix_jupyter.errors import StoreUnavailable
 from oblix_jupyter.frontends.cli import main
 from oblix_jupyter.store.dsn import describe, is_connection_string, problem, scrub
+from oblix_jupyter.store.factory import open_store
 from oblix_jupyter.store.postgres import PostgresStore
-from oblix_jupyter.store.sessions import open_store
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -19,10 +19,11 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from oblix_jupyter.errors import NotPermitted, SessionNotFound, StoreUnavailable
+from oblix_jupyter.errors import NewerSchema, NotPermitted, SessionNotFound, StoreUnavailable
 from oblix_jupyter.store import pg_schema
+from oblix_jupyter.store.factory import open_store
+from oblix_jupyter.store.migrations import SCHEMA_VERSION
 from oblix_jupyter.store.postgres import PostgresStore, describe_dsn
-from oblix_jupyter.store.sessions import open_store
 
 PASSWORD = "correct-horse-battery-staple"
 
@@ -470,3 +471,13 @@ def test_upgrading_a_database_of_the_first_schema_shuts_its_users_out_of_the_tab
         with psycopg.connect(postgres.dsn(database="postgres"), autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(database)))
             conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(user)))
+
+
+def test_a_session_row_of_a_newer_version_is_refused_as_the_files_refuse_one_and_hides_no_other(postgres, open_as):
+    store = open_as()
+    future, present = store.create_session(title="from the future"), store.create_session(title="of today")
+    postgres.admin_query("UPDATE oblix.sessions SET schema_version = 999 WHERE id = %s RETURNING id", (future,))
+    with pytest.raises(NewerSchema, match=f"Session {future} in .* session schema 999; this one reads up to {SCHEMA_VERSION}: upgrade"):
+        store.get_session(future)
+    assert store.get_session(present)["title"] == "of today"
+    assert {row["id"] for row in store.list_sessions()} == {future, present}  # listing reads no document

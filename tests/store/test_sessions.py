@@ -1,8 +1,10 @@
 """The session store, on real TinyDB files in temporary directories and on a real PostgreSQL server.
 
-``store`` is each of the two implementations in turn (each test of PostgreSQL as a
-fresh database user, who sees no other test's sessions); ``file_store`` is for what
-only the files have (file modes, damaged files, the listing index).
+``store`` is each of the three implementations in turn: the files, PostgreSQL (each
+test as a fresh database user, who sees no other test's sessions), and ``MemoryStore``,
+a store written against the abstract base alone, which shows that the base is the
+whole contract; ``file_store`` is for what only the files have (file modes, damaged
+files, the listing index).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from datetime import timedelta
 from multiprocessing import get_context
 
 import pytest
+from memory_store import MemoryStore
 from tinydb import TinyDB
 from traces import assert_fully_traced, make_sessions, traces
 
@@ -33,9 +36,11 @@ from oblix_jupyter.errors import (
     ImportFormatError,
     InvalidContext,
     InvalidSessionId,
+    NewerSchema,
     SessionNotFound,
 )
 from oblix_jupyter.sessions import SessionManager
+from oblix_jupyter.store.base import SessionStore
 from oblix_jupyter.store.postgres import PostgresStore
 from oblix_jupyter.store.shape import SEED_FIELDS
 
@@ -43,19 +48,29 @@ TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 
 
-def open_store(spec: tuple[str, str]) -> SessionManager | PostgresStore:
-    """The store a spec names, so that other threads and processes can open the same one."""
+def open_store(spec: tuple[str, str]) -> SessionStore:
+    """The store a spec names, so that other threads (and, but for the memory store, processes) can open the same one."""
     kind, where = spec
-    return SessionManager(where) if kind == "files" else PostgresStore(where)
+    return {"files": SessionManager, "postgres": PostgresStore, "memory": MemoryStore}[kind](where)
 
 
-@pytest.fixture(params=["files", "postgres"])
+@pytest.fixture(params=["files", "postgres", "memory"])
 def store_spec(request, tmp_path) -> tuple[str, str]:
-    """(kind, where): a directory, or the DSN of a new database user (the server starts on first use)."""
+    """(kind, where): a directory, the DSN of a new database user (the server starts on first use), or a name."""
     if request.param == "files":
         return ("files", str(tmp_path / "sessions"))
+    if request.param == "memory":
+        return ("memory", str(tmp_path))
     server = request.getfixturevalue("postgres")
     return ("postgres", server.dsn(server.create_user()))
+
+
+@pytest.fixture
+def across_processes(store_spec) -> tuple[str, str]:
+    """``store_spec``, for a test of other processes writing the same store (which a store in memory cannot be)."""
+    if store_spec[0] == "memory":
+        pytest.skip("a store in one process's memory is not shared with other processes")
+    return store_spec
 
 
 @pytest.fixture
@@ -76,6 +91,8 @@ def footprint(store, store_spec, request):
     """A function returning everything the store keeps, to prove that a refused call changed nothing."""
     if store_spec[0] == "files":
         return lambda: tree(os.path.dirname(store.base_dir))
+    if store_spec[0] == "memory":
+        return store._shelf.contents
     server = request.getfixturevalue("postgres")
     tables = ("sessions", "messages", "shares", "bindings", "uses", "vectors")
     return lambda: [server.admin_query(f"SELECT * FROM oblix.{table} ORDER BY 1, 2") for table in tables]
@@ -369,12 +386,12 @@ def _append_many(spec: tuple[str, str], session_ids: list[str], count: int, tag:
 
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("shared", [True, False], ids=["one-session", "own-sessions"])
-def test_four_processes_appending_lose_nothing(store, store_spec, shared):
+def test_four_processes_appending_lose_nothing(store, across_processes, shared):
     workers = 4
     ids = [store.create_session(title=f"w{n}") for n in range(1 if shared else workers)]
     context = get_context("spawn")
     processes = [
-        context.Process(target=_append_many, args=(store_spec, ids if shared else [ids[n]], 250, f"p{n}"))
+        context.Process(target=_append_many, args=(across_processes, ids if shared else [ids[n]], 250, f"p{n}"))
         for n in range(workers)
     ]
     for process in processes:
@@ -423,22 +440,47 @@ WRITER = textwrap.dedent(
 
 
 @pytest.mark.timeout(180)
-def test_kill_minus_nine_never_leaves_a_half_written_session(store, store_spec):
+def test_kill_minus_nine_never_leaves_a_half_written_session(store, across_processes):
     session_id = store.create_session(title="victim")
     rng = random.Random(7)
     for _ in range(8):
-        writer = subprocess.Popen([sys.executable, "-c", WRITER, *store_spec, session_id], stdout=subprocess.PIPE)
+        writer = subprocess.Popen([sys.executable, "-c", WRITER, *across_processes, session_id], stdout=subprocess.PIPE)
         assert writer.stdout.readline().strip() == b"ready"
         time.sleep(rng.uniform(0.0, 0.3))
         writer.send_signal(signal.SIGKILL)
         writer.wait()
-        if store_spec[0] == "files":
+        if across_processes[0] == "files":
             with open(os.path.join(store.base_dir, f"{session_id}.json")) as handle:
                 json.load(handle)
         session = store.load_session(session_id)
         assert [m["id"] for m in session["messages"]] == [f"msg_{n}" for n in range(1, len(session["messages"]) + 1)]
     assert [s["id"] for s in store.list_sessions()] == [session_id]
     store.save_message(session_id, "still writable after the kills")
+
+
+def test_a_session_written_by_a_newer_version_is_refused_alike_by_every_store(store, footprint, tmp_path):
+    from oblix_jupyter.store.migrations import SCHEMA_VERSION
+
+    future = {"id": str(uuid.uuid4()), "created_at": "2030-01-01T00:00:00Z", "updated_at": "2030-01-01T00:00:00Z",
+              "messages": [], "schema_version": SCHEMA_VERSION + 1}
+    path = tmp_path / "future.json"
+    path.write_text(json.dumps(future))
+    before = footprint()
+    for new_id in (True, False):
+        with pytest.raises(NewerSchema, match=f"session schema {SCHEMA_VERSION + 1}; this one reads up to {SCHEMA_VERSION}: upgrade"):
+            store.import_session(path, new_id=new_id)
+    assert footprint() == before
+
+
+def test_a_store_that_leaves_out_an_operation_of_the_contract_cannot_be_made():
+    """The contract is enforced when a store is made, not when the client first calls the missing method (and gets None)."""
+    assert {"load_session", "save_message", "bind", "_store_new", "_prune", "location"} <= SessionStore.__abstractmethods__
+    for left_out in sorted(SessionStore.__abstractmethods__):
+        written = {name: getattr(MemoryStore, name) for name in SessionStore.__abstractmethods__ if name != left_out}
+        forgetful = type("Forgetful", (SessionStore,), {**written, "__init__": MemoryStore.__init__})
+        with pytest.raises(TypeError, match=left_out):
+            forgetful("forgetful")
+    assert MemoryStore("complete").list_sessions() == []
 
 
 def test_notebook_bindings(store):
@@ -493,6 +535,6 @@ def test_an_older_session_file_is_upgraded_on_read_and_a_newer_one_is_refused_wi
     with pytest.warns(RuntimeWarning, match="newer oblix_jupyter"):
         listed = {s["id"] for s in store.list_sessions()}
     assert listed == {old_id, fine} and any("upgrade oblix_jupyter" in str(p) for p in store.problems)
-    with pytest.raises(CorruptSession, match="session schema"):
+    with pytest.raises(NewerSchema, match="session schema"):
         store.get_session(new_id)
     assert store.get_session(fine)["schema_version"] == SCHEMA_VERSION
