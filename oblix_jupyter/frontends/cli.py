@@ -25,12 +25,12 @@ import re
 import sys
 import warnings
 from collections.abc import Callable, Sequence
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from .. import __version__
 from ..errors import BadArguments, OblixError, StoreUnavailable
 from ..render import TerminalWriter, terminal_text
+from .commands import COMMANDS, AskOptions, add_commands, listed_sessions
 
 if TYPE_CHECKING:
     from ..client import OblixClient
@@ -38,8 +38,6 @@ if TYPE_CHECKING:
 
 LAB_EXTENSION = "oblix-jupyter"
 TITLE_WIDTH = 40
-_DURATION = re.compile(r"^(\d+)([smhdw])$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -84,6 +82,7 @@ def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """``oblix``'s parser, built from the command table the magics share (``commands.py``)."""
     parser = _Parser(
         prog="oblix",
         description="Persistent conversations with language models. Sessions are kept where $OBLIX_STORE says "
@@ -91,110 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
         "ids may be shortened to any unique prefix.",
     )
     parser.add_argument("--version", action="version", version=f"oblix {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    def command(
-        name: str, run: Callable[[argparse.Namespace], int] | None, summary: str, within: Any = commands
-    ) -> argparse.ArgumentParser:
-        sub = within.add_parser(name, help=summary, description=summary)
-        if run is not None:  # a command with actions of its own (db) runs the action's
-            sub.set_defaults(run=run)
-        return sub
-
-    sub = command("sessions", _sessions, "List sessions, most recently updated first.")
-    sub.add_argument("--limit", type=_positive, default=20, metavar="N", help="show at most N sessions (default 20)")
-    sub.add_argument("--search", metavar="TEXT", help="only sessions whose title or messages contain TEXT")
-    sub.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
-
-    sub = command("show", _show, "Print a conversation as Markdown.")
-    sub.add_argument("id", metavar="ID")
-    sub.add_argument("--last", type=_positive, metavar="N", help="only the last N messages")
-    sub.add_argument("--json", action="store_true", help="the session as JSON, in the seed's shape")
-
-    sub = command("chat", _chat, "Chat in the terminal, in a new session or in session ID.")
-    sub.add_argument("id", metavar="ID", nargs="?")
-    sub.add_argument("--model", metavar="M", help="litellm model string for new sessions (default: OBLIX_MODEL)")
-
-    sub = command("ask", _ask, "Ask one question; the answer is streamed to stdout.")
-    target = sub.add_mutually_exclusive_group()
-    target.add_argument("--session", metavar="ID", help="continue session ID")
-    target.add_argument("--new", action="store_true", help="start a new session (the default); its id goes to stderr")
-    sub.add_argument("--model", metavar="M", help="litellm model string for a new session (default: OBLIX_MODEL)")
-    sub.add_argument("prompt", metavar="PROMPT", nargs="*", help="the question; '-' or nothing reads it from piped stdin")
-
-    sub = command("export", _export, "Write a session to PATH: .ipynb, .md or .json, by extension.")
-    sub.add_argument("id", metavar="ID")
-    sub.add_argument("path", metavar="PATH")
-
-    sub = command("import", _import, "Add the session in PATH (.json or an .ipynb exported by oblix); prints its id.")
-    sub.add_argument("path", metavar="PATH")
-    sub.add_argument("--keep-id", action="store_true", help="keep the file's session id when it is free")
-
-    sub = command("rename", _rename, "Give a session a new title.")
-    sub.add_argument("id", metavar="ID")
-    sub.add_argument("title", metavar="TITLE", nargs="+")
-
-    sub = command("delete", _delete, "Delete a session (asks first on a terminal).")
-    sub.add_argument("id", metavar="ID")
-    sub.add_argument("--yes", action="store_true", help="do not ask; required when stdin is not a terminal")
-
-    sub = command("prune", _prune, "Delete the sessions not updated for a while.")
-    sub.add_argument("--older-than", type=_duration, required=True, metavar="AGE", help="e.g. 90m, 12h, 30d, 8w")
-    sub.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
-
-    sub = command("search", _search, "Find sessions by their title and messages, best match first.")
-    sub.add_argument("query", metavar="QUERY", nargs="+", help='words; on PostgreSQL also "phrases", -not and or')
-    sub.add_argument("--limit", type=_positive, default=20, metavar="N", help="show at most N sessions (default 20)")
-
-    sub = command("share", _share, "Let database user USER read session ID (PostgreSQL store only).")
-    sub.add_argument("id", metavar="ID")
-    sub.add_argument("user", metavar="USER")
-    sub.add_argument("--write", action="store_true", help="let USER add messages too (sharing again without it takes that back)")
-
-    sub = command("unshare", _unshare, "Stop sharing session ID with USER.")
-    sub.add_argument("id", metavar="ID")
-    sub.add_argument("user", metavar="USER")
-
-    sub = command("shares", _shares, "List who else may read session ID, and who may write.")
-    sub.add_argument("id", metavar="ID")
-
-    db = command("db", None, "Administer the team's PostgreSQL store: upgrade, status, add-user, import-files.")
-    db.add_argument("--dsn", metavar="DSN", help="the database to work on (default: $OBLIX_STORE); its password is never shown")
-    actions = db.add_subparsers(dest="action", metavar="ACTION", required=True)
-    command("upgrade", _db_upgrade, "Apply the schema migrations the database lacks (as a PostgreSQL superuser).", actions)
-    command("status", _db_status, "Show the database's schema version and the one this oblix_jupyter needs.", actions)
-    sub = command("add-user", _db_add_user, "Make login role NAME a user of the store (created without a password if absent).", actions)
-    sub.add_argument("name", metavar="NAME")
-    sub = command("import-files", _db_import_files, "Copy a session directory into the database, keeping ids; safe to repeat.", actions)
-    sub.add_argument("directory", metavar="DIR", nargs="?", help="default: $OBLIX_HOME/sessions (~/.oblix/sessions)")
-
-    local = command("local", None, "Register GGUF model files you have, to use as local/NAME: add, list, remove.")
-    actions = local.add_subparsers(dest="action", metavar="ACTION", required=True)
-    sub = command("add", _local_add, "Register the GGUF file PATH as local/NAME (the file stays where it is).", actions)
-    sub.add_argument("path", metavar="PATH")
-    sub.add_argument("--name", metavar="NAME", help="default: from the file's name, e.g. qwen2.5-coder-0.5b-instruct-q4_k_m")
-    command("list", _local_list, "List the local models: file, size, context length, measured speed.", actions)
-    sub = command("remove", _local_remove, "Forget local/NAME (its file is not deleted).", actions)
-    sub.add_argument("name", metavar="NAME")
-
-    command("doctor", _doctor, "Check the store, the model configuration and the JupyterLab extension.")
+    subcommands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    add_commands(subcommands, COMMANDS, "cli", lambda name: _RUN[name])
     return parser
-
-
-# -- argument types -----------------------------------------------------------------
-
-
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of 1 or more, not {text!r}")
-    return int(text)
-
-
-def _duration(text: str) -> timedelta:
-    match = _DURATION.match(text.strip().lower())
-    if not match:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an age such as 30d (units: s, m, h, d, w)")
-    return timedelta(**{_UNITS[match[2]]: int(match[1])})
 
 
 # -- commands -----------------------------------------------------------------------
@@ -210,7 +108,7 @@ def _sessions(args: argparse.Namespace) -> int:
     from ..render import local_time
 
     client = _client()
-    found = client.search_sessions(args.search, limit=args.limit) if args.search else client.list_sessions(limit=args.limit)
+    found = listed_sessions(client, args)
     notebooks: dict[str, list[str]] = {}
     for notebook, session_id in client.bindings().items():
         notebooks.setdefault(session_id, []).append(notebook)
@@ -321,30 +219,39 @@ def _chat(args: argparse.Namespace) -> int:
 
 
 def _ask(args: argparse.Namespace) -> int:
-    prompt = _read_prompt(args.prompt)
+    options = AskOptions.parsed(args, new_by_default=True)
+    prompt = _read_prompt(options.prompt)
     _keys_from_dotenv()
-    client = _client(args.model)
-    if args.session:
-        session_id = client.resolve_session_id(args.session)
+    client = _client(options.model)
+    if options.session:
+        session_id = client.resolve_session_id(options.session)
     else:
         client.models_for(None)  # with no model configured, fail before creating a session that would stay empty
-        session_id = client.create_session_sync(title_from_prompt=True)
+        session_id = client.create_session_sync(title=options.title, title_from_prompt=True)
         print(f"oblix: new session {session_id}", file=sys.stderr)
-    result = client.execute_sync(prompt, session_id, stream_to=sys.stdout)
+    if options.model:  # as in a %%oblix cell: the session keeps this model from now on
+        client.set_model(session_id, options.model)
+    result = client.execute_sync(
+        prompt,
+        session_id,
+        stream_to=sys.stdout,
+        history=not options.no_history,
+        temperature=options.temperature,
+        max_tokens=options.max_tokens,
+        tools=False if options.no_tools else None,
+    )
     if not result["response"].endswith("\n"):
         print()
     for model, reason in result["failed_models"]:
         print(f"oblix: {model} failed ({reason}); answered by {result['model']}.", file=sys.stderr)
-    if args.model and result["model"] != args.model and not result["failed_models"]:
-        print(f"oblix: answered by {result['model']}, the model this session started with.", file=sys.stderr)
     if result["notice"]:
         print(f"oblix: {result['notice']}", file=sys.stderr)
     return 0
 
 
-def _read_prompt(words: list[str]) -> str:
+def _read_prompt(words: Sequence[str]) -> str:
     """The prompt from the arguments; from stdin for ``-``, or when nothing is given and stdin is piped."""
-    if words in ([], ["-"]):
+    if list(words) in ([], ["-"]):
         if not words and sys.stdin.isatty():
             raise BadArguments("no prompt: give one, or pipe one in (echo hi | oblix ask -).")
         text = sys.stdin.read()
@@ -382,7 +289,7 @@ def _delete(args: argparse.Namespace) -> int:
     session_id = client.resolve_session_id(args.id)  # acted on as resolved, never as read back from the stored row
     session = client.get_session(session_id)
     described = f"{session['title']!r} ({session_id[:8]}, {len(session['messages'])} messages)"
-    if not args.yes:
+    if not args.yes:  # --yes, or its notebook spelling --force
         if not sys.stdin.isatty():
             raise BadArguments(f"not deleting {described} without --yes: stdin is not a terminal to confirm on.")
         try:
@@ -500,6 +407,15 @@ def _doctor(args: argparse.Namespace) -> int:
     rows.append(["lab extension", _lab_extension_status()])
     print(format_table(rows))
     return 0
+
+
+_RUN: dict[str, Callable[[argparse.Namespace], int]] = {
+    "sessions": _sessions, "show": _show, "chat": _chat, "ask": _ask, "export": _export, "import": _import,
+    "rename": _rename, "delete": _delete, "prune": _prune, "search": _search, "share": _share, "unshare": _unshare,
+    "shares": _shares, "db upgrade": _db_upgrade, "db status": _db_status, "db add-user": _db_add_user,
+    "db import-files": _db_import_files, "local add": _local_add, "local list": _local_list,
+    "local remove": _local_remove, "doctor": _doctor,
+}
 
 
 def _lab_extension_status() -> str:

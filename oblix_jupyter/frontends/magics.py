@@ -13,8 +13,7 @@ import json
 import os
 import re
 import threading
-from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -31,6 +30,7 @@ from ..kernel.envfile import load_dotenv
 from ..redaction import WITHHELD, is_secret_name
 from ..render import local_time, prepare
 from .comm import LabExtension
+from .commands import ASK_OPTIONS, COMMANDS, AskOptions, add_commands, listed_sessions
 from .display import (
     Conversation,
     Message,
@@ -113,28 +113,11 @@ def split_line(line: str) -> list[str]:
         raise BadArguments(f"Could not read the options: {error}.") from None
 
 
-@dataclass
-class CellOptions:
-    session: str | None
-    new: bool
-    title: str | None
-    model: str | None
-    no_history: bool
-    vars: list[str]
-    format: str
-    explain: bool
-    temperature: float | None
-    max_tokens: int | None
-    error: bool
-    cells: int
-    no_tools: bool
-
-
-def parse_cell_options(line: str) -> CellOptions:
+def parse_cell_options(line: str) -> AskOptions:
     """Parse a ``%%oblix`` line; raises ``BadArguments`` for anything it cannot accept.
 
-    The options are declared once, with ``magic_arguments`` on ``Oblix.oblix_cell``,
-    which also gives ``%%oblix?`` its help.
+    The options are those of ``oblix ask`` (``commands.ASK_OPTIONS``), declared on
+    ``Oblix.oblix_cell`` with ``magic_arguments``, which also gives ``%%oblix?`` its help.
     """
     parser = Oblix.oblix_cell.parser
     try:
@@ -143,73 +126,22 @@ def parse_cell_options(line: str) -> CellOptions:
         raise BadArguments(f"{closest_options(str(error), parser)}\n{usage(parser)}") from None
     except SystemExit:  # argparse exits on --help-like input despite add_help=False in some versions
         raise BadArguments(usage(parser)) from None
-    if options.new and options.session:
-        raise BadArguments("--new and --session cannot be used together.")
-    if options.title and not options.new:
-        raise BadArguments("--title only goes with --new.")
-    if options.max_tokens is not None and options.max_tokens <= 0:
-        raise BadArguments("--max-tokens must be a positive number.")
-    if options.temperature is not None and not 0 <= options.temperature <= 2:
-        raise BadArguments("--temperature must be between 0 and 2.")
-    if options.cells is not None and not 0 <= options.cells <= 50:
-        raise BadArguments("--cells must be between 0 and 50.")
-    names = [name.strip() for name in (options.vars or "").split(",") if name.strip()]
-    bad = [name for name in names if not name.isidentifier()]
-    if bad:
-        raise BadArguments(f"--vars takes variable names separated by commas; not a name: {', '.join(bad)}")
-    return CellOptions(
-        session=options.session,
-        new=options.new,
-        title=options.title,
-        model=options.model,
-        no_history=options.no_history,
-        vars=names,
-        format=options.format or "markdown",
-        explain=options.explain,
-        temperature=options.temperature,
-        max_tokens=options.max_tokens,
-        error=options.error,
-        cells=options.cells or 0,
-        no_tools=options.no_tools,
-    )
+    return AskOptions.parsed(options)
+
+
+def with_ask_options(magic: Callable[..., Any]) -> Callable[..., Any]:
+    """``magic_arguments`` for every ``ASK_OPTIONS`` entry a notebook offers, in the table's order."""
+    for option in reversed(ASK_OPTIONS):
+        if "magic" in option.where:
+            magic = argument(*option.names, **option.keywords("magic"))(magic)
+    return magic_arguments(name="%oblix")(magic)  # IPython adds one more "%"
 
 
 @functools.cache
 def line_parser() -> _Parser:
     """The ``%oblix`` command parser, built on first use to keep ``%load_ext`` fast."""
     parser = _Parser(prog="%oblix", add_help=False, description="Manage this notebook's Oblix sessions.")
-    commands = parser.add_subparsers(dest="command", parser_class=_Parser)
-    listing = commands.add_parser("sessions", add_help=False, help="list sessions")
-    listing.add_argument("--all", action="store_true")
-    listing.add_argument("--search")
-    commands.add_parser("new", add_help=False, help="start a new session for this notebook").add_argument("title", nargs="*")
-    commands.add_parser("use", add_help=False, help="bind this notebook to a session").add_argument("session")
-    show = commands.add_parser("show", add_help=False, help="show a conversation")
-    show.add_argument("session", nargs="?")
-    show.add_argument("--last", type=int)
-    delete = commands.add_parser("delete", add_help=False, help="delete a session")
-    delete.add_argument("session")
-    delete.add_argument("--force", action="store_true")
-    commands.add_parser("rename", add_help=False, help="rename this notebook's session").add_argument("title", nargs="+")
-    model = commands.add_parser("model", add_help=False, help="show or set the session's model")
-    model.add_argument("model", nargs="?")
-    model.add_argument("--fallbacks", help="comma-separated fallback models for this session")
-    context = commands.add_parser("context", add_help=False, help="show or change the session's context")
-    context.add_argument("pairs", nargs="*", metavar="KEY=VALUE")
-    context.add_argument("--clear", action="append", default=[], metavar="KEY")
-    commands.add_parser("export", add_help=False, help="export the session (.ipynb, .md, .json)").add_argument("path")
-    commands.add_parser("import", add_help=False, help="import a session file and bind to it").add_argument("path")
-    commands.add_parser("pin", add_help=False, help="always send this message (e.g. msg_3)").add_argument("message")
-    commands.add_parser("unpin", add_help=False, help="stop always sending this message").add_argument("message")
-    share = commands.add_parser("share", add_help=False, help="let a database user read a session (PostgreSQL store)")
-    share.add_argument("session")
-    share.add_argument("user")
-    share.add_argument("--write", action="store_true", help="let them add messages too")
-    unshare = commands.add_parser("unshare", add_help=False, help="stop sharing a session with a database user")
-    unshare.add_argument("session")
-    unshare.add_argument("user")
-    commands.add_parser("chat", add_help=False, help="show the chat panel")
-    commands.add_parser("help", add_help=False, help="this help")
+    add_commands(parser.add_subparsers(dest="command", parser_class=_Parser), COMMANDS, "magic")
     return parser
 
 
@@ -233,8 +165,6 @@ def parse_line_command(line: str) -> argparse.Namespace:
         raise BadArguments(f"%oblix has no command {command!r}; {hint}")
     options = commands[command][0].parse_args(words)
     options.command = command
-    if options.command == "show" and options.last is not None and options.last <= 0:
-        raise BadArguments("--last must be a positive number.")
     return options
 
 
@@ -325,20 +255,7 @@ class Oblix(Magics):
 
     # -- %%oblix ---------------------------------------------------------------------
 
-    @magic_arguments(name="%oblix")  # IPython adds one more "%"
-    @argument("--session", help="continue this session (id or unique prefix) instead of the notebook's")
-    @argument("--new", action="store_true", help="start a new session and bind this notebook to it")
-    @argument("--title", help="title of the session started by --new")
-    @argument("--model", help="litellm model for this session from now on")
-    @argument("--no-history", action="store_true", help="send no earlier messages")
-    @argument("--vars", help="notebook variables to include, comma-separated")
-    @argument("--format", choices=("markdown", "code", "text"), help="markdown (default), code (next cell), text")
-    @argument("--explain", action="store_true", help="show what context was sent")
-    @argument("--temperature", type=float, help="sampling temperature")
-    @argument("--max-tokens", type=int, help="longest answer, in tokens")
-    @argument("--error", action="store_true", help="include the last exception and its traceback")
-    @argument("--cells", type=int, help="include the source of the last N executed cells")
-    @argument("--no-tools", action="store_true", help="offer the model no tools for this cell")
+    @with_ask_options
     @cell_magic("oblix")
     def oblix_cell(self, line: str, cell: str) -> None:
         """Ask the model in this notebook's session; the cell body is the prompt.
@@ -398,7 +315,7 @@ class Oblix(Magics):
             if stream is not None:
                 stream.close()
 
-    def _session_for(self, options: CellOptions) -> str:
+    def _session_for(self, options: AskOptions) -> str:
         if options.new:
             return self.binding.new_session(options.title or None)
         if options.session:
@@ -418,7 +335,7 @@ class Oblix(Magics):
 
     @line_magic("oblix")
     def oblix_line(self, line: str) -> Any:
-        """Manage sessions: sessions, new, use, show, delete, rename, model, context, export, import, share, unshare, help."""
+        """Manage this notebook's sessions; ``%oblix help`` lists the commands (``commands.COMMANDS``)."""
         try:
             options = parse_line_command(line)
             return getattr(self, f"_command_{options.command}")(options)
@@ -432,7 +349,7 @@ class Oblix(Magics):
 
     def _command_sessions(self, options: argparse.Namespace) -> None:
         client = self.client
-        sessions = client.search_sessions(options.search) if options.search else client.list_sessions(None if options.all else 20)
+        sessions = listed_sessions(client, options)
         bound = self.binding.session_id(create=False)
         snippets = any(s.get("snippet") for s in sessions)  # the database quotes what matched; files have nothing to quote
         rows = [
@@ -450,7 +367,7 @@ class Oblix(Magics):
         display(Message(f"New session {session_id[:8]} bound to this notebook.", error=False))
 
     def _command_use(self, options: argparse.Namespace) -> None:
-        session_id = self.client.resolve_session_id(options.session)
+        session_id = self.client.resolve_session_id(options.id)
         self.binding.use(session_id)
         title = self.client.get_session(session_id)["title"]
         display(Message(f"This notebook now continues {title!r} ({session_id[:8]}).", error=False))
@@ -465,12 +382,12 @@ class Oblix(Magics):
         return session_id
 
     def _command_show(self, options: argparse.Namespace) -> None:
-        display(Conversation(self.client.get_session(self._target(options.session)), options.last))
+        display(Conversation(self.client.get_session(self._target(options.id)), options.last))
 
     def _command_delete(self, options: argparse.Namespace) -> None:
-        session_id = self.client.resolve_session_id(options.session)
-        if session_id == self.binding.session_id(create=False) and not options.force:
-            raise BadArguments("That is this notebook's session; add --force to delete it anyway.")
+        session_id = self.client.resolve_session_id(options.id)
+        if session_id == self.binding.session_id(create=False) and not options.yes:  # --yes, or its old spelling --force
+            raise BadArguments("That is this notebook's session; add --yes to delete it anyway.")
         self.client.delete_session(session_id)
         display(Message(f"Deleted session {session_id[:8]}.", error=False))
 
@@ -508,22 +425,22 @@ class Oblix(Magics):
         display(Message(f"Pinned messages: {', '.join(pinned) or 'none'}.", error=False))
 
     def _command_export(self, options: argparse.Namespace) -> None:
-        path = self.client.export_session(self._target(None), options.path)
+        path = self.client.export_session(self._target(options.id), options.path)
         display(Message(f"Exported to {path}.", error=False))
 
     def _command_import(self, options: argparse.Namespace) -> None:
-        session_id = self.client.import_session(options.path)
+        session_id = self.client.import_session(options.path, keep_id=options.keep_id)
         self.binding.use(session_id)
         display(Message(f"Imported session {session_id[:8]}; this notebook now continues it.", error=False))
 
     def _command_share(self, options: argparse.Namespace) -> None:
-        session_id = self.client.resolve_session_id(options.session)
+        session_id = self.client.resolve_session_id(options.id)
         self.client.share(session_id, options.user, write=options.write)
         access = "read and add to" if options.write else "read"
         display(Message(f"{options.user} can now {access} session {session_id[:8]}.", error=False))
 
     def _command_unshare(self, options: argparse.Namespace) -> None:
-        session_id = self.client.resolve_session_id(options.session)
+        session_id = self.client.resolve_session_id(options.id)
         self.client.unshare(session_id, options.user)
         display(Message(f"{options.user} can no longer open session {session_id[:8]}.", error=False))
 

@@ -96,6 +96,8 @@ def test_sessions_table_json_search_and_limit(twins):
     assert "abcdef01" in oblix("sessions", "--search", "PETAL").stdout
     assert "abcdef02" not in oblix("sessions", "--search", "PETAL").stdout
     assert len(oblix("sessions", "--limit", "1").stdout.splitlines()) == 2
+    assert len(oblix("sessions", "--all").stdout.splitlines()) == 3
+    fails_with(oblix("sessions", "--all", "--limit", "1"), "not allowed with")
 
 
 def test_search_and_sharing_on_the_file_store(twins):
@@ -147,12 +149,14 @@ def test_an_unknown_id_is_one_error_line(twins, arguments):
     fails_with(oblix(*arguments), "No session '0123'", "oblix sessions")
 
 
-def test_usage_mistakes_exit_1_with_the_usage_line():
+def test_usage_mistakes_exit_1_with_the_usage_line(twins):
     result = oblix("sessions", "--limit", "many")
     fails_with(result, "--limit", "'many'")
     assert result.stderr.startswith("usage: oblix sessions")
     fails_with(oblix("prune", "--older-than", "3 fortnights"), "not an age such as 30d")
     fails_with(oblix(), "COMMAND")
+    fails_with(oblix("ask", "--new", "--session", "abcdef01", "hi"), "--new and --session cannot be used together")
+    fails_with(oblix("ask", "--session", "abcdef01", "--title", "T", "hi"), "--title only goes with a new session")
 
 
 def test_rename_prune_and_delete(twins):
@@ -168,6 +172,8 @@ def test_rename_prune_and_delete(twins):
     assert twins.load_session(SECOND) is not None
     assert oblix("delete", "abcdef02", "--yes").returncode == 0
     assert twins.load_session(SECOND) is None
+    assert oblix("delete", "abcdef01", "--force").returncode == 0, "the notebooks' spelling is accepted too"
+    assert twins.load_session(FIRST) is None
 
 
 def test_delete_in_a_fresh_process_removes_every_trace_that_another_process_left(store):
@@ -311,15 +317,21 @@ def test_ask_from_stdin_in_a_new_session_and_by_prefix_in_an_old_one(model_env, 
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ),
         )
 
-    new, old = start("-"), start("--session", "abcdef01", "and", "the", "sepals?")
+    # The options a %%oblix cell shares with ask (commands.ASK_OPTIONS) reach the session and the request.
+    new = start("--title", "Greeting", "--model", TEST_MODEL, "--max-tokens", "7", "--temperature", "0.3", "-")
+    old = start("--session", "abcdef01", "and", "the", "sepals?")
     new_out, new_err = new.communicate("hi\n", timeout=90)
     old_out, old_err = old.communicate("", timeout=90)
     assert (new.returncode, new_out) == (0, "Echo: hi\n"), new_err
     assert (old.returncode, old_out, old_err) == (0, "Echo: and the sepals?\n", "")
     session_id = new_err.split("new session ")[1].split()[0]
-    assert [(m["role"], m["content"], m.get("model")) for m in twins.get_session(session_id)["messages"]] == [
+    session = twins.get_session(session_id)
+    assert [(m["role"], m["content"], m.get("model")) for m in session["messages"]] == [
         ("user", "hi", None), ("assistant", "Echo: hi", TEST_MODEL)
     ]
+    assert (session["title"], session["model"]) == ("Greeting", TEST_MODEL)
+    (greeting,) = [body for body in model_env.chat_requests() if body["messages"][-1]["content"] == "hi"]
+    assert (greeting["max_tokens"], greeting["temperature"]) == (7, 0.3)
     assert twins.get_session(FIRST)["messages"][-1]["model"] == "openai/gpt-4o-mini"  # the session's own model
     sent = next(body["messages"] for body in model_env.chat_requests() if body["messages"][-1]["content"] != "hi")
     assert [m["content"] for m in sent][-3:] == ["How do I plot petal length?", "Use df.petal_length.hist().", "and the sepals?"]

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from jupyter_client.manager import start_new_kernel
 from kernels import outputs_text, run_cells
 from model_server import Behavior, ModelServer
+from test_cli import SDK_FILE
 from traces import assert_fully_traced, make_sessions, traces
 from waiting import wait_until
 
@@ -79,6 +80,9 @@ def test_line_commands(model_env, tmp_path):
     store.save_message(spare, "an old question")
     store.save_message(spare, "a newer answer", role="assistant", model="openai/x")
     export_path = tmp_path / "exported.json"
+    by_id_path = tmp_path / "by-id.json"
+    sdk_path = tmp_path / "sdk.json"
+    sdk_path.write_text(SDK_FILE)
     client = run_cells(
         [
             LOAD,
@@ -97,6 +101,9 @@ def test_line_commands(model_env, tmp_path):
             f"%oblix import {export_path}",
             "%oblix new Second thoughts",
             "%oblix sessions --search analysis",
+            "%oblix sessions --limit 1",
+            f"%oblix export {{handle.id}} {by_id_path}",  # a session other than the notebook's, named as on the command line
+            f"%oblix import {sdk_path} --keep-id",
         ],
         notebook,
     )
@@ -115,15 +122,17 @@ def test_line_commands(model_env, tmp_path):
     assert "My analysis 2" in outputs_text(cells[12])
     assert "<b>My analysis</b>" in outputs_text(cells[12])
     assert "Imported session" in outputs_text(cells[13])
-    newest = store.bound_session(notebook)
-    assert newest != bound and store.get_session(newest)["title"] == "Second thoughts"
     assert "My analysis" in outputs_text(cells[15])
+    newest = outputs_text(cells[16])  # `new` bound the notebook to the newest session, and only it is listed
+    assert "Second thoughts" in newest and "◀ this notebook" in newest and "My analysis" not in newest
+    assert json.loads(by_id_path.read_text())["id"] == bound
+    assert store.bound_session(notebook) == json.loads(SDK_FILE)["id"]
     session = store.get_session(bound)
     assert session["title"] == "My analysis" and session["context"] == {"dataset": "iris"}
     assert session["fallback_models"] == ["openai/backup"]
 
 
-def test_deleting_the_bound_session_needs_force(model_env, tmp_path):
+def test_deleting_the_bound_session_needs_yes_or_its_old_spelling_force(model_env, tmp_path):
     notebook = str(tmp_path / "nb" / "delete.ipynb")
     client = run_cells(
         [
@@ -135,7 +144,7 @@ def test_deleting_the_bound_session_needs_force(model_env, tmp_path):
         ],
         notebook,
     )
-    assert "add --force" in outputs_text(client.nb.cells[3])
+    assert "add --yes" in outputs_text(client.nb.cells[3])
     assert "Deleted" in outputs_text(client.nb.cells[4])
     assert SessionManager().bound_session(notebook) is None
 
@@ -240,15 +249,15 @@ def test_help_is_a_table_and_a_mistyped_command_gets_the_closest_one(tmp_path):
     client = run_cells([LOAD, "%oblix", "%oblix sesions", "%oblix show --lats 2", "%oblix frobnicate"], str(tmp_path / "nb" / "help.ipynb"))
     cells = client.nb.cells
     commands, options = (output["data"] for output in cells[1].outputs)
-    assert commands["text/html"].count("<tr>") == 17 and "<td style='text-align:left'>%oblix show [--last LAST] [session]</td>" in commands["text/html"]
+    assert commands["text/html"].count("<tr>") == 17 and "<td style='text-align:left'>%oblix show [--last N] [ID]</td>" in commands["text/html"]
     rows = commands["text/plain"].splitlines()
-    assert rows[2].startswith("%oblix sessions [--all] [--search SEARCH]") and rows[2].endswith("list sessions")
+    assert rows[2].startswith("%oblix sessions [--limit N | --all] [--search TEXT]") and rows[2].endswith("List sessions, most recently updated first.")
     column = rows[1].index("what it does")
     assert len(rows) == 18 and all(row[column - 2 : column] == "  " and row[column] != " " for row in rows[2:]), "aligned columns"
     assert "<td style='text-align:left'>--format {markdown,code,text}</td>" in options["text/html"]
     typo = cells[2].outputs[0]["data"]["text/plain"]
     assert typo == "Oblix error: %oblix has no command 'sesions'; did you mean `%oblix sessions`?"
-    assert outputs_text(cells[3]).count("usage: %oblix show [--last LAST] [session]") == 2  # the plain line and the HTML
+    assert outputs_text(cells[3]).count("usage: %oblix show [--last N] [ID]") == 2  # the plain line and the HTML
     assert "unrecognized arguments: --lats (did you mean --last?)" in outputs_text(cells[3])
     assert "white-space:pre-wrap" in cells[3].outputs[0]["data"]["text/html"], "the usage on its own line"
     assert cells[4].outputs[0]["data"]["text/plain"] == "Oblix error: %oblix has no command 'frobnicate'; `%oblix help` lists the commands."
@@ -333,7 +342,7 @@ class _Unprintable:
 
 
 WORDS = ["--session", "--new", "--title", "--model", "--vars", "--format", "code", "xml", "--max-tokens", "-1", "5",
-         "--temperature", "3", "--explain", "sessions", "show", "--last", "delete", "--force", "context", "a=1", "=",
+         "--temperature", "3", "--explain", "sessions", "show", "--last", "delete", "--force", "--yes", "--limit", "--all", "--keep-id", "context", "a=1", "=",
          "--clear", "use", "model", "export", "share", "unshare", "--write", "\"", "'", "--", "-h", "--help", "a,b", "1x,"]
 
 
