@@ -34,7 +34,7 @@ if str(REPO) not in sys.path:
 
 _MEASURE = r"""
 import json, random, resource, sys, time
-from oblix_jupyter.models import local_model
+from oblix_jupyter.models import local_engine, local_model
 
 model = sys.argv[1]
 started = time.perf_counter()
@@ -68,7 +68,7 @@ print(json.dumps({
     "first_200": short, "first_2000": long,
     "reading": reading, "writing": local_model.writing_speed(model),
     "budget": local_model.input_budget(model),
-    "threads": local_model.default_threads(),
+    "threads": local_engine.default_threads(),
     "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
 }))
 """

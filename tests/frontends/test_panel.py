@@ -62,7 +62,7 @@ def test_send_streams_the_answer_and_stores_the_exchange(panel, client, server):
     working = rendered(panel)[-1]
     assert "class='oblix-waiting'" in working and "Waiting for openai/test-model…" in working
     seen = []
-    panel._turn["answer_view"].observe(lambda change: seen.append(change["new"][0]["data"]["text/html"]), names="outputs")
+    panel._turn.answer_view.observe(lambda change: seen.append(change["new"][0]["data"]["text/html"]), names="outputs")
     assert any("first question" in text for text in rendered(panel)), "the prompt shows at once"
     assert panel.wait(20)
 
@@ -92,7 +92,7 @@ def test_send_streams_the_answer_and_stores_the_exchange(panel, client, server):
 def test_stop_keeps_the_partial_answer_marked_interrupted(panel, client, server):
     server.default = Behavior(reply="word " * 300, token_delay=0.02)
     ask(panel, "a long story please")
-    wait_until(lambda: panel._turn is not None and len(panel._turn["text"]) > 20, 10, "the answer to stream")
+    wait_until(lambda: (turn := panel._turn) is not None and len(turn.text) > 20, 10, "the answer to stream")
     panel.stop_button.click()
     assert panel.wait(20)
     user, answer = client.session_manager.get_session(panel.session_id)["messages"]
@@ -221,10 +221,10 @@ def test_refresh_follows_turns_and_bindings_made_elsewhere(panel, client, bindin
     store = client.session_manager
     session_id = binding.session_id(create=True)
     panel.refresh()
-    assert not panel.check_for_changes()
+    assert not panel.follower.check()
 
     OblixClient().execute_sync("asked from a %%oblix cell", session_id)
-    assert panel.check_for_changes()
+    assert panel.follower.check()
     assert any("asked from a %%oblix cell" in text for text in rendered(panel))
 
     panel.poll_interval = 0.05
@@ -234,7 +234,7 @@ def test_refresh_follows_turns_and_bindings_made_elsewhere(panel, client, bindin
     elsewhere = store.create_session(title="chosen with %oblix use")
     binding.use(elsewhere)
     wait_until(lambda: panel.session_id == elsewhere, 10, "the panel to follow the binding")
-    poller = panel._poller
+    poller = panel.follower.thread
     panel._view_count = 0
     poller.join(5)
     assert not poller.is_alive(), "no view left: the watching stops"
@@ -253,7 +253,7 @@ def test_context_chips_offer_user_variables_and_reach_the_model(model_env):
         assert "threshold" in sent and "0.125" in sent and "[3, 1, 2]" not in sent
         del namespace["df"]
         namespace["late"] = 4
-        panel.check_for_changes()
+        panel.follower.check()
         assert list(panel.variables_input.allowed_tags) == ["late", "threshold"]
     finally:
         panel.close()
@@ -262,7 +262,7 @@ def test_context_chips_offer_user_variables_and_reach_the_model(model_env):
 def test_closing_stops_everything(panel):
     panel.poll_interval = 0.05
     panel._view_count = 1
-    poller = panel._poller
+    poller = panel.follower.thread
     assert poller.is_alive()
     panel.close()
     poller.join(5)

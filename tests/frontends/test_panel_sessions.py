@@ -102,9 +102,9 @@ def test_a_notice_lasts_until_the_session_moves_on_from_anywhere(panel, client, 
     panel.rename_button.click()
     assert "Renamed to" in html.unescape(panel.notice.value)
     panel.refresh()
-    assert panel.check_for_changes() is False and "Renamed to" in html.unescape(panel.notice.value), "nothing happened since"
+    assert panel.follower.check() is False and "Renamed to" in html.unescape(panel.notice.value), "nothing happened since"
     client.execute_sync("a turn from a %%oblix cell", panel.session_id)
-    assert panel.check_for_changes() is True
+    assert panel.follower.check() is True
     assert panel.notice.value == "" and panel.notice.layout.display == "none", "the next turn, made elsewhere, took it away"
 
 

@@ -24,7 +24,7 @@ import pytest
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from oblix_jupyter.models import local_model  # noqa: E402
+from oblix_jupyter.models import local_engine, local_model  # noqa: E402
 
 if not local_model.is_available():
     pytest.skip(
@@ -165,6 +165,20 @@ def test_async_completion_and_async_streaming():
     _check_usage(usage)
 
 
+def test_synchronous_calls_are_answered_inside_a_running_event_loop():
+    """As from a notebook cell, which runs while the kernel's own loop runs (where ``asyncio.run`` is refused)."""
+
+    async def cell():
+        reply = litellm.completion(model=MODEL, messages=SHORT, max_tokens=4)
+        pieces = [chunk for chunk in litellm.completion(model=MODEL, messages=SHORT, max_tokens=4, stream=True)]
+        return reply, pieces
+
+    reply, pieces = asyncio.run(cell())
+    assert reply.choices[0].message.content.strip()
+    _check_usage(reply.usage)
+    assert len(pieces) >= 2
+
+
 def test_async_stream_does_not_block_event_loop():
     async def main():
         ticks = 0
@@ -249,8 +263,10 @@ def test_python_exits_cleanly_while_an_answer_is_still_generating():
     assert (proc.returncode, proc.stderr) == (0, "")
 
 
-def _last_generation():
-    return local_model._recent_generations[-1]
+def _last_generation() -> local_engine.Generation:
+    generation = local_model.last_generation(MODEL)
+    assert generation is not None
+    return generation
 
 
 def test_stream_stops_generating_when_consumer_stops():
@@ -261,8 +277,7 @@ def test_stream_stops_generating_when_consumer_stops():
     stream.close()
     gen = _last_generation()
     assert gen.finished.wait(3), "the worker thread kept generating"
-    assert gen.stopped_by_consumer
-    assert gen.chunks_received < 100
+    assert gen.ended_by == "consumer"  # llama.cpp was still writing when it was told to stop
 
 
 def test_stream_stops_when_async_consumer_breaks():
@@ -278,7 +293,7 @@ def test_stream_stops_when_async_consumer_breaks():
     asyncio.run(main())
     gen = _last_generation()
     assert gen.finished.wait(3)
-    assert gen.stopped_by_consumer
+    assert gen.ended_by == "consumer"
 
 
 def test_context_overflow_is_a_litellm_context_window_error():
@@ -405,26 +420,33 @@ def _post(conn: http.client.HTTPConnection, key: str | None) -> int:
     return resp.status
 
 
+class EndpointKeptOpen(local_engine.Engine):
+    """An engine whose HTTP front end keeps its socket's name, so that the test can knock on its door."""
+
+    def _close_endpoint(self, socket_folder: str) -> None:
+        self.socket_folder = socket_folder
+
+
 @pytest.mark.parametrize("transport", ["unix", "tcp"])
 def test_engine_endpoint_refuses_requests_without_the_key(transport):
-    """If the HTTP front end is reached at all (kept open here on purpose), it needs the random key."""
-    rt = local_model._start_runtime(local_model.gguf_path(), transport=transport, keep_endpoint=True)
+    """If the HTTP front end is reached at all (on TCP where Unix sockets are not usable), it needs the random key."""
+    engine = EndpointKeptOpen(local_model.gguf_path(), 2048, "probe", transport=transport)
+    engine.load()
     try:
         if transport == "unix":
-            path = rt.endpoint[len("unix://"):]
+            path = engine.endpoint[len("unix://"):]
             assert (os.stat(os.path.dirname(path)).st_mode & 0o077) == 0  # private directory
             make = lambda: _UnixHTTPConnection(path)  # noqa: E731
         else:
-            host, port = rt.endpoint.split("//", 1)[1].rsplit(":", 1)
+            host, port = engine.endpoint.split("//", 1)[1].rsplit(":", 1)
             assert host == "127.0.0.1"
             make = lambda: http.client.HTTPConnection(host, int(port), timeout=30)  # noqa: E731
         assert _post(make(), None) == 401
         assert _post(make(), "not-the-key") == 401
-        assert _post(make(), rt.api_key) == 200
+        assert _post(make(), engine.api_key) == 200
     finally:
         if transport == "unix":
-            shutil.rmtree(os.path.dirname(rt.endpoint[len("unix://"):]), ignore_errors=True)
-        del rt
+            shutil.rmtree(engine.socket_folder, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- #

@@ -15,7 +15,7 @@ from local_gguf import bundled_copy, without_chat_template
 from oblix_jupyter.client import OblixClient
 from oblix_jupyter.errors import BadArguments, ModelError
 from oblix_jupyter.frontends.display import footer
-from oblix_jupyter.models import gguf_file, local_model, local_registry
+from oblix_jupyter.models import gguf_file, local_engine, local_model, local_registry
 
 if not local_model.is_available():
     pytest.skip(f"local model not installed: {local_model.unavailable_reason()}", allow_module_level=True)
@@ -43,9 +43,11 @@ def no_process_model(monkeypatch):
     monkeypatch.delenv("OBLIX_MODEL", raising=False)
 
 
-def last_prompt() -> str:
-    """The prompt of the last request handed to llama.cpp."""
-    return local_model._recent_generations[-1].request["prompt"]
+def last_request(model: str) -> dict:
+    """The last request ``model``'s engine was handed, as llama.cpp received it."""
+    generation = local_model.last_generation(model)
+    assert generation is not None
+    return generation.request
 
 
 def test_registry_is_private_and_refuses_what_it_cannot_serve(files, private_home, tmp_path):
@@ -90,22 +92,21 @@ def test_a_registered_file_chats_with_its_own_template(files):
     result = client.execute_sync(CONVERSATION[1]["content"], max_tokens=3)
     assert result["model"] == "local/mine"
     assert result["response"]
-    assert last_prompt() == SMOLLM_PROMPT.replace("Answer in one word.", "You are a helpful AI assistant named SmolLM, trained by Hugging Face")
-    generation = local_model._recent_generations[-1]
-    assert generation.model == "local/mine"
-    assert local_model._get_runtime(local_model.resolve("local/mine")) is not local_model._get_runtime()  # its own engine
+    default_system = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+    assert last_request(model)["prompt"] == SMOLLM_PROMPT.replace("Answer in one word.", default_system)
+    assert local_model.engine(model) is not local_model.engine(local_model.LOCAL_MODEL)  # its own engine
     assert local_model.notice("local/mine") is None  # not the bundled model's warning: this file is the user's
 
     local_model.complete_sync(local_model.build_request(CONVERSATION, {"max_tokens": 2}, model), model)
-    assert last_prompt() == SMOLLM_PROMPT
+    assert last_request(model)["prompt"] == SMOLLM_PROMPT
 
 
 def test_a_file_without_a_template_gets_a_plain_transcript_and_a_notice(files):
     _, plain = files
     model = local_model.add(plain, name="plain")
     result = OblixClient(model=model).execute_sync("Name one colour.", max_tokens=3)
-    assert last_prompt() == "User: Name one colour.\n\nAssistant:"
-    assert local_model._recent_generations[-1].request["stop"] == ["\nUser:"]
+    assert last_request(model)["prompt"] == "User: Name one colour.\n\nAssistant:"
+    assert last_request(model)["stop"] == ["\nUser:"]
     assert "no chat template" in result["notice"]
     assert "no chat template" in footer(result)
 
@@ -173,13 +174,12 @@ def test_a_long_session_stays_within_the_budget_and_the_footer_says_so(files):
 
 @pytest.mark.parametrize("cores, threads", [(1, 1), (2, 1), (8, 7)])
 def test_threads_leave_a_core_and_the_environment_overrides(monkeypatch, cores, threads):
-    monkeypatch.delenv(local_model.THREADS_ENV, raising=False)
-    monkeypatch.setattr(local_model, "_physical_cores", lambda: cores)
-    assert local_model.default_threads() == threads
-    monkeypatch.setenv(local_model.THREADS_ENV, "3")
-    assert local_model.default_threads() == 3
-    monkeypatch.setenv(local_model.THREADS_ENV, "zero")
-    assert local_model.default_threads() == threads
+    monkeypatch.delenv(local_engine.THREADS_ENV, raising=False)
+    assert local_engine.threads_for(cores) == threads
+    monkeypatch.setenv(local_engine.THREADS_ENV, "3")
+    assert local_engine.threads_for(cores) == 3
+    monkeypatch.setenv(local_engine.THREADS_ENV, "zero")
+    assert local_engine.threads_for(cores) == threads
 
 
 def test_a_damaged_registry_is_an_error_naming_it_not_a_crash(private_home):
@@ -208,7 +208,7 @@ def test_a_hostile_chat_template_cannot_reach_python(template, tmp_path):
     hostile = gguf_file.GGUFInfo(**{**info.__dict__, "chat_template": template})
     messages = [{"role": "user", "content": str(touched)}]
     with pytest.raises(TemplateError):
-        local_model.render_prompt(messages, hostile)
+        local_engine.render_prompt(messages, hostile)
     assert not touched.exists()
     assert messages == [{"role": "user", "content": str(touched)}]
 
@@ -221,8 +221,8 @@ def test_templates_that_refuse_a_system_message_or_write_the_bos_token_are_met()
         "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>"
     )
     gemma_like = gguf_file.GGUFInfo(**{**info.__dict__, "chat_template": strict, "bos_token": "<bos>", "add_bos_token": True})
-    prompt, stops = local_model.render_prompt(CONVERSATION, gemma_like)
+    prompt, stops = local_engine.render_prompt(CONVERSATION, gemma_like)
     assert prompt == "<user>Answer in one word.\n\nName one colour.<assistant>"
     assert stops == []
     own_bos = gguf_file.GGUFInfo(**{**gemma_like.__dict__, "add_bos_token": False})
-    assert local_model.render_prompt(CONVERSATION[1:], own_bos)[0] == "<bos><user>Name one colour.<assistant>"
+    assert local_engine.render_prompt(CONVERSATION[1:], own_bos)[0] == "<bos><user>Name one colour.<assistant>"
