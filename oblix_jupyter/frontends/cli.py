@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from .. import __version__
 from ..errors import BadArguments, OblixError, StoreUnavailable
 from ..render import TerminalWriter, terminal_text
-from .commands import COMMANDS, AskOptions, add_commands, listed_sessions
+from .commands import COMMANDS, AskOptions, add_commands, explained, listed_sessions
 
 if TYPE_CHECKING:
     from ..client import OblixClient
@@ -45,7 +45,7 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
-        raise BadArguments(message)
+        raise BadArguments(explained(message, self))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -368,3 +368,45 @@ def listed_sessions(client: OblixClient, options: argparse.Namespace) -> list[di
     if options.search:
         return client.search_sessions(options.search, limit=sys.maxsize if options.all else options.limit)
     return client.list_sessions(None if options.all else options.limit)  # type: ignore[arg-type]  # None: every one
+
+
+# -- after a mistake ---------------------------------------------------------------------
+
+_INVALID_CHOICE = re.compile(r"argument (?P<name>[^:]+): invalid choice: '?(?P<word>[^'(]*?)'? \(choose from (?P<choices>.*)\)$")
+
+
+def explained(message: str, parser: argparse.ArgumentParser) -> str:
+    """argparse's message as one line that names what a typo most likely meant, never the list of every choice."""
+    invalid = _INVALID_CHOICE.match(message)
+    if invalid:
+        choices = [choice.strip(" '") for choice in invalid["choices"].split(",")]
+        what = "command" if invalid["name"] in ("COMMAND", "ACTION") else invalid["name"]
+        close = closest(invalid["word"], choices)
+        hint = f"did you mean {close!r}?" if close else f"`{parser.prog} --help` lists them."
+        where = f" in `{parser.prog}`" if " " in parser.prog else ""  # a subcommand's own choices
+        return f"no {what} {invalid['word']!r}{where}; {hint}"
+    if not message.startswith("unrecognized arguments:"):
+        return message
+    known = _option_strings(parser)
+    typed = [word.split("=", 1)[0] for word in message.partition(":")[2].split() if word.startswith("-")]
+    guesses = list(dict.fromkeys(filter(None, (closest(word, known) for word in typed))))
+    return message + (f" (did you mean {' or '.join(guesses)}?)" if guesses else "")
+
+
+def closest(word: str, choices: Sequence[str]) -> str | None:
+    """The choice a mistyped ``word`` most likely meant, if one is close enough."""
+    import difflib  # only after a mistake: %load_ext stays light
+
+    close = difflib.get_close_matches(word, choices, n=1)
+    return close[0] if close else None
+
+
+def _option_strings(parser: argparse.ArgumentParser) -> list[str]:
+    """Every option of ``parser`` and of its subcommands: the top parser reports what none of them took."""
+    found = []
+    for action in parser._actions:
+        found += action.option_strings
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                found += _option_strings(sub)
+    return list(dict.fromkeys(found))

@@ -30,7 +30,7 @@ from ..kernel.envfile import load_dotenv
 from ..redaction import WITHHELD, is_secret_name
 from ..render import local_time, prepare
 from .comm import LabExtension
-from .commands import ASK_OPTIONS, COMMANDS, AskOptions, add_commands, listed_sessions
+from .commands import ASK_OPTIONS, COMMANDS, AskOptions, add_commands, closest, explained, listed_sessions
 from .display import (
     Conversation,
     Message,
@@ -77,7 +77,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse that raises ``BadArguments`` (with the usage line) instead of exiting."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise BadArguments(f"{closest_options(message, self)}\n{usage(self)}")
+        raise BadArguments(f"{explained(message, self)}\n{usage(self)}")
 
     def exit(self, status: int = 0, message: str | None = None) -> None:  # type: ignore[override]
         raise BadArguments((message or "").strip() or usage(self))
@@ -86,24 +86,6 @@ class _Parser(argparse.ArgumentParser):
 def usage(parser: argparse.ArgumentParser) -> str:
     """The usage line, without the reST markup IPython's help formatter adds."""
     return "usage: " + " ".join(parser.format_usage().replace("::", "").split()).removeprefix("usage: ")
-
-
-def closest_options(message: str, parser: argparse.ArgumentParser) -> str:
-    """argparse's message, and for options it did not recognise the known ones closest to them (a typo's likely fix)."""
-    if not message.startswith("unrecognized arguments:"):
-        return message
-    known = [option for action in parser._actions for option in action.option_strings]
-    typed = [word.split("=", 1)[0] for word in message.partition(":")[2].split() if word.startswith("-")]
-    guesses = list(dict.fromkeys(filter(None, (closest(word, known) for word in typed))))
-    return message + (f" (did you mean {' or '.join(guesses)}?)" if guesses else "")
-
-
-def closest(word: str, choices: Sequence[str]) -> str | None:
-    """The choice a mistyped ``word`` most likely meant, if one is close enough."""
-    import difflib  # only after a mistake: %load_ext stays light
-
-    close = difflib.get_close_matches(word, choices, n=1)
-    return close[0] if close else None
 
 
 def split_line(line: str) -> list[str]:
@@ -123,7 +105,7 @@ def parse_cell_options(line: str) -> AskOptions:
     try:
         options = parser.parse_args(split_line(line))
     except UsageError as error:
-        raise BadArguments(f"{closest_options(str(error), parser)}\n{usage(parser)}") from None
+        raise BadArguments(f"{explained(str(error), parser)}\n{usage(parser)}") from None
     except SystemExit:  # argparse exits on --help-like input despite add_help=False in some versions
         raise BadArguments(usage(parser)) from None
     return AskOptions.parsed(options)

@@ -360,3 +360,11 @@ def test_doctor_takes_only_keys_from_the_dotenv_here_and_never_shows_one(model_e
     assert rows["model"] == f"{TEST_MODEL} (OBLIX_MODEL)"
     assert rows[f"key for {TEST_MODEL}"] == "set"
     assert TEST_KEY not in result.stdout + result.stderr and stranger not in result.stdout + result.stderr
+
+
+def test_a_mistyped_command_or_option_gets_the_closest_one_in_one_line(store):
+    line = fails_with(oblix("sesions"), "no command 'sesions'; did you mean 'sessions'?")
+    assert "doctor" not in line, "not the list of every command"
+    fails_with(oblix("local", "ad", "model.gguf"), "no command 'ad' in `oblix local`; did you mean 'add'?")
+    fails_with(oblix("sessions", "--limt", "3"), "did you mean --limit?")
+    fails_with(oblix("frobnicate"), "no command 'frobnicate'; `oblix --help` lists them.")
