@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import functools
 import os
 import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import nullcontext
@@ -60,6 +62,8 @@ if TYPE_CHECKING:  # the selector's modules load on the first turn, keeping %loa
     from .vectors import VectorCache
 
 TextSink = Callable[[str], Any] | IO[str]
+TOKEN_COUNTS = 20_000  # texts whose token count a client remembers per model: a long session's messages, many times over
+INDEXED_SESSIONS = 16  # sessions whose word index a client keeps between turns
 SPEED_LIMIT_NOTE = "input limited to {tokens} tokens so the local model answers sooner (local_max_input_tokens)"
 TITLE_FROM_PROMPT = "title_from_prompt"  # in a session's metadata until its first prompt names it
 PROMPT_TITLE_CHARS = 60  # a title made from a prompt is its first line, cut at a word within this length
@@ -116,8 +120,8 @@ class OblixClient:
         # Read-only kernel tools for models that can call them (``kernel.tools``); a turn may turn them off.
         self.tools = tools
         self.max_tool_rounds = max_tool_rounds
-        self._token_counts: dict[str, dict[str, int]] = {}  # by model, then text
-        self._indexes: dict[str, LexicalIndex] = {}
+        self._token_counters: dict[str, Callable[[str], int]] = {}  # by model, each remembering its last TOKEN_COUNTS texts
+        self._indexes: OrderedDict[str, LexicalIndex] = OrderedDict()  # the INDEXED_SESSIONS last used
         self._vectors: VectorCache | None = None
         # Writes the prompt while the request goes out: measured on 1,000 messages (paired, 300 ms first
         # token), 6-9 ms a turn when the selector must choose, about 2 ms (noise) when everything fits.
@@ -585,6 +589,9 @@ class OblixClient:
         index = self._indexes.get(session_id)
         if index is None or not index.extend(messages).describes(messages):
             index = self._indexes[session_id] = LexicalIndex(messages)
+        self._indexes.move_to_end(session_id)
+        while len(self._indexes) > INDEXED_SESSIONS:  # a long-lived kernel that visits many sessions keeps only the recent ones
+            self._indexes.popitem(last=False)
         return index
 
     def _vector_cache(self) -> VectorCache | None:
@@ -602,16 +609,11 @@ class OblixClient:
             self._vectors.wait()
 
     def _counter(self, model: str) -> Callable[[str], int]:
-        """A token counter for ``model`` that remembers its answers: every turn counts the same messages."""
-        counts = self._token_counts.setdefault(model, {})
-
-        def count(text: str) -> int:
-            tokens = counts.get(text)
-            if tokens is None:
-                tokens = counts[text] = count_tokens(model, text)
-            return tokens
-
-        return count
+        """A token counter for ``model`` that remembers its last answers: every turn counts the same messages."""
+        counter = self._token_counters.get(model)
+        if counter is None:
+            counter = self._token_counters[model] = functools.lru_cache(maxsize=TOKEN_COUNTS)(functools.partial(count_tokens, model))
+        return counter
 
     def execute_sync(
         self,

@@ -406,3 +406,15 @@ def test_a_prompt_that_cannot_be_stored_is_reported_as_a_store_error(model_env, 
     assert client.load_session(session_id)["messages"] == []  # nothing half-recorded
     client.execute_sync("keep me", session_id)
     assert [m["content"] for m in client.load_session(session_id)["messages"]][0] == "keep me"
+
+
+def test_a_long_lived_client_keeps_its_caches_bounded(client, monkeypatch):
+    import oblix_jupyter.client as client_module
+
+    monkeypatch.setattr(client_module, "INDEXED_SESSIONS", 3)
+    for n in range(6):
+        session_id = client.create_session_sync(title=f"s{n}")
+        client._lexical_index(session_id, [{"id": "msg_1", "role": "user", "content": f"words of session {n}"}])
+    assert len(client._indexes) == 3, "only the sessions used last keep their word index"
+    count = client._counter("openai/gpt-4o-mini")
+    assert count is client._counter("openai/gpt-4o-mini") and count.cache_info().maxsize == client_module.TOKEN_COUNTS
