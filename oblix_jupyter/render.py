@@ -264,7 +264,7 @@ def transcript(session: Mapping[str, Any], escape: Callable[[str], str] = inert_
 
 
 def prepare() -> None:
-    """Import and build the parser and the Python highlighter now (about 0.15 s), e.g. in the background at load."""
+    """Import and build the parser and the Python highlighter now, e.g. in the background at load, so a first answer need not."""
     markdown_html("```python\npass\n```")
 
 

@@ -25,11 +25,11 @@ if TYPE_CHECKING:
     from .store.base import SessionStore
 
 _HANDOFF_SECONDS = 0.01  # how long a prompt's embedding may take to start before the caller goes on anyway
-_FIRST_RATE = 100.0  # passages per second assumed before any is measured (this 2-core machine: 90-190)
+_FIRST_RATE = 100.0  # passages per second assumed until measured: a busy 2-core machine's, so a first turn waits no longer than asked
 _BACKGROUND_BATCH = 8  # messages per background batch: the longest a turn that starts meanwhile waits
 # A front end still renders the answer after the turn: background work starting at once
-# competes with it for the interpreter lock (%%oblix, first token after 300 ms: the turn
-# adds 13.3 ms to a bare call with no wait, 10.3 ms with this one; one run each).
+# competes with it for the interpreter lock, so it waits this long after a turn
+# (measured: see benchmarks/bench_magics.py and README's "Speed").
 _AFTER_TURN = 0.1
 
 
@@ -79,8 +79,8 @@ class VectorCache:
         """Whether a turn has used this session's vectors here, so its next prompt is worth embedding ahead.
 
         Not merely whether they are kept: a session that fits its window needs no
-        prompt vector, and embedding one anyway cost each of its turns 7 ms (%%oblix,
-        first token after 300 ms).
+        prompt vector, and embedding one anyway takes CPU from each of its turns for
+        nothing (measured: see benchmarks/bench_magics.py and README's "Speed").
         """
         return session_id in self._used
 
@@ -156,8 +156,9 @@ class VectorCache:
     def _fill(self, session_id: str, messages: list[Mapping[str, Any]]) -> None:
         """Background: embed what is missing ``_BACKGROUND_BATCH`` messages at a time, never while a turn is under way.
 
-        A batch already running when a turn starts finishes first: a few tens of
-        milliseconds on a 2-core machine. Each batch is stored as soon as it is done.
+        A batch already running when a turn starts finishes first, which is why batches
+        are small (measured: see benchmarks/bench_background.py). Each batch is stored as
+        soon as it is done.
         """
         complete = False
         while not complete and session_id not in self._forgotten and self.embedder is not None:
@@ -167,8 +168,8 @@ class VectorCache:
     def embed_prompt_ahead(self, prompt: str) -> None:
         """Start embedding ``prompt`` in the background; ``embed_prompt`` picks the result up.
 
-        Measured (paired, 1,000 messages, overflowing a 4k window): 5 ms a turn after a
-        300 ms first token, 18 ms for a typical answer.
+        So the prompt's embedding runs beside the session's reading and the rest of the
+        plan, not after them (measured: see benchmarks/bench_turn.py and README's "Speed").
 
         A worker woken while this thread keeps computing would wait for the interpreter
         lock until this thread next blocks, typically when it asks for the result, and the
@@ -215,7 +216,7 @@ class VectorCache:
         found = self.store.read_vectors(embedder.name, keys)
         usable = [key for key, payload in found.items() if payload and len(payload) % (2 * width) == 0]  # else embed again
         rows = numpy.frombuffer(b"".join(found[key] for key in usable), dtype=numpy.float16).astype(numpy.float32)
-        rows = rows.reshape(-1, width)  # at once, not message by message: 4 ms instead of 10 for 1,000 messages
+        rows = rows.reshape(-1, width)  # at once, not message by message: one conversion, not one per message
         blocks: dict[str, Any] = {}
         for key in usable:
             count = len(found[key]) // (2 * width)

@@ -231,7 +231,8 @@ def fuse(lexical: Mapping[int, float], semantic: Any, size: int, floor: float = 
     With a ``floor`` (the least relevance the caller will use), only the ranks that can
     reach it are computed: a passage below ``depth`` in both rankings scores under
     ``2 / (RANK_CONSTANT + depth)``, and the best scores at least ``1 / (RANK_CONSTANT + 1)``.
-    On 10,000 messages that spares sorting them all twice (about 5 ms of a turn).
+    On a long session that spares sorting every passage twice in each turn (measured:
+    see benchmarks/bench_context.py and README's "Speed").
     """
     best_lexical = max(lexical.values(), default=0.0)
     if semantic is None:

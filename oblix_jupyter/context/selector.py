@@ -114,10 +114,11 @@ class ContextPlan:
 
     ``items`` (one per message or system part, with its reason) and ``omitted`` (the
     ids of the earlier messages left out) are built when first read: a turn needs only
-    ``messages`` before its request goes out, and listing what it left out of 10,000
-    messages took 1.5 ms. After the turn, ``add_requests`` adds what the model was sent
-    beyond the plan: a model that calls tools gets the plan again with every request,
-    followed by the calls and results of the rounds before it.
+    ``messages`` before its request goes out, and listing what it left out of a long
+    session is work that grows with it (measured: see README's "Speed"). After the
+    turn, ``add_requests`` adds what the model was sent beyond the plan: a model that
+    calls tools gets the plan again with every request, followed by the calls and
+    results of the rounds before it.
     """
 
     messages: list[dict[str, str]]
@@ -560,7 +561,8 @@ class _Turn:
         tokens with embeddings, and from 70.5/77.9/82.3% to 71.7/79.2/84.2% by words
         alone (skipping them only after ranking gave 77.5/84.1/91.2%).
         The index lists them as it grows (``LexicalIndex.answered``): finding them here
-        took 3 ms a turn on 10,000 messages.
+        meant going through every earlier message in each turn (measured: see README's
+        "Speed").
         """
         return set(self.index.answered)  # a copy: the session's index may grow under another turn meanwhile
 

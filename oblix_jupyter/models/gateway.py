@@ -591,9 +591,9 @@ def _skip_idle_stream_logging(litellm: ModuleType) -> None:
     """Stop litellm logging every streamed chunk on a worker thread when nothing would receive it.
 
     With no callbacks and no cache configured that work has no effect, yet it takes
-    about a third of the CPU of a streamed answer, from the thread that is streaming:
-    measured (paired, 1,000 messages) 11-32 ms a turn after a 300 ms first token and
-    50-95 ms for a typical 150-word answer.
+    about a third of the CPU of a streamed answer, from the thread that is streaming,
+    and more the longer the answer (measured: see benchmarks/bench_turn.py and README's
+    "Speed").
     It is switched back on as soon as the user configures a callback or a cache.
     """
     global _logging_switched_off

@@ -118,8 +118,9 @@ def _configure(conn: psycopg.Connection) -> None:
 class _ReadMessages:
     """The messages of the sessions read here last, so that a session read again fetches only the newer ones.
 
-    A turn reads its session again each time: on 1,000 messages that is 5 ms fetched
-    and decoded otherwise. Sound because messages are only ever appended (no function
+    A turn reads its session again each time, and fetching and decoding all of a long
+    session grows with it (measured: see benchmarks/bench_store_postgres.py and README's
+    "Speed"). Sound because messages are only ever appended (no function
     changes or removes one; they go only with their session): those read before are
     still the first ones. A session deleted elsewhere and stored again under the same
     id (an import that keeps ids) is another one, told apart by its creation time.

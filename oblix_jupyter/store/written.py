@@ -1,11 +1,10 @@
 """What this process last wrote to each session file, kept so the next read and write need not redo it.
 
-Measured (paired turns of the store's work: read, two appends, on a 1,000-message
-session, this machine): 12.6 ms without, 7.6 to 9.2 ms with; the encoder alone gives
-2.7 to 3.6 ms of that. It grows with the session, and a turn's whole budget over a bare
-model call is 5% (15 ms when the first token takes 300 ms). A session of 20 messages
-gains 0.3 to 0.6 ms. Everything here is an optimisation: with none of it, the same
-bytes are written and read.
+Encoding a long session whole on every append, and parsing it again on every read, is
+most of a turn's store work, and it grows with the session, while a turn's whole budget
+over a bare model call is 5% (measured: see benchmarks/bench_turn.py and README's
+"Speed"). Everything here is an optimisation: with none of it, the same bytes are
+written and read.
 """
 
 from __future__ import annotations
