@@ -11,7 +11,6 @@ import os
 
 import pytest
 from model_server import ModelServer
-from postgres_server import running
 
 TEST_MODEL = "openai/test-model"
 TEST_KEY = "sk-test-0123456789abcdef"  # looks like a key, so leaks of it can be detected
@@ -36,6 +35,8 @@ def postgres():
     If it cannot start, every test that uses it fails (never skips): the PostgreSQL
     store must be tested wherever the tests run.
     """
+    from postgres_server import running  # here, not at the top: psycopg loads only in runs that use PostgreSQL
+
     with running() as server:
         yield server
 

@@ -6,10 +6,12 @@ import os
 import stat
 import subprocess
 import sys
+import threading
 import time
 
 import numpy
 import pytest
+from waiting import running_in, wait_until
 
 from oblix_jupyter.context.relevance import (
     RANK_CONSTANT,
@@ -265,9 +267,7 @@ def test_turns_on_a_long_session_find_a_fact_by_meaning_and_embed_each_finished_
         plan = result["plan"]
         assert "meaning (embeddings)" in " ".join(plan.notes) and "not embedded yet" not in " ".join(plan.notes)
         assert "msg_21" in [item.message_id for item in plan.items]
-        deadline = time.monotonic() + 30
-        while not embedded(result["message_id"]) and time.monotonic() < deadline:
-            time.sleep(0.05)  # the finished turn is embedded in the background
+        client.wait_for_background()  # the finished turn is embedded in the background
         assert embedded(result["message_id"])
 
 
@@ -296,7 +296,7 @@ def test_background_embedding_waits_while_a_turn_is_under_way(embedder, tmp_path
     cache = VectorCache(store, counting)
     with cache.during_turn():
         cache.update_later(session_id, conversation_messages(store.get_session(session_id)))
-        time.sleep(0.3)
+        wait_until(lambda: running_in(VectorCache._wait_for_quiet, threading.Condition.wait), 10, "the background embedding to wait for the turn")
         assert counting.calls == []
     cache.wait()
     assert sum(counting.calls) == 3
@@ -334,7 +334,7 @@ def test_deleting_a_session_removes_its_vectors_even_with_a_turn_still_embedding
     keys = [digest(m["content"]) for m in store.get_session(session_id)["messages"]]
     assert store.read_vectors(embedder.name, keys)
     assert client.delete_session(session_id)
-    time.sleep(1.0)  # anything still queued has run by now
+    client.wait_for_background()  # what was still queued for the session has run
     assert store.read_vectors(embedder.name, keys) == {}
 
 

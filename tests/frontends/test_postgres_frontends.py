@@ -21,7 +21,7 @@ from kernels import outputs_text, run_cells
 from postgres_server import ADMIN, DATABASE, PostgresServer
 from psycopg import sql
 from test_cli import fails_with, oblix
-from waiting import wait_until
+from waiting import running_in, wait_until
 
 from oblix_jupyter import OblixClient
 from oblix_jupyter.errors import BadArguments, NotPermitted
@@ -261,7 +261,8 @@ def test_a_panel_on_a_shared_session_shows_a_colleagues_message_within_a_second(
     try:
         panel.poll_interval = 30  # so that only the database's announcement can bring the message in time
         panel._view_count = 1  # a front end shows the panel
-        time.sleep(0.3)  # the panel is listening
+        wait_until(lambda: running_in(psycopg.Connection.notifies, psycopg.Connection.wait, thread=panel.follower.thread),
+                   10, "the panel to listen for the database's announcements")
         started = time.monotonic()
         bob_client.session_manager.save_message(session_id, "the join key is customer_id")
         wait_until(lambda: any("the join key is customer_id" in output["data"]["text/plain"]

@@ -17,7 +17,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -124,17 +123,15 @@ def test_streaming_yields_several_chunks_over_time_and_usage():
         stream_options={"include_usage": True},
         seed=1,
     )
-    arrivals, pieces, usage, finish = [], [], None, None
+    pieces, usage, finish = [], None, None
     for chunk in stream:
         if getattr(chunk, "usage", None) is not None:
             usage = chunk.usage
         if chunk.choices:
             if chunk.choices[0].delta.content:
                 pieces.append(chunk.choices[0].delta.content)
-                arrivals.append(time.monotonic())
             finish = chunk.choices[0].finish_reason or finish
-    assert len(pieces) >= 5
-    assert arrivals[-1] - arrivals[0] > 0.01  # pieces came one by one, not in one burst
+    assert len(pieces) >= 5  # that they come while llama.cpp still writes: test_stream_stops_generating_when_consumer_stops
     assert "".join(pieces).strip()
     assert finish in ("stop", "length")
     _check_usage(usage)

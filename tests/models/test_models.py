@@ -5,10 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 from model_server import Behavior
+from waiting import wait_until
 
 from oblix_jupyter import OblixClient
 from oblix_jupyter.errors import NoModelConfigured, redact
@@ -101,10 +101,8 @@ def test_stream_logging_is_skipped_only_while_nothing_listens(model_env):
     try:
         client.chat_once_sync("second")
         assert litellm.disable_streaming_logging is False
-        deadline = time.monotonic() + 10
-        while not seen and time.monotonic() < deadline:  # litellm calls back from a worker thread
-            time.sleep(0.05)
-        assert seen, "a configured litellm callback must still receive streamed answers"
+        # litellm calls back from a worker thread
+        wait_until(lambda: seen, 10, "a configured litellm callback to receive the streamed answer")
     finally:
         litellm.success_callback.remove(listener)
     client.chat_once_sync("third")

@@ -14,6 +14,7 @@ import pytest
 from fault_proxy import FaultProxy
 from model_server import Behavior
 from postgres_server import DATABASE
+from waiting import wait_until
 
 from oblix_jupyter import OblixClient
 
@@ -73,11 +74,8 @@ def test_a_spool_left_by_a_killed_kernel_is_written_by_the_next_one_before_anyth
     assert kept["saved_locally"]
     killed.session_manager.close()  # as gone as a killed kernel: nothing of it writes the spool
     proxy.accept()
-    started = time.monotonic()
     successor = OblixClient()  # another kernel of the user, on another notebook: it never reads that session
-    while successor.session_manager.spool.pending():
-        assert time.monotonic() - started < 5
-        time.sleep(0.02)
+    wait_until(lambda: not successor.session_manager.spool.pending(), 5, "the new kernel to write what the killed one kept")
     rows = postgres.admin_query("SELECT id, content FROM oblix.messages WHERE session_id = %s ORDER BY position", (session_id,))
     assert rows == [("msg_1", "question"), ("msg_2", "Echo: question"), ("msg_3", "the answer a killed kernel kept")]
     successor.session_manager.close()
