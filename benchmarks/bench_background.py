@@ -47,7 +47,7 @@ def main() -> None:
         prompt = "and what about the last column?"
         client.execute_sync(prompt, session_id)
         client.wait_for_background()
-        cache = client._vector_cache()
+        cache = client._turns.vector_cache()
         assert cache is not None and cache.embedder is not None, "this benchmark needs the embedding model"
         backlog_messages = conversation_messages(store.get_session(backlog))
         cache.update_later(backlog, backlog_messages)

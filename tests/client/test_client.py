@@ -409,12 +409,13 @@ def test_a_prompt_that_cannot_be_stored_is_reported_as_a_store_error(model_env, 
 
 
 def test_a_long_lived_client_keeps_its_caches_bounded(client, monkeypatch):
-    import oblix_jupyter.client as client_module
+    import oblix_jupyter.turn as turn_module
 
-    monkeypatch.setattr(client_module, "INDEXED_SESSIONS", 3)
+    monkeypatch.setattr(turn_module, "INDEXED_SESSIONS", 3)
+    turns = client._turns
     for n in range(6):
         session_id = client.create_session_sync(title=f"s{n}")
-        client._lexical_index(session_id, [{"id": "msg_1", "role": "user", "content": f"words of session {n}"}])
-    assert len(client._indexes) == 3, "only the sessions used last keep their word index"
-    count = client._counter("openai/gpt-4o-mini")
-    assert count is client._counter("openai/gpt-4o-mini") and count.cache_info().maxsize == client_module.TOKEN_COUNTS
+        turns.lexical_index(session_id, [{"id": "msg_1", "role": "user", "content": f"words of session {n}"}])
+    assert len(turns._indexes) == 3, "only the sessions used last keep their word index"
+    count = turns.counter("openai/gpt-4o-mini")
+    assert count is turns.counter("openai/gpt-4o-mini") and count.cache_info().maxsize == turn_module.TOKEN_COUNTS

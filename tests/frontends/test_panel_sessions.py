@@ -14,7 +14,8 @@ import pytest
 from model_server import Behavior
 from test_panel import ask, binding, client, panel, rendered  # noqa: F401  (fixtures)
 
-from oblix_jupyter.client import PROMPT_TITLE_CHARS, TITLE_FROM_PROMPT, OblixClient
+from oblix_jupyter.client import OblixClient
+from oblix_jupyter.turn import PROMPT_TITLE_CHARS, TITLE_FROM_PROMPT
 from oblix_jupyter.frontends.panel import last_activity
 
 pytestmark = pytest.mark.timeout(60)

@@ -1,0 +1,600 @@
+"""A turn: read the session, plan what to send, store the prompt while the answer streams, store the answer; a ``TurnResult`` says what came of it.
+
+``OblixClient`` owns the settings (model, store, limits: public attributes a user may
+change between turns) and delegates here; ``Turns`` keeps what turns share (token
+counts, word indexes, embeddings, the store's writer). The user's message is written
+while the request goes out, and the turn waits for that write before it shows any
+answer, stores the answer or reports a failure, so no failure can lose it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from contextlib import nullcontext
+from dataclasses import dataclass, fields, replace
+from typing import IO, TYPE_CHECKING, Any, Protocol
+
+from .errors import AnswerInterrupted, ModelError, NoModelConfigured, NotPermitted, OblixError, StoreUnavailable, redact
+from .models import local_model
+from .models.gateway import (
+    DEFAULT_ANSWER_RESERVE,
+    ModelGateway,
+    ToolRunner,
+    configured_models,
+    count_tokens,
+    local_input_budget,
+    max_input_tokens,
+    model_notice,
+    supports_tools,
+)
+from .redaction import is_secret_name, withhold_values
+from .store.base import SessionStore, Sharing
+
+if TYPE_CHECKING:  # the selector's modules load on the first turn, keeping %load_ext light
+    from .context.inputs import NotebookContext, VariableSummary
+    from .context.relevance import LexicalIndex
+    from .context.selector import ContextPlan
+    from .kernel.tools import KernelTools
+    from .vectors import VectorCache
+
+TextSink = Callable[[str], Any] | IO[str]
+TOKEN_COUNTS = 20_000  # texts whose token count a client remembers per model: a long session's messages, many times over
+INDEXED_SESSIONS = 16  # sessions whose word index a client keeps between turns
+SPEED_LIMIT_NOTE = "input limited to {tokens} tokens so the local model answers sooner (local_max_input_tokens)"
+TITLE_FROM_PROMPT = "title_from_prompt"  # in a session's metadata until its first prompt names it
+PROMPT_TITLE_CHARS = 60  # a title made from a prompt is its first line, cut at a word within this length
+
+# Clear while a warm-up does a first turn's imports; turns wait for it rather than import the same modules at
+# once, since two threads importing litellm's (circular) modules together can each get the other's half-made one.
+_warmed = threading.Event()
+_warmed.set()
+_warming: threading.Thread | None = None
+_leaving = threading.Event()  # Python is exiting: the warm-up skips what it has not started
+
+
+@dataclass
+class TurnResult:
+    """What came of a turn that answered (a failed one raises instead).
+
+    ``message_id`` is the stored answer's (None when nothing is stored: no session);
+    ``status`` the gateway's word for how the answer ended (``"complete"``); ``tools``
+    the calls the model made, as ``on_tool`` heard them; ``failed_models`` the (model,
+    reason) of each model the chain fell back from; ``notice`` what the user must be told
+    beside the answer; ``plan`` what was sent, and why.
+    """
+
+    response: str
+    session_id: str | None
+    session_title: str | None
+    message_id: str | None
+    model: str
+    status: str
+    usage: dict[str, int | None]
+    cost: float | None
+    tools: list[dict[str, Any]]
+    failed_models: list[tuple[str, str]]
+    notice: str | None
+    plan: ContextPlan
+
+    def as_dict(self) -> dict[str, Any]:
+        """The seed's SDK-shaped result (``execute``, ``chat_once``): built here alone, so the two shapes cannot drift.
+
+        Shallow, unlike ``dataclasses.asdict``: the plan stays the object front ends show.
+        """
+        return {field.name: getattr(self, field.name) for field in fields(self)}
+
+
+class TurnSettings(Protocol):
+    """What a turn reads of its client, at the moment it runs: the user may change any of these between turns."""
+
+    model: str | None
+    fallback_models: str | Sequence[str] | None
+    max_input_tokens: int | None
+    local_max_input_tokens: int | None
+    semantic: bool | None
+    embed_seconds: float
+    tools: bool
+    max_tool_rounds: int
+    gateway: ModelGateway
+    session_manager: SessionStore
+
+
+class Turns:
+    """A client's turns: the turn itself, and what turns keep between them (bounded), read against ``settings``."""
+
+    def __init__(self, settings: TurnSettings) -> None:
+        self.settings = settings
+        self._token_counters: dict[str, Callable[[str], int]] = {}  # by model, each remembering its last TOKEN_COUNTS texts
+        self._indexes: OrderedDict[str, LexicalIndex] = OrderedDict()  # the INDEXED_SESSIONS last used
+        self._vectors: VectorCache | None = None
+        # Writes the prompt while the request goes out, so the request does not wait for the
+        # store (measured: see ``benchmarks/bench_turn.py``).
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="oblix-store")
+
+    def forget(self, session_id: str) -> None:
+        """Let go of a session being deleted: an embedding of it still under way here cannot write its file again."""
+        if self._vectors is not None:
+            self._vectors.forget(session_id)
+        self._indexes.pop(session_id, None)
+
+    def models_for(self, session: dict[str, Any] | None) -> list[str]:
+        """The model chain of a turn: the session's pinned model, its own fallbacks, then the configured ones."""
+        session = session or {}
+        pinned = session.get("model")
+        try:
+            configured = configured_models(self.settings.model, self.settings.fallback_models)
+        except NoModelConfigured:
+            if not pinned:
+                raise
+            configured = []  # a pinned session still works on its own model
+        chain = [pinned or configured[0], *(session.get("fallback_models") or []), *configured]
+        return list(dict.fromkeys(chain))
+
+    def plan(
+        self,
+        prompt: str,
+        session: dict[str, Any] | None,
+        model: str,
+        history: bool = True,
+        max_tokens: int | None = None,
+        *,
+        variables: Sequence[VariableSummary] = (),
+        notebook: NotebookContext | None = None,
+        pinned: Sequence[str] | None = None,
+    ) -> ContextPlan:
+        """What would be sent for ``prompt`` to ``model``: the context selector's plan.
+
+        The selector is pure; what it may need is computed here, and only when the
+        conversation does not fit whole (``Selection.fits``): the word index (kept per
+        session and extended, never rebuilt) and the embeddings (computed within
+        ``embed_seconds`` on a first turn, the rest later).
+        """
+        from .context.embedder import unavailable_reason
+        from .context.selector import start_selection
+
+        window, limited = self._input_window(model)
+        budget = window - min(max_tokens or DEFAULT_ANSWER_RESERVE, window // 2)
+        session_id = (session or {}).get("id")
+        selection = start_selection(
+            session,
+            prompt,
+            budget,
+            self.counter(model),
+            history,
+            variables=variables,
+            notebook=notebook,
+            pinned=pinned if pinned is not None else (session or {}).get("pinned", ()),
+        )
+        if selection.fits or session_id is None:
+            plan = selection.finish()
+        else:
+            messages = selection.earlier
+            selection.choose_pinned_and_recent(self.lexical_index(session_id, messages))  # while the prompt embeds
+            vectors = self.vector_cache()
+            if vectors is None or vectors.embedder is None:
+                plan = selection.finish()
+                plan.notes.append(unavailable_reason() or "Meaning is switched off for this client (semantic=False).")
+            else:
+                plan = selection.finish((vectors.vectors(session_id, messages, self.settings.embed_seconds), vectors.embed_prompt(prompt)))
+        if limited is not None and not selection.fits:
+            plan.notes.append(limited)
+        return plan
+
+    def _input_window(self, model: str) -> tuple[int, str | None]:
+        """The tokens ``model`` may be sent, and, when its reading speed rather than its window set them, a note saying so.
+
+        A local model reads a few hundred tokens a second on a CPU, so it is given what it
+        reads in a few seconds (``local_max_input_tokens`` overrides), within the window.
+        """
+        window = max_input_tokens(model, self.settings.max_input_tokens)
+        budget = local_input_budget(model, self.settings.local_max_input_tokens)
+        if budget is None or budget >= window:
+            return window, None
+        return budget, SPEED_LIMIT_NOTE.format(tokens=budget)
+
+    def _kernel_tools(self, models: Sequence[str], session: dict[str, Any] | None, variables: Sequence[VariableSummary]) -> KernelTools | None:
+        """The kernel's read-only tools for this turn; None outside a kernel or when no model of the chain can call tools.
+
+        Secret-looking variables are shown only when the user named them for this turn
+        (the summaries the front end sent them in).
+        """
+        from .kernel.tools import KernelTools, current_shell
+
+        shell = current_shell()
+        if shell is None or not any(supports_tools(model, self.settings.gateway.model_options.get(model)) for model in models):
+            return None
+        named = [summary.name for summary in variables if not summary.excluded]
+        search = self._conversation_search(session) if session and session.get("messages") else None
+        return KernelTools.from_shell(shell, named, search=search, count=self.counter(models[0]), rounds=self.settings.max_tool_rounds)
+
+    def _conversation_search(self, session: dict[str, Any]) -> Callable[[str, int], list[str]]:
+        """The search tool's backend: the selector's relevance over this session's messages, as ``[msg_N] passage`` lines."""
+        from .context.relevance import search
+        from .context.selector import conversation_messages
+
+        def find(query: str, limit: int) -> list[str]:  # the work happens only if the model searches
+            messages = conversation_messages(session)
+            vectors = self.vector_cache()
+            index = self.lexical_index(session["id"], messages)
+            table = query_vector = None
+            if vectors is not None and vectors.embedder is not None:
+                table, query_vector = vectors.vectors(session["id"], messages, 0.0), vectors.embedder.embed([query])[0]
+            return [f"[{message_id}] {passage}" for message_id, passage in search(index, query, limit, table, query_vector)]
+
+        return find
+
+    def lexical_index(self, session_id: str, messages: list[dict[str, Any]]) -> LexicalIndex:
+        """The session's word index, extended with new messages rather than rebuilt each turn."""
+        from .context.relevance import LexicalIndex
+
+        index = self._indexes.get(session_id)
+        if index is None or not index.extend(messages).describes(messages):
+            index = self._indexes[session_id] = LexicalIndex(messages)
+        self._indexes.move_to_end(session_id)
+        while len(self._indexes) > INDEXED_SESSIONS:  # a long-lived kernel that visits many sessions keeps only the recent ones
+            self._indexes.popitem(last=False)
+        return index
+
+    def vector_cache(self) -> VectorCache | None:
+        """The embedding cache beside the store (its model loads on first use), or None when meaning is switched off."""
+        if self._vectors is None and self.settings.semantic is not False:
+            from .vectors import VectorCache
+
+            self._vectors = VectorCache(self.settings.session_manager)
+        return self._vectors
+
+    def wait_for_background(self) -> None:
+        """Wait until what turns left to the background is done: the store's writes, then the embeddings."""
+        self._writer.submit(lambda: None).result()
+        if self._vectors is not None:
+            self._vectors.wait()
+
+    def counter(self, model: str) -> Callable[[str], int]:
+        """A token counter for ``model`` that remembers its last answers: every turn counts the same messages."""
+        counter = self._token_counters.get(model)
+        if counter is None:
+            counter = self._token_counters[model] = functools.lru_cache(maxsize=TOKEN_COUNTS)(functools.partial(count_tokens, model))
+        return counter
+
+    def take(
+        self,
+        prompt: str,
+        session_id: str | None,
+        stream_to: TextSink | None = None,
+        *,
+        should_stop: Callable[[], bool] | None = None,
+        history: bool = True,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        variables: Sequence[VariableSummary] = (),
+        notebook: NotebookContext | None = None,
+        pinned: Sequence[str] | None = None,
+        tools: bool | None = None,
+        on_tool: Callable[[dict[str, Any]], Any] | None = None,
+        on_model: Callable[[str], Any] | None = None,
+    ) -> TurnResult:
+        """One turn (``OblixClient.execute_sync`` says what each option does): the session read, the plan made, the prompt
+        stored while the answer streams to ``stream_to``, the answer stored; ``session_id`` None stores nothing.
+        """
+        vectors = self.vector_cache()
+        with vectors.during_turn() if vectors is not None else nullcontext():  # background embedding waits meanwhile
+            store = self.settings.session_manager
+            if session_id and vectors is not None and vectors.keeps(session_id):
+                vectors.embed_prompt_ahead(prompt)  # while the session is read and the plan made
+            session = store.get_session(session_id) if session_id else None
+            if session_id and isinstance(store, Sharing) and not store.can_write(session_id):
+                raise NotPermitted(
+                    f"Session {session_id} was shared with you to read: you cannot add to it. "
+                    "Start a session of your own, or ask its owner to share it with --write."
+                )
+            models = self.models_for(session)
+            if on_model is not None:
+                on_model(models[0])
+            _warmed.wait()  # a warm-up doing this turn's imports: wait for it rather than meet it halfway
+            # The one redaction, on everything of the notebook's that goes out; what the user
+            # sent on purpose (a variable named with --vars, in its summary) stays in the prompt.
+            sent = redact(prompt, keep=[summary.text for summary in variables if not summary.excluded])
+            to_store = _for_the_store(variables)
+            # Asking again what just failed is a retry: the prompt is stored once, and the
+            # selector sees the session as it was before the failed attempts.
+            retried = _retried_exchange(session, to_store(prompt))
+            before = session if session is None or retried is None else {**session, "messages": session["messages"][:retried]}
+            plan = self.plan(
+                sent, before, models[0], history=history, max_tokens=max_tokens, variables=variables, notebook=_redacted(notebook), pinned=pinned
+            )
+            # The prompt is written while the request goes out; the answer's first text is not
+            # shown, nor the answer stored, nor any failure reported, before that write is done.
+            title = _title_from(to_store(prompt)) if session is not None and (session.get("metadata") or {}).get(TITLE_FROM_PROMPT) else None
+            saving = self._writer.submit(_save_prompt, store, session, to_store(prompt), title) if session_id and retried is None else None
+            kernel = self._kernel_tools(models, session, variables) if (self.settings.tools if tools is None else tools) else None
+            runner = None
+            if kernel is not None:
+                runner = ToolRunner(kernel.schemas(), kernel.run, on_tool=on_tool, max_rounds=self.settings.max_tool_rounds, max_calls=kernel.max_calls)
+            try:
+                completion = self.settings.gateway.complete(
+                    models,
+                    plan.messages,
+                    on_text=_after(saving, _sink(stream_to)),
+                    should_stop=should_stop,
+                    tools=runner,
+                    temperature=temperature,
+                    max_tokens=max_tokens,
+                )
+            except BaseException as error:
+                _settle(saving)
+                if isinstance(error, ModelError) and session_id:
+                    _record_failure(store, session_id, error, _stored_tools(error.tools, kernel, to_store), to_store)
+                raise
+            question = _settle(saving)
+            message_id = None
+            if session_id:
+                stored = store.save_message(
+                    session_id,
+                    to_store(completion.text),
+                    role="assistant",
+                    model=completion.model,
+                    status=None if completion.status == "complete" else completion.status,
+                    usage={"prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens},
+                    cost=completion.cost,
+                    tools=_stored_tools(completion.tool_calls, kernel, to_store),
+                )
+                message_id = stored["id"]
+                if session is not None and not session.get("model"):
+                    try:
+                        store.update_session(session_id, model=completion.model)
+                    except NotPermitted:  # a write sharee adds messages; the model stays the owner's to pin
+                        pass
+                    except StoreUnavailable:  # the answer is kept (spooled if need be); the next answer pins the model
+                        pass
+                self._writer.submit(store.prepare_read, session_id)  # the next turn's read, parsed while this answer is read
+                if history and vectors is not None:  # embedded as soon as stored: the session is warm when it outgrows the window
+                    from .context.selector import conversation_messages
+
+                    stored_now = {"messages": [*session["messages"], *filter(None, [question]), stored]}
+                    self._writer.submit(lambda: vectors.update_later(session_id, conversation_messages(stored_now)))  # listed off the turn's path
+            plan.add_requests(completion.tool_messages, completion.requests, self.counter(models[0]))
+            plan.shown = to_store  # a secret named for this turn was sent, but is not shown where the notebook keeps it
+            if completion.status == "interrupted":
+                raise AnswerInterrupted(
+                    "The answer was interrupted; the part that arrived was kept.", model=completion.model, partial=completion.text
+                )
+            notices = [
+                _saved_locally_notice(stored if session_id else None),
+                model_notice(completion.model),
+                _limited_note(plan),
+            ]
+            return TurnResult(
+                response=completion.text,
+                session_id=session_id,
+                session_title=title or session["title"] if session is not None else None,
+                message_id=message_id,
+                model=completion.model,
+                status=completion.status,
+                usage={"prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens},
+                cost=completion.cost,
+                tools=completion.tool_calls,
+                failed_models=completion.failed_models,
+                notice=" · ".join(filter(None, notices)) or None,
+                plan=plan,
+            )
+
+
+def warm_up(model: str | None = None, fallback_models: str | Sequence[str] | None = None) -> threading.Thread:
+    """Start doing in the background what a first turn would otherwise do first (``OblixClient.warm_up``); once per process."""
+    global _warming
+    if _warming is None:
+        _warmed.clear()
+        _warming = threading.Thread(target=_rehearse, args=(model, fallback_models), name="oblix-warm-up", daemon=True)
+        try:
+            _warming.start()
+        except BaseException:
+            _warmed.set()  # no warm-up: no turn may wait for one
+            raise
+        atexit.register(_end_warm_up)
+    return _warming
+
+
+def failed_prompt(session: dict[str, Any] | None) -> str | None:
+    """The prompt of the session's last turn if that turn failed (what a retry asks again), else None."""
+    from .context.selector import failed_exchange
+
+    position = failed_exchange(session)
+    return None if position is None else str((session or {})["messages"][position]["content"])
+
+
+def _retried_exchange(session: dict[str, Any] | None, prompt: str) -> int | None:
+    """Where the exchange a turn retries starts: the session's last one, when it failed and asked ``prompt`` (as stored)."""
+    from .context.selector import failed_exchange
+
+    position = failed_exchange(session)
+    if position is None or (session or {})["messages"][position].get("content") != prompt:
+        return None
+    return position
+
+
+def _save_prompt(store: SessionStore, session: dict[str, Any], prompt: str, title: str | None) -> dict[str, Any]:
+    """Store a turn's prompt (as stored: redacted) and, for a session waiting for one, name the session after it.
+
+    A session that cannot be renamed (shared with this user to add to, or the database
+    away) keeps its title and the mark, so that a later prompt names it.
+    """
+    stored = store.save_message(session["id"], prompt, role="user")
+    if title is not None:
+        metadata = {key: value for key, value in (session.get("metadata") or {}).items() if key != TITLE_FROM_PROMPT}
+        try:
+            store.update_session(session["id"], title=title, metadata=metadata)
+        except OblixError:
+            pass
+    return stored
+
+
+def _title_from(prompt: str) -> str | None:
+    """A session title from a prompt: its first line of text, cut at a word boundary; None when it has no text."""
+    line = next((" ".join(line.split()).lstrip("#> ") for line in prompt.splitlines() if line.strip()), "")  # a heading's marks go
+    if len(line) <= PROMPT_TITLE_CHARS:
+        return line or None
+    room = line[: PROMPT_TITLE_CHARS - 1]
+    return (room.rsplit(" ", 1)[0] if " " in room else room).rstrip(",;:.") + "…"
+
+
+def _record_failure(
+    store: SessionStore, session_id: str, error: ModelError, tools: list[dict[str, Any]] | None, to_store: Callable[[str], str]
+) -> None:
+    """Mark a failed turn's prompt by what follows it, since messages are only ever appended.
+
+    What follows is the partial answer that arrived (status ``error``), or, when nothing
+    did, the one-line error the user was shown (``FAILED``): the selector never sends
+    that line, nor a prompt that got nothing else, and asking again reuses the prompt.
+    """
+    from .context.selector import FAILED
+
+    status = "error" if error.partial else FAILED
+    store.save_message(session_id, to_store(error.partial or str(error)), role="assistant", model=error.model, status=status, tools=tools)
+
+
+def _rehearse(model: str | None, fallback_models: str | Sequence[str] | None) -> None:
+    """``warm_up``'s work. A failure here is left for the first turn to meet and report."""
+    try:
+        try:
+            first = _rehearse_turn(model, fallback_models)
+        finally:
+            _warmed.set()
+        if first is not None and local_model.is_local(first) and not _leaving.is_set():
+            local_model.warm_up(first)
+        if not _leaving.is_set():
+            from .context.embedder import load_embedder
+
+            load_embedder()
+    except Exception:  # noqa: BLE001 - whatever failed here, the turn does again and reports
+        pass
+
+
+def _end_warm_up() -> None:
+    """At exit, wait for the warm-up's current step and skip the rest.
+
+    A thread still inside llama.cpp, onnxruntime or litellm's native parts when Python
+    finalizes is ended by unwinding through them, which aborts the process.
+    """
+    _leaving.set()
+    if _warming is not None:
+        _warming.join()
+
+
+def _rehearse_turn(model: str | None, fallback_models: str | Sequence[str] | None) -> str | None:
+    """A turn's first-time work for the model new sessions use, without a turn; returns that model (None if there is none)."""
+    from . import vectors  # noqa: F401  (what a turn imports, imported now)
+    from .context import relevance, selector  # noqa: F401
+    from .kernel import tools  # noqa: F401
+    from .store import sessions  # noqa: F401  (the default store's backend: open_store imports it on first use)
+
+    try:
+        first = configured_models(model, fallback_models)[0]
+    except NoModelConfigured:
+        return None
+    selector.start_selection(None, "Hello", max_input_tokens(first, None), lambda text: count_tokens(first, text)).finish()
+    supports_tools(first)
+    rehearsal = {"mock_response": "Hello", "no-log": True}  # litellm answers itself, and tells no callback
+    ModelGateway(model_options={first: rehearsal}).complete([first], [{"role": "user", "content": "Hello"}])
+    return first
+
+
+def _limited_note(plan: ContextPlan) -> str | None:
+    """The footer's word that a local model was sent less than its window holds, so it answers sooner (only when it left something out)."""
+    prefix = SPEED_LIMIT_NOTE.split("{", 1)[0]
+    return next((note for note in plan.notes if note.startswith(prefix)), None)
+
+
+def _saved_locally_notice(stored: dict[str, Any] | None) -> str | None:
+    """What the user must know when the answer could not reach the session database: it is kept, not lost."""
+    if stored is None or not stored.get("saved_locally"):
+        return None
+    return (
+        "The session database could not be reached: this answer is saved on this machine and will be written "
+        "to the session, in order, when the database answers again (`oblix doctor` shows what is waiting)."
+    )
+
+
+def _for_the_store(variables: Sequence[VariableSummary]) -> Callable[[str], str]:
+    """How a text of this turn is redacted to be stored: the one redaction, and without the secrets named for the turn.
+
+    A secret the user named with ``--vars`` is sent to the model on purpose, for this
+    turn; the session is read later, and by the colleagues it is shared with, so the
+    value is taken out of the prompt, the answer and the tool records it keeps.
+    """
+    names = [summary.name for summary in variables if not summary.excluded and is_secret_name(summary.name)]
+    named: list[str] = []
+    if names:
+        from .kernel.tools import current_shell
+        from .kernel.variables import secret_values
+
+        namespace = getattr(current_shell(), "user_ns", None) or {}
+        named = secret_values({name: namespace[name] for name in names if name in namespace})
+    return lambda text: withhold_values(redact(text), named)
+
+
+def _stored_tools(calls: list[dict[str, Any]], kernel: KernelTools | None, to_store: Callable[[str], str]) -> list[dict[str, Any]] | None:
+    """The tool calls of an answer as the session keeps them; None when there were none.
+
+    Each result is what the call gives without the secrets the user named for this turn
+    (a shared session's readers never see what the owner's redaction removes), and
+    every text is redacted by ``to_store``.
+    """
+    stored = []
+    for call in calls:
+        if kernel is not None:
+            call = {**call, "result": kernel.recorded(call["name"], call["arguments"], call["result"])}
+        stored.append({key: to_store(value) if isinstance(value, str) else value for key, value in call.items()})
+    return stored or None
+
+
+def _redacted(notebook: NotebookContext | None) -> NotebookContext | None:
+    """The notebook's last error and cell sources through the one redaction."""
+    if notebook is None:
+        return None
+    return replace(notebook, error=redact(notebook.error) if notebook.error else notebook.error, cells=tuple(map(redact, notebook.cells)))
+
+
+def _settle(pending: Future[Any] | None) -> Any:
+    """The result of a background store write, waited for even through Ctrl-C: a turn never leaves one behind."""
+    while pending is not None:
+        try:
+            return pending.result()
+        except KeyboardInterrupt:
+            continue
+    return None
+
+
+def _after(pending: Future[Any] | None, sink: Callable[[str], None] | None) -> Callable[[str], None] | None:
+    """``sink``, made to wait for ``pending`` before it passes on the first text.
+
+    Only waits: a failed write is raised after the answer, by the turn, and not here,
+    where the gateway would take it for the model failing.
+    """
+    if pending is None or sink is None:
+        return sink
+
+    def write(text: str) -> None:
+        wait([pending])
+        sink(text)
+
+    return write
+
+
+def _sink(stream_to: TextSink | None) -> Callable[[str], None] | None:
+    """Accept a callable or a text stream as the destination of streamed text."""
+    if stream_to is None:
+        return None
+    if callable(stream_to):
+        return stream_to
+    target = stream_to
+
+    def write(text: str) -> None:
+        target.write(text)
+        target.flush()
+
+    return write
