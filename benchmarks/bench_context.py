@@ -144,7 +144,7 @@ def speed(cache_dir: str, embedder: Any) -> None:
 
     from oblix_jupyter.context.embedder import VectorTable
     from oblix_jupyter.sessions import SessionManager
-    from oblix_jupyter.vectors import VectorCache
+    from oblix_jupyter.context.vector_cache import VectorCache
 
     session = long_session(10_000)
     messages = conversation_messages(session)
@@ -200,7 +200,7 @@ def speed(cache_dir: str, embedder: Any) -> None:
 def main() -> None:
     from oblix_jupyter.context.embedder import load_embedder, unavailable_reason
     from oblix_jupyter.sessions import SessionManager
-    from oblix_jupyter.vectors import VectorCache
+    from oblix_jupyter.context.vector_cache import VectorCache
 
     started = time.perf_counter()
     embedder = load_embedder()

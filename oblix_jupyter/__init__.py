@@ -19,6 +19,8 @@ _LAZY = {
     "InvalidSessionId": "errors",
     "ModelError": "errors",
     "NoModelConfigured": "errors",
+    "TurnResult": "turn",  # what OblixClient.turn returns
+    "TurnOptions": "turn",  # its keyword options, typed
 }
 
 if TYPE_CHECKING:
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
         SessionNotFound,
     )
     from .store.sessions import SessionManager
+    from .turn import TurnOptions, TurnResult
 
 
 def _jupyter_labextension_paths() -> list[dict[str, str]]:

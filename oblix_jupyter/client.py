@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -21,10 +21,9 @@ from .models.gateway import DEFAULT_MAX_TOOL_ROUNDS, ModelGateway, split_models
 from .store.base import ChangeFeed, SessionStore, Sharing
 from .store.dsn import is_connection_string  # noqa: F401 - the front ends' test of a database location: they import only the client
 from .store.factory import open_store
-from .turn import TITLE_FROM_PROMPT, TextSink, TurnResult, Turns, failed_prompt, warm_up
+from .turn import TITLE_FROM_PROMPT, TextSink, TurnOptions, TurnResult, Turns, failed_prompt, warm_up
 
 if TYPE_CHECKING:  # the selector's modules load on the first turn, keeping %load_ext light
-    from .context.inputs import NotebookContext, VariableSummary
     from .context.selector import ContextPlan
 
 
@@ -331,67 +330,33 @@ class OblixClient:
         """The model chain of a turn: the session's pinned model, its own fallbacks, then the configured ones."""
         return self._turns.models_for(session)
 
-    def plan(
-        self,
-        prompt: str,
-        session: dict[str, Any] | None,
-        model: str,
-        history: bool = True,
-        max_tokens: int | None = None,
-        *,
-        variables: Sequence[VariableSummary] = (),
-        notebook: NotebookContext | None = None,
-        pinned: Sequence[str] | None = None,
-    ) -> ContextPlan:
-        """What would be sent for ``prompt`` to ``model``: the context selector's plan (``Turns.plan``)."""
-        return self._turns.plan(prompt, session, model, history, max_tokens, variables=variables, notebook=notebook, pinned=pinned)
+    def plan(self, prompt: str, session: dict[str, Any] | None, model: str, **options: Any) -> ContextPlan:
+        """What would be sent for ``prompt`` to ``model``: the context selector's plan (``options``: ``TurnOptions``' fields)."""
+        return self._turns.plan(prompt, session, model, TurnOptions(**options))
 
     def wait_for_background(self) -> None:
         """Wait until what turns left to the background is done: the store's writes, then the embeddings."""
         self._turns.wait_for_background()
 
     def turn(self, prompt: str, session_id: str | None = None, stream_to: TextSink | None = None, **options: Any) -> TurnResult:
-        """``execute_sync``'s turn (the same options), its result a ``TurnResult`` rather than the SDK's dict."""
-        return self._turns.take(prompt, session_id or self.current_session_id, stream_to, **options)
-
-    def execute_sync(
-        self,
-        prompt: str,
-        session_id: str | None = None,
-        stream_to: TextSink | None = None,
-        *,
-        should_stop: Callable[[], bool] | None = None,
-        history: bool = True,
-        temperature: float | None = None,
-        max_tokens: int | None = None,
-        variables: Sequence[VariableSummary] = (),
-        notebook: NotebookContext | None = None,
-        pinned: Sequence[str] | None = None,
-        tools: bool | None = None,
-        on_tool: Callable[[dict[str, Any]], Any] | None = None,
-        on_model: Callable[[str], Any] | None = None,
-    ) -> dict[str, Any]:
-        """One turn: store the prompt, stream the answer to ``stream_to``, store the answer.
+        """One turn: store the prompt, stream the answer to ``stream_to``, store the answer, and say what came of it.
 
         Without a session (none given and no ``current_session_id``) nothing is stored.
-        ``variables`` and ``notebook`` are what the front end saw in the notebook
-        (``variables.summarize_variables``, ``notebook_state.gather_notebook_context``).
-        ``tools`` (default: the client's ``tools``) lets a model that can call tools look
-        at the kernel; ``on_tool`` hears each call as it is made (``{"name", "arguments",
-        "summary", "ok", "result"}``), and the calls are stored on the answer as ``tools``.
-        ``on_model`` hears the model asked first, before the request is prepared.
+        ``options`` are ``TurnOptions``' fields (history, temperature, max_tokens, the
+        notebook's variables and state, tools, and callbacks for tool calls, the model
+        and stopping); another name is a ``TypeError``, as in any call.
         Raises ``AnswerInterrupted`` or ``ModelError`` after keeping any partial answer;
         a ``ModelError`` also leaves a ``status: "failed"`` answer holding its message when
         nothing arrived, so the session shows the failure and the prompt is never sent again
         on its own. Sending the prompt of the session's last turn again right after it
         failed retries that turn (as ``retry_sync`` does): the prompt is not stored a
         second time, the answer follows the failure, and the model gets the prompt once.
-        The result is the Oblix SDK's dict (``TurnResult.as_dict``; ``turn`` gives the dataclass).
         """
-        return self.turn(
-            prompt, session_id, stream_to, should_stop=should_stop, history=history, temperature=temperature, max_tokens=max_tokens,
-            variables=variables, notebook=notebook, pinned=pinned, tools=tools, on_tool=on_tool, on_model=on_model,
-        ).as_dict()
+        return self._turns.take(prompt, session_id or self.current_session_id, stream_to, TurnOptions(**options))
+
+    def execute_sync(self, prompt: str, session_id: str | None = None, stream_to: TextSink | None = None, **options: Any) -> dict[str, Any]:
+        """``turn``, its result the Oblix SDK's dict (``TurnResult.as_dict``)."""
+        return self.turn(prompt, session_id, stream_to, **options).as_dict()
 
     async def execute(self, prompt: str, session_id: str | None = None, stream_to: TextSink | None = None, **options: Any) -> dict[str, Any]:
         """``execute_sync`` without blocking the event loop; cancelling the task stops the answer."""

@@ -40,7 +40,7 @@ if TYPE_CHECKING:  # the selector's modules load on the first turn, keeping %loa
     from .context.relevance import LexicalIndex
     from .context.selector import ContextPlan
     from .kernel.tools import KernelTools
-    from .vectors import VectorCache
+    from .context.vector_cache import VectorCache
 
 TextSink = Callable[[str], Any] | IO[str]
 TOKEN_COUNTS = 20_000  # texts whose token count a client remembers per model: a long session's messages, many times over
@@ -89,6 +89,34 @@ class TurnResult:
         return {field.name: getattr(self, field.name) for field in fields(self)}
 
 
+@dataclass(frozen=True)
+class TurnOptions:
+    """How one turn runs, beyond its prompt and session: the keyword options of ``OblixClient.turn`` and ``execute_sync``.
+
+    ``history`` False sends no earlier message; ``temperature`` and ``max_tokens`` go to
+    the model (``max_tokens`` also sets what the input leaves for the answer).
+    ``variables`` and ``notebook`` are what the front end saw in the notebook
+    (``kernel.variables.summarize_variables``, ``kernel.state.gather_notebook_context``);
+    ``pinned`` the message ids always sent (None: the session's own pins). ``tools``
+    (None: the client's ``tools``) lets a model that can call tools look at the kernel;
+    ``on_tool`` hears each call as it is made (``{"name", "arguments", "summary", "ok",
+    "result"}``), and the calls are stored on the answer as ``tools``. ``on_model`` hears
+    the model asked first, before the request is prepared; ``should_stop`` is asked while
+    the answer streams, and True stops it (the part that arrived is kept).
+    """
+
+    should_stop: Callable[[], bool] | None = None
+    history: bool = True
+    temperature: float | None = None
+    max_tokens: int | None = None
+    variables: Sequence[VariableSummary] = ()
+    notebook: NotebookContext | None = None
+    pinned: Sequence[str] | None = None
+    tools: bool | None = None
+    on_tool: Callable[[dict[str, Any]], Any] | None = None
+    on_model: Callable[[str], Any] | None = None
+
+
 class TurnSettings(Protocol):
     """What a turn reads of its client, at the moment it runs: the user may change any of these between turns."""
 
@@ -135,19 +163,8 @@ class Turns:
         chain = [pinned or configured[0], *(session.get("fallback_models") or []), *configured]
         return list(dict.fromkeys(chain))
 
-    def plan(
-        self,
-        prompt: str,
-        session: dict[str, Any] | None,
-        model: str,
-        history: bool = True,
-        max_tokens: int | None = None,
-        *,
-        variables: Sequence[VariableSummary] = (),
-        notebook: NotebookContext | None = None,
-        pinned: Sequence[str] | None = None,
-    ) -> ContextPlan:
-        """What would be sent for ``prompt`` to ``model``: the context selector's plan.
+    def plan(self, prompt: str, session: dict[str, Any] | None, model: str, options: TurnOptions = TurnOptions()) -> ContextPlan:
+        """What would be sent for ``prompt`` to ``model``: the context selector's plan (of ``options``, what shapes the input).
 
         The selector is pure; what it may need is computed here, and only when the
         conversation does not fit whole (``Selection.fits``): the word index (kept per
@@ -158,17 +175,17 @@ class Turns:
         from .context.selector import start_selection
 
         window, limited = self._input_window(model)
-        budget = window - min(max_tokens or DEFAULT_ANSWER_RESERVE, window // 2)
+        budget = window - min(options.max_tokens or DEFAULT_ANSWER_RESERVE, window // 2)
         session_id = (session or {}).get("id")
         selection = start_selection(
             session,
             prompt,
             budget,
             self.counter(model),
-            history,
-            variables=variables,
-            notebook=notebook,
-            pinned=pinned if pinned is not None else (session or {}).get("pinned", ()),
+            options.history,
+            variables=options.variables,
+            notebook=options.notebook,
+            pinned=options.pinned if options.pinned is not None else (session or {}).get("pinned", ()),
         )
         if selection.fits or session_id is None:
             plan = selection.finish()
@@ -243,7 +260,7 @@ class Turns:
     def vector_cache(self) -> VectorCache | None:
         """The embedding cache beside the store (its model loads on first use), or None when meaning is switched off."""
         if self._vectors is None and self.settings.semantic is not False:
-            from .vectors import VectorCache
+            from .context.vector_cache import VectorCache
 
             self._vectors = VectorCache(self.settings.session_manager)
         return self._vectors
@@ -261,26 +278,11 @@ class Turns:
             counter = self._token_counters[model] = functools.lru_cache(maxsize=TOKEN_COUNTS)(functools.partial(count_tokens, model))
         return counter
 
-    def take(
-        self,
-        prompt: str,
-        session_id: str | None,
-        stream_to: TextSink | None = None,
-        *,
-        should_stop: Callable[[], bool] | None = None,
-        history: bool = True,
-        temperature: float | None = None,
-        max_tokens: int | None = None,
-        variables: Sequence[VariableSummary] = (),
-        notebook: NotebookContext | None = None,
-        pinned: Sequence[str] | None = None,
-        tools: bool | None = None,
-        on_tool: Callable[[dict[str, Any]], Any] | None = None,
-        on_model: Callable[[str], Any] | None = None,
-    ) -> TurnResult:
-        """One turn (``OblixClient.execute_sync`` says what each option does): the session read, the plan made, the prompt
+    def take(self, prompt: str, session_id: str | None, stream_to: TextSink | None, options: TurnOptions) -> TurnResult:
+        """One turn (``OblixClient.execute_sync`` says what it promises): the session read, the plan made, the prompt
         stored while the answer streams to ``stream_to``, the answer stored; ``session_id`` None stores nothing.
         """
+        variables = options.variables
         vectors = self.vector_cache()
         with vectors.during_turn() if vectors is not None else nullcontext():  # background embedding waits meanwhile
             store = self.settings.session_manager
@@ -293,8 +295,8 @@ class Turns:
                     "Start a session of your own, or ask its owner to share it with --write."
                 )
             models = self.models_for(session)
-            if on_model is not None:
-                on_model(models[0])
+            if options.on_model is not None:
+                options.on_model(models[0])
             _warmed.wait()  # a warm-up doing this turn's imports: wait for it rather than meet it halfway
             # The one redaction, on everything of the notebook's that goes out; what the user
             # sent on purpose (a variable named with --vars, in its summary) stays in the prompt.
@@ -304,26 +306,24 @@ class Turns:
             # selector sees the session as it was before the failed attempts.
             retried = _retried_exchange(session, to_store(prompt))
             before = session if session is None or retried is None else {**session, "messages": session["messages"][:retried]}
-            plan = self.plan(
-                sent, before, models[0], history=history, max_tokens=max_tokens, variables=variables, notebook=_redacted(notebook), pinned=pinned
-            )
+            plan = self.plan(sent, before, models[0], replace(options, notebook=_redacted(options.notebook)))
             # The prompt is written while the request goes out; the answer's first text is not
             # shown, nor the answer stored, nor any failure reported, before that write is done.
             title = _title_from(to_store(prompt)) if session is not None and (session.get("metadata") or {}).get(TITLE_FROM_PROMPT) else None
             saving = self._writer.submit(_save_prompt, store, session, to_store(prompt), title) if session_id and retried is None else None
-            kernel = self._kernel_tools(models, session, variables) if (self.settings.tools if tools is None else tools) else None
+            kernel = self._kernel_tools(models, session, variables) if (self.settings.tools if options.tools is None else options.tools) else None
             runner = None
             if kernel is not None:
-                runner = ToolRunner(kernel.schemas(), kernel.run, on_tool=on_tool, max_rounds=self.settings.max_tool_rounds, max_calls=kernel.max_calls)
+                runner = ToolRunner(kernel.schemas(), kernel.run, on_tool=options.on_tool, max_rounds=self.settings.max_tool_rounds, max_calls=kernel.max_calls)
             try:
                 completion = self.settings.gateway.complete(
                     models,
                     plan.messages,
                     on_text=_after(saving, _sink(stream_to)),
-                    should_stop=should_stop,
+                    should_stop=options.should_stop,
                     tools=runner,
-                    temperature=temperature,
-                    max_tokens=max_tokens,
+                    temperature=options.temperature,
+                    max_tokens=options.max_tokens,
                 )
             except BaseException as error:
                 _settle(saving)
@@ -352,7 +352,7 @@ class Turns:
                     except StoreUnavailable:  # the answer is kept (spooled if need be); the next answer pins the model
                         pass
                 self._writer.submit(store.prepare_read, session_id)  # the next turn's read, parsed while this answer is read
-                if history and vectors is not None:  # embedded as soon as stored: the session is warm when it outgrows the window
+                if options.history and vectors is not None:  # embedded as soon as stored: the session is warm when it outgrows the window
                     from .context.selector import conversation_messages
 
                     stored_now = {"messages": [*session["messages"], *filter(None, [question]), stored]}
@@ -487,7 +487,7 @@ def _end_warm_up() -> None:
 
 def _rehearse_turn(model: str | None, fallback_models: str | Sequence[str] | None) -> str | None:
     """A turn's first-time work for the model new sessions use, without a turn; returns that model (None if there is none)."""
-    from . import vectors  # noqa: F401  (what a turn imports, imported now)
+    from .context import vector_cache  # noqa: F401  (what a turn imports, imported now)
     from .context import relevance, selector  # noqa: F401
     from .kernel import tools  # noqa: F401
     from .store import sessions  # noqa: F401  (the default store's backend: open_store imports it on first use)

@@ -27,7 +27,7 @@ CREATOR = textwrap.dedent(
     import json, sys
     from oblix_jupyter.context.selector import conversation_messages
     from oblix_jupyter.context.embedder import digest, load_embedder, unavailable_reason
-    from oblix_jupyter.vectors import VectorCache
+    from oblix_jupyter.context.vector_cache import VectorCache
     from oblix_jupyter import OblixClient
     from oblix_jupyter.kernel.binding import NotebookBinding
     from oblix_jupyter.sessions import SessionManager

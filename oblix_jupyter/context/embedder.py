@@ -10,7 +10,7 @@ words alone, saying so. Nothing loads at ``import oblix_jupyter``.
 Each message is embedded passage by passage (``relevance.chunks``: a fact is one
 sentence of a long answer, and a whole-message vector dilutes it). A ``VectorTable``
 holds a session's passage vectors, keyed by message id and a digest of the content
-(under which the store keeps them: ``oblix_jupyter.vectors`` decides when).
+(under which the store keeps them: ``vector_cache`` decides when).
 """
 
 from __future__ import annotations

@@ -78,8 +78,9 @@ _ASKS_ABOUT_NOTEBOOK = re.compile(
     r"(does ?n[o']t|not) work\w*|this cell|that cell|the cell|last cell|above)\b",
     re.IGNORECASE,
 )
-# Precomputed meaning: (vectors by message id, or a table with passage_similarities; the prompt's vector).
-Vectors = tuple[Mapping[str, Any] | None, Sequence[float] | None]
+# The relevance signal computed ahead: the session's passage vectors (a VectorTable, or plain vectors by message
+# id) and the prompt's vector.
+Embeddings = tuple[Mapping[str, Any] | None, Sequence[float] | None]
 _CONVERSATION_ROLES = frozenset({"user", "assistant"})
 # Lower numbers are dropped last when the assembled plan must shrink.
 _PRIORITY = {"pinned": 0, "recent": 2, "relevant": 3, "neighbour": 3, "fill": 4}
@@ -282,7 +283,7 @@ def select_context(
     notebook: NotebookContext | None = None,
     pinned: Collection[str] = (),
     pin_first_exchange: bool = True,
-    vectors: Vectors | None = None,
+    vectors: Embeddings | None = None,
     lexical_index: LexicalIndex | None = None,
     recent_share: float = DEFAULT_RECENT_SHARE,
     instructions: str | None = None,
@@ -370,7 +371,7 @@ class Selection:
         self.turn.word_scores  # noqa: B018 - scored now, while a caller's prompt embedding runs
         self.turn.asked  # noqa: B018 - found now, for the same reason
 
-    def finish(self, vectors: Vectors | None = None, **recent: Any) -> ContextPlan:
+    def finish(self, vectors: Embeddings | None = None, **recent: Any) -> ContextPlan:
         """Choose the rest by relevance (when it did not fit) and return the plan.
 
         ``recent`` takes ``choose_pinned_and_recent``'s arguments, when that step was not
@@ -696,7 +697,7 @@ class _Turn:
                 self.take(position, "recent")
             share -= cost
 
-    def add_relevant(self, vectors: Vectors | None) -> None:
+    def add_relevant(self, vectors: Embeddings | None) -> None:
         """Passages of older messages by relevance to the prompt, the most relevant first.
 
         A message shows the passages chosen from it, the rest replaced by ``[…]``; a

@@ -231,7 +231,7 @@ def _ask(args: argparse.Namespace) -> int:
         print(f"oblix: new session {session_id}", file=sys.stderr)
     if options.model:  # as in a %%oblix cell: the session keeps this model from now on
         client.set_model(session_id, options.model)
-    result = client.execute_sync(
+    result = client.turn(
         prompt,
         session_id,
         stream_to=sys.stdout,
@@ -240,12 +240,12 @@ def _ask(args: argparse.Namespace) -> int:
         max_tokens=options.max_tokens,
         tools=False if options.no_tools else None,
     )
-    if not result["response"].endswith("\n"):
+    if not result.response.endswith("\n"):
         print()
-    for model, reason in result["failed_models"]:
-        print(f"oblix: {model} failed ({reason}); answered by {result['model']}.", file=sys.stderr)
-    if result["notice"]:
-        print(f"oblix: {result['notice']}", file=sys.stderr)
+    for model, reason in result.failed_models:
+        print(f"oblix: {model} failed ({reason}); answered by {result.model}.", file=sys.stderr)
+    if result.notice:
+        print(f"oblix: {result.notice}", file=sys.stderr)
     return 0
 
 

@@ -17,13 +17,16 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..render import ROLE_NAMES, local_time, markdown_html, terminal_text
 
+if TYPE_CHECKING:
+    from ..client import TurnResult
+
 
 class Explained(Protocol):
-    """A turn's plan (``result["plan"]``), as far as showing it goes."""
+    """A turn's plan (``TurnResult.plan``), as far as showing it goes."""
 
     def explain(self, texts: bool = False) -> str: ...
     def explain_html(self) -> str: ...
@@ -215,20 +218,19 @@ class PlanView:
         }
 
 
-def footer(result: dict[str, Any]) -> str:
+def footer(result: TurnResult) -> str:
     """One line under an answer: model, session, tokens and, when litellm knows the price, the cost."""
-    parts = [result["model"]]
-    if result.get("session_id"):
-        parts.append(f"session {result.get('session_title') or ''} ({result['session_id'][:8]})".replace("  ", " "))
-    usage = result.get("usage") or {}
-    if usage.get("prompt_tokens") is not None:
-        parts.append(f"{usage['prompt_tokens']} tokens in, {usage.get('completion_tokens') or 0} out")
-    if result.get("cost"):
-        parts.append(f"${result['cost']:.4f}")
-    if result.get("failed_models"):
-        parts.append("fallback after " + ", ".join(model for model, _ in result["failed_models"]) + " failed")
+    parts = [result.model]
+    if result.session_id:
+        parts.append(f"session {result.session_title or ''} ({result.session_id[:8]})".replace("  ", " "))
+    if result.usage.get("prompt_tokens") is not None:
+        parts.append(f"{result.usage['prompt_tokens']} tokens in, {result.usage.get('completion_tokens') or 0} out")
+    if result.cost:
+        parts.append(f"${result.cost:.4f}")
+    if result.failed_models:
+        parts.append("fallback after " + ", ".join(model for model, _ in result.failed_models) + " failed")
     line = " · ".join(parts)
-    return f"{line} · {result['notice']}" if result.get("notice") else line
+    return f"{line} · {result.notice}" if result.notice else line
 
 
 class Waiting:

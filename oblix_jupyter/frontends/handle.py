@@ -32,7 +32,7 @@ class SessionHandle:
 
     def ask(self, prompt: str, **options: Any) -> str:
         """One turn in this session; returns the answer's text."""
-        return self.client.execute_sync(prompt, self.id, **options)["response"]
+        return self.client.turn(prompt, self.id, **options).response
 
     def __repr__(self) -> str:
         session = self.data()

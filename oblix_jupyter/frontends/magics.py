@@ -264,7 +264,7 @@ class Oblix(Magics):
             # Variables are read from the cell as typed: {name} still marks a reference there.
             variables = summarize_variables(self.shell.user_ns, cell, named=options.vars)
             notebook = gather_notebook_context(self.shell, force_error=options.error, force_cells=options.cells)
-            result = self.client.execute_sync(
+            result = self.client.turn(
                 prompt,
                 session_id,
                 stream_to=stream,
@@ -277,13 +277,13 @@ class Oblix(Magics):
                 on_tool=stream.tool,
                 on_model=stream.waiting,
             )
-            stream.finish(result["response"], self._with_dotenv_notice(footer(result) if self.show_footer else ""))
+            stream.finish(result.response, self._with_dotenv_notice(footer(result) if self.show_footer else ""))
             if self._panel is not None:
                 self._panel.refresh()
             if options.explain:
-                display(PlanView(result["plan"]))
+                display(PlanView(result.plan))
             if options.format == "code":
-                self._next_cell(result["response"])
+                self._next_cell(result.response)
         except AnswerInterrupted as stopped:
             if stream is not None:
                 stream.finish(stopped.partial, self._with_dotenv_notice("interrupted: the partial answer was kept"))

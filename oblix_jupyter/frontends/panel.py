@@ -1,7 +1,7 @@
 """``ChatPanel``: the chat front end in ipywidgets, over ``OblixClient``.
 
 It shows one session's conversation (rendered inertly, see ``render``), sends what is typed through
-``execute_sync`` on a background thread (the kernel stays free, Stop works, the answer
+``OblixClient.turn`` on a background thread (the kernel stays free, Stop works, the answer
 streams in), and manages sessions and models through the client. The
 notebook's ``%%oblix`` cells use the same session: the magics call ``refresh`` after
 each cell, and while a front end shows the panel a ``SessionFollower`` watches the
@@ -626,7 +626,7 @@ class ChatPanel(widgets.VBox):
         turn = self._turn
         assert turn is not None
         try:
-            result = self.client.execute_sync(
+            result = self.client.turn(
                 prompt,
                 session_id,
                 stream_to=self._on_text,
@@ -644,10 +644,10 @@ class ChatPanel(widgets.VBox):
             self._restore_prompt(turn)
             self._show_notice(f"Unexpected {type(error).__name__}: {error}", error=True)
         else:
-            self._last_plan = result.get("plan")
+            self._last_plan = result.plan
             self._show_plan()
-            if result.get("notice"):
-                self._show_notice(str(result["notice"]))
+            if result.notice:
+                self._show_notice(result.notice)
         finally:
             self._end_turn(turn)
 

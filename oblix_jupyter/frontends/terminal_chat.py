@@ -50,8 +50,8 @@ def run_terminal_chat(
                 session_id = _command(client, line, session_id, out)
                 continue
             print("Assistant: ", end="", file=out, flush=True)
-            result = client.execute_sync(line, session_id, stream_to=out)
-            print(f"\n  [{result['model']}]", file=out)
+            result = client.turn(line, session_id, stream_to=out)
+            print(f"\n  [{result.model}]", file=out)
         except AnswerInterrupted:
             print("\n  [interrupted; the partial answer was kept]", file=out)
         except OblixError as error:

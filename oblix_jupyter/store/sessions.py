@@ -45,7 +45,7 @@ from .shape import (
     validate_session_id,
 )
 from .storage import LockedAtomicStorage
-from .vectors import VectorStore
+from .vector_file import VectorFile
 from .written import ParsedFiles
 
 _DOC_ID = 1  # each session file holds exactly one TinyDB document
@@ -65,7 +65,7 @@ class SessionManager(SessionStore):
             ensure_private_dir(directory)
         os.chmod(self.base_dir, DIR_MODE)
         self._bindings = Bindings(self.base_dir, self._locks_dir, lock_timeout, self._report)
-        self._vectors = VectorStore(os.path.join(self.base_dir, ".vectors"), lock_timeout)
+        self._vectors = VectorFile(os.path.join(self.base_dir, ".vectors"), lock_timeout)
 
     # -- paths and transactions -------------------------------------------------
 

@@ -28,22 +28,25 @@ def client(model_env):
     opened.wait_for_background()
 
 
-def keys_the_front_ends_read() -> set[str]:
-    """Every key a front end reads of a turn's result (``result["key"]`` or ``result.get("key")``)."""
-    read = set()
+def fields_the_front_ends_read() -> tuple[set[str], set[str]]:
+    """Every field a front end reads of a turn's result (``result.field``), and every key it reads as a dict's."""
+    attributes, keys = set(), set()
     for path in FRONTENDS.glob("*.py"):
-        read |= set(re.findall(r"""\bresult(?:\[|\.get\()["'](\w+)["']""", path.read_text()))
-    return read
+        text = path.read_text()
+        attributes |= set(re.findall(r"\bresult\.(\w+)", text))
+        keys |= set(re.findall(r"""\bresult(?:\[|\.get\()["'](\w+)["']""", text))
+    return attributes, keys
 
 
-def test_the_dict_has_exactly_the_seeds_keys_and_every_key_a_front_end_reads(client):
+def test_the_dict_has_exactly_the_seeds_keys_and_front_ends_read_the_typed_fields(client):
     result = client.turn("Hello", client.create_session_sync(title="keys"))
 
     assert {field.name for field in dataclasses.fields(TurnResult)} == SEED_KEYS
     assert set(result.as_dict()) == SEED_KEYS
-    read = keys_the_front_ends_read()
-    assert {"response", "model", "notice", "plan", "failed_models"} <= read, "the scan found the front ends' reads"
-    assert read <= SEED_KEYS, f"front ends read keys a turn never gives: {read - SEED_KEYS}"
+    attributes, keys = fields_the_front_ends_read()
+    assert {"response", "model", "notice", "plan", "failed_models", "usage", "session_id"} <= attributes, "the scan found the front ends' reads"
+    assert attributes <= SEED_KEYS, f"front ends read fields a turn never gives: {attributes - SEED_KEYS}"
+    assert not keys, f"front ends read a turn's result as the SDK's dict: {keys}"
 
 
 def test_a_turn_through_the_model_server_returns_a_turn_result_and_execute_its_dict(client, server):
@@ -74,3 +77,13 @@ def test_a_turn_without_a_session_stores_nothing_and_says_so_in_its_result(clien
     assert result.response == "Echo: Just once"
     assert (result.session_id, result.session_title, result.message_id) == (None, None, None)
     assert client.list_sessions() == []
+
+
+def test_a_misspelt_option_is_refused_before_anything_is_stored_or_sent(client, server):
+    session_id = client.create_session_sync(title="options")
+
+    with pytest.raises(TypeError, match="histroy"):
+        client.execute_sync("Hello", session_id, histroy=False)
+
+    assert client.load_session(session_id)["messages"] == []
+    assert server.chat_requests() == []

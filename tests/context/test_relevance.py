@@ -29,7 +29,7 @@ from oblix_jupyter.context.relevance import (
 )
 from oblix_jupyter.context.selector import conversation_messages, select_context
 from oblix_jupyter.sessions import SessionManager
-from oblix_jupyter.store.vectors import FILE_NAME
+from oblix_jupyter.store.vector_file import FILE_NAME
 
 
 def approx(text: str) -> int:
@@ -178,7 +178,7 @@ class Counting:
 
 
 def test_vector_cache_embeds_each_message_once_and_keeps_the_file_private(embedder, tmp_path):
-    from oblix_jupyter.vectors import VectorCache
+    from oblix_jupyter.context.vector_cache import VectorCache
 
     session = {
         "messages": [
@@ -211,7 +211,7 @@ def test_vector_cache_embeds_each_message_once_and_keeps_the_file_private(embedd
 
 def test_a_session_holding_messages_already_embedded_gets_their_vectors_without_embedding(embedder, tmp_path):
     """A copy, an import or a session re-created with the same messages starts warm, whatever its message ids."""
-    from oblix_jupyter.vectors import VectorCache
+    from oblix_jupyter.context.vector_cache import VectorCache
 
     store = SessionManager(tmp_path)
     texts = [
@@ -286,7 +286,7 @@ def test_meaning_is_used_only_when_most_passages_have_a_vector():
 
 
 def test_background_embedding_waits_while_a_turn_is_under_way(embedder, tmp_path):
-    from oblix_jupyter.vectors import VectorCache
+    from oblix_jupyter.context.vector_cache import VectorCache
 
     store = SessionManager(tmp_path)
     session_id = store.create_session()
@@ -340,7 +340,7 @@ def test_deleting_a_session_removes_its_vectors_even_with_a_turn_still_embedding
 
 def test_a_prompt_embedded_ahead_starts_before_the_caller_next_blocks(embedder, tmp_path):
     """The plan never blocks before it asks for the prompt's vector: the model must already be running by then."""
-    from oblix_jupyter.vectors import VectorCache
+    from oblix_jupyter.context.vector_cache import VectorCache
 
     started: list[float] = []
 

@@ -104,10 +104,10 @@ def test_a_registered_file_chats_with_its_own_template(files):
 def test_a_file_without_a_template_gets_a_plain_transcript_and_a_notice(files):
     _, plain = files
     model = local_model.add(plain, name="plain")
-    result = OblixClient(model=model).execute_sync("Name one colour.", max_tokens=3)
+    result = OblixClient(model=model).turn("Name one colour.", max_tokens=3)
     assert last_request(model)["prompt"] == "User: Name one colour.\n\nAssistant:"
     assert last_request(model)["stop"] == ["\nUser:"]
-    assert "no chat template" in result["notice"]
+    assert "no chat template" in (result.notice or "")
     assert "no chat template" in footer(result)
 
 
@@ -157,18 +157,18 @@ def test_a_long_session_stays_within_the_budget_and_the_footer_says_so(files):
     for number in range(40):
         client.session_manager.save_message(session_id, f"Note {number}: the column c{number} holds {number * 7} rows of sales data.", role="user")
         client.session_manager.save_message(session_id, f"Noted: c{number} has {number * 7} rows.", role="assistant", model=model)
-    result = client.execute_sync("How many rows does c3 hold?", session_id=session_id, max_tokens=4)
-    plan = result["plan"]
+    result = client.turn("How many rows does c3 hold?", session_id=session_id, max_tokens=4)
+    plan = result.plan
     assert plan.budget <= 600 - 4
     assert plan.used <= plan.budget
     assert plan.omitted  # the session did not fit: something was left out for speed
-    assert 0 < result["usage"]["prompt_tokens"] < 1000  # as the model counted what it read
+    assert 0 < (result.usage["prompt_tokens"] or 0) < 1000  # as the model counted what it read
     assert "input limited to 600 tokens" in footer(result)
 
-    roomy = OblixClient(model=model, semantic=False, local_max_input_tokens=8000).execute_sync(
+    roomy = OblixClient(model=model, semantic=False, local_max_input_tokens=8000).turn(
         "How many rows does c3 hold?", session_id=session_id, max_tokens=4
     )
-    assert not roomy["plan"].omitted
+    assert not roomy.plan.omitted
     assert "input limited" not in footer(roomy)
 
 

@@ -1,28 +1,26 @@
 """The embeddings of each session's messages, kept between turns and computed ahead of need.
 
-The embedder (``context.embedder``) computes vectors and the store keeps their bytes
-(``SessionManager.read_vectors``/``write_vectors``), a message's passage vectors under a
-digest of its content, so that every session holding that message shares them. This
-cache sits between them for the client: it embeds only what neither it nor the store
+The embedder (``embedder.py``) computes vectors and a ``VectorBytes`` keeps their bytes
+(the session store's ``read_vectors``/``write_vectors``), a message's passage vectors
+under a digest of its content, so that every session holding that message shares them.
+This cache sits between them for the turn: it embeds only what neither it nor the store
 has, within a time cap on a first turn, and does the work that can wait on background
 threads: a finished turn's messages (``update_later``) and the next prompt while its
-session is read (``embed_prompt_ahead``).
+session is read (``embed_prompt_ahead``). It names the two byte methods it needs as a
+protocol, so the selector's package knows nothing of the store.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from .context.embedder import BATCH, Embedder, VectorTable, digest, load_embedder
-from .context.relevance import chunks
-
-if TYPE_CHECKING:
-    from .store.base import SessionStore
+from .embedder import BATCH, Embedder, VectorTable, digest, load_embedder
+from .relevance import chunks
 
 _HANDOFF_SECONDS = 0.01  # how long a prompt's embedding may take to start before the caller goes on anyway
 _FIRST_RATE = 100.0  # passages per second assumed until measured: a busy 2-core machine's, so a first turn waits no longer than asked
@@ -31,6 +29,16 @@ _BACKGROUND_BATCH = 8  # messages per background batch: the longest a turn that 
 # competes with it for the interpreter lock, so it waits this long after a turn
 # (measured: see benchmarks/bench_magics.py and README's "Speed").
 _AFTER_TURN = 0.1
+
+
+class VectorBytes(Protocol):
+    """Where the cache keeps vector bytes between processes: every session store is one."""
+
+    def read_vectors(self, model: str, keys: Iterable[str]) -> dict[str, bytes]:
+        """The payloads kept for those content keys (the ones it has)."""
+
+    def write_vectors(self, model: str, session_id: str, entries: Mapping[str, bytes | None]) -> None:
+        """Keep payloads under content keys as used by ``session_id`` (None: already kept, only the use is new)."""
 
 
 class VectorCache:
@@ -53,7 +61,7 @@ class VectorCache:
     costs nothing and a background call loads it off the turn's path.
     """
 
-    def __init__(self, store: SessionStore, embedder: Embedder | None = None) -> None:
+    def __init__(self, store: VectorBytes, embedder: Embedder | None = None) -> None:
         self.store = store
         self._embedder = embedder
         self._tables: dict[str, VectorTable] = {}

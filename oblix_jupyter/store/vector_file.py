@@ -41,7 +41,7 @@ CREATE INDEX IF NOT EXISTS uses_of_vector ON uses (model, key);
 Result = TypeVar("Result")
 
 
-class VectorStore:
+class VectorFile:
     """Vectors by (model, content key) in ``<directory>/vectors.sqlite3``, and which sessions use each.
 
     Threads each get their own connection (SQLite connections are not to be shared

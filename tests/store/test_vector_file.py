@@ -12,7 +12,7 @@ import pytest
 
 from oblix_jupyter.errors import InvalidSessionId
 from oblix_jupyter.sessions import SessionManager
-from oblix_jupyter.store.vectors import FILE_NAME, VectorStore
+from oblix_jupyter.store.vector_file import FILE_NAME, VectorFile
 
 MODEL = "a-model"
 A = "5f3e9a7b-6c1d-4d8e-9e7a-9b8c7d6e5f4a"
@@ -31,24 +31,24 @@ def rows(directory: str, table: str) -> list[tuple]:
 
 
 def test_payloads_come_back_for_the_keys_kept_and_only_those(directory):
-    store = VectorStore(directory)
+    store = VectorFile(directory)
     assert store.get(MODEL, ["k1"]) == {}
     assert not os.path.exists(directory), "reading creates nothing"
     store.put(MODEL, A, {"k1": b"one", "k2": b"two"})
     assert store.get(MODEL, ["k1", "k2", "k3"]) == {"k1": b"one", "k2": b"two"}
     assert store.get("another-model", ["k1"]) == {}
-    assert VectorStore(directory).get(MODEL, ["k2"]) == {"k2": b"two"}  # another process would read the same
+    assert VectorFile(directory).get(MODEL, ["k2"]) == {"k2": b"two"}  # another process would read the same
 
 
 def test_thousands_of_keys_are_read_in_batches(directory):
-    store = VectorStore(directory)
+    store = VectorFile(directory)
     store.put(MODEL, A, {f"k{number}": number.to_bytes(4, "little") for number in range(5000)})
     found = store.get(MODEL, [f"k{number}" for number in range(0, 6000, 2)])
     assert len(found) == 2500 and found["k4998"] == (4998).to_bytes(4, "little")
 
 
 def test_a_vector_is_kept_once_and_shared_until_no_session_uses_it(directory):
-    store = VectorStore(directory)
+    store = VectorFile(directory)
     store.put(MODEL, A, {"shared": b"first", "own": b"of A"})
     store.put(MODEL, B, {"shared": None, "other": b"of B"})  # B holds the same message: its use alone is new
     store.put(MODEL, B, {"shared": b"a second payload is ignored"})
@@ -79,7 +79,7 @@ def test_deleting_a_session_removes_its_vectors_of_every_model_and_keeps_those_s
 
 
 def test_forgotten_vectors_leave_no_bytes_on_disk(directory):
-    store = VectorStore(directory)
+    store = VectorFile(directory)
     store.put(MODEL, A, {"big": SECRET, "small": b"SECRET-SMALL-PAYLOAD"})
     store.put(MODEL, B, {"kept": b"still here"})
     path = os.path.join(directory, FILE_NAME)
@@ -100,7 +100,7 @@ def test_forgotten_vectors_leave_no_bytes_on_disk(directory):
 def test_the_file_is_private_whatever_the_umask(directory):
     old = os.umask(0o022)
     try:
-        VectorStore(directory).put(MODEL, A, {"k": b"v"})
+        VectorFile(directory).put(MODEL, A, {"k": b"v"})
     finally:
         os.umask(old)
     assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700
@@ -116,7 +116,7 @@ def test_a_file_that_is_not_a_database_is_replaced_and_never_raises(directory):
     path = os.path.join(directory, FILE_NAME)
     with open(path, "wb") as handle:
         handle.write(b"this is no database, just garbage bytes " * 200)
-    store = VectorStore(directory)
+    store = VectorFile(directory)
     assert store.get(MODEL, ["k"]) == {}
     store.put(MODEL, A, {"k": b"v"})
     assert store.get(MODEL, ["k"]) == {"k": b"v"}
@@ -125,18 +125,18 @@ def test_a_file_that_is_not_a_database_is_replaced_and_never_raises(directory):
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # all of it in the file, none in the journal
     with open(path, "r+b") as handle:  # damaged while in use, by something else
         handle.write(os.urandom(os.path.getsize(path)))
-    other = VectorStore(directory)
+    other = VectorFile(directory)
     assert other.get(MODEL, ["k"]) == {}
     store.put(MODEL, A, {"k2": b"v2"})  # no error, whatever became of the write
     store.get(MODEL, ["k", "k2"])
     other.put(MODEL, B, {"k3": b"v3"})
-    assert VectorStore(directory).get(MODEL, ["k3"]) == {"k3": b"v3"}
+    assert VectorFile(directory).get(MODEL, ["k3"]) == {"k3": b"v3"}
     store.forget_session(B)
-    assert VectorStore(directory).get(MODEL, ["k3"]) == {}
+    assert VectorFile(directory).get(MODEL, ["k3"]) == {}
 
 
 def _put_many(directory: str, session_id: str, tag: str, count: int) -> None:
-    store = VectorStore(directory)
+    store = VectorFile(directory)
     for number in range(count):
         store.put(MODEL, session_id, {f"{tag}-{number}": tag.encode() * 100, "shared": b"same content"})
 
@@ -151,7 +151,7 @@ def test_two_processes_writing_at_once_lose_nothing(directory):
         process.join(100)
         assert process.exitcode == 0
     keys = [f"{tag}-{number}" for tag in "ab" for number in range(200)]
-    assert len(VectorStore(directory).get(MODEL, [*keys, "shared"])) == 401
+    assert len(VectorFile(directory).get(MODEL, [*keys, "shared"])) == 401
     assert len(rows(directory, "uses")) == 402
 
 
@@ -165,10 +165,10 @@ def _write_legacy_vectors(directory: str) -> None:
 
 def test_vectors_of_earlier_versions_are_removed_on_first_use(directory):
     _write_legacy_vectors(directory)
-    VectorStore(directory).forget_session(A)  # even a store that never made its database
+    VectorFile(directory).forget_session(A)  # even a store that never made its database
     assert os.listdir(directory) == []
     _write_legacy_vectors(directory)
-    store = VectorStore(directory)
+    store = VectorFile(directory)
     store.put(MODEL, A, {"k": b"v"})
     assert all(name.startswith(FILE_NAME) for name in os.listdir(directory)), os.listdir(directory)
     assert store.get(MODEL, ["k"]) == {"k": b"v"}
