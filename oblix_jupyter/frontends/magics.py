@@ -123,7 +123,7 @@ def with_ask_options(magic: Callable[..., Any]) -> Callable[..., Any]:
 def line_parser() -> _Parser:
     """The ``%oblix`` command parser, built on first use to keep ``%load_ext`` fast."""
     parser = _Parser(prog="%oblix", add_help=False, description="Manage this notebook's Oblix sessions.")
-    add_commands(parser.add_subparsers(dest="command", parser_class=_Parser), COMMANDS, "magic")
+    add_commands(parser.add_subparsers(dest="command", parser_class=_Parser), COMMANDS, "magic", lambda name: _HANDLERS[name])
     return parser
 
 
@@ -320,7 +320,7 @@ class Oblix(Magics):
         """Manage this notebook's sessions; ``%oblix help`` lists the commands (``commands.COMMANDS``)."""
         try:
             options = parse_line_command(line)
-            return getattr(self, f"_command_{options.command}")(options)
+            return options.run(self, options)
         except OblixError as error:
             display(Message(str(error)))
         return None
@@ -442,6 +442,17 @@ class Oblix(Magics):
         session_id = self.binding.session_id(create=True)
         assert session_id is not None
         return SessionHandle(self.client, session_id)
+
+
+# Each ``%oblix`` command's method, by its name in the command table (a command without one fails the parser's build).
+_HANDLERS: dict[str, Callable[[Oblix, argparse.Namespace], None]] = {
+    "help": Oblix._command_help, "sessions": Oblix._command_sessions, "new": Oblix._command_new,
+    "use": Oblix._command_use, "show": Oblix._command_show, "delete": Oblix._command_delete,
+    "rename": Oblix._command_rename, "model": Oblix._command_model, "context": Oblix._command_context,
+    "pin": Oblix._command_pin, "unpin": Oblix._command_unpin, "export": Oblix._command_export,
+    "import": Oblix._command_import, "share": Oblix._command_share, "unshare": Oblix._command_unshare,
+    "chat": Oblix._command_chat,
+}
 
 
 def help_tables() -> tuple[Table, Table]:
