@@ -242,12 +242,13 @@ def local_time(timestamp: str, brief: bool = False) -> str:
     return moment.strftime("%H:%M" if brief and moment.date() == datetime.now().date() else "%Y-%m-%d %H:%M")
 
 
-def transcript(session: Mapping[str, Any], escape: Callable[[str], str] = inert_markdown) -> str:
+def transcript(session: Mapping[str, Any], escape: Callable[[str], str] = inert_markdown, sent: bool = True) -> str:
     """The conversation as Markdown: the ``.md`` export and what ``oblix show`` prints.
 
     Everything that came from the session goes through ``escape``: by default
     ``inert_markdown``, so the programs that open the file show raw HTML in it as text
-    (``oblix show`` passes ``terminal_text`` instead).
+    (``oblix show`` passes ``terminal_text`` instead). ``sent``: under each answer that
+    kept a record of its turn, a line saying what its model was sent.
     """
     title = " ".join(str(session.get("title") or "Untitled session").split())
     lines = [
@@ -260,7 +261,57 @@ def transcript(session: Mapping[str, Any], escape: Callable[[str], str] = inert_
         lines += ["", "Context:", "", "```json", terminal_text(json.dumps(session["context"], ensure_ascii=False, indent=1)), "```"]
     for message in session["messages"]:
         lines += ["", message_header(message, escape), "", escape(message["content"])]
+        if sent and "sent" in message:
+            lines += ["", f"*{escape(sent_line(message['sent']))}*"]
     return "\n".join(lines) + "\n"
+
+
+_SENT_REASONS = ("pinned", "recent", "relevant", "neighbour")  # in the order a reader asks about them
+
+
+def sent_line(record: Any) -> str:
+    """A turn's record (``context.record.record_of``, kept on its answer) as one line of plain words: what its model was sent.
+
+    The record comes from a session file, so it is read defensively: a damaged one, or
+    one a newer version wrote, gives what can be read of it. The line is plain text; a
+    caller escapes it for where it shows it.
+    """
+    if not isinstance(record, Mapping) or not isinstance(record.get("messages", {}), Mapping):
+        return "sent: (a record this version cannot read)"
+    sent = record.get("messages") or {}
+    reasons = [*_SENT_REASONS, *sorted(map(str, set(sent) - set(_SENT_REASONS)))]
+    earlier = [f"{_names(sent[reason])} ({reason})" for reason in reasons if _names(sent.get(reason))]
+    parts = ["sent " + ", ".join(earlier) if earlier else "no earlier message sent"]
+    if _names(record.get("cut")):
+        parts.append(f"cut: {_names(record['cut'])}")
+    if _number(record.get("left_out")):
+        parts.append(f"{_number(record['left_out']):,} earlier left out")
+    pairs = record.get("variables") if isinstance(record.get("variables"), list) else []
+    variables = [f"{pair[0]} ({_number(pair[1]):,} tokens)" for pair in pairs if isinstance(pair, list) and len(pair) == 2]
+    if variables:
+        parts.append("variables " + ", ".join(variables))
+    if _number(record.get("error")):
+        parts.append(f"the last error ({_number(record['error']):,} tokens)")
+    cells = record.get("cells")
+    if isinstance(cells, list) and len(cells) == 2 and _number(cells[0]):
+        parts.append(f"{_number(cells[0])} cell{'s' if _number(cells[0]) != 1 else ''} ({_number(cells[1]):,} tokens)")
+    if _names(record.get("tools")):
+        parts.append("tools offered: " + _names(record["tools"]))
+    if _number(record.get("budget")):
+        parts.append(f"{_number(record.get('used')):,} of {_number(record['budget']):,} tokens")
+    if _number(record.get("input")):
+        parts.append(f"{_number(record['input']):,} tokens in")
+    return " · ".join(parts)
+
+
+def _names(value: Any) -> str:
+    """A record's list of ids or names, joined; empty for anything else."""
+    return ", ".join(map(str, value)) if isinstance(value, list) else ""
+
+
+def _number(value: Any) -> int:
+    """A record's count; 0 for anything that is not one."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def prepare() -> None:

@@ -331,8 +331,11 @@ class Turns:
                     _record_failure(store, session_id, error, _stored_tools(error.tools, kernel, to_store), to_store)
                 raise
             question = _settle(saving)
+            plan.add_requests(completion.tool_messages, completion.requests, self.counter(models[0]))
             message_id = None
             if session_id:
+                from .context.record import record_of
+
                 stored = store.save_message(
                     session_id,
                     to_store(completion.text),
@@ -342,6 +345,7 @@ class Turns:
                     usage={"prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens},
                     cost=completion.cost,
                     tools=_stored_tools(completion.tool_calls, kernel, to_store),
+                    sent=record_of(plan, [schema["function"]["name"] for schema in kernel.schemas()] if kernel is not None else ()),
                 )
                 message_id = stored["id"]
                 if session is not None and not session.get("model"):
@@ -357,7 +361,6 @@ class Turns:
 
                     stored_now = {"messages": [*session["messages"], *filter(None, [question]), stored]}
                     self._writer.submit(lambda: vectors.update_later(session_id, conversation_messages(stored_now)))  # listed off the turn's path
-            plan.add_requests(completion.tool_messages, completion.requests, self.counter(models[0]))
             plan.shown = to_store  # a secret named for this turn was sent, but is not shown where the notebook keeps it
             if completion.status == "interrupted":
                 raise AnswerInterrupted(

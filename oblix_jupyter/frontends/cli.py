@@ -194,7 +194,7 @@ def _show(args: argparse.Namespace) -> int:
     if args.json:
         print(_json(session, indent=2))
     else:
-        print(transcript(session, escape=terminal_text), end="")
+        print(transcript(session, escape=terminal_text, sent=args.explain), end="")
     return 0
 
 

@@ -211,6 +211,7 @@ COMMANDS: tuple[Command, ...] = (
         (
             NOTEBOOK_SESSION,
             Arg(("--last",), type=positive, metavar="N", help="only the last N messages"),
+            Arg(("--explain",), flag=True, help="under each answer, what its model was sent (kept with the answer)"),
             Arg(("--json",), flag=True, help="the session as JSON, in the seed's shape", where=CLI),
         ),
     ),

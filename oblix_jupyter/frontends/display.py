@@ -19,7 +19,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..render import ROLE_NAMES, local_time, markdown_html, terminal_text
+from ..render import ROLE_NAMES, local_time, markdown_html, sent_line, terminal_text
 
 if TYPE_CHECKING:
     from ..client import TurnResult
@@ -180,11 +180,15 @@ def message_html(message: Mapping[str, Any], details: Sequence[str] = (), note: 
 
 
 class Conversation:
-    """A session's messages, roles clear and the model on each answer."""
+    """A session's messages, roles clear and the model on each answer; ``explain``: and what each answer's model was sent."""
 
-    def __init__(self, session: dict[str, Any], last: int | None = None) -> None:
+    def __init__(self, session: dict[str, Any], last: int | None = None, explain: bool = False) -> None:
         self.session = session
         self.messages = session["messages"][-last:] if last else session["messages"]
+        self.explain = explain
+
+    def _sent(self, message: Mapping[str, Any]) -> str:
+        return sent_line(message["sent"]) if self.explain and "sent" in message else ""
 
     @staticmethod
     def _details(message: Mapping[str, Any]) -> list[str]:
@@ -192,12 +196,12 @@ class Conversation:
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
         title = f"{self.session['title']} ({self.session['id'][:8]}, {len(self.session['messages'])} messages)"
-        rich = [f"{OUTPUT_STYLE}<h3>{html.escape(title)}</h3>"] + [message_html(m, self._details(m)) for m in self.messages]
+        rich = [f"{OUTPUT_STYLE}<h3>{html.escape(title)}</h3>"] + [message_html(m, self._details(m), self._sent(m)) for m in self.messages]
         plain = [title]
         for message in self.messages:
             notes = [n for n in (message.get("model"), message.get("status"), *self._details(message)) if n]
             who = ROLE_NAMES.get(str(message.get("role")), "Message")
-            text = tools_plain(message.get("tools")) + message["content"]
+            text = tools_plain(message.get("tools")) + message["content"] + (f"\n({self._sent(message)})" if self._sent(message) else "")
             plain.append(f"--- {who} · {' · '.join(notes)}\n{text}" if notes else f"--- {who}\n{text}")
         return {"text/html": "\n".join(rich), "text/plain": terminal_text("\n\n".join(plain))}
 

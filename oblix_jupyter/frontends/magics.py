@@ -364,7 +364,7 @@ class Oblix(Magics):
         return session_id
 
     def _command_show(self, options: argparse.Namespace) -> None:
-        display(Conversation(self.client.get_session(self._target(options.id)), options.last))
+        display(Conversation(self.client.get_session(self._target(options.id)), options.last, explain=options.explain))
 
     def _command_delete(self, options: argparse.Namespace) -> None:
         session_id = self.client.resolve_session_id(options.id)

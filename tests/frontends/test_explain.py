@@ -9,7 +9,11 @@ it was really sent, then check the explanation against it.
 from __future__ import annotations
 
 import html
+import json
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 from kernels import run_cells
@@ -146,3 +150,56 @@ def test_left_out_messages_are_counted_in_words_and_hostile_rows_stay_text():
     assert "<script" not in rich and "<img" not in rich and rich.count("</pre>") == rich.count("<pre>") == len(plan.items) + 2
     assert "260 tokens in over 2 requests, as litellm counted them (the footer's figure)" in html.unescape(rich)
     assert "definitions of the tools" not in rich, "litellm's own count has no chat format to explain"
+
+
+def earlier_sent(request: dict) -> list[dict]:
+    """A request's earlier messages: all but the system message and the prompt."""
+    return [message for message in request["messages"][:-1] if message["role"] != "system"]
+
+
+def record_ids(part: str) -> list[str]:
+    """The message ids a part of an answer's ``sent …`` line names, runs unfolded."""
+    ids = []
+    for first, last in re.findall(r"\bmsg_(\d+)(?:-(\d+))?", part):
+        ids += [f"msg_{n}" for n in range(int(first), int(last or first) + 1)]
+    return ids
+
+
+def test_show_explain_in_a_fresh_process_names_what_the_server_received_for_each_answer(model_env, tmp_path):
+    # A window of a few hundred tokens: the later turns cannot send the whole conversation, so each sends a choice.
+    client = OblixClient(max_input_tokens=420, semantic=False)
+    session_id = client.create_session_sync(title="record")
+    variables = {"prices": list(range(40)), "city": "Lyon"}
+    from oblix_jupyter.kernel.variables import summarize_variables
+
+    for number in range(1, 8):
+        prompt = f"question {number}: what about the {'prices' if number % 3 == 0 else 'weather'} in city {number}? " + "detail " * 12
+        model_env.enqueue(Behavior(reply=f"answer {number}: " + "words " * 25))
+        client.execute_sync(prompt, session_id, max_tokens=64, variables=summarize_variables(variables, prompt))
+    client.wait_for_background()
+    requests = model_env.chat_requests()[-7:]
+    session = client.get_session(session_id)
+
+    shown = subprocess.run(
+        [sys.executable, "-m", "oblix_jupyter.frontends.cli", "show", session_id[:8], "--explain"],
+        capture_output=True, text=True, timeout=90, env=dict(os.environ),
+    )
+    assert shown.returncode == 0, shown.stderr
+    lines = [line.strip("*") for line in shown.stdout.splitlines() if line.startswith("*sent ") or line.startswith("*no earlier")]
+    assert len(lines) == 7, shown.stdout
+    by_text = {message["content"]: message["id"] for message in session["messages"]}
+    left_out_somewhere = False
+    for request, line in zip(requests, lines):
+        parts = line.split(" · ")
+        named = record_ids(parts[0])
+        cut = record_ids(next((part for part in parts if part.startswith("cut: ")), ""))
+        whole = [by_text[message["content"]] for message in earlier_sent(request) if message["content"] in by_text]
+        assert sorted(whole) == sorted(set(named) - set(cut)), line  # the messages sent whole, exactly
+        assert len(earlier_sent(request)) == len(named), line  # and as many cut ones as it says
+        system = request["messages"][0]["content"] if request["messages"][0]["role"] == "system" else ""
+        for name in variables:
+            assert (f"{name} (" in line) == (f"`{name}`" in system or f"{name}:" in system), (name, line)
+        left_out_somewhere |= "earlier left out" in line
+    assert left_out_somewhere, "the window was small enough that some turn left messages out"
+    answers = [message for message in session["messages"] if message["role"] == "assistant"]
+    assert all(len(json.dumps(answer["sent"])) < 400 for answer in answers), [answer["sent"] for answer in answers]

@@ -28,6 +28,10 @@ def store():
     return SessionManager()
 
 
+# What the answer's model was sent (``context.record``), with a variable whose name is hostile Markdown.
+RECORD = {"v": 1, "messages": {"recent": ["msg_1-2"]}, "variables": [["df", 40], ["<img src=x onerror=alert(1)>", 3]], "used": 90, "budget": 3000}
+
+
 @pytest.fixture
 def conversation(store):
     """A session with every kind of message field the store writes, and awkward contents."""
@@ -36,7 +40,7 @@ def conversation(store):
     store.save_message(session_id, "How do I plot *petal* length?\n\n```python\ndf.plot()\n```\n")
     store.save_message(
         session_id, "Use `df.petal_length.hist()`.", role="assistant", model="openai/gpt-4o-mini",
-        usage={"prompt_tokens": 12, "completion_tokens": 5}, cost=0.0001,
+        usage={"prompt_tokens": 12, "completion_tokens": 5}, cost=0.0001, sent=RECORD,
     )
     store.save_message(session_id, "\n\nstarts with blank lines")
     store.save_message(session_id, "", role="assistant", model="openai/gpt-4o-mini", status="interrupted")
@@ -105,6 +109,9 @@ def test_markdown_export_is_a_readable_transcript(store, conversation, tmp_path)
     assert text.startswith("# Ünïcode · plots\n")
     assert "**Assistant** · openai/gpt-4o-mini\n\nUse `df.petal_length.hist()`." in text
     assert '"dataset": "iris"' in text
+    sent = [line for line in text.splitlines() if line.startswith("*sent ")]
+    assert len(sent) == 1 and sent[0].startswith("*sent msg_1-2 (recent) · variables df (40 tokens), ")
+    assert "<img" not in text and "&lt;img src=x onerror=alert(1)" in sent[0]  # a record's names are data, escaped
     with pytest.raises(ImportFormatError, match="cannot import .md"):
         import_session(store, path)
 
