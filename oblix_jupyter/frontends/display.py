@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from ..render import ROLE_NAMES, local_time, markdown_html, sent_line, terminal_text
 
@@ -61,6 +61,8 @@ OUTPUT_CSS = """
   border: var(--jp-border-width, 1px) solid var(--jp-border-color2, #e0e0e0); border-radius: 3px;
   padding: 6px 10px; margin: 0.75em 0 1em; overflow-x: auto; line-height: var(--jp-code-line-height, 1.3); }
 .jp-RenderedHTMLCommon .oblix-markdown pre > code, .oblix-markdown pre > code { background: none; padding: 0; }
+.oblix-sent { margin: 2px 0 4px; font-size: var(--jp-ui-font-size0, 11px); color: var(--jp-ui-font-color2, #616161); overflow-wrap: anywhere; }
+.oblix-sent > summary { cursor: pointer; }
 .oblix-plan { margin: 4px 0; font-size: var(--jp-ui-font-size1, 13px); }
 .oblix-plan-head, .oblix-plan-row > summary { display: flex; flex-wrap: wrap; column-gap: 8px; padding: 2px 4px; }
 .oblix-plan-head { font-weight: bold; border-bottom: var(--jp-border-width, 1px) solid var(--jp-border-color1, #bdbdbd); }
@@ -165,16 +167,21 @@ class Table:
         return {"text/html": f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>", "text/plain": self.plain()}
 
 
-def message_html(message: Mapping[str, Any], details: Sequence[str] = (), note: str = "") -> str:
+def message_html(message: Mapping[str, Any], details: Sequence[str] = (), note: str = "", sent: Literal["", "shut", "open"] = "") -> str:
     """One message as ``%oblix show`` and the chat panel present it: who spoke (model, status), then the text.
 
     ``details`` (an id, a time) are added to the header line as plain text; ``note`` is
-    a sentence of ours shown under the text, in italics.
+    a sentence of ours shown under the text, in italics. ``sent``: an answer that kept a
+    record of its turn ends with a line saying what its model was sent, shut (one click
+    opens it) or open; the record came from a session file, so its words are escaped.
     """
     who = [f"<b>{ROLE_NAMES.get(str(message.get('role')), 'Message')}</b>"]
     who += [html.escape(str(message[field])) for field in ("model", "status") if message.get(field)]
     who += [f"<small>{html.escape(detail)}</small>" for detail in details if detail]
     after = f"<p><em>{html.escape(note)}</em></p>" if note else ""
+    if sent and "sent" in message:
+        state = " open" if sent == "open" else ""
+        after += f"<details class='oblix-sent'{state}><summary>what it was sent</summary>{html.escape(sent_line(message['sent']))}</details>"
     text = markdown_html(str(message.get("content", "")))
     return f"<div class='oblix-who'>{' · '.join(who)}</div>{tools_html(message.get('tools'))}{text}{after}"
 
@@ -190,13 +197,16 @@ class Conversation:
     def _sent(self, message: Mapping[str, Any]) -> str:
         return sent_line(message["sent"]) if self.explain and "sent" in message else ""
 
+    def _html(self, message: Mapping[str, Any]) -> str:
+        return message_html(message, self._details(message), sent="open" if self.explain else "")
+
     @staticmethod
     def _details(message: Mapping[str, Any]) -> list[str]:
         return [str(message.get("id") or ""), local_time(message["timestamp"], brief=True) if message.get("timestamp") else ""]
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
         title = f"{self.session['title']} ({self.session['id'][:8]}, {len(self.session['messages'])} messages)"
-        rich = [f"{OUTPUT_STYLE}<h3>{html.escape(title)}</h3>"] + [message_html(m, self._details(m), self._sent(m)) for m in self.messages]
+        rich = [f"{OUTPUT_STYLE}<h3>{html.escape(title)}</h3>"] + [self._html(m) for m in self.messages]
         plain = [title]
         for message in self.messages:
             notes = [n for n in (message.get("model"), message.get("status"), *self._details(message)) if n]

@@ -105,7 +105,7 @@ def message_outputs(message: Mapping[str, Any]) -> tuple[dict[str, Any], ...]:
     note = INCOMPLETE.get(str(message.get("status")), "")
     if message.get("status") == "interrupted" and not message.get("content"):
         note = "Stopped before any of the answer arrived."
-    rich = message_html(message, [_when(message)], note=note)
+    rich = message_html(message, [_when(message)], note=note, sent="shut")
     return html_outputs(rich, f"{message.get('role')}: {message.get('content', '')}")
 
 
@@ -716,7 +716,7 @@ class ChatPanel(widgets.VBox):
             self.explain_output.layout.display = "none"
             return
         if self._last_plan is None:
-            waiting = "The context sent is shown here after your next message."
+            waiting = "The context sent is shown here after your next message; under each earlier answer, \"what it was sent\" says what its model saw."
             self.explain_output.outputs = html_outputs(f"<p><em>{waiting}</em></p>", waiting)
         else:
             data = PlanView(self._last_plan)._repr_mimebundle_()

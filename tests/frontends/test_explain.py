@@ -203,3 +203,20 @@ def test_show_explain_in_a_fresh_process_names_what_the_server_received_for_each
     assert left_out_somewhere, "the window was small enough that some turn left messages out"
     answers = [message for message in session["messages"] if message["role"] == "assistant"]
     assert all(len(json.dumps(answer["sent"])) < 400 for answer in answers), [answer["sent"] for answer in answers]
+
+
+def test_oblix_show_explain_opens_each_answers_record_and_plain_text_prints_it(tmp_path):
+    from oblix_jupyter.frontends.display import Conversation
+    from oblix_jupyter.sessions import SessionManager
+
+    store = SessionManager(str(tmp_path / "store"))
+    session_id = store.create_session(title="shown")
+    store.save_message(session_id, "question")
+    store.save_message(session_id, "answer", role="assistant", sent={"v": 1, "messages": {"recent": ["msg_1"]}, "used": 9, "budget": 100})
+    session = store.get_session(session_id)
+
+    plain_view = Conversation(session)._repr_mimebundle_()
+    explained = Conversation(session, explain=True)._repr_mimebundle_()
+    assert "class='oblix-sent'" not in plain_view["text/html"] and "sent msg_1" not in plain_view["text/plain"]
+    assert "<details class='oblix-sent' open><summary>what it was sent</summary>sent msg_1 (recent) · 9 of 100 tokens</details>" in explained["text/html"]
+    assert "answer\n(sent msg_1 (recent) · 9 of 100 tokens)" in explained["text/plain"]

@@ -249,7 +249,7 @@ def test_help_is_a_table_and_a_mistyped_command_gets_the_closest_one(tmp_path):
     client = run_cells([LOAD, "%oblix", "%oblix sesions", "%oblix show --lats 2", "%oblix frobnicate"], str(tmp_path / "nb" / "help.ipynb"))
     cells = client.nb.cells
     commands, options = (output["data"] for output in cells[1].outputs)
-    assert commands["text/html"].count("<tr>") == 17 and "<td style='text-align:left'>%oblix show [--last N] [ID]</td>" in commands["text/html"]
+    assert commands["text/html"].count("<tr>") == 17 and "<td style='text-align:left'>%oblix show [--last N] [--explain] [ID]</td>" in commands["text/html"]
     rows = commands["text/plain"].splitlines()
     assert rows[2].startswith("%oblix sessions [--limit N | --all] [--search TEXT]") and rows[2].endswith("List sessions, most recently updated first.")
     column = rows[1].index("what it does")
@@ -257,7 +257,7 @@ def test_help_is_a_table_and_a_mistyped_command_gets_the_closest_one(tmp_path):
     assert "<td style='text-align:left'>--format {markdown,code,text}</td>" in options["text/html"]
     typo = cells[2].outputs[0]["data"]["text/plain"]
     assert typo == "Oblix error: %oblix has no command 'sesions'; did you mean `%oblix sessions`?"
-    assert outputs_text(cells[3]).count("usage: %oblix show [--last N] [ID]") == 2  # the plain line and the HTML
+    assert outputs_text(cells[3]).count("usage: %oblix show [--last N] [--explain] [ID]") == 2  # the plain line and the HTML
     assert "unrecognized arguments: --lats (did you mean --last?)" in outputs_text(cells[3])
     assert "white-space:pre-wrap" in cells[3].outputs[0]["data"]["text/html"], "the usage on its own line"
     assert cells[4].outputs[0]["data"]["text/plain"] == "Oblix error: %oblix has no command 'frobnicate'; `%oblix help` lists the commands."

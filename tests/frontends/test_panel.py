@@ -285,3 +285,25 @@ def test_the_session_picker_searches_titles_and_messages(panel, client):
     assert merge in labels and other not in labels and labels[merge].startswith("Joining tables · just now · 1 message")
     panel.search_field.value = ""
     assert other in {value for _, value in panel.session_picker.options}
+
+
+def test_every_answer_says_what_it_was_sent_even_in_a_panel_opened_after_the_turn(client, binding, server):
+    session_id = client.create_session_sync(title="records")
+    client.execute_sync("first question", session_id)
+    client.execute_sync("second question", session_id)
+    hostile = "<img src=http://127.0.0.1:1/x onerror=alert(1)>"
+    client.session_manager.save_message(session_id, "from a file", role="assistant", sent={"v": 1, "variables": [[hostile, 3]]})
+    binding.use(session_id)
+
+    fresh = ChatPanel(client, namespace={}, binding=binding)  # a new kernel's panel: it never saw these turns' plans
+    try:
+        answers = [text for text in rendered(fresh) if "<b>Assistant</b>" in text]
+        assert len(answers) == 3
+        assert all(text.count("<details class='oblix-sent'><summary>what it was sent</summary>") == 1 for text in answers)
+        assert "no earlier message sent" in answers[0] and "sent msg_1-2 (recent)" in answers[1]
+        assert "<img" not in answers[2] and html.escape(hostile) in answers[2]
+        fresh.explain_toggle.value = True
+        assert "what it was sent" in fresh.explain_output.outputs[0]["data"]["text/plain"]
+    finally:
+        fresh.close()
+    client.wait_for_background()
