@@ -154,3 +154,24 @@ class AnswerInterrupted(ModelError):
 
 class PromptTooLarge(OblixError):
     """The prompt alone does not fit in the model's input window; nothing was sent."""
+
+
+class AttachmentNotFound(OblixError, KeyError):
+    """A session holds no attachment of that id (or the id is not one: the SHA-256 of its bytes, in hex)."""
+
+    def __init__(self, session_id: str, attachment_id: str) -> None:
+        super().__init__(f"Session {session_id} has no attachment {attachment_id[:80]!r}.")
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class UnreadableImage(OblixError, ValueError):
+    """Image bytes that cannot be decoded: corrupt, truncated, too many pixels, or not an image at all."""
+
+
+class ImagesUnavailable(OblixError):
+    """An image was to be prepared for a model, and Pillow, which does it, is not installed."""
+
+    def __init__(self) -> None:
+        super().__init__("Sending images needs Pillow: pip install 'oblix-jupyter[images]' (or pip install pillow).")

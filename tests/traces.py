@@ -59,6 +59,7 @@ CREATOR = textwrap.dedent(
         vectors.vectors(session_id, messages)
         older = {{digest(m["content"]): b"vectors of a model used before" for m in messages}}
         store.write_vectors("{OLDER_MODEL}", session_id, older)
+        store.save_attachment(session_id, b"\\x89PNG a figure of " + session_id.encode())
     print(json.dumps({{"doomed": doomed, "kept": kept}}))
     """
 )
@@ -68,7 +69,7 @@ def make_sessions(base_dir: str, notebook: str, umask: int = -1) -> tuple[str, s
     """Two sessions in the store at ``base_dir``, made by another process: (doomed, kept).
 
     Each has messages, a header, a lock file, vectors by the real embedder (and by an
-    older model), and bindings: the doomed one to ``notebook`` (and a second key), last
+    older model), an attachment, and bindings: the doomed one to ``notebook`` (and a second key), last
     updated in 2020; the kept one to another notebook, updated now.
     """
     result = subprocess.run(
@@ -82,7 +83,7 @@ def make_sessions(base_dir: str, notebook: str, umask: int = -1) -> tuple[str, s
 
 
 def traces(base_dir: str, session_id: str) -> list[str]:
-    """Every file of the store whose name holds the session's id, every binding to it and use of a vector by it.
+    """Every file of the store whose name or folder holds the session's id, every binding to it and use of a vector by it.
 
     Vectors are kept by content, not by session, so every vector that no session uses
     any more (what a delete would have left behind) is counted as a trace as well.
@@ -91,7 +92,7 @@ def traces(base_dir: str, session_id: str) -> list[str]:
         os.path.relpath(os.path.join(root, name), base_dir)
         for root, _, names in os.walk(base_dir)
         for name in names
-        if session_id in name
+        if session_id in name or session_id in os.path.relpath(root, base_dir)
     ]
     found += [f"binding {key}" for key, bound in SessionManager(base_dir).bindings().items() if bound == session_id]
     vectors = os.path.join(base_dir, ".vectors", "vectors.sqlite3")
@@ -114,6 +115,6 @@ def assert_fully_traced(base_dir: str, session_id: str, notebook: str) -> list[s
     found = traces(base_dir, session_id)
     for expected in (f"{session_id}.json", os.path.join(".locks", f"{session_id}.lock"), f"binding {notebook}"):
         assert expected in found, (expected, found)
-    for prefix in (".index" + os.sep, f"vector use {MODEL_ID} ", f"vector use {OLDER_MODEL} "):
+    for prefix in (".index" + os.sep, os.path.join(".attachments", session_id) + os.sep, f"vector use {MODEL_ID} ", f"vector use {OLDER_MODEL} "):
         assert any(trace.startswith(prefix) for trace in found), (prefix, found)
     return found

@@ -12,13 +12,15 @@ asks for with ``isinstance``.
 from __future__ import annotations
 
 import abc
+import hashlib
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from ..errors import CorruptSession, NewerSchema, SessionNotFound
+from ..errors import AttachmentNotFound, BadArguments, CorruptSession, NewerSchema, SessionNotFound
 from .files import atomic_write_bytes, read_import_file
 from .shape import (
     change_time,
@@ -32,6 +34,9 @@ from .shape import (
 
 if TYPE_CHECKING:
     from .spool import Spool
+
+ATTACHMENT_ID = re.compile(r"[0-9a-f]{64}")  # the SHA-256 of an attachment's bytes: never a path, never a pattern
+MAX_ATTACHMENT_BYTES = 20 * 1024 * 1024  # the kernel keeps at most this much of recent images in all
 
 
 class SessionStore(abc.ABC):
@@ -116,6 +121,14 @@ class SessionStore(abc.ABC):
     def _write_vectors(self, model: str, session_id: str, entries: Mapping[str, bytes | None]) -> None:
         """Keep ``entries`` (at least one; None: kept already) and that ``session_id`` (checked) uses them."""
 
+    @abc.abstractmethod
+    def _write_attachment(self, session_id: str, attachment_id: str, data: bytes) -> None:
+        """Keep ``data`` under its id for the session (both checked), unless kept already; gone with the session."""
+
+    @abc.abstractmethod
+    def _read_attachment(self, session_id: str, attachment_id: str) -> bytes | None:
+        """The bytes kept under the id (checked) for the session, if this user may read it; None otherwise."""
+
     # -- written once, for every store ----------------------------------------------------
 
     def create_session(
@@ -170,6 +183,32 @@ class SessionStore(abc.ABC):
         a session changed just now must count as changed before "now".
         """
         return self._prune(format_time(parse_time(change_time()) - older_than), dry_run)
+
+    def save_attachment(self, session_id: str, data: bytes) -> str:
+        """Keep an attachment's bytes (an image a user's message carries) with the session; its id, the SHA-256 of the bytes.
+
+        Saved before the message that names it, so no message ever names bytes that are
+        not there; ``delete_session`` removes them with the session.
+        """
+        validate_session_id(session_id)
+        if not isinstance(data, bytes) or not data or len(data) > MAX_ATTACHMENT_BYTES:
+            raise BadArguments(f"An attachment is 1 to {MAX_ATTACHMENT_BYTES:,} bytes.")
+        attachment_id = hashlib.sha256(data).hexdigest()
+        self._write_attachment(session_id, attachment_id, data)
+        return attachment_id
+
+    def read_attachment(self, session_id: str, attachment_id: str) -> bytes:
+        """The bytes of an attachment of the session; ``AttachmentNotFound`` for an id it has not (or that is not one).
+
+        Bytes that no longer match their id (a damaged file) are not returned as if they did.
+        """
+        validate_session_id(session_id)
+        if not isinstance(attachment_id, str) or not ATTACHMENT_ID.fullmatch(attachment_id):
+            raise AttachmentNotFound(session_id, str(attachment_id))
+        data = self._read_attachment(session_id, attachment_id)
+        if data is None or hashlib.sha256(data).hexdigest() != attachment_id:
+            raise AttachmentNotFound(session_id, attachment_id)
+        return data
 
     def read_vectors(self, model: str, keys: Iterable[str]) -> dict[str, bytes]:
         """The vectors by embedding ``model`` kept under those of the content ``keys`` that any session stored.

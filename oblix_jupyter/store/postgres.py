@@ -614,6 +614,17 @@ class PostgresStore(SessionStore, Sharing, ChangeFeed, Spooling):
         except (StoreUnavailable, psycopg.errors.ForeignKeyViolation):
             pass  # no database, or the session went meanwhile: nothing to keep vectors for
 
+    # -- attachments: as private as the session's messages, gone with it ------------------
+
+    def _write_attachment(self, session_id: str, attachment_id: str, data: bytes) -> None:
+        statement = "SELECT oblix.write_attachment(%s, %s, %s)"
+        self._run(lambda conn: conn.execute(statement, (session_id, attachment_id, data)), write=True)
+
+    def _read_attachment(self, session_id: str, attachment_id: str) -> bytes | None:
+        statement = "SELECT oblix.read_attachment(%s, %s)"
+        row = self._run(lambda conn: conn.execute(statement, (session_id, attachment_id)).fetchone())
+        return None if row is None or row[0] is None else bytes(row[0])
+
     # -- notebook bindings (each user's own) ---------------------------------------------
 
     def bind(self, key: str, session_id: str) -> None:

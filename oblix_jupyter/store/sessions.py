@@ -7,6 +7,7 @@ Layout of ``base_dir`` (default ``~/.oblix/sessions``, or ``$OBLIX_HOME/sessions
     .locks/<id>.lock           per-session write locks
     .bindings.json             notebook path -> session id
     .vectors/vectors.sqlite3   passage vectors of messages by content, shared by the sessions that hold them
+    .attachments/<id>/<sha256> the bytes of the images the session's messages carry, one private file each
 
 ``SessionManager`` owns all of it: the headers (``index``), the bindings (``bindings``)
 and the vectors (``vectors``) are its caches and tables, and deleting a session removes every one.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -27,7 +29,7 @@ from tinydb import TinyDB
 from ..errors import CorruptSession, ImportFormatError, NewerSchema, SessionNotFound
 from .base import SessionStore
 from .bindings import Bindings
-from .files import DIR_MODE, default_base_dir, ensure_private_dir, remove_file
+from .files import DIR_MODE, atomic_write_bytes, default_base_dir, ensure_private_dir, read_bytes, remove_file
 from .index import ListingIndex
 from .migrations import readable, upgrade
 from .shape import (
@@ -59,6 +61,7 @@ class SessionManager(SessionStore):
         self.base_dir = os.path.abspath(os.fspath(base_dir) if base_dir is not None else default_base_dir())
         self.lock_timeout = lock_timeout
         self._locks_dir = os.path.join(self.base_dir, ".locks")
+        self._attachments_dir = os.path.join(self.base_dir, ".attachments")
         self._index = ListingIndex(os.path.join(self.base_dir, ".index"))
         self._parsed = ParsedFiles()
         for directory in (self.base_dir, self._index.directory, self._locks_dir):
@@ -259,12 +262,31 @@ class SessionManager(SessionStore):
             self._bindings.unbind_session(session_id)
             self._vectors.forget_session(session_id)
             self._index.forget(session_id)
+            shutil.rmtree(os.path.join(self._attachments_dir, session_id), ignore_errors=True)
             remove_file(path)
         remove_file(os.path.join(self._locks_dir, f"{session_id}.lock"))
         return existed
 
     def _read_vectors(self, model: str, keys: list[str]) -> dict[str, bytes]:
         return self._vectors.get(model, keys)
+
+    def _write_attachment(self, session_id: str, attachment_id: str, data: bytes) -> None:
+        """Under the session's lock, so that a delete under way cannot leave the file behind it."""
+        folder = os.path.join(self._attachments_dir, session_id)
+        if not os.path.exists(self.session_path(session_id)):  # asked first too, so that no lock file is left for a stranger id
+            raise SessionNotFound(session_id, self.base_dir)
+        with self._transaction(session_id):
+            if not os.path.exists(self.session_path(session_id)):
+                raise SessionNotFound(session_id, self.base_dir)
+            if not os.path.exists(os.path.join(folder, attachment_id)):
+                ensure_private_dir(folder)
+                atomic_write_bytes(os.path.join(folder, attachment_id), data)
+
+    def _read_attachment(self, session_id: str, attachment_id: str) -> bytes | None:
+        try:
+            return read_bytes(os.path.join(self._attachments_dir, session_id, attachment_id))
+        except FileNotFoundError:
+            return None
 
     def _write_vectors(self, model: str, session_id: str, entries: Mapping[str, bytes | None]) -> None:
         self._vectors.put(model, session_id, entries)

@@ -29,11 +29,13 @@ class _Shelf:
         self.bindings: dict[str, str] = {}
         self.vectors: dict[tuple[str, str], bytes] = {}
         self.uses: dict[str, set[tuple[str, str]]] = {}
+        self.attachments: dict[tuple[str, str], bytes] = {}  # (session id, attachment id) -> bytes
 
     def contents(self) -> dict[str, Any]:
         """A copy of everything held, to compare before and after a call."""
         with self.lock:
-            return copy.deepcopy({"sessions": self.sessions, "bindings": self.bindings, "vectors": self.vectors, "uses": self.uses})
+            held = {"sessions": self.sessions, "bindings": self.bindings, "vectors": self.vectors, "uses": self.uses}
+            return copy.deepcopy({**held, "attachments": self.attachments})
 
 
 _SHELVES: dict[str, _Shelf] = {}
@@ -116,6 +118,7 @@ class MemoryStore(SessionStore):
         shelf = self._shelf
         with shelf.lock:
             existed = shelf.sessions.pop(session_id, None) is not None
+            shelf.attachments = {key: data for key, data in shelf.attachments.items() if key[0] != session_id}
             shelf.bindings = {key: bound for key, bound in shelf.bindings.items() if bound != session_id}
             shelf.uses.pop(session_id, None)
             used = set().union(*shelf.uses.values())
@@ -160,6 +163,15 @@ class MemoryStore(SessionStore):
             for session_id in doomed:
                 self.delete_session(session_id)
         return doomed
+
+    def _write_attachment(self, session_id: str, attachment_id: str, data: bytes) -> None:
+        with self._shelf.lock:
+            self._held(session_id)
+            self._shelf.attachments.setdefault((session_id, attachment_id), data)
+
+    def _read_attachment(self, session_id: str, attachment_id: str) -> bytes | None:
+        with self._shelf.lock:
+            return self._shelf.attachments.get((session_id, attachment_id))
 
     def _read_vectors(self, model: str, keys: list[str]) -> dict[str, bytes]:
         with self._shelf.lock:

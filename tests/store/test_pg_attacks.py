@@ -19,7 +19,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from oblix_jupyter.errors import DatabaseBusy, NotPermitted
+from oblix_jupyter.errors import AttachmentNotFound, DatabaseBusy, NotPermitted, SessionNotFound
 from oblix_jupyter.store import pg_schema
 from oblix_jupyter.store.postgres import PostgresStore
 
@@ -27,7 +27,7 @@ SECRET = "confidential merger acquisition of initech by globex"
 SECRET_WORDS = ("confidential", "merger", "acquisition", "initech", "globex")
 ALPHABET = "abcdefghijklmnopqrstuvwxyz "
 TEXT_TYPES = {"text", "character varying", "name"}
-TABLES = ("sessions", "messages", "shares", "bindings", "vectors", "uses")
+TABLES = ("sessions", "messages", "shares", "bindings", "vectors", "uses", "attachments")
 
 
 @pytest.fixture
@@ -48,7 +48,9 @@ def cast(postgres) -> Iterator[dict[str, object]]:
     store.share(shared, writer, write=True)
     store.bind("/home/owner/deal.ipynb", private)
     store.write_vectors("m", private, {SECRET: b"vector"})
-    cast = {"store": store, "owner": owner, "writer": writer, "stranger": stranger, "private": private, "shared": shared}
+    attachment = store.save_attachment(private, SECRET.encode())  # a figure of the deal, say
+    cast = {"store": store, "owner": owner, "writer": writer, "stranger": stranger, "private": private, "shared": shared,
+            "attachment": attachment}
     yield cast
     store.close()
 
@@ -373,3 +375,34 @@ def test_set_role_to_the_group_gives_nothing_more(postgres, cast):
             pass
         leaked += [f"listed {row}" for row in raw.execute("SELECT id FROM oblix.list_sessions(1000)").fetchall()]
         assert leaked == []
+
+
+def test_attachments_are_as_private_as_messages_and_go_with_their_session(postgres, cast):
+    store, private, shared, attachment = cast["store"], cast["private"], cast["shared"], cast["attachment"]
+    for role in (cast["writer"], cast["stranger"]):
+        with login(postgres, role) as raw:  # the function users may call, with the id they would need to know
+            assert raw.execute("SELECT oblix.read_attachment(%s, %s)", (private, attachment)).fetchone() == (None,)
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                raw.execute("SELECT count(*) FROM oblix.attachments")
+        other = PostgresStore(postgres.dsn(role))
+        try:
+            with pytest.raises(AttachmentNotFound):
+                other.read_attachment(private, attachment)
+            with pytest.raises(SessionNotFound):
+                other.save_attachment(private, b"planted")
+        finally:
+            other.close()
+    # A write sharee may attach to the shared session (with the message that names it), and its owner reads it.
+    writer = PostgresStore(postgres.dsn(cast["writer"]))
+    try:
+        added = writer.save_attachment(shared, b"\x89PNG team chart")
+    finally:
+        writer.close()
+    assert store.read_attachment(shared, added) == b"\x89PNG team chart"
+    with login(postgres, cast["writer"]) as raw:  # an id that is not its bytes' hash is refused by the database itself
+        with pytest.raises(psycopg.DatabaseError) as refused:
+            raw.execute("SELECT oblix.write_attachment(%s, %s, %s)", (shared, "0" * 64, b"x"))
+        assert refused.value.sqlstate == "OB400"
+
+    assert store.delete_session(private)
+    assert postgres.admin_query("SELECT count(*) FROM oblix.attachments WHERE session_id = %s", (private,)) == [(0,)]

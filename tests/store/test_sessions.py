@@ -9,6 +9,7 @@ files, the listing index).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pathlib
@@ -32,6 +33,8 @@ from traces import assert_fully_traced, make_sessions, traces
 
 from oblix_jupyter.errors import (
     AmbiguousSessionId,
+    AttachmentNotFound,
+    BadArguments,
     CorruptSession,
     ImportFormatError,
     InvalidContext,
@@ -94,7 +97,7 @@ def footprint(store, store_spec, request):
     if store_spec[0] == "memory":
         return store._shelf.contents
     server = request.getfixturevalue("postgres")
-    tables = ("sessions", "messages", "shares", "bindings", "uses", "vectors")
+    tables = ("sessions", "messages", "shares", "bindings", "uses", "vectors", "attachments")
     return lambda: [server.admin_query(f"SELECT * FROM oblix.{table} ORDER BY 1, 2") for table in tables]
 
 
@@ -192,6 +195,32 @@ def test_path_traversal_ids_are_rejected_before_anything_is_touched(store, footp
         with pytest.raises(InvalidSessionId):
             call()
     assert footprint() == before
+
+
+def test_attachments_are_kept_by_the_hash_of_their_bytes_and_go_with_their_session(store, footprint):
+    session_id = store.create_session(title="figures")
+    other = store.create_session(title="other")
+    figure = b"\x89PNG\r\n\x1a\n a figure"
+    attachment = store.save_attachment(session_id, figure)
+    assert attachment == hashlib.sha256(figure).hexdigest() == store.save_attachment(session_id, figure)  # kept once
+    assert store.read_attachment(session_id, attachment) == figure
+    with pytest.raises(AttachmentNotFound):
+        store.read_attachment(other, attachment)  # an id is the session's: another session does not reach it
+    before = footprint()
+    for bad in ("../" * 8 + "etc/passwd", attachment.upper(), attachment[:-1], "", ".", "*", attachment + "/..", None):
+        with pytest.raises(AttachmentNotFound):
+            store.read_attachment(session_id, bad)
+    for data in (b"", "text", b"x" * (20 * 1024 * 1024 + 1)):
+        with pytest.raises(BadArguments):
+            store.save_attachment(session_id, data)
+    with pytest.raises(SessionNotFound):
+        store.save_attachment(str(uuid.uuid4()), figure)
+    assert footprint() == before, "refused calls wrote nothing"
+
+    assert store.delete_session(session_id)
+    with pytest.raises(AttachmentNotFound):
+        store.read_attachment(session_id, attachment)
+    assert figure not in repr(footprint()).encode(), "delete means gone, everywhere the store keeps it"
 
 
 def test_unknown_ids(store):
