@@ -25,6 +25,7 @@ setup: $(STAMP)
 
 # The browser tests drive Debian's Chromium (never a downloaded browser). CI runs as
 # root, so it can install it; elsewhere the browser tests say why they are skipped.
+# Chromium depends on libcairo2, the system library CairoSVG (a test dependency) loads.
 CHROMIUM := /usr/bin/chromium
 $(CHROMIUM):
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \

@@ -34,6 +34,7 @@ from typing import Any
 from ..context.relevance import truncate_to_tokens
 from ..redaction import WITHHELD, is_secret_name, redact, withhold_values
 from .describe import describe_fully, glance, sample_positions
+from .images import DisplayedImages, memory_of
 from .registry import ToolRefusal, ToolRegistry
 from .state import format_error
 from .text import TEXT_SECONDS, is_module, is_secret_label, is_type, label_text, markdown_table, text_budget, text_of, type_name
@@ -71,18 +72,21 @@ class CellHistory:
     """What IPython kept of earlier cells: sources (``In``), last-expression values (``Out``) and the last error.
 
     IPython does not keep printed output, so a cell without a value in ``Out`` is
-    reported as having stored none.
+    reported as having stored none. The images cells displayed are what the kernel's
+    memory of them (``images.install``) still holds, when it was installed.
     """
 
     inputs: Sequence[str] = ()
     outputs: Mapping[int, Any] = field(default_factory=dict)
     error: str | None = None
+    images: DisplayedImages | None = None
 
     @classmethod
     def from_shell(cls, shell: Any) -> CellHistory:
         namespace = getattr(shell, "user_ns", None) or {}
         error = getattr(sys, "last_value", None)
-        return cls(namespace.get("In") or (), namespace.get("Out") or {}, format_error(error, getattr(sys, "last_traceback", None)))
+        cells = namespace.get("In") or (), namespace.get("Out") or {}
+        return cls(*cells, format_error(error, getattr(sys, "last_traceback", None)), memory_of(shell))
 
     @property
     def latest(self) -> int:
@@ -380,7 +384,8 @@ class KernelTools:
 
     @TOOLS.tool(
         "notebook_cell",
-        lambda tools: "The source of notebook cell `number` (In[number]) and the value it returned (Out[number]). " + tools._cells_run(),
+        lambda tools: "The source of notebook cell `number` (In[number]), the value it returned (Out[number]) "
+        "and the images it displayed (named, not shown). " + tools._cells_run(),
         properties={"number": {"type": "integer", "description": "The cell's execution count."}},
         required=["number"],
         offered_when=lambda tools: tools.cells is not None,
@@ -402,6 +407,10 @@ class KernelTools:
                 reveal = any(self._reveals(n) for n in holders)
                 shown = text_of(output, self.cap_tokens * 4, reveal=reveal) or f"<{type_name(output)}: its repr failed or took too long>"
                 parts.append(f"Out[{number}]:\n{self._keep(shown) if reveal else shown}")
+        displayed = self.cells.images.images_of(number) if self.cells.images is not None else []
+        if displayed:
+            parts.append(f"Images cell {number} displayed ({len(displayed)}):")
+            parts += [f"- {image.summary()}" for image in displayed]
         return "\n".join(parts), f"read cell {number}"
 
     def _cells_run(self) -> str:

@@ -30,8 +30,8 @@ DEFAULT_TIMEOUT = 120.0
 DEFAULT_MAX_TOOL_ROUNDS = 5
 TOOL_MODELS_ENV = "OBLIX_TOOL_MODELS"
 
-# Per-model options the gateway reads itself; everything else in model_options goes to litellm.
-_GATEWAY_OPTIONS = frozenset({"supports_tools"})
+# Per-model options oblix reads itself (here and in images.can_see); everything else in model_options goes to litellm.
+_GATEWAY_OPTIONS = frozenset({"supports_tools", "supports_vision"})
 
 _litellm: ModuleType | None = None
 _import_lock = threading.Lock()
@@ -181,15 +181,22 @@ def supports_tools(model: str, model_options: dict[str, Any] | None = None) -> b
     ``supports_function_calling`` works too, since litellm is asked. The offline model
     never gets tools: 135M parameters cannot use them, and its server ignores them.
     """
+    return model_can(model, model_options, "supports_tools", TOOL_MODELS_ENV, lambda litellm: litellm.supports_function_calling(model=model))
+
+
+def model_can(
+    model: str, model_options: dict[str, Any] | None, option: str, env_name: str, litellm_says: Callable[[ModuleType], bool]
+) -> bool:
+    """Whether ``model`` has an ability: never the offline model's; else its per-model ``option``, the models ``env_name`` lists, what litellm says."""
     if local_model.is_local(model):
         return False
-    explicit = (model_options or {}).get("supports_tools")
+    explicit = (model_options or {}).get(option)
     if explicit is not None:
         return bool(explicit)
-    if model in split_models(os.environ.get(TOOL_MODELS_ENV)):
+    if model in split_models(os.environ.get(env_name)):
         return True
     try:
-        return bool(litellm_module().supports_function_calling(model=model))
+        return bool(litellm_says(litellm_module()))
     except Exception:  # litellm raises several types for providers it cannot resolve
         return False
 
@@ -636,6 +643,7 @@ __all__ = [
     "litellm_module",
     "local_input_budget",
     "max_input_tokens",
+    "model_can",
     "model_notice",
     "model_rows",
     "preload_litellm",

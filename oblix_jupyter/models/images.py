@@ -1,0 +1,168 @@
+"""An image made ready for a model: whether the model can see at all, the image small and cheap, what it costs, and the note instead.
+
+A figure straight from a cell is often 1,600 px wide and a few hundred KB; a model reads
+no more detail than its provider's own downscaling keeps, yet counts (and bills) by pixels.
+So ``prepare`` shrinks it to ``max_px`` on its longest side, keeps whichever of PNG
+(plots: flat colours, sharp lines) and JPEG (photographs) is smaller, and estimates its
+input tokens by the provider's rule (``image_tokens``) for the turn's budget. Only a model
+that ``can_see`` is sent it, as an OpenAI-style content part (litellm translates that
+for every provider); any other gets one line of text saying what it was not shown.
+Pillow and litellm are imported only when first needed.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+import warnings
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+from ..errors import ImagesUnavailable, UnreadableImage
+from .gateway import model_can
+
+DEFAULT_MAX_PX = 1024
+JPEG_QUALITY = 85  # no visible loss on a photograph, and a plot's text and lines stay legible
+VISION_MODELS_ENV = "OBLIX_VISION_MODELS"
+_ENCODED = {"PNG": "image/png", "JPEG": "image/jpeg"}
+
+
+def can_see(model: str, model_options: dict[str, Any] | None = None) -> bool:
+    """Whether ``model`` is sent images: an explicit setting first, else what litellm knows, as ``supports_tools`` decides tools.
+
+    litellm answers ``supports_vision`` from its model map, so it says no for every model
+    it has no entry for (an OpenAI-compatible endpoint behind ``api_base``, most
+    ``ollama/...`` names). The per-model option ``{"supports_vision": True}``, or naming
+    the model in ``OBLIX_VISION_MODELS`` (comma-separated), says yes for those; the option
+    can also say no to a model litellm lists. The offline model reads text only.
+    """
+    return model_can(model, model_options, "supports_vision", VISION_MODELS_ENV, lambda litellm: litellm.supports_vision(model=model))
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """An image as it is sent: its encoding, bytes and pixel size, and the input tokens the provider will count for it."""
+
+    mime: str
+    data: bytes
+    width: int
+    height: int
+    tokens: int
+
+    @property
+    def data_url(self) -> str:
+        return f"data:{self.mime};base64,{base64.b64encode(self.data).decode('ascii')}"
+
+    def content_part(self) -> dict[str, Any]:
+        """The image as one part of a user message's content, in the OpenAI shape litellm takes for every provider."""
+        return {"type": "image_url", "image_url": {"url": self.data_url}}
+
+
+def prepare(data: bytes, mime: str, max_px: int = DEFAULT_MAX_PX, *, model: str | None = None, label: str = "image") -> PreparedImage:
+    """``data`` (an image of type ``mime``) at most ``max_px`` on its longest side, as the smaller of PNG and JPEG, its tokens for ``model``.
+
+    The original bytes are kept when they already fit and are smaller than either
+    re-encoding. JPEG is tried only for an image without transparency. Raises
+    ``UnreadableImage`` (naming ``label``) for bytes Pillow cannot decode, and
+    ``ImagesUnavailable`` without Pillow.
+    """
+    pillow = _pillow()
+    image = _decoded(pillow, data, max_px, label)
+    candidates = [(data, mime)] if not image.resized and _ENCODED.get(image.source_format) == mime else []
+    candidates.append((_encoded(image.pixels, "PNG"), "image/png"))
+    if image.pixels.mode in ("RGB", "L"):
+        candidates.append((_encoded(image.pixels, "JPEG"), "image/jpeg"))
+    best, best_mime = min(candidates, key=lambda candidate: len(candidate[0]))
+    width, height = image.pixels.size
+    return PreparedImage(best_mime, best, width, height, image_tokens(width, height, model))
+
+
+def image_tokens(width: int, height: int, model: str | None = None) -> int:
+    """The input tokens a provider counts for a ``width``×``height`` image: Anthropic's rule for Claude models, else OpenAI's tiles.
+
+    OpenAI (and the providers that copy it): the image is fit within 2048×2048, then its
+    shortest side brought down to 768 px; each 512-px tile costs 170 tokens, plus 85.
+    Anthropic: width × height / 750, after it scales an image down to at most 1,568 px
+    on the long edge and about 1,600 tokens.
+    """
+    if model is not None and _is_anthropic(model):
+        scale = min(1.0, 1568 / max(width, height))
+        return min(1600, math.ceil(int(width * scale) * int(height * scale) / 750))
+    scale = min(1.0, 2048 / max(width, height))
+    fitted_width, fitted_height = width * scale, height * scale
+    scale = min(1.0, 768 / min(fitted_width, fitted_height))
+    tiles = math.ceil(int(fitted_width * scale) / 512) * math.ceil(int(fitted_height * scale) / 512)
+    return 85 + 170 * tiles
+
+
+def cannot_see_note(label: str, width: int | None = None, height: int | None = None) -> str:
+    """The line a model that cannot see reads instead of the image: "[a 640×480 figure from cell 5: this model cannot see images]"."""
+    size = f"{width}×{height} " if width and height else ""
+    return f"[a {size}{label}: this model cannot see images]"
+
+
+def _is_anthropic(model: str) -> bool:
+    return model.startswith("anthropic/") or "claude" in model.lower()
+
+
+# -- Pillow -----------------------------------------------------------------------------------
+
+
+def _pillow() -> ModuleType:
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ImagesUnavailable() from None
+    return Image
+
+
+@dataclass(frozen=True)
+class _Decoded:
+    pixels: Any  # a PIL Image in a mode PNG can store: RGB, RGBA, L or LA
+    source_format: str | None  # Pillow's name for what the bytes were: "PNG", "JPEG", "GIF"...
+    resized: bool  # when not, the original bytes show this image as well as any re-encoding would
+
+
+def _decoded(pillow: ModuleType, data: bytes, max_px: int, label: str) -> _Decoded:
+    """``data`` decoded, in an encodable mode, at most ``max_px`` on its longest side; any failure to decode as ``UnreadableImage``."""
+    try:
+        with warnings.catch_warnings():
+            # Pillow only warns between its two pixel limits; an image that large is refused as one past the second.
+            warnings.simplefilter("error", pillow.DecompressionBombWarning)
+            opened = pillow.open(io.BytesIO(data))
+            source_format, size = opened.format, opened.size
+            if source_format == "JPEG":
+                opened.draft("RGB", (max_px, max_px))  # decode at a reduced scale: far faster than full size then shrink
+            opened.load()
+            pixels = _encodable(opened)
+            pixels.thumbnail((max_px, max_px), pillow.Resampling.BICUBIC)  # antialiased when shrinking, and faster than LANCZOS
+    except (pillow.DecompressionBombError, pillow.DecompressionBombWarning):
+        raise UnreadableImage(f"The {label} has too many pixels to be read safely.") from None
+    except pillow.UnidentifiedImageError:
+        raise UnreadableImage(f"The {label} is not an image Pillow can read (PNG, JPEG, GIF, WebP...).") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as error:  # truncated or corrupt data, by the plugin's own words
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:120]
+        raise UnreadableImage(f"The {label} cannot be decoded: {reason}.") from None
+    return _Decoded(pixels, source_format, pixels.size != size)
+
+
+def _encodable(image: Any) -> Any:
+    """``image`` in RGB or L, or with an alpha channel (RGBA, LA) only when some pixel is actually transparent."""
+    has_alpha = image.mode in ("RGBA", "LA", "PA") or image.mode == "P" and "transparency" in image.info
+    if has_alpha:
+        image = image.convert("LA" if image.mode == "LA" else "RGBA")
+        if image.getchannel("A").getextrema()[0] == 255:  # matplotlib's figures: RGBA, every pixel opaque
+            return image.convert("L" if image.mode == "LA" else "RGB")
+        return image
+    return image if image.mode in ("RGB", "L") else image.convert("RGB")
+
+
+def _encoded(pixels: Any, image_format: str) -> bytes:
+    buffer = io.BytesIO()
+    if image_format == "JPEG":
+        pixels.save(buffer, "JPEG", quality=JPEG_QUALITY)
+    else:
+        pixels.save(buffer, "PNG")
+    return buffer.getvalue()
