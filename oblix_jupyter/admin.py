@@ -123,7 +123,7 @@ def import_files(target: SessionStore, directory: str | os.PathLike[str] | None 
             counts["skipped"] += 1
             continue
         try:
-            target.add_session(session, new_id=False)
+            target.add_session(session, new_id=False, kept_attachments=source.attachment_bytes(session))
         except OblixError as error:
             warnings.warn(f"Session {session['id']} was not copied: {error}", RuntimeWarning, stacklevel=3)
             counts["failed"] += 1

@@ -21,6 +21,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from ..errors import AttachmentNotFound, BadArguments, CorruptSession, NewerSchema, SessionNotFound
+from .attachment_data import attachments_of, take_attachment_data, with_attachment_data
 from .files import atomic_write_bytes, read_import_file
 from .shape import (
     change_time,
@@ -141,13 +142,30 @@ class SessionStore(abc.ABC):
         """Create an empty session and return its id (a UUID4 string)."""
         return self._store_new(new_session(initial_context, title, metadata, model))
 
-    def add_session(self, data: dict[str, Any], new_id: bool = True) -> str:
-        """Store a complete session dict (from an import); timestamps are normalised to ours."""
-        return self._store_new(imported_session(data, new_id))
+    def add_session(self, data: dict[str, Any], new_id: bool = True, kept_attachments: Mapping[str, bytes] | None = None) -> str:
+        """Store a complete session dict (from an import); timestamps are normalised to ours.
+
+        Every attachment its messages name comes with its bytes: the entry's base64
+        ``"data"``, as an exported file carries them, or ``kept_attachments`` by id (a copy
+        within a store). All are checked before anything is stored (``attachment_data``).
+        The bytes can only be saved once the session exists, so they follow it at once,
+        under an id nobody has been given yet; if they cannot be, the session goes too:
+        no stored message names bytes that are not there.
+        """
+        session = imported_session(data, new_id)
+        attachments = take_attachment_data(session, "The session to import", MAX_ATTACHMENT_BYTES, kept_attachments)
+        session_id = self._store_new(session)
+        try:
+            for attachment in attachments.values():
+                self.save_attachment(session_id, attachment)
+        except BaseException:
+            self.delete_session(session_id)
+            raise
+        return session_id
 
     def export_session(self, session_id: str, export_path: str | os.PathLike[str]) -> bool:
-        """Write the session as one JSON object in the seed's shape."""
-        session = self.get_session(session_id)
+        """Write the session as one JSON object in the seed's shape, each attachment's bytes in its entry as base64 ``"data"``."""
+        session = with_attachment_data(self.get_session(session_id), lambda attachment: self.read_attachment(session_id, attachment))
         export_path = os.fspath(export_path)
         os.makedirs(os.path.dirname(os.path.abspath(export_path)), exist_ok=True)
         atomic_write_bytes(export_path, json.dumps(session, ensure_ascii=False, indent=2).encode("utf-8"))
@@ -163,7 +181,11 @@ class SessionStore(abc.ABC):
         session = self.get_session(session_id)
         session["title"] = new_title or f"Copy of {session['title']}"
         session["created_at"] = session["updated_at"] = change_time()
-        return self.add_session(session, new_id=True)
+        return self.add_session(session, new_id=True, kept_attachments=self.attachment_bytes(session))
+
+    def attachment_bytes(self, session: Mapping[str, Any]) -> dict[str, bytes]:
+        """The bytes of every image the session's messages carry, by id: what ``add_session`` needs to copy it into a store."""
+        return {entry["id"]: self.read_attachment(session["id"], entry["id"]) for message in session["messages"] for entry in attachments_of(message)}
 
     def get_session(self, session_id: str) -> dict[str, Any]:
         """Like ``load_session`` but a missing session is an error, for callers that need one."""

@@ -6,6 +6,11 @@ store already writes and reads; ``.ipynb`` is a notebook with one Markdown cell 
 message whose metadata carries everything else, so importing it restores the session
 exactly; ``.md`` is a transcript for people and cannot be imported back.
 
+A message's images travel with it: in ``.json`` as base64 in each attachment entry, in a
+notebook as the cell's own attachments (shown in the cell, so Jupyter displays them),
+beside a ``.md`` as files in ``<name>_files/``. Their labels come from variable and cell
+names, so they are escaped wherever they become Markdown.
+
 nbformat is imported only when a notebook is read or written: importing it takes
 seconds (its JSON-schema validator), which the other formats should not pay.
 """
@@ -14,7 +19,10 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable
+import re
+import secrets
+from collections.abc import Callable, Mapping
+from urllib.parse import quote
 from typing import TYPE_CHECKING, Any
 
 from ..errors import (
@@ -23,7 +31,8 @@ from ..errors import (
     InvalidSessionId,
 )
 from ..render import inert_markdown, message_header, transcript
-from .files import atomic_write_bytes, read_import_file
+from .attachment_data import IMAGE_TYPES, attachments_of, with_attachment_data
+from .files import atomic_write_bytes, ensure_private_dir, read_import_file
 from .shape import check_session_shape
 
 if TYPE_CHECKING:
@@ -45,8 +54,11 @@ def export_session(store: SessionStore, session_id: str, path: str | os.PathLike
         store.export_session(session_id, path)
         return path
     session = store.get_session(session_id)
-    text = notebook_text(session) if extension == ".ipynb" else transcript(session)
     os.makedirs(os.path.dirname(path), exist_ok=True)
+    if extension == ".ipynb":
+        text = notebook_text(with_attachment_data(session, lambda attachment: store.read_attachment(session_id, attachment)))
+    else:
+        text = _transcript_with_images(store, session, path)
     atomic_write_bytes(path, text.encode("utf-8"))
     return path
 
@@ -85,15 +97,23 @@ def notebook_text(session: dict[str, Any]) -> str:
 
     A cell shows its message through ``inert_markdown``; where that changed the text,
     the message as written is kept in the cell's metadata, so importing restores it.
+    ``session`` is as ``with_attachment_data`` gives it: each image's bytes in its entry,
+    which become the cell's attachments, shown after its text.
     """
     import nbformat
     from nbformat import v4
 
     cells = []
     for message in session["messages"]:
-        shown = inert_markdown(message["content"])
+        entries = attachments_of(message)  # each with its "data", which goes to the cell's attachments
+        images = [f"![{alt_text(entry.get('label'))}](attachment:{_file_name(entry)})" for entry in entries]
+        shown = "\n\n".join([inert_markdown(message["content"]), *images])
         fields = {key: value for key, value in message.items() if key != "content" or value != shown}
-        cells.append(v4.new_markdown_cell(f"{message_header(message)}\n\n{shown}", metadata={METADATA_KEY: fields}))
+        extra: dict[str, Any] = {}
+        if entries:
+            fields["attachments"] = [{key: value for key, value in entry.items() if key != "data"} for entry in entries]
+            extra["attachments"] = {_file_name(entry): {entry["mime"]: entry["data"]} for entry in entries}
+        cells.append(v4.new_markdown_cell(f"{message_header(message)}\n\n{shown}", metadata={METADATA_KEY: fields}, **extra))
     header = {key: value for key, value in session.items() if key != "messages"}
     notebook = v4.new_notebook(cells=cells, metadata={METADATA_KEY: {"layout": NOTEBOOK_LAYOUT, "session": header}})
     return nbformat.writes(notebook) + "\n"  # as Jupyter saves them
@@ -104,6 +124,8 @@ def read_notebook(path: str) -> dict[str, Any]:
 
     Cells without our metadata (added by hand in Jupyter) are not part of the
     conversation and are skipped; each message's text is its cell minus the header.
+    Each attachment's bytes are the cell attachment of its name, handed on as the entry's
+    ``"data"`` for ``add_session`` to check against its id.
     """
     notebook = read_import_file(path)
     if not isinstance(notebook, dict) or notebook.get("nbformat") != 4:
@@ -128,8 +150,76 @@ def read_notebook(path: str) -> dict[str, Any]:
         if cell["cell_type"] != "markdown" or not isinstance(fields, dict):
             raise ImportFormatError(f"{path}: cell {number} has oblix metadata but is not one of our message cells.")
         source = cell["source"] if isinstance(cell["source"], str) else "".join(cell["source"])
+        if isinstance(fields.get("attachments"), list):
+            fields = {**fields, "attachments": [_with_cell_data(entry, cell, f"{path}: cell {number}") for entry in fields["attachments"]]}
         messages.append({"content": source.partition("\n\n")[2], **fields})  # fields keep a text the cell escaped
     return check_session_shape({**ours["session"], "messages": messages}, path)
+
+
+def _with_cell_data(entry: Any, cell: Mapping[str, Any], where: str) -> Any:
+    """An attachment entry with the base64 of the cell attachment it names as ``"data"``; an entry that names none, as it is."""
+    if not isinstance(entry, dict) or entry.get("mime") not in IMAGE_TYPES:
+        return entry  # add_session refuses it, saying why
+    name = _file_name(entry)
+    bundle = (cell.get("attachments") or {}).get(name)
+    if bundle is None:
+        return entry
+    if list(bundle) != [entry["mime"]]:
+        types = ", ".join(str(kind)[:80] for kind in bundle)
+        raise ImportFormatError(f"{where}: attachment {name[:120]!r} is {types or 'empty'}, where only {entry['mime']} may be.")
+    data = bundle[entry["mime"]]
+    return {**entry, "data": "".join(data) if isinstance(data, list) else data}
+
+
+# -- Markdown -----------------------------------------------------------------------------
+
+_MARKDOWN_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")  # every ASCII punctuation character, which a backslash makes literal
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def alt_text(label: Any) -> str:
+    """An image's label (from a variable or cell: untrusted) as Markdown alt text that stays text.
+
+    One line (a blank line would end the image and start Markdown of the label's own),
+    each ASCII punctuation character backslash-escaped (CommonMark then reads it as
+    itself: no ``]`` closes the alt text, no ``<`` opens HTML, no ``&`` an entity).
+    """
+    words = " ".join(_CONTROL.sub(" ", str(label or "")).split())[:200] or "image"
+    return _MARKDOWN_PUNCTUATION.sub(r"\\\1", words)
+
+
+def _transcript_with_images(store: SessionStore, session: dict[str, Any], path: str) -> str:
+    """The ``.md`` transcript, each message's images written beside it (``<name>_files/<id>.png``) and shown after its text.
+
+    ``render.transcript`` is shared with ``oblix show``, which shows no image files, so
+    the images are put in after it: each message with images gets a marker paragraph no
+    session text can hold (its random part is chosen now), replaced by the image lines.
+    Files are written before the transcript, which never links one that is not there.
+    """
+    folder = f"{os.path.splitext(os.path.basename(path))[0]}_files"
+    nonce = secrets.token_hex(16)
+    shown: dict[str, str] = {}
+    messages = []
+    for number, message in enumerate(session["messages"]):
+        entries = attachments_of(message)
+        if entries:
+            ensure_private_dir(os.path.join(os.path.dirname(path), folder))
+            for entry in entries:
+                data = store.read_attachment(session["id"], entry["id"])
+                atomic_write_bytes(os.path.join(os.path.dirname(path), folder, _file_name(entry)), data)
+            marker = f"oblix-images-{nonce}-{number}"
+            shown[marker] = "\n\n".join(f"![{alt_text(entry.get('label'))}]({quote(f'{folder}/{_file_name(entry)}')})" for entry in entries)
+            message = {**message, "content": f"{message['content']}\n\n{marker}"}
+        messages.append(message)
+    text = transcript({**session, "messages": messages})
+    for marker, images in shown.items():
+        text = text.replace(marker, images, 1)
+    return text
+
+
+def _file_name(entry: Mapping[str, Any]) -> str:
+    """An attachment's file name, in a notebook cell or beside a ``.md``: its id (64 hex digits, checked by the store) and type."""
+    return f"{entry['id']}.{IMAGE_TYPES[entry['mime']]}"
 
 
 def _extension(path: str) -> str:

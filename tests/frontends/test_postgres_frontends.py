@@ -151,7 +151,8 @@ def test_db_upgrade_status_and_add_user(postgres):
 def test_import_files_copies_each_session_once_keeping_ids_and_bindings(postgres, tmp_path):
     files = SessionManager()  # the user's own ~/.oblix/sessions (OBLIX_HOME is private to the test)
     kept = files.create_session(title="Cleaning sales data")
-    files.save_message(kept, "Drop the duplicated invoices first.")
+    figure = files.save_attachment(kept, b"\x89PNG the invoices plot")
+    files.save_message(kept, "Drop the duplicated invoices first.", attachments=[{"id": figure, "mime": "image/png", "label": "figure from cell 3"}])
     files.save_message(kept, "df.drop_duplicates('invoice')", role="assistant", model="openai/gpt-4o-mini")
     files.update_session(kept, pinned=["msg_1"])
     other = files.create_session(title="Empty so far")
@@ -171,6 +172,7 @@ def test_import_files_copies_each_session_once_keeping_ids_and_bindings(postgres
         copied = database.get_session(kept)
         assert [(m["id"], m["content"]) for m in copied["messages"]] == [(m["id"], m["content"]) for m in files.get_session(kept)["messages"]]
         assert copied["pinned"] == ["msg_1"] and copied["messages"][1]["model"] == "openai/gpt-4o-mini"
+        assert database.read_attachment(kept, figure) == b"\x89PNG the invoices plot", "a question's images come along"
         assert database.bound_session("/home/me/sales.ipynb") == kept
         assert {s["id"] for s in database.list_sessions()} == {kept, other}
     finally:

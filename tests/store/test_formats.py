@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 import pathlib
+import stat
 import subprocess
 import sys
 
@@ -186,3 +189,119 @@ def test_exports_keep_html_as_text_open_untrusted_and_import_back_exactly(store,
     assert "&lt;img src=x" in notebook.cells[0].source and "![leak]" not in notebook.cells[0].source
     copy_id = import_session(store, path)
     assert [m["content"] for m in store.get_session(copy_id)["messages"]] == [HOSTILE, "fine"]
+
+
+# -- images ---------------------------------------------------------------------------
+
+# A label comes from a variable's or a cell's name: here one that tries to close the alt text,
+# link to script, open HTML, start a block of its own and fetch an image from elsewhere.
+HOSTILE_LABEL = 'fig](javascript:alert(1)) <img src=y onerror=alert(2)> &lt;b&gt; \\\n\n# owned ![z](http://attacker.example/p.png)'
+
+
+def picture(size: tuple[int, int], kind: str) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", size, "red").save(buffer, kind)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def with_images(store):
+    """A session whose prompt carries a PNG with a hostile label and a JPEG."""
+    session_id = store.create_session(title="plots")
+    images = [(picture((6, 4), "PNG"), "image/png", HOSTILE_LABEL), (picture((8, 8), "JPEG"), "image/jpeg", "figure from cell 5")]
+    entries = [
+        {"id": store.save_attachment(session_id, data), "mime": mime, "width": 1, "height": 1, "label": label, "bytes": len(data)}
+        for data, mime, label in images
+    ]
+    store.save_message(session_id, "what bends here?", attachments=entries)
+    store.save_message(session_id, "The 2019 point.", role="assistant", model="m")
+    return session_id, [(entry, data) for entry, (data, _, _) in zip(entries, images)]
+
+
+def shown_tags(markdown: str) -> list[tuple[str, dict]]:
+    """Every HTML tag a CommonMark renderer (raw HTML allowed, as Jupyter's and most viewers' are) makes of ``markdown``."""
+    from html.parser import HTMLParser
+
+    from markdown_it import MarkdownIt
+
+    tags: list[tuple[str, dict]] = []
+
+    class Collector(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            tags.append((tag, dict(attrs)))
+
+    Collector().feed(MarkdownIt("commonmark").render(markdown))
+    return tags
+
+
+def assert_shows_exactly(markdown: str, images: list[tuple[str, str]]) -> None:
+    """The only images are ``images`` (src, alt); no HTML, link or heading came from a label."""
+    tags = shown_tags(markdown)
+    assert [(attrs["src"], attrs["alt"]) for tag, attrs in tags if tag == "img"] == images
+    assert {tag for tag, _ in tags} <= {"p", "strong", "img", "h1", "code"}
+    assert [tag for tag, _ in tags].count("h1") <= 1  # the transcript's title at most, never "# owned"
+
+
+def test_a_notebook_shows_each_image_from_its_cell_and_an_import_restores_the_bytes(store, with_images, tmp_path):
+    session_id, images = with_images
+    path = export_session(store, session_id, tmp_path / "plots.ipynb")
+    notebook = nbformat.read(path, as_version=4)
+    nbformat.validate(notebook)
+    cell = notebook.cells[0]
+    names = [f"{entry['id']}.{'png' if entry['mime'] == 'image/png' else 'jpg'}" for entry, _ in images]
+    assert {name: dict(bundle) for name, bundle in cell.attachments.items()} == {
+        name: {entry["mime"]: base64.b64encode(data).decode()} for name, (entry, data) in zip(names, images)
+    }
+    collapsed = " ".join(HOSTILE_LABEL.split())
+    assert_shows_exactly(cell.source, [(f"attachment:{names[0]}", collapsed), (f"attachment:{names[1]}", "figure from cell 5")])
+    assert all("data" not in entry for entry in cell.metadata["oblix"]["attachments"])  # the bytes are the cell's attachments only
+
+    copy_id = import_session(store, path)
+    assert store.get_session(copy_id)["messages"] == store.get_session(session_id)["messages"]
+    assert [store.read_attachment(copy_id, entry["id"]) for entry, _ in images] == [data for _, data in images]
+
+
+@pytest.mark.parametrize(
+    "change, complaint",
+    [
+        (lambda bundle, mime: {"image/svg+xml": bundle[mime]}, "is image/svg\\+xml, where only image/png may be"),
+        (lambda bundle, mime: {mime: bundle[mime], "text/html": "<script>alert(1)</script>"}, "is image/png, text/html"),
+        (lambda bundle, mime: {mime: base64.b64encode(b"other bytes").decode()}, "does not match its data"),
+        (lambda bundle, mime: {mime: "@@@"}, "not valid base64"),
+        (None, "holds no data for attachment"),
+    ],
+    ids=["svg", "and-html", "other-bytes", "garbage", "removed"],
+)
+def test_a_notebook_whose_cell_attachments_were_changed_is_refused_and_creates_nothing(store, with_images, tmp_path, change, complaint):
+    session_id, images = with_images
+    path = export_session(store, session_id, tmp_path / "plots.ipynb")
+    notebook = nbformat.read(path, as_version=4)
+    name = f"{images[0][0]['id']}.png"
+    if change is None:
+        del notebook.cells[0].attachments[name]
+    else:
+        notebook.cells[0].attachments[name] = change(notebook.cells[0].attachments[name], "image/png")
+    nbformat.write(notebook, path)
+    before = tree(store.base_dir)
+    with pytest.raises(ImportFormatError, match=complaint):
+        import_session(store, path, keep_id=True)
+    assert tree(store.base_dir) == before
+
+
+def test_markdown_export_writes_the_images_beside_it_privately_and_shows_them_inertly(store, with_images, tmp_path):
+    session_id, images = with_images
+    path = export_session(store, session_id, tmp_path / "my notes (1)" / "plots v2.md")
+    folder = tmp_path / "my notes (1)" / "plots v2_files"
+    names = [f"{entry['id']}.{'png' if entry['mime'] == 'image/png' else 'jpg'}" for entry, _ in images]
+    assert sorted(os.listdir(folder)) == sorted(names)
+    assert [(folder / name).read_bytes() for name in names] == [data for _, data in images]
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700 and {stat.S_IMODE((folder / name).stat().st_mode) for name in names} == {0o600}
+
+    text = pathlib.Path(path).read_text(encoding="utf-8")
+    assert "oblix-images-" not in text
+    assert text.startswith(transcript(store.get_session(session_id)).split("what bends here?")[0])  # the transcript, images added
+    links = [f"plots%20v2_files/{name}" for name in names]  # relative, so the folder moves with the file
+    assert_shows_exactly(text, [(links[0], " ".join(HOSTILE_LABEL.split())), (links[1], "figure from cell 5")])
+    assert text.index("what bends here?") < text.index(links[1]) < text.index("The 2019 point.")  # under their message

@@ -9,12 +9,14 @@ files, the listing index).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
 import pathlib
 import random
 import re
+import shutil
 import signal
 import stat
 import subprocess
@@ -567,3 +569,98 @@ def test_an_older_session_file_is_upgraded_on_read_and_a_newer_one_is_refused_wi
     with pytest.raises(NewerSchema, match="session schema"):
         store.get_session(new_id)
     assert store.get_session(fine)["schema_version"] == SCHEMA_VERSION
+
+
+# -- attachments in exports, imports and copies ------------------------------------------
+
+FIGURE = b"\x89PNG\r\n\x1a\n the bytes of a figure"
+PHOTO = b"\xff\xd8\xff the bytes of a photo"
+
+
+def session_with_images(store) -> tuple[str, list[str]]:
+    """A session whose prompt carries two images, saved as a turn saves them: the bytes first, then the message naming them."""
+    session_id = store.create_session(title="figures")
+    ids = [store.save_attachment(session_id, data) for data in (FIGURE, PHOTO)]
+    entries = [
+        {"id": ids[0], "mime": "image/png", "width": 640, "height": 480, "label": "figure from cell 5", "bytes": len(FIGURE)},
+        {"id": ids[1], "mime": "image/jpeg", "width": 20, "height": 10, "label": "figure `photo`", "bytes": len(PHOTO)},
+    ]
+    store.save_message(session_id, "why does this curve bend?", attachments=entries)
+    store.save_message(session_id, "It saturates.", role="assistant", model="m")
+    return session_id, ids
+
+
+@pytest.mark.parametrize("extension", [".json", ".ipynb"])
+def test_export_and_import_keep_the_images_bytes(store, tmp_path, extension):
+    from oblix_jupyter.store.formats import export_session, import_session
+
+    session_id, ids = session_with_images(store)
+    path = export_session(store, session_id, tmp_path / "exports" / f"chat{extension}")
+    copy_id = import_session(store, path)
+    original, imported = store.get_session(session_id), store.get_session(copy_id)
+    assert imported["messages"] == original["messages"]  # the entries as they were: no "data" kept in the document
+    assert [store.read_attachment(copy_id, attachment) for attachment in ids] == [FIGURE, PHOTO]
+    assert store.delete_session(session_id)
+    assert [store.read_attachment(copy_id, attachment) for attachment in ids] == [FIGURE, PHOTO]  # the import's own
+
+
+def test_a_copy_keeps_the_images_and_deleting_it_leaves_the_originals(store, footprint):
+    session_id, ids = session_with_images(store)
+    copy_id = store.copy_session(session_id)
+    assert store.get_session(copy_id)["messages"] == store.get_session(session_id)["messages"]
+    assert [store.read_attachment(copy_id, attachment) for attachment in ids] == [FIGURE, PHOTO]
+    assert store.delete_session(copy_id)
+    with pytest.raises(AttachmentNotFound):
+        store.read_attachment(copy_id, ids[0])
+    assert [store.read_attachment(session_id, attachment) for attachment in ids] == [FIGURE, PHOTO]
+
+
+def forged(exported: dict, change) -> dict:
+    """The exported session with ``change`` applied to its first attachment entry."""
+    session = json.loads(json.dumps(exported))
+    change(session["messages"][0]["attachments"][0])
+    return session
+
+
+@pytest.mark.parametrize(
+    "change, complaint",
+    [
+        (lambda entry: entry.update(data=base64.b64encode(b"other bytes").decode()), "does not match its data"),
+        (lambda entry: entry.update(id=hashlib.sha256(PHOTO).hexdigest()), "does not match its data"),  # another image's id
+        (lambda entry: entry.update(id="../" * 8 + "etc/passwd"), "does not match its data"),
+        (lambda entry: entry.update(data="@@@ not base64 @@@"), "not valid base64"),
+        (lambda entry: entry.update(data=entry["data"][:-2]), "not valid base64"),  # cut short
+        (lambda entry: entry.update(data=7), "not 1 to"),
+        (lambda entry: entry.pop("data"), "holds no data for attachment"),
+        (lambda entry: entry.update(mime="image/svg+xml"), "only image/png and image/jpeg"),
+        (lambda entry: entry.update(mime="text/html"), "only image/png and image/jpeg"),
+        (lambda entry: entry.update(label=["not", "text"]), "not of its type"),
+        (lambda entry: entry.update(width=-1), "not of its type"),
+        (lambda entry: entry.update(data=base64.b64encode(bytes(20 * 1024 * 1024 + 1)).decode(),
+                                    id=hashlib.sha256(bytes(20 * 1024 * 1024 + 1)).hexdigest()), "not 1 to 20,971,520 bytes"),
+    ],
+    ids=["other-bytes", "other-id", "path-id", "garbage", "cut-short", "not-text", "no-data", "svg", "html", "label", "width", "oversized"],
+)
+def test_an_imported_file_with_forged_or_bad_attachments_is_refused_and_creates_nothing(store, footprint, tmp_path, change, complaint):
+    session_id, _ = session_with_images(store)
+    store.export_session(session_id, tmp_path / "good.json")
+    path = tmp_path / "forged.json"
+    path.write_text(json.dumps(forged(json.loads((tmp_path / "good.json").read_text()), change)))
+    before = footprint()
+    for new_id in (True, False):
+        with pytest.raises(ImportFormatError, match=rf"message 1 \(msg_1\).*{complaint}"):
+            store.import_session(path, new_id=new_id)
+    assert footprint() == before
+
+
+def test_an_import_whose_images_cannot_be_saved_leaves_no_half_session(file_store, tmp_path):
+    """A real failure after the session was stored: the folder the bytes go in is a file, so no attachment can be written."""
+    session_id, _ = session_with_images(file_store)
+    file_store.export_session(session_id, tmp_path / "chat.json")
+    shutil.rmtree(os.path.join(file_store.base_dir, ".attachments"))
+    pathlib.Path(file_store.base_dir, ".attachments").write_text("in the way")
+    listed = [row["id"] for row in file_store.list_sessions()]
+    before = tree(file_store.base_dir)
+    with pytest.raises(OSError):
+        file_store.import_session(tmp_path / "chat.json")
+    assert tree(file_store.base_dir) == before and [row["id"] for row in file_store.list_sessions()] == listed
