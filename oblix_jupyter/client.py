@@ -18,6 +18,7 @@ from . import admin
 from .errors import BadArguments, CorruptSession, OblixError
 from .models import local_model
 from .models.gateway import DEFAULT_MAX_TOOL_ROUNDS, ModelGateway, split_models
+from .models.images import DEFAULT_MAX_PX
 from .store.base import ChangeFeed, SessionStore, Sharing
 from .store.dsn import is_connection_string  # noqa: F401 - the front ends' test of a database location: they import only the client
 from .store.factory import open_store
@@ -57,6 +58,7 @@ class OblixClient:
         store: str | os.PathLike[str] | None = None,
         tools: bool = True,
         max_tool_rounds: int = DEFAULT_MAX_TOOL_ROUNDS,
+        image_max_px: int = DEFAULT_MAX_PX,
     ) -> None:
         del oblix_api_key  # deliberately not kept: nothing of it may reach a session or a log
         self.model = model
@@ -71,6 +73,7 @@ class OblixClient:
         # Read-only kernel tools for models that can call them (``kernel.tools``); a turn may turn them off.
         self.tools = tools
         self.max_tool_rounds = max_tool_rounds
+        self.image_max_px = image_max_px  # an attached image's longest side as the model gets it (``attachments``)
         self._turns = Turns(self)  # reads these settings as each turn starts, so changing one between turns takes effect
 
     async def create_session(
@@ -127,6 +130,10 @@ class OblixClient:
     def get_session(self, session_id: str) -> dict[str, Any]:
         """The full session; ``SessionNotFound`` when there is none (``load_session`` returns None instead)."""
         return self.session_manager.get_session(session_id)
+
+    def read_attachment(self, session_id: str, attachment_id: str) -> bytes:
+        """The bytes of an image a message of the session carries (its ``attachments`` entry's ``id``); ``AttachmentNotFound`` if none."""
+        return self.session_manager.read_attachment(session_id, attachment_id)
 
     def search_sessions(self, query: str, limit: int = 50) -> list[dict[str, Any]]:
         """Summaries of the sessions whose title or messages match ``query``, best first, each with a ``snippet``.

@@ -295,6 +295,10 @@ def sent_line(record: Any) -> str:
     cells = record.get("cells")
     if isinstance(cells, list) and len(cells) == 2 and _number(cells[0]):
         parts.append(f"{_number(cells[0])} cell{'s' if _number(cells[0]) != 1 else ''} ({_number(cells[1]):,} tokens)")
+    images = record.get("images") if isinstance(record.get("images"), list) else []
+    attached = [f"{pair[0]} ({pair[1]})" for pair in images if isinstance(pair, list) and len(pair) == 2]
+    if attached:
+        parts.append("images " + ", ".join(attached))
     if _names(record.get("tools")):
         parts.append("tools offered: " + _names(record["tools"]))
     if _number(record.get("budget")):

@@ -19,6 +19,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, fields, replace
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
+from .attachments import attach, earlier_images_named
 from .errors import AnswerInterrupted, ModelError, NoModelConfigured, NotPermitted, OblixError, StoreUnavailable, redact
 from .models import local_model
 from .models.gateway import (
@@ -39,6 +40,7 @@ if TYPE_CHECKING:  # the selector's modules load on the first turn, keeping %loa
     from .context.inputs import NotebookContext, VariableSummary
     from .context.relevance import LexicalIndex
     from .context.selector import ContextPlan
+    from .kernel.images import NotebookImage
     from .kernel.tools import KernelTools
     from .context.vector_cache import VectorCache
 
@@ -102,7 +104,9 @@ class TurnOptions:
     ``on_tool`` hears each call as it is made (``{"name", "arguments", "summary", "ok",
     "result"}``), and the calls are stored on the answer as ``tools``. ``on_model`` hears
     the model asked first, before the request is prepared; ``should_stop`` is asked while
-    the answer streams, and True stops it (the part that arrived is kept).
+    the answer streams, and True stops it (the part that arrived is kept). ``images``
+    are attached to the prompt (``attachments.attach``): sent to a model that can see,
+    named to one that cannot, kept with the prompt either way.
     """
 
     should_stop: Callable[[], bool] | None = None
@@ -115,6 +119,7 @@ class TurnOptions:
     tools: bool | None = None
     on_tool: Callable[[dict[str, Any]], Any] | None = None
     on_model: Callable[[str], Any] | None = None
+    images: Sequence[NotebookImage] = ()
 
 
 class TurnSettings(Protocol):
@@ -128,6 +133,7 @@ class TurnSettings(Protocol):
     embed_seconds: float
     tools: bool
     max_tool_rounds: int
+    image_max_px: int
     gateway: ModelGateway
     session_manager: SessionStore
 
@@ -163,8 +169,12 @@ class Turns:
         chain = [pinned or configured[0], *(session.get("fallback_models") or []), *configured]
         return list(dict.fromkeys(chain))
 
-    def plan(self, prompt: str, session: dict[str, Any] | None, model: str, options: TurnOptions = TurnOptions()) -> ContextPlan:
+    def plan(
+        self, prompt: str, session: dict[str, Any] | None, model: str, options: TurnOptions = TurnOptions(), image_tokens: int = 0
+    ) -> ContextPlan:
         """What would be sent for ``prompt`` to ``model``: the context selector's plan (of ``options``, what shapes the input).
+
+        ``image_tokens``: what the images sent with the prompt cost, taken from the budget.
 
         The selector is pure; what it may need is computed here, and only when the
         conversation does not fit whole (``Selection.fits``): the word index (kept per
@@ -175,7 +185,7 @@ class Turns:
         from .context.selector import start_selection
 
         window, limited = self._input_window(model)
-        budget = window - min(options.max_tokens or DEFAULT_ANSWER_RESERVE, window // 2)
+        budget = window - min(options.max_tokens or DEFAULT_ANSWER_RESERVE, window // 2) - image_tokens
         session_id = (session or {}).get("id")
         selection = start_selection(
             session,
@@ -301,16 +311,21 @@ class Turns:
             # The one redaction, on everything of the notebook's that goes out; what the user
             # sent on purpose (a variable named with --vars, in its summary) stays in the prompt.
             sent = redact(prompt, keep=[summary.text for summary in variables if not summary.excluded])
+            attached = attach(options.images, models[0], self.settings.gateway.model_options.get(models[0]), self.settings.image_max_px)
+            sent = attached.with_notes(sent)
             to_store = _for_the_store(variables)
             # Asking again what just failed is a retry: the prompt is stored once, and the
             # selector sees the session as it was before the failed attempts.
             retried = _retried_exchange(session, to_store(prompt))
             before = session if session is None or retried is None else {**session, "messages": session["messages"][:retried]}
-            plan = self.plan(sent, before, models[0], replace(options, notebook=_redacted(options.notebook)))
+            if before is not None and (named := earlier_images_named(before["messages"])) is not before["messages"]:
+                before = {**before, "messages": named}
+            plan = self.plan(sent, before, models[0], replace(options, notebook=_redacted(options.notebook)), attached.tokens)
+            plan.messages[-1] = {**plan.messages[-1], "content": attached.content(plan.messages[-1]["content"])}
             # The prompt is written while the request goes out; the answer's first text is not
             # shown, nor the answer stored, nor any failure reported, before that write is done.
             title = _title_from(to_store(prompt)) if session is not None and (session.get("metadata") or {}).get(TITLE_FROM_PROMPT) else None
-            saving = self._writer.submit(_save_prompt, store, session, to_store(prompt), title) if session_id and retried is None else None
+            saving = self._writer.submit(_save_prompt, store, session, to_store(prompt), title, attached.stored) if session_id and retried is None else None
             kernel = self._kernel_tools(models, session, variables) if (self.settings.tools if options.tools is None else options.tools) else None
             runner = None
             if kernel is not None:
@@ -345,7 +360,7 @@ class Turns:
                     usage={"prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens},
                     cost=completion.cost,
                     tools=_stored_tools(completion.tool_calls, kernel, to_store),
-                    sent=record_of(plan, [schema["function"]["name"] for schema in kernel.schemas()] if kernel is not None else ()),
+                    sent=record_of(plan, [schema["function"]["name"] for schema in kernel.schemas()] if kernel is not None else (), attached.labels),
                 )
                 message_id = stored["id"]
                 if session is not None and not session.get("model"):
@@ -370,6 +385,7 @@ class Turns:
                 _saved_locally_notice(stored if session_id else None),
                 model_notice(completion.model),
                 _limited_note(plan),
+                attached.notice(models[0]),
             ]
             return TurnResult(
                 response=completion.text,
@@ -420,13 +436,17 @@ def _retried_exchange(session: dict[str, Any] | None, prompt: str) -> int | None
     return position
 
 
-def _save_prompt(store: SessionStore, session: dict[str, Any], prompt: str, title: str | None) -> dict[str, Any]:
-    """Store a turn's prompt (as stored: redacted) and, for a session waiting for one, name the session after it.
+def _save_prompt(
+    store: SessionStore, session: dict[str, Any], prompt: str, title: str | None, images: Sequence[tuple[dict[str, Any], bytes]] = ()
+) -> dict[str, Any]:
+    """Store a turn's prompt (as stored: redacted) with its images and, for a session waiting for one, name the session after it.
 
-    A session that cannot be renamed (shared with this user to add to, or the database
-    away) keeps its title and the mark, so that a later prompt names it.
+    The images' bytes are stored first, so the prompt never names bytes that are not
+    there. A session that cannot be renamed (shared with this user to add to, or the
+    database away) keeps its title and the mark, so that a later prompt names it.
     """
-    stored = store.save_message(session["id"], prompt, role="user")
+    entries = [{**entry, "id": store.save_attachment(session["id"], data)} for entry, data in images]
+    stored = store.save_message(session["id"], prompt, role="user", attachments=entries or None)
     if title is not None:
         metadata = {key: value for key, value in (session.get("metadata") or {}).items() if key != TITLE_FROM_PROMPT}
         try:

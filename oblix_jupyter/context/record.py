@@ -22,14 +22,14 @@ RECORD_VERSION = 1
 _NUMBERED = re.compile(r"msg_(\d+)")
 
 
-def record_of(plan: ContextPlan, tools: Sequence[str] = ()) -> dict[str, Any]:
-    """The record of a turn that sent ``plan`` and offered the model ``tools`` (their names).
+def record_of(plan: ContextPlan, tools: Sequence[str] = (), images: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
+    """The record of a turn that sent ``plan``, offered the model ``tools`` (their names) and attached ``images`` ((label, how it went)).
 
     Keys: ``v`` (this format's version); ``messages`` (reason -> id ranges of the earlier
     messages sent for it); ``cut`` (id ranges of those sent cut); ``left_out`` (how many
     earlier messages were not sent); ``variables`` ([name, tokens] each); ``error``
     (tokens of the last error, if sent); ``cells`` ([count, tokens], if any); ``tools``
-    (names offered); ``used`` and ``budget`` (tokens of the context, counted here);
+    (names offered); ``images`` ([label, "sent" or why not] each); ``used`` and ``budget`` (tokens of the context, counted here);
     ``input`` (tokens in over the turn's requests, as counted for the footer). Empty
     parts are left out.
     """
@@ -58,6 +58,7 @@ def record_of(plan: ContextPlan, tools: Sequence[str] = ()) -> dict[str, Any]:
         "error": error,
         "cells": cells if cells[0] else None,
         "tools": list(tools),
+        "images": [list(image) for image in images],
         "used": plan.used,
         "budget": plan.budget,
         "input": sum(tokens for _, tokens, _ in plan.requests) or None,

@@ -87,6 +87,7 @@ class Arg(NamedTuple):
     default: Any = None
     flag: bool = False  # takes no value: store_true
     nargs: str | None = None
+    const: Any = None  # an option's value when it is given without one (with ``nargs="?"``)
     required: bool = False
     choices: tuple[str, ...] | None = None
     repeat: bool = False  # may be given several times (action="append")
@@ -112,6 +113,8 @@ class Arg(NamedTuple):
         keywords.update(metavar=self.metavar, default=[] if self.repeat else self.default)
         if self.repeat:
             keywords["action"] = "append"
+        if self.nargs:
+            keywords.update(nargs=self.nargs, const=self.const)
         if self.required:
             keywords["required"] = True
         for name in ("type", "choices"):
@@ -172,6 +175,7 @@ USER = Arg(("user",), metavar="USER", help="a login role of the session database
 LIMIT = Arg(("--limit",), type=positive, default=20, metavar="N", help="show at most N sessions (default 20)")
 
 # ``oblix ask`` and a ``%%oblix`` cell are one action: asking in a session.
+LAST_IMAGE = 0  # ``--image`` without a number: the last cell that displayed one
 ASK_OPTIONS: tuple[Arg, ...] = (
     Arg(("--session",), metavar="ID", help=f"continue session ID ({SESSION_ID}) instead of the notebook's or a new one"),
     Arg(("--new",), flag=True, help="start a new session: the command line's default (its id goes to stderr); a notebook binds to it"),
@@ -185,6 +189,8 @@ ASK_OPTIONS: tuple[Arg, ...] = (
     Arg(("--max-tokens",), type=positive, metavar="N", help="longest answer, in tokens"),
     Arg(("--error",), flag=True, help="include the last exception and its traceback", where=MAGIC),
     Arg(("--cells",), type=cell_count, default=0, metavar="N", help="include the source of the last N executed cells (0 to 50)", where=MAGIC),
+    Arg(("--image",), type=positive, nargs="?", const=LAST_IMAGE, metavar="N", where=MAGIC,
+        help="attach the images cell N displayed (alone: the last cell that showed one)"),
     # Tools look into a kernel, so only a notebook has any to withhold.
     Arg(("--no-tools",), flag=True, help="offer the model no tools for this cell", where=MAGIC),
     Arg(("prompt",), metavar="PROMPT", nargs="*", help="the question; '-' or nothing reads it from piped stdin", where=CLI),
@@ -344,6 +350,7 @@ class AskOptions(NamedTuple):
     max_tokens: int | None = None
     error: bool = False
     cells: int = 0
+    image: int | None = None  # a cell's execution count, or LAST_IMAGE
     no_tools: bool = False
     prompt: Sequence[str] = ()
 

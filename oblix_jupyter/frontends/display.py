@@ -10,15 +10,17 @@ so no escape sequence in it can write the clipboard, set a title or recolour the
 
 from __future__ import annotations
 
+import base64
 import contextvars
 import html
 import re
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from ..errors import OblixError
 from ..render import ROLE_NAMES, local_time, markdown_html, sent_line, terminal_text
 
 if TYPE_CHECKING:
@@ -61,6 +63,10 @@ OUTPUT_CSS = """
   border: var(--jp-border-width, 1px) solid var(--jp-border-color2, #e0e0e0); border-radius: 3px;
   padding: 6px 10px; margin: 0.75em 0 1em; overflow-x: auto; line-height: var(--jp-code-line-height, 1.3); }
 .jp-RenderedHTMLCommon .oblix-markdown pre > code, .oblix-markdown pre > code { background: none; padding: 0; }
+.oblix-thumbs { display: flex; flex-wrap: wrap; gap: 6px; margin: 4px 0; }
+.oblix-thumb { margin: 0; max-width: 100%; font-size: var(--jp-ui-font-size0, 11px); color: var(--jp-ui-font-color2, #616161); }
+.oblix-thumb > img { display: block; box-sizing: border-box; max-width: min(240px, 100%); max-height: 160px; height: auto;
+  border: var(--jp-border-width, 1px) solid var(--jp-border-color2, #e0e0e0); border-radius: 3px; }
 .oblix-sent { margin: 2px 0 4px; font-size: var(--jp-ui-font-size0, 11px); color: var(--jp-ui-font-color2, #616161); overflow-wrap: anywhere; }
 .oblix-sent > summary { cursor: pointer; }
 .oblix-plan { margin: 4px 0; font-size: var(--jp-ui-font-size1, 13px); }
@@ -167,13 +173,47 @@ class Table:
         return {"text/html": f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>", "text/plain": self.plain()}
 
 
-def message_html(message: Mapping[str, Any], details: Sequence[str] = (), note: str = "", sent: Literal["", "shut", "open"] = "") -> str:
+ImageReader = Callable[[str], bytes]  # an attachment's id -> its bytes (``OblixClient.read_attachment`` for one session)
+
+
+def thumbnails_html(entries: Any, read: ImageReader | None) -> str:
+    """A message's attached images as small inline pictures, their labels under them.
+
+    The entries come from a session file: only PNG and JPEG become pictures, as ``data:``
+    addresses (nothing is fetched, and an image element runs no script); the label is
+    escaped; an image whose bytes cannot be read is named, not shown.
+    """
+    if not isinstance(entries, list) or read is None:
+        return ""
+    shown = []
+    for entry in entries:
+        if not isinstance(entry, Mapping):
+            continue
+        label = html.escape(str(entry.get("label") or "image"))
+        try:
+            data = read(str(entry.get("id")))
+        except OblixError:
+            data = None
+        mime = entry.get("mime")
+        picture = (
+            f"<img src='data:{mime};base64,{base64.b64encode(data).decode('ascii')}' alt='{label}'>"
+            if data is not None and mime in ("image/png", "image/jpeg")
+            else "<span class='oblix-thumb-missing'>(not available)</span>"
+        )
+        shown.append(f"<figure class='oblix-thumb'>{picture}<figcaption>{label}</figcaption></figure>")
+    return f"<div class='oblix-thumbs'>{''.join(shown)}</div>" if shown else ""
+
+
+def message_html(
+    message: Mapping[str, Any], details: Sequence[str] = (), note: str = "", sent: Literal["", "shut", "open"] = "", read: ImageReader | None = None
+) -> str:
     """One message as ``%oblix show`` and the chat panel present it: who spoke (model, status), then the text.
 
     ``details`` (an id, a time) are added to the header line as plain text; ``note`` is
     a sentence of ours shown under the text, in italics. ``sent``: an answer that kept a
     record of its turn ends with a line saying what its model was sent, shut (one click
     opens it) or open; the record came from a session file, so its words are escaped.
+    ``read`` gives the bytes of the images the message carries, shown as thumbnails.
     """
     who = [f"<b>{ROLE_NAMES.get(str(message.get('role')), 'Message')}</b>"]
     who += [html.escape(str(message[field])) for field in ("model", "status") if message.get(field)]
@@ -183,22 +223,36 @@ def message_html(message: Mapping[str, Any], details: Sequence[str] = (), note: 
         state = " open" if sent == "open" else ""
         after += f"<details class='oblix-sent'{state}><summary>what it was sent</summary>{html.escape(sent_line(message['sent']))}</details>"
     text = markdown_html(str(message.get("content", "")))
-    return f"<div class='oblix-who'>{' · '.join(who)}</div>{tools_html(message.get('tools'))}{text}{after}"
+    thumbnails = thumbnails_html(message.get("attachments"), read)
+    return f"<div class='oblix-who'>{' · '.join(who)}</div>{tools_html(message.get('tools'))}{text}{thumbnails}{after}"
+
+
+class Attached:
+    """The images a cell's question carried, as kept with it: thumbnails under the answer."""
+
+    def __init__(self, entries: Sequence[Mapping[str, Any]], read: ImageReader) -> None:
+        self.entries = list(entries)
+        self.read = read
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
+        labels = ", ".join(str(entry.get("label") or "image") for entry in self.entries)
+        return {"text/html": OUTPUT_STYLE + thumbnails_html(self.entries, self.read), "text/plain": terminal_text(f"attached: {labels}")}
 
 
 class Conversation:
     """A session's messages, roles clear and the model on each answer; ``explain``: and what each answer's model was sent."""
 
-    def __init__(self, session: dict[str, Any], last: int | None = None, explain: bool = False) -> None:
+    def __init__(self, session: dict[str, Any], last: int | None = None, explain: bool = False, read: ImageReader | None = None) -> None:
         self.session = session
         self.messages = session["messages"][-last:] if last else session["messages"]
         self.explain = explain
+        self.read = read  # the session's attachments, shown as thumbnails
 
     def _sent(self, message: Mapping[str, Any]) -> str:
         return sent_line(message["sent"]) if self.explain and "sent" in message else ""
 
     def _html(self, message: Mapping[str, Any]) -> str:
-        return message_html(message, self._details(message), sent="open" if self.explain else "")
+        return message_html(message, self._details(message), sent="open" if self.explain else "", read=self.read)
 
     @staticmethod
     def _details(message: Mapping[str, Any]) -> list[str]:

@@ -27,11 +27,13 @@ from ..client import OblixClient
 from ..errors import AnswerInterrupted, BadArguments, OblixError
 from ..kernel.binding import NotebookBinding
 from ..kernel.envfile import load_dotenv
+from ..kernel.images import NotebookImage, figure_image, install, memory_of
 from ..redaction import WITHHELD, is_secret_name
 from ..render import local_time, prepare
 from .comm import LabExtension
-from .commands import ASK_OPTIONS, COMMANDS, AskOptions, add_commands, closest, explained, listed_sessions
+from .commands import ASK_OPTIONS, COMMANDS, LAST_IMAGE, AskOptions, add_commands, closest, explained, listed_sessions
 from .display import (
+    Attached,
     Conversation,
     Message,
     PlanView,
@@ -167,6 +169,7 @@ class Oblix(Magics):
     show_footer = Bool(True, help="show model, session and tokens under each answer").tag(config=True)
     tools = Bool(True, help="let models that can call tools look at variables, cells and the conversation (read-only)").tag(config=True)
     tool_rounds = Int(5, help="most model requests in one turn when it calls tools").tag(config=True)
+    image_max_px = Int(1024, help="an attached image's longest side, in pixels, as the model gets it").tag(config=True)
 
     def __init__(self, shell: Any, **kwargs: Any) -> None:
         # Set before the traits: loading a profile's configuration calls _configuration_changed.
@@ -180,7 +183,7 @@ class Oblix(Magics):
         self.warming: threading.Thread | None = None  # what a first turn would do first, done after %load_ext
         super().__init__(shell=shell, **kwargs)
 
-    @observe("model", "fallback_models", "base_dir", "store", "max_input_tokens", "local_max_input_tokens", "tools", "tool_rounds")
+    @observe("model", "fallback_models", "base_dir", "store", "max_input_tokens", "local_max_input_tokens", "tools", "tool_rounds", "image_max_px")
     def _configuration_changed(self, change: Any) -> None:
         self._client = None
         self._binding = None
@@ -198,6 +201,7 @@ class Oblix(Magics):
                 local_max_input_tokens=self.local_max_input_tokens or None,
                 tools=self.tools,
                 max_tool_rounds=max(1, self.tool_rounds),
+                image_max_px=max(64, self.image_max_px),
             )
         return self._client
 
@@ -252,6 +256,7 @@ class Oblix(Magics):
             prompt = interpolate(cell, self.shell.user_ns, options.vars).strip()
             if not prompt:
                 raise BadArguments("The cell is empty: write the question below the %%oblix line.")
+            images = self._images(options.image, cell)  # before anything is written: a wrong --image changes nothing
             stream = StreamingOutput(self.rich, as_text=options.format == "text")
             stream.waiting()  # at once: what follows may write the session and summarise variables first
             session_id = self._session_for(options)
@@ -276,8 +281,11 @@ class Oblix(Magics):
                 tools=False if options.no_tools else None,
                 on_tool=stream.tool,
                 on_model=stream.waiting,
+                images=images,
             )
             stream.finish(result.response, self._with_dotenv_notice(footer(result) if self.show_footer else ""))
+            if images and result.session_id:
+                self._show_attached(result.session_id)
             if self._panel is not None:
                 self._panel.refresh()
             if options.explain:
@@ -305,6 +313,31 @@ class Oblix(Magics):
         session_id = self.binding.session_id(create=True)
         assert session_id is not None
         return session_id
+
+    def _show_attached(self, session_id: str) -> None:
+        """Thumbnails of the images the cell's question carried, as the session keeps them (what the model was sent)."""
+        asked = next((m for m in reversed(self.client.get_session(session_id)["messages"]) if m.get("role") == "user"), {})
+        if asked.get("attachments"):
+            display(Attached(asked["attachments"], functools.partial(self.client.read_attachment, session_id)))
+
+    def _images(self, image: int | None, cell: str) -> list[NotebookImage]:
+        """What the cell attaches: the images cell ``image`` displayed (``--image``), then each matplotlib figure it names as ``{name}``."""
+        chosen: list[NotebookImage] = []
+        if image is not None:
+            memory = memory_of(self.shell)
+            if memory is None:
+                raise BadArguments("--image needs a Jupyter kernel: this shell does not show which images cells displayed.")
+            number = memory.last_cell() if image == LAST_IMAGE else image
+            chosen = memory.images_of(number) if number is not None else []
+            if not chosen:
+                where = f"Cell {number} displayed no image" if number is not None else "No cell has displayed an image"
+                raise BadArguments(f"{where} since Oblix was loaded (%load_ext oblix_jupyter); run the cell that shows it again.")
+        namespace = self.shell.user_ns
+        for name in dict.fromkeys(match.group(1) for match in _FIELD.finditer(cell) if match.group(1)):
+            figure = figure_image(namespace[name], name) if name in namespace else None
+            if figure is not None:
+                chosen.append(figure)
+        return chosen
 
     def _next_cell(self, answer: str) -> None:
         blocks = code_blocks(answer)
@@ -364,7 +397,8 @@ class Oblix(Magics):
         return session_id
 
     def _command_show(self, options: argparse.Namespace) -> None:
-        display(Conversation(self.client.get_session(self._target(options.id)), options.last, explain=options.explain))
+        session = self.client.get_session(self._target(options.id))
+        display(Conversation(session, options.last, options.explain, functools.partial(self.client.read_attachment, session["id"])))
 
     def _command_delete(self, options: argparse.Namespace) -> None:
         session_id = self.client.resolve_session_id(options.id)
@@ -508,6 +542,7 @@ def load(shell: Any) -> Oblix:
     magics = Oblix(shell=shell, parent=shell)
     shell.register_magics(magics)
     shell.configurables.append(magics)
+    install(shell)  # from now on, the images cells display can be attached (--image)
     if getattr(shell, "kernel", None) is not None:
         magics.lab.listen()
     _active = magics

@@ -11,6 +11,7 @@ session, so turns from anywhere else appear too. A turn the panel sent is a
 
 from __future__ import annotations
 
+import functools
 import html
 import threading
 import time
@@ -25,7 +26,7 @@ from ..errors import AnswerInterrupted, ModelError, OblixError
 from ..kernel.binding import NotebookBinding
 from ..kernel.variables import is_hidden_name, summarize_variables
 from ..render import local_time, prepare
-from .display import OUTPUT_CSS, UPDATE_INTERVAL, WAITING_TICK, PlanView, Waiting, code_blocks, message_html
+from .display import OUTPUT_CSS, UPDATE_INTERVAL, WAITING_TICK, ImageReader, PlanView, Waiting, code_blocks, message_html
 from .session_follower import SessionFollower
 
 if TYPE_CHECKING:
@@ -100,12 +101,12 @@ def message_view(role: str) -> widgets.Output:
     return view
 
 
-def message_outputs(message: Mapping[str, Any]) -> tuple[dict[str, Any], ...]:
-    """One stored message as the panel shows it: who (model, status) and when, then the text."""
+def message_outputs(message: Mapping[str, Any], read: ImageReader | None = None) -> tuple[dict[str, Any], ...]:
+    """One stored message as the panel shows it: who (model, status) and when, then the text (``read``: its images' bytes)."""
     note = INCOMPLETE.get(str(message.get("status")), "")
     if message.get("status") == "interrupted" and not message.get("content"):
         note = "Stopped before any of the answer arrived."
-    rich = message_html(message, [_when(message)], note=note, sent="shut")
+    rich = message_html(message, [_when(message)], note=note, sent="shut", read=read)
     return html_outputs(rich, f"{message.get('role')}: {message.get('content', '')}")
 
 
@@ -502,7 +503,7 @@ class ChatPanel(widgets.VBox):
             elif message.get("status") == "failed":  # the record of a turn that failed: its one-line error
                 view.add_class("oblix-failed")
             if rendered != shown_as:
-                view.outputs = message_outputs(message)
+                view.outputs = message_outputs(message, functools.partial(self.client.read_attachment, session["id"]))  # type: ignore[index]
                 if actions is not None:
                     actions.close()
                 actions = self._code_actions(message)

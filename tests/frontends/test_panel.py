@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import html
 import json
 
@@ -307,3 +308,26 @@ def test_every_answer_says_what_it_was_sent_even_in_a_panel_opened_after_the_tur
     finally:
         fresh.close()
     client.wait_for_background()
+
+
+def test_a_prompt_s_images_show_as_thumbnails_and_a_forged_entry_stays_inert(client, binding):
+    session_id = client.create_session_sync(title="figures")
+    png = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
+    store = client.session_manager
+    kept = store.save_attachment(session_id, png)
+    svg = store.save_attachment(session_id, b"<svg xmlns='http://www.w3.org/2000/svg' onload='alert(1)'/>")
+    hostile = "<img src=x onerror=alert(1)>"
+    store.save_message(session_id, "look", attachments=[
+        {"id": kept, "mime": "image/png", "label": hostile, "width": 1, "height": 1},
+        {"id": svg, "mime": "image/svg+xml", "label": "scripted"},  # a forged entry: only PNG and JPEG are pictures
+        {"id": "../../etc/passwd", "mime": "image/png", "label": "nowhere"},
+    ])
+    binding.use(session_id)
+    panel = ChatPanel(client, namespace={}, binding=binding)
+    try:
+        (shown,) = rendered(panel)
+        assert f"<img src='data:image/png;base64,{base64.b64encode(png).decode()}' alt='{html.escape(hostile)}'>" in shown
+        assert shown.count("<img") == 1 and "svg" not in shown.split("oblix-thumbs", 1)[1]
+        assert shown.count("(not available)") == 2 and "<figcaption>nowhere</figcaption>" in shown
+    finally:
+        panel.close()

@@ -10,6 +10,7 @@ Screenshots of each state go to ``test-artifacts/ui/``.
 
 from __future__ import annotations
 
+import io
 import json
 from typing import Any
 
@@ -86,13 +87,37 @@ def realistic_conversation(store: Any, notebook: str, pairs: int = 20) -> str:
     """A session of ``pairs`` questions and long answers, bound to ``notebook``; returns its id."""
     session_id = store.create_session(title="long conversation")
     for n in range(1, pairs + 1):
-        store.save_message(session_id, f"Question {n}: what should I fix in `sales` before plotting revenue by region?", role="user")
+        attached = [figure_entry(store, session_id)] if n == pairs else None  # the last question carries a plot
+        store.save_message(
+            session_id, f"Question {n}: what should I fix in `sales` before plotting revenue by region?", role="user", attachments=attached
+        )
         fields: dict[str, Any] = {"model": "openai/test-model"}
         if n % 3 == 0:
             fields["tools"] = TOOLS
         store.save_message(session_id, ANSWER.format(n=n), role="assistant", **fields)
     store.bind(notebook, session_id)
     return session_id
+
+
+def figure_entry(store: Any, session_id: str) -> dict[str, Any]:
+    """A 1,024×768 plot-like PNG kept with the session, as a turn keeps an attached figure: its ``attachments`` entry."""
+    from PIL import Image, ImageDraw
+
+    picture = Image.new("RGB", (1024, 768), "white")
+    ImageDraw.Draw(picture).line([(40, 700), (400, 500), (700, 120), (1000, 300)], fill="navy", width=6)
+    buffer = io.BytesIO()
+    picture.save(buffer, "PNG")
+    attachment_id = store.save_attachment(session_id, buffer.getvalue())
+    return {"id": attachment_id, "mime": "image/png", "width": 1024, "height": 768, "label": "figure from cell 7"}
+
+
+def assert_thumbnail_fits(chat: Any, where: str) -> None:
+    """The attached plot shows as a decoded thumbnail, at most 240×160 px, inside its message."""
+    picture = chat.locator(".oblix-thumb img").last
+    assert picture.evaluate("(img) => img.complete && img.naturalWidth === 1024"), f"{where}: the thumbnail decoded"
+    shown, message = picture.bounding_box(), chat.locator(".oblix-user").last.bounding_box()
+    assert shown["width"] <= 240.5 and shown["height"] <= 160.5 and shown["width"] > 40, f"{where}: {shown}"
+    assert message["x"] - 0.5 <= shown["x"] and shown["x"] + shown["width"] <= message["x"] + message["width"] + 0.5, f"{where}: {shown} {message}"
 
 
 def measure(jlab: Any, selector: str = PANEL) -> dict[str, Any]:
@@ -162,6 +187,7 @@ def test_a_long_conversation_scrolls_as_one_list_at_every_sidebar_width_and_in_t
         assert_one_scrolling_list(layout, f"{width} px")
         assert layout["list"]["height"] >= layout["chat"]["height"] / 2, f"the list takes the room the controls leave; {layout}"
         assert_at_the_newest(layout, f"{width} px, when opened")
+        assert_thumbnail_fits(chat, f"{width} px")
 
     set_theme(jlab, "JupyterLab Dark")
     try:
@@ -175,6 +201,9 @@ def test_a_long_conversation_scrolls_as_one_list_at_every_sidebar_width_and_in_t
         assert layout["messages"] == 42
         assert_one_scrolling_list(layout, "dark theme")
         assert_at_the_newest(layout, "after a new answer")
+        chat.locator(".oblix-thumb").last.scroll_into_view_if_needed()
+        assert_thumbnail_fits(chat, "dark theme")
+        jlab.screenshot("panel-thumbnail-dark")
     finally:
         set_theme(jlab, "JupyterLab Light")
 
