@@ -27,6 +27,7 @@ MIN_CHUNK_CHARS = 40  # shorter passages ("Sure.", "Try this:") join a neighbour
 COMMON_SHARE = 0.1  # terms in more passages than this share (and than COMMON_MINIMUM) are skipped
 COMMON_MINIMUM = 1000
 RANK_CONSTANT = 20  # reciprocal-rank fusion: 1 / (RANK_CONSTANT + rank) per signal (see ``fuse``)
+NEIGHBOUR_SPREAD = 0.35  # a passage gains this share of the best relevance of the message before or after its own (``spread``)
 
 _TOKEN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|\d+(?:[.,:]\d+)*")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z`'\"(\[])|\n+")
@@ -129,6 +130,7 @@ class LexicalIndex:
         self.answered: set[int] = set()
         self.total_length = 0
         self._norm_cache: list[float] = []
+        self._firsts: Any = None  # ``firsts``: where each message's passages begin, as a NumPy array
         self.extend(messages)
 
     def add(self, message_id: Any, text: str, role: str = "user", model: Any = None) -> None:
@@ -189,6 +191,20 @@ class LexicalIndex:
             for number, frequency in postings:
                 result[number] = get(number, 0.0) + idf * frequency / (frequency + norms[number])
         return result
+
+    def firsts(self, size: int) -> Any:
+        """Where the passages of each message begin, for the messages whose passages begin before ``size``.
+
+        A NumPy array, made again only when messages were added: ``spread`` reads it in
+        every turn, and making it from ``spans`` took most of that step's time on a
+        10,000-message session. ``size`` is the number of passages the caller's scores
+        cover: the index may have grown under another turn since they were computed.
+        """
+        numpy = __import__("numpy")
+        if self._firsts is None or len(self._firsts) != len(self.spans):
+            self._firsts = numpy.fromiter((first for first, _ in self.spans), dtype=numpy.int64, count=len(self.spans))
+        firsts = self._firsts
+        return firsts if not len(firsts) or firsts[-1] < size else firsts[: numpy.searchsorted(firsts, size)]
 
     def _norms(self) -> list[float]:
         """BM25's length normalisation per passage, recomputed only when passages were added."""
@@ -251,6 +267,34 @@ def fuse(lexical: Mapping[int, float], semantic: Any, size: int, floor: float = 
         fused[_best_first(numbers, values, depth)] += 1.0 / (RANK_CONSTANT + numpy.arange(1, min(depth, len(numbers)) + 1))
     top = fused.max() if size else 0.0
     return fused / top if top > 0 else fused
+
+
+def spread(fused: Any, index: LexicalIndex) -> Any:
+    """``fuse``'s relevance with each passage raised by ``NEIGHBOUR_SPREAD`` of the best passage next door, scaled to 1 again.
+
+    Next door is the message just before or just after the passage's own. In a
+    conversation the turn that holds an answer often shares few words and little meaning
+    with the question, while the turn before or after it (what it answers, or what
+    follows it up) matches: the fact that a caller "went to the support group" is named
+    in the reply to "what did you do yesterday?". On the LoCoMo dev conversations asked
+    in turn, leave-one-out (``benchmarks/selector_loo.py``): at 1,000/2,000/4,000 tokens
+    the left-out mean went from 79.2/86.2/92.1% to 80.4/87.8/92.8% with embeddings, and by
+    words alone the whole set from 70.7/79.2/83.9% to 75.7/83.3/87.7%. Raising only
+    passages next to a strongly relevant one did worse at every threshold tried.
+    """
+    numpy = __import__("numpy")  # a NumPy array already when meaning is used; words alone need it only here
+    values = numpy.asarray(fused, dtype=numpy.float64)
+    size = len(values)
+    firsts = index.firsts(size)
+    if len(firsts) < 2:
+        return values
+    best = numpy.maximum.reduceat(values, firsts)  # each message's best passage (every message has one)
+    beside = numpy.zeros_like(best)
+    beside[1:] = best[:-1]
+    numpy.maximum(beside[:-1], best[1:], out=beside[:-1])
+    values = values + NEIGHBOUR_SPREAD * numpy.repeat(beside, numpy.diff(numpy.append(firsts, size)))
+    top = values.max()
+    return values / top if top > 0 else values
 
 
 def _best_first(numbers: Any, values: Any, depth: int) -> Any:

@@ -12,6 +12,7 @@ than filled from the newest message back:
 4. the last two exchanges, then older recent exchanges up to ``recent_share`` of what is left;
 5. everything else goes to the earlier messages most relevant to the prompt, by words
    (BM25) and meaning (embedding vectors, when the caller passes them), fused by rank,
+   each message raised by a share of its neighbours' relevance (``relevance.spread``),
    the most relevant first; a relevant message brings its partner (question with answer), and an
    over-long one is cut to its relevant part with a visible ``[…]``;
 6. room that relevance leaves unused goes back to recency.
@@ -44,6 +45,7 @@ from .relevance import (
     join_passages,
     query_terms,
     semantic_scores,
+    spread,
     truncate_to_tokens,
     unknown_count,
 )
@@ -725,9 +727,9 @@ class _Turn:
         if asked and similarities is not None:
             similarities = similarities.copy()
             similarities[list(asked)] = float("nan")
-        fused = fuse(words, similarities, len(index.texts), RELEVANCE_FLOOR)
+        fused = spread(fuse(words, similarities, len(index.texts), RELEVANCE_FLOOR), index)
         candidates = best_passages(fused, CANDIDATES, RELEVANCE_FLOOR)
-        relevance = fused.tolist() if hasattr(fused, "tolist") else fused  # indexing a NumPy array makes a scalar object per read
+        relevance = fused.tolist()  # indexing a NumPy array makes a scalar object per read
         texts, owners, chosen, partial, count = index.texts, index.owners, self.chosen, self.partial, self.count
         sent = {_normal(texts[c]) for p in chosen for c in range(*index.spans[p])}
         for passage in candidates:  # best first: ranked by value per token instead, 0.6 points fewer on LoCoMo

