@@ -20,6 +20,7 @@ from dataclasses import dataclass, fields, replace
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from .attachments import attach, earlier_images_named
+from .context.record import record_of  # light: the turn's record of what it sent
 from .errors import AnswerInterrupted, ModelError, NoModelConfigured, NotPermitted, OblixError, StoreUnavailable, redact
 from .models import local_model
 from .models.gateway import (
@@ -349,8 +350,6 @@ class Turns:
             plan.add_requests(completion.tool_messages, completion.requests, self.counter(models[0]))
             message_id = None
             if session_id:
-                from .context.record import record_of
-
                 stored = store.save_message(
                     session_id,
                     to_store(completion.text),
@@ -442,10 +441,17 @@ def _save_prompt(
     """Store a turn's prompt (as stored: redacted) with its images and, for a session waiting for one, name the session after it.
 
     The images' bytes are stored first, so the prompt never names bytes that are not
-    there. A session that cannot be renamed (shared with this user to add to, or the
-    database away) keeps its title and the mark, so that a later prompt names it.
+    there. A database that is away takes no bytes, but the prompt still goes to its
+    spool, its images named without them: the user's message is never lost for a picture.
+    A session that cannot be renamed (shared with this user to add to, or the database
+    away) keeps its title and the mark, so that a later prompt names it.
     """
-    entries = [{**entry, "id": store.save_attachment(session["id"], data)} for entry, data in images]
+    entries = []
+    for entry, data in images:
+        try:
+            entries.append({**entry, "id": store.save_attachment(session["id"], data)})
+        except StoreUnavailable:
+            entries.append({**entry, "withheld": "not kept: the session database was unavailable"})
     stored = store.save_message(session["id"], prompt, role="user", attachments=entries or None)
     if title is not None:
         metadata = {key: value for key, value in (session.get("metadata") or {}).items() if key != TITLE_FROM_PROMPT}

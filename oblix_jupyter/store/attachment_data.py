@@ -23,9 +23,14 @@ IMAGE_TYPES = {"image/png": "png", "image/jpeg": "jpg"}  # what an attachment ma
 
 
 def attachments_of(message: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The attachment entries a stored message carries ([] for none)."""
+    """The attachment entries of a stored message whose bytes the store keeps ([] for none).
+
+    An entry without an ``id`` names an image whose bytes could not be kept (the
+    database was away when its question was written: ``"withheld"`` says so); it travels
+    as it is, with nothing to read.
+    """
     entries = message.get("attachments")
-    return entries if isinstance(entries, list) else []
+    return [entry for entry in entries if isinstance(entry, dict) and "id" in entry] if isinstance(entries, list) else []
 
 
 def as_text(data: bytes) -> str:
@@ -39,7 +44,7 @@ def with_attachment_data(session: Mapping[str, Any], read: Callable[[str], bytes
     A copy, message by message: a store may hand out the dicts it caches.
     """
     messages = [
-        {**message, "attachments": [{**entry, "data": as_text(read(entry["id"]))} for entry in attachments_of(message)]}
+        {**message, "attachments": [{**entry, "data": as_text(read(entry["id"]))} if "id" in entry else entry for entry in message["attachments"]]}
         if attachments_of(message)
         else message
         for message in session["messages"]
@@ -63,6 +68,10 @@ def take_attachment_data(session: dict[str, Any], where: str, limit: int, kept: 
         if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
             raise ImportFormatError(f"{name} has 'attachments' that are not a list of objects.")
         for entry in entries:
+            if "id" not in entry and "data" not in entry:  # named only: its bytes were never kept
+                if not isinstance(entry.get("label", ""), str) or not isinstance(entry.get("withheld", ""), str):
+                    raise ImportFormatError(f"{name}: an attachment's label or reason is not text.")
+                continue
             data = _entry_bytes(entry, name, limit, kept or {})
             if hashlib.sha256(data).hexdigest() != entry.get("id"):
                 raise ImportFormatError(f"{name}: attachment {str(entry.get('id'))[:80]!r} does not match its data (an id is the SHA-256 of its bytes).")

@@ -158,8 +158,8 @@ def read_notebook(path: str) -> dict[str, Any]:
 
 def _with_cell_data(entry: Any, cell: Mapping[str, Any], where: str) -> Any:
     """An attachment entry with the base64 of the cell attachment it names as ``"data"``; an entry that names none, as it is."""
-    if not isinstance(entry, dict) or entry.get("mime") not in IMAGE_TYPES:
-        return entry  # add_session refuses it, saying why
+    if not isinstance(entry, dict) or "id" not in entry or entry.get("mime") not in IMAGE_TYPES:
+        return entry  # add_session refuses it, saying why, or keeps an image named only
     name = _file_name(entry)
     bundle = (cell.get("attachments") or {}).get(name)
     if bundle is None:

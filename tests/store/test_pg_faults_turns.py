@@ -7,6 +7,7 @@ mid-answer, so the moment is the same every run.
 
 from __future__ import annotations
 
+import io
 import os
 import time
 
@@ -79,3 +80,34 @@ def test_a_spool_left_by_a_killed_kernel_is_written_by_the_next_one_before_anyth
     rows = postgres.admin_query("SELECT id, content FROM oblix.messages WHERE session_id = %s ORDER BY position", (session_id,))
     assert rows == [("msg_1", "question"), ("msg_2", "Echo: question"), ("msg_3", "the answer a killed kernel kept")]
     successor.session_manager.close()
+
+
+def test_a_question_with_a_picture_is_kept_when_the_database_goes_away_its_picture_named_not_lost(
+    model_env, postgres, proxy, monkeypatch, tmp_path
+):
+    from PIL import Image
+
+    from oblix_jupyter.kernel.images import NotebookImage
+
+    monkeypatch.setenv("OBLIX_STORE", proxy.dsn(postgres.create_user(), DATABASE))
+    monkeypatch.setenv("OBLIX_VISION_MODELS", "openai/test-model")
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), "navy").save(buffer, "PNG")
+    figure = NotebookImage("figure from cell 2", "image/png", buffer.getvalue(), 2, 64, 48)
+    client = OblixClient()
+    session_id = client.create_session_sync(title="plots")
+    try:  # the database goes away after the session is read, before the picture and the question are written
+        result = client.turn("why does it bend?", session_id, images=[figure], on_model=lambda _model: proxy.refuse())
+        assert "saved on this machine" in (result.notice or "")
+    finally:
+        proxy.accept()
+    client.execute_sync("and now?", session_id)
+    asked = [m for m in client.load_session(session_id)["messages"] if m["role"] == "user"]
+    assert [m["content"] for m in asked] == ["why does it bend?", "and now?"]
+    (entry,) = asked[0]["attachments"]
+    assert entry["label"] == "figure from cell 2" and "id" not in entry and "unavailable" in entry["withheld"]
+    assert len(model_env.chat_requests()[-2]["messages"][-1]["content"]) == 2, "the model still saw the picture"
+    for extension in (".json", ".ipynb"):  # a named-only picture travels as it is
+        copy = client.import_session(client.export_session(session_id, tmp_path / f"plots{extension}"))
+        assert client.load_session(copy)["messages"][0]["attachments"] == [entry]
+    client.session_manager.close()
