@@ -286,8 +286,7 @@ def sent_line(record: Any) -> str:
         parts.append(f"cut: {_names(record['cut'])}")
     if _number(record.get("left_out")):
         parts.append(f"{_number(record['left_out']):,} earlier left out")
-    pairs = record.get("variables") if isinstance(record.get("variables"), list) else []
-    variables = [f"{pair[0]} ({_number(pair[1]):,} tokens)" for pair in pairs if isinstance(pair, list) and len(pair) == 2]
+    variables = [f"{name} ({_number(tokens):,} tokens)" for name, tokens in _pairs(record.get("variables"))]
     if variables:
         parts.append("variables " + ", ".join(variables))
     if _number(record.get("error")):
@@ -295,8 +294,7 @@ def sent_line(record: Any) -> str:
     cells = record.get("cells")
     if isinstance(cells, list) and len(cells) == 2 and _number(cells[0]):
         parts.append(f"{_number(cells[0])} cell{'s' if _number(cells[0]) != 1 else ''} ({_number(cells[1]):,} tokens)")
-    images = record.get("images") if isinstance(record.get("images"), list) else []
-    attached = [f"{pair[0]} ({pair[1]})" for pair in images if isinstance(pair, list) and len(pair) == 2]
+    attached = [f"{label} ({how})" for label, how in _pairs(record.get("images"))]
     if attached:
         parts.append("images " + ", ".join(attached))
     if _names(record.get("tools")):
@@ -311,6 +309,11 @@ def sent_line(record: Any) -> str:
 def _names(value: Any) -> str:
     """A record's list of ids or names, joined; empty for anything else."""
     return ", ".join(map(str, value)) if isinstance(value, list) else ""
+
+
+def _pairs(value: Any) -> list[tuple[Any, Any]]:
+    """A record's list of [name, value] pairs: the well-formed ones."""
+    return [(pair[0], pair[1]) for pair in value if isinstance(pair, list) and len(pair) == 2] if isinstance(value, list) else []
 
 
 def _number(value: Any) -> int:
