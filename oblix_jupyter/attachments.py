@@ -50,10 +50,8 @@ class Attached:
 
     def notice(self, model: str) -> str | None:
         """What the user must read under the answer about images that did not reach the model, if any."""
-        unsent = [label for label, how in self.labels if how != "sent"]
-        if not unsent:
-            return None
-        return f"not sent to {model}: " + ", ".join(f"{label} ({how})" for label, how in self.labels if how != "sent")
+        unsent = [f"{label} ({how})" for label, how in self.labels if how != "sent"]
+        return f"not sent to {model}: " + ", ".join(unsent) if unsent else None
 
 
 def attach(images: Sequence[NotebookImage], model: str, model_options: Mapping[str, Any] | None = None, max_px: int = DEFAULT_MAX_PX) -> Attached:

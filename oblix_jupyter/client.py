@@ -280,7 +280,6 @@ class OblixClient:
         the offline model when it is the one that answers, and the embedding model. Turns
         wait for the rehearsal's imports; the models have locks of their own. Once per process.
         """
-        global _warming
         return warm_up(model, fallback_models)
 
     # -- the stores, for their administrator (``admin``) --------------------------------

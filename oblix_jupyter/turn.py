@@ -359,7 +359,7 @@ class Turns:
                     usage={"prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens},
                     cost=completion.cost,
                     tools=_stored_tools(completion.tool_calls, kernel, to_store),
-                    sent=record_of(plan, [schema["function"]["name"] for schema in kernel.schemas()] if kernel is not None else (), attached.labels),
+                    sent=record_of(plan, [schema["function"]["name"] for schema in runner.schemas] if runner is not None else (), attached.labels),
                 )
                 message_id = stored["id"]
                 if session is not None and not session.get("model"):

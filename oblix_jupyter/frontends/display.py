@@ -190,14 +190,16 @@ def thumbnails_html(entries: Any, read: ImageReader | None) -> str:
         if not isinstance(entry, Mapping):
             continue
         label = html.escape(str(entry.get("label") or "image"))
-        try:
-            data = read(str(entry.get("id")))
-        except OblixError:
-            data = None
         mime = entry.get("mime")
+        data = None
+        if mime in ("image/png", "image/jpeg"):  # no other type becomes a picture: its bytes are not even read
+            try:
+                data = read(str(entry.get("id")))
+            except OblixError:
+                pass
         picture = (
             f"<img src='data:{mime};base64,{base64.b64encode(data).decode('ascii')}' alt='{label}'>"
-            if data is not None and mime in ("image/png", "image/jpeg")
+            if data is not None
             else "<span class='oblix-thumb-missing'>(not available)</span>"
         )
         shown.append(f"<figure class='oblix-thumb'>{picture}<figcaption>{label}</figcaption></figure>")
@@ -265,7 +267,8 @@ class Conversation:
         for message in self.messages:
             notes = [n for n in (message.get("model"), message.get("status"), *self._details(message)) if n]
             who = ROLE_NAMES.get(str(message.get("role")), "Message")
-            text = tools_plain(message.get("tools")) + message["content"] + (f"\n({self._sent(message)})" if self._sent(message) else "")
+            sent = self._sent(message)
+            text = tools_plain(message.get("tools")) + message["content"] + (f"\n({sent})" if sent else "")
             plain.append(f"--- {who} · {' · '.join(notes)}\n{text}" if notes else f"--- {who}\n{text}")
         return {"text/html": "\n".join(rich), "text/plain": terminal_text("\n\n".join(plain))}
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import importlib.util
 import io
 import struct
@@ -229,6 +230,7 @@ def figure_image(value: Any, name: str) -> NotebookImage | None:
 # -- bytes and headers -----------------------------------------------------------------------
 
 
+@functools.cache  # asked on every SVG a cell displays; an install made later counts from the next kernel
 def svg_rasteriser_installed() -> bool:
     """Whether CairoSVG can be imported (it is never installed by us): only then is an SVG's text worth keeping."""
     return importlib.util.find_spec("cairosvg") is not None

@@ -29,16 +29,19 @@ import time
 import warnings
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..context.relevance import truncate_to_tokens
 from ..redaction import WITHHELD, is_secret_name, redact, withhold_values
 from .describe import describe_fully, glance, sample_positions
-from .images import DisplayedImages, memory_of
+from .images import memory_of
 from .registry import ToolRefusal, ToolRegistry
 from .state import format_error
 from .text import TEXT_SECONDS, is_module, is_secret_label, is_type, label_text, markdown_table, text_budget, text_of, type_name
 from .variables import approximate_tokens, is_hidden_name, secret_values
+
+if TYPE_CHECKING:
+    from .images import DisplayedImages
 
 DEFAULT_ROWS = 20
 MAX_ROWS = 200
@@ -85,8 +88,8 @@ class CellHistory:
     def from_shell(cls, shell: Any) -> CellHistory:
         namespace = getattr(shell, "user_ns", None) or {}
         error = getattr(sys, "last_value", None)
-        cells = namespace.get("In") or (), namespace.get("Out") or {}
-        return cls(*cells, format_error(error, getattr(sys, "last_traceback", None)), memory_of(shell))
+        error_text = format_error(error, getattr(sys, "last_traceback", None))
+        return cls(namespace.get("In") or (), namespace.get("Out") or {}, error_text, memory_of(shell))
 
     @property
     def latest(self) -> int:

@@ -156,8 +156,8 @@ class SessionStore(abc.ABC):
         attachments = take_attachment_data(session, "The session to import", MAX_ATTACHMENT_BYTES, kept_attachments)
         session_id = self._store_new(session)
         try:
-            for attachment in attachments.values():
-                self.save_attachment(session_id, attachment)
+            for attachment_id, data in attachments.items():  # checked and hashed by take_attachment_data
+                self._write_attachment(session_id, attachment_id, data)
         except BaseException:
             self.delete_session(session_id)
             raise

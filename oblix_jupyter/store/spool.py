@@ -25,8 +25,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from ..errors import CorruptSession, NotPermitted, SessionNotFound, StoreUnavailable
-from .files import FILE_MODE, atomic_write_bytes, ensure_private_dir, read_json_file, remove_file
-from .files import default_base_dir
+from .files import FILE_MODE, atomic_write_bytes, default_base_dir, ensure_private_dir, read_json_file, remove_file
 
 _ABOUT = "about.json"  # which database and user a folder is for, so it can be described with no connection
 _CLAIM = ".claim"  # the lock file a flusher holds

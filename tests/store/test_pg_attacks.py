@@ -175,7 +175,7 @@ def test_statistics_views_show_nothing_of_another_users_private_text(postgres, c
         "SELECT a.attname FROM pg_statistic s JOIN pg_attribute a ON a.attrelid = s.starelid AND a.attnum = s.staattnum "
         "WHERE s.starelid IN (SELECT oid FROM pg_class WHERE relnamespace = 'oblix'::regnamespace) "
         "AND a.attname IN ('title', 'content', 'context', 'metadata', 'extra', 'model', 'notebook', 'key', 'payload', "
-        "'title_text', 'content_text', 'grantee')"
+        "'title_text', 'content_text', 'grantee', 'data')"
     )
     assert kept == []
 
