@@ -55,17 +55,25 @@ def median_ms(action: Callable[[], object], repeat: int = 30, warmup: int = 3) -
 
 
 def paired_runs(
-    baseline: Callable[[], object], candidate: Callable[[], object], repeat: int = 20, warmup: int = 2, pause: float = 0.0
+    baseline: Callable[[], object],
+    candidate: Callable[[], object],
+    repeat: int = 20,
+    warmup: int = 2,
+    pause: float = 0.0,
+    before: Callable[[], object] | None = None,
 ) -> tuple[list[float], list[float]]:
     """Milliseconds of ``baseline`` and ``candidate``, run alternately: the i-th of each ran side by side.
 
     Alternating cancels the drift of a shared machine (other work, clock speed) that
     would otherwise land on whichever of the two ran second. ``pause`` (untimed, after
     each run) stands for a person reading an answer before the next turn, so work a
-    turn leaves to the background is not billed to the next one.
+    turn leaves to the background is not billed to the next one; ``before`` (untimed,
+    before each pair) for what the notebook did before the turn.
     """
     times: tuple[list[float], list[float]] = ([], [])
     for number in range(warmup + repeat):
+        if before is not None:
+            before()
         for action, bucket in ((baseline, times[0]), (candidate, times[1])):
             start = time.perf_counter()
             action()

@@ -18,7 +18,7 @@ from . import admin
 from .errors import BadArguments, CorruptSession, OblixError
 from .models import local_model
 from .models.gateway import DEFAULT_MAX_TOOL_ROUNDS, ModelGateway, split_models
-from .models.images import DEFAULT_MAX_PX
+from .models.images import DEFAULT_MAX_PX, prepare_ahead
 from .store.base import ChangeFeed, SessionStore, Sharing
 from .store.dsn import is_connection_string  # noqa: F401 - the front ends' test of a database location: they import only the client
 from .store.factory import open_store
@@ -26,6 +26,7 @@ from .turn import TITLE_FROM_PROMPT, TextSink, TurnOptions, TurnResult, Turns, f
 
 if TYPE_CHECKING:  # the selector's modules load on the first turn, keeping %load_ext light
     from .context.selector import ContextPlan
+    from .kernel.images import NotebookImage
 
 
 class OblixClient:
@@ -134,6 +135,16 @@ class OblixClient:
     def read_attachment(self, session_id: str, attachment_id: str) -> bytes:
         """The bytes of an image a message of the session carries (its ``attachments`` entry's ``id``); ``AttachmentNotFound`` if none."""
         return self.session_manager.read_attachment(session_id, attachment_id)
+
+    @staticmethod
+    def prepare_images(images: Sequence[NotebookImage], image_max_px: int = DEFAULT_MAX_PX) -> None:
+        """Start making ``images`` ready for a model in the background (shrunk to ``image_max_px``), so that a turn attaching one later does not wait.
+
+        The magics call it as each cell that showed a figure ends, before any client need
+        exist (opening a store there would hold up the user's cell); it returns at once,
+        and what it cannot prepare is simply prepared (or refused) by the turn.
+        """
+        prepare_ahead(((image.data, image.mime) for image in images if image.data is not None), image_max_px)
 
     def search_sessions(self, query: str, limit: int = 50) -> list[dict[str, Any]]:
         """Summaries of the sessions whose title or messages match ``query``, best first, each with a ``snippet``.

@@ -542,7 +542,9 @@ def load(shell: Any) -> Oblix:
     magics = Oblix(shell=shell, parent=shell)
     shell.register_magics(magics)
     shell.configurables.append(magics)
-    install(shell)  # from now on, the images cells display can be attached (--image)
+    memory = install(shell)  # from now on, the images cells display can be attached (--image)
+    if memory is not None:  # and each cell's figures are made ready for a model while the user reads them
+        memory.on_cell_end = lambda images: OblixClient.prepare_images(images, max(64, magics.image_max_px))
     if getattr(shell, "kernel", None) is not None:
         magics.lab.listen()
     _active = magics

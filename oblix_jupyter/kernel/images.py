@@ -28,9 +28,10 @@ import io
 import struct
 import sys
 import threading
+import types
 import weakref
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -38,6 +39,11 @@ from ..errors import UnreadableImage
 
 MAX_IMAGES = 20
 MAX_BYTES = 20 * 1024 * 1024
+AHEAD = 4  # a cell's images made ready for a model as it ends: the last few it showed
+# An SVG is drawn at most this large on its longest side: a model is sent at most
+# ``image_max_px`` anyway, and an SVG that says it is 30,000 px wide would otherwise take
+# CairoSVG most of a minute and gigabytes to draw.
+MAX_RASTER_PX = 2048
 KEPT_TYPES = ("image/png", "image/jpeg")  # in the order preferred when a bundle has both
 SVG = "image/svg+xml"
 # A display whose metadata has this key is Oblix's own (an attachment's thumbnail in an
@@ -94,7 +100,7 @@ class NotebookImage:
         try:
             import cairosvg  # found when the cell ran; its import still fails where the system's libcairo2 is missing
 
-            png = cairosvg.svg2png(bytestring=self.data, unsafe=False)
+            png = cairosvg.svg2png(bytestring=self.data, unsafe=False, scale=_svg_scale(cairosvg, self.data, MAX_RASTER_PX))
         except Exception as error:  # noqa: BLE001 - XML, entity, cairo and size errors alike: the user's SVG or system, not our bug
             raise UnreadableImage(f"{self.label}: the SVG cannot be drawn ({type(error).__name__}).") from None
         width, height = pixel_size(png, "image/png") or (None, None)
@@ -111,6 +117,9 @@ class DisplayedImages:
         self._bytes = 0
         self._lock = threading.Lock()  # the shell's thread records while a turn or the panel reads
         self.cell: int | None = None  # the cell running now, which a display_data belongs to
+        # Told the kept PNG and JPEG images of each cell that showed some, as it ends (at
+        # most ``AHEAD`` of them, the last shown): the magics start preparing them then.
+        self.on_cell_end: Callable[[list[NotebookImage]], None] | None = None
 
     def record(self, cell: int, bundle: Mapping[str, Any], metadata: Mapping[str, Any] | None = None) -> NotebookImage | None:
         """Remember the image of one displayed mime ``bundle`` (values as displayed: base64 text or bytes) under ``cell``.
@@ -151,6 +160,18 @@ class DisplayedImages:
         """Every image remembered, oldest first (for a picker)."""
         with self._lock:
             return list(self._images)
+
+    def cell_ended(self) -> None:
+        """Tell ``on_cell_end`` the images the cell that just ended displayed; a failure there never reaches the user's cell."""
+        listener, cell = self.on_cell_end, self.cell
+        if listener is None or cell is None:
+            return
+        shown = [image for image in self.images_of(cell) if image.data is not None and image.mime in KEPT_TYPES]
+        if shown:
+            try:
+                listener(shown[-AHEAD:])
+            except Exception:  # noqa: BLE001 - a head start lost costs the turn its time, never the cell its result
+                pass
 
     # -- observing ipykernel's messages ---------------------------------------------------
 
@@ -200,6 +221,7 @@ def install(shell: Any) -> DisplayedImages | None:
 
         shell.events.register("pre_execute", before_any_execution)
         shell.events.register("pre_run_cell", before_a_cell)
+        shell.events.register("post_run_cell", lambda _result: memory.cell_ended())  # after post_execute, where inline figures show
         publisher.register_hook(memory.observe)
         if hasattr(displayhook, "register_hook"):  # from ipykernel 7.4; before it, a cell's image value is not seen
             displayhook.register_hook(memory.observe)
@@ -234,6 +256,22 @@ def figure_image(value: Any, name: str) -> NotebookImage | None:
 def svg_rasteriser_installed() -> bool:
     """Whether CairoSVG can be imported (it is never installed by us): only then is an SVG's text worth keeping."""
     return importlib.util.find_spec("cairosvg") is not None
+
+
+def _svg_scale(cairosvg: Any, svg: bytes, max_px: int) -> float:
+    """The scale that draws ``svg`` at most ``max_px`` on its longest side (1 when it is smaller), read as CairoSVG reads its size.
+
+    The size is read before drawing, from the parsed tree, because CairoSVG allocates its
+    whole canvas first: capping the PNG afterwards would be too late.
+    """
+    from cairosvg.helpers import node_format, size
+
+    tree = cairosvg.parser.Tree(bytestring=svg, unsafe=False)
+    units = types.SimpleNamespace(dpi=96, context_width=None, context_height=None, font_size=0.0)
+    units.font_size = size(units, "12pt")  # CairoSVG's default, for sizes given in em
+    width, height, _ = node_format(units, tree)
+    longest = max(width or 0, height or 0)
+    return min(1.0, max_px / longest) if longest > 0 else 1.0
 
 
 def _bytes_of(value: Any, mime: str) -> tuple[bytes | None, str | None]:

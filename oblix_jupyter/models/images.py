@@ -8,25 +8,37 @@ input tokens by the provider's rule (``image_tokens``) for the turn's budget. On
 that ``can_see`` is sent it, as an OpenAI-style content part (litellm translates that
 for every provider); any other gets one line of text saying what it was not shown.
 Pillow and litellm are imported only when first needed.
+
+Preparing a cell's figure (decoding, shrinking, encoding twice) takes most of 100 ms,
+too much to add to a turn. ``prepare_ahead`` starts it in the background as soon as the
+cell that showed it ends, while the user reads the plot; a turn that attaches it then
+finds it ready (``prepare`` waits for one still under way rather than start again).
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import math
+import sys
+import threading
 import warnings
-from dataclasses import dataclass
+from collections import OrderedDict
+from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from types import ModuleType
 from typing import Any
 
-from ..errors import ImagesUnavailable, UnreadableImage
+from ..errors import ImagesUnavailable, OblixError, UnreadableImage
 from .gateway import model_can
 
 DEFAULT_MAX_PX = 1024
 JPEG_QUALITY = 85  # no visible loss on a photograph, and a plot's text and lines stay legible
 VISION_MODELS_ENV = "OBLIX_VISION_MODELS"
 _ENCODED = {"PNG": "image/png", "JPEG": "image/jpeg"}
+READY_KEPT = 8  # images made ready and kept: the last cell's few, a retry's, the picker's choice
 
 
 def can_see(model: str, model_options: dict[str, Any] | None = None) -> bool:
@@ -66,8 +78,69 @@ def prepare(data: bytes, mime: str, max_px: int = DEFAULT_MAX_PX, *, model: str 
     The original bytes are kept when they already fit and are smaller than either
     re-encoding. JPEG is tried only for an image without transparency. Raises
     ``UnreadableImage`` (naming ``label``) for bytes Pillow cannot decode, and
-    ``ImagesUnavailable`` without Pillow.
+    ``ImagesUnavailable`` without Pillow. An image made ready ahead (or by an earlier
+    turn) is taken as it is; one that failed there is prepared again, to fail here with
+    its own label.
     """
+    key = _key(data, mime, max_px)
+    with _ready_lock:
+        ahead = _ready.get(key)
+        if ahead is not None:
+            _ready.move_to_end(key)
+    ready = None
+    if ahead is not None:
+        try:
+            ready = ahead.result()
+        except OblixError:
+            pass
+    if ready is None:
+        ready = _shrunk(data, mime, max_px, label)
+        done: Future[PreparedImage] = Future()
+        done.set_result(ready)
+        _keep(key, done)
+    return replace(ready, tokens=image_tokens(ready.width, ready.height, model))
+
+
+def prepare_ahead(images: Iterable[tuple[bytes, str]], max_px: int = DEFAULT_MAX_PX) -> None:
+    """Start preparing each (bytes, type) of ``images`` in the background, for a turn that may attach it; never waits, never raises.
+
+    Only where Pillow is loaded already (matplotlib loads it): a kernel that merely shows
+    a PNG is not made to import it for a turn that may never come.
+    """
+    if "PIL.Image" not in sys.modules:
+        return
+    global _worker
+    for data, mime in images:
+        key = _key(data, mime, max_px)
+        with _ready_lock:
+            if key in _ready:
+                continue
+            if _worker is None:
+                _worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="oblix-images")  # one core's worth, beside the user's cells
+            future = _worker.submit(_shrunk, data, mime, max_px, "image")
+        _keep(key, future)
+
+
+_ready: OrderedDict[tuple[bytes, str, int], Future[PreparedImage]] = OrderedDict()
+_ready_lock = threading.Lock()
+_worker: ThreadPoolExecutor | None = None
+
+
+def _key(data: bytes, mime: str, max_px: int) -> tuple[bytes, str, int]:
+    """A digest, not the bytes: an image can be 20 MB, and the kept ones must not keep theirs alive."""
+    return hashlib.blake2b(data, digest_size=16).digest(), mime, max_px
+
+
+def _keep(key: tuple[bytes, str, int], future: Future[PreparedImage]) -> None:
+    with _ready_lock:
+        _ready[key] = future
+        _ready.move_to_end(key)
+        while len(_ready) > READY_KEPT:
+            _ready.popitem(last=False)
+
+
+def _shrunk(data: bytes, mime: str, max_px: int, label: str) -> PreparedImage:
+    """The work of ``prepare``, for no model in particular (its tokens are set per model after)."""
     pillow = _pillow()
     image = _decoded(pillow, data, max_px, label)
     candidates = [(data, mime)] if not image.resized and _ENCODED.get(image.source_format) == mime else []
@@ -76,7 +149,7 @@ def prepare(data: bytes, mime: str, max_px: int = DEFAULT_MAX_PX, *, model: str 
         candidates.append((_encoded(image.pixels, "JPEG"), "image/jpeg"))
     best, best_mime = min(candidates, key=lambda candidate: len(candidate[0]))
     width, height = image.pixels.size
-    return PreparedImage(best_mime, best, width, height, image_tokens(width, height, model))
+    return PreparedImage(best_mime, best, width, height, image_tokens(width, height))
 
 
 def image_tokens(width: int, height: int, model: str | None = None) -> int:
