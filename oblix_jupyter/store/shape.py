@@ -25,6 +25,7 @@ from ..errors import (
     InvalidSessionId,
     SessionNotFound,
 )
+from ..redaction import redact
 from .migrations import SCHEMA_VERSION, readable
 
 SEED_FIELDS = ("id", "title", "created_at", "updated_at", "messages", "context")
@@ -210,20 +211,44 @@ def check_update(fields: dict[str, Any]) -> dict[str, Any]:
 
 
 def imported_session(data: dict[str, Any], new_id: bool) -> dict[str, Any]:
-    """A complete session dict (from an import) in the current shape, its timestamps normalised to ours."""
+    """A complete session dict (from an import) in the current shape, its timestamps normalised to ours, its texts redacted.
+
+    A file is not a turn: nothing it says went through the redaction every stored text
+    goes through, yet its messages, their tools' summaries and images' labels, and the
+    session's context are what later turns send a model. So every text of those is
+    redacted here, as a turn would have stored it (a copy within a store changes nothing).
+    """
     session = readable(copy.deepcopy(check_session_shape(data, "session")), "The session to import")
     if new_id:
         session["id"] = str(uuid.uuid4())
     else:
         validate_session_id(session["id"])
-    session.setdefault("title", "Imported session")
-    session["context"] = check_context(session.get("context"))
+    session["title"] = redact(str(session.get("title") or "Imported session"))
+    session["context"] = _redacted(check_context(session.get("context")))
     for field in ("created_at", "updated_at"):
         session[field] = format_time(parse_time(str(session[field])))
     for number, message in enumerate(session["messages"], start=1):
         message.setdefault("id", f"msg_{number}")
         message["timestamp"] = format_time(parse_time(str(message.get("timestamp") or session["updated_at"])))
+        message["content"] = _redacted(message["content"])
+        if "tools" in message:
+            message["tools"] = _redacted(message["tools"])
+        for entry in message.get("attachments") or ():
+            for field in ("label", "withheld"):
+                if isinstance(entry, dict) and isinstance(entry.get(field), str):
+                    entry[field] = redact(entry[field])
     return session
+
+
+def _redacted(value: Any) -> Any:
+    """``value`` with every text in it redacted, at any depth (its keys too: JSON that names a key by its value)."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, list):
+        return [_redacted(item) for item in value]
+    if isinstance(value, dict):
+        return {redact(key) if isinstance(key, str) else key: _redacted(item) for key, item in value.items()}
+    return value
 
 
 def resolve_session_id(id_or_prefix: str, matching: Callable[[str], list[str]], where: str) -> str:

@@ -305,3 +305,41 @@ def test_markdown_export_writes_the_images_beside_it_privately_and_shows_them_in
     links = [f"plots%20v2_files/{name}" for name in names]  # relative, so the folder moves with the file
     assert_shows_exactly(text, [(links[0], " ".join(HOSTILE_LABEL.split())), (links[1], "figure from cell 5")])
     assert text.index("what bends here?") < text.index(links[1]) < text.index("The 2019 point.")  # under their message
+
+
+KEY = "sk-proj-" + "Q7xW2mZk9RtY4vBn8LpE3sHd"  # the shape of an OpenAI key, in a colleague's file
+
+
+@pytest.mark.parametrize("extension", [".json", ".ipynb"])
+def test_an_imported_file_cannot_carry_a_key_into_the_store_or_to_the_model(model_env, tmp_path, extension):
+    """A hostile (or careless) session file: its key, at any depth of what later turns send, is withheld on the way in."""
+    from conftest import TEST_MODEL
+
+    from oblix_jupyter import OblixClient
+
+    scratch = SessionManager(str(tmp_path / "theirs"))  # the store's own calls redact nothing: a file can say anything
+    theirs = scratch.create_session(title=f"notes {KEY}", initial_context={"setup": {"steps": [f"export OPENAI_API_KEY={KEY}"]}})
+    scratch.save_message(theirs, f"my key is {KEY}, why does the call fail?", role="user")
+    scratch.save_message(theirs, "Check the base URL.", role="assistant", model=TEST_MODEL, tools=[{"name": "notebook_cell", "summary": f"read {KEY}"}])
+    session = scratch.get_session(theirs)
+    session["messages"][0]["attachments"] = [{"label": f"figure {KEY}", "withheld": f"not kept: {KEY}"}]
+    hostile = tmp_path / "hostile.json"
+    hostile.write_text(json.dumps(session))
+    if extension == ".ipynb":
+        scratch.import_session(str(hostile))  # a file's texts are redacted on the way in: write the notebook from the raw session
+        mine = SessionManager(str(tmp_path / "raw"))
+        raw = mine._store_new(session)  # noqa: SLF001 - a stored session no turn wrote, as a hand-edited file would be
+        hostile = pathlib.Path(export_session(mine, raw, str(tmp_path / "hostile.ipynb")))
+    assert KEY in hostile.read_text()
+
+    client = OblixClient(model=TEST_MODEL, store=str(tmp_path / "mine"))
+    session_id = client.import_session(str(hostile))
+    client.execute_sync("What was the problem again?", session_id)
+    client.wait_for_background()
+
+    sent = json.dumps(model_env.chat_requests())
+    assert "withheld" in sent and "why does the call fail" in sent and "Check the base URL" in sent
+    assert KEY not in sent and KEY[8:] not in sent
+    stored = b"".join(path.read_bytes() for path in (tmp_path / "mine").rglob("*") if path.is_file())
+    assert KEY.encode() not in stored and KEY[8:].encode() not in stored
+    assert b"why does the call fail" in stored
