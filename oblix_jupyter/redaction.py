@@ -68,6 +68,11 @@ _NAMED_VALUE = re.compile(
 )
 
 
+# ``KeyError: 'price'`` is a traceback's last line, naming a missing column, not a key's value:
+# the commonest error in data code would otherwise reach the model without what it is about.
+_ERROR_NAME = re.compile(r"(?:Error|Exception|Warning)$")
+
+
 def is_secret_name(name: str) -> bool:
     """Whether a name (variable, key, column, field) says its value is a secret: withheld unless the user names it."""
     return bool(_SECRET_NAME.search(name))
@@ -101,7 +106,7 @@ def _withhold_named(text: str, kept: Callable[[str], bool], depth: int = 0) -> s
     def named(match: re.Match[str]) -> str:
         name, value = match.group("name").strip("\"'"), match.group("value")
         literal = value.lstrip("rRbBuUfF")[:1] in ("'", '"') or value[:1] in "[({" and ("'" in value or '"' in value)
-        if is_secret_name(name) and (literal or _STRONG_NAME.search(name)):
+        if is_secret_name(name) and not _ERROR_NAME.search(name) and (literal or _STRONG_NAME.search(name)):
             inner = value.lstrip("rRbBuUfF").strip("\"'")
             return match.group(0) if inner in ("", WITHHELD) or kept(inner) else match.group("name") + match.group("sep") + WITHHELD
         # An ordinary name's value may hold named ones: {"db": {"token": "…"}}, "password=… in a string".

@@ -215,6 +215,7 @@ def test_a_named_secret_is_sent_but_never_recorded(name, value, ordinary):
         ("{'token': 'abc', 'name': 'x'}", "abc"),
         ("Settings(user='bob', password='pw-777x')", "pw-777x"),
         ('api_key: str = "k1"', "k1"),
+        ("KeyError: 'sk-live-0123456789abcdefghij'", "sk-live-0123456789abcdefghij"),  # an error still hides a key's shape
         ("secret = f'{prefix}-s3cr3t'", "s3cr3t"),
         ('"""\n-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA\n-----END RSA PRIVATE KEY-----\n"""', "MIIEpAIBAAKCAQEA"),
     ],
@@ -236,6 +237,9 @@ def test_shapes_and_names_are_withheld(text, hidden):
         "df.groupby('city').price.mean()",
         "keys are alpha, beta",
         "for key, value in data.items():",
+        "KeyError: 'prce'",  # a traceback's last line names the missing column: the model needs it
+        "    raise KeyError(key) from err\nKeyError: 'revenue_2019'",
+        "TokenError: ('EOF in multi-line statement', (1, 0))",
     ],
 )
 def test_ordinary_text_is_left_alone(text):
