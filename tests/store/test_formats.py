@@ -13,7 +13,9 @@ import sys
 
 import nbformat
 import pytest
+from conftest import TEST_MODEL
 
+from oblix_jupyter import OblixClient
 from oblix_jupyter.errors import ImportFormatError
 from oblix_jupyter.sessions import SessionManager
 from oblix_jupyter.store.formats import (
@@ -313,10 +315,6 @@ KEY = "sk-proj-" + "Q7xW2mZk9RtY4vBn8LpE3sHd"  # the shape of an OpenAI key, in 
 @pytest.mark.parametrize("extension", [".json", ".ipynb"])
 def test_an_imported_file_cannot_carry_a_key_into_the_store_or_to_the_model(model_env, tmp_path, extension):
     """A hostile (or careless) session file: its key, at any depth of what later turns send, is withheld on the way in."""
-    from conftest import TEST_MODEL
-
-    from oblix_jupyter import OblixClient
-
     scratch = SessionManager(str(tmp_path / "theirs"))  # the store's own calls redact nothing: a file can say anything
     theirs = scratch.create_session(title=f"notes {KEY}", initial_context={"setup": {"steps": [f"export OPENAI_API_KEY={KEY}"]}})
     scratch.save_message(theirs, f"my key is {KEY}, why does the call fail?", role="user")
