@@ -19,7 +19,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, fields, replace
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
-from .attachments import attach, earlier_images_named
+from .attachments import attach, earlier_images_named, images_named, sight, tool_images
 from .context.record import record_of  # light: the turn's record of what it sent
 from .errors import AnswerInterrupted, ModelError, NoModelConfigured, NotPermitted, OblixError, StoreUnavailable, redact
 from .models import local_model
@@ -225,20 +225,30 @@ class Turns:
             return window, None
         return budget, SPEED_LIMIT_NOTE.format(tokens=budget)
 
-    def _kernel_tools(self, models: Sequence[str], session: dict[str, Any] | None, variables: Sequence[VariableSummary]) -> KernelTools | None:
+    def _kernel_tools(
+        self, models: Sequence[str], session: dict[str, Any] | None, variables: Sequence[VariableSummary], sees: Callable[[str], bool], image_tokens: int
+    ) -> KernelTools | None:
         """The kernel's read-only tools for this turn; None outside a kernel or when no model of the chain can call tools.
 
         Secret-looking variables are shown only when the user named them for this turn
-        (the summaries the front end sent them in).
+        (the summaries the front end sent them in). The cells' images can be shown when a
+        model that calls tools ``sees`` and the kernel keeps some, within ``image_tokens``.
         """
+        from .kernel.images import memory_of
         from .kernel.tools import KernelTools, current_shell
 
         shell = current_shell()
-        if shell is None or not any(supports_tools(model, self.settings.gateway.model_options.get(model)) for model in models):
+        callers = [model for model in models if supports_tools(model, self.settings.gateway.model_options.get(model))] if shell is not None else []
+        if not callers:
             return None
         named = [summary.name for summary in variables if not summary.excluded]
         search = self._conversation_search(session) if session and session.get("messages") else None
-        return KernelTools.from_shell(shell, named, search=search, count=self.counter(models[0]), rounds=self.settings.max_tool_rounds)
+        memory = memory_of(shell)
+        seer = next(filter(sees, callers), None) if memory is not None and memory.last_cell() is not None else None
+        show = tool_images(seer, self.settings.image_max_px) if seer is not None else None
+        return KernelTools.from_shell(
+            shell, named, search=search, count=self.counter(models[0]), rounds=self.settings.max_tool_rounds, show=show, image_tokens=image_tokens
+        )
 
     def _conversation_search(self, session: dict[str, Any]) -> Callable[[str, int], list[str]]:
         """The search tool's backend: the selector's relevance over this session's messages, as ``[msg_N] passage`` lines."""
@@ -312,7 +322,8 @@ class Turns:
             # The one redaction, on everything of the notebook's that goes out; what the user
             # sent on purpose (a variable named with --vars, in its summary) stays in the prompt.
             sent = redact(prompt, keep=[summary.text for summary in variables if not summary.excluded])
-            attached = attach(options.images, models[0], self.settings.gateway.model_options.get(models[0]), self.settings.image_max_px)
+            sees = sight(self.settings.gateway.model_options)
+            attached = attach(options.images, models, sees, self.settings.image_max_px)
             sent = attached.with_notes(sent)
             to_store = _for_the_store(variables)
             # Asking again what just failed is a retry: the prompt is stored once, and the
@@ -327,10 +338,13 @@ class Turns:
             # shown, nor the answer stored, nor any failure reported, before that write is done.
             title = _title_from(to_store(prompt)) if session is not None and (session.get("metadata") or {}).get(TITLE_FROM_PROMPT) else None
             saving = self._writer.submit(_save_prompt, store, session, to_store(prompt), title, attached.stored) if session_id and retried is None else None
-            kernel = self._kernel_tools(models, session, variables) if (self.settings.tools if options.tools is None else options.tools) else None
+            wants_tools = self.settings.tools if options.tools is None else options.tools
+            kernel = self._kernel_tools(models, session, variables, sees, max(0, plan.budget - plan.used)) if wants_tools else None
             runner = None
             if kernel is not None:
-                runner = ToolRunner(kernel.schemas(), kernel.run, on_tool=options.on_tool, max_rounds=self.settings.max_tool_rounds, max_calls=kernel.max_calls)
+                runner = ToolRunner(
+                    kernel.schemas(), kernel.run, on_tool=options.on_tool, max_rounds=self.settings.max_tool_rounds, max_calls=kernel.max_calls, sighted=kernel.sighted
+                )
             try:
                 completion = self.settings.gateway.complete(
                     models,
@@ -347,7 +361,7 @@ class Turns:
                     _record_failure(store, session_id, error, _stored_tools(error.tools, kernel, to_store), to_store)
                 raise
             question = _settle(saving)
-            plan.add_requests(completion.tool_messages, completion.requests, self.counter(models[0]))
+            plan.add_requests(images_named(completion.tool_messages), completion.requests, self.counter(models[0]))
             message_id = None
             if session_id:
                 stored = store.save_message(
@@ -359,7 +373,11 @@ class Turns:
                     usage={"prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens},
                     cost=completion.cost,
                     tools=_stored_tools(completion.tool_calls, kernel, to_store),
-                    sent=record_of(plan, [schema["function"]["name"] for schema in runner.schemas] if runner is not None else (), attached.labels),
+                    sent=record_of(
+                        plan,
+                        [schema["function"]["name"] for schema in runner.offered_to(completion.sees)] if runner is not None else (),
+                        attached.outcome(completion.sees, completion.tool_calls),
+                    ),
                 )
                 message_id = stored["id"]
                 if session is not None and not session.get("model"):
@@ -384,7 +402,7 @@ class Turns:
                 _saved_locally_notice(stored if session_id else None),
                 model_notice(completion.model),
                 _limited_note(plan),
-                attached.notice(models[0]),
+                attached.notice(completion.model, completion.sees),
             ]
             return TurnResult(
                 response=completion.text,

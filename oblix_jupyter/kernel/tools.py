@@ -12,6 +12,12 @@ under secret-looking keys and DataFrame columns. A tool never raises: a bad call
 back as ``ok=False`` with a one-line message the model can act on. pandas and NumPy are
 only touched when a value is one of theirs.
 
+A model that can see may also be shown the images a cell displayed (``cell_images``):
+the kernel picks them from its memory of displays, and the turn's ``show`` (given only
+when the model can see) makes each one ready to send, so no byte of an image leaves
+here for a model that cannot see it; a few a call and an answer, within the tokens the
+turn has left.
+
 Tools are bounded, and the model is told the limits in the schemas: conditions per
 filter, calls per request (``MAX_CALLS``, which the gateway enforces), requests per turn.
 Every conversion of a user object to text in a call shares one time limit
@@ -32,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..context.relevance import truncate_to_tokens
+from ..errors import OblixError
 from ..redaction import WITHHELD, is_secret_name, redact, withhold_values
 from .describe import describe_fully, glance, sample_positions
 from .images import memory_of
@@ -41,7 +48,11 @@ from .text import TEXT_SECONDS, is_module, is_secret_label, is_type, label_text,
 from .variables import approximate_tokens, is_hidden_name, secret_values
 
 if TYPE_CHECKING:
-    from .images import DisplayedImages
+    from .images import DisplayedImages, NotebookImage
+
+# How an image is shown to the turn's model: its content part and the input tokens it costs.
+# Given by the turn (which knows the model); raises an OblixError for an image it cannot send.
+ShowImage = Callable[["NotebookImage"], tuple[dict[str, Any], int]]
 
 DEFAULT_ROWS = 20
 MAX_ROWS = 200
@@ -49,6 +60,8 @@ MAX_SEARCH_RESULTS = 20
 MAX_CONDITIONS = 8
 MAX_LISTED_VALUES = 100  # values of one `in` / `not in` condition
 MAX_CALLS = 8  # tool calls the model may ask for in one request; the gateway runs no more
+IMAGES_PER_CALL = 3  # images one cell_images call shows: a cell's few figures, not a gallery
+IMAGES_PER_ANSWER = 6  # over a whole answer: each request sends every image shown before it again
 FILTER_SECONDS = 3.0
 FILTER_BLOCK = 524_288  # rows a filter evaluates at once: its masks' memory
 OPERATORS = ("==", "!=", "<", "<=", ">", ">=", "in", "not in", "contains", "startswith", "isna", "notna")
@@ -63,11 +76,12 @@ TOOLS = ToolRegistry()  # every tool a model may be offered, declared below on t
 
 @dataclass(frozen=True)
 class ToolResult:
-    """One tool call's outcome: ``text`` goes to the model, ``summary`` is the line the user sees."""
+    """One tool call's outcome: ``text`` goes to the model, ``summary`` is the line the user sees, ``parts`` the images it shows."""
 
     text: str
     summary: str
     ok: bool
+    parts: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -125,10 +139,13 @@ class KernelTools:
     shown only then, whole. ``hidden`` are the shell's own names (``user_ns_hidden``). The
     cell tools are offered only with ``cells``, the search tool only with ``search``
     (``search(query, limit)`` returns the best-matching passages of earlier messages).
-    ``rounds`` is how many requests a turn may make, which the model is told.
+    ``rounds`` is how many requests a turn may make, which the model is told. The image
+    tool is offered only with ``show`` (the turn's model can see) and images remembered;
+    the images of an answer may cost at most ``image_tokens``.
     """
 
     max_calls = MAX_CALLS  # for the gateway, which runs the calls
+    sighted = frozenset({"cell_images"})  # for the gateway: tools offered only to a model that can see
 
     def __init__(
         self,
@@ -141,6 +158,8 @@ class KernelTools:
         count: Callable[[str], int] = approximate_tokens,
         cap_tokens: int = 1500,
         rounds: int | None = None,
+        show: ShowImage | None = None,
+        image_tokens: int = 0,
     ) -> None:
         self.namespace = namespace
         self.named = frozenset(named)
@@ -150,8 +169,12 @@ class KernelTools:
         self.count = count
         self.cap_tokens = cap_tokens
         self.rounds = rounds
+        self.show = show
+        self.image_tokens = image_tokens
         self._kept: list[str] = []  # this call's texts of variables the user named: sent as they are
         self._withheld: list[str] = []  # this call's secret values (``secret_values``), withheld from every text
+        self._parts: list[dict[str, Any]] = []  # this call's images, as the model is shown them
+        self._shown: list[int] = []  # the input tokens of each image this answer has shown
 
     @classmethod
     def from_shell(cls, shell: Any, named: Sequence[str] = (), **options: Any) -> KernelTools:
@@ -168,6 +191,7 @@ class KernelTools:
         items = dict(self._items())
         self._kept = [value for name, value in items.items() if self._reveals(name) and type(value) is str]
         self._withheld = secret_values(items, self.named)
+        self._parts = []
         try:
             with warnings.catch_warnings(), text_budget(TEXT_SECONDS):  # pandas' and NumPy's warnings would print in the user's cell
                 warnings.simplefilter("ignore")
@@ -183,7 +207,8 @@ class KernelTools:
     def _result(self, text: str, summary: str, ok: bool) -> ToolResult:
         text, summary = self._redacted(text), self._redacted(summary)
         line = summary.replace("\n", " ")
-        return ToolResult(_capped(text, self.cap_tokens, self.count), line if len(line) <= 160 else line[:159] + "…", ok)
+        parts = tuple(self._parts) if ok else ()
+        return ToolResult(_capped(text, self.cap_tokens, self.count), line if len(line) <= 160 else line[:159] + "…", ok, parts)
 
     def _redacted(self, text: str) -> str:
         """``text`` through the one redaction, and without the notebook's secret values (``secret_values``)."""
@@ -196,7 +221,7 @@ class KernelTools:
         on purpose for one turn is not kept in it. Only a call made while a secret-looking
         variable was named is run again (tools only read, so it gives the same answer).
         """
-        if not any(is_secret_name(named) for named in self.named):
+        if name in self.sighted or not any(is_secret_name(named) for named in self.named):  # an image tool names images, never a value
             return text
         unnamed = [named for named in self.named if not is_secret_name(named)]
         again = KernelTools(
@@ -388,7 +413,7 @@ class KernelTools:
     @TOOLS.tool(
         "notebook_cell",
         lambda tools: "The source of notebook cell `number` (In[number]), the value it returned (Out[number]) "
-        "and the images it displayed (named, not shown). " + tools._cells_run(),
+        f"and the images it displayed ({'named; cell_images shows them' if tools._can_show() else 'named, not shown'}). " + tools._cells_run(),
         properties={"number": {"type": "integer", "description": "The cell's execution count."}},
         required=["number"],
         offered_when=lambda tools: tools.cells is not None,
@@ -419,6 +444,68 @@ class KernelTools:
     def _cells_run(self) -> str:
         latest = self.cells.latest
         return f"Cells run so far are numbered 1-{latest}." if latest >= 1 else "No cell has run yet."
+
+    def _can_show(self) -> bool:
+        """Whether the image tool is offered: the model can see, and the kernel still keeps some image's bytes."""
+        return self.show is not None and self.cells is not None and self.cells.images is not None and self.cells.images.last_cell() is not None
+
+    @TOOLS.tool(
+        "cell_images",
+        lambda tools: "See the images notebook cell `number` displayed (notebook_cell names them), shrunk to be sent. "
+        f"At most {IMAGES_PER_CALL} a call and {IMAGES_PER_ANSWER} an answer. " + tools._cells_run(),
+        properties={
+            "number": {"type": "integer", "description": "The cell's execution count."},
+            "which": {
+                "type": "array",
+                "items": {"type": "integer"},
+                "maxItems": IMAGES_PER_CALL,
+                "description": "Which of the cell's images, counting from 1 in the order notebook_cell lists them (default: the first ones).",
+            },
+        },
+        required=["number"],
+        offered_when=lambda tools: tools._can_show(),
+    )
+    def _cell_images(self, number: int, which: Sequence[int] | None = None) -> tuple[str, str]:
+        displayed = self.cells.images.images_of(number)
+        if not displayed:
+            raise ToolRefusal(f"Cell {number} displayed no image that is still remembered; notebook_cell names a cell's images.")
+        if which:
+            unknown = [position for position in which if not 1 <= position <= len(displayed)]
+            if unknown:
+                raise ToolRefusal(f"Cell {number} displayed {len(displayed)} image(s): `which` counts 1-{len(displayed)}; got {unknown[0]}.")
+        wanted = [displayed[position - 1] for position in dict.fromkeys(which)] if which else displayed
+        sent: list[str] = []
+        unsent: list[str] = []
+        for image in wanted:
+            why_not = self._show(image, len(sent))
+            if why_not is None:
+                sent.append(image.label)
+            else:
+                unsent.append(why_not)
+        images = f"{len(sent)} image{'s' if len(sent) != 1 else ''} of cell {number}"
+        lines = [f"{images} follow{'s' if len(sent) == 1 else ''}: {', '.join(sent)}." if sent else f"No image of cell {number} was sent."]
+        if unsent:
+            lines.append("Not sent: " + "; ".join(unsent) + ".")
+        return "\n".join(lines), f"looked at {images}"
+
+    def _show(self, image: NotebookImage, this_call: int) -> str | None:
+        """Show ``image`` to the model (its part kept for this call's result); or, when it cannot be, say why, naming it."""
+        if image.data is None:
+            return f"{image.label} (not kept: {image.withheld or 'its bytes are gone'})"
+        if this_call >= IMAGES_PER_CALL:
+            return f"{image.label} (at most {IMAGES_PER_CALL} images a call)"
+        if len(self._shown) >= IMAGES_PER_ANSWER:
+            return f"{image.label} (at most {IMAGES_PER_ANSWER} images an answer)"
+        try:
+            part, tokens = self.show(image)
+        except OblixError as error:  # Pillow cannot read it, or is missing: the model hears why, in words that name the image
+            return str(error).rstrip(".")
+        left = self.image_tokens - sum(self._shown)
+        if tokens > left:
+            return f"{image.label} (its {tokens:,} tokens are more than the {max(0, left):,} this turn has left)"
+        self._parts.append(part)
+        self._shown.append(tokens)
+        return None
 
     @TOOLS.tool(
         "last_error",

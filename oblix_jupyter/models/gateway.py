@@ -7,6 +7,14 @@ text arrived* with an error worth retrying elsewhere (connection, timeout, 5xx, 
 does the gateway try the next configured model. A model that can call tools may be
 given some (a ``ToolRunner``): the gateway runs the calls it asks for and asks again,
 for a few rounds, without knowing what the tools do.
+
+Images travel in the messages as OpenAI content parts, each carrying its label and the
+note a model that cannot see reads instead (``image_part``). The gateway gives each
+model of the chain what it can take (``supports_vision``): the image to one that sees,
+its note to any other, so a fallback that cannot see never gets the bytes. Images a
+tool returns follow the tool results as a user message, the one place every provider
+takes them (OpenAI's tool messages carry text only; litellm merges the two into one
+turn for Anthropic).
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ import json
 import os
 import re
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, NamedTuple, Protocol
@@ -29,8 +37,9 @@ DEFAULT_ANSWER_RESERVE = 1024
 DEFAULT_TIMEOUT = 120.0
 DEFAULT_MAX_TOOL_ROUNDS = 5
 TOOL_MODELS_ENV = "OBLIX_TOOL_MODELS"
+VISION_MODELS_ENV = "OBLIX_VISION_MODELS"
 
-# Per-model options oblix reads itself (here and in images.can_see); everything else in model_options goes to litellm.
+# Per-model options oblix reads itself; everything else in model_options goes to litellm.
 _GATEWAY_OPTIONS = frozenset({"supports_tools", "supports_vision"})
 
 _litellm: ModuleType | None = None
@@ -184,6 +193,18 @@ def supports_tools(model: str, model_options: dict[str, Any] | None = None) -> b
     return model_can(model, model_options, "supports_tools", TOOL_MODELS_ENV, lambda litellm: litellm.supports_function_calling(model=model))
 
 
+def supports_vision(model: str, model_options: dict[str, Any] | None = None) -> bool:
+    """Whether ``model`` is sent images: an explicit setting first, else what litellm knows, as ``supports_tools`` decides tools.
+
+    litellm answers ``supports_vision`` from its model map, so it says no for every model
+    it has no entry for (an OpenAI-compatible endpoint behind ``api_base``, most
+    ``ollama/...`` names). The per-model option ``{"supports_vision": True}``, or naming
+    the model in ``OBLIX_VISION_MODELS`` (comma-separated), says yes for those; the option
+    can also say no to a model litellm lists. The offline model reads text only.
+    """
+    return model_can(model, model_options, "supports_vision", VISION_MODELS_ENV, lambda litellm: litellm.supports_vision(model=model))
+
+
 def model_can(
     model: str, model_options: dict[str, Any] | None, option: str, env_name: str, litellm_says: Callable[[ModuleType], bool]
 ) -> bool:
@@ -201,6 +222,57 @@ def model_can(
         return False
 
 
+IMAGE_ABOUT = "oblix_image"  # key of an image part holding its label and note: read here, never sent
+CANNOT_SEE = "[an image: this model cannot see images]"  # for an image part that came without its own note
+_TOOL_IMAGES = "The images the tool calls above returned:"
+
+
+def image_part(part: Mapping[str, Any], label: str, note: str) -> dict[str, Any]:
+    """``part`` (an OpenAI ``image_url`` content part) carrying its ``label`` and the ``note`` a model that cannot see reads instead."""
+    return {**part, IMAGE_ABOUT: {"label": label, "note": note}}
+
+
+def images_as_text(messages: Sequence[dict[str, Any]], text_for: Callable[[Mapping[str, Any]], str]) -> list[dict[str, Any]]:
+    """``messages`` with each image part replaced by ``text_for(its label and note)``; a content left all text becomes one string.
+
+    Returns a copy only of the messages that hold an image: what a model that cannot see
+    is sent (``text_for`` giving the note), or what a record names (giving the label).
+    """
+    return [_content_as_text(message, text_for) if _images_in(message) else message for message in messages]
+
+
+def _content_as_text(message: dict[str, Any], text_for: Callable[[Mapping[str, Any]], str]) -> dict[str, Any]:
+    parts = [{"type": "text", "text": text_for(part.get(IMAGE_ABOUT) or {})} if _is_image(part) else part for part in message["content"]]
+    if all(isinstance(part, Mapping) and part.get("type") == "text" for part in parts):
+        return {**message, "content": "\n\n".join(str(part.get("text", "")) for part in parts)}
+    return {**message, "content": parts}
+
+
+def _images_in(message: Mapping[str, Any]) -> bool:
+    content = message.get("content")
+    return isinstance(content, list) and any(map(_is_image, content))
+
+
+def _is_image(part: Any) -> bool:
+    return isinstance(part, Mapping) and part.get("type") == "image_url"
+
+
+def _note_of(about: Mapping[str, Any]) -> str:
+    return str(about.get("note") or CANNOT_SEE)
+
+
+def _bare(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``messages`` as a provider takes them: image parts without what only the gateway reads."""
+    return [
+        {**message, "content": [_without_about(part) for part in message["content"]]} if _images_in(message) else message
+        for message in messages
+    ]
+
+
+def _without_about(part: Any) -> Any:
+    return {key: value for key, value in part.items() if key != IMAGE_ABOUT} if isinstance(part, Mapping) and IMAGE_ABOUT in part else part
+
+
 class ToolOutcome(Protocol):
     """What running a tool gives back; the kernel's ``ToolResult`` has this shape without importing it."""
 
@@ -213,6 +285,9 @@ class ToolOutcome(Protocol):
     @property
     def ok(self) -> bool: ...
 
+    @property
+    def parts(self) -> Sequence[Mapping[str, Any]]: ...  # images it shows the model (``image_part``), sent after the results
+
 
 @dataclass
 class ToolRunner:
@@ -224,7 +299,8 @@ class ToolRunner:
     each call as soon as it has run, so a front end can show it while the answer is
     still coming. A turn makes at most ``max_rounds`` requests and the last offers no
     tools, so it must be answered in text; of the calls one request asks for, the first
-    ``max_calls`` run (None: all), and the model hears that the others did not.
+    ``max_calls`` run (None: all), and the model hears that the others did not. The
+    tools named in ``sighted`` show images, and are offered only to a model that can see.
     """
 
     schemas: list[dict[str, Any]]
@@ -232,6 +308,11 @@ class ToolRunner:
     on_tool: Callable[[dict[str, Any]], None] | None = None
     max_rounds: int = DEFAULT_MAX_TOOL_ROUNDS
     max_calls: int | None = None
+    sighted: frozenset[str] = frozenset()
+
+    def offered_to(self, sees: bool) -> list[dict[str, Any]]:
+        """The schemas offered to a model: without the tools that show images, to one that cannot see them."""
+        return self.schemas if sees else [schema for schema in self.schemas if schema["function"]["name"] not in self.sighted]
 
 
 @dataclass
@@ -247,13 +328,16 @@ class Completion:
     failed_models: list[tuple[str, str]] = field(default_factory=list)
     error: str | None = None
     # The tools the model called, in order: {"name", "arguments", "summary", "ok", "result"},
-    # where result is the text the model was sent.
+    # where result is the text the model was sent, and "images" the labels of those it was shown.
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     # What the tool rounds added after the messages given, as sent (each round: the assistant's
     # message asking for calls, then their results), and every request of the answer in order:
     # ``--explain`` shows a turn's input as the sum of its requests, as the usage does.
     tool_messages: list[dict[str, Any]] = field(default_factory=list)
     requests: list[SentRequest] = field(default_factory=list)
+    # Whether this model was sent images (those given, and offered the tools that show some);
+    # one that was not read each given image's note instead.
+    sees: bool = False
 
 
 class SentRequest(NamedTuple):
@@ -339,7 +423,8 @@ class ModelGateway:
         ``should_stop`` said so or the user pressed Ctrl-C; raises ``ModelError`` (with
         the partial text) when every model failed or the stream broke mid-answer.
         ``tools`` are offered only to a model that ``supports_tools``; once a model has
-        shown text or run a tool, no other model takes over from it.
+        shown text or run a tool, no other model takes over from it. The images in
+        ``messages`` are sent to a model that ``supports_vision``, and their notes to any other.
         """
         litellm = litellm_module()
         failed: list[tuple[str, str]] = []
@@ -385,11 +470,14 @@ class ModelGateway:
         missing = local_model.problem(model) if local_model.is_local(model) else None
         if missing is not None:  # like a server that cannot be reached: the next model may answer
             raise _FailedBeforeText(missing, retryable=True)
-        conversation = turn.conversation = list(messages)
+        images = any(map(_images_in, messages))
+        turn.sees = (images or runner is not None and bool(runner.sighted)) and supports_vision(model, options)  # asked only when it matters
+        turn.holds_images = images and turn.sees
+        conversation = turn.conversation = images_as_text(messages, _note_of) if images and not turn.sees else list(messages)
         turn.given = len(messages)
         try:
             for number in range(1, rounds + 1):
-                schemas = runner.schemas if runner is not None and number < rounds else None
+                schemas = (runner.offered_to(turn.sees) or None) if runner is not None and number < rounds else None
                 turn.next_round()
                 reply, calls, stopped = self._round(litellm, turn, conversation, should_stop, arguments, schemas)
                 if stopped:
@@ -416,6 +504,7 @@ class ModelGateway:
     ) -> tuple[str, list[dict[str, str]], bool]:
         """One request: stream its text into ``turn``; return that text, the tool calls asked for, and whether it was stopped."""
         request = {**arguments, "tools": schemas} if schemas else arguments
+        messages = _bare(messages) if turn.holds_images else messages
         try:
             stream = litellm.completion(
                 model=turn.model, messages=messages, stream=True, stream_options={"include_usage": True}, **request
@@ -464,6 +553,8 @@ class _Turn:
         self.conversation: list[dict[str, Any]] = []  # what the requests send, growing with each tool round
         self.given = 0  # the messages of ``conversation`` that came from the caller
         self.requests: list[SentRequest] = []
+        self.sees = False  # whether this model is sent images (those given, and those tools return)
+        self.holds_images = False  # the conversation has image parts to send: each request strips what only the gateway reads
         self._on_text = on_text
         self._paragraph_pending = False
 
@@ -524,6 +615,7 @@ class _Turn:
             tool_calls=self.tool_calls,
             tool_messages=self.conversation[self.given :],
             requests=self.requests,
+            sees=self.sees,
         )
 
 
@@ -564,31 +656,41 @@ def _run_tools(runner: ToolRunner, reply: str, calls: list[dict[str, str]], turn
         ],
     }
     answers: list[dict[str, Any]] = []
+    shown: list[dict[str, Any]] = []
     for number, call in enumerate(calls):
         if runner.max_calls is not None and number >= runner.max_calls:
             answers.append({"role": "tool", "tool_call_id": call["id"], "content": f"Not run: at most {runner.max_calls} tool calls per request."})
             continue
-        text, summary, ok = _run_tool(runner.run, call["name"], call["arguments"])
+        text, summary, ok, parts = _run_tool(runner.run, call["name"], call["arguments"])
+        if parts and not turn.sees:  # a model that cannot see reads the notes, whatever the tool returned
+            text = "\n".join([text, *(_note_of(part.get(IMAGE_ABOUT) or {}) for part in parts)])
         record = {"name": call["name"], "arguments": call["arguments"], "summary": summary, "ok": ok, "result": text}
+        if parts and turn.sees:
+            shown += parts
+            record["images"] = [str((part.get(IMAGE_ABOUT) or {}).get("label") or "an image") for part in parts]
         turn.tool_calls.append(record)
         if runner.on_tool is not None:
             runner.on_tool(record)
         answers.append({"role": "tool", "tool_call_id": call["id"], "content": text})
+    if shown:
+        turn.holds_images = True
+        answers.append({"role": "user", "content": [{"type": "text", "text": _TOOL_IMAGES}, *shown]})
     return [asked, *answers]
 
 
-def _run_tool(run: Callable[[str, str], ToolOutcome], name: str, arguments: str) -> tuple[str, str, bool]:
-    """Run one tool, giving (text for the model, summary for the user, ok).
+def _run_tool(run: Callable[[str, str], ToolOutcome], name: str, arguments: str) -> tuple[str, str, bool, list[dict[str, Any]]]:
+    """Run one tool, giving (text for the model, summary for the user, ok, the image parts it shows).
 
     A tool that raises tells the model so in one line, never with a traceback, and the turn goes on.
     """
     try:
         outcome = run(name, arguments)
-        return str(outcome.text), str(outcome.summary), bool(outcome.ok)
+        parts = [dict(part) for part in outcome.parts if _is_image(part)]
+        return str(outcome.text), str(outcome.summary), bool(outcome.ok), parts
     except Exception as error:  # whatever broke, the model hears of it and the answer goes on
         detail = str(error).strip().splitlines()
         failure = redact(f"tool failed: {type(error).__name__}" + (f": {detail[0][:200]}" if detail else ""))
-        return failure, failure, False
+        return failure, failure, False, []
 
 
 _logging_switched_off = False
@@ -640,6 +742,8 @@ __all__ = [
     "ToolRunner",
     "configured_models",
     "count_tokens",
+    "image_part",
+    "images_as_text",
     "litellm_module",
     "local_input_budget",
     "max_input_tokens",
@@ -649,4 +753,5 @@ __all__ = [
     "preload_litellm",
     "split_models",
     "supports_tools",
+    "supports_vision",
 ]

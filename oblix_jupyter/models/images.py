@@ -5,7 +5,7 @@ no more detail than its provider's own downscaling keeps, yet counts (and bills)
 So ``prepare`` shrinks it to ``max_px`` on its longest side, keeps whichever of PNG
 (plots: flat colours, sharp lines) and JPEG (photographs) is smaller, and estimates its
 input tokens by the provider's rule (``image_tokens``) for the turn's budget. Only a model
-that ``can_see`` is sent it, as an OpenAI-style content part (litellm translates that
+that can see (``gateway.supports_vision``) is sent it, as an OpenAI-style content part (litellm translates that
 for every provider); any other gets one line of text saying what it was not shown.
 Pillow and litellm are imported only when first needed.
 
@@ -32,25 +32,11 @@ from types import ModuleType
 from typing import Any
 
 from ..errors import ImagesUnavailable, OblixError, UnreadableImage
-from .gateway import model_can
 
 DEFAULT_MAX_PX = 1024
 JPEG_QUALITY = 85  # no visible loss on a photograph, and a plot's text and lines stay legible
-VISION_MODELS_ENV = "OBLIX_VISION_MODELS"
 _ENCODED = {"PNG": "image/png", "JPEG": "image/jpeg"}
 READY_KEPT = 8  # images made ready and kept: the last cell's few, a retry's, the picker's choice
-
-
-def can_see(model: str, model_options: dict[str, Any] | None = None) -> bool:
-    """Whether ``model`` is sent images: an explicit setting first, else what litellm knows, as ``supports_tools`` decides tools.
-
-    litellm answers ``supports_vision`` from its model map, so it says no for every model
-    it has no entry for (an OpenAI-compatible endpoint behind ``api_base``, most
-    ``ollama/...`` names). The per-model option ``{"supports_vision": True}``, or naming
-    the model in ``OBLIX_VISION_MODELS`` (comma-separated), says yes for those; the option
-    can also say no to a model litellm lists. The offline model reads text only.
-    """
-    return model_can(model, model_options, "supports_vision", VISION_MODELS_ENV, lambda litellm: litellm.supports_vision(model=model))
 
 
 @dataclass(frozen=True)

@@ -7,23 +7,38 @@ the model was offered and what it was answered.
 
 from __future__ import annotations
 
+import io
 import json
 
 import pandas as pd
 import pytest
 from conftest import TEST_KEY, TEST_MODEL
 from model_server import Behavior, ToolCall
+from PIL import Image
 
+from oblix_jupyter.kernel.images import DisplayedImages
 from oblix_jupyter.kernel.registry import InvalidToolDeclaration, ToolRefusal, ToolRegistry
 from oblix_jupyter.kernel.tools import TOOLS, CellHistory, KernelTools
 from oblix_jupyter.models.gateway import ModelGateway, ToolRunner
 
 NAMESPACE = {"df": pd.DataFrame({"city": ["Paris", "Lyon"], "n": [1, 2]}), "api_key": "sk-live-0123456789abcdef"}
-CELLS = CellHistory(["", "df"], {1: NAMESPACE["df"]}, None)
+
+
+def displayed() -> DisplayedImages:
+    """A kernel's memory in which cell 1 showed one small PNG."""
+    memory, png = DisplayedImages(), io.BytesIO()
+    Image.new("RGB", (4, 3)).save(png, "PNG")
+    memory.record(1, {"image/png": png.getvalue()})
+    return memory
+
+
+CELLS = CellHistory(["", "df"], {1: NAMESPACE["df"]}, None, displayed())
 
 
 def full() -> KernelTools:
-    return KernelTools(NAMESPACE, cells=CELLS, search=lambda query, limit: [], rounds=4)
+    """Every tool offered: cells, a search, and a model that can see the cells' images."""
+    show = lambda image: ({"type": "image_url", "image_url": {"url": "data:image/png;base64,"}}, 85)  # noqa: E731
+    return KernelTools(NAMESPACE, cells=CELLS, search=lambda query, limit: [], rounds=4, show=show, image_tokens=1000)
 
 
 def test_a_tool_without_a_schema_cannot_be_registered():
@@ -70,11 +85,11 @@ def test_the_schemas_sent_are_the_registrys():
     tools = full()
     assert tools.schemas() == [tool.schema(tools) for tool in TOOLS]
     assert [schema["function"]["name"] for schema in tools.schemas()] == [
-        "list_variables", "describe_variable", "dataframe_rows", "search_conversation", "notebook_cell", "last_error",
+        "list_variables", "describe_variable", "dataframe_rows", "search_conversation", "notebook_cell", "cell_images", "last_error",
     ]
     bare = KernelTools(NAMESPACE)
     assert bare.schemas() == [tool.schema(bare) for tool in TOOLS.offered(bare)]
-    assert {tool.name for tool in TOOLS} - {tool.name for tool in TOOLS.offered(bare)} == {"search_conversation", "notebook_cell", "last_error"}
+    assert {tool.name for tool in TOOLS} - {tool.name for tool in TOOLS.offered(bare)} == {"search_conversation", "notebook_cell", "cell_images", "last_error"}
     assert "Cells run so far are numbered 1-1." in tools.schemas()[4]["function"]["description"]
     assert "4 requests a turn" in tools.schemas()[0]["function"]["description"]
 
@@ -92,6 +107,7 @@ BAD_CALLS = [
     ("dataframe_rows", {"name": "df", "limit": True}),
     ("dataframe_rows", {}),
     ("notebook_cell", {"number": "1; import os"}),
+    ("cell_images", {"number": 1, "which": [0]}),
     ("last_error", {"why": 1}),
 ]
 

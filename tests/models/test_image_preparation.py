@@ -13,8 +13,8 @@ from PIL import Image
 
 from oblix_jupyter.errors import ImagesUnavailable, UnreadableImage
 from oblix_jupyter.models import local_model
-from oblix_jupyter.models.gateway import ModelGateway
-from oblix_jupyter.models.images import DEFAULT_MAX_PX, cannot_see_note, can_see, image_tokens, prepare
+from oblix_jupyter.models.gateway import ModelGateway, supports_vision
+from oblix_jupyter.models.images import DEFAULT_MAX_PX, cannot_see_note, image_tokens, prepare
 
 
 def encoded(picture: Image.Image, kind: str) -> bytes:
@@ -141,15 +141,15 @@ def test_the_content_part_and_the_note():
     assert cannot_see_note("figure from cell 5") == "[a figure from cell 5: this model cannot see images]"
 
 
-def test_which_models_can_see(monkeypatch):
-    assert can_see("openai/gpt-4o-mini") and can_see("anthropic/claude-sonnet-4-20250514")  # litellm's model map says so
-    assert not can_see("openai/gpt-3.5-turbo")  # litellm knows it reads text only
-    assert not can_see("openai/gpt-4o-mini", {"supports_vision": False})
-    assert not can_see(TEST_MODEL)  # an endpoint litellm has no entry for
-    assert can_see(TEST_MODEL, {"supports_vision": True, "api_base": "http://127.0.0.1:1/v1"})
+def test_which_models_supports_vision(monkeypatch):
+    assert supports_vision("openai/gpt-4o-mini") and supports_vision("anthropic/claude-sonnet-4-20250514")  # litellm's model map says so
+    assert not supports_vision("openai/gpt-3.5-turbo")  # litellm knows it reads text only
+    assert not supports_vision("openai/gpt-4o-mini", {"supports_vision": False})
+    assert not supports_vision(TEST_MODEL)  # an endpoint litellm has no entry for
+    assert supports_vision(TEST_MODEL, {"supports_vision": True, "api_base": "http://127.0.0.1:1/v1"})
     monkeypatch.setenv("OBLIX_VISION_MODELS", f"ollama/llava, {TEST_MODEL}")
-    assert can_see(TEST_MODEL) and can_see("ollama/llava") and not can_see("ollama/llama3")
-    assert not can_see(local_model.LOCAL_MODEL, {"supports_vision": True})  # the offline model reads text only
+    assert supports_vision(TEST_MODEL) and supports_vision("ollama/llava") and not supports_vision("ollama/llama3")
+    assert not supports_vision(local_model.LOCAL_MODEL, {"supports_vision": True})  # the offline model reads text only
 
 
 def test_the_image_part_reaches_the_server_whole_and_the_vision_setting_stays_with_oblix(server):

@@ -25,6 +25,7 @@ class Looked:
     text: str
     summary: str
     ok: bool
+    parts: tuple = ()
 
 
 def look(name: str, arguments: str) -> Looked:
