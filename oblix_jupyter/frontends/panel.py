@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import functools
 import html
+import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -24,9 +25,11 @@ import ipywidgets as widgets
 
 from ..errors import AnswerInterrupted, ModelError, OblixError
 from ..kernel.binding import NotebookBinding
+from ..kernel.images import KEPT_TYPES, DisplayedImages, NotebookImage, memory_of
 from ..kernel.variables import is_hidden_name, summarize_variables
 from ..render import local_time, prepare
 from .display import OUTPUT_CSS, UPDATE_INTERVAL, WAITING_TICK, ImageReader, PlanView, Waiting, code_blocks, message_html
+from .image_picker import PICKER_CSS, ImagePicker
 from .session_follower import SessionFollower
 
 if TYPE_CHECKING:
@@ -51,7 +54,7 @@ INCOMPLETE = {
 # message (a scroll-driven animation: hidden while the list does not scroll, which leaves
 # its timeline inactive; a browser without them runs the animation to its end and always
 # shows the button).
-STYLE = "<style>" + OUTPUT_CSS + """
+STYLE = "<style>" + OUTPUT_CSS + PICKER_CSS + """
 .oblix-chat { gap: 4px; min-width: 0; overflow: visible; timeline-scope: --oblix-list; }
 .oblix-chat > *, .oblix-chat .oblix-messages > * { flex: 0 0 auto; }
 .oblix-chat .oblix-row { flex-flow: row wrap; gap: 4px; align-items: center; overflow: visible; }
@@ -139,6 +142,12 @@ def last_activity(timestamp: str, now: datetime | None = None) -> str:
     return f"{local.day} {local:%b}" + ("" if local.year == now.astimezone().year else f" {local.year}")
 
 
+def running_kernel_images() -> DisplayedImages | None:
+    """The images the running IPython's cells displayed, if Oblix is loaded in it (IPython is asked only when already imported)."""
+    ipython = sys.modules.get("IPython")
+    return memory_of(ipython.get_ipython()) if ipython is not None else None
+
+
 def _messages(count: int) -> str:
     return "1 message" if count == 1 else f"{count} messages"
 
@@ -164,6 +173,7 @@ class PendingTurn:
     model: str  # the model asked first, named in the answer's place at once
     prompt_view: widgets.Output
     answer_view: widgets.Output
+    images: Sequence[NotebookImage] = ()  # what the prompt carries: given back with it, and sent again by a retry
     started: float = field(default_factory=time.monotonic)
     text: str = ""  # the answer streamed so far
     tools: list[dict[str, Any]] = field(default_factory=list)  # the tools the model called, as they were called
@@ -199,8 +209,13 @@ class ChatPanel(widgets.VBox):
         namespace: Mapping[str, Any] | None = None,
         binding: NotebookBinding | None = None,
         insert_code: Callable[[str], bool] | None = None,
+        displayed: DisplayedImages | None = None,
     ) -> None:
-        """``insert_code`` puts code into a new notebook cell (the magics pass the lab extension's)."""
+        """``insert_code`` puts code into a new notebook cell (the magics pass the lab extension's).
+
+        ``displayed``: the images the kernel's cells displayed, which the picker offers; by
+        default those of the IPython running the panel, when Oblix is loaded there.
+        """
         if client is None:
             from ..client import OblixClient
 
@@ -209,6 +224,7 @@ class ChatPanel(widgets.VBox):
         self.namespace: Mapping[str, Any] = namespace if namespace is not None else {}
         self.binding = binding
         self.insert_code = insert_code
+        self.displayed = displayed if displayed is not None else running_kernel_images()
         if session_id is not None:
             session_id = client.resolve_session_id(session_id)
             if binding is not None:
@@ -235,7 +251,7 @@ class ChatPanel(widgets.VBox):
             signature=lambda: self._signature(self._bound()),
             wait=self._wait_for_change,
             on_change=self.refresh,
-            on_same=self._update_variables,
+            on_same=self._update_notebook,
         )
         self._model = ""  # the model the shown session's next turn asks first
         self._stored_count = 0  # the messages the shown session held when last rendered
@@ -297,6 +313,7 @@ class ChatPanel(widgets.VBox):
         self.retry_button.add_class("oblix-retry")
         self.explain_toggle = W.ToggleButton(description="Explain", tooltip="Show what context the last turn sent", layout=Layout(width="auto"))
         self.explain_toggle.add_class("oblix-explain-toggle")
+        self.image_picker = ImagePicker(self.displayed)
         self.new_button.on_click(self._new_session)
         self.delete_button.on_click(self._delete_clicked)
         self.cancel_delete_button.on_click(lambda _button: (self._reset_delete(), self._show_notice("")))
@@ -339,7 +356,9 @@ class ChatPanel(widgets.VBox):
             jump_row,
             self.notice,
             self.explain_output,
-            row(W.HTML("<small>Context:</small>"), self.variables_input),
+            row(W.HTML("<small>Context:</small>"), self.variables_input, self.image_picker.button),
+            self.image_picker.gallery,
+            self.image_picker.chips,
             self.textarea,
             row(self.send_button, self.stop_button, self.retry_button, self.explain_toggle),
         ]
@@ -432,7 +451,7 @@ class ChatPanel(widgets.VBox):
             self._render_picker(session, recent)
             self._render_settings(session, recent)
             self._render_messages(session)
-            self._update_variables()
+            self._update_notebook()
 
     def _render_picker(self, session: dict[str, Any] | None, recent: list[dict[str, Any]]) -> None:
         listed = [s for s in recent if s["id"] != self._session_id]
@@ -545,6 +564,11 @@ class ChatPanel(widgets.VBox):
         if self.insert_code is None or not self.insert_code(code):
             self._show_notice("Inserting cells needs the oblix JupyterLab extension.", error=True)
 
+    def _update_notebook(self) -> None:
+        """What the notebook offers as context: its variables, and the images its cells displayed."""
+        self._update_variables()
+        self.image_picker.update()
+
     def _update_variables(self) -> None:
         names = notebook_variables(self.namespace)
         if names != list(self.variables_input.allowed_tags):
@@ -559,22 +583,25 @@ class ChatPanel(widgets.VBox):
     def busy(self) -> bool:
         return self.worker is not None and self.worker.is_alive()
 
-    def send(self, _button: Any = None) -> None:
-        """Send what is typed; the answer streams in from a background thread.
+    def send(self, _button: Any = None, images: Sequence[NotebookImage] | None = None) -> None:
+        """Send what is typed, with the images chosen in the picker; the answer streams in from a background thread.
 
-        The prompt leaves the box and the answer's place shows which model is working at
-        once, before the store is read; the prompt comes back if the turn fails before
-        any of the answer arrived.
+        The prompt leaves the box (and its images the picker) and the answer's place shows
+        which model is working at once, before the store is read; both come back if the
+        turn fails before any of the answer arrived. ``images``: sent instead of the
+        picker's choice, which stays as it is (a retry's, as the session kept them).
         """
         prompt = self.textarea.value.strip()
         if not prompt or self.busy:
             return
         self._show_notice("")
         with self._render_lock:
+            images = self.image_picker.take() if images is None else images
             prompt_view = message_view("user")
-            prompt_view.outputs = message_outputs({"role": "user", "content": prompt})
+            entries, read = self.image_picker.pending(images)
+            prompt_view.outputs = message_outputs({"role": "user", "content": prompt, "attachments": entries}, read)
             turn = PendingTurn(
-                self._session_id, self._stored_count, self.textarea.value, self._model, prompt_view, message_view("assistant")
+                self._session_id, self._stored_count, self.textarea.value, self._model, prompt_view, message_view("assistant"), images
             )
             turn.show_answer(turn.started)
             self._turn = turn
@@ -604,8 +631,32 @@ class ChatPanel(widgets.VBox):
         if self._failed_prompt is not None and not self.busy:
             typed = self.textarea.value
             self.textarea.value = self._failed_prompt
-            self.send()
+            self.send(images=self._failed_images())
             self.textarea.value = typed  # what the user was writing meanwhile stays in the box
+
+    def _failed_images(self) -> list[NotebookImage]:
+        """The images the failed prompt carried, as the session keeps them (what its model was sent), for a retry to send again.
+
+        The entries come from a session file: only PNG and JPEG bytes are read; any other
+        entry, or one whose bytes are gone, is named only, as ``--image`` names what it cannot send.
+        """
+        session = self._session()
+        if session is None:
+            return []
+        asked = next((m for m in reversed(session["messages"]) if m.get("role") == "user" and m.get("content") == self._failed_prompt), {})
+        images = []
+        for entry in asked.get("attachments") or []:
+            if not isinstance(entry, Mapping):
+                continue
+            mime, data = str(entry.get("mime")), None
+            if mime in KEPT_TYPES:
+                try:
+                    data = self.client.read_attachment(session["id"], str(entry.get("id")))
+                except OblixError:
+                    pass
+            label = str(entry.get("label") or "image")  # the size is read again from the bytes, not taken from the file
+            images.append(NotebookImage(label, mime, data, withheld=None if data else "no longer kept"))
+        return images
 
     def stop(self, _button: Any = None) -> None:
         """Stop the answer that is streaming; the part that arrived is kept."""
@@ -634,6 +685,7 @@ class ChatPanel(widgets.VBox):
                 should_stop=self._stop.is_set,
                 variables=self._variables(prompt),
                 on_tool=self._on_tool,
+                images=turn.images,
             )
         except AnswerInterrupted:
             pass  # the stored answer says it was interrupted; a notice would say it twice
@@ -682,9 +734,10 @@ class ChatPanel(widgets.VBox):
             turn.show_answer(time.monotonic())
 
     def _restore_prompt(self, turn: PendingTurn) -> None:
-        """A turn that failed before any answer arrived gives its prompt back, unless the user typed another."""
+        """A turn that failed before any answer arrived gives its prompt (and its images) back, unless the user typed another."""
         if not turn.text and not self.textarea.value:
             self.textarea.value = turn.sent
+            self.image_picker.give_back(turn.images)
 
     def _set_busy(self, busy: bool) -> None:
         self.stop_button.layout.display = None if busy else "none"
