@@ -12,7 +12,8 @@ than filled from the newest message back:
 4. the last two exchanges, then older recent exchanges up to ``recent_share`` of what is left;
 5. everything else goes to the earlier messages most relevant to the prompt, by words
    (BM25) and meaning (embedding vectors, when the caller passes them), fused by rank,
-   each message raised by a share of its neighbours' relevance (``relevance.spread``),
+   each message raised by a share of its neighbours' relevance (``relevance.spread``)
+   and, when the prompt names a date, the messages of that day (``relevance.dated``),
    the most relevant first; a relevant message brings its partner (question with answer), and an
    over-long one is cut to its relevant part with a visible ``[…]``;
 6. room that relevance leaves unused goes back to recency.
@@ -41,8 +42,10 @@ from .relevance import (
     LexicalIndex,
     best_passages,
     cut_to_relevant,
+    dated,
     fuse,
     join_passages,
+    named_days,
     query_terms,
     semantic_scores,
     spread,
@@ -511,6 +514,7 @@ class _Turn:
         self.included_variables: list[VariableSummary] = []
         self._tokens: dict[int, int] = {}
         self.terms: dict[str, float] = {}
+        self.days: list[tuple[int, int]] = []  # the days the prompt names by date
         self.partial: dict[int, dict[int, float]] = {}  # position -> {passage: relevance} chosen from it
 
     # -- helpers -------------------------------------------------------------------
@@ -644,6 +648,7 @@ class _Turn:
             if summary is not None:
                 self.included_variables.append(summary)
         self.terms = query_terms(prompt, [v.name for v in self.included_variables])
+        self.days = named_days(prompt)
 
     def add_everything(self, pinned: set[str]) -> bool:
         """Take the whole conversation when it fits: then there is nothing to choose, and nothing is cut.
@@ -727,7 +732,7 @@ class _Turn:
         if asked and similarities is not None:
             similarities = similarities.copy()
             similarities[list(asked)] = float("nan")
-        fused = spread(fuse(words, similarities, len(index.texts), RELEVANCE_FLOOR), index)
+        fused = dated(spread(fuse(words, similarities, len(index.texts), RELEVANCE_FLOOR), index), index, self.days)
         candidates = best_passages(fused, CANDIDATES, RELEVANCE_FLOOR)
         relevance = fused.tolist()  # indexing a NumPy array makes a scalar object per read
         texts, owners, chosen, partial, count = index.texts, index.owners, self.chosen, self.partial, self.count
