@@ -238,13 +238,15 @@ class Turns:
         from .kernel.tools import KernelTools, current_shell
 
         shell = current_shell()
-        callers = [model for model in models if supports_tools(model, self.settings.gateway.model_options.get(model))] if shell is not None else []
-        if not callers:
+        options = self.settings.gateway.model_options
+        if shell is None or not any(supports_tools(model, options.get(model)) for model in models):
             return None
         named = [summary.name for summary in variables if not summary.excluded]
         search = self._conversation_search(session) if session and session.get("messages") else None
         memory = memory_of(shell)
-        seer = next(filter(sees, callers), None) if memory is not None and memory.last_cell() is not None else None
+        seer = None
+        if memory is not None and memory.last_cell() is not None:  # only then is any model asked whether it can see
+            seer = next((model for model in models if supports_tools(model, options.get(model)) and sees(model)), None)
         show = tool_images(seer, self.settings.image_max_px) if seer is not None else None
         return KernelTools.from_shell(
             shell, named, search=search, count=self.counter(models[0]), rounds=self.settings.max_tool_rounds, show=show, image_tokens=image_tokens
@@ -333,7 +335,8 @@ class Turns:
             if before is not None and (named := earlier_images_named(before["messages"])) is not before["messages"]:
                 before = {**before, "messages": named}
             plan = self.plan(sent, before, models[0], replace(options, notebook=_redacted(options.notebook)), attached.tokens)
-            plan.messages[-1] = {**plan.messages[-1], "content": attached.content(plan.messages[-1]["content"])}
+            if attached.parts:
+                plan.messages[-1] = {**plan.messages[-1], "content": attached.content(plan.messages[-1]["content"])}
             # The prompt is written while the request goes out; the answer's first text is not
             # shown, nor the answer stored, nor any failure reported, before that write is done.
             title = _title_from(to_store(prompt)) if session is not None and (session.get("metadata") or {}).get(TITLE_FROM_PROMPT) else None

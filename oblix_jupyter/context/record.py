@@ -41,7 +41,7 @@ def record_of(plan: ContextPlan, tools: Sequence[str] = (), images: Sequence[tup
     for item in plan.items:
         if item.message_id is not None:
             by_reason.setdefault(item.reason, []).append(item.message_id)
-            if item.note.startswith("cut") or "; cut" in item.note:
+            if item.cut:
                 cut.append(item.message_id)
         elif item.reason == "variable":
             variables.append([(item.label or "").strip("`"), item.tokens])

@@ -104,6 +104,7 @@ class PlanItem:
     in_system: bool = False  # a part of the system message: its tokens are in the system item's
     label: str | None = None  # what to show in the "message" column when it is not a message id
     text: str = ""  # exactly what was sent for it
+    cut: bool = False  # a message sent in part (its relevant passages), not whole
 
     @property
     def what(self) -> str:
@@ -475,6 +476,7 @@ class _Choice:
     tokens: int
     score: float | None = None
     note: str = ""
+    cut: bool = False  # sent in part: the record says so (``context.record``)
     dated: str = ""  # the day's mark that ``text`` starts with (``_Turn.date_days``)
 
 
@@ -608,7 +610,7 @@ class _Turn:
         tokens = self.count(cut) + MESSAGE_OVERHEAD
         if tokens > limit:
             return False
-        self.chosen[position] = _Choice(reason, cut, tokens, score, note="cut to its relevant part " + ELLIPSIS)
+        self.chosen[position] = _Choice(reason, cut, tokens, score, note="cut to its relevant part " + ELLIPSIS, cut=True)
         self.room -= tokens
         return True
 
@@ -768,7 +770,7 @@ class _Turn:
                 continue
             text = join_passages(index.texts[first:end], {passage - first for passage in kept})
             note = f"{len(kept)} of {end - first} passages " + ELLIPSIS
-            self.chosen[position] = _Choice("relevant", text, self.count(text) + MESSAGE_OVERHEAD, max(kept.values()), note)
+            self.chosen[position] = _Choice("relevant", text, self.count(text) + MESSAGE_OVERHEAD, max(kept.values()), note, cut=True)
         self.partial = {}
 
     def add_fill(self) -> None:
@@ -838,7 +840,7 @@ class _Turn:
                 if status in _STATUS_MARKS:
                     note = f"{status} answer" + (f"; {note}" if note else "")
                 reason = "recent" if choice.reason == "fill" else choice.reason
-                listed.append(PlanItem(message["role"], reason, choice.tokens, message.get("id"), choice.score, note, text=choice.text))
+                listed.append(PlanItem(message["role"], reason, choice.tokens, message.get("id"), choice.score, note, text=choice.text, cut=choice.cut))
             listed.append(PlanItem("user", "prompt", prompt_tokens, text=prompt))
             return listed
 

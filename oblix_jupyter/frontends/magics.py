@@ -21,7 +21,7 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import display
 from IPython.utils._process_common import arg_split
-from traitlets import Bool, Int, List, Unicode, observe
+from traitlets import Bool, Int, List, Unicode, observe, validate
 
 from ..client import OblixClient
 from ..errors import AnswerInterrupted, BadArguments, OblixError
@@ -169,7 +169,7 @@ class Oblix(Magics):
     show_footer = Bool(True, help="show model, session and tokens under each answer").tag(config=True)
     tools = Bool(True, help="let models that can call tools look at variables, cells and the conversation (read-only)").tag(config=True)
     tool_rounds = Int(5, help="most model requests in one turn when it calls tools").tag(config=True)
-    image_max_px = Int(1024, help="an attached image's longest side, in pixels, as the model gets it").tag(config=True)
+    image_max_px = Int(1024, help="an attached image's longest side, in pixels, as the model gets it (at least 64)").tag(config=True)
 
     def __init__(self, shell: Any, **kwargs: Any) -> None:
         # Set before the traits: loading a profile's configuration calls _configuration_changed.
@@ -182,6 +182,11 @@ class Oblix(Magics):
         self.lab = LabExtension(self.follow_path, self.chat_panel)
         self.warming: threading.Thread | None = None  # what a first turn would do first, done after %load_ext
         super().__init__(shell=shell, **kwargs)
+
+    @validate("image_max_px")
+    def _image_max_px_at_least_64(self, proposal: Any) -> int:
+        """Held here, once: the turn and the kernel's head start must shrink to the same size, or the one never finds the other's work."""
+        return max(64, proposal["value"])
 
     @observe("model", "fallback_models", "base_dir", "store", "max_input_tokens", "local_max_input_tokens", "tools", "tool_rounds", "image_max_px")
     def _configuration_changed(self, change: Any) -> None:
@@ -201,7 +206,7 @@ class Oblix(Magics):
                 local_max_input_tokens=self.local_max_input_tokens or None,
                 tools=self.tools,
                 max_tool_rounds=max(1, self.tool_rounds),
-                image_max_px=max(64, self.image_max_px),
+                image_max_px=self.image_max_px,
             )
         return self._client
 
@@ -544,7 +549,7 @@ def load(shell: Any) -> Oblix:
     shell.configurables.append(magics)
     memory = install(shell)  # from now on, the images cells display can be attached (--image)
     if memory is not None:  # and each cell's figures are made ready for a model while the user reads them
-        memory.on_cell_end = lambda images: OblixClient.prepare_images(images, max(64, magics.image_max_px))
+        memory.on_cell_end = lambda images: OblixClient.prepare_images(images, magics.image_max_px)
     if getattr(shell, "kernel", None) is not None:
         magics.lab.listen()
     _active = magics

@@ -25,7 +25,7 @@ import ipywidgets as widgets
 
 from ..errors import AnswerInterrupted, ModelError, OblixError
 from ..kernel.binding import NotebookBinding
-from ..kernel.images import KEPT_TYPES, DisplayedImages, NotebookImage, memory_of
+from ..kernel.images import KEPT_TYPES, DisplayedImages, NotebookImage, memory_of, pixel_size
 from ..kernel.variables import is_hidden_name, summarize_variables
 from ..render import local_time, prepare
 from .display import OUTPUT_CSS, UPDATE_INTERVAL, WAITING_TICK, ImageReader, PlanView, Waiting, code_blocks, message_html
@@ -72,6 +72,7 @@ STYLE = "<style>" + OUTPUT_CSS + PICKER_CSS + """
 .oblix-chat .oblix-message { margin: 3px 0; padding: 0 6px; border-left: 4px solid; border-radius: 3px; overflow: visible; }
 .oblix-chat .oblix-message .jp-RenderedHTMLCommon { padding-right: 4px; overflow-x: auto; }
 .oblix-chat .oblix-message pre { white-space: pre-wrap; word-break: break-word; }
+.oblix-chat .oblix-message :not(pre) > code { overflow-wrap: anywhere; }  /* inline code in a narrow sidebar wraps, never clips */
 .oblix-chat .oblix-user { border-color: var(--jp-brand-color1, #1976d2); background: var(--jp-layout-color2, #eee); }
 .oblix-chat .oblix-assistant { border-color: var(--jp-success-color1, #388e3c); }
 .oblix-chat .oblix-system { border-color: var(--jp-border-color1, #999); }
@@ -654,8 +655,9 @@ class ChatPanel(widgets.VBox):
                     data = self.client.read_attachment(session["id"], str(entry.get("id")))
                 except OblixError:
                     pass
-            label = str(entry.get("label") or "image")  # the size is read again from the bytes, not taken from the file
-            images.append(NotebookImage(label, mime, data, withheld=None if data else "no longer kept"))
+            label = str(entry.get("label") or "image")
+            width, height = (pixel_size(data, mime) if data else None) or (None, None)  # from the bytes, never from the file
+            images.append(NotebookImage(label, mime, data, width=width, height=height, withheld=None if data else "no longer kept"))
         return images
 
     def stop(self, _button: Any = None) -> None:

@@ -190,7 +190,7 @@ def supports_tools(model: str, model_options: dict[str, Any] | None = None) -> b
     ``supports_function_calling`` works too, since litellm is asked. The offline model
     never gets tools: 135M parameters cannot use them, and its server ignores them.
     """
-    return model_can(model, model_options, "supports_tools", TOOL_MODELS_ENV, lambda litellm: litellm.supports_function_calling(model=model))
+    return _model_can(model, model_options, "supports_tools", TOOL_MODELS_ENV, lambda litellm: litellm.supports_function_calling(model=model))
 
 
 def supports_vision(model: str, model_options: dict[str, Any] | None = None) -> bool:
@@ -202,10 +202,10 @@ def supports_vision(model: str, model_options: dict[str, Any] | None = None) -> 
     the model in ``OBLIX_VISION_MODELS`` (comma-separated), says yes for those; the option
     can also say no to a model litellm lists. The offline model reads text only.
     """
-    return model_can(model, model_options, "supports_vision", VISION_MODELS_ENV, lambda litellm: litellm.supports_vision(model=model))
+    return _model_can(model, model_options, "supports_vision", VISION_MODELS_ENV, lambda litellm: litellm.supports_vision(model=model))
 
 
-def model_can(
+def _model_can(
     model: str, model_options: dict[str, Any] | None, option: str, env_name: str, litellm_says: Callable[[ModuleType], bool]
 ) -> bool:
     """Whether ``model`` has an ability: never the offline model's; else its per-model ``option``, the models ``env_name`` lists, what litellm says."""
@@ -309,6 +309,11 @@ class ToolRunner:
     max_rounds: int = DEFAULT_MAX_TOOL_ROUNDS
     max_calls: int | None = None
     sighted: frozenset[str] = frozenset()
+
+    @property
+    def shows_images(self) -> bool:
+        """Whether a tool that shows images is among those offered: only then must each model be asked whether it can see."""
+        return any(schema["function"]["name"] in self.sighted for schema in self.schemas)
 
     def offered_to(self, sees: bool) -> list[dict[str, Any]]:
         """The schemas offered to a model: without the tools that show images, to one that cannot see them."""
@@ -471,7 +476,7 @@ class ModelGateway:
         if missing is not None:  # like a server that cannot be reached: the next model may answer
             raise _FailedBeforeText(missing, retryable=True)
         images = any(map(_images_in, messages))
-        turn.sees = (images or runner is not None and bool(runner.sighted)) and supports_vision(model, options)  # asked only when it matters
+        turn.sees = (images or runner is not None and runner.shows_images) and supports_vision(model, options)  # asked only when it matters
         turn.holds_images = images and turn.sees
         conversation = turn.conversation = images_as_text(messages, _note_of) if images and not turn.sees else list(messages)
         turn.given = len(messages)
@@ -747,7 +752,6 @@ __all__ = [
     "litellm_module",
     "local_input_budget",
     "max_input_tokens",
-    "model_can",
     "model_notice",
     "model_rows",
     "preload_litellm",

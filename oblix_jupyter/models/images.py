@@ -1,4 +1,4 @@
-"""An image made ready for a model: whether the model can see at all, the image small and cheap, what it costs, and the note instead.
+"""An image made ready for a model: small and cheap, what it costs, and the note a model that cannot see reads instead.
 
 A figure straight from a cell is often 1,600 px wide and a few hundred KB; a model reads
 no more detail than its provider's own downscaling keeps, yet counts (and bills) by pixels.
@@ -7,7 +7,7 @@ So ``prepare`` shrinks it to ``max_px`` on its longest side, keeps whichever of 
 input tokens by the provider's rule (``image_tokens``) for the turn's budget. Only a model
 that can see (``gateway.supports_vision``) is sent it, as an OpenAI-style content part (litellm translates that
 for every provider); any other gets one line of text saying what it was not shown.
-Pillow and litellm are imported only when first needed.
+Pillow is imported only when first needed.
 
 Preparing a cell's figure (decoding, shrinking, encoding twice) takes most of 100 ms,
 too much to add to a turn. ``prepare_ahead`` starts it in the background as soon as the

@@ -262,7 +262,10 @@ class SessionManager(SessionStore):
             self._bindings.unbind_session(session_id)
             self._vectors.forget_session(session_id)
             self._index.forget(session_id)
-            shutil.rmtree(os.path.join(self._attachments_dir, session_id), ignore_errors=True)
+            try:  # a failure here must stop the delete while the session file still lists the bytes, as for vectors
+                shutil.rmtree(os.path.join(self._attachments_dir, session_id))
+            except (FileNotFoundError, NotADirectoryError):  # no folder of this session's bytes: nothing kept to remove
+                pass
             remove_file(path)
         remove_file(os.path.join(self._locks_dir, f"{session_id}.lock"))
         return existed

@@ -25,7 +25,7 @@ from ..errors import (
     InvalidSessionId,
     SessionNotFound,
 )
-from ..redaction import redact
+from ..redaction import WITHHELD, is_secret_name, redact
 from .migrations import SCHEMA_VERSION, readable
 
 SEED_FIELDS = ("id", "title", "created_at", "updated_at", "messages", "context")
@@ -241,13 +241,21 @@ def imported_session(data: dict[str, Any], new_id: bool) -> dict[str, Any]:
 
 
 def _redacted(value: Any) -> Any:
-    """``value`` with every text in it redacted, at any depth (its keys too: JSON that names a key by its value)."""
+    """``value`` with every text in it redacted, at any depth, and every value under a secret-looking key withheld.
+
+    Each text alone is redacted by shape and by the names written in it; a name that is
+    a JSON key is structure, which the text redaction never sees (``{"db": {"password":
+    "hunter2"}}``), so it is judged here, as the kernel's describers judge keys.
+    """
     if isinstance(value, str):
         return redact(value)
     if isinstance(value, list):
         return [_redacted(item) for item in value]
     if isinstance(value, dict):
-        return {redact(key) if isinstance(key, str) else key: _redacted(item) for key, item in value.items()}
+        return {
+            redact(key) if isinstance(key, str) else key: WITHHELD if isinstance(key, str) and is_secret_name(key) and item not in (None, "") else _redacted(item)
+            for key, item in value.items()
+        }
     return value
 
 

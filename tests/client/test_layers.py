@@ -19,8 +19,8 @@ ALLOWED = {  # a layer (first part of the module path) -> what else of ours it m
     "sdk": {"client", "frontends"},  # the SDK's OblixClient: the client plus start_chat, which opens a front end
     "frontends": {"client", "kernel", "frontends", ""},  # "": the package itself, for __version__
     "client": {"models", "store", "context", "kernel", "sessions", "turn", "admin", "attachments"},  # never the package: it names the front ends
-    "turn": {"models", "store", "context", "kernel", "sessions", "attachments"},
-    "attachments": {"models", "kernel"},  # the turn's images: prepared by the gateway's side, as the kernel kept them  # the client's layer: what a turn needs, below the facade
+    "turn": {"models", "store", "context", "kernel", "sessions", "attachments"},  # the client's layer: what a turn needs, below the facade
+    "attachments": {"models", "kernel"},  # the turn's images: prepared by the gateway's side, as the kernel kept them
     "admin": {"models", "store", "context", "kernel", "sessions"},
     "kernel": {"kernel", "context"},  # it builds the selector's inputs (context.inputs)
     "context": {"context"},

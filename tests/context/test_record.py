@@ -60,3 +60,18 @@ def _numbers(run: str) -> range:
 def test_a_damaged_or_newer_record_gives_a_line_and_never_an_error(record):
     line = sent_line(record)
     assert isinstance(line, str) and line
+
+
+def test_every_message_sent_in_part_is_recorded_as_cut_whichever_way_it_was_cut():
+    """A message may be cut to fit (its relevant part) or sent as its best passages ("1 of 40 passages"): both are cut."""
+    messages = []
+    for n in range(1, 41):
+        about = lambda k, n=n: "the revenue plot and its bend" if (n == 20 and k == 3) else "ordinary data cleaning steps"  # noqa: E731
+        body = " ".join(f"Sentence {k} of turn {n} talks about {about(k)}." for k in range(40))
+        messages.append({"id": f"msg_{n}", "role": "user" if n % 2 else "assistant", "content": body})
+    plan = select_context({"messages": messages}, "why does the revenue plot bend?", 2500, words)
+
+    content = {message["id"]: message["content"] for message in messages}
+    in_part = [item.message_id for item in plan.items if item.message_id and item.text != content[item.message_id]]
+    assert any("passages" in item.note for item in plan.items), "the case of passages is exercised"
+    assert record_of(plan)["cut"] == fold(in_part)

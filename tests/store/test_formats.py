@@ -310,25 +310,27 @@ def test_markdown_export_writes_the_images_beside_it_privately_and_shows_them_in
 
 
 KEY = "sk-proj-" + "Q7xW2mZk9RtY4vBn8LpE3sHd"  # the shape of an OpenAI key, in a colleague's file
+PASSWORD = "hunter2-of-the-team-db"  # no known shape: a secret only by the JSON key it sits under
 
 
 @pytest.mark.parametrize("extension", [".json", ".ipynb"])
 def test_an_imported_file_cannot_carry_a_key_into_the_store_or_to_the_model(model_env, tmp_path, extension):
     """A hostile (or careless) session file: its key, at any depth of what later turns send, is withheld on the way in."""
     scratch = SessionManager(str(tmp_path / "theirs"))  # the store's own calls redact nothing: a file can say anything
-    theirs = scratch.create_session(title=f"notes {KEY}", initial_context={"setup": {"steps": [f"export OPENAI_API_KEY={KEY}"]}})
+    context = {"setup": {"steps": [f"export OPENAI_API_KEY={KEY}"]}, "db": {"host": "db.internal", "password": PASSWORD}}
+    theirs = scratch.create_session(title=f"notes {KEY}", initial_context=context)
     scratch.save_message(theirs, f"my key is {KEY}, why does the call fail?", role="user")
-    scratch.save_message(theirs, "Check the base URL.", role="assistant", model=TEST_MODEL, tools=[{"name": "notebook_cell", "summary": f"read {KEY}"}])
+    looked = {"name": "notebook_cell", "summary": f"read {KEY}", "arguments": {"number": 3, "auth": {"api_key": PASSWORD}}}
+    scratch.save_message(theirs, "Check the base URL.", role="assistant", model=TEST_MODEL, tools=[looked])
     session = scratch.get_session(theirs)
     session["messages"][0]["attachments"] = [{"label": f"figure {KEY}", "withheld": f"not kept: {KEY}"}]
     hostile = tmp_path / "hostile.json"
     hostile.write_text(json.dumps(session))
-    if extension == ".ipynb":
-        scratch.import_session(str(hostile))  # a file's texts are redacted on the way in: write the notebook from the raw session
+    if extension == ".ipynb":  # an import would redact the file: the notebook is written from the session as the file has it
         mine = SessionManager(str(tmp_path / "raw"))
         raw = mine._store_new(session)  # noqa: SLF001 - a stored session no turn wrote, as a hand-edited file would be
         hostile = pathlib.Path(export_session(mine, raw, str(tmp_path / "hostile.ipynb")))
-    assert KEY in hostile.read_text()
+    assert KEY in hostile.read_text() and PASSWORD in hostile.read_text()
 
     client = OblixClient(model=TEST_MODEL, store=str(tmp_path / "mine"))
     session_id = client.import_session(str(hostile))
@@ -337,7 +339,7 @@ def test_an_imported_file_cannot_carry_a_key_into_the_store_or_to_the_model(mode
 
     sent = json.dumps(model_env.chat_requests())
     assert "withheld" in sent and "why does the call fail" in sent and "Check the base URL" in sent
-    assert KEY not in sent and KEY[8:] not in sent
+    assert KEY not in sent and KEY[8:] not in sent and PASSWORD not in sent and "db.internal" in sent
     stored = b"".join(path.read_bytes() for path in (tmp_path / "mine").rglob("*") if path.is_file())
-    assert KEY.encode() not in stored and KEY[8:].encode() not in stored
+    assert KEY.encode() not in stored and KEY[8:].encode() not in stored and PASSWORD.encode() not in stored
     assert b"why does the call fail" in stored

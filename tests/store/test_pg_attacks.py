@@ -392,7 +392,7 @@ def test_attachments_are_as_private_as_messages_and_go_with_their_session(postgr
                 other.save_attachment(private, b"planted")
         finally:
             other.close()
-    # A write sharee may attach to the shared session (with the message that names it), and its owner reads it.
+    # A write sharee may attach to the shared session, and its owner reads it.
     writer = PostgresStore(postgres.dsn(cast["writer"]))
     try:
         added = writer.save_attachment(shared, b"\x89PNG team chart")

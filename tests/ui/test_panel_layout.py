@@ -173,6 +173,7 @@ def set_theme(jlab: Any, theme: str) -> None:
     jlab.evaluate("async (theme) => { await jupyterapp.commands.execute('apputils:change-theme', {theme}); }", theme)
     light = "true" if theme == "JupyterLab Light" else "false"
     jlab.page.wait_for_function(f"() => document.body.dataset.jpThemeLight === '{light}'")
+    jlab.page.locator("#jupyterlab-splash").wait_for(state="detached")  # the flag flips before the theme's splash goes
 
 
 def test_a_long_conversation_scrolls_as_one_list_at_every_sidebar_width_and_in_the_dark_theme(jlab, server):
