@@ -234,3 +234,32 @@ def test_whatever_the_text_a_trusting_renderer_of_the_inert_markdown_runs_and_lo
             assert image_is_inline(attributes["src"]), (attributes, text)
         if tag == "a":
             assert link_allowed(attributes["href"]), (attributes, text)
+
+
+# A fresh process where several threads render their first answer at once, as the load's background
+# preparation and a first ``%oblix show`` do: Pygments' formatters load lazily, and two threads doing
+# that together got "cannot import name 'HtmlFormatter'" (a UI test caught it as a traceback in a cell).
+FIRST_RENDERS_AT_ONCE = """
+import threading
+from oblix_jupyter.render import inert_markdown, markdown_html
+start, errors = threading.Barrier(6), []
+def render(how):
+    start.wait()
+    try:
+        how("```python\\npass\\n```\\n\\n$x$ and a https://example.com link")
+    except Exception as error:
+        errors.append(repr(error))
+threads = [threading.Thread(target=render, args=(how,)) for how in (markdown_html, inert_markdown) * 3]
+for thread in threads: thread.start()
+for thread in threads: thread.join()
+print(errors)
+"""
+
+
+def test_the_first_renders_of_a_process_can_happen_on_several_threads_at_once():
+    import subprocess
+    import sys
+
+    for _ in range(4):  # without the lock, three runs in four failed
+        run = subprocess.run([sys.executable, "-c", FIRST_RENDERS_AT_ONCE], capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0 and run.stdout.strip() == "[]", run.stdout + run.stderr
