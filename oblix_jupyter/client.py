@@ -41,7 +41,11 @@ class OblixClient:
     database; by default ``$OBLIX_STORE``, else ``~/.oblix/sessions``. Inside a
     kernel, a model that can call tools may look at the notebook's variables, cells
     and this conversation through read-only tools (``tools=False`` turns them off,
-    ``max_tool_rounds`` bounds the requests of a turn).
+    ``max_tool_rounds`` bounds the requests of a turn). Given an ``approve`` callback, a
+    turn also lets it propose code (``run_code``): each proposal runs in the kernel only
+    as the callback approves it, within ``run_timeout`` seconds, at most ``max_runs`` an
+    answer (None: 120 s and 5, ``kernel.runs``' defaults); ``run_code="never"`` withholds
+    the tool whatever the callback.
     """
 
     def __init__(
@@ -60,6 +64,9 @@ class OblixClient:
         tools: bool = True,
         max_tool_rounds: int = DEFAULT_MAX_TOOL_ROUNDS,
         image_max_px: int = DEFAULT_MAX_PX,
+        run_code: str = "ask",
+        run_timeout: float | None = None,
+        max_runs: int | None = None,
     ) -> None:
         del oblix_api_key  # deliberately not kept: nothing of it may reach a session or a log
         self.model = model
@@ -75,6 +82,11 @@ class OblixClient:
         self.tools = tools
         self.max_tool_rounds = max_tool_rounds
         self.image_max_px = image_max_px  # an attached image's longest side as the model gets it (``attachments``)
+        if run_code not in ("ask", "never"):
+            raise BadArguments(f'run_code is "ask" (code runs only as the user approves it) or "never", not {run_code!r}.')
+        self.run_code = run_code
+        self.run_timeout = run_timeout
+        self.max_runs = max_runs
         self._turns = Turns(self)  # reads these settings as each turn starts, so changing one between turns takes effect
 
     async def create_session(
@@ -369,14 +381,26 @@ class OblixClient:
         failed retries that turn (as ``retry_sync`` does): the prompt is not stored a
         second time, the answer follows the failure, and the model gets the prompt once.
         """
-        return self._turns.take(prompt, session_id or self.current_session_id, stream_to, TurnOptions(**options))
+        return self._turns.take(prompt, session_id or self.current_session_id, stream_to, TurnOptions(**_asking(options)))
 
     def execute_sync(self, prompt: str, session_id: str | None = None, stream_to: TextSink | None = None, **options: Any) -> dict[str, Any]:
-        """``turn``, its result the Oblix SDK's dict (``TurnResult.as_dict``)."""
+        """``turn``, its result the Oblix SDK's dict (``TurnResult.as_dict``).
+
+        ``approve=callback`` lets a model that calls tools propose code to run in this
+        kernel: ``callback(request)`` sees ``request.code`` and ``request.reason`` and
+        returns True (run it), False (skip it) or the code to run instead. It is called,
+        and the code runs, on the kernel's main thread, in the user's namespace, as a
+        cell would; so the call must come from that thread (a cell).
+        """
         return self.turn(prompt, session_id, stream_to, **options).as_dict()
 
     async def execute(self, prompt: str, session_id: str | None = None, stream_to: TextSink | None = None, **options: Any) -> dict[str, Any]:
-        """``execute_sync`` without blocking the event loop; cancelling the task stops the answer."""
+        """``execute_sync`` without blocking the event loop; cancelling the task stops the answer.
+
+        With ``approve``, the callback and the code it approves run on this loop's thread
+        (the kernel's main thread, when awaited in a cell) while the answer waits.
+        """
+        options = _asking(options)  # here, on the loop's thread, which the turn's thread hands approved code to
         stop = threading.Event()
         caller_stop = options.pop("should_stop", None)
 
@@ -428,3 +452,23 @@ class OblixClient:
         if session_id is None:
             session_id = self.create_session_sync()
         return self.execute_sync(message, session_id, **options)
+
+
+def _asking(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with an ``approve`` callback made the turn's ``ask``, bound to this thread (the kernel's main thread)."""
+    approve = options.get("approve")
+    if approve is None:
+        options.pop("approve", None)
+        return options
+    if not callable(approve):
+        raise BadArguments(f"approve is a callback taking the request and returning True, False or code, not {type(approve).__name__}.")
+    from .kernel.code_tool import ask_by
+    from .kernel.main_thread import main_thread_caller
+
+    on_main = main_thread_caller()
+    if on_main is None:
+        raise BadArguments(
+            "approve= runs the approved code on the kernel's main thread, so the turn must be asked from it (a cell), not from another thread."
+        )
+    rest = {key: value for key, value in options.items() if key != "approve"}
+    return {**rest, "ask": ask_by(approve, on_main)}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import secrets
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -41,13 +42,15 @@ if TYPE_CHECKING:  # the selector's modules load on the first turn, keeping %loa
     from .context.inputs import NotebookContext, VariableSummary
     from .context.relevance import LexicalIndex
     from .context.selector import ContextPlan
+    from .kernel.code_tool import Ask, CodeTool
     from .kernel.images import NotebookImage
-    from .kernel.tools import KernelTools
+    from .kernel.tools import KernelTools, ShowImage
     from .context.vector_cache import VectorCache
 
 TextSink = Callable[[str], Any] | IO[str]
 TOKEN_COUNTS = 20_000  # texts whose token count a client remembers per model: a long session's messages, many times over
 INDEXED_SESSIONS = 16  # sessions whose word index a client keeps between turns
+MOVE_ON_SECONDS = 10.0  # the most a turn waits for its session's earlier answer, whose approval it ended, to be stored
 SPEED_LIMIT_NOTE = "input limited to {tokens} tokens so the local model answers sooner (local_max_input_tokens)"
 TITLE_FROM_PROMPT = "title_from_prompt"  # in a session's metadata until its first prompt names it
 PROMPT_TITLE_CHARS = 60  # a title made from a prompt is its first line, cut at a word within this length
@@ -107,7 +110,9 @@ class TurnOptions:
     the model asked first, before the request is prepared; ``should_stop`` is asked while
     the answer streams, and True stops it (the part that arrived is kept). ``images``
     are attached to the prompt (``attachments.attach``): sent to a model that can see,
-    named to one that cannot, kept with the prompt either way.
+    named to one that cannot, kept with the prompt either way. ``ask`` is how the
+    model's ``run_code`` proposals are put to the user (``kernel.code_tool``); without it
+    no code is ever proposed, for nobody could approve it.
     """
 
     should_stop: Callable[[], bool] | None = None
@@ -121,6 +126,7 @@ class TurnOptions:
     on_tool: Callable[[dict[str, Any]], Any] | None = None
     on_model: Callable[[str], Any] | None = None
     images: Sequence[NotebookImage] = ()
+    ask: Ask | None = None
 
 
 class TurnSettings(Protocol):
@@ -135,6 +141,9 @@ class TurnSettings(Protocol):
     tools: bool
     max_tool_rounds: int
     image_max_px: int
+    run_code: str  # "ask" or "never"
+    run_timeout: float | None  # None: the kernel's defaults (``kernel.runs``)
+    max_runs: int | None
     gateway: ModelGateway
     session_manager: SessionStore
 
@@ -150,6 +159,9 @@ class Turns:
         # Writes the prompt while the request goes out, so the request does not wait for the
         # store (measured: see ``benchmarks/bench_turn.py``).
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="oblix-store")
+        # The answer of each session that may still ask to run code, with the event set once that turn is over.
+        self._asking: dict[str, tuple[CodeTool, threading.Event]] = {}
+        self._asking_lock = threading.Lock()
 
     def forget(self, session_id: str) -> None:
         """Let go of a session being deleted: an embedding of it still under way here cannot write its file again."""
@@ -244,13 +256,42 @@ class Turns:
         named = [summary.name for summary in variables if not summary.excluded]
         search = self._conversation_search(session) if session and session.get("messages") else None
         memory = memory_of(shell)
-        seer = None
+        show = None
         if memory is not None and memory.last_cell() is not None:  # only then is any model asked whether it can see
-            seer = next((model for model in models if supports_tools(model, options.get(model)) and sees(model)), None)
-        show = tool_images(seer, self.settings.image_max_px) if seer is not None else None
+            show = self._tool_images(models, sees)
         return KernelTools.from_shell(
             shell, named, search=search, count=self.counter(models[0]), rounds=self.settings.max_tool_rounds, show=show, image_tokens=image_tokens
         )
+
+    def _tool_images(self, models: Sequence[str], sees: Callable[[str], bool]) -> ShowImage | None:
+        """How a tool shows an image to the first model of the chain that calls tools and can see; None when none can."""
+        options = self.settings.gateway.model_options
+        seer = next((model for model in models if supports_tools(model, options.get(model)) and sees(model)), None)
+        return tool_images(seer, self.settings.image_max_px) if seer is not None else None
+
+    def _code_tool(self, models: Sequence[str], ask: Ask | None, sees: Callable[[str], bool]) -> CodeTool | None:
+        """This answer's ``run_code``: only in a kernel, with someone to ask, and unless the user said ``run_code="never"``.
+
+        The images a run displays are shown to a model that can see, which is looked for
+        only once a run displayed one.
+        """
+        from .kernel.code_tool import CodeTool
+        from .kernel.tools import current_shell
+
+        shell = current_shell()
+        if ask is None or shell is None or self.settings.run_code != "ask":
+            return None
+        found: list[ShowImage | None] = []
+
+        def show(image: NotebookImage) -> tuple[dict[str, Any], int]:
+            if not found:
+                found.append(self._tool_images(models, sees))
+            if found[0] is None:
+                raise OblixError("no model of this turn can see images")
+            return found[0](image)
+
+        limits = {"max_runs": self.settings.max_runs, "timeout": self.settings.run_timeout}
+        return CodeTool(shell, ask, secrets.token_hex(8), self.counter(models[0]), show=show, **{key: value for key, value in limits.items() if value is not None})
 
     def _conversation_search(self, session: dict[str, Any]) -> Callable[[str, int], list[str]]:
         """The search tool's backend: the selector's relevance over this session's messages, as ``[msg_N] passage`` lines."""
@@ -304,7 +345,31 @@ class Turns:
     def take(self, prompt: str, session_id: str | None, stream_to: TextSink | None, options: TurnOptions) -> TurnResult:
         """One turn (``OblixClient.execute_sync`` says what it promises): the session read, the plan made, the prompt
         stored while the answer streams to ``stream_to``, the answer stored; ``session_id`` None stores nothing.
+
+        A turn of a session whose earlier answer still waits for an approval ends that
+        answer first: its request expires, it stops, and it is stored before this prompt.
         """
+        if session_id:
+            self._move_on(session_id)
+        over = threading.Event()
+        try:
+            return self._take(prompt, session_id, stream_to, options, over)
+        finally:
+            over.set()
+            with self._asking_lock:
+                if session_id and self._asking.get(session_id, (None, None))[1] is over:
+                    del self._asking[session_id]
+
+    def _move_on(self, session_id: str) -> None:
+        """End the session's earlier answer that still waits for an approval, and wait until it is stored (a few seconds at most)."""
+        with self._asking_lock:
+            earlier = self._asking.pop(session_id, None)
+        if earlier is not None:
+            code, over = earlier
+            code.close()
+            over.wait(MOVE_ON_SECONDS)
+
+    def _take(self, prompt: str, session_id: str | None, stream_to: TextSink | None, options: TurnOptions, over: threading.Event) -> TurnResult:
         variables = options.variables
         vectors = self.vector_cache()
         with vectors.during_turn() if vectors is not None else nullcontext():  # background embedding waits meanwhile
@@ -343,17 +408,20 @@ class Turns:
             saving = self._writer.submit(_save_prompt, store, session, to_store(prompt), title, attached.stored) if session_id and retried is None else None
             wants_tools = self.settings.tools if options.tools is None else options.tools
             kernel = self._kernel_tools(models, session, variables, sees, max(0, plan.budget - plan.used)) if wants_tools else None
-            runner = None
-            if kernel is not None:
-                runner = ToolRunner(
-                    kernel.schemas(), kernel.run, on_tool=options.on_tool, max_rounds=self.settings.max_tool_rounds, max_calls=kernel.max_calls, sighted=kernel.sighted
-                )
+            code = self._code_tool(models, options.ask, sees) if kernel is not None else None
+            runner = _tool_runner(kernel, code, options.on_tool, self.settings.max_tool_rounds) if kernel is not None else None
+            should_stop = options.should_stop
+            if code is not None:
+                should_stop = _either(options.should_stop, code.approvals.over.is_set)  # a later turn of the session ends this one
+                if session_id:
+                    with self._asking_lock:
+                        self._asking[session_id] = (code, over)
             try:
                 completion = self.settings.gateway.complete(
                     models,
                     plan.messages,
                     on_text=_after(saving, _sink(stream_to)),
-                    should_stop=options.should_stop,
+                    should_stop=should_stop,
                     tools=runner,
                     temperature=options.temperature,
                     max_tokens=options.max_tokens,
@@ -361,8 +429,11 @@ class Turns:
             except BaseException as error:
                 _settle(saving)
                 if isinstance(error, ModelError) and session_id:
-                    _record_failure(store, session_id, error, _stored_tools(error.tools, kernel, to_store), to_store)
+                    _record_failure(store, session_id, error, _stored_tools(error.tools, kernel, code, to_store), to_store)
                 raise
+            finally:
+                if code is not None:
+                    code.close()  # no approval outlives its answer
             question = _settle(saving)
             plan.add_requests(images_named(completion.tool_messages), completion.requests, self.counter(models[0]))
             message_id = None
@@ -375,7 +446,7 @@ class Turns:
                     status=None if completion.status == "complete" else completion.status,
                     usage={"prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens},
                     cost=completion.cost,
-                    tools=_stored_tools(completion.tool_calls, kernel, to_store),
+                    tools=_stored_tools(completion.tool_calls, kernel, code, to_store),
                     sent=record_of(
                         plan,
                         [schema["function"]["name"] for schema in runner.offered_to(completion.sees)] if runner is not None else (),
@@ -587,16 +658,34 @@ def _for_the_store(variables: Sequence[VariableSummary]) -> Callable[[str], str]
     return lambda text: withhold_values(redact(text), named)
 
 
-def _stored_tools(calls: list[dict[str, Any]], kernel: KernelTools | None, to_store: Callable[[str], str]) -> list[dict[str, Any]] | None:
+def _tool_runner(kernel: KernelTools, code: CodeTool | None, on_tool: Callable[[dict[str, Any]], Any] | None, rounds: int) -> ToolRunner:
+    """The gateway's view of this answer's tools: the kernel's read-only ones, and ``run_code`` when it is offered."""
+    if code is None:
+        return ToolRunner(kernel.schemas(), kernel.run, on_tool=on_tool, max_rounds=rounds, max_calls=kernel.max_calls, sighted=kernel.sighted)
+
+    def run(name: str, arguments: str) -> Any:
+        return code.run(arguments) if name == code.name else kernel.run(name, arguments)
+
+    schemas = [*kernel.schemas(), code.schema()]
+    return ToolRunner(schemas, run, on_tool=on_tool, max_rounds=rounds, max_calls=kernel.max_calls, sighted=kernel.sighted, showing=frozenset({code.name}))
+
+
+def _stored_tools(
+    calls: list[dict[str, Any]], kernel: KernelTools | None, code: CodeTool | None, to_store: Callable[[str], str]
+) -> list[dict[str, Any]] | None:
     """The tool calls of an answer as the session keeps them; None when there were none.
 
     Each result is what the call gives without the secrets the user named for this turn
     (a shared session's readers never see what the owner's redaction removes), and
-    every text is redacted by ``to_store``.
+    every text is redacted by ``to_store``. A run keeps its record (``runs.RunRecord``),
+    already redacted; a run is never made again to be recorded.
     """
     stored = []
     for call in calls:
-        if kernel is not None:
+        record = code.record_for(call["arguments"]) if code is not None and call["name"] == code.name else None
+        if record is not None:
+            call = {**call, "run": record.entry()}
+        elif kernel is not None and (code is None or call["name"] != code.name):
             call = {**call, "result": kernel.recorded(call["name"], call["arguments"], call["result"])}
         stored.append({key: to_store(value) if isinstance(value, str) else value for key, value in call.items()})
     return stored or None
@@ -648,3 +737,8 @@ def _sink(stream_to: TextSink | None) -> Callable[[str], None] | None:
         target.flush()
 
     return write
+
+
+def _either(first: Callable[[], bool] | None, second: Callable[[], bool]) -> Callable[[], bool]:
+    """A ``should_stop`` that is True once either is."""
+    return second if first is None else lambda: first() or second()

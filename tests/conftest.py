@@ -56,6 +56,13 @@ def server(model_server):
 
 
 @pytest.fixture
+def tool_model(model_env, monkeypatch):
+    """The test model, declared able to call tools (as a self-hosted endpoint would be)."""
+    monkeypatch.setenv("OBLIX_TOOL_MODELS", TEST_MODEL)
+    return model_env
+
+
+@pytest.fixture
 def model_env(server, monkeypatch):
     """A model configured the way a user configures one: environment variables only."""
     monkeypatch.setenv("OBLIX_MODEL", TEST_MODEL)

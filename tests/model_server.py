@@ -82,6 +82,11 @@ class Behavior:
     tool_calls: list[ToolCall] | None = None  # the reply (if any) then these calls, finish_reason "tool_calls"
 
 
+def offered(request: dict) -> list[str]:
+    """The names of the tools a recorded request offered."""
+    return [tool["function"]["name"] for tool in request.get("tools") or []]
+
+
 def split_pieces(text: str) -> list[str]:
     """Split ``text`` into one-word pieces that concatenate back to ``text``."""
     pieces = _PIECE_RE.findall(text)

@@ -6,8 +6,9 @@
  * cannot give a code block working buttons itself: the front end adds them
  * here, as its own DOM nodes next to the block. The code is only ever read
  * as text (`textContent`) and written to the clipboard or to a new cell's
- * source, where it stays until the user runs it. The chat panel has buttons
- * of its own (ipywidgets), so blocks inside it are left alone.
+ * source, where it stays until the user runs it. The chat panel and the
+ * approval boxes have buttons of their own (ipywidgets), so blocks inside
+ * them are left alone.
  */
 
 import { Clipboard } from '@jupyterlab/apputils';
@@ -55,7 +56,8 @@ export class CodeBlockActions implements IDisposable {
       `${ANSWER} pre`
     );
     blocks.forEach(pre => {
-      if (!pre.dataset[DONE] && !pre.closest('.oblix-chat')) {
+      const owned = pre.closest('.oblix-chat, .oblix-approval');
+      if (!pre.dataset[DONE] && !owned) {
         pre.dataset[DONE] = '1';
         pre.after(this._bar(pre));
       }

@@ -38,6 +38,7 @@ import { ReadonlyPartialJSONObject } from '@lumino/coreutils';
 import { IDisposable } from '@lumino/disposable';
 import { Panel, Widget } from '@lumino/widgets';
 
+import { ApprovalWatch } from './approvals';
 import { CodeBlockActions } from './codeblocks';
 import { SessionLink } from './session';
 
@@ -398,6 +399,10 @@ function activate(
     const link = new SessionLink(panel);
     links.set(panel, link);
     const actions = new CodeBlockActions(panel);
+    const approvals = new ApprovalWatch(
+      panel,
+      () => sidebars.get(panel)?.node ?? null
+    );
     // The kernel names the chat widget in reply to 'open_chat'.
     link.chatWidget.connect((_, modelId) => {
       void sidebarFor(panel, false)
@@ -409,6 +414,7 @@ function activate(
     // After a restart the widget model is gone: say so, and reconnect when
     // the new kernel is idle (the link opens its comm again by itself).
     link.kernelReset.connect(() => {
+      approvals.expireAll();
       const sidebar = sidebars.get(panel);
       if (sidebar?.connected) {
         sidebar.showNotice('The kernel restarted: the chat reconnects when it is back.');
@@ -429,6 +435,7 @@ function activate(
     panel.disposed.connect(() => {
       link.dispose();
       actions.dispose();
+      approvals.dispose();
       links.delete(panel);
       sidebars.get(panel)?.dispose();
     });

@@ -91,6 +91,11 @@ OUTPUT_CSS = """
 OUTPUT_STYLE = f"<style>{OUTPUT_CSS}</style>"
 
 
+def html_outputs(rich: str, plain: str) -> tuple[dict[str, Any], ...]:
+    """An ``Output`` widget's outputs showing ``rich`` (our HTML, sanitised by JupyterLab as any output); set directly, this works from any thread."""
+    return ({"output_type": "display_data", "data": {"text/html": rich, "text/plain": plain}, "metadata": {}},)
+
+
 def tools_html(calls: Sequence[Mapping[str, Any]] | None) -> str:
     """What the model looked at for an answer: one collapsed line per tool call, opening on the exact result it was sent.
 
@@ -331,6 +336,8 @@ class StreamingOutput:
         self._waiting: threading.Event | None = None  # set once something else has replaced the waiting line
         self._waiting_for = "the model"
         self._waiting_since = 0.0
+        self._continued: Any = None  # the Output widget that shows the rest, once the cell has ended (``continue_in``)
+        self._from = (0, 0)  # where the rest starts: the text's length and the tools' count then
 
     def waiting(self, model: str | None = None) -> None:
         """Show that a model is being asked, counting the seconds until the answer's first text or tool line.
@@ -363,6 +370,20 @@ class StreamingOutput:
         # Run in the cell's context, so that the kernel sends the updates as this cell's output.
         threading.Thread(target=contextvars.copy_context().run, args=(count,), name="oblix-waiting", daemon=True).start()
 
+    def continue_in(self, output: Any) -> None:
+        """Show the rest of the answer in ``output`` (an ``Output`` widget), from here on: its cell has ended.
+
+        A display cannot be updated once its cell is over (JupyterLab drops the update),
+        while a widget's outputs can be set from any thread at any time.
+        """
+        if self._handle is not None:
+            self._show(self._view(self.text))  # the cell's display keeps all that arrived before, without the cursor
+        with self._lock:
+            if self._waiting is not None:
+                self._waiting.set()
+            self._continued = output
+            self._from = (len(self.text), len(self.tools))
+
     def close(self) -> None:
         """Stop the waiting line's clock; take the line away if nothing replaced it (the turn failed first)."""
         with self._lock:
@@ -378,7 +399,7 @@ class StreamingOutput:
             return
         now = time.monotonic()
         if self._handle is None or now - self._last_update >= UPDATE_INTERVAL:
-            self._show(AnswerView(self.text + " ▌", as_text=self.as_text, tools=self.tools))
+            self._show(self._view(self.text + " ▌"))
             self._last_update = now
 
     def tool(self, call: Mapping[str, Any]) -> None:
@@ -388,11 +409,19 @@ class StreamingOutput:
             sys.stdout.write(terminal_text(tools_plain([call])))
             sys.stdout.flush()
             return
-        self._show(AnswerView(self.text + " ▌", as_text=self.as_text, tools=self.tools))
+        self._show(self._view(self.text + " ▌"))
+
+    def _view(self, text: str, footer_line: str = "") -> AnswerView:
+        """The answer as shown: after ``continue_in``, only what came since."""
+        text_from, tools_from = self._from
+        return AnswerView(text[text_from:], footer_line, as_text=self.as_text, tools=self.tools[tools_from:])
 
     def _show(self, view: Any) -> None:
         from IPython.display import display
 
+        if self._continued is not None:
+            self._continued.outputs = ({"output_type": "display_data", "data": view._repr_mimebundle_(), "metadata": {}},)
+            return
         with self._lock:
             if self._waiting is not None:
                 self._waiting.set()
@@ -406,4 +435,4 @@ class StreamingOutput:
         if not self.rich:
             print(terminal_text(f"\n\n[{footer_line}]") if footer_line else "")
             return
-        self._show(AnswerView(text, footer_line, as_text=self.as_text, tools=self.tools))
+        self._show(self._view(text, footer_line))

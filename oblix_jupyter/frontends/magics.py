@@ -12,16 +12,17 @@ import functools
 import json
 import os
 import re
+import sys
 import threading
 from collections.abc import Callable, Collection, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import display
 from IPython.utils._process_common import arg_split
-from traitlets import Bool, Int, List, Unicode, observe, validate
+from traitlets import Bool, Enum, Float, Int, List, Unicode, observe, validate
 
 from ..client import OblixClient
 from ..errors import AnswerInterrupted, BadArguments, OblixError
@@ -43,6 +44,10 @@ from .display import (
     footer,
 )
 from .handle import SessionHandle
+
+if TYPE_CHECKING:
+    from ..client import TurnResult
+    from ..kernel.code_tool import Ask
 
 _FIELD = re.compile(r"\{\{|\}\}|\{([A-Za-z_]\w*)(?:\[(-?\d+)\])?\}")
 
@@ -170,6 +175,11 @@ class Oblix(Magics):
     tools = Bool(True, help="let models that can call tools look at variables, cells and the conversation (read-only)").tag(config=True)
     tool_rounds = Int(5, help="most model requests in one turn when it calls tools").tag(config=True)
     image_max_px = Int(1024, help="an attached image's longest side, in pixels, as the model gets it (at least 64)").tag(config=True)
+    run_code = Enum(
+        ("ask", "never"), "ask", help="let a model that calls tools propose code, which runs only once you approve it; or never"
+    ).tag(config=True)
+    run_timeout = Float(None, allow_none=True, help="seconds an approved run may take before it is interrupted (else 120)").tag(config=True)
+    max_runs = Int(None, allow_none=True, help="runs one answer may ask for (else 5)").tag(config=True)
 
     def __init__(self, shell: Any, **kwargs: Any) -> None:
         # Set before the traits: loading a profile's configuration calls _configuration_changed.
@@ -188,7 +198,10 @@ class Oblix(Magics):
         """Held here, once: the turn and the kernel's head start must shrink to the same size, or the one never finds the other's work."""
         return max(64, proposal["value"])
 
-    @observe("model", "fallback_models", "base_dir", "store", "max_input_tokens", "local_max_input_tokens", "tools", "tool_rounds", "image_max_px")
+    @observe(
+        "model", "fallback_models", "base_dir", "store", "max_input_tokens", "local_max_input_tokens", "tools", "tool_rounds", "image_max_px",
+        "run_code", "run_timeout", "max_runs",
+    )
     def _configuration_changed(self, change: Any) -> None:
         self._client = None
         self._binding = None
@@ -207,6 +220,9 @@ class Oblix(Magics):
                 tools=self.tools,
                 max_tool_rounds=max(1, self.tool_rounds),
                 image_max_px=self.image_max_px,
+                run_code=self.run_code,
+                run_timeout=self.run_timeout,
+                max_runs=self.max_runs,
             )
         return self._client
 
@@ -274,7 +290,8 @@ class Oblix(Magics):
             # Variables are read from the cell as typed: {name} still marks a reference there.
             variables = summarize_variables(self.shell.user_ns, cell, named=options.vars)
             notebook = gather_notebook_context(self.shell, force_error=options.error, force_cells=options.cells)
-            result = self.client.turn(
+            turn = functools.partial(
+                self.client.turn,
                 prompt,
                 session_id,
                 stream_to=stream,
@@ -288,27 +305,53 @@ class Oblix(Magics):
                 on_model=stream.waiting,
                 images=images,
             )
+        except (OblixError, KeyboardInterrupt) as error:
+            if stream is not None:
+                stream.close()
+            display(Message(str(error)) if isinstance(error, OblixError) else Message("Interrupted before the model was asked.", error=False))
+            return
+        conclude = functools.partial(self._conclude, stream, options, images)
+        if self.lab.channel is None or options.no_tools or not self.tools or self.run_code == "never":
+            conclude(lambda: turn(ask=self._terminal_ask()), display)
+            return
+        from .handoff import CellHandoff  # ipywidgets: only where the lab extension shows the boxes
+
+        handoff = CellHandoff(stream, self.lab.insert_cell)
+        handoff.run(lambda ask: turn(ask=ask, should_stop=handoff.stop.is_set), conclude)
+
+    def _terminal_ask(self) -> Ask | None:
+        """How terminal IPython asks before code a model proposed runs (y/N/e); None in a kernel without the lab extension: nobody can approve."""
+        if self.rich or not sys.stdin.isatty():
+            return None
+        from .terminal_approval import ask_in_terminal
+
+        return ask_in_terminal
+
+    def _conclude(
+        self, stream: StreamingOutput, options: AskOptions, images: list[NotebookImage], outcome: Callable[[], TurnResult], show: Callable[[Any], None]
+    ) -> None:
+        """Show how a cell's turn ended, ``outcome()`` giving its result or raising; ``show`` puts more below the answer."""
+        try:
+            result = outcome()
             stream.finish(result.response, self._with_dotenv_notice(footer(result) if self.show_footer else ""))
             if images and result.session_id:
-                self._show_attached(result.session_id)
+                self._show_attached(result.session_id, show)
             if self._panel is not None:
                 self._panel.refresh()
             if options.explain:
-                display(PlanView(result.plan))
+                show(PlanView(result.plan))
             if options.format == "code":
-                self._next_cell(result.response)
+                self._next_cell(result.response, show)
         except AnswerInterrupted as stopped:
-            if stream is not None:
-                stream.finish(stopped.partial, self._with_dotenv_notice("interrupted: the partial answer was kept"))
+            stream.finish(stopped.partial, self._with_dotenv_notice("interrupted: the partial answer was kept"))
         except KeyboardInterrupt:
-            display(Message("Interrupted. Your message was kept in the session.", error=False))
+            show(Message("Interrupted. Your message was kept in the session.", error=False))
         except OblixError as error:
-            if stream is not None and stream.text:
+            if stream.text:
                 stream.finish(stream.text, self._with_dotenv_notice("failed: the partial answer was kept"))
-            display(Message(str(error)))
+            show(Message(str(error)))
         finally:
-            if stream is not None:
-                stream.close()
+            stream.close()
 
     def _session_for(self, options: AskOptions) -> str:
         if options.new:
@@ -319,11 +362,11 @@ class Oblix(Magics):
         assert session_id is not None
         return session_id
 
-    def _show_attached(self, session_id: str) -> None:
+    def _show_attached(self, session_id: str, show: Callable[[Any], None]) -> None:
         """Thumbnails of the images the cell's question carried, as the session keeps them (what the model was sent)."""
         asked = next((m for m in reversed(self.client.get_session(session_id)["messages"]) if m.get("role") == "user"), {})
         if asked.get("attachments"):
-            display(Attached(asked["attachments"], functools.partial(self.client.read_attachment, session_id)))
+            show(Attached(asked["attachments"], functools.partial(self.client.read_attachment, session_id)))
 
     def _images(self, image: int | None, cell: str) -> list[NotebookImage]:
         """What the cell attaches: the images cell ``image`` displayed (``--image``), then each matplotlib figure it names as ``{name}``."""
@@ -344,12 +387,14 @@ class Oblix(Magics):
                 chosen.append(figure)
         return chosen
 
-    def _next_cell(self, answer: str) -> None:
+    def _next_cell(self, answer: str, show: Callable[[Any], None]) -> None:
         blocks = code_blocks(answer)
         if not blocks:
-            display(Message("--format code: the answer has no code block.", error=False))
-        else:
+            show(Message("--format code: the answer has no code block.", error=False))
+        elif show is display:
             self.shell.set_next_input(blocks[0], replace=False)
+        elif not self.lab.insert_cell(blocks[0]):  # the cell has ended: only the page can add a cell now
+            show(Message("--format code: the answer's code could not be put in a new cell (no lab extension).", error=False))
 
     # -- %oblix ----------------------------------------------------------------------
 
@@ -552,6 +597,9 @@ def load(shell: Any) -> Oblix:
         memory.on_cell_end = lambda images: OblixClient.prepare_images(images, magics.image_max_px)
     if getattr(shell, "kernel", None) is not None:
         magics.lab.listen()
+        from ..kernel.main_thread import main_thread_caller
+
+        main_thread_caller()  # the kernel's loop, remembered: an approval clicked on another thread runs its code on this one
     _active = magics
     threading.Thread(target=prepare, name="oblix-render-import", daemon=True).start()  # the first answer's display
     magics.warming = OblixClient.warm_up(magics.model, magics.fallback_models)  # last: its imports compete for the GIL

@@ -16,6 +16,7 @@ import html
 import sys
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -28,14 +29,18 @@ from ..kernel.binding import NotebookBinding
 from ..kernel.images import KEPT_TYPES, DisplayedImages, NotebookImage, memory_of, pixel_size
 from ..kernel.variables import is_hidden_name, summarize_variables
 from ..render import local_time, prepare
-from .display import OUTPUT_CSS, UPDATE_INTERVAL, WAITING_TICK, ImageReader, PlanView, Waiting, code_blocks, message_html
+from .display import OUTPUT_CSS, UPDATE_INTERVAL, WAITING_TICK, ImageReader, PlanView, Waiting, code_blocks, html_outputs, message_html
 from .image_picker import PICKER_CSS, ImagePicker
 from .session_follower import SessionFollower
 
 if TYPE_CHECKING:
+    from ..kernel.code_tool import PendingRun
+    from ..kernel.runs import RunOutcome
     from ..client import OblixClient
 
 RECENT_SESSIONS = 20
+APPROVAL_WAIT = "Waiting for your answer to the code below."
+KEPT_RUN_ANSWERS = 20  # ended answers whose approval boxes (and the runs' outputs) the panel keeps showing
 NO_SESSION = ""  # the picker's value while the notebook has no session yet
 INCOMPLETE = {
     "interrupted": "Interrupted: the part of the answer that arrived was kept.",
@@ -86,11 +91,6 @@ STYLE = "<style>" + OUTPUT_CSS + PICKER_CSS + """
 .oblix-chat .oblix-notice { color: var(--jp-ui-font-color2, #555); }
 .oblix-chat .oblix-input textarea { min-height: 4em; resize: vertical; }
 </style>"""
-
-
-def html_outputs(rich: str, plain: str) -> tuple[dict[str, Any], ...]:
-    """An ``Output`` widget's outputs showing ``rich`` (our HTML); set directly, this works from any thread."""
-    return ({"output_type": "display_data", "data": {"text/html": rich, "text/plain": plain}, "metadata": {}},)
 
 
 def _when(message: Mapping[str, Any]) -> str:
@@ -181,6 +181,8 @@ class PendingTurn:
     shown_at: float = 0.0
     shown: threading.Lock = field(default_factory=threading.Lock)  # the waiting line's clock and the stream both redraw the answer
     ended: threading.Event = field(default_factory=threading.Event)
+    boxes: list[widgets.Widget] = field(default_factory=list)  # the approval boxes of the code the model asked to run
+    asking: bool = False  # an approval box waits: the model is not what the answer waits for
 
     def show_answer(self, now: float) -> None:
         """The answer so far with a cursor or, before any text, which model is working and for how long."""
@@ -191,13 +193,16 @@ class PendingTurn:
                 self.answer_view.outputs = message_outputs(message)
                 return
             waiting = Waiting(self.model, now - self.started)._repr_mimebundle_()  # the line a %%oblix cell shows
+            if self.asking:
+                waiting = {"text/html": f"<p><em>{APPROVAL_WAIT}</em></p>", "text/plain": APPROVAL_WAIT}
             rich = message_html({"role": "assistant", "content": "", "tools": self.tools}) + waiting["text/html"]
             self.answer_view.outputs = html_outputs(rich, waiting["text/plain"])
 
     def count_seconds(self) -> None:
-        """Count the seconds in the answer's place until its first text arrives or the turn ends."""
+        """Count the seconds in the answer's place until its first text arrives or the turn ends (not while a box waits for the user)."""
         while not self.ended.wait(WAITING_TICK) and not self.text:
-            self.show_answer(time.monotonic())
+            if not self.asking:
+                self.show_answer(time.monotonic())
 
 
 class ChatPanel(widgets.VBox):
@@ -242,6 +247,8 @@ class ChatPanel(widgets.VBox):
         self._stop = threading.Event()
         self._turn: PendingTurn | None = None
         self._views: dict[tuple[str, str], tuple[widgets.Output, Any, widgets.HBox | None]] = {}
+        # The approval boxes of ended answers, shown under them (with the runs' outputs) while the panel lives.
+        self._boxes: OrderedDict[tuple[str, str], list[widgets.Widget]] = OrderedDict()
         self._settings_for: str | None = None
         self._syncing_picker = False
         self._confirming_delete = False
@@ -323,6 +330,7 @@ class ChatPanel(widgets.VBox):
         self.share_button.on_click(self._share)
         self.send_button.on_click(self.send)
         self.stop_button.on_click(self.stop)
+        self.stop_button.add_class("oblix-stop")
         self.retry_button.on_click(self.retry)
         self.explain_toggle.observe(lambda _change: self._show_plan(), names="value")
 
@@ -531,12 +539,14 @@ class ChatPanel(widgets.VBox):
             shown.append(view)
             if actions is not None:
                 shown.append(actions)
+            shown += self._boxes.get(key, ())
         turn = self._turn
         if turn is not None and turn.session_id == self._session_id:
             if len(stored) <= turn.before:  # the prompt is not stored yet
                 shown.append(turn.prompt_view)
             if len(stored) < turn.before + 2:  # nor the answer
                 shown.append(turn.answer_view)
+                shown += turn.boxes
         for key in [k for k in self._views if k not in keep]:
             view, _, actions = self._views.pop(key)
             view.close()
@@ -688,6 +698,7 @@ class ChatPanel(widgets.VBox):
                 variables=self._variables(prompt),
                 on_tool=self._on_tool,
                 images=turn.images,
+                ask=self._ask if self.insert_code is not None else None,  # the lab extension is there: someone can approve
             )
         except AnswerInterrupted:
             pass  # the stored answer says it was interrupted; a notice would say it twice
@@ -706,9 +717,40 @@ class ChatPanel(widgets.VBox):
         finally:
             self._end_turn(turn)
 
+    def _ask(self, pending: PendingRun) -> RunOutcome:
+        """The turn's ``Ask``, on its thread: an approval box under the answer, waited for (Stop gives up on it)."""
+        from .approval import ApprovalBox
+
+        turn = self._turn
+        assert turn is not None
+        box = ApprovalBox(pending, self.insert_code, on_running=self._code_running)
+        turn.boxes.append(box)
+        turn.asking = True
+        turn.show_answer(time.monotonic())
+        with self._render_lock:
+            self._render_messages(self._session())
+        try:
+            return box.wait(self._stop.is_set)
+        finally:
+            turn.asking = False
+            turn.started = time.monotonic()  # the model is waited for again, from now
+
+    def _code_running(self, running: bool) -> None:
+        """While approved code runs the kernel takes no click: Stop becomes the page's own interrupt (the lab extension's)."""
+        if running:
+            self.stop_button.add_class("oblix-interrupt")
+        else:
+            self.stop_button.remove_class("oblix-interrupt")
+
     def _end_turn(self, turn: PendingTurn) -> None:
         """The turn's placeholders give way to what the store holds."""
         turn.ended.set()
+        if turn.boxes and turn.session_id is not None:  # under the answer stored last: this turn's, or the record of its failure
+            stored = self.client.get_session(turn.session_id)["messages"]
+            if stored:
+                self._boxes[(turn.session_id, str(stored[-1].get("id") or len(stored) - 1))] = turn.boxes
+                while len(self._boxes) > KEPT_RUN_ANSWERS:
+                    self._boxes.popitem(last=False)
         self._turn = None
         self._set_busy(False)
         self.refresh()

@@ -133,6 +133,7 @@ class Approvals:
         self._waiting: dict[str, RunRequest] = {}
         self._proposed = 0
         self._open = True
+        self.over = threading.Event()  # set once the answer is over: a front end still asking shows its request expired
         self._lock = threading.Lock()
 
     def propose(self, code: str, reason: str) -> RunRequest:
@@ -170,7 +171,8 @@ class Approvals:
             self._open = False
             expired = tuple(self._waiting.values())
             self._waiting.clear()
-            return expired
+        self.over.set()
+        return expired
 
 
 @dataclass(frozen=True)
@@ -314,7 +316,7 @@ class _TimeLimit:
         self._seen += 1
         if self._calling and (frame is None or frame.f_code is not _TimeLimit.run.__code__):
             self.by_user = self.by_user or not self.timed_out
-            raise KeyboardInterrupt(f"stopped at the time limit of {self.seconds:g} s for approved code" if self.timed_out else "")
+            raise KeyboardInterrupt(f"stopped at the time limit of {self.seconds:g} s for approved code" if self.timed_out else "interrupted by the user")
 
 
 def _without_gate(error: BaseException) -> BaseException:

@@ -300,7 +300,8 @@ class ToolRunner:
     still coming. A turn makes at most ``max_rounds`` requests and the last offers no
     tools, so it must be answered in text; of the calls one request asks for, the first
     ``max_calls`` run (None: all), and the model hears that the others did not. The
-    tools named in ``sighted`` show images, and are offered only to a model that can see.
+    tools named in ``sighted`` show images, and are offered only to a model that can see;
+    those in ``showing`` may show some too (a run's plots), and are offered to every model.
     """
 
     schemas: list[dict[str, Any]]
@@ -309,11 +310,12 @@ class ToolRunner:
     max_rounds: int = DEFAULT_MAX_TOOL_ROUNDS
     max_calls: int | None = None
     sighted: frozenset[str] = frozenset()
+    showing: frozenset[str] = frozenset()
 
     @property
     def shows_images(self) -> bool:
         """Whether a tool that shows images is among those offered: only then must each model be asked whether it can see."""
-        return any(schema["function"]["name"] in self.sighted for schema in self.schemas)
+        return any(schema["function"]["name"] in self.sighted | self.showing for schema in self.schemas)
 
     def offered_to(self, sees: bool) -> list[dict[str, Any]]:
         """The schemas offered to a model: without the tools that show images, to one that cannot see them."""

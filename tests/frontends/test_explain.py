@@ -61,13 +61,6 @@ def table_tokens(plain: str) -> dict[int, tuple[str, int]]:
     return rows
 
 
-@pytest.fixture
-def tool_model(model_env, monkeypatch):
-    """The test model, declared able to call tools (as a self-hosted endpoint would be)."""
-    monkeypatch.setenv("OBLIX_TOOL_MODELS", "openai/test-model")
-    return model_env
-
-
 def test_a_turn_with_a_tool_round_adds_up_to_the_footer_and_each_row_opens_on_its_text(tool_model, tmp_path):
     server = tool_model
     # The server's own counts, distinct from any tokenizer's, so that the explanation can only quote them.

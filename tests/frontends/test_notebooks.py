@@ -6,6 +6,7 @@ import pathlib
 
 import pytest
 from kernels import outputs_text, run_notebook_file
+from model_server import Behavior, ToolCall
 
 from oblix_jupyter.models import local_model
 from oblix_jupyter.sessions import SessionManager
@@ -66,3 +67,18 @@ def test_notebooks_run_offline_with_nothing_configured(name, tmp_path):
     if name == "quickstart.ipynb":
         session = SessionManager().get_session(SessionManager().bound_session(path))
         assert [m["role"] for m in session["messages"]] == ["user", "assistant"] * 2
+
+
+def test_run_code(model_env, tmp_path):
+    code = "totals = sales.groupby('region')['units'].sum()\ntotals.idxmax(), int(totals.max())"
+    model_env.enqueue(
+        Behavior(tool_calls=[ToolCall("run_code", {"code": code, "reason": "to add up the units per region"})]),
+        Behavior(reply="North sold the most units: 215."),
+    )
+    notebook = run_notebook_file(copy_of("run_code.ipynb", tmp_path), env={"OBLIX_TOOL_MODELS": "openai/test-model"})
+    text = "\n".join(outputs_text(cell) for cell in notebook.cells)
+    assert "The model asks to run this (to add up the units per region)" in text and "North sold the most units: 215." in text
+    assert "ran code the user approved: `totals = sales.groupby('region')['units'].sum()…`" in text
+    (result,) = [m["content"] for m in model_env.chat_requests()[-1]["messages"] if m["role"] == "tool"]
+    assert "tuple of 2 items: 'north', 215" in result, "the model read what the approved code computed"
+    assert "[('run', " in text

@@ -11,7 +11,7 @@ import json
 
 import pytest
 from kernels import outputs_text, run_cells
-from model_server import Behavior, ToolCall
+from model_server import Behavior, ToolCall, offered
 
 from oblix_jupyter.sessions import SessionManager
 
@@ -24,19 +24,8 @@ DATA = (
 )
 
 
-@pytest.fixture
-def tool_model(model_env, monkeypatch):
-    """The test model, declared able to call tools (as a self-hosted endpoint would be)."""
-    monkeypatch.setenv("OBLIX_TOOL_MODELS", "openai/test-model")
-    return model_env
-
-
 def tool_results(request: dict) -> list[str]:
     return [m["content"] for m in request["messages"] if m["role"] == "tool"]
-
-
-def offered(request: dict) -> list[str]:
-    return [tool["function"]["name"] for tool in request.get("tools") or []]
 
 
 def test_the_model_reads_filtered_rows_and_the_record_is_kept(tool_model, tmp_path):

@@ -11,7 +11,7 @@ import json
 
 import pytest
 from kernels import outputs_text, run_cells
-from model_server import Behavior, ToolCall
+from model_server import Behavior, ToolCall, offered
 from PIL import Image
 
 from oblix_jupyter.sessions import SessionManager
@@ -22,17 +22,6 @@ FIGURE = """%config InlineBackend.print_figure_kwargs = {"bbox_inches": None}
 import matplotlib.pyplot as plt
 fig = plt.figure(figsize=(16, 12), dpi=100)
 plt.plot([2015, 2017, 2019, 2021], [1, 3, 9, 4]);"""  # execution count 2: a 1,600×1,200 figure
-
-
-@pytest.fixture
-def tool_model(model_env, monkeypatch):
-    """The test model, declared able to call tools (as a self-hosted endpoint would be)."""
-    monkeypatch.setenv("OBLIX_TOOL_MODELS", "openai/test-model")
-    return model_env
-
-
-def offered(request: dict) -> list[str]:
-    return [tool["function"]["name"] for tool in request.get("tools") or []]
 
 
 def image_parts(request: dict) -> list[dict]:
