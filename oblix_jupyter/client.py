@@ -84,6 +84,10 @@ class OblixClient:
         self.image_max_px = image_max_px  # an attached image's longest side as the model gets it (``attachments``)
         if run_code not in ("ask", "never"):
             raise BadArguments(f'run_code is "ask" (code runs only as the user approves it) or "never", not {run_code!r}.')
+        if run_timeout is not None and not run_timeout > 0:
+            raise BadArguments(f"run_timeout is a positive number of seconds, not {run_timeout!r}.")
+        if max_runs is not None and max_runs < 1:
+            raise BadArguments(f"max_runs is at least 1 (run_code=\"never\" offers no runs), not {max_runs!r}.")
         self.run_code = run_code
         self.run_timeout = run_timeout
         self.max_runs = max_runs
@@ -465,8 +469,8 @@ def _asking(options: dict[str, Any]) -> dict[str, Any]:
     from .kernel.code_tool import ask_by
     from .kernel.main_thread import main_thread_caller
 
-    on_main = main_thread_caller()
-    if on_main is None:
+    on_main = main_thread_caller() if threading.current_thread() is threading.main_thread() else None
+    if on_main is None:  # from another thread the callback would wait for a main thread that may be waiting for this one
         raise BadArguments(
             "approve= runs the approved code on the kernel's main thread, so the turn must be asked from it (a cell), not from another thread."
         )

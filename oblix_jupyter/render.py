@@ -41,7 +41,6 @@ import html
 import io
 import json
 import re
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import IO, TYPE_CHECKING, Any
@@ -79,16 +78,9 @@ def _destination_allowed(url: str) -> bool:
     return link_allowed(url) or image_is_inline(url)
 
 
-# One rendering at a time: the first imports markdown-it, its plugins and Pygments' lexers, and
-# two threads importing those at once (the load's background preparation and a first
-# ``%oblix show``) can each get the other's half-made module, an ImportError.
-_RENDERING = threading.Lock()
-
-
 def markdown_html(text: str) -> str:
     """``text`` rendered as Markdown into inert HTML (a ``div`` of class ``oblix-markdown``)."""
-    with _RENDERING:
-        return f'<div class="{ROOT_CLASS}">{_parser().render(text)}</div>'
+    return f'<div class="{ROOT_CLASS}">{_parser().render(text)}</div>'
 
 
 def inert_markdown(text: str) -> str:
@@ -101,8 +93,7 @@ def inert_markdown(text: str) -> str:
     """
     text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\0", "\ufffd")  # as markdown-it reads it
     env: dict[str, Any] = {_SPANS: []}
-    with _RENDERING:
-        tokens = _parser().parse(text, env)
+    tokens = _parser().parse(text, env)
     starts = [0]
     for line in text.split("\n"):
         starts.append(starts[-1] + len(line) + 1)
@@ -423,7 +414,9 @@ def _highlight(code: str, language: str, _attributes: str) -> str:
 @functools.cache
 def _formatter() -> Any:
     """Inline styles made of JupyterLab's editor colours, so a theme change recolours the code."""
-    from pygments.formatters import HtmlFormatter
+    # From its module, not ``pygments.formatters``, whose lazy loader is not thread-safe: two threads rendering
+    # their first code block at once (the load's background preparation, a first %oblix show) got an ImportError.
+    from pygments.formatters.html import HtmlFormatter
     from pygments.style import Style
     from pygments.token import Comment, Error, Keyword, Name, Number, Operator, String
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import atexit
 import functools
-import secrets
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -42,9 +41,10 @@ if TYPE_CHECKING:  # the selector's modules load on the first turn, keeping %loa
     from .context.inputs import NotebookContext, VariableSummary
     from .context.relevance import LexicalIndex
     from .context.selector import ContextPlan
-    from .kernel.code_tool import Ask, CodeTool
+    from .kernel.code_tool import Ask, CodeTool, PendingRun
+    from .kernel.runs import RunOutcome
     from .kernel.images import NotebookImage
-    from .kernel.tools import KernelTools, ShowImage
+    from .kernel.tools import KernelTools, ShowImage  # noqa: F401
     from .context.vector_cache import VectorCache
 
 TextSink = Callable[[str], Any] | IO[str]
@@ -61,6 +61,10 @@ _warmed = threading.Event()
 _warmed.set()
 _warming: threading.Thread | None = None
 _leaving = threading.Event()  # Python is exiting: the warm-up skips what it has not started
+# Each session's answer that may still ask to run code, and the event set once its turn is over. Kept for the
+# process, not per client: %config makes a new client (the panel follows it) while a box already shown can be clicked.
+_OPEN: dict[str, tuple[CodeTool, threading.Event]] = {}
+_OPEN_LOCK = threading.Lock()
 
 
 @dataclass
@@ -159,12 +163,10 @@ class Turns:
         # Writes the prompt while the request goes out, so the request does not wait for the
         # store (measured: see ``benchmarks/bench_turn.py``).
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="oblix-store")
-        # The answer of each session that may still ask to run code, with the event set once that turn is over.
-        self._asking: dict[str, tuple[CodeTool, threading.Event]] = {}
-        self._asking_lock = threading.Lock()
 
     def forget(self, session_id: str) -> None:
-        """Let go of a session being deleted: an embedding of it still under way here cannot write its file again."""
+        """Let go of a session being deleted: an embedding of it still under way here cannot write its file again, nor its answer ask to run code."""
+        _end_earlier(session_id, wait=0.0)
         if self._vectors is not None:
             self._vectors.forget(session_id)
         self._indexes.pop(session_id, None)
@@ -238,13 +240,20 @@ class Turns:
         return budget, SPEED_LIMIT_NOTE.format(tokens=budget)
 
     def _kernel_tools(
-        self, models: Sequence[str], session: dict[str, Any] | None, variables: Sequence[VariableSummary], sees: Callable[[str], bool], image_tokens: int
+        self,
+        models: Sequence[str],
+        session: dict[str, Any] | None,
+        variables: Sequence[VariableSummary],
+        sees: Callable[[str], bool],
+        image_tokens: int,
+        may_run: bool,
     ) -> KernelTools | None:
         """The kernel's read-only tools for this turn; None outside a kernel or when no model of the chain can call tools.
 
         Secret-looking variables are shown only when the user named them for this turn
-        (the summaries the front end sent them in). The cells' images can be shown when a
-        model that calls tools ``sees`` and the kernel keeps some, within ``image_tokens``.
+        (the summaries the front end sent them in). Images can be shown, within
+        ``image_tokens``, when a model that calls tools ``sees``, and the kernel keeps some
+        or code may run (``may_run``) and display some: only then is any model asked.
         """
         from .kernel.images import memory_of
         from .kernel.tools import KernelTools, current_shell
@@ -257,7 +266,7 @@ class Turns:
         search = self._conversation_search(session) if session and session.get("messages") else None
         memory = memory_of(shell)
         show = None
-        if memory is not None and memory.last_cell() is not None:  # only then is any model asked whether it can see
+        if may_run or memory is not None and memory.last_cell() is not None:
             show = self._tool_images(models, sees)
         return KernelTools.from_shell(
             shell, named, search=search, count=self.counter(models[0]), rounds=self.settings.max_tool_rounds, show=show, image_tokens=image_tokens
@@ -269,29 +278,17 @@ class Turns:
         seer = next((model for model in models if supports_tools(model, options.get(model)) and sees(model)), None)
         return tool_images(seer, self.settings.image_max_px) if seer is not None else None
 
-    def _code_tool(self, models: Sequence[str], ask: Ask | None, sees: Callable[[str], bool]) -> CodeTool | None:
-        """This answer's ``run_code``: only in a kernel, with someone to ask, and unless the user said ``run_code="never"``.
+    def _code_tool(self, models: Sequence[str], ask: Ask | None, kernel: KernelTools) -> CodeTool | None:
+        """This answer's ``run_code``, beside the read-only ``kernel`` tools: only with someone to ask, unless ``run_code="never"``.
 
-        The images a run displays are shown to a model that can see, which is looked for
-        only once a run displayed one.
+        The images a run displays are shown through ``kernel``, within the answer's image limits.
         """
         from .kernel.code_tool import CodeTool
         from .kernel.tools import current_shell
 
-        shell = current_shell()
-        if ask is None or shell is None or self.settings.run_code != "ask":
-            return None
-        found: list[ShowImage | None] = []
-
-        def show(image: NotebookImage) -> tuple[dict[str, Any], int]:
-            if not found:
-                found.append(self._tool_images(models, sees))
-            if found[0] is None:
-                raise OblixError("no model of this turn can see images")
-            return found[0](image)
-
         limits = {"max_runs": self.settings.max_runs, "timeout": self.settings.run_timeout}
-        return CodeTool(shell, ask, secrets.token_hex(8), self.counter(models[0]), show=show, **{key: value for key, value in limits.items() if value is not None})
+        given = {key: value for key, value in limits.items() if value is not None}
+        return CodeTool(current_shell(), ask, self.counter(models[0]), show_images=kernel.show_images, **given) if ask is not None else None
 
     def _conversation_search(self, session: dict[str, Any]) -> Callable[[str, int], list[str]]:
         """The search tool's backend: the selector's relevance over this session's messages, as ``[msg_N] passage`` lines."""
@@ -346,28 +343,20 @@ class Turns:
         """One turn (``OblixClient.execute_sync`` says what it promises): the session read, the plan made, the prompt
         stored while the answer streams to ``stream_to``, the answer stored; ``session_id`` None stores nothing.
 
-        A turn of a session whose earlier answer still waits for an approval ends that
-        answer first: its request expires, it stops, and it is stored before this prompt.
+        A turn of a session whose earlier answer is still open with ``run_code`` (usually:
+        waiting for an approval) ends that answer first: a waiting request expires, the
+        answer stops, and it is stored before this prompt.
         """
         if session_id:
-            self._move_on(session_id)
+            _end_earlier(session_id)
         over = threading.Event()
         try:
             return self._take(prompt, session_id, stream_to, options, over)
         finally:
             over.set()
-            with self._asking_lock:
-                if session_id and self._asking.get(session_id, (None, None))[1] is over:
-                    del self._asking[session_id]
-
-    def _move_on(self, session_id: str) -> None:
-        """End the session's earlier answer that still waits for an approval, and wait until it is stored (a few seconds at most)."""
-        with self._asking_lock:
-            earlier = self._asking.pop(session_id, None)
-        if earlier is not None:
-            code, over = earlier
-            code.close()
-            over.wait(MOVE_ON_SECONDS)
+            with _OPEN_LOCK:
+                if session_id and _OPEN.get(session_id, (None, None))[1] is over:
+                    del _OPEN[session_id]
 
     def _take(self, prompt: str, session_id: str | None, stream_to: TextSink | None, options: TurnOptions, over: threading.Event) -> TurnResult:
         variables = options.variables
@@ -407,15 +396,20 @@ class Turns:
             title = _title_from(to_store(prompt)) if session is not None and (session.get("metadata") or {}).get(TITLE_FROM_PROMPT) else None
             saving = self._writer.submit(_save_prompt, store, session, to_store(prompt), title, attached.stored) if session_id and retried is None else None
             wants_tools = self.settings.tools if options.tools is None else options.tools
-            kernel = self._kernel_tools(models, session, variables, sees, max(0, plan.budget - plan.used)) if wants_tools else None
-            code = self._code_tool(models, options.ask, sees) if kernel is not None else None
+            ask = options.ask if self.settings.run_code == "ask" else None
+            if ask is not None and vectors is not None:
+                ask = _aside(ask, vectors)
+            kernel = (
+                self._kernel_tools(models, session, variables, sees, max(0, plan.budget - plan.used), ask is not None) if wants_tools else None
+            )
+            code = self._code_tool(models, ask, kernel) if kernel is not None else None
             runner = _tool_runner(kernel, code, options.on_tool, self.settings.max_tool_rounds) if kernel is not None else None
             should_stop = options.should_stop
             if code is not None:
                 should_stop = _either(options.should_stop, code.approvals.over.is_set)  # a later turn of the session ends this one
                 if session_id:
-                    with self._asking_lock:
-                        self._asking[session_id] = (code, over)
+                    with _OPEN_LOCK:
+                        _OPEN[session_id] = (code, over)
             try:
                 completion = self.settings.gateway.complete(
                     models,
@@ -429,7 +423,7 @@ class Turns:
             except BaseException as error:
                 _settle(saving)
                 if isinstance(error, ModelError) and session_id:
-                    _record_failure(store, session_id, error, _stored_tools(error.tools, kernel, code, to_store), to_store)
+                    _record_failure(store, session_id, error, _stored_tools(error.tools, kernel, to_store), to_store)
                 raise
             finally:
                 if code is not None:
@@ -446,7 +440,7 @@ class Turns:
                     status=None if completion.status == "complete" else completion.status,
                     usage={"prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens},
                     cost=completion.cost,
-                    tools=_stored_tools(completion.tool_calls, kernel, code, to_store),
+                    tools=_stored_tools(completion.tool_calls, kernel, to_store),
                     sent=record_of(
                         plan,
                         [schema["function"]["name"] for schema in runner.offered_to(completion.sees)] if runner is not None else (),
@@ -492,6 +486,16 @@ class Turns:
                 notice=" · ".join(filter(None, notices)) or None,
                 plan=plan,
             )
+
+
+def _end_earlier(session_id: str, wait: float = MOVE_ON_SECONDS) -> None:
+    """End the session's earlier answer that may still ask to run code (its waiting box expires) and wait up to ``wait`` s for it to be stored."""
+    with _OPEN_LOCK:
+        earlier = _OPEN.pop(session_id, None)
+    if earlier is not None:
+        code, over = earlier
+        code.close()
+        over.wait(wait)
 
 
 def warm_up(model: str | None = None, fallback_models: str | Sequence[str] | None = None) -> threading.Thread:
@@ -670,22 +674,17 @@ def _tool_runner(kernel: KernelTools, code: CodeTool | None, on_tool: Callable[[
     return ToolRunner(schemas, run, on_tool=on_tool, max_rounds=rounds, max_calls=kernel.max_calls, sighted=kernel.sighted, showing=frozenset({code.name}))
 
 
-def _stored_tools(
-    calls: list[dict[str, Any]], kernel: KernelTools | None, code: CodeTool | None, to_store: Callable[[str], str]
-) -> list[dict[str, Any]] | None:
+def _stored_tools(calls: list[dict[str, Any]], kernel: KernelTools | None, to_store: Callable[[str], str]) -> list[dict[str, Any]] | None:
     """The tool calls of an answer as the session keeps them; None when there were none.
 
     Each result is what the call gives without the secrets the user named for this turn
     (a shared session's readers never see what the owner's redaction removes), and
     every text is redacted by ``to_store``. A run keeps its record (``runs.RunRecord``),
-    already redacted; a run is never made again to be recorded.
+    redacted when it was made.
     """
     stored = []
     for call in calls:
-        record = code.record_for(call["arguments"]) if code is not None and call["name"] == code.name else None
-        if record is not None:
-            call = {**call, "run": record.entry()}
-        elif kernel is not None and (code is None or call["name"] != code.name):
+        if kernel is not None:
             call = {**call, "result": kernel.recorded(call["name"], call["arguments"], call["result"])}
         stored.append({key: to_store(value) if isinstance(value, str) else value for key, value in call.items()})
     return stored or None
@@ -737,6 +736,16 @@ def _sink(stream_to: TextSink | None) -> Callable[[str], None] | None:
         target.flush()
 
     return write
+
+
+def _aside(ask: Ask, vectors: VectorCache) -> Ask:
+    """``ask``, during which the turn counts as not under way: the user may take hours, and background embedding goes on."""
+
+    def asking(pending: PendingRun) -> RunOutcome:
+        with vectors.aside():
+            return ask(pending)
+
+    return asking
 
 
 def _either(first: Callable[[], bool] | None, second: Callable[[], bool]) -> Callable[[], bool]:

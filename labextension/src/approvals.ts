@@ -6,14 +6,17 @@
  *   which takes no widget click until it is done, so a button with the class
  *   `oblix-interrupt` (the box's Stop, and the chat panel's Stop meanwhile)
  *   interrupts the notebook's kernel from here, as the toolbar's Stop does.
+ *   The click goes no further: queued behind the run, it would reach the
+ *   kernel afterwards and stop the answer the model is about to continue.
  * - "Expired" after a restart: the boxes' widgets died with the kernel, and a
- *   dead button must not look as if it could still run the code.
+ *   dead button must not look as if it could still run the code (a box
+ *   already decided keeps saying what came of it).
  */
 
 import { NotebookPanel } from '@jupyterlab/notebook';
 import { IDisposable } from '@lumino/disposable';
 
-const BOX = '.oblix-approval';
+const UNDECIDED = '.oblix-approval:not(.oblix-decided)';
 export const RESTARTED =
   'Expired: the kernel restarted, so this code can no longer run.';
 
@@ -40,7 +43,7 @@ export class ApprovalWatch implements IDisposable {
   /** Mark every approval box of this notebook (its cells and its chat) as expired. */
   expireAll(): void {
     for (const root of this._roots()) {
-      root.querySelectorAll<HTMLElement>(BOX).forEach(box => {
+      root.querySelectorAll<HTMLElement>(UNDECIDED).forEach(box => {
         box.classList.add('oblix-expired');
         box
           .querySelectorAll<HTMLButtonElement | HTMLTextAreaElement>(
@@ -68,6 +71,8 @@ export class ApprovalWatch implements IDisposable {
     if (!button || !this._roots().some(root => root.contains(button))) {
       return;
     }
+    event.stopImmediatePropagation();
+    event.preventDefault();
     void this._panel.sessionContext.session?.kernel?.interrupt();
   };
 

@@ -105,6 +105,19 @@ class VectorCache:
                 self._turn_ended = time.monotonic()
                 self._quiet.notify_all()
 
+    @contextmanager
+    def aside(self) -> Iterator[None]:
+        """A turn waiting for its user (an approval, maybe for hours) is not under way meanwhile: background embedding goes on."""
+        with self._quiet:
+            self._turns -= 1
+            self._turn_ended = time.monotonic()
+            self._quiet.notify_all()
+        try:
+            yield
+        finally:
+            with self._quiet:
+                self._turns += 1
+
     def update_later(self, session_id: str, messages: Sequence[Mapping[str, Any]]) -> None:
         """Embed in the background whatever of ``messages`` has no vector yet, so that the next turn finds it.
 

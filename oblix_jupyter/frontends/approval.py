@@ -42,7 +42,8 @@ APPROVAL_CSS = """
 .oblix-approval .oblix-approval-edit textarea { font-family: var(--jp-code-font-family, monospace); min-height: 6em; }
 .oblix-approval .oblix-approval-status { color: var(--jp-ui-font-color2, #616161); }
 .oblix-approval.oblix-expired { border-color: var(--jp-border-color1, #bdbdbd); opacity: 0.75; }
-.oblix-approval .oblix-markdown pre { max-height: 24em; overflow: auto; }
+.jp-RenderedHTMLCommon .oblix-approval .oblix-markdown pre, .oblix-approval .oblix-markdown pre { max-height: 24em; overflow: auto;
+  white-space: pre-wrap; overflow-wrap: anywhere; }  /* every character of the code in view: nothing past the right edge */
 """
 
 
@@ -137,11 +138,20 @@ class ApprovalBox(widgets.VBox):
             self.expire(str(error))
             return
         except BaseException as error:  # the turn's thread reports it; the kernel goes on
-            self._decided.set_exception(error)
+            self._settle(error=error)
             self.status.value = f"Failed: {type(error).__name__}"
             return
         self.status.value = _said(outcome)
-        self._decided.set_result(outcome)
+        self.add_class("oblix-decided")  # a restart leaves it as it is: it was decided
+        self._settle(outcome)
+
+    def _settle(self, outcome: RunOutcome | None = None, error: BaseException | None = None) -> None:
+        """Hand the turn's thread what came of the request, once."""
+        if not self._decided.done():
+            if error is not None:
+                self._decided.set_exception(error)
+            else:
+                self._decided.set_result(outcome)  # type: ignore[arg-type]
 
     def _answer(self, reply: Reply) -> RunOutcome:
         """The reply acted on, on the kernel's main thread, what the code shows captured under the box."""
@@ -176,7 +186,8 @@ class ApprovalBox(widgets.VBox):
             try:
                 return self._decided.result(timeout=_POLL_SECONDS)
             except WaitedEnough:
-                if self.pending.over.is_set() or stopped():
+                # Given up only if the user has not decided meanwhile: else the run is under way, and its outcome follows.
+                if (self.pending.over.is_set() or stopped()) and self.pending.withdraw():
                     why = EXPIRED if self.pending.over.is_set() else STOPPED
                     self.expire(why)
                     raise ApprovalExpired(why) from None
@@ -188,8 +199,7 @@ class ApprovalBox(widgets.VBox):
         self._set_deciding(False)
         self.add_class("oblix-expired")
         self.status.value = why
-        if not self._decided.done():
-            self._decided.set_exception(ApprovalExpired(why))
+        self._settle(error=ApprovalExpired(why))
 
 
 def _said(outcome: RunOutcome) -> str:

@@ -29,6 +29,11 @@ class LabExtension:
 
         comm.get_comm_manager().register_target(COMM_TARGET, self._opened)
 
+    @property
+    def connected(self) -> bool:
+        """Whether a page with the extension has this kernel open now: someone who can approve code, and boxes it can show."""
+        return self.channel is not None
+
     def insert_cell(self, code: str) -> bool:
         """Ask the page to insert ``code`` as a new cell below the active one; False without the extension."""
         if self.channel is None:

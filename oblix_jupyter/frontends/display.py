@@ -91,9 +91,14 @@ OUTPUT_CSS = """
 OUTPUT_STYLE = f"<style>{OUTPUT_CSS}</style>"
 
 
+def display_outputs(bundle: Mapping[str, str]) -> tuple[dict[str, Any], ...]:
+    """An ``Output`` widget's outputs showing ``bundle`` (sanitised by JupyterLab as any output); set directly, this works from any thread."""
+    return ({"output_type": "display_data", "data": dict(bundle), "metadata": {}},)
+
+
 def html_outputs(rich: str, plain: str) -> tuple[dict[str, Any], ...]:
-    """An ``Output`` widget's outputs showing ``rich`` (our HTML, sanitised by JupyterLab as any output); set directly, this works from any thread."""
-    return ({"output_type": "display_data", "data": {"text/html": rich, "text/plain": plain}, "metadata": {}},)
+    """``display_outputs`` of our HTML and its plain twin."""
+    return display_outputs({"text/html": rich, "text/plain": plain})
 
 
 def tools_html(calls: Sequence[Mapping[str, Any]] | None) -> str:
@@ -420,7 +425,7 @@ class StreamingOutput:
         from IPython.display import display
 
         if self._continued is not None:
-            self._continued.outputs = ({"output_type": "display_data", "data": view._repr_mimebundle_(), "metadata": {}},)
+            self._continued.outputs = display_outputs(view._repr_mimebundle_())
             return
         with self._lock:
             if self._waiting is not None:

@@ -20,8 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import ipywidgets as widgets
 from IPython.display import display
 
-from .approval import ApprovalBox
-from .display import Message, StreamingOutput
+from .display import Message, StreamingOutput, display_outputs
 
 if TYPE_CHECKING:
     from ..kernel.code_tool import Ask, PendingRun
@@ -41,21 +40,26 @@ class CellHandoff:
         self.stop = threading.Event()  # the cell was interrupted: the turn's ``should_stop``
         self.tail: widgets.VBox | None = None  # what the cell shows below the answer once it has handed over
         self._events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
-        self._boxes: queue.SimpleQueue[ApprovalBox] = queue.SimpleQueue()
+        self._handing = threading.Lock()  # the cell's handover and the turn's end: one or the other first, never both halfway
 
     def run(self, turn: Callable[[Ask], T], conclude: Callable[[Callable[[], T], Show], None]) -> None:
-        """Run ``turn(ask)`` on its thread; ``conclude(outcome, show)`` shows how it ended, in the cell or, after a handover, below the box.
+        """Run ``turn(ask)`` on its thread; ``conclude(outcome, show)`` shows how it ended, in the cell or, after a handover, below.
 
-        ``outcome()`` returns the turn's result or raises what it raised.
+        ``outcome()`` returns the turn's result or raises what it raised. The cell hands
+        over at the first request to run code, and at a Stop: the turn's thread may be
+        waiting on the model's first word, which it cannot be woken from, so the cell ends
+        now and the interrupted answer is shown below when it is.
         """
+
         def work() -> None:
             try:
                 ended: tuple[str, Any] = ("done", turn(self._ask))
             except BaseException as error:  # noqa: BLE001 - handed to whoever concludes, who raises it
                 ended = ("failed", error)
-            if self.tail is None:  # set only by the cell, before it gives this thread its first box: no race
-                self._events.put(ended)
-                return
+            with self._handing:
+                if self.tail is None:  # the cell still waits: it concludes
+                    self._events.put(ended)
+                    return
             try:
                 conclude(lambda: _outcome(ended), self._show_below)
             except Exception as error:  # noqa: BLE001 - a bug must show below the box, not vanish with the thread
@@ -63,18 +67,17 @@ class CellHandoff:
 
         threading.Thread(target=contextvars.copy_context().run, args=(work,), name="oblix-cell-turn", daemon=True).start()
         kind, value = self._wait()
-        if kind == "ask":
-            box = ApprovalBox(value, self.insert_cell)
-            after = widgets.Output()
-            self.tail = widgets.VBox([box, after])
-            display(self.tail)
-            self.stream.continue_in(after)
-            self._boxes.put(box)
-            return  # the cell ends here; the answer waits for the box
-        conclude(lambda: _outcome((kind, value)), display)
+        if kind == "ask":  # the box, made by the turn's thread, which now waits for it
+            try:
+                self._hand_over([value])
+            except BaseException:
+                value.expire("This box could not be shown: the code will not run.")
+                raise
+        elif kind != "stopped":
+            conclude(lambda: _outcome((kind, value)), display)
 
     def _wait(self) -> tuple[str, Any]:
-        """The turn's first event (its end, or a request to run code), a Stop meanwhile stopping the answer."""
+        """The turn's first event (its end, or a box to show); a Stop meanwhile stops the answer and ends the cell."""
         while True:
             try:
                 return self._events.get(timeout=_TICK)
@@ -82,24 +85,41 @@ class CellHandoff:
                 continue
             except KeyboardInterrupt:
                 self.stop.set()
+                with self._handing:
+                    try:
+                        return self._events.get_nowait()  # it ended just now: conclude in the cell
+                    except queue.Empty:
+                        self._hand_over([])
+                        return ("stopped", None)
+
+    def _hand_over(self, shown: list[Any]) -> None:
+        """End the cell's part: what comes next goes below its answer, in widgets (a display cannot change once its cell is over)."""
+        after = widgets.Output()
+        self.tail = widgets.VBox([*shown, after])
+        display(self.tail)
+        self.stream.continue_in(after)
 
     def _ask(self, pending: PendingRun) -> RunOutcome:
-        """The turn's ``Ask``, on its thread: the first request ends the cell, the later ones go below what came since."""
-        if self.tail is None:
-            self._events.put(("ask", pending))
-            box = self._boxes.get()
-        else:
-            box = ApprovalBox(pending, self.insert_cell)
+        """The turn's ``Ask``, on its thread: the first box ends the cell, the later ones go below what came since."""
+        from .approval import ApprovalBox  # ipywidgets' buttons: only once the model asks
+
+        box = ApprovalBox(pending, self.insert_cell)
+        with self._handing:
+            first = self.tail is None
+            if first:
+                self._events.put(("ask", box))
+        if not first:
             after = widgets.Output()
+            assert self.tail is not None
             self.tail.children = (*self.tail.children, box, after)
             self.stream.continue_in(after)
-        return box.wait()
+        return box.wait(self.stop.is_set)
 
     def _show_below(self, shown: Any) -> None:
         """``display`` once the cell has ended: one more output widget at the end of what it shows."""
         assert self.tail is not None
         output = widgets.Output()
-        output.outputs = ({"output_type": "display_data", "data": shown._repr_mimebundle_(), "metadata": {}},)
+        output.outputs = display_outputs(shown._repr_mimebundle_())
         self.tail.children = (*self.tail.children, output)
 
 

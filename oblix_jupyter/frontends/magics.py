@@ -311,7 +311,7 @@ class Oblix(Magics):
             display(Message(str(error)) if isinstance(error, OblixError) else Message("Interrupted before the model was asked.", error=False))
             return
         conclude = functools.partial(self._conclude, stream, options, images)
-        if self.lab.channel is None or options.no_tools or not self.tools or self.run_code == "never":
+        if not self.lab.connected or options.no_tools or not self.tools or self.run_code == "never":
             conclude(lambda: turn(ask=self._terminal_ask()), display)
             return
         from .handoff import CellHandoff  # ipywidgets: only where the lab extension shows the boxes
@@ -341,7 +341,7 @@ class Oblix(Magics):
             if options.explain:
                 show(PlanView(result.plan))
             if options.format == "code":
-                self._next_cell(result.response, show)
+                self._next_cell(result.response, show, in_cell=show is display)
         except AnswerInterrupted as stopped:
             stream.finish(stopped.partial, self._with_dotenv_notice("interrupted: the partial answer was kept"))
         except KeyboardInterrupt:
@@ -387,11 +387,12 @@ class Oblix(Magics):
                 chosen.append(figure)
         return chosen
 
-    def _next_cell(self, answer: str, show: Callable[[Any], None]) -> None:
+    def _next_cell(self, answer: str, show: Callable[[Any], None], in_cell: bool) -> None:
+        """The answer's first code block as the next cell: set by IPython while the cell runs, else asked of the page."""
         blocks = code_blocks(answer)
         if not blocks:
             show(Message("--format code: the answer has no code block.", error=False))
-        elif show is display:
+        elif in_cell:
             self.shell.set_next_input(blocks[0], replace=False)
         elif not self.lab.insert_cell(blocks[0]):  # the cell has ended: only the page can add a cell now
             show(Message("--format code: the answer's code could not be put in a new cell (no lab extension).", error=False))
@@ -515,7 +516,13 @@ class Oblix(Magics):
         from .panel import ChatPanel
 
         if self._panel is None:
-            self._panel = ChatPanel(self.client, namespace=self.shell.user_ns, binding=self.binding, insert_code=self.lab.insert_cell)
+            self._panel = ChatPanel(
+                self.client,
+                namespace=self.shell.user_ns,
+                binding=self.binding,
+                insert_code=self.lab.insert_cell,
+                can_approve=lambda: self.lab.connected,
+            )
         return self._panel
 
     def _command_chat(self, options: argparse.Namespace) -> None:

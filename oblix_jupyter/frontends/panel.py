@@ -216,8 +216,12 @@ class ChatPanel(widgets.VBox):
         binding: NotebookBinding | None = None,
         insert_code: Callable[[str], bool] | None = None,
         displayed: DisplayedImages | None = None,
+        can_approve: Callable[[], bool] | None = None,
     ) -> None:
         """``insert_code`` puts code into a new notebook cell (the magics pass the lab extension's).
+
+        ``can_approve`` says, at each turn, whether a person can approve code the model
+        proposes here (the lab extension is connected); without it code is never proposed.
 
         ``displayed``: the images the kernel's cells displayed, which the picker offers; by
         default those of the IPython running the panel, when Oblix is loaded there.
@@ -230,6 +234,7 @@ class ChatPanel(widgets.VBox):
         self.namespace: Mapping[str, Any] = namespace if namespace is not None else {}
         self.binding = binding
         self.insert_code = insert_code
+        self.can_approve = can_approve
         self.displayed = displayed if displayed is not None else running_kernel_images()
         if session_id is not None:
             session_id = client.resolve_session_id(session_id)
@@ -698,7 +703,7 @@ class ChatPanel(widgets.VBox):
                 variables=self._variables(prompt),
                 on_tool=self._on_tool,
                 images=turn.images,
-                ask=self._ask if self.insert_code is not None else None,  # the lab extension is there: someone can approve
+                ask=self._ask if self.can_approve is not None and self.can_approve() else None,
             )
         except AnswerInterrupted:
             pass  # the stored answer says it was interrupted; a notice would say it twice
@@ -745,10 +750,11 @@ class ChatPanel(widgets.VBox):
     def _end_turn(self, turn: PendingTurn) -> None:
         """The turn's placeholders give way to what the store holds."""
         turn.ended.set()
-        if turn.boxes and turn.session_id is not None:  # under the answer stored last: this turn's, or the record of its failure
+        if turn.boxes and turn.session_id is not None:  # under this turn's answer (or the record of its failure), after its prompt
             stored = self.client.get_session(turn.session_id)["messages"]
-            if stored:
-                self._boxes[(turn.session_id, str(stored[-1].get("id") or len(stored) - 1))] = turn.boxes
+            answer = turn.before + 1 if len(stored) > turn.before + 1 else len(stored) - 1
+            if answer >= 0:
+                self._boxes[(turn.session_id, str(stored[answer].get("id") or answer))] = turn.boxes
                 while len(self._boxes) > KEPT_RUN_ANSWERS:
                     self._boxes.popitem(last=False)
         self._turn = None

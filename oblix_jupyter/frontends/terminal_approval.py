@@ -27,7 +27,11 @@ def ask_in_terminal(pending: PendingRun) -> RunOutcome:
     lines = "\n".join(f"  {line}" for line in request.code.splitlines() or [""])
     print(terminal_text(f"\n[The model asks to run this code in your session: {request.reason or '(no reason given)'}]\n{lines}"), flush=True)
     while True:
-        reply = _reply(input(QUESTION).strip().lower(), request.code)
+        try:
+            said = input(QUESTION)
+        except EOFError:  # Ctrl-D: no
+            said = "n"
+        reply = _reply(said.strip().lower(), request.code)
         if reply is not None:
             return pending.answer(reply)
 

@@ -11,24 +11,38 @@ keeps ``runs.RunRecord``: nothing else of a run leaves here.
 
 from __future__ import annotations
 
+import functools
 import threading
-from collections.abc import Callable, Mapping
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from ..errors import OblixError
 from .main_thread import OnMain
-from .registry import ToolRefusal, checked, parsed
-from .runs import MAX_RUNS, RUN_SECONDS, ApprovalExpired, Approvals, RunOutcome, RunRecord, RunRequest, execute, for_model
+from .registry import ToolRefusal, ToolRegistry
+from .runs import (
+    DECLINED_TEXT,
+    MAX_RUNS,
+    RUN_SECONDS,
+    ApprovalExpired,
+    Approvals,
+    InvalidApproval,
+    RunOutcome,
+    RunRecord,
+    RunRequest,
+    execute,
+    for_model,
+)
 
 if TYPE_CHECKING:
-    from .tools import ShowImage, ToolResult
+    from .images import NotebookImage
+    from .tools import ToolResult
 
 Reply = bool | str  # True: run it; False: do not; a string: run that instead
 
 RUN_CODE = "run_code"
 RESULT_TOKENS = 800  # the most a run's result costs the model: its output's tails, not a flood
-IMAGES_PER_RUN = 3  # of the images a run displayed, those a model that can see is shown (all are named)
+_TOOL = ToolRegistry()  # run_code alone, declared on ``CodeTool`` as the read-only tools are on ``KernelTools``
 PARAMETERS = {
     "code": {"type": "string", "description": "The Python source to run, as a cell of its own. Keep it short and focused."},
     "reason": {"type": "string", "description": "One line for the user: why this code should run."},
@@ -41,12 +55,14 @@ class PendingRun:
 
     Call ``answer`` on the kernel's main thread (a button's handler, or the API's hop to
     it); it raises ``ApprovalExpired`` once ``over`` is set: the answer ended (the session
-    moved on), and the request can never run.
+    moved on), and the request can never run. A front end that stops waiting calls
+    ``withdraw`` first: False means the user decided meanwhile, and the outcome follows.
     """
 
     request: RunRequest
     answer: Callable[[Reply], RunOutcome]
     over: threading.Event
+    withdraw: Callable[[], bool]
 
 
 Ask = Callable[[PendingRun], RunOutcome]  # a front end's way of putting a request to the user, returning what came of it
@@ -60,9 +76,9 @@ def ask_by(approve: Callable[[RunRequest], Reply], on_main: OnMain[RunOutcome]) 
 class CodeTool:
     """One answer's ``run_code``: at most ``max_runs`` proposals, each asked with ``ask`` and run within ``timeout`` seconds.
 
-    ``show`` (given when the model can see) makes the images a run displayed ready to
-    send; the records of the answer's runs are kept by the arguments the model wrote,
-    for the stored tool calls.
+    ``show_images`` (the turn's read-only tools', which keep the answer's image limits)
+    makes the images a run displayed ready for a model that can see. Each run's record
+    goes with its result (``ToolResult.kept``), for the answer's stored tool calls.
     """
 
     name = RUN_CODE
@@ -71,68 +87,65 @@ class CodeTool:
         self,
         shell: Any,
         ask: Ask,
-        answer_id: str,
         count: Callable[[str], int],
         *,
         max_runs: int = MAX_RUNS,
         timeout: float = RUN_SECONDS,
-        show: ShowImage | None = None,
+        show_images: Callable[[Sequence[NotebookImage]], list[dict[str, Any]]] | None = None,
     ) -> None:
         self.shell = shell
         self.ask = ask
         self.count = count
         self.timeout = timeout
-        self.show = show
-        self.approvals = Approvals(answer_id, max_runs)
-        self._records: list[tuple[str, RunRecord]] = []  # (the model's arguments, the run's record), in order
+        self.show_images = show_images
+        self.approvals = Approvals(max_runs)
 
     def schema(self) -> dict[str, Any]:
         """The tool as the model is offered it, its limits told."""
-        description = (
-            "Propose Python code to run in the user's notebook kernel, in its namespace, as a new cell. The user sees the code "
-            "and your reason and decides: it runs only if they approve (they may edit it first), and you read its output "
-            f"afterwards. At most {self.approvals.max_runs} proposals per answer; each run is stopped after {self.timeout:g} s. "
-            "Prefer the read-only tools to look at data; propose code to compute, plot or change something."
-        )
-        parameters = {"type": "object", "properties": PARAMETERS, "required": ["code", "reason"], "additionalProperties": False}
-        return {"type": "function", "function": {"name": RUN_CODE, "description": description, "parameters": parameters}}
+        return _TOOL.schemas(self)[0]
 
     def run(self, arguments: str | Mapping[str, Any] | None) -> ToolResult:
         """Propose the model's code, ask the user, run what they approved; never raises for the model's mistakes."""
         from .tools import ToolResult
 
         try:
-            given = checked(parsed(arguments), self.schema()["function"]["parameters"])
-            request = self.approvals.propose(given["code"], " ".join(given["reason"].split()))
-        except ToolRefusal as refusal:
+            return cast("ToolResult", _TOOL.call(self, RUN_CODE, arguments))
+        except (ToolRefusal, ApprovalExpired) as refusal:  # a bad call, or one made once its answer was over
             return ToolResult(str(refusal), f"{RUN_CODE} failed: {refusal}", ok=False)
+
+    @_TOOL.tool(
+        RUN_CODE,
+        lambda tool: (
+            "Propose Python code to run in the user's notebook kernel, in its namespace, as a new cell. The user sees the code "
+            "and your reason and decides: it runs only if they approve (they may edit it first), and you read its output "
+            f"afterwards. At most {tool.approvals.max_runs} proposals per answer; each run is stopped after {tool.timeout:g} s. "
+            "Prefer the read-only tools to look at data; propose code to compute, plot or change something."
+        ),
+        properties=PARAMETERS,
+        required=("code", "reason"),
+    )
+    def _propose(self, code: str, reason: str) -> ToolResult:
+        from .tools import ToolResult
+
+        request = self.approvals.propose(code, " ".join(reason.split()))
         try:
-            outcome = self.ask(PendingRun(request, self._answer(request), self.approvals.over))
+            pending = PendingRun(request, self._answer(request), self.approvals.over, functools.partial(self.approvals.withdraw, request.id))
+            outcome = self.ask(pending)
         except ApprovalExpired as expired:
             return ToolResult(f"Not run: {expired}", f"{RUN_CODE}: expired before the user answered", ok=False)
+        except InvalidApproval as invalid:  # the API's callback returned something else: its author must hear of it
+            warnings.warn(f"{invalid} The code did not run.", stacklevel=2)
+            return ToolResult(DECLINED_TEXT, f"{RUN_CODE}: not run ({invalid})", ok=False)
         record = RunRecord.of(outcome, self.count)
-        self._records.append((arguments if isinstance(arguments, str) else "", record))
-        parts = []
-        for image in outcome.images[:IMAGES_PER_RUN] if self.show is not None else ():
-            try:
-                parts.append(self.show(image)[0])
-            except OblixError:
-                pass  # named in the result's text all the same
-        return ToolResult(for_model(outcome, RESULT_TOKENS, self.count), record.line(), ok=True, parts=tuple(parts))
+        parts = self.show_images(outcome.images) if self.show_images is not None and outcome.images else []
+        text = for_model(outcome, RESULT_TOKENS, self.count)
+        return ToolResult(text, record.line(), ok=True, parts=tuple(parts), kept={"run": record.entry()})
 
     def _answer(self, request: RunRequest) -> Callable[[Reply], RunOutcome]:
         def answer(reply: Reply) -> RunOutcome:
             return execute(self.shell, self.approvals.decide(request.id, reply), self.timeout)
 
         return answer
-
-    def record_for(self, arguments: str) -> RunRecord | None:
-        """The record of the run the model asked for with ``arguments`` (the first not yet taken), for the stored call."""
-        for position, (given, record) in enumerate(self._records):
-            if given == arguments:
-                del self._records[position]
-                return record
-        return None
 
     def close(self) -> None:
         """End the answer: a request still waiting can never be approved now."""

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import _thread
 import hashlib
+import re
 import secrets
 import signal
 import sys
@@ -60,6 +61,8 @@ _SETTLE_SECONDS = 1.0  # the most we wait for a SIGINT already sent to be absorb
 _CODE_SHOWN = 60  # characters of the code's first line in the one-line mention
 
 RUN, DECLINED, EDITED = "run", "declined", "edited"
+# Bidirectional embeddings, overrides and isolates: they make text display in another order than it runs.
+_REORDERING = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 DECLINED_TEXT = "The user declined to run this code. It did not run."
 
 
@@ -86,7 +89,6 @@ class RunRequest:
 
     code: str
     reason: str
-    answer: str  # the id of the answer it belongs to; no other answer's ledger knows it
     id: str = field(default_factory=lambda: secrets.token_urlsafe(16))
 
     @property
@@ -127,52 +129,59 @@ class Approvals:
     and the front end's (``decide``) at once.
     """
 
-    def __init__(self, answer: str, max_runs: int = MAX_RUNS) -> None:
-        self.answer = answer
+    def __init__(self, max_runs: int = MAX_RUNS) -> None:
         self.max_runs = max_runs
         self._waiting: dict[str, RunRequest] = {}
+        self._decided: set[str] = set()
         self._proposed = 0
-        self._open = True
         self.over = threading.Event()  # set once the answer is over: a front end still asking shows its request expired
         self._lock = threading.Lock()
 
     def propose(self, code: str, reason: str) -> RunRequest:
-        """A request waiting for the user; ``ToolRefusal`` (the model's one-line result) past the limit or for empty code."""
+        """A request waiting for the user; ``ToolRefusal`` (the model's one-line result) past the limit, for empty code, or for
+        code holding characters that reorder how it is shown (Trojan Source: the user would approve what they did not read).
+        """
         with self._lock:
-            if not self._open:
+            if self.over.is_set():
                 raise ApprovalExpired("This answer is over: no more code can be proposed for it.")
             if self._proposed >= self.max_runs:
                 raise ToolRefusal(f"Not run: at most {self.max_runs} runs per answer, and this answer has asked for all of them.")
             if not code.strip():
                 raise ToolRefusal("Not run: the code is empty.")
+            if _REORDERING.search(code):
+                raise ToolRefusal("Not run: the code holds Unicode direction controls, which would show it differently from what runs.")
             self._proposed += 1
-            request = RunRequest(code, reason, self.answer)
+            request = RunRequest(code, _REORDERING.sub("", reason))
             self._waiting[request.id] = request
             return request
 
     def decide(self, request_id: str, reply: bool | str) -> Decision:
         """The decision on a waiting request (once: the request stops waiting); ``ApprovalExpired`` for any other id."""
         with self._lock:
-            request = self._waiting.get(request_id) if self._open else None
+            request = self._waiting.get(request_id) if not self.over.is_set() else None
             if request is None:
                 raise ApprovalExpired("This approval has expired (its answer is over, or it was answered already): the code will not run.")
             decision = Decision.of(request, reply)  # a reply that is not one leaves the request waiting
             del self._waiting[request_id]
+            self._decided.add(request_id)
             return decision
+
+    def withdraw(self, request_id: str) -> bool:
+        """Make sure a request can never run now (its front end gave up waiting); False when it was decided already (its outcome follows)."""
+        with self._lock:
+            self._waiting.pop(request_id, None)
+            return request_id not in self._decided
 
     @property
     def waiting(self) -> tuple[RunRequest, ...]:
         with self._lock:
             return tuple(self._waiting.values())
 
-    def close(self) -> tuple[RunRequest, ...]:
-        """End the answer: the requests still waiting expire (returned, for the front ends to show so), and no reply is taken again."""
+    def close(self) -> None:
+        """End the answer: the requests still waiting expire (``over`` tells the front ends), and no reply is taken again."""
         with self._lock:
-            self._open = False
-            expired = tuple(self._waiting.values())
+            self.over.set()
             self._waiting.clear()
-        self.over.set()
-        return expired
 
 
 @dataclass(frozen=True)

@@ -82,6 +82,7 @@ class ToolResult:
     summary: str
     ok: bool
     parts: tuple[dict[str, Any], ...] = ()
+    kept: dict[str, Any] | None = None  # more the answer's record of the call keeps (a run's ``RunRecord``)
 
 
 @dataclass(frozen=True)
@@ -222,6 +223,8 @@ class KernelTools:
         variable was named is run again (tools only read, so it gives the same answer).
         """
         if name in self.sighted or not any(is_secret_name(named) for named in self.named):  # an image tool names images, never a value
+            return text
+        if name not in {tool.name for tool in TOOLS}:  # not one of these read-only tools (a run, which is never made again)
             return text
         unnamed = [named for named in self.named if not is_secret_name(named)]
         again = KernelTools(
@@ -487,6 +490,15 @@ class KernelTools:
         if unsent:
             lines.append("Not sent: " + "; ".join(unsent) + ".")
         return "\n".join(lines), f"looked at {images}"
+
+    def show_images(self, images: Sequence[NotebookImage]) -> list[dict[str, Any]]:
+        """The parts that show ``images`` (a run's) to the model, within this answer's image limits; none without a model that sees."""
+        if self.show is None:
+            return []
+        self._parts = []
+        for number, image in enumerate(images):
+            self._show(image, number)  # one it cannot show is named in the run's text all the same
+        return list(self._parts)
 
     def _show(self, image: NotebookImage, this_call: int) -> str | None:
         """Show ``image`` to the model (its part kept for this call's result); or, when it cannot be, say why, naming it."""

@@ -288,6 +288,9 @@ class ToolOutcome(Protocol):
     @property
     def parts(self) -> Sequence[Mapping[str, Any]]: ...  # images it shows the model (``image_part``), sent after the results
 
+    @property
+    def kept(self) -> Mapping[str, Any] | None: ...  # more the call's record keeps (a run's record), never sent to the model
+
 
 @dataclass
 class ToolRunner:
@@ -668,10 +671,10 @@ def _run_tools(runner: ToolRunner, reply: str, calls: list[dict[str, str]], turn
         if runner.max_calls is not None and number >= runner.max_calls:
             answers.append({"role": "tool", "tool_call_id": call["id"], "content": f"Not run: at most {runner.max_calls} tool calls per request."})
             continue
-        text, summary, ok, parts = _run_tool(runner.run, call["name"], call["arguments"])
+        text, summary, ok, parts, kept = _run_tool(runner.run, call["name"], call["arguments"])
         if parts and not turn.sees:  # a model that cannot see reads the notes, whatever the tool returned
             text = "\n".join([text, *(_note_of(part.get(IMAGE_ABOUT) or {}) for part in parts)])
-        record = {"name": call["name"], "arguments": call["arguments"], "summary": summary, "ok": ok, "result": text}
+        record = {"name": call["name"], "arguments": call["arguments"], "summary": summary, "ok": ok, "result": text, **kept}
         if parts and turn.sees:
             shown += parts
             record["images"] = [str((part.get(IMAGE_ABOUT) or {}).get("label") or "an image") for part in parts]
@@ -685,19 +688,21 @@ def _run_tools(runner: ToolRunner, reply: str, calls: list[dict[str, str]], turn
     return [asked, *answers]
 
 
-def _run_tool(run: Callable[[str, str], ToolOutcome], name: str, arguments: str) -> tuple[str, str, bool, list[dict[str, Any]]]:
-    """Run one tool, giving (text for the model, summary for the user, ok, the image parts it shows).
+def _run_tool(
+    run: Callable[[str, str], ToolOutcome], name: str, arguments: str
+) -> tuple[str, str, bool, list[dict[str, Any]], Mapping[str, Any]]:
+    """Run one tool, giving (text for the model, summary for the user, ok, the image parts it shows, more for its record).
 
     A tool that raises tells the model so in one line, never with a traceback, and the turn goes on.
     """
     try:
         outcome = run(name, arguments)
         parts = [dict(part) for part in outcome.parts if _is_image(part)]
-        return str(outcome.text), str(outcome.summary), bool(outcome.ok), parts
+        return str(outcome.text), str(outcome.summary), bool(outcome.ok), parts, outcome.kept or {}
     except Exception as error:  # whatever broke, the model hears of it and the answer goes on
         detail = str(error).strip().splitlines()
         failure = redact(f"tool failed: {type(error).__name__}" + (f": {detail[0][:200]}" if detail else ""))
-        return failure, failure, False, []
+        return failure, failure, False, [], {}
 
 
 _logging_switched_off = False

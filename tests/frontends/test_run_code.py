@@ -54,13 +54,18 @@ def last_answer(session_id: str) -> dict:
 
 def test_a_headless_run_is_never_offered_run_code_and_never_hangs(tool_model, tmp_path):
     server = tool_model
-    server.enqueue(Behavior(reply="I only looked."), Behavior(reply="Nor here."))
-    cells = [LOAD, "%%oblix\nWhat is in the kernel?", api_cell("True").replace(", approve=approve", "")]
+    server.enqueue(Behavior(reply="I only looked."), Behavior(reply="Nor here."), Behavior(reply="Nor with never."))
+    never = api_cell("True", limits='run_code="never"')
+    cells = [LOAD, "%%oblix\nWhat is in the kernel?", api_cell("True").replace(", approve=approve", ""), never, "print(asked)"]
     client = run_cells(cells, str(tmp_path / "nb" / "headless.ipynb"))
-    magic, api = server.chat_requests()[-2:]
+    magic, api, refused = server.chat_requests()[-3:]
     assert "list_variables" in offered(magic) and "run_code" not in offered(magic), "nobody is there to approve in nbclient"
     assert "list_variables" in offered(api) and "run_code" not in offered(api), "nor through the API without approve"
-    assert "Nor here." in outputs_text(client.nb.cells[2])
+    assert "list_variables" in offered(refused) and "run_code" not in offered(refused), "nor with run_code='never', approve or not"
+    assert "Nor with never." in outputs_text(client.nb.cells[3]) and outputs_text(client.nb.cells[4]).strip() == "[]"
+
+    rejected = "from oblix_jupyter import OblixClient\nOblixClient(run_timeout=0)"
+    assert "run_timeout is a positive number of seconds" in outputs_text(run_cells([rejected], str(tmp_path / "nb" / "zero.ipynb")).nb.cells[0])
 
 
 def test_declined_code_does_not_run_and_the_model_is_told(tool_model, tmp_path):
@@ -168,3 +173,46 @@ def test_awaiting_execute_in_a_cell_runs_the_approved_code_on_the_kernels_thread
     client = run_cells([cell, "print(probe)"], str(tmp_path / "nb" / "async.ipynb"))
     assert "ANSWER: Done." in outputs_text(client.nb.cells[0])
     assert outputs_text(client.nb.cells[1]).strip() == "True"
+
+
+# A first answer waits for an approval (on a thread, as the panel's and a handed-over cell's do); a later turn of the
+# session, from another client (as %config makes one), ends it: its request expires and it is stored before the new prompt.
+MOVED_ON = """
+import json, threading
+from oblix_jupyter import OblixClient
+from oblix_jupyter.kernel.runs import ApprovalExpired
+first_client = OblixClient()
+session = first_client.create_session_sync()
+asked, ended = threading.Event(), {}
+
+def ask(pending):
+    asked.set()
+    if pending.over.wait(30) and pending.withdraw():
+        raise ApprovalExpired("expired")
+    raise AssertionError("the later turn did not end this answer")
+
+def first():
+    try:
+        first_client.turn("first question", session, ask=ask)
+    except Exception as error:
+        ended["first"] = type(error).__name__
+
+thread = threading.Thread(target=first)
+thread.start()
+assert asked.wait(30)
+second = OblixClient().turn("second question", session)
+thread.join(30)
+messages = OblixClient().get_session(session)["messages"]
+print(json.dumps({"first": ended.get("first"), "messages": [[m["role"], m["content"], m.get("status")] for m in messages]}))
+"""
+
+
+def test_a_later_turn_of_the_session_from_another_client_expires_a_waiting_approval(tool_model, tmp_path):
+    server = tool_model
+    server.enqueue(Behavior(tool_calls=[ToolCall("run_code", {"code": "probe = 1", "reason": "set it"})]), Behavior(reply="Second answer."))
+    client = run_cells([LOAD, MOVED_ON], str(tmp_path / "nb" / "moved.ipynb"))
+    state = kernel_json(client, 1)
+    assert state["first"] == "AnswerInterrupted", "the first answer stopped: it asked the model nothing more"
+    roles = [message[:2] if message[0] == "user" else [message[0], message[2]] for message in state["messages"]]
+    assert roles == [["user", "first question"], ["assistant", "interrupted"], ["user", "second question"], ["assistant", None]]
+    assert len(server.chat_requests()) == 2

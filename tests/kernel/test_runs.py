@@ -46,7 +46,7 @@ from oblix_jupyter.kernel.variables import approximate_tokens
 memory = images.install(get_ipython())
 
 def run(code, reply=True, timeout=30.0):
-    answer = runs.Approvals("answer-1")
+    answer = runs.Approvals()
     request = answer.propose(code, "to see")
     return request, runs.execute(get_ipython(), answer.decide(request.id, reply), timeout=timeout)
 
@@ -134,7 +134,7 @@ report(request, outcome, calling=calling, last=[memory.recent()[-1].label, memor
         """
 refusals = []
 def elsewhere():
-    answer = runs.Approvals("answer-2")
+    answer = runs.Approvals()
     try:
         runs.execute(get_ipython(), answer.decide(answer.propose("thread_probe = 1", "x").id, True))
     except runs.RunRefused as refusal:
@@ -297,7 +297,7 @@ results = []
 def opened(channel, message):
     def receive(update):
         data = update["content"]["data"]
-        answer = runs.Approvals("panel-answer")
+        answer = runs.Approvals()
         request = answer.propose(data["code"], "from the panel")
         outcome = runs.execute(get_ipython(), answer.decide(request.id, True), timeout=data["timeout"])
         results.append({"cell": outcome.cell, "seconds": outcome.seconds, "timed_out": outcome.timed_out,
@@ -379,15 +379,17 @@ def test_the_kernel_s_stop_interrupts_a_run_and_the_kernel_stays_usable(panel_ke
 
 
 def test_an_approval_cannot_outlive_its_answer_or_be_given_twice_or_by_another_answer():
-    answer, other = Approvals("answer-a"), Approvals("answer-b")
+    answer, other = Approvals(), Approvals()
     first, second = answer.propose("x = 1", "why"), answer.propose("y = 2", "why")
-    assert first.id != second.id and first.answer == "answer-a"
+    assert first.id != second.id
     with pytest.raises(ApprovalExpired):
         other.decide(first.id, True)  # a request of another answer
     assert answer.decide(first.id, True).code == "x = 1"
     with pytest.raises(ApprovalExpired):
         answer.decide(first.id, True)  # once only
-    assert answer.close() == (second,)
+    assert answer.waiting == (second,)
+    answer.close()
+    assert answer.over.is_set() and answer.waiting == ()
     with pytest.raises(ApprovalExpired, match="expired"):
         answer.decide(second.id, True)
     with pytest.raises(ApprovalExpired):
@@ -395,7 +397,7 @@ def test_an_approval_cannot_outlive_its_answer_or_be_given_twice_or_by_another_a
 
 
 def test_a_reply_that_is_not_an_approval_leaves_the_request_waiting():
-    answer = Approvals("answer")
+    answer = Approvals()
     request = answer.propose("x = 1", "why")
     for reply in (1, 1.0, None, "   ", b"x = 2"):
         with pytest.raises(InvalidApproval):
@@ -413,7 +415,7 @@ def test_a_reply_that_is_not_an_approval_leaves_the_request_waiting():
 
 
 def test_an_answer_asks_at_most_max_runs_times_and_never_for_empty_code():
-    answer = Approvals("answer", max_runs=2)
+    answer = Approvals(max_runs=2)
     with pytest.raises(ToolRefusal, match="empty"):
         answer.propose("  \n", "why")
     answer.decide(answer.propose("a = 1", "why").id, False)  # declined ones count too
@@ -423,7 +425,7 @@ def test_an_answer_asks_at_most_max_runs_times_and_never_for_empty_code():
 
 
 def test_a_declined_outcome_reads_as_declined_and_its_record_keeps_the_code_redacted():
-    request = Approvals("answer").propose("api_key = 'sk-proj-abcdefghijklmnop0123'\nupload(api_key)", "to upload")
+    request = Approvals().propose("api_key = 'sk-proj-abcdefghijklmnop0123'\nupload(api_key)", "to upload")
     outcome = RunOutcome(Decision.of(request, False))
     assert not outcome.ran and for_model(outcome, 50, approximate_tokens) == DECLINED_TEXT
     record = RunRecord.of(outcome, approximate_tokens)
@@ -436,3 +438,13 @@ def test_a_key_cut_by_the_end_of_the_kept_output_is_not_sent_in_part(kernel_run)
     assert cut["kept"].startswith(cut["fragment"] + "\n"), "what is kept of stdout starts inside the key"
     assert cut["fragment"][:12] not in cut["model"] and cut["fragment"][:12] not in json.dumps(cut["record"])
     assert "x" * 1000 in cut["model"] and "characters in all" in cut["model"]
+
+
+def test_code_that_would_show_in_another_order_than_it_runs_is_refused():
+    # CVE-2021-42574's example: the return reads as part of the string, yet it runs.
+    hidden = "access_level = 'user'\nif access_level != 'user\u202e \u2066# Check if admin\u2069 \u2066':\n    print('admin')"
+    answer = Approvals()
+    with pytest.raises(ToolRefusal, match="direction controls"):
+        answer.propose(hidden, "check the level")
+    request = answer.propose("x = 1", "to \u202eevil\u202c set x")
+    assert request.reason == "to evil set x", "a reason cannot reorder what the user reads either"

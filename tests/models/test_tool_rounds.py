@@ -26,6 +26,7 @@ class Looked:
     summary: str
     ok: bool
     parts: tuple = ()
+    kept: dict | None = None
 
 
 def look(name: str, arguments: str) -> Looked:
