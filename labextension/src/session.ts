@@ -13,8 +13,11 @@
  *   kernel -> front end   {action: 'ack'}          (path registered)
  *                         {action: 'chat_widget', model_id}
  *                         {action: 'insert_cell', code}  (a new code cell below the active one)
+ *                         {action: 'keep_output', model_id, data}  (a static copy, beside
+ *                           the widget model_id shows in a cell, for the saved notebook)
  */
 
+import type { ICodeCellModel } from '@jupyterlab/cells';
 import { NotebookActions, NotebookPanel } from '@jupyterlab/notebook';
 import {
   CommsOverSubshells,
@@ -23,6 +26,9 @@ import {
 } from '@jupyterlab/services';
 import { IDisposable } from '@lumino/disposable';
 import { ISignal, Signal } from '@lumino/signaling';
+
+/** The MIME type of an ipywidgets view in a cell's outputs. */
+const WIDGET_VIEW = 'application/vnd.jupyter.widget-view+json';
 
 export const COMM_TARGET = 'oblix.session';
 
@@ -209,6 +215,7 @@ export class SessionLink implements IDisposable {
       action?: string;
       model_id?: string;
       code?: string;
+      data?: unknown;
     };
     switch (data.action) {
       case 'ack':
@@ -234,6 +241,50 @@ export class SessionLink implements IDisposable {
           notebook.activeCell?.model.sharedModel.setSource(data.code);
         }
         break;
+      case 'keep_output':
+        if (typeof data.model_id === 'string') {
+          this._keepOutput(data.model_id, data.data);
+        }
+        break;
+    }
+  }
+
+  /**
+   * Add a static copy of what a finished cell shows in widgets (an answer that
+   * went on below an approval box) to that cell's outputs: widgets are not
+   * saved with the notebook. Only text MIME types are taken; the copy is
+   * rendered like any other output of the kernel, and hidden by our style while
+   * the live widgets are there.
+   */
+  private _keepOutput(modelId: string, bundle: unknown): void {
+    if (typeof bundle !== 'object' || bundle === null) {
+      return;
+    }
+    const data: Record<string, string> = {};
+    for (const mime of ['text/html', 'text/plain']) {
+      const value = (bundle as Record<string, unknown>)[mime];
+      if (typeof value === 'string') {
+        data[mime] = value;
+      }
+    }
+    for (const cell of this._panel.content.widgets) {
+      const outputs = (cell.model as ICodeCellModel).outputs;
+      if (cell.model.type !== 'code' || !outputs) {
+        continue;
+      }
+      for (let index = 0; index < outputs.length; index++) {
+        const view = outputs.get(index).data[WIDGET_VIEW] as
+          | { model_id?: string }
+          | undefined;
+        if (view?.model_id === modelId) {
+          outputs.add({
+            output_type: 'display_data',
+            data,
+            metadata: { oblix: { kept: modelId } }
+          });
+          return;
+        }
+      }
     }
   }
 

@@ -173,6 +173,17 @@ class ApprovalBox(widgets.VBox):
                 if self.on_running is not None:
                     self.on_running(False)
 
+    def kept(self) -> tuple[str, str]:
+        """The box as it ended, as HTML and text: what a saved notebook keeps once its widgets are gone (the run's printed text included)."""
+        proposal = self.proposal.outputs[0]["data"]
+        printed = "".join(str(output.get("text", "")) for output in self.output.outputs if output.get("output_type") == "stream")
+        html_printed = f"<pre>{html.escape(printed)}</pre>" if printed else ""
+        status = html.escape(self.status.value)
+        return (
+            f"<div class='oblix-approval-kept'>{proposal['text/html']}<p><em>{status}</em></p>{html_printed}</div>",
+            "\n".join(filter(None, [proposal["text/plain"], self.status.value, printed])),
+        )
+
     def _set_deciding(self, enabled: bool) -> None:
         for button in (self.run_button, self.skip_button, self.edit_button, self.run_edit_button):
             button.disabled = not enabled

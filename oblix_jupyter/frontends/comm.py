@@ -2,7 +2,8 @@
 
 The page opens one comm per notebook. It reports the notebook's path (on open and
 after a rename) and asks for the chat panel; the kernel answers with the panel's widget
-id and may ask the page to insert a code cell. When the page goes away the comm is
+id and may ask the page to insert a code cell, or to keep a static copy of what a
+finished cell shows in widgets (an answer that went on below an approval box). When the page goes away the comm is
 closed, and inserting a cell says it cannot instead of sending into nothing.
 """
 
@@ -39,6 +40,13 @@ class LabExtension:
         if self.channel is None:
             return False
         self.channel.send({"action": "insert_cell", "code": code})
+        return True
+
+    def keep_output(self, model_id: str, bundle: Mapping[str, str]) -> bool:
+        """Ask the page to add ``bundle`` to the cell that shows widget ``model_id``: what its saved copy keeps once the widget is gone."""
+        if self.channel is None:
+            return False
+        self.channel.send({"action": "keep_output", "model_id": model_id, "data": dict(bundle)})
         return True
 
     def _opened(self, channel: Any, message: dict[str, Any]) -> None:

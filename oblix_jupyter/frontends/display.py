@@ -67,6 +67,7 @@ OUTPUT_CSS = """
 .oblix-thumb { margin: 0; max-width: 100%; font-size: var(--jp-ui-font-size0, 11px); color: var(--jp-ui-font-color2, #616161); }
 .oblix-thumb > img { display: block; box-sizing: border-box; max-width: min(240px, 100%); max-height: 160px; height: auto;
   border: var(--jp-border-width, 1px) solid var(--jp-border-color2, #e0e0e0); border-radius: 3px; }
+.oblix-approval-kept { border-left: 4px solid var(--jp-warn-color1, #f57c00); padding-left: 8px; margin: 6px 0; }
 .oblix-sent { margin: 2px 0 4px; font-size: var(--jp-ui-font-size0, 11px); color: var(--jp-ui-font-color2, #616161); overflow-wrap: anywhere; }
 .oblix-sent > summary { cursor: pointer; }
 .oblix-plan { margin: 4px 0; font-size: var(--jp-ui-font-size1, 13px); }

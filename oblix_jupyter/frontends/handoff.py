@@ -14,13 +14,13 @@ from __future__ import annotations
 import contextvars
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import ipywidgets as widgets
 from IPython.display import display
 
-from .display import Message, StreamingOutput, display_outputs
+from .display import OUTPUT_STYLE, Message, StreamingOutput, display_outputs
 
 if TYPE_CHECKING:
     from ..kernel.code_tool import Ask, PendingRun
@@ -34,9 +34,13 @@ _TICK = 0.1  # seconds between looks for a Stop while the cell waits for the tur
 class CellHandoff:
     """One ``%%oblix`` cell's turn, on a thread, handed over to approval boxes once the model asks to run code."""
 
-    def __init__(self, stream: StreamingOutput, insert_cell: Callable[[str], bool] | None) -> None:
+    def __init__(
+        self, stream: StreamingOutput, insert_cell: Callable[[str], bool] | None, keep_output: Callable[[str, Mapping[str, str]], bool] | None = None
+    ) -> None:
+        """``keep_output(model_id, bundle)`` asks the page to save a static copy beside the widgets (the lab extension's)."""
         self.stream = stream
         self.insert_cell = insert_cell
+        self.keep_output = keep_output
         self.stop = threading.Event()  # the cell was interrupted: the turn's ``should_stop``
         self.tail: widgets.VBox | None = None  # what the cell shows below the answer once it has handed over
         self._events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
@@ -64,6 +68,7 @@ class CellHandoff:
                 conclude(lambda: _outcome(ended), self._show_below)
             except Exception as error:  # noqa: BLE001 - a bug must show below the box, not vanish with the thread
                 self._show_below(Message(f"Unexpected {type(error).__name__}: {error}"))
+            self._keep()
 
         threading.Thread(target=contextvars.copy_context().run, args=(work,), name="oblix-cell-turn", daemon=True).start()
         kind, value = self._wait()
@@ -92,10 +97,27 @@ class CellHandoff:
                         self._hand_over([])
                         return ("stopped", None)
 
+    def _keep(self) -> None:
+        """Once the answer is over, have the page keep a static copy of what the widgets show, for the saved notebook.
+
+        Widgets are not saved with a notebook, so without it a reader (or the user, after
+        reopening) would see the answer stop at the box. The page hides the copy while the
+        live widgets are there (the lab extension's style).
+        """
+        from .approval import ApprovalBox
+
+        if self.keep_output is None or self.tail is None:
+            return
+        parts = [child.kept() if isinstance(child, ApprovalBox) else _shown(child) for child in self.tail.children]
+        rich = "".join(part[0] for part in parts)
+        plain = "\n\n".join(part[1] for part in parts if part[1])
+        self.keep_output(self.tail.model_id, {"text/html": f"{OUTPUT_STYLE}<div class='oblix-kept'>{rich}</div>", "text/plain": plain})
+
     def _hand_over(self, shown: list[Any]) -> None:
         """End the cell's part: what comes next goes below its answer, in widgets (a display cannot change once its cell is over)."""
         after = widgets.Output()
         self.tail = widgets.VBox([*shown, after])
+        self.tail.add_class("oblix-handoff")
         display(self.tail)
         self.stream.continue_in(after)
 
@@ -121,6 +143,12 @@ class CellHandoff:
         output = widgets.Output()
         output.outputs = display_outputs(shown._repr_mimebundle_())
         self.tail.children = (*self.tail.children, output)
+
+
+def _shown(output: widgets.Output) -> tuple[str, str]:
+    """What an output widget of ours shows (an answer, a message), as HTML and text."""
+    data = [output_item.get("data") or {} for output_item in output.outputs]
+    return "".join(str(item.get("text/html", "")) for item in data), "\n".join(str(item.get("text/plain", "")) for item in data)
 
 
 def _outcome(ended: tuple[str, Any]) -> Any:

@@ -316,7 +316,7 @@ class Oblix(Magics):
             return
         from .handoff import CellHandoff  # ipywidgets: only where the lab extension shows the boxes
 
-        handoff = CellHandoff(stream, self.lab.insert_cell)
+        handoff = CellHandoff(stream, self.lab.insert_cell, self.lab.keep_output)
         handoff.run(lambda ask: turn(ask=ask, should_stop=handoff.stop.is_set), conclude)
 
     def _terminal_ask(self) -> Ask | None:

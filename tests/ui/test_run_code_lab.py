@@ -9,8 +9,10 @@ closing note. Screenshots go to ``test-artifacts/ui/``.
 
 from __future__ import annotations
 
+import json
 import time
 
+import nbformat
 import pytest
 from model_server import Behavior, ToolCall
 from test_panel_layout import LOAD, set_sidebar_width
@@ -56,7 +58,7 @@ def test_in_a_cell_the_box_waits_run_continues_the_answer_in_place_and_insert_ad
 
     clicked = time.monotonic()
     box.locator("button.oblix-run").click()
-    output.get_by_text("The probe is 42, as computed.").wait_for()
+    output.get_by_text("The probe is 42, as computed.").first.wait_for()
     print(f"\nseconds from Run to the answer's continuation in the cell: {time.monotonic() - clicked:.2f}")
     assert "the probe is 42" in box.locator(".oblix-approval-output").inner_text(), "the run's output is shown under the box"
     box.locator(".oblix-approval-status", has_text="Ran as In[").wait_for()
@@ -66,6 +68,16 @@ def test_in_a_cell_the_box_waits_run_continues_the_answer_in_place_and_insert_ad
     jlab.run_cell(3)
     jlab.wait_until(lambda: jlab.output_locator(3).first.inner_text().strip() == "True", 10, "the probe to be defined")
     jlab.screenshot("run-code-cell-continued")
+
+    # Widgets are not saved with a notebook: the page keeps a static copy of what they show, hidden while they live.
+    jlab.wait_until(lambda: output.locator(".oblix-kept").count() == 1, 10, "the static copy to be kept")
+    assert not output.locator(".oblix-kept").is_visible(), "hidden while the live box shows the same"
+    jlab.evaluate("async () => { await jupyterapp.commands.execute('docmanager:save'); }")
+    saved = nbformat.read(str(jlab.lab.work / "runs/cell.ipynb"), as_version=4).cells[2].outputs
+    kept = [item["data"] for item in saved if item.get("metadata", {}).get("oblix")]
+    assert len(kept) == 1 and "The probe is 42, as computed." in kept[0]["text/plain"], saved
+    assert "the probe is 42" in kept[0]["text/plain"] and "Ran as In[" in kept[0]["text/plain"] and "6 * 7" in kept[0]["text/html"]
+    assert "Let me compute it." in json.dumps(saved), "the text before the box is the cell's own display"
 
     box.locator("button.oblix-insert-as-cell").click()
     sources = lambda: jlab.evaluate("async () => [...jupyterapp.shell.currentWidget.content.model.cells].map(c => c.sharedModel.getSource())")  # noqa: E731
@@ -101,6 +113,16 @@ def test_in_a_cell_the_box_waits_run_continues_the_answer_in_place_and_insert_ad
     pending.locator(".oblix-approval-status", has_text="the kernel restarted").wait_for()
     assert pending.locator("button.oblix-run").is_disabled() and "oblix-expired" in pending.get_attribute("class")
     assert "Ran as In[" in box.locator(".oblix-approval-status").inner_text(), "a restart leaves a decided box saying what came of it"
+
+    # Without the widgets (a reader of the saved file), the static copy shows instead.
+    jlab.evaluate("async () => { for (const view of document.querySelectorAll('.oblix-handoff')) view.remove(); }")
+    copy = output.locator(".oblix-kept")
+    copy.wait_for()
+    shown, area = copy.bounding_box(), output.bounding_box()
+    assert shown["height"] > 100 and shown["x"] + shown["width"] <= area["x"] + area["width"] + 1, (shown, area)
+    assert "The probe is 42, as computed." in copy.inner_text() and "the probe is 42" in copy.inner_text()
+    copy.scroll_into_view_if_needed()
+    jlab.screenshot("run-code-cell-saved-copy")
 
 
 def test_in_the_panel_stop_interrupts_a_long_run_and_skip_tells_the_model_it_was_declined(jlab, server):
