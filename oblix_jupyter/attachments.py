@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .errors import UnreadableImage
+from .errors import OblixError, UnreadableImage
 from .models.gateway import image_part, images_as_text, supports_vision
 from .models.images import DEFAULT_MAX_PX, PreparedImage, cannot_see_note, prepare
 
@@ -108,6 +108,32 @@ def attach(images: Sequence[NotebookImage], models: Sequence[str], sees: Callabl
             attached.notes.append(note)
             attached.labels.append((image.label, CANNOT_SEE))
     return attached
+
+
+def stored_images(message: Mapping[str, Any], read: Callable[[str], bytes]) -> list[NotebookImage]:
+    """The images a stored prompt carried, as the session keeps them (what its model was sent): a retry sends them again.
+
+    The entries come from a session file: only PNG and JPEG bytes are read (``read`` takes
+    an attachment id), and the pixel size comes from the bytes, never from the entry; any
+    other entry, or one whose bytes are gone, is named only, as ``--image`` names what it
+    cannot send.
+    """
+    from .kernel.images import KEPT_TYPES, NotebookImage, pixel_size
+
+    images = []
+    for entry in message.get("attachments") or []:
+        if not isinstance(entry, Mapping):
+            continue
+        mime, data = str(entry.get("mime")), None
+        if mime in KEPT_TYPES:
+            try:
+                data = read(str(entry.get("id")))
+            except OblixError:
+                pass
+        width, height = (pixel_size(data, mime) if data else None) or (None, None)
+        label = str(entry.get("label") or "image")
+        images.append(NotebookImage(label, mime, data, width=width, height=height, withheld=None if data else "no longer kept"))
+    return images
 
 
 def tool_images(model: str, max_px: int = DEFAULT_MAX_PX) -> Callable[[NotebookImage], tuple[dict[str, Any], int]]:

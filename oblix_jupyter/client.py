@@ -22,7 +22,7 @@ from .models.images import DEFAULT_MAX_PX, prepare_ahead
 from .store.base import ChangeFeed, SessionStore, Sharing
 from .store.dsn import is_connection_string  # noqa: F401 - the front ends' test of a database location: they import only the client
 from .store.factory import open_store
-from .turn import TITLE_FROM_PROMPT, TextSink, TurnOptions, TurnResult, Turns, failed_prompt, warm_up
+from .turn import TITLE_FROM_PROMPT, TextSink, TurnOptions, TurnResult, Turns, failed_images, failed_prompt, warm_up
 
 if TYPE_CHECKING:  # the selector's modules load on the first turn, keeping %load_ext light
     from .context.selector import ContextPlan
@@ -428,6 +428,16 @@ class OblixClient:
             session_id = session_id or self.current_session_id
             session = self.get_session(session_id) if session_id else None
         return failed_prompt(session)
+
+    def failed_images(self, session_id: str | None = None, session: dict[str, Any] | None = None) -> list[NotebookImage]:
+        """The images the prompt of the session's failed last turn carried, as the session keeps them ([] when it did not fail).
+
+        A retry sends them again by itself; a front end shows them in the retried prompt's place.
+        """
+        if session is None:
+            session_id = session_id or self.current_session_id
+            session = self.get_session(session_id) if session_id else None
+        return failed_images(session, self.read_attachment)
 
     def retry_sync(self, session_id: str | None = None, stream_to: TextSink | None = None, **options: Any) -> dict[str, Any]:
         """Ask the session's last prompt again after its turn failed; ``execute_sync``'s options and result.

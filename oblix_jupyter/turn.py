@@ -19,7 +19,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, fields, replace
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
-from .attachments import attach, earlier_images_named, images_named, sight, tool_images
+from .attachments import attach, earlier_images_named, images_named, sight, stored_images, tool_images
 from .context.record import record_of  # light: the turn's record of what it sent
 from .errors import AnswerInterrupted, ModelError, NoModelConfigured, NotPermitted, OblixError, StoreUnavailable, redact
 from .models import local_model
@@ -379,12 +379,15 @@ class Turns:
             # sent on purpose (a variable named with --vars, in its summary) stays in the prompt.
             sent = redact(prompt, keep=[summary.text for summary in variables if not summary.excluded])
             sees = sight(self.settings.gateway.model_options)
-            attached = attach(options.images, models, sees, self.settings.image_max_px)
-            sent = attached.with_notes(sent)
             to_store = _for_the_store(variables)
-            # Asking again what just failed is a retry: the prompt is stored once, and the
-            # selector sees the session as it was before the failed attempts.
+            # Asking again what just failed is a retry: the prompt is stored once, with its images, which
+            # go again (unless others are given), and the selector sees the session as it was before the failed attempts.
             retried = _retried_exchange(session, to_store(prompt))
+            images = options.images
+            if retried is not None and not images and session_id and session is not None:
+                images = stored_images(session["messages"][retried], functools.partial(store.read_attachment, session_id))
+            attached = attach(images, models, sees, self.settings.image_max_px)
+            sent = attached.with_notes(sent)
             before = session if session is None or retried is None else {**session, "messages": session["messages"][:retried]}
             if before is not None and (named := earlier_images_named(before["messages"])) is not before["messages"]:
                 before = {**before, "messages": named}
@@ -519,6 +522,16 @@ def failed_prompt(session: dict[str, Any] | None) -> str | None:
 
     position = failed_exchange(session)
     return None if position is None else str((session or {})["messages"][position]["content"])
+
+
+def failed_images(session: dict[str, Any] | None, read: Callable[[str, str], bytes]) -> list[NotebookImage]:
+    """The images of the session's last prompt if its turn failed (what a retry sends again), read with ``read(session_id, id)``."""
+    from .context.selector import failed_exchange
+
+    position = failed_exchange(session)
+    if session is None or position is None:
+        return []
+    return stored_images(session["messages"][position], functools.partial(read, session["id"]))
 
 
 def _retried_exchange(session: dict[str, Any] | None, prompt: str) -> int | None:

@@ -26,7 +26,7 @@ import ipywidgets as widgets
 
 from ..errors import AnswerInterrupted, ModelError, OblixError
 from ..kernel.binding import NotebookBinding
-from ..kernel.images import KEPT_TYPES, DisplayedImages, NotebookImage, memory_of, pixel_size
+from ..kernel.images import DisplayedImages, NotebookImage, memory_of
 from ..kernel.variables import is_hidden_name, summarize_variables
 from ..render import local_time, prepare
 from .display import OUTPUT_CSS, UPDATE_INTERVAL, WAITING_TICK, ImageReader, PlanView, Waiting, code_blocks, html_outputs, message_html
@@ -651,29 +651,9 @@ class ChatPanel(widgets.VBox):
             self.textarea.value = typed  # what the user was writing meanwhile stays in the box
 
     def _failed_images(self) -> list[NotebookImage]:
-        """The images the failed prompt carried, as the session keeps them (what its model was sent), for a retry to send again.
-
-        The entries come from a session file: only PNG and JPEG bytes are read; any other
-        entry, or one whose bytes are gone, is named only, as ``--image`` names what it cannot send.
-        """
+        """The images the failed prompt carried, as the session keeps them: shown in the retried prompt's place (the turn sends them)."""
         session = self._session()
-        if session is None:
-            return []
-        asked = next((m for m in reversed(session["messages"]) if m.get("role") == "user" and m.get("content") == self._failed_prompt), {})
-        images = []
-        for entry in asked.get("attachments") or []:
-            if not isinstance(entry, Mapping):
-                continue
-            mime, data = str(entry.get("mime")), None
-            if mime in KEPT_TYPES:
-                try:
-                    data = self.client.read_attachment(session["id"], str(entry.get("id")))
-                except OblixError:
-                    pass
-            label = str(entry.get("label") or "image")
-            width, height = (pixel_size(data, mime) if data else None) or (None, None)  # from the bytes, never from the file
-            images.append(NotebookImage(label, mime, data, width=width, height=height, withheld=None if data else "no longer kept"))
-        return images
+        return self.client.failed_images(session=session) if session is not None else []
 
     def stop(self, _button: Any = None) -> None:
         """Stop the answer that is streaming; the part that arrived is kept."""

@@ -18,6 +18,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from ..errors import AttachmentNotFound, BadArguments, CorruptSession, NewerSchema, SessionNotFound
@@ -55,8 +56,10 @@ class SessionStore(abc.ABC):
         """Where the sessions are, for people (``oblix doctor``, error messages), never with a password."""
 
     @abc.abstractmethod
-    def _store_new(self, session: dict[str, Any]) -> str:
-        """Store a complete, checked session under its own id (``ImportFormatError`` if that id is taken); return the id."""
+    def _store_new(self, session: dict[str, Any], attachments: Mapping[str, bytes] = MappingProxyType({})) -> str:
+        """Store a complete, checked session under its own id, with the bytes its messages name (``attachments``, by their
+        checked SHA-256), all or nothing (``ImportFormatError`` if that id is taken); return the id.
+        """
 
     @abc.abstractmethod
     def load_session(self, session_id: str) -> dict[str, Any] | None:
@@ -147,21 +150,13 @@ class SessionStore(abc.ABC):
 
         Every attachment its messages name comes with its bytes: the entry's base64
         ``"data"``, as an exported file carries them, or ``kept_attachments`` by id (a copy
-        within a store). All are checked before anything is stored (``attachment_data``).
-        The bytes can only be saved once the session exists, so they follow it at once,
-        under an id nobody has been given yet; if they cannot be, the session goes too:
-        no stored message names bytes that are not there.
+        within a store). All are checked before anything is stored (``attachment_data``),
+        and stored with the session in one step (``_store_new``): even a process killed
+        halfway leaves no stored message naming bytes that are not there.
         """
         session = imported_session(data, new_id)
         attachments = take_attachment_data(session, "The session to import", MAX_ATTACHMENT_BYTES, kept_attachments)
-        session_id = self._store_new(session)
-        try:
-            for attachment_id, data in attachments.items():  # checked and hashed by take_attachment_data
-                self._write_attachment(session_id, attachment_id, data)
-        except BaseException:
-            self.delete_session(session_id)
-            raise
-        return session_id
+        return self._store_new(session, attachments)
 
     def export_session(self, session_id: str, export_path: str | os.PathLike[str]) -> bool:
         """Write the session as one JSON object in the seed's shape, each attachment's bytes in its entry as base64 ``"data"``."""

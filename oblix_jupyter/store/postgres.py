@@ -39,6 +39,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 import psycopg
@@ -419,7 +420,8 @@ class PostgresStore(SessionStore, Sharing, ChangeFeed, Spooling):
 
     # -- the Oblix SDK's SessionManager API ---------------------------------------------
 
-    def _store_new(self, session: dict[str, Any]) -> str:
+    def _store_new(self, session: dict[str, Any], attachments: Mapping[str, bytes] = MappingProxyType({})) -> str:
+        """The session, its messages and their bytes in one transaction."""
         fields = {name: value for name, value in session.items() if name not in _NOT_EXTRA}
         messages = session["messages"]
         statement = (
@@ -432,8 +434,14 @@ class PostgresStore(SessionStore, Sharing, ChangeFeed, Spooling):
             *([m[field] for m in messages] for field in _MESSAGE_FIELDS),
             [Jsonb({k: v for k, v in m.items() if k not in _MESSAGE_FIELDS}) for m in messages],
         )
+
+        def store(conn: psycopg.Connection) -> None:
+            conn.execute(statement, params)
+            for attachment_id, data in attachments.items():
+                conn.execute("SELECT oblix.write_attachment(%s, %s, %s)", (session["id"], attachment_id, data))
+
         try:
-            self._run(lambda conn: conn.execute(statement, params), write=True)
+            self._run(store, write=True)
         except psycopg.errors.UniqueViolation as error:
             if error.diag.constraint_name == "sessions_pkey":
                 raise ImportFormatError(f"A session with id {session['id']} already exists.") from None

@@ -22,6 +22,7 @@ import shutil
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from types import MappingProxyType
 from typing import Any
 
 from tinydb import TinyDB
@@ -179,12 +180,28 @@ class SessionManager(SessionStore):
 
     # -- the Oblix SDK's SessionManager API ---------------------------------------
 
-    def _store_new(self, session: dict[str, Any]) -> str:
-        with self._transaction(session["id"]) as db:
-            if os.path.exists(self.session_path(session["id"])):
-                raise ImportFormatError(f"A session with id {session['id']} already exists.")
-            db.insert(session)
-            self._write_header(session)
+    def _store_new(self, session: dict[str, Any], attachments: Mapping[str, bytes] = MappingProxyType({})) -> str:
+        """The bytes first, then the session file that names them: killed between the two, the store holds bytes under
+        an id no session has (nobody can reach them), never a message naming bytes that are not there.
+        """
+        folder = os.path.join(self._attachments_dir, session["id"])
+        try:
+            with self._transaction(session["id"]) as db:
+                if os.path.exists(self.session_path(session["id"])):
+                    raise ImportFormatError(f"A session with id {session['id']} already exists.")
+                try:
+                    for attachment_id, data in attachments.items():
+                        ensure_private_dir(folder)
+                        atomic_write_bytes(os.path.join(folder, attachment_id), data)
+                    db.insert(session)
+                except BaseException:
+                    shutil.rmtree(folder, ignore_errors=True)  # nothing names them: a failure to remove them loses nothing
+                    raise
+                self._write_header(session)
+        except BaseException:
+            if not os.path.exists(self.session_path(session["id"])):  # nor a lock file for an id no session has
+                remove_file(os.path.join(self._locks_dir, f"{session['id']}.lock"))
+            raise
         return session["id"]
 
     def save_message(self, session_id: str, message: Any, role: str = "user", **fields: Any) -> dict[str, Any]:

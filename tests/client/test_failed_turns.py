@@ -118,3 +118,31 @@ def test_retry_asks_the_failed_prompt_again_and_refuses_when_nothing_failed(clie
     assert [m["content"] for m in messages if m["role"] == "user"] == [QUESTION, "second question"]
     with pytest.raises(BadArguments, match="nothing to retry"):
         client.retry_sync(session_id)
+
+
+def test_a_retry_sends_the_failed_prompts_images_again(client, server, monkeypatch):
+    import io
+
+    from PIL import Image
+
+    from oblix_jupyter.kernel.images import NotebookImage
+
+    monkeypatch.setenv("OBLIX_VISION_MODELS", TEST_MODEL)
+    session_id = client.create_session_sync(title="figures")
+    png = io.BytesIO()
+    Image.new("RGB", (640, 480), "white").save(png, "PNG")
+    figure = NotebookImage("figure from cell 5", "image/png", png.getvalue(), 5, 640, 480)
+    server.enqueue(Behavior(status=500))
+    with pytest.raises(ModelError):
+        client.execute_sync("Why does the curve bend?", session_id, images=[figure])
+    shown = client.failed_images(session_id)
+    assert [(image.label, image.width, image.height) for image in shown] == [("figure from cell 5", 640, 480)], "read back from the store"
+    client.retry_sync(session_id)
+
+    failed, retried = server.chat_requests()[-2:]
+    for request in (failed, retried):
+        parts = [part["type"] for part in request["messages"][-1]["content"]]
+        assert parts == ["text", "image_url"], "the retried prompt carries its picture, as the first attempt did"
+    messages = client.load_session(session_id)["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant", "assistant"] and len(messages[0]["attachments"]) == 1
+    assert client.failed_images(session_id) == [], "nothing failed now"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import threading
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from oblix_jupyter.errors import ImportFormatError, SessionNotFound
@@ -61,11 +62,13 @@ class MemoryStore(SessionStore):
             raise SessionNotFound(session_id, self.location)
         return session
 
-    def _store_new(self, session: dict[str, Any]) -> str:
+    def _store_new(self, session: dict[str, Any], attachments: Mapping[str, bytes] = MappingProxyType({})) -> str:
         with self._shelf.lock:
             if session["id"] in self._shelf.sessions:
                 raise ImportFormatError(f"A session with id {session['id']} already exists.")
             self._shelf.sessions[session["id"]] = copy.deepcopy(session)
+            for attachment_id, data in attachments.items():
+                self._shelf.attachments[session["id"], attachment_id] = data
         return session["id"]
 
     def load_session(self, session_id: str) -> dict[str, Any] | None:

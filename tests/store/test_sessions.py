@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 import os
 import pathlib
@@ -675,3 +676,50 @@ def test_an_import_whose_images_cannot_be_saved_leaves_no_half_session(file_stor
     with pytest.raises(OSError):
         file_store.import_session(tmp_path / "chat.json")
     assert tree(file_store.base_dir) == before and [row["id"] for row in file_store.list_sessions()] == listed
+
+
+IMPORT_AND_EXIT = "import sys\nfrom oblix_jupyter.store.factory import open_store\nopen_store(sys.argv[1]).import_session(sys.argv[2])"
+
+
+def test_an_import_killed_at_any_moment_leaves_no_message_naming_bytes_that_are_not_there(across_processes, tmp_path):
+    """A process importing a session with many images is killed at moments spread over its work: whatever it left,
+    every stored message's images read back (the bytes are stored with the session, all or nothing)."""
+    from PIL import Image
+
+    where = across_processes[1]
+    source = open_store(across_processes)
+    origin = source.create_session(title="figures")
+    noise = random.Random(7)
+    for number in range(24):  # distinct, incompressible PNGs: an import with much to write
+        picture = Image.frombytes("RGB", (240, 240), bytes(noise.getrandbits(8) for _ in range(240 * 240 * 3)))
+        buffer = io.BytesIO()
+        picture.save(buffer, "PNG")
+        entry = {"mime": "image/png", "width": 240, "height": 240, "label": f"figure {number}", "bytes": len(buffer.getvalue())}
+        source.save_message(origin, f"figure {number}", role="user", attachments=[{**entry, "id": source.save_attachment(origin, buffer.getvalue())}])
+    exported = tmp_path / "figures.json"
+    source.export_session(origin, exported)
+    source.delete_session(origin)
+    if isinstance(source, PostgresStore):
+        source.close()
+
+    started = time.monotonic()
+    subprocess.run([sys.executable, "-c", IMPORT_AND_EXIT, where, str(exported)], check=True, timeout=120)
+    whole = time.monotonic() - started
+    for step in range(1, 8):
+        child = subprocess.Popen([sys.executable, "-c", IMPORT_AND_EXIT, where, str(exported)])
+        time.sleep(whole * step / 8)
+        child.kill()
+        child.wait()
+
+    store = open_store(across_processes)
+    try:
+        sessions = store.list_sessions(100)
+        assert sessions, "the import that was not killed is there"
+        for summary in sessions:
+            session = store.get_session(summary["id"])
+            for message in session["messages"]:
+                for entry in message.get("attachments") or []:
+                    assert hashlib.sha256(store.read_attachment(session["id"], entry["id"])).hexdigest() == entry["id"]
+    finally:
+        if isinstance(store, PostgresStore):
+            store.close()
