@@ -19,6 +19,7 @@ from .errors import BadArguments, CorruptSession, OblixError
 from .models import local_model
 from .models.gateway import DEFAULT_MAX_TOOL_ROUNDS, ModelGateway, split_models
 from .models.images import DEFAULT_MAX_PX, prepare_ahead
+from .models.images import thumbnail as images_thumbnail
 from .store.base import ChangeFeed, SessionStore, Sharing
 from .store.dsn import is_connection_string  # noqa: F401 - the front ends' test of a database location: they import only the client
 from .store.factory import open_store
@@ -161,6 +162,12 @@ class OblixClient:
         and what it cannot prepare is simply prepared (or refused) by the turn.
         """
         prepare_ahead(((image.data, image.mime) for image in images if image.data is not None), image_max_px)
+
+    @staticmethod
+    def thumbnail(data: bytes, mime: str, size: int, label: str = "image") -> bytes | None:
+        """A PNG of an image at most ``size`` px on its longest side, decoded as a model's copy is (its claimed type only,
+        a pixel cap); None when it cannot be drawn."""
+        return images_thumbnail(data, mime, size, label)
 
     def search_sessions(self, query: str, limit: int = 50) -> list[dict[str, Any]]:
         """Summaries of the sessions whose title or messages match ``query``, best first, each with a ``snippet``.

@@ -12,23 +12,20 @@ so a panel whose kernel showed no image, or whose picker stays shut, decodes not
 
 from __future__ import annotations
 
-import io
 import re
 import threading
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import ipywidgets as widgets
 
-from ..kernel.images import DisplayedImages, NotebookImage
+from ..client import OblixClient
+from ..kernel.images import KEPT_TYPES, DisplayedImages, NotebookImage
 from .display import ImageReader
 
 THUMBNAIL_PX = 96
 # A displayed image with more pixels than this is named in the picker, not decoded: a small
 # PNG can hold a huge plain picture, and a thumbnail is not worth a few hundred MB of pixels.
-MAX_DECODED_PIXELS = 25_000_000
-_PILLOW_FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG"}
 _NUMBERED = re.compile(r"^figure (\d+) from cell")
 
 PICKER_CSS = """
@@ -44,34 +41,15 @@ PICKER_CSS = """
 
 
 def thumbnail(image: NotebookImage, size: int = THUMBNAIL_PX) -> bytes | None:
-    """A PNG at most ``size`` px on its longest side, drawn from ``image``'s own PNG or JPEG bytes.
+    """A PNG at most ``size`` px on its longest side, drawn from ``image``'s own PNG or JPEG bytes as a model's copy is.
 
     None for anything else (an SVG, an image named only, one too large to decode, bytes
-    Pillow cannot read) and where Pillow is missing: the picker then shows the label alone.
-    Pillow is told the one format the bytes must be, so no other decoder ever reads them.
+    that are not what they claim) and where Pillow is missing: the picker then shows the
+    label alone. Only the decoder of the type the bytes claim ever reads them.
     """
-    pillow_format = _PILLOW_FORMATS.get(image.mime)
-    if image.data is None or pillow_format is None or not image.width or not image.height:
+    if image.data is None or image.mime not in KEPT_TYPES:
         return None
-    if image.width * image.height > MAX_DECODED_PIXELS:
-        return None
-    try:
-        from PIL import Image
-    except ImportError:
-        return None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            picture = Image.open(io.BytesIO(image.data), formats=[pillow_format])
-            picture.draft("RGB", (size, size))  # a JPEG is decoded at a fraction of its size
-            picture.thumbnail((size, size))
-            if picture.mode not in ("RGB", "RGBA", "L", "LA", "P"):
-                picture = picture.convert("RGB")  # a CMYK JPEG, which PNG cannot store
-            buffer = io.BytesIO()
-            picture.save(buffer, "PNG")
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError, Image.DecompressionBombWarning):
-        return None  # the bytes a cell displayed, not ours: the label still names the image
-    return buffer.getvalue()
+    return OblixClient.thumbnail(image.data, image.mime, size, image.label)
 
 
 def tile_name(image: NotebookImage) -> str:

@@ -128,7 +128,7 @@ def _keep(key: tuple[bytes, str, int], future: Future[PreparedImage]) -> None:
 def _shrunk(data: bytes, mime: str, max_px: int, label: str) -> PreparedImage:
     """The work of ``prepare``, for no model in particular (its tokens are set per model after)."""
     pillow = _pillow()
-    image = _decoded(pillow, data, max_px, label)
+    image = _decoded(pillow, data, mime, max_px, label)
     candidates = [(data, mime)] if not image.resized and _ENCODED.get(image.source_format) == mime else []
     candidates.append((_encoded(image.pixels, "PNG"), "image/png"))
     if image.pixels.mode in ("RGB", "L"):
@@ -168,6 +168,9 @@ def _is_anthropic(model: str) -> bool:
 
 # -- Pillow -----------------------------------------------------------------------------------
 
+MAX_DECODED_PIXELS = 25_000_000  # a 5,000×5,000 image, 100 MB decoded as RGBA; a larger one is refused before decoding
+_PILLOW_FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/gif": "GIF", "image/webp": "WEBP"}
+
 
 def _pillow() -> ModuleType:
     try:
@@ -184,14 +187,35 @@ class _Decoded:
     resized: bool  # when not, the original bytes show this image as well as any re-encoding would
 
 
-def _decoded(pillow: ModuleType, data: bytes, max_px: int, label: str) -> _Decoded:
-    """``data`` decoded, in an encodable mode, at most ``max_px`` on its longest side; any failure to decode as ``UnreadableImage``."""
+def thumbnail(data: bytes, mime: str, size: int, label: str = "image") -> bytes | None:
+    """A PNG of the image at most ``size`` px on its longest side (the chat panel's picker); None when it cannot be drawn.
+
+    Drawn as a model's copy is, by ``_decoded``'s checks: the label then names the image alone.
+    """
+    try:
+        return _encoded(_decoded(_pillow(), data, mime, size, label).pixels, "PNG")
+    except OblixError:  # Pillow missing, or bytes it cannot (or will not) decode
+        return None
+
+
+def _decoded(pillow: ModuleType, data: bytes, mime: str, max_px: int, label: str) -> _Decoded:
+    """``data`` decoded, in an encodable mode, at most ``max_px`` on its longest side; any failure to decode as ``UnreadableImage``.
+
+    The bytes come from outputs and files: only the decoder of the type they claim
+    (``mime``) reads them, and an image of more than ``MAX_DECODED_PIXELS`` is refused
+    from its header, before any pixel is decoded.
+    """
+    claimed = _PILLOW_FORMATS.get(mime)
+    if claimed is None:
+        raise UnreadableImage(f"The {label} is {mime}, which is not sent to models (PNG, JPEG, GIF or WebP are).")
     try:
         with warnings.catch_warnings():
             # Pillow only warns between its two pixel limits; an image that large is refused as one past the second.
             warnings.simplefilter("error", pillow.DecompressionBombWarning)
-            opened = pillow.open(io.BytesIO(data))
+            opened = pillow.open(io.BytesIO(data), formats=[claimed])
             source_format, size = opened.format, opened.size
+            if size[0] * size[1] > MAX_DECODED_PIXELS:
+                raise pillow.DecompressionBombError(f"{size[0]}×{size[1]}")
             if source_format == "JPEG":
                 opened.draft("RGB", (max_px, max_px))  # decode at a reduced scale: far faster than full size then shrink
             opened.load()
@@ -200,7 +224,7 @@ def _decoded(pillow: ModuleType, data: bytes, max_px: int, label: str) -> _Decod
     except (pillow.DecompressionBombError, pillow.DecompressionBombWarning):
         raise UnreadableImage(f"The {label} has too many pixels to be read safely.") from None
     except pillow.UnidentifiedImageError:
-        raise UnreadableImage(f"The {label} is not an image Pillow can read (PNG, JPEG, GIF, WebP...).") from None
+        raise UnreadableImage(f"The {label} is not the {claimed} image it claims to be.") from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:  # truncated or corrupt data, by the plugin's own words
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:120]
         raise UnreadableImage(f"The {label} cannot be decoded: {reason}.") from None

@@ -103,17 +103,19 @@ def test_token_estimates_follow_each_providers_rule():
 
 
 @pytest.mark.parametrize(
-    ("data", "said"),
+    ("data", "mime", "said"),
     [
-        (b"", "is not an image Pillow can read"),
-        (b"%PDF-1.7 not a picture", "is not an image Pillow can read"),
-        (encoded(Image.new("RGB", (800, 600), "red"), "PNG")[:300], "cannot be decoded"),  # cut short
-        (encoded(Image.effect_noise((400, 300), 50), "JPEG")[:600], "cannot be decoded"),
+        (b"", "image/png", "is not the PNG image it claims to be"),
+        (b"%PDF-1.7 not a picture", "image/png", "is not the PNG image it claims to be"),
+        (encoded(Image.new("RGB", (80, 60), "red"), "PNG"), "image/jpeg", "is not the JPEG image it claims to be"),  # no other decoder
+        (encoded(Image.new("RGB", (80, 60), "red"), "GIF"), "image/svg+xml", "is image/svg+xml, which is not sent to models"),
+        (encoded(Image.new("RGB", (800, 600), "red"), "PNG")[:300], "image/png", "cannot be decoded"),  # cut short
+        (encoded(Image.effect_noise((400, 300), 50), "JPEG")[:600], "image/jpeg", "cannot be decoded"),
     ],
 )
-def test_bytes_that_are_not_a_whole_image_are_a_clear_error(data, said):
+def test_bytes_that_are_not_a_whole_image_of_their_type_are_a_clear_error(data, mime, said):
     with pytest.raises(UnreadableImage) as raised:
-        prepare(data, "image/png", label="figure from cell 5")
+        prepare(data, mime, label="figure from cell 5")
     message = str(raised.value)
     assert message.startswith("The figure from cell 5 ") and said in message and "\n" not in message
     assert "BytesIO" not in message  # Pillow's own words name its buffer object
