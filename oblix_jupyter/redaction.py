@@ -78,11 +78,12 @@ def is_secret_name(name: str) -> bool:
     return bool(_SECRET_NAME.search(name))
 
 
-def redact(text: str, keep: Collection[str] = ()) -> str:
-    """``text`` with every secret-looking value replaced by ``WITHHELD``.
+def redact(text: str, keep: Collection[str] = (), withheld: Collection[str] = ()) -> str:
+    """``text`` with every secret-looking value replaced by ``WITHHELD``, and the ``withheld`` values too (``withhold_values``).
 
     ``keep`` holds texts the user chose to send (a variable named with ``--vars``): a
-    value found inside one of them stays.
+    value found inside one of them stays. ``withheld`` are values known to be secret
+    whatever their shape (the notebook's secret-named strings).
     """
 
     def kept(secret: str) -> bool:
@@ -97,7 +98,7 @@ def redact(text: str, keep: Collection[str] = ()) -> str:
     text = _SHAPES.sub(shaped, text)
     text = _URL_PASSWORD.sub(url, text)
     text = _withhold_named(text, kept)
-    return withhold_values(text, _secret_environment(), keep)
+    return withhold_values(text, [*_secret_environment(), *withheld], keep)
 
 
 def _withhold_named(text: str, kept: Callable[[str], bool], depth: int = 0) -> str:

@@ -34,7 +34,7 @@ from .models.gateway import (
     model_notice,
     supports_tools,
 )
-from .redaction import is_secret_name, withhold_values
+from .redaction import is_secret_name
 from .store.base import SessionStore, Sharing
 
 if TYPE_CHECKING:  # the selector's modules load on the first turn, keeping %load_ext light
@@ -672,7 +672,7 @@ def _for_the_store(variables: Sequence[VariableSummary]) -> Callable[[str], str]
 
         namespace = getattr(current_shell(), "user_ns", None) or {}
         named = secret_values({name: namespace[name] for name in names if name in namespace})
-    return lambda text: withhold_values(redact(text), named)
+    return lambda text: redact(text, withheld=named)
 
 
 def _tool_runner(kernel: KernelTools, code: CodeTool | None, on_tool: Callable[[dict[str, Any]], Any] | None, rounds: int) -> ToolRunner:

@@ -21,7 +21,7 @@ from itertools import islice
 from typing import Any
 
 from ..context.relevance import truncate_to_tokens
-from ..redaction import WITHHELD, is_secret_name, redact, withhold_values
+from ..redaction import WITHHELD, is_secret_name, redact
 from .text import (
     ROUTINES,
     SCALARS,
@@ -77,7 +77,7 @@ def describe(
             text = f"`{name}`: " + _described(value, look)
         except Exception:  # noqa: BLE001 - a broken __len__, property or dtype: say what we safely can
             text = f"`{name}`: {type_name(value)}"
-        text = text if reveal else withhold_values(redact(text), withheld)
+        text = text if reveal else redact(text, withheld=withheld)
         if count(text) <= cap_tokens:
             return text
     return truncate_to_tokens(text, cap_tokens, count)

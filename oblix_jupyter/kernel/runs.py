@@ -44,7 +44,7 @@ from typing import Any, TextIO
 
 from ..context.relevance import truncate_to_tokens
 from ..errors import OblixError
-from ..redaction import redact, withhold_values
+from ..redaction import redact
 from .describe import describe
 from .images import NotebookImage, memory_of
 from .registry import ToolRefusal
@@ -62,6 +62,8 @@ _CODE_SHOWN = 60  # characters of the code's first line in the one-line mention
 
 RUN, DECLINED, EDITED = "run", "declined", "edited"
 # Bidirectional embeddings, overrides and isolates: they make text display in another order than it runs.
+# What a terminal obeys and a model need not read: CSI (colours, cursor moves) and OSC (titles, links) sequences.
+_TERMINAL_SEQUENCE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)")
 _REORDERING = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 DECLINED_TEXT = "The user declined to run this code. It did not run."
 
@@ -433,8 +435,7 @@ def _status(outcome: RunOutcome) -> str:
 def _sections(outcome: RunOutcome, room: int, count: Callable[[str], int]) -> list[str]:
     """Each part of the outcome under its title, sharing ``room`` tokens: small parts whole, the rest equal shares of what is left."""
 
-    def clean(text: str) -> str:
-        return withhold_values(redact(text), outcome.withheld)
+    clean = partial(_clean, outcome)
 
     def value(cap: int) -> str:
         with text_budget(TEXT_SECONDS):
@@ -466,6 +467,12 @@ def _sections(outcome: RunOutcome, room: int, count: Callable[[str], int]) -> li
             text = part(share) if not isinstance(part, str) else _cut(text, share, count, from_end)
         lines += [title, text or "…"]
     return lines
+
+
+def _clean(outcome: RunOutcome, text: str) -> str:
+    """``text`` of a run as it may leave the kernel: without terminal colours and moves, through the one redaction, the
+    notebook's secret values withheld as they were after the run."""
+    return redact(_TERMINAL_SEQUENCE.sub("", text), withheld=outcome.withheld)
 
 
 def _from_a_line_start(text: str) -> str:
@@ -521,9 +528,7 @@ class RunRecord:
         decision = outcome.decision
         shown = decision.code if decision.code is not None else decision.request.code
 
-        def clean(text: str) -> str:
-            return withhold_values(redact(text), outcome.withheld)
-
+        clean = partial(_clean, outcome)
         return cls(
             decision=decision.action,
             code=clean(shown),

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..context.relevance import truncate_to_tokens
 from ..errors import OblixError
-from ..redaction import WITHHELD, is_secret_name, redact, withhold_values
+from ..redaction import WITHHELD, is_secret_name, redact
 from .describe import describe_fully, glance, sample_positions
 from .images import memory_of
 from .registry import ToolRefusal, ToolRegistry
@@ -213,7 +213,7 @@ class KernelTools:
 
     def _redacted(self, text: str) -> str:
         """``text`` through the one redaction, and without the notebook's secret values (``secret_values``)."""
-        return withhold_values(redact(text, self._kept), self._withheld, self._kept)
+        return redact(text, self._kept, self._withheld)
 
     def recorded(self, name: str, arguments: str | Mapping[str, Any] | None, text: str) -> str:
         """The result ``text`` of a call as a stored record may keep it: what the call gives when no secret is named.

@@ -448,3 +448,12 @@ def test_code_that_would_show_in_another_order_than_it_runs_is_refused():
         answer.propose(hidden, "check the level")
     request = answer.propose("x = 1", "to \u202eevil\u202c set x")
     assert request.reason == "to evil set x", "a reason cannot reorder what the user reads either"
+
+
+def test_terminal_colours_and_links_printed_by_the_code_reach_the_model_as_plain_text():
+    request = Approvals().propose("print(coloured)", "to show")
+    printed = "\x1b[1;31mloss 0.25\x1b[0m at \x1b]8;;http://attacker.example/\x07step 3\x1b]8;;\x07 \x1b]0;a title\x1b\\done\n"
+    outcome = RunOutcome(Decision.of(request, True), cell=3, stdout=printed, stdout_chars=len(printed))
+    sent = for_model(outcome, 400, lambda text: len(text.split()))
+    assert "\x1b" not in sent and "loss 0.25 at step 3 done" in sent
+    assert "attacker.example" not in sent, "a terminal link's address is not text the user saw"
