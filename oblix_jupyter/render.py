@@ -41,6 +41,7 @@ import html
 import io
 import json
 import re
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import IO, TYPE_CHECKING, Any
@@ -78,9 +79,16 @@ def _destination_allowed(url: str) -> bool:
     return link_allowed(url) or image_is_inline(url)
 
 
+# One rendering at a time. The first builds the parser and imports markdown-it's plugins and Pygments'
+# lexers and formatter, none of which is safe to do on two threads at once (the load's background
+# preparation and a first %oblix show got an ImportError, then an IndexError, from a half-made one).
+_RENDERING = threading.Lock()
+
+
 def markdown_html(text: str) -> str:
     """``text`` rendered as Markdown into inert HTML (a ``div`` of class ``oblix-markdown``)."""
-    return f'<div class="{ROOT_CLASS}">{_parser().render(text)}</div>'
+    with _RENDERING:
+        return f'<div class="{ROOT_CLASS}">{_parser().render(text)}</div>'
 
 
 def inert_markdown(text: str) -> str:
@@ -93,7 +101,8 @@ def inert_markdown(text: str) -> str:
     """
     text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\0", "\ufffd")  # as markdown-it reads it
     env: dict[str, Any] = {_SPANS: []}
-    tokens = _parser().parse(text, env)
+    with _RENDERING:
+        tokens = _parser().parse(text, env)
     starts = [0]
     for line in text.split("\n"):
         starts.append(starts[-1] + len(line) + 1)
@@ -414,8 +423,6 @@ def _highlight(code: str, language: str, _attributes: str) -> str:
 @functools.cache
 def _formatter() -> Any:
     """Inline styles made of JupyterLab's editor colours, so a theme change recolours the code."""
-    # From its module, not ``pygments.formatters``, whose lazy loader is not thread-safe: two threads rendering
-    # their first code block at once (the load's background preparation, a first %oblix show) got an ImportError.
     from pygments.formatters.html import HtmlFormatter
     from pygments.style import Style
     from pygments.token import Comment, Error, Keyword, Name, Number, Operator, String
