@@ -52,9 +52,10 @@ export class ApprovalWatch implements IDisposable {
           .forEach(control => {
             control.disabled = true;
           });
-        const status = box.querySelector('.oblix-approval-status');
+        const status = box.querySelector<HTMLElement>('.oblix-approval-status');
         if (status) {
           status.textContent = RESTARTED;
+          status.style.display = ''; // hidden while it had nothing to say
         }
       });
     }

@@ -91,8 +91,10 @@ class ApprovalBox(widgets.VBox):
         self.stop_button = self._button("Stop", "stop", "Interrupt the running code", "danger", lambda: None, name="run-stop")
         self.stop_button.add_class("oblix-interrupt")
         self.stop_button.layout.display = "none"
-        self.status = widgets.Label("")
+        self.status = widgets.Label("", layout=widgets.Layout(display="none"))
         self.status.add_class("oblix-approval-status")
+        # Takes room only once it says something: an empty line under the buttons read as a gap in a narrow sidebar.
+        self.status.observe(lambda change: setattr(self.status.layout, "display", "" if change["new"] else "none"), "value")
         self.output = widgets.Output()  # the run's own outputs, as a cell shows them
         self.output.add_class("oblix-approval-output")
         actions = widgets.HBox([self.run_button, self.skip_button, self.edit_button, self.run_edit_button, self.stop_button, self.insert_button])
