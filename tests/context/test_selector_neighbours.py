@@ -1,4 +1,4 @@
-"""Relevance spread to the messages next to a relevant one: the answer a question's neighbour holds is sent."""
+"""Relevance spread to the messages near a relevant one: the answer a question's neighbour holds is sent."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy
 import pytest
 
 from oblix_jupyter.context import selector
-from oblix_jupyter.context.relevance import NEIGHBOUR_SPREAD, LexicalIndex, spread
+from oblix_jupyter.context.relevance import NEIGHBOUR_SPREAD, NEIGHBOUR_WINDOW, LexicalIndex, spread
 
 
 def approx(text: str) -> int:
@@ -26,10 +26,22 @@ def test_spread_raises_the_neighbours_of_the_best_passage_and_keeps_the_best_at_
     fused = [0.0, 0.2, 1.0, 0.0, 0.1]
     result = spread(fused, index)
     top = 1.0 + NEIGHBOUR_SPREAD * 0.2  # the best passage is raised by its neighbour "a"'s best, 0.2
-    expected = numpy.array([NEIGHBOUR_SPREAD, 0.2 + NEIGHBOUR_SPREAD, top, NEIGHBOUR_SPREAD, 0.1]) / top
+    # "a", "c" and "d" are within the window of the best, "b": each gains its share of 1.0
+    expected = numpy.array([NEIGHBOUR_SPREAD, 0.2 + NEIGHBOUR_SPREAD, top, NEIGHBOUR_SPREAD, 0.1 + NEIGHBOUR_SPREAD]) / top
     assert result == pytest.approx(expected)
     assert result.max() == pytest.approx(1.0)
-    assert result[4] < result[3]  # "d", two messages away from the best, gains nothing from it
+
+
+def test_spread_reaches_the_window_and_no_further():
+    count = NEIGHBOUR_WINDOW * 2 + 5
+    index = LexicalIndex([{"id": str(n), "role": ("user", "assistant")[n % 2], "content": f"Message {n}."} for n in range(count)])
+    fused = numpy.zeros(count)
+    middle = NEIGHBOUR_WINDOW + 2
+    fused[middle] = 1.0
+    result = spread(fused, index)
+    raised = [n for n in range(count) if result[n] > 0 and n != middle]
+    assert raised == [n for n in range(middle - NEIGHBOUR_WINDOW, middle + NEIGHBOUR_WINDOW + 1) if n != middle]
+    assert result[raised] == pytest.approx(NEIGHBOUR_SPREAD)  # each as much, however near
 
 
 def test_spread_covers_only_the_passages_scored_when_the_index_grew_meanwhile():
