@@ -245,7 +245,7 @@ def execute(shell: Any, decision: Decision, timeout: float = RUN_SECONDS) -> Run
     _running = True
     started = time.monotonic()
     try:
-        with _teed() as (stdout, stderr):
+        with _teed(shell) as (stdout, stderr):
             result, error = limit.run(partial(shell.run_cell, decision.code, store_history=True))  # partial: no frame of ours to interrupt
     finally:
         _running = False
@@ -350,10 +350,14 @@ def _interrupt_main_thread() -> None:
 
 
 class _Tail:
-    """A stream passed on unchanged, whose last ``keep`` characters are kept too (``written`` counts them all)."""
+    """A stream passed on unchanged, whose last ``keep`` characters are kept too (``written`` counts them all).
 
-    def __init__(self, stream: TextIO, keep: int = KEPT_CHARACTERS) -> None:
+    What is written while ``passing()`` says so is passed on and not kept.
+    """
+
+    def __init__(self, stream: TextIO, passing: Callable[[], bool], keep: int = KEPT_CHARACTERS) -> None:
         self.stream = stream
+        self.passing = passing
         self.keep = keep
         self.written = 0
         self._pieces: list[str] = []
@@ -362,7 +366,7 @@ class _Tail:
 
     def write(self, text: str) -> int:
         written = self.stream.write(text)
-        if isinstance(text, str):
+        if isinstance(text, str) and not self.passing():
             with self._lock:
                 self.written += len(text)
                 self._pieces.append(text)
@@ -380,9 +384,18 @@ class _Tail:
 
 
 @contextmanager
-def _teed() -> Iterator[tuple[_Tail, _Tail]]:
-    """``sys.stdout`` and ``sys.stderr`` teed for the run; put back unless the code replaced them itself (its choice stands)."""
-    stdout, stderr = _Tail(sys.stdout), _Tail(sys.stderr)
+def _teed(shell: Any) -> Iterator[tuple[_Tail, _Tail]]:
+    """``sys.stdout`` and ``sys.stderr`` teed for the run; put back unless the code replaced them itself (its choice stands).
+
+    Terminal IPython prints the run's traceback to stdout (ipykernel sends it aside, as
+    an error message); the model reads it once, as the run's error, so what is printed
+    while the shell says it is showing a traceback is not kept.
+    """
+
+    def showing_traceback() -> bool:
+        return bool(getattr(shell, "showing_traceback", False)) and threading.current_thread() is threading.main_thread()
+
+    stdout, stderr = _Tail(sys.stdout, showing_traceback), _Tail(sys.stderr, showing_traceback)
     sys.stdout, sys.stderr = stdout, stderr  # type: ignore[assignment]
     try:
         yield stdout, stderr

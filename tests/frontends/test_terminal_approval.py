@@ -61,3 +61,23 @@ def test_terminal_ipython_asks_y_n_e_and_runs_only_what_was_approved(model_env, 
     results = [m["content"] for request in model_env.chat_requests()[-5:] for m in request["messages"] if m["role"] == "tool"]
     assert results[0] == "The user declined to run this code. It did not run."
     assert any("the user's edit of your code" in result and "probe = probe + 1" in result for result in results)
+
+
+def test_terminal_ipython_shows_a_failed_runs_traceback_and_the_model_reads_it_once(model_env, monkeypatch, tmp_path):
+    """Terminal IPython prints a traceback to stdout, which the run tees: the model reads the error once, as the error."""
+    monkeypatch.setenv("OBLIX_TOOL_MODELS", "openai/test-model")
+    code = "print('looking up the price'); {'price': 1}['prce']"
+    model_env.enqueue(Behavior(tool_calls=[ToolCall("run_code", {"code": code, "reason": "read it"})]), Behavior(reply="A typo."))
+    script = "; ".join(
+        ["ip = get_ipython()", "ip.run_line_magic('load_ext', 'oblix_jupyter')", "ip.run_cell_magic('oblix', '', 'the price?')", "print('DONE')"]
+    )
+    shell = pexpect.spawn(
+        sys.executable, ["-m", "IPython", "--no-banner", "--colors=NoColor", "-c", script], cwd=str(tmp_path), encoding="utf-8", timeout=60
+    )
+    shell.expect_exact("Run it? [y/N/e(dit)] ")
+    shell.sendline("y")
+    shell.expect_exact("DONE")
+    assert "KeyError: 'prce'" in shell.before, "the user saw the traceback"
+    result = next(m["content"] for m in model_env.chat_requests()[-1]["messages"] if m["role"] == "tool")
+    assert result.count("KeyError") == 1, result
+    assert "Error (traceback trimmed to the cell's frames):" in result and "looking up the price" in result
