@@ -52,8 +52,8 @@ def test_spread_covers_only_the_passages_scored_when_the_index_grew_meanwhile():
     assert list(index.firsts(3)) == [0, 1, 2]
 
 
-def _session() -> dict:
-    """A long conversation in which the answer shares no word with the question, but follows a message that does."""
+def _session(after: int = 1) -> dict:
+    """A long conversation in which the answer shares no word with the question, but comes ``after`` messages after one that does."""
     filler = "We talked about the weather, groceries, traffic on the bridge and the neighbours' new fence again."
     messages = []
     for number in range(40):
@@ -61,7 +61,7 @@ def _session() -> dict:
         messages.append({"id": f"a{number}", "role": "assistant", "content": f"{filler} [{number}]"})
     # The matching message is an answer; the evidence is the next user message, which is not its partner (its question).
     messages[21]["content"] = "How was the lake trip with your cousin last weekend?"
-    messages[22]["content"] = "Wonderful: we caught a huge trout at dawn and grilled it right there on the shore."
+    messages[21 + after]["content"] = "Wonderful: we caught a huge trout at dawn and grilled it right there on the shore."
     return {"id": "s", "messages": messages}
 
 
@@ -79,3 +79,17 @@ def test_the_message_after_a_relevant_one_is_sent(meaning):
     assert "a10" in sent and sent["a10"].reason == "relevant"
     assert "u11" in sent and sent["u11"].reason == "relevant"
     assert "trout" in sent["u11"].text
+
+
+@pytest.mark.parametrize("meaning", [False, True])
+def test_the_end_of_a_story_told_over_several_turns_is_sent(meaning):
+    """Two exchanges on, the trout is still the lake trip's: nothing in its message names the trip."""
+    session = _session(after=3)
+    vectors = None
+    if meaning:
+        table = {m["id"]: [0.0, (n % 7) / 7, 1.0] for n, m in enumerate(session["messages"])}
+        table["a10"], table["u12"] = [1.0, 0.0, 0.0], [-1.0, 0.0, 0.0]  # meaning ranks the end of the story last
+        vectors = (table, [1.0, 0.0, 0.0])
+    plan = selector.select_context(session, "What happened on the lake trip with the cousin?", 600, approx, vectors=vectors, pin_first_exchange=False)
+    sent = {item.message_id: item for item in plan.items if item.message_id}
+    assert "u12" in sent and "trout" in sent["u12"].text
