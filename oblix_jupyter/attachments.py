@@ -9,7 +9,7 @@ its note beside it ("[a 640×480 figure from cell 5: this model cannot see image
 and the gateway gives each model what it can take (``supports_vision``): the image, or the note; the turn
 says under the answer when its model got the note. The stored prompt records each image
 (id, type, size, label) and the store keeps the bytes; later turns never send an old
-image again, only "[image sent earlier: figure from cell 5]" in its place. A model that
+image again: the selector names it, "[image sent earlier: figure from cell 5]". A model that
 can see may also ask for a cell's images through the kernel's ``cell_images`` tool
 (``tool_images`` prepares them the same way).
 """
@@ -159,22 +159,3 @@ def _prepared(image: NotebookImage, model: str, max_px: int) -> PreparedImage | 
 def images_named(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """``messages`` with each image part named instead of carried ("[image: figure from cell 5]"): what ``--explain`` lists."""
     return images_as_text(messages, lambda about: f"[image: {about.get('label') or 'an image'}]")
-
-
-def earlier_images_named(messages: Sequence[Mapping[str, Any]]) -> Sequence[Mapping[str, Any]]:
-    """``messages`` with each earlier image named in its message's text instead of sent again: "[image sent earlier: …]".
-
-    Returns ``messages`` itself when no message carries one: the usual session costs a
-    look at each message and no copy.
-    """
-    if not any("attachments" in message for message in messages):
-        return messages
-    named = []
-    for message in messages:
-        entries = message.get("attachments")
-        if isinstance(entries, list) and entries:
-            labels = [str(entry.get("label") or "an image") for entry in entries if isinstance(entry, Mapping)]
-            lines = "\n".join(f"[image sent earlier: {label}]" for label in labels)
-            message = {**message, "content": f"{message.get('content', '')}\n\n{lines}"}
-        named.append(message)
-    return named

@@ -19,7 +19,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, fields, replace
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
-from .attachments import attach, earlier_images_named, images_named, sight, stored_images, tool_images
+from .attachments import attach, images_named, sight, stored_images, tool_images
 from .context.record import record_of  # light: the turn's record of what it sent
 from .errors import AnswerInterrupted, ModelError, NoModelConfigured, NotPermitted, OblixError, StoreUnavailable, redact
 from .models import local_model
@@ -389,8 +389,6 @@ class Turns:
             attached = attach(images, models, sees, self.settings.image_max_px)
             sent = attached.with_notes(sent)
             before = session if session is None or retried is None else {**session, "messages": session["messages"][:retried]}
-            if before is not None and (named := earlier_images_named(before["messages"])) is not before["messages"]:
-                before = {**before, "messages": named}
             plan = self.plan(sent, before, models[0], replace(options, notebook=_redacted(options.notebook)), attached.tokens)
             if attached.parts:
                 plan.messages[-1] = {**plan.messages[-1], "content": attached.content(plan.messages[-1]["content"])}

@@ -459,6 +459,19 @@ def _tools_used(calls: Any) -> str | None:
     return "[tools used for this answer: " + "; ".join(summaries) + more + "]"
 
 
+def _images_sent(entries: Any) -> str | None:
+    """One line per image a message carried, named instead of sent again: "[image sent earlier: figure from cell 5]".
+
+    An image goes to the model with the prompt it was attached to, once; a later turn
+    that sent it again would pay its tokens on every turn, for a figure the answer
+    already describes.
+    """
+    if not isinstance(entries, list) or not entries:
+        return None
+    labels = [str(entry.get("label") or "an image") for entry in entries if isinstance(entry, Mapping)]
+    return "\n".join(f"[image sent earlier: {label}]" for label in labels) or None
+
+
 def _normal(text: str) -> str:
     return " ".join(text.lower().split())
 
@@ -540,9 +553,9 @@ class _Turn:
 
     def text(self, position: int) -> str:
         message = self.earlier[position]
-        if not message.get("status") and not message.get("tools"):
+        if not message.get("status") and not message.get("tools") and not message.get("attachments"):
             return message["content"]  # most messages: nothing to mark
-        marks = [_STATUS_MARKS.get(message.get("status") or ""), _tools_used(message.get("tools"))]
+        marks = [_images_sent(message.get("attachments")), _STATUS_MARKS.get(message.get("status") or ""), _tools_used(message.get("tools"))]
         return "\n\n".join([message["content"], *filter(None, marks)])
 
     def tokens(self, position: int) -> int:

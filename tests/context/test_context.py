@@ -184,6 +184,18 @@ def test_interrupted_and_failed_answers_are_marked():
     assert notes["msg_2"].startswith("interrupted") and notes["msg_4"].startswith("error")
 
 
+@pytest.mark.parametrize("budget", [1000, 160])  # the conversation whole, or chosen from
+def test_an_earlier_image_is_named_in_its_message_not_sent_again(budget):
+    session = filler_session(40)
+    session["messages"][-2]["attachments"] = [{"id": "a1", "label": "figure from cell 5", "mime": "image/png"}, {"id": "a2"}]
+    plan = select_context(session, "go on", budget, approx)
+    sent = next(item.text for item in plan.items if item.message_id == "msg_39")
+    assert sent in [message["content"] for message in plan.messages]
+    assert sent.endswith("\n\n[image sent earlier: figure from cell 5]\n[image sent earlier: an image]")
+    assert all(isinstance(message["content"], str) for message in plan.messages)
+    assert recount(plan, approx) <= budget
+
+
 def with_failures(session: dict, failed_after: dict[str, int]) -> dict:
     """``session`` with ``n`` failed answers (the error the user saw) inserted after each named message."""
     messages = []
