@@ -251,13 +251,20 @@ def local_time(timestamp: str, brief: bool = False) -> str:
     return moment.strftime("%H:%M" if brief and moment.date() == datetime.now().date() else "%Y-%m-%d %H:%M")
 
 
-def transcript(session: Mapping[str, Any], escape: Callable[[str], str] = inert_markdown, sent: bool = True) -> str:
+def transcript(
+    session: Mapping[str, Any],
+    escape: Callable[[str], str] = inert_markdown,
+    sent: bool = True,
+    after: Callable[[Mapping[str, Any]], str] | None = None,
+) -> str:
     """The conversation as Markdown: the ``.md`` export and what ``oblix show`` prints.
 
     Everything that came from the session goes through ``escape``: by default
     ``inert_markdown``, so the programs that open the file show raw HTML in it as text
     (``oblix show`` passes ``terminal_text`` instead). ``sent``: under each answer that
-    kept a record of its turn, a line saying what its model was sent.
+    kept a record of its turn, a line saying what its model was sent. ``after``: the
+    caller's own Markdown for a message (the export's image links), put after its text
+    as it is, so it must make whatever it takes from the session inert itself.
     """
     title = " ".join(str(session.get("title") or "Untitled session").split())
     lines = [
@@ -270,6 +277,8 @@ def transcript(session: Mapping[str, Any], escape: Callable[[str], str] = inert_
         lines += ["", "Context:", "", "```json", terminal_text(json.dumps(session["context"], ensure_ascii=False, indent=1)), "```"]
     for message in session["messages"]:
         lines += ["", message_header(message, escape), "", escape(message["content"])]
+        if after is not None and (extra := after(message)):
+            lines += ["", extra]
         if sent and "sent" in message:
             lines += ["", f"*{escape(sent_line(message['sent']))}*"]
     return "\n".join(lines) + "\n"

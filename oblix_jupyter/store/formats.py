@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 import os
 import re
-import secrets
 from collections.abc import Callable, Mapping
 from urllib.parse import quote
 from typing import TYPE_CHECKING, Any
@@ -191,30 +190,20 @@ def alt_text(label: Any) -> str:
 def _transcript_with_images(store: SessionStore, session: dict[str, Any], path: str) -> str:
     """The ``.md`` transcript, each message's images written beside it (``<name>_files/<id>.png``) and shown after its text.
 
-    ``render.transcript`` is shared with ``oblix show``, which shows no image files, so
-    the images are put in after it: each message with images gets a marker paragraph no
-    session text can hold (its random part is chosen now), replaced by the image lines.
     Files are written before the transcript, which never links one that is not there.
     """
     folder = f"{os.path.splitext(os.path.basename(path))[0]}_files"
-    nonce = secrets.token_hex(16)
-    shown: dict[str, str] = {}
-    messages = []
-    for number, message in enumerate(session["messages"]):
-        entries = attachments_of(message)
-        if entries:
+    for message in session["messages"]:
+        for entry in attachments_of(message):
             ensure_private_dir(os.path.join(os.path.dirname(path), folder))
-            for entry in entries:
-                data = store.read_attachment(session["id"], entry["id"])
-                atomic_write_bytes(os.path.join(os.path.dirname(path), folder, _file_name(entry)), data)
-            marker = f"oblix-images-{nonce}-{number}"
-            shown[marker] = "\n\n".join(f"![{alt_text(entry.get('label'))}]({quote(f'{folder}/{_file_name(entry)}')})" for entry in entries)
-            message = {**message, "content": f"{message['content']}\n\n{marker}"}
-        messages.append(message)
-    text = transcript({**session, "messages": messages})
-    for marker, images in shown.items():
-        text = text.replace(marker, images, 1)
-    return text
+            data = store.read_attachment(session["id"], entry["id"])
+            atomic_write_bytes(os.path.join(os.path.dirname(path), folder, _file_name(entry)), data)
+
+    def images(message: Mapping[str, Any]) -> str:
+        entries = attachments_of(message)
+        return "\n\n".join(f"![{alt_text(entry.get('label'))}]({quote(f'{folder}/{_file_name(entry)}')})" for entry in entries)
+
+    return transcript(session, after=images)
 
 
 def _file_name(entry: Mapping[str, Any]) -> str:
