@@ -384,8 +384,8 @@ class Turns:
             # go again (unless others are given), and the selector sees the session as it was before the failed attempts.
             retried = _retried_exchange(session, to_store(prompt))
             images = options.images
-            if retried is not None and not images and session_id and session is not None:
-                images = stored_images(session["messages"][retried], functools.partial(store.read_attachment, session_id))
+            if retried is not None and not images:
+                images = failed_images(session, store.read_attachment)
             attached = attach(images, models, sees, self.settings.image_max_px)
             sent = attached.with_notes(sent)
             before = session if session is None or retried is None else {**session, "messages": session["messages"][:retried]}

@@ -93,7 +93,11 @@ OUTPUT_STYLE = f"<style>{OUTPUT_CSS}</style>"
 
 
 def display_outputs(bundle: Mapping[str, str]) -> tuple[dict[str, Any], ...]:
-    """An ``Output`` widget's outputs showing ``bundle`` (sanitised by JupyterLab as any output); set directly, this works from any thread."""
+    """An ``Output`` widget's outputs showing ``bundle``; set directly, this works from any thread.
+
+    JupyterLab trusts outputs made while the notebook runs and does not sanitise them:
+    ``bundle``'s HTML must be inert already (``markdown_html``, ``html.escape``).
+    """
     return ({"output_type": "display_data", "data": dict(bundle), "metadata": {}},)
 
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import ipywidgets as widgets
 from IPython.display import display
 
+from .approval import ApprovalBox
 from .display import OUTPUT_STYLE, Message, StreamingOutput, display_outputs
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ class CellHandoff:
     """One ``%%oblix`` cell's turn, on a thread, handed over to approval boxes once the model asks to run code."""
 
     def __init__(
-        self, stream: StreamingOutput, insert_cell: Callable[[str], bool] | None, keep_output: Callable[[str, Mapping[str, str]], bool] | None = None
+        self, stream: StreamingOutput, insert_cell: Callable[[str], bool] | None, keep_output: Callable[[str, Mapping[str, str]], bool]
     ) -> None:
         """``keep_output(model_id, bundle)`` asks the page to save a static copy beside the widgets (the lab extension's)."""
         self.stream = stream
@@ -64,22 +65,30 @@ class CellHandoff:
                 if self.tail is None:  # the cell still waits: it concludes
                     self._events.put(ended)
                     return
-            try:
-                conclude(lambda: _outcome(ended), self._show_below)
-            except Exception as error:  # noqa: BLE001 - a bug must show below the box, not vanish with the thread
-                self._show_below(Message(f"Unexpected {type(error).__name__}: {error}"))
-            self._keep()
+            self._conclude_below(conclude, ended)
 
         threading.Thread(target=contextvars.copy_context().run, args=(work,), name="oblix-cell-turn", daemon=True).start()
         kind, value = self._wait()
         if kind == "ask":  # the box, made by the turn's thread, which now waits for it
             try:
-                self._hand_over([value])
+                with self._handing:
+                    self._hand_over([value])
+                    ended = None if self._events.empty() else self._events.get_nowait()  # the box expired meanwhile and the turn ended
             except BaseException:
                 value.expire("This box could not be shown: the code will not run.")
                 raise
+            if ended is not None:
+                self._conclude_below(conclude, ended)
         elif kind != "stopped":
             conclude(lambda: _outcome((kind, value)), display)
+
+    def _conclude_below(self, conclude: Callable[[Callable[[], T], Show], None], ended: tuple[str, Any]) -> None:
+        """Show how the turn ended below the box (the cell has handed over), then have the page keep a copy."""
+        try:
+            conclude(lambda: _outcome(ended), self._show_below)
+        except Exception as error:  # noqa: BLE001 - a bug must show below the box, not vanish with the thread
+            self._show_below(Message(f"Unexpected {type(error).__name__}: {error}"))
+        self._keep()
 
     def _wait(self) -> tuple[str, Any]:
         """The turn's first event (its end, or a box to show); a Stop meanwhile stops the answer and ends the cell."""
@@ -104,9 +113,7 @@ class CellHandoff:
         reopening) would see the answer stop at the box. The page hides the copy while the
         live widgets are there (the lab extension's style).
         """
-        from .approval import ApprovalBox
-
-        if self.keep_output is None or self.tail is None:
+        if self.tail is None:
             return
         parts = [child.kept() if isinstance(child, ApprovalBox) else _shown(child) for child in self.tail.children]
         rich = "".join(part[0] for part in parts)
@@ -123,8 +130,6 @@ class CellHandoff:
 
     def _ask(self, pending: PendingRun) -> RunOutcome:
         """The turn's ``Ask``, on its thread: the first box ends the cell, the later ones go below what came since."""
-        from .approval import ApprovalBox  # ipywidgets' buttons: only once the model asks
-
         box = ApprovalBox(pending, self.insert_cell)
         with self._handing:
             first = self.tail is None

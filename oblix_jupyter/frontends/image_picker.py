@@ -24,8 +24,6 @@ from ..kernel.images import KEPT_TYPES, DisplayedImages, NotebookImage
 from .display import ImageReader
 
 THUMBNAIL_PX = 96
-# A displayed image with more pixels than this is named in the picker, not decoded: a small
-# PNG can hold a huge plain picture, and a thumbnail is not worth a few hundred MB of pixels.
 _NUMBERED = re.compile(r"^figure (\d+) from cell")
 
 PICKER_CSS = """

@@ -61,9 +61,9 @@ _SETTLE_SECONDS = 1.0  # the most we wait for a SIGINT already sent to be absorb
 _CODE_SHOWN = 60  # characters of the code's first line in the one-line mention
 
 RUN, DECLINED, EDITED = "run", "declined", "edited"
-# Bidirectional embeddings, overrides and isolates: they make text display in another order than it runs.
 # What a terminal obeys and a model need not read: CSI (colours, cursor moves) and OSC (titles, links) sequences.
 _TERMINAL_SEQUENCE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)")
+# Bidirectional embeddings, overrides and isolates: they make text display in another order than it runs.
 _REORDERING = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 DECLINED_TEXT = "The user declined to run this code. It did not run."
 

@@ -193,11 +193,11 @@ def _transcript_with_images(store: SessionStore, session: dict[str, Any], path: 
     Files are written before the transcript, which never links one that is not there.
     """
     folder = f"{os.path.splitext(os.path.basename(path))[0]}_files"
+    directory = os.path.join(os.path.dirname(path), folder)
     for message in session["messages"]:
         for entry in attachments_of(message):
-            ensure_private_dir(os.path.join(os.path.dirname(path), folder))
-            data = store.read_attachment(session["id"], entry["id"])
-            atomic_write_bytes(os.path.join(os.path.dirname(path), folder, _file_name(entry)), data)
+            ensure_private_dir(directory)
+            atomic_write_bytes(os.path.join(directory, _file_name(entry)), store.read_attachment(session["id"], entry["id"]))
 
     def images(message: Mapping[str, Any]) -> str:
         entries = attachments_of(message)

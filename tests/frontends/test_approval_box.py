@@ -7,10 +7,11 @@ request is a real ``Approvals`` ledger's, whose ``answer`` records what it would
 from __future__ import annotations
 
 import functools
+import threading
 
 import pytest
 
-from oblix_jupyter.frontends.approval import ApprovalBox
+from oblix_jupyter.frontends.approval import _POLL_SECONDS, ApprovalBox
 from oblix_jupyter.kernel.code_tool import PendingRun
 from oblix_jupyter.kernel.runs import ApprovalExpired, Approvals, RunOutcome
 
@@ -34,6 +35,18 @@ def test_a_run_clicked_as_the_answer_is_stopped_is_reported_as_run_not_lost():
     outcome = box.wait(stopped=lambda: True)
     assert outcome.ran and ran == ["x = 1"], "what ran is what the model hears of"
     assert "oblix-decided" in box._dom_classes and "oblix-expired" not in box._dom_classes
+
+
+def test_a_run_under_way_when_the_answer_is_stopped_is_waited_for_not_expired():
+    """The click was decided and its code is running on the main thread; the box hears the outcome only later."""
+    approvals = Approvals()
+    request = approvals.propose("x = 1", "why")
+    box = ApprovalBox(PendingRun(request, pytest.fail, approvals.over, functools.partial(approvals.withdraw, request.id)))
+    decision = approvals.decide(request.id, True)
+    threading.Timer(3 * _POLL_SECONDS, box._settle, [RunOutcome(decision)]).start()
+    outcome = box.wait(stopped=lambda: True)  # polls, sees Stop, and may not withdraw what is decided
+    assert outcome.ran and outcome.decision.code == "x = 1"
+    assert "oblix-expired" not in box._dom_classes
 
 
 def test_once_the_answer_is_stopped_or_over_no_click_runs_the_code():
