@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime
 from typing import Any
 
+from .porter import stem
+
 # BM25's usual constants; the corpus is short chat messages, where they are known to work.
 BM25_K1 = 1.2
 BM25_B = 0.75
@@ -46,28 +48,6 @@ STOPWORDS = frozenset(
     would you your yours yourself ok okay please thanks thank sure yes one two use using used want need make way
     know think see go going well really still thing things something anything much many also could""".split()
 )
-
-
-def stem(word: str) -> str:
-    """A few English suffixes off, so 'flagging'/'flagged'/'flags' meet; not a real stemmer on purpose."""
-    if len(word) <= 3 or not word.isalpha():
-        return word
-    for suffix, replacement, minimum in (
-        ("ies", "y", 5),
-        ("sses", "ss", 5),
-        ("ing", "", 6),
-        ("edly", "", 7),
-        ("ed", "", 5),
-        ("ly", "", 6),
-        ("es", "", 6),
-        ("s", "", 4),
-    ):
-        if word.endswith(suffix) and len(word) >= minimum and not (suffix == "s" and word[-2] in "su"):
-            word = word[: len(word) - len(suffix)] + replacement
-            break
-    if len(word) > 4 and word[-1] == word[-2] and word[-1] not in "lsz":
-        word = word[:-1]  # "stopp(ing)" -> "stop"
-    return word
 
 
 def words(text: str) -> list[str]:
