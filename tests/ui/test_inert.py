@@ -24,7 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from model_server import Behavior, split_pieces
+from model_server import Behavior, ToolCall, split_pieces
 
 pytestmark = pytest.mark.timeout(240)
 LOAD = "%load_ext oblix_jupyter"
@@ -438,6 +438,35 @@ def test_an_imported_hostile_session_shows_inertly(jlab, server, other_host):
     problems += inert_problems(jlab, conversation, other_host, "chat panel, imported session")
     assert not problems, "\n".join(problems)
     assert not server.chat_requests(), "showing a session asks no model"
+
+
+def test_the_static_copy_kept_for_the_saved_notebook_is_inert(jlab, server, other_host):
+    """An answer that goes on below an approval box is also kept as a static copy (keep_output): trusted HTML in this page."""
+    from test_run_code_lab import TOOLS, box_of
+
+    server.enqueue(
+        Behavior(tool_calls=[ToolCall("run_code", {"code": "probe = 1", "reason": "to check"})]),
+        Behavior(pieces=hostile_pieces(other_host.url), token_delay=0.02),
+    )
+    jlab.lab.write_notebook("inert/kept.ipynb", [TOOLS, LOAD, "%%oblix\nshow me the tricks"])
+    jlab.open_notebook("inert/kept.ipynb")
+    prove_payloads_run_when_trusted(jlab, other_host)
+    for cell in range(3):
+        jlab.run_cell(cell)
+    output = jlab.output_locator(2).first
+    box = box_of(output)
+    box.wait_for()
+    box.locator("button.oblix-run").click()
+    wait_for_text(jlab, output, END, "the answer continued below the box")
+    jlab.wait_until(lambda: output.locator(".oblix-kept").count() == 1, 10, "the static copy to be kept")
+    problems = inert_problems(jlab, output, other_host, "the answer continued below the box")
+
+    clear_evidence(jlab, other_host)
+    jlab.evaluate("async () => { for (const view of document.querySelectorAll('.oblix-handoff')) view.remove(); }")
+    copy = output.locator(".oblix-kept")
+    copy.wait_for()  # shown now that the live widgets are gone, as a reader of the saved file sees it
+    problems += inert_problems(jlab, copy, other_host, "the static copy")
+    assert not problems, "\n".join(problems)
 
 
 # -- images: nothing is requested, from another host or from the Jupyter server ------
