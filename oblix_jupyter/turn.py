@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import atexit
 import functools
+import gc
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, fields, replace
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
@@ -597,7 +598,8 @@ def _rehearse(model: str | None, fallback_models: str | Sequence[str] | None) ->
     """``warm_up``'s work. A failure here is left for the first turn to meet and report."""
     try:
         try:
-            first = _rehearse_turn(model, fallback_models)
+            with _uncollected():
+                first = _rehearse_turn(model, fallback_models)
         finally:
             _warmed.set()
         if first is not None and local_model.is_local(first) and not _leaving.is_set():
@@ -608,6 +610,27 @@ def _rehearse(model: str | None, fallback_models: str | Sequence[str] | None) ->
             load_embedder()
     except Exception:  # noqa: BLE001 - whatever failed here, the turn does again and reports
         pass
+
+
+@contextmanager
+def _uncollected() -> Iterator[None]:
+    """No garbage collection while the warm-up imports, and none ever over what it imported (``gc.freeze``).
+
+    litellm and its kin bring some 400,000 objects. Each full collection over them holds
+    the interpreter lock for 60-200 ms: six came while importing and one every so often
+    after, and meanwhile the kernel could not even show that a prompt was sent (the
+    panel's Enter waited 211 and 279 ms for it). Frozen, they are never scanned again
+    (``benchmarks/bench_warm_up.py``). The price: what was alive at that moment, the
+    user's objects too, is never freed as a reference cycle; it is what a kernel keeps.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if was_enabled:
+            gc.enable()
 
 
 def _end_warm_up() -> None:

@@ -169,3 +169,25 @@ def test_import_and_load_ext_leave_litellm_to_the_background(model_env):
     result = subprocess.run([sys.executable, "-c", LOAD_EXT], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["after import: False []", "imported by: ['oblix-warm-up']"], result.stdout
+
+
+WARM_UP_GC = textwrap.dedent(
+    """
+    import gc
+    from IPython.core.interactiveshell import InteractiveShell
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "oblix_jupyter")
+    from oblix_jupyter.frontends.magics import active
+    active().warming.join()
+    print(gc.isenabled(), gc.get_freeze_count(), len(gc.get_objects()))
+    """
+)
+
+
+def test_after_the_warm_up_a_full_collection_no_longer_scans_what_it_imported(model_env):
+    # Scanned, litellm's ~400,000 objects held the kernel's thread 60-200 ms a collection (benchmarks/bench_warm_up.py).
+    result = subprocess.run([sys.executable, "-c", WARM_UP_GC], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    enabled, frozen, scanned = result.stdout.split()
+    assert enabled == "True", "garbage collection is on again once the warm-up is over"
+    assert int(scanned) * 10 < int(frozen), f"a collection still scans {scanned} objects, {frozen} frozen"
