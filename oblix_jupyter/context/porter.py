@@ -5,7 +5,7 @@ the same term for BM25, or a question misses the turn that answers it in another
 The few suffix rules this replaced stripped one suffix at most and no derivations: on
 the LoCoMo development conversations, asked in turn, Porter's rules took the
 leave-one-out mean at 2,000 tokens from 91.3 to 91.8% (words alone, 88.3 to 89.3%),
-with no conversation worse (``benchmarks/selector_loo.py``).
+with no conversation worse at that budget (``benchmarks/selector_loo.py``).
 
 This is the algorithm as the paper gives it (M. F. Porter, "An algorithm for suffix
 stripping", Program 14(3), 1980), written from its rules; it gives the same stems as
