@@ -87,7 +87,10 @@ def _cvc(stem: str) -> bool:
 
 
 def _replace(word: str, rules: tuple[tuple[str, str], ...], least_measure: int) -> str:
-    """The first rule whose suffix ``word`` ends with, applied if the rest measures more than ``least_measure``."""
+    """The first rule whose suffix ``word`` ends with, applied if the rest measures more than ``least_measure``.
+
+    Step 4's "-ion" also needs the rest to end in "s" or "t" ("adoption", not "onion").
+    """
     for suffix, replacement in rules:
         if word.endswith(suffix):
             stem = word[: len(word) - len(suffix)]
