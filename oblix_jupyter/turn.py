@@ -616,12 +616,13 @@ def _rehearse(model: str | None, fallback_models: str | Sequence[str] | None) ->
 def _uncollected() -> Iterator[None]:
     """No garbage collection while the warm-up imports, and none ever over what it imported (``gc.freeze``).
 
-    litellm and its kin bring some 400,000 objects. Each full collection over them holds
-    the interpreter lock for 60-200 ms: six came while importing and one every so often
-    after, and meanwhile the kernel could not even show that a prompt was sent (the
-    panel's Enter waited 211 and 279 ms for it). Frozen, they are never scanned again
-    (``benchmarks/bench_warm_up.py``). The price: what was alive at that moment, the
-    user's objects too, is never freed as a reference cycle; it is what a kernel keeps.
+    litellm and its kin bring some 400,000 objects (550,000 are alive once they are in).
+    Each full collection over them holds the interpreter lock for 60-200 ms: six came
+    while importing and one every so often after, and meanwhile the kernel could not even
+    show that a prompt was sent (the panel's Enter waited 211 and 279 ms for it). Frozen,
+    they are never scanned again (``benchmarks/bench_warm_up.py``). The price: for the
+    imports' 2-3 s no reference cycle is freed anywhere in the process, and what was alive
+    at the end, the user's objects too, is never freed as one; it is what a kernel keeps.
     """
     was_enabled = gc.isenabled()
     gc.disable()

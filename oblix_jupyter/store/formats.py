@@ -194,10 +194,11 @@ def _transcript_with_images(store: SessionStore, session: dict[str, Any], path: 
     """
     folder = f"{os.path.splitext(os.path.basename(path))[0]}_files"
     directory = os.path.join(os.path.dirname(path), folder)
-    for message in session["messages"]:
-        for entry in attachments_of(message):
-            ensure_private_dir(directory)
-            atomic_write_bytes(os.path.join(directory, _file_name(entry)), store.read_attachment(session["id"], entry["id"]))
+    entries = [entry for message in session["messages"] for entry in attachments_of(message)]
+    if entries:
+        ensure_private_dir(directory)
+    for entry in entries:
+        atomic_write_bytes(os.path.join(directory, _file_name(entry)), store.read_attachment(session["id"], entry["id"]))
 
     def images(message: Mapping[str, Any]) -> str:
         entries = attachments_of(message)

@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 from model_server import Behavior, ToolCall, split_pieces
+from test_run_code_lab import TOOLS, box_of
 
 pytestmark = pytest.mark.timeout(240)
 LOAD = "%load_ext oblix_jupyter"
@@ -442,8 +443,6 @@ def test_an_imported_hostile_session_shows_inertly(jlab, server, other_host):
 
 def test_the_static_copy_kept_for_the_saved_notebook_is_inert(jlab, server, other_host):
     """An answer that goes on below an approval box is also kept as a static copy (keep_output): trusted HTML in this page."""
-    from test_run_code_lab import TOOLS, box_of
-
     server.enqueue(
         Behavior(tool_calls=[ToolCall("run_code", {"code": "probe = 1", "reason": "to check"})]),
         Behavior(pieces=hostile_pieces(other_host.url), token_delay=0.02),
