@@ -67,15 +67,18 @@ class SessionStore(abc.ABC):
 
     @abc.abstractmethod
     def save_message(self, session_id: str, message: Any, role: str = "user", **fields: Any) -> dict[str, Any]:
-        """Append a message and return it as stored, numbered ``msg_<n>`` (a truthy dict, where the SDK returned True)."""
+        """Append a message and return it as stored, numbered ``msg_<n>`` (a truthy dict, where the SDK returned True).
+
+        Its texts are redacted first (``shape.message_parts``): not every message comes from a turn.
+        """
 
     @abc.abstractmethod
     def update_session(self, session_id: str, **fields: Any) -> dict[str, Any]:
-        """Change ``title``, ``context``, ``model``, ``metadata`` or other extra fields; returns the session."""
+        """Change ``title``, ``context``, ``model``, ``metadata`` or other extra fields, redacted (``shape.check_update``); returns the session."""
 
     @abc.abstractmethod
     def update_session_metadata(self, session_id: str, metadata: dict[str, Any]) -> bool:
-        """Merge ``metadata`` into the session's metadata (the SDK's call)."""
+        """Merge ``metadata``, redacted (``shape.redacted_context``), into the session's metadata (the SDK's call)."""
 
     @abc.abstractmethod
     def list_sessions(self, limit: int | None = 50) -> list[dict[str, Any]]:

@@ -61,13 +61,13 @@ from .migrations import SCHEMA_VERSION, readable
 from .pg_schema import check_version, describe_dsn, scrub
 from .shape import (
     change_time,
-    check_context,
     check_update,
     format_time,
     listing_row,
     message_parts,
     now_iso,
     parse_time,
+    redacted_context,
     resolve_session_id,
     validate_session_id,
 )
@@ -568,7 +568,7 @@ class PostgresStore(SessionStore, Sharing, ChangeFeed, Spooling):
     def update_session_metadata(self, session_id: str, metadata: dict[str, Any]) -> bool:
         """Merge ``metadata`` into the session's metadata (the SDK's call), in one statement. Only its owner may."""
         validate_session_id(session_id)
-        params = (session_id, Jsonb(check_context(metadata)), change_time())
+        params = (session_id, Jsonb(redacted_context(metadata)), change_time())
         self._run(lambda conn: conn.execute("SELECT oblix.merge_metadata(%s, %s, %s)", params), write=True)
         return True
 

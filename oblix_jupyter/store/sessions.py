@@ -36,12 +36,12 @@ from .migrations import readable, upgrade
 from .shape import (
     UUID,
     change_time,
-    check_context,
     check_update,
     mentions,
     message_parts,
     next_message_id,
     now_iso,
+    redacted_context,
     resolve_session_id,
     stamp,
     summarize,
@@ -324,7 +324,7 @@ class SessionManager(SessionStore):
 
     def update_session_metadata(self, session_id: str, metadata: dict[str, Any]) -> bool:
         """Merge ``metadata`` into the session's metadata (the SDK's call)."""
-        metadata = check_context(metadata)
+        metadata = redacted_context(metadata)
         self._modify(session_id, lambda session: session.setdefault("metadata", {}).update(metadata))
         return True
 

@@ -153,33 +153,35 @@ def check_session_shape(data: Any, where: str) -> dict[str, Any]:
 def new_session(
     initial_context: dict[str, Any] | None, title: str | None, metadata: dict[str, Any] | None, model: str | None
 ) -> dict[str, Any]:
-    """A new empty session (``create_session``), with a fresh UUID4 id."""
+    """A new empty session (``create_session``), with a fresh UUID4 id, its texts redacted (``redacted_context``)."""
     created = change_time()
     return {
         "id": str(uuid.uuid4()),
-        "title": title or f"Chat Session {datetime.now().strftime('%Y-%m-%d %H:%M')}",
+        "title": redact(title) if title else f"Chat Session {datetime.now().strftime('%Y-%m-%d %H:%M')}",
         "created_at": created,
         "updated_at": created,
         "messages": [],
-        "context": check_context(initial_context),
+        "context": redacted_context(initial_context),
         "model": model,
-        "metadata": check_context(metadata),
+        "metadata": redacted_context(metadata),
         "schema_version": SCHEMA_VERSION,
     }
 
 
 def message_parts(message: Any, role: str, fields: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """The content and extra fields of a message to append, checked before anything is written.
+    """The content and extra fields of a message to append, checked and redacted before anything is written.
 
     ``message`` may be text or a dict with ``content`` (as the SDK accepted); extra
     ``fields`` (``model``, ``status``, ``usage``...) are stored on the message, None ones left out.
+    A turn has redacted what it stores already; a message written through the SDK has
+    not, and later turns send it to a model just the same (``_redact_message``).
     """
     if role not in ("user", "assistant", "system"):
         raise ValueError(f"role must be 'user', 'assistant' or 'system', not {role!r}")
     content = message.get("content", "") if isinstance(message, dict) else str(message)
-    extra = {key: value for key, value in fields.items() if value is not None}
-    check_context(extra)
-    return content, extra
+    extra = check_context({key: value for key, value in fields.items() if value is not None})
+    redacted = _redact_message({**extra, "content": content})
+    return redacted.pop("content"), redacted
 
 
 def next_message_id(messages: list[dict[str, Any]]) -> str:
@@ -201,12 +203,13 @@ def mentions(session: dict[str, Any], needle: str) -> bool:
 
 
 def check_update(fields: dict[str, Any]) -> dict[str, Any]:
-    """The fields of an ``update_session`` call, refused if they name what a store keeps itself."""
+    """The fields of an ``update_session`` call, refused if they name what a store keeps itself; title, context and metadata redacted."""
     protected = {"id", "messages", "created_at", "updated_at"} & set(fields)
     if protected:
         raise ValueError(f"update_session cannot change {', '.join(sorted(protected))}")
-    if "context" in fields:
-        fields["context"] = check_context(fields["context"])
+    fields = {name: redacted_context(value) if name in ("context", "metadata") else value for name, value in fields.items()}
+    if isinstance(fields.get("title"), str):
+        fields["title"] = redact(fields["title"])
     return check_context(fields)
 
 
@@ -224,20 +227,38 @@ def imported_session(data: dict[str, Any], new_id: bool) -> dict[str, Any]:
     else:
         validate_session_id(session["id"])
     session["title"] = redact(str(session.get("title") or "Imported session"))
-    session["context"] = _redacted(check_context(session.get("context")))
+    session["context"] = redacted_context(session.get("context"))
+    session["metadata"] = redacted_context(session.get("metadata"))
     for field in ("created_at", "updated_at"):
         session[field] = format_time(parse_time(str(session[field])))
     for number, message in enumerate(session["messages"], start=1):
         message.setdefault("id", f"msg_{number}")
         message["timestamp"] = format_time(parse_time(str(message.get("timestamp") or session["updated_at"])))
-        message["content"] = _redacted(message["content"])
-        if "tools" in message:
-            message["tools"] = _redacted(message["tools"])
-        for entry in message.get("attachments") or ():
-            for field in ("label", "withheld"):
-                if isinstance(entry, dict) and isinstance(entry.get(field), str):
-                    entry[field] = redact(entry[field])
+    session["messages"] = [_redact_message(message) for message in session["messages"]]
     return session
+
+
+def redacted_context(context: Any) -> dict[str, Any]:
+    """A session's context or metadata, checked (``check_context``) and redacted (``_redacted``), as every store keeps it.
+
+    Whatever path wrote it (a turn, the SDK, an import, the panel), the context is
+    what every later turn sends a model first, and a session is read by those it is
+    shared with: a key typed into it is withheld before it is stored.
+    """
+    return _redacted(check_context(context))
+
+
+def _redact_message(message: dict[str, Any]) -> dict[str, Any]:
+    """``message`` with its text, its tools' records and its images' labels redacted; its other fields (usage, model) are the program's."""
+    redacted = {**message, "content": redact(message["content"])}
+    if "tools" in message:
+        redacted["tools"] = _redacted(message["tools"])
+    if isinstance(message.get("attachments"), list):
+        redacted["attachments"] = [
+            {**entry, **{field: redact(entry[field]) for field in ("label", "withheld") if isinstance(entry.get(field), str)}} if isinstance(entry, dict) else entry
+            for entry in message["attachments"]
+        ]
+    return redacted
 
 
 def _redacted(value: Any) -> Any:

@@ -101,7 +101,7 @@ class MemoryStore(SessionStore):
         return self.get_session(session_id)
 
     def update_session_metadata(self, session_id: str, metadata: dict[str, Any]) -> bool:
-        metadata = shape.check_context(metadata)
+        metadata = shape.redacted_context(metadata)
         self._change(session_id, lambda session: session.setdefault("metadata", {}).update(metadata))
         return True
 

@@ -10,6 +10,7 @@ import pathlib
 import stat
 import subprocess
 import sys
+import uuid
 
 import nbformat
 import pytest
@@ -315,14 +316,24 @@ PASSWORD = "hunter2-of-the-team-db"  # no known shape: a secret only by the JSON
 @pytest.mark.parametrize("extension", [".json", ".ipynb"])
 def test_an_imported_file_cannot_carry_a_key_into_the_store_or_to_the_model(model_env, tmp_path, extension):
     """A hostile (or careless) session file: its key, at any depth of what later turns send, is withheld on the way in."""
-    scratch = SessionManager(str(tmp_path / "theirs"))  # the store's own calls redact nothing: a file can say anything
     context = {"setup": {"steps": [f"export OPENAI_API_KEY={KEY}"]}, "db": {"host": "db.internal", "password": PASSWORD}}
-    theirs = scratch.create_session(title=f"notes {KEY}", initial_context=context)
-    scratch.save_message(theirs, f"my key is {KEY}, why does the call fail?", role="user")
     looked = {"name": "notebook_cell", "summary": f"read {KEY}", "arguments": {"number": 3, "auth": {"api_key": PASSWORD}}}
-    scratch.save_message(theirs, "Check the base URL.", role="assistant", model=TEST_MODEL, tools=[looked])
-    session = scratch.get_session(theirs)
-    session["messages"][0]["attachments"] = [{"label": f"figure {KEY}", "withheld": f"not kept: {KEY}"}]
+    figure = {"label": f"figure {KEY}", "withheld": f"not kept: {KEY}"}
+    when = "2026-03-01T10:00:00Z"
+    session = {  # written by hand, in the seed's shape: every store call redacts, a file can say anything
+        "id": str(uuid.uuid4()),
+        "title": f"notes {KEY}",
+        "created_at": when,
+        "updated_at": when,
+        "context": context,
+        "messages": [
+            {"id": "msg_1", "role": "user", "content": f"my key is {KEY}, why does the call fail?", "timestamp": when, "attachments": [figure]},
+            {"id": "msg_2", "role": "assistant", "content": "Check the base URL.", "timestamp": when, "model": TEST_MODEL, "tools": [looked]},
+        ],
+        "model": None,
+        "metadata": {},
+        "schema_version": 1,
+    }
     hostile = tmp_path / "hostile.json"
     hostile.write_text(json.dumps(session))
     if extension == ".ipynb":  # an import would redact the file: the notebook is written from the session as the file has it

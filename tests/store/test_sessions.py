@@ -34,6 +34,7 @@ from memory_store import MemoryStore
 from tinydb import TinyDB
 from traces import assert_fully_traced, make_sessions, traces
 
+from oblix_jupyter import OblixClient
 from oblix_jupyter.errors import (
     AmbiguousSessionId,
     AttachmentNotFound,
@@ -723,3 +724,39 @@ def test_an_import_killed_at_any_moment_leaves_no_message_naming_bytes_that_are_
     finally:
         if isinstance(store, PostgresStore):
             store.close()
+
+
+KEY = "sk-proj-" + "Q7xW2mZk9RtY4vBn8LpE3sHd"  # the shape of an OpenAI key
+PASSWORD = "hunter2-of-the-team-db"  # no known shape: a secret only by the name it sits under
+
+
+def test_a_key_written_through_the_sdk_reaches_neither_the_store_nor_a_model(store, footprint, model_env):
+    """A script of the user's (or a colleague's, on a shared session) writes keys through every SDK call, at every depth.
+
+    None of it went through a turn, yet the next turn sends the context and the history
+    to a model, and the store is read by whoever the session is shared with: every call
+    that writes redacts, in each store, and what the call returns is what was kept.
+    """
+    context = {"setup": {"steps": [f"export OPENAI_API_KEY={KEY}"]}, "db": {"host": "db.internal", "password": PASSWORD}}
+    session_id = store.create_session(initial_context=context, title=f"notes {KEY}", metadata={"owner": "ana", "auth": {"token": PASSWORD}})
+    asked = store.save_message(session_id, f"my key is {KEY}, why does the call fail?")
+    looked = {"name": "notebook_cell", "summary": f"read {KEY}", "arguments": {"auth": {"api_key": PASSWORD}}}
+    figure = {"label": f"figure {KEY}", "withheld": f"not kept: {KEY}"}
+    answered = store.save_message(
+        session_id, {"content": f"Connect with postgresql://ana:{PASSWORD}@db.internal/x"}, role="assistant", tools=[looked], attachments=[figure]
+    )
+    updated = store.update_session(session_id, title=f"renamed {KEY}", context={**context, "note": f"Authorization: Bearer {PASSWORD}"})
+    store.update_session_metadata(session_id, {"dsn": f"postgresql://ana:{PASSWORD}@db.internal/x"})
+    returned = json.dumps([asked, answered, updated])
+    assert "why does the call fail" in returned and "db.internal" in returned and KEY not in returned and PASSWORD not in returned
+
+    client = OblixClient(session_manager=store, semantic=False)
+    client.execute_sync("What was the problem again?", session_id)
+    client.wait_for_background()
+
+    sent = json.dumps(model_env.chat_requests())
+    assert "why does the call fail" in sent and "db.internal" in sent and "[withheld: secret-looking]" in sent
+    kept = repr(footprint())  # every file's bytes, every row of every table, or the memory store's dicts
+    assert "What was the problem again?" in kept and "why does the call fail" in kept
+    for secret in (KEY, KEY[len("sk-proj-") :], PASSWORD):
+        assert secret not in sent and secret not in kept
