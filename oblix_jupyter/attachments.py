@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .errors import OblixError, UnreadableImage
+from .errors import AttachmentNotFound, UnreadableImage
 from .models.gateway import image_part, images_as_text, supports_vision
 from .models.images import DEFAULT_MAX_PX, PreparedImage, cannot_see_note, prepare
 
@@ -116,7 +116,8 @@ def stored_images(message: Mapping[str, Any], read: Callable[[str], bytes]) -> l
     The entries come from a session file: only PNG and JPEG bytes are read (``read`` takes
     an attachment id), and the pixel size comes from the bytes, never from the entry; any
     other entry, or one whose bytes are gone, is named only, as ``--image`` names what it
-    cannot send.
+    cannot send. A store that cannot be read now (``StoreUnavailable``) raises: a retry
+    without the picture would ask another question than the one that failed.
     """
     from .kernel.images import KEPT_TYPES, NotebookImage, pixel_size
 
@@ -128,7 +129,7 @@ def stored_images(message: Mapping[str, Any], read: Callable[[str], bytes]) -> l
         if mime in KEPT_TYPES:
             try:
                 data = read(str(entry.get("id")))
-            except OblixError:
+            except AttachmentNotFound:
                 pass
         width, height = (pixel_size(data, mime) if data else None) or (None, None)
         label = str(entry.get("label") or "image")

@@ -645,9 +645,14 @@ class ChatPanel(widgets.VBox):
     def retry(self, _button: Any = None) -> None:
         """Ask the prompt of the turn that failed again: the session keeps it once, and gets the answer after it."""
         if self._failed_prompt is not None and not self.busy:
+            try:
+                images = self._failed_images()
+            except OblixError as error:  # the store cannot be read now: nothing is asked, the box keeps what was typed
+                self._show_notice(str(error), error=True)
+                return
             typed = self.textarea.value
             self.textarea.value = self._failed_prompt
-            self.send(images=self._failed_images())
+            self.send(images=images)
             self.textarea.value = typed  # what the user was writing meanwhile stays in the box
 
     def _failed_images(self) -> list[NotebookImage]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import pathlib
 
 import pytest
 from kernels import outputs_text, run_cells
@@ -29,6 +30,7 @@ MARK = "PICKER-STATE "
 # fails that turn), Retry, and one more turn: each step's state printed as JSON.
 DRIVE_THE_PANEL = """
 import json
+import pathlib
 from oblix_jupyter.client import OblixClient
 from oblix_jupyter.frontends.panel import ChatPanel
 
@@ -158,3 +160,26 @@ def test_a_thumbnail_is_drawn_only_from_what_the_bytes_claim_to_be_and_never_fro
     vast = encoded(Image.new("L", (6000, 5000), 255), "PNG")
     assert len(vast) < 200_000 and thumbnail(NotebookImage("figure from cell 5", "image/png", vast, 5, 6000, 5000)) is None
     assert tile_name(NotebookImage("figure 2 from cell 5", "image/png", b"", 5)) == "cell 5 · 2"
+
+
+def test_a_retry_whose_picture_cannot_be_read_asks_nothing_and_keeps_what_was_typed(model_env, monkeypatch):
+    """The failed question's picture is in the store but cannot be read (here a directory stands where its file was)."""
+    monkeypatch.setenv("OBLIX_VISION_MODELS", "openai/test-model")
+    model_env.enqueue(Behavior(status=500))
+    panel = ChatPanel(OblixClient(), namespace={})
+    figure = NotebookImage("figure from cell 2", "image/png", encoded(Image.new("RGB", (64, 48), "navy"), "PNG"), 2, 64, 48)
+    panel.textarea.value = "Why does it bend?"
+    panel.send(images=[figure])
+    panel.worker.join(30)
+    (entry,) = panel.client.load_session(panel.session_id)["messages"][0]["attachments"]
+    (kept,) = pathlib.Path(panel.client.session_manager.base_dir).parent.rglob(entry["id"])
+    kept.unlink()
+    kept.mkdir()
+    panel.textarea.value = "a follow-up I am writing"
+    asked = len(model_env.chat_requests())
+
+    panel.retry()
+    assert panel.textarea.value == "a follow-up I am writing" and not panel.busy
+    assert "Oblix error" in panel.notice.value and entry["id"] in panel.notice.value, panel.notice.value
+    assert len(model_env.chat_requests()) == asked, "nothing was asked without the picture"
+    assert [m["role"] for m in panel.client.load_session(panel.session_id)["messages"]] == ["user", "assistant"]

@@ -18,6 +18,7 @@ from postgres_server import DATABASE
 from waiting import wait_until
 
 from oblix_jupyter import OblixClient
+from oblix_jupyter.errors import ModelError, StoreUnavailable
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -82,9 +83,8 @@ def test_a_spool_left_by_a_killed_kernel_is_written_by_the_next_one_before_anyth
     successor.session_manager.close()
 
 
-def test_a_question_with_a_picture_is_kept_when_the_database_goes_away_its_picture_named_not_lost(
-    model_env, postgres, proxy, monkeypatch, tmp_path
-):
+def plots_through_the_proxy(postgres, proxy, monkeypatch):
+    """A new user's client on the database through ``proxy``, a vision model, a new session and a small figure."""
     from PIL import Image
 
     from oblix_jupyter.kernel.images import NotebookImage
@@ -93,9 +93,14 @@ def test_a_question_with_a_picture_is_kept_when_the_database_goes_away_its_pictu
     monkeypatch.setenv("OBLIX_VISION_MODELS", "openai/test-model")
     buffer = io.BytesIO()
     Image.new("RGB", (64, 48), "navy").save(buffer, "PNG")
-    figure = NotebookImage("figure from cell 2", "image/png", buffer.getvalue(), 2, 64, 48)
     client = OblixClient()
-    session_id = client.create_session_sync(title="plots")
+    return client, client.create_session_sync(title="plots"), NotebookImage("figure from cell 2", "image/png", buffer.getvalue(), 2, 64, 48)
+
+
+def test_a_question_with_a_picture_is_kept_when_the_database_goes_away_its_picture_named_not_lost(
+    model_env, postgres, proxy, monkeypatch, tmp_path
+):
+    client, session_id, figure = plots_through_the_proxy(postgres, proxy, monkeypatch)
     try:  # the database goes away after the session is read, before the picture and the question are written
         result = client.turn("why does it bend?", session_id, images=[figure], on_model=lambda _model: proxy.refuse())
         assert "saved on this machine" in (result.notice or "")
@@ -110,4 +115,24 @@ def test_a_question_with_a_picture_is_kept_when_the_database_goes_away_its_pictu
     for extension in (".json", ".ipynb"):  # a named-only picture travels as it is
         copy = client.import_session(client.export_session(session_id, tmp_path / f"plots{extension}"))
         assert client.load_session(copy)["messages"][0]["attachments"] == [entry]
+    client.session_manager.close()
+
+
+def test_a_retry_while_the_database_is_away_asks_nothing_and_sends_the_picture_once_it_is_back(model_env, postgres, proxy, monkeypatch):
+    """The failed question's picture cannot be read: a retry that went on would ask the model another question, without it."""
+    client, session_id, figure = plots_through_the_proxy(postgres, proxy, monkeypatch)
+    model_env.enqueue(Behavior(status=500))
+    with pytest.raises(ModelError):
+        client.execute_sync("why does it bend?", session_id, images=[figure])
+    asked = len(model_env.chat_requests())
+    try:  # the database goes away once the session is read, before the picture is
+        with pytest.raises(StoreUnavailable, match="cannot be reached"):
+            client.retry_sync(session_id, on_model=lambda _model: proxy.refuse())
+    finally:
+        proxy.accept()
+    assert len(model_env.chat_requests()) == asked, "nothing was asked without the picture"
+    client.retry_sync(session_id)
+    parts = [part["type"] for part in model_env.chat_requests()[-1]["messages"][-1]["content"]]
+    assert parts == ["text", "image_url"], "the retry sends the picture the question had"
+    assert [m["role"] for m in client.load_session(session_id)["messages"]] == ["user", "assistant", "assistant"]
     client.session_manager.close()
