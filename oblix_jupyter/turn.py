@@ -451,8 +451,8 @@ class Turns:
                 )
                 message_id = stored["id"]
                 if session is not None and not session.get("model"):
-                    try:
-                        store.update_session(session_id, model=completion.model)
+                    try:  # the model the session was meant for, not a fallback that stood in for it during an outage
+                        store.update_session(session_id, model=models[0])
                     except NotPermitted:  # a write sharee adds messages; the model stays the owner's to pin
                         pass
                     except StoreUnavailable:  # the answer is kept (spooled if need be); the next answer pins the model

@@ -419,3 +419,18 @@ def test_a_long_lived_client_keeps_its_caches_bounded(client, monkeypatch):
     assert len(turns._indexes) == 3, "only the sessions used last keep their word index"
     count = turns.counter("openai/gpt-4o-mini")
     assert count is turns.counter("openai/gpt-4o-mini") and count.cache_info().maxsize == turn_module.TOKEN_COUNTS
+
+
+def test_a_first_answer_from_the_fallback_leaves_the_session_on_its_own_model(server, monkeypatch):
+    """The session's first turn meets an outage: the model that stood in answers, and is not what the session keeps."""
+    monkeypatch.setenv("OPENAI_API_BASE", server.url)
+    monkeypatch.setenv("OPENAI_API_KEY", TEST_KEY)
+    client = OblixClient(model="openai/primary", fallback_models=["openai/backup"])
+    session_id = client.create_session_sync()
+    server.for_model("primary", Behavior(status=500))
+    assert client.execute_sync("during the outage", session_id)["model"] == "openai/backup"
+    assert client.load_session(session_id)["model"] == "openai/primary", "the session's model, not the one that stood in"
+    assert [r["model"] for r in server.chat_requests()] == ["primary", "backup"]
+    server.reset()  # the outage is over (and the requests' record starts again)
+    assert client.execute_sync("after the outage", session_id)["model"] == "openai/primary"
+    assert [r["model"] for r in server.chat_requests()] == ["primary"]
