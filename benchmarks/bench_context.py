@@ -143,6 +143,7 @@ def speed(cache_dir: str, embedder: Any) -> None:
     import numpy as np
 
     from oblix_jupyter.context.embedder import VectorTable
+    from oblix_jupyter.context.expansion import WordTable, vocabulary
     from oblix_jupyter.sessions import SessionManager
     from oblix_jupyter.context.vector_cache import VectorCache
 
@@ -169,12 +170,16 @@ def speed(cache_dir: str, embedder: Any) -> None:
         cache.forget(session["id"])  # the first turn left the rest to the background: it would compete with what follows
         cache.wait()
 
-    vectors = None
+    vectors = words = None
     if cache:
-        # Later turns have every passage embedded; selection time does not depend on the vectors' values.
+        # Later turns have every passage and word embedded; selection time does not depend on the vectors' values.
         rows = np.random.default_rng(0).standard_normal((len(index.texts), 384)).astype(np.float32)
         rows /= np.linalg.norm(rows, axis=1, keepdims=True)
         vectors = VectorTable([str(m["id"]) for m in messages], [""] * len(messages), list(index.spans), rows)
+        vocabulary_of = list(vocabulary(m["content"] for m in messages))
+        word_rows = np.random.default_rng(1).standard_normal((len(vocabulary_of), 384)).astype(np.float32)
+        words = WordTable(vocabulary_of, word_rows / np.linalg.norm(word_rows, axis=1, keepdims=True))
+        words.prepare()
         prompt_ms = median_ms(lambda: cache.embed_prompt(prompt), repeat=10)
         sample = messages[:200]
         started = time.perf_counter()
@@ -182,12 +187,19 @@ def speed(cache_dir: str, embedder: Any) -> None:
         per_message = (time.perf_counter() - started) / len(sample)
     warm_ms = median_ms(
         lambda: select_context(
-            session, prompt, BUDGET, count, variables=variables, lexical_index=index, vectors=(vectors, prompt_vector)
+            session, prompt, BUDGET, count, variables=variables, lexical_index=index, vectors=(vectors, prompt_vector), words=words
         ),
         repeat=20,
     )
     summarize_ms = median_ms(lambda: summarize_variables(namespace, prompt, count=count), repeat=5, warmup=1)
     report("select_context, 10,000 messages, 20 variables, all cached", f"{warm_ms:.1f} ms", "goal <= 20 ms")
+    if words is not None:
+        report(f"  of which widening the prompt's words among the {len(words):,} of the conversation", f"{median_ms(lambda: words.widen(prompt, {}), repeat=20):.1f} ms")
+        many = [*words.words, *(f"filler{n}" for n in range(20_000 - len(words)))]  # a long real session's vocabulary
+        many_rows = np.random.default_rng(2).standard_normal((len(many), 384)).astype(np.float32)
+        large = WordTable(many, many_rows / np.linalg.norm(many_rows, axis=1, keepdims=True))
+        large.prepare()
+        report("  the same among 20,000 words", f"{median_ms(lambda: large.widen(prompt, {}), repeat=20):.1f} ms")
     report("  summarize_variables for the 20 variables", f"{summarize_ms:.1f} ms")
     if cache:
         report("  the prompt's embedding", f"{prompt_ms:.1f} ms")

@@ -12,7 +12,7 @@ The passage vectors of each conversation are computed once and kept under the sy
 temporary directory (``--cache``), never in the repository, keyed by the text embedded:
 a different passage cut embeds only its new passages.
 
-A variant is a set of the selector's or relevance's module constants (``--set
+A variant is a set of the selector's, relevance's or expansion's module constants (``--set
 NAME=VALUE``). ``--grid NAME=V1,V2,...`` tunes one leave-one-out: for each conversation
 in turn, the value best on the other four at ``--tune-budget`` tokens is chosen and
 measured on the one left out; the table gives every left-out conversation's figure, their
@@ -108,20 +108,12 @@ the same figures. Measured beside it and not kept (whole 91.6, left out 91.8):
   left out 91.4 to 92.2 (before 0.3, after 0.5, both 0.7 best), single-hop up to +0.8
   and multi-hop down to -1.7: within noise, for a second vector per message.
 
-Measured and worth building (it needs a vector per word of the session's vocabulary,
-which the vector cache does not keep yet): the prompt's words widened by their
-neighbours in meaning among the conversation's own words. Each distinct word of the
-conversation (three letters or more, no stopword) embedded alone; for each word of the
-prompt that is one of them (not a capitalised name, not an interrogative), the k words
-closest to it by centred cosine, at least ``min``, added to BM25's query as their stems
-at ``w`` times that cosine ("kids" brings "children", "destress" "relax", "pottery"
-"clay"). Grid min 0.4/0.5/0.6, k 2/3/5, w 0.3/0.5/0.7 at 2,000 tokens: every setting
-between 91.9 and 92.7 (kept 91.8), the best on four chosen for the fifth: left out 92.3,
-worst 88.8 (89.1 before; conversations 42 and 43 lose 0.3 and 0.5). With min 0.4, k 3,
-w 0.7 at 1,000/2,000/4,000: 86.0/92.7/95.6 against 85.1/91.8/94.9, open-domain
-61.2/71.6/76.5 against 54.4/64.8/73.1, multi-hop 62.8/77.3/84.3 against 61.2/75.8/82.8.
-Its cost per turn: one product of the prompt's words with the vocabulary (3 to 4 ms for
-20,000 words); embedding a vocabulary runs at about 1,750 words a second.
+Then the prompt's words were widened by their neighbours in meaning among the
+conversation's own words (``context/expansion.py``; first measured here with every word
+of the five conversations and the questions embedded: a grid of min 0.4/0.5/0.6, k
+2/3/5 and w 0.3/0.5/0.7 gave 91.9 to 92.7 at 2,000 tokens, the best on four chosen for
+the fifth 92.3). As built, with the words the vector cache keeps: left out
+85.4/92.5/95.4 at 1,000/2,000/4,000 against 85.1/91.8/94.9, whole 85.4/92.3/95.0.
 """
 
 from __future__ import annotations
@@ -144,8 +136,9 @@ from bench_locomo import ANSWER, MODEL, PER_CONVERSATION, RRF_K, TurnBM25, fill,
 from common import CachedCount
 from locomo import CATEGORIES, DATA, Conversation, Question, conversations, sample, score
 
-from oblix_jupyter.context import relevance, selector
+from oblix_jupyter.context import expansion, relevance, selector
 from oblix_jupyter.context.embedder import VectorTable, load_embedder
+from oblix_jupyter.context.expansion import WordTable, vocabulary
 from oblix_jupyter.context.relevance import LexicalIndex, chunks
 
 CACHE = pathlib.Path(tempfile.gettempdir()) / "oblix-selector-loo"
@@ -154,7 +147,7 @@ TUNE_BUDGET = 2000
 ASKED_ON = "2030-01-01T12:00:00.000Z"  # the Q/A pairs are written "now", after every sitting
 LENGTHS = ((0, 6, "≤6 words"), (7, 9, "7-9 words"), (10, 13, "10-13 words"), (14, 10**6, "≥14 words"))
 DISTANCES = ((0, 99, "<100 turns back"), (100, 299, "100-299"), (300, 10**6, "≥300"))
-MODULES = [selector, relevance]  # whose constants ``--set`` and ``--grid`` may change
+MODULES = [selector, relevance, expansion]  # whose constants ``--set`` and ``--grid`` may change
 COUNT = CachedCount(MODEL)  # one for every run: litellm's counting is most of a run's time otherwise
 RANKS = ((0, 0, "not ranked"), (1, 10, "rank 1-10"), (11, 40, "11-40"), (41, 10**6, ">40"))
 
@@ -195,6 +188,11 @@ class Vectors:
     def prompt(self, text: str) -> Any:
         return self.known[self.key(text)]
 
+    def words(self, words: Sequence[str]) -> WordTable:
+        """A conversation's words with their vectors, float16-rounded as the store keeps them."""
+        self.ensure(words)
+        return WordTable(words, numpy.stack([self.known[self.key(word)] for word in words]).astype(numpy.float16).astype(numpy.float32))
+
 
 @dataclass
 class Outcome:
@@ -225,12 +223,12 @@ class Run:
 
 @contextmanager
 def constants(settings: dict[str, float]) -> Iterator[None]:
-    """The selector's and relevance's module constants set to ``settings`` for a while."""
+    """The selector's, relevance's and expansion's module constants set to ``settings`` for a while."""
     saved = []
     for name, value in settings.items():
         module = next((m for m in MODULES if hasattr(m, name)), None)
         if module is None:
-            sys.exit(f"no constant {name} in the selector or relevance")
+            sys.exit(f"no constant {name} in the selector, relevance or expansion")
         saved.append((module, name, getattr(module, name)))
         setattr(module, name, type(getattr(module, name))(value))
     try:
@@ -262,6 +260,8 @@ def warm(
     by_id = {turn.turn_id: turn.text for turn in conversation.turns}
     blocks = [vectors.passages(m["content"]) for m in messages]
     index = LexicalIndex()
+    known: dict[str, None] = {}
+    read, table_of_words = 0, None
     results = []
     prompts = [(text, None) for text in conversation.warm_up] + [(q.text, q) for q in questions]
     for number, (prompt, question) in enumerate(prompts):
@@ -273,10 +273,14 @@ def warm(
         session = {"id": conversation.name, "messages": messages}
         index.extend(messages)  # kept and extended, as the client keeps a session's index
         embeddings = (table, vectors.prompt(prompt)) if meaning else None
-        plan = selector.select_context(session, prompt, budget, count, vectors=embeddings, lexical_index=index)
+        vocabulary((m["content"] for m in messages[read:]), into=known)
+        read = len(messages)
+        if meaning and len(known) != len(table_of_words or ()):
+            table_of_words = vectors.words(list(known))  # the words of what the session holds, as the vector cache keeps them
+        plan = selector.select_context(session, prompt, budget, count, vectors=embeddings, words=table_of_words, lexical_index=index)
         if question is not None:
             sent = "\n".join(str(m["content"]) for m in plan.messages)
-            rank = evidence_rank(index, question, table, vectors.prompt(prompt)) if ranks and meaning else 0
+            rank = evidence_rank(index, question, table, vectors.prompt(prompt), table_of_words) if ranks and meaning else 0
             results.append((question, score(question, by_id, sent), rank))
         for role, text in (("user", prompt), ("assistant", ANSWER)):
             extra = {"model": MODEL} if role == "assistant" else {}
@@ -285,10 +289,13 @@ def warm(
     return results
 
 
-def evidence_rank(index: LexicalIndex, question: Question, table: VectorTable, prompt_vector: Any) -> int:
+def evidence_rank(index: LexicalIndex, question: Question, table: VectorTable, prompt_vector: Any, words: WordTable | None) -> int:
     """The best rank (1 = first) any passage of an evidence turn gets in the fused relevance, as the selector ranks."""
     asked = index.answered
-    lexical = {c: v for c, v in index.scores(relevance.query_terms(question.text)).items() if c not in asked}
+    terms = relevance.query_terms(question.text)
+    wider = words.widen(question.text, terms) if words is not None else {}
+    terms.update({stem: weight for stem, (_, weight) in wider.items()})
+    lexical = {c: v for c, v in index.scores(terms).items() if c not in asked}
     similarities = relevance.semantic_scores(prompt_vector, table, index).copy()
     similarities[list(asked)] = numpy.nan
     fused = relevance.spread(relevance.fuse(lexical, similarities, len(index.texts)), index)
@@ -357,6 +364,7 @@ def embed_all(chosen: Sequence[Conversation], questions: dict[str, list[Question
         texts += [turn.text for turn in conversation.turns]  # whole turns, for the dense baseline
         for prompt in [*conversation.warm_up, *(q.text for q in questions[conversation.name])]:
             texts += [prompt, *chunks(prompt)]
+        texts += vocabulary([*(turn.text for turn in conversation.turns), *conversation.warm_up, *(q.text for q in questions[conversation.name])])
     texts += chunks(ANSWER)
     vectors.ensure(texts)
 

@@ -223,7 +223,8 @@ class Turns:
                 plan = selection.finish()
                 plan.notes.append(unavailable_reason() or "Meaning is switched off for this client (semantic=False).")
             else:
-                plan = selection.finish((vectors.vectors(session_id, messages, self.settings.embed_seconds), vectors.embed_prompt(prompt)))
+                table = vectors.vectors(session_id, messages, self.settings.embed_seconds)
+                plan = selection.finish((table, vectors.embed_prompt(prompt)), vectors.words(session_id))
         if limited is not None and not selection.fits:
             plan.notes.append(limited)
         return plan

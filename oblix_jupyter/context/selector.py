@@ -36,6 +36,7 @@ from itertools import islice, repeat
 from typing import Any
 
 from ..errors import PromptTooLarge
+from .expansion import WordTable
 from .inputs import NotebookContext, VariableSummary
 from .relevance import (
     ELLIPSIS,
@@ -291,6 +292,7 @@ def select_context(
     pinned: Collection[str] = (),
     pin_first_exchange: bool = True,
     vectors: Embeddings | None = None,
+    words: WordTable | None = None,
     lexical_index: LexicalIndex | None = None,
     recent_share: float = DEFAULT_RECENT_SHARE,
     instructions: str | None = None,
@@ -300,16 +302,18 @@ def select_context(
     ``count`` gives the tokens of a text; ``budget`` is the input window left after the
     answer's reserve. ``variables`` come from ``kernel.variables.summarize_variables`` and
     ``notebook`` from ``kernel.state.gather_notebook_context``. ``vectors`` switches on
-    semantic relevance (vectors by message id, the prompt's vector); ``lexical_index`` is
-    a kept ``relevance.LexicalIndex`` of these messages (rebuilt here if it is stale).
-    Both matter only when the conversation does not fit whole: a caller that computes
-    them only then uses ``start_selection`` and looks at ``Selection.fits`` first.
+    semantic relevance (vectors by message id, the prompt's vector); ``words`` (the
+    conversation's words with their vectors) widens the prompt's words by meaning
+    (``expansion``); ``lexical_index`` is a kept ``relevance.LexicalIndex`` of these
+    messages (rebuilt here if it is stale). They matter only when the conversation does
+    not fit whole: a caller that computes them only then uses ``start_selection`` and
+    looks at ``Selection.fits`` first.
     Raises ``PromptTooLarge`` when the prompt alone does not fit.
     """
     selection = start_selection(
         session, prompt, budget, count, history, variables=variables, notebook=notebook, pinned=pinned, instructions=instructions
     )
-    return selection.finish(vectors, lexical_index=lexical_index, pin_first_exchange=pin_first_exchange, recent_share=recent_share)
+    return selection.finish(vectors, words, lexical_index=lexical_index, pin_first_exchange=pin_first_exchange, recent_share=recent_share)
 
 
 def start_selection(
@@ -378,7 +382,7 @@ class Selection:
         self.turn.word_scores  # noqa: B018 - scored now, while a caller's prompt embedding runs
         self.turn.asked  # noqa: B018 - found now, for the same reason
 
-    def finish(self, vectors: Embeddings | None = None, **recent: Any) -> ContextPlan:
+    def finish(self, vectors: Embeddings | None = None, words: WordTable | None = None, **recent: Any) -> ContextPlan:
         """Choose the rest by relevance (when it did not fit) and return the plan.
 
         ``recent`` takes ``choose_pinned_and_recent``'s arguments, when that step was not
@@ -386,7 +390,7 @@ class Selection:
         """
         if not self.fits:
             self.choose_pinned_and_recent(**recent)
-            self.turn.add_relevant(vectors)
+            self.turn.add_relevant(vectors, words)
             self.turn.settle_partial()
             self.turn.add_fill()
         return self.turn.plan(self.prompt, self.prompt_tokens, self.context, self.instructions, self.budget)
@@ -530,6 +534,7 @@ class _Turn:
         self.included_variables: list[VariableSummary] = []
         self._tokens: dict[int, int] = {}
         self.terms: dict[str, float] = {}
+        self.prompt = ""
         self.days: list[tuple[int, int]] = []  # the days the prompt names by date
         self.partial: dict[int, dict[int, float]] = {}  # position -> {passage: relevance} chosen from it
 
@@ -663,6 +668,7 @@ class _Turn:
             self.sections.append(_Section(PlanItem(item.role, item.reason, tokens, label=item.label, in_system=True), text))
             if summary is not None:
                 self.included_variables.append(summary)
+        self.prompt = prompt
         self.terms = query_terms(prompt, [v.name for v in self.included_variables])
         self.days = named_days(prompt)
 
@@ -720,7 +726,7 @@ class _Turn:
                 self.take(position, "recent")
             share -= cost
 
-    def add_relevant(self, vectors: Embeddings | None) -> None:
+    def add_relevant(self, vectors: Embeddings | None, word_table: WordTable | None = None) -> None:
         """Passages of older messages by relevance to the prompt, the most relevant first.
 
         A message shows the passages chosen from it, the rest replaced by ``[…]``; a
@@ -743,8 +749,17 @@ class _Turn:
                 "Relevance judged by words (BM25) and meaning (embeddings)"
                 + (f"; {missing} passage(s) not embedded yet, ranked by their words." if missing else ".")
             )
+        scores = self.word_scores
+        wider = word_table.widen(self.prompt, self.terms) if word_table is not None else {}
+        if wider:  # BM25 adds up over terms: the neighbours' scores are added to the prompt's own
+            added = {stem: weight for stem, (_, weight) in wider.items()}
+            scores = dict(scores)
+            for passage, score in index.scores(added).items():
+                scores[passage] = scores.get(passage, 0.0) + score
+            self.terms = {**self.terms, **added}
+            self.notes.append("Also looked for, as close in meaning to the prompt's words: " + ", ".join(word for word, _ in wider.values()) + ".")
         asked = self.asked
-        words = {c: v for c, v in self.word_scores.items() if c not in asked} if asked else self.word_scores
+        words = {c: v for c, v in scores.items() if c not in asked} if asked else scores
         if asked and similarities is not None:
             similarities = similarities.copy()
             similarities[list(asked)] = float("nan")

@@ -6,8 +6,10 @@ under a digest of its content, so that every session holding that message shares
 This cache sits between them for the turn: it embeds only what neither it nor the store
 has, within a time cap on a first turn, and does the work that can wait on background
 threads: a finished turn's messages (``update_later``) and the next prompt while its
-session is read (``embed_prompt_ahead``). It names the two byte methods it needs as a
-protocol, so the selector's package knows nothing of the store.
+session is read (``embed_prompt_ahead``). After a session's messages, the background
+embeds its words, each alone (``expansion.WordTable``, which ``words`` gives a turn):
+never on a turn's path, so the first turns of a session go without them. It names the
+two byte methods it needs as a protocol, so the selector's package knows nothing of the store.
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ from contextlib import contextmanager
 from typing import Any, Protocol
 
 from .embedder import BATCH, Embedder, VectorTable, digest, load_embedder
+from .expansion import WordTable, vocabulary
 from .relevance import chunks
 
 _HANDOFF_SECONDS = 0.01  # how long a prompt's embedding may take to start before the caller goes on anyway
 _FIRST_RATE = 100.0  # passages per second assumed until measured: a busy 2-core machine's, so a first turn waits no longer than asked
 _BACKGROUND_BATCH = 8  # messages per background batch: the longest a turn that starts meanwhile waits
+_WORD_BATCH = 64  # words per background batch: about 40 ms at the 1,750 words a second of a quiet 2-core machine
 # A front end still renders the answer after the turn: background work starting at once
 # competes with it for the interpreter lock, so it waits this long after a turn
 # (measured: see benchmarks/bench_magics.py and README's "Speed").
@@ -65,6 +69,9 @@ class VectorCache:
         self.store = store
         self._embedder = embedder
         self._tables: dict[str, VectorTable] = {}
+        self._word_vectors: dict[str, VectorTable] = {}  # each session's words, as one-word messages
+        self._words: dict[str, WordTable] = {}  # the last complete ones, for turns (``words``)
+        self._vocabularies: dict[str, tuple[int, Any, dict[str, None]]] = {}  # messages read, the last one's id, words
         self._used: set[str] = set()  # sessions a turn asked for vectors (``keeps``)
         self._forgotten: set[str] = set()  # deleted sessions: a late background call must not write them again
         self._lock = threading.Lock()
@@ -132,21 +139,32 @@ class VectorCache:
             self.update_later(session_id, messages)
         return table
 
+    def words(self, session_id: str) -> WordTable | None:
+        """The session's words with their vectors, as far as the background has embedded them (None before it has)."""
+        return self._words.get(session_id)
+
     def wait(self) -> None:
         """Wait until the background embedding asked for so far is done (benchmarks, tests)."""
         self._background.submit(lambda: None).result()
 
     def _update(
-        self, session_id: str, messages: Sequence[Mapping[str, Any]], max_seconds: float | None, limit: int | None = None
+        self,
+        session_id: str,
+        messages: Sequence[Mapping[str, Any]],
+        max_seconds: float | None,
+        limit: int | None = None,
+        tables: dict[str, VectorTable] | None = None,
     ) -> tuple[VectorTable, bool]:
         """The session's table with what the store has, and what is embedded now; whether every message is in it.
 
         Only the first ``limit`` messages without a vector here are looked up and, if the
         store has none for them, embedded now: none unless that is expected to take at
-        most ``max_seconds`` (None: no limit).
+        most ``max_seconds`` (None: no limit). ``tables``: where the session's table is
+        kept (its messages', unless its words' are meant).
         """
+        tables = self._tables if tables is None else tables
         with self._lock:
-            table = self._tables.get(session_id) or VectorTable.empty()
+            table = tables.get(session_id) or VectorTable.empty()
             embeddable = [m for m in messages if m.get("content") and m.get("id") is not None]
             ids = [m["id"] for m in embeddable]
             if ids == table.ids:
@@ -161,7 +179,7 @@ class VectorCache:
             if session_id not in self._forgotten:
                 if entries and embedder is not None:
                     self.store.write_vectors(embedder.name, session_id, entries)
-                self._tables[session_id] = table
+                tables[session_id] = table
             return table, len(table) == len(embeddable)
 
     def _wait_for_quiet(self) -> None:
@@ -185,6 +203,36 @@ class VectorCache:
         while not complete and session_id not in self._forgotten and self.embedder is not None:
             self._wait_for_quiet()
             _, complete = self._update(session_id, messages, None, limit=_BACKGROUND_BATCH)
+        if complete:
+            self._fill_words(session_id, messages)
+
+    def _fill_words(self, session_id: str, messages: list[Mapping[str, Any]]) -> None:
+        """Background: embed the session's words not embedded yet, ``_WORD_BATCH`` at a time, then make them the turns' table.
+
+        Each word is kept as a one-word message would be (under a digest of it), so a
+        word met in any session is embedded once, and goes with the sessions that use it.
+        """
+        words = [{"id": word, "content": word} for word in self._vocabulary(session_id, messages)]
+        table, complete = VectorTable.empty(), False
+        while not complete and session_id not in self._forgotten and self.embedder is not None:
+            self._wait_for_quiet()
+            table, complete = self._update(session_id, words, None, limit=_WORD_BATCH, tables=self._word_vectors)
+        current = self._words.get(session_id)
+        if complete and (current is None or len(current) != len(table)):
+            ready = WordTable(table.ids, table.matrix)
+            ready.prepare()
+            with self._lock:
+                if session_id not in self._forgotten:
+                    self._words[session_id] = ready
+
+    def _vocabulary(self, session_id: str, messages: Sequence[Mapping[str, Any]]) -> list[str]:
+        """The session's words in the order first written, reading only the messages added since the last call."""
+        read, last, found = self._vocabularies.get(session_id, (0, None, {}))
+        if read > len(messages) or (read and messages[read - 1].get("id") != last):
+            read, found = 0, {}  # not the same conversation grown at its end: read it all again
+        vocabulary((str(message.get("content") or "") for message in messages[read:]), into=found)
+        self._vocabularies[session_id] = (len(messages), messages[-1].get("id") if messages else None, found)
+        return list(found)
 
     def embed_prompt_ahead(self, prompt: str) -> None:
         """Start embedding ``prompt`` in the background; ``embed_prompt`` picks the result up.
@@ -279,4 +327,7 @@ class VectorCache:
         with self._lock:
             self._forgotten.add(session_id)
             self._tables.pop(session_id, None)
+            self._word_vectors.pop(session_id, None)
+            self._words.pop(session_id, None)
+            self._vocabularies.pop(session_id, None)
             self._used.discard(session_id)

@@ -328,8 +328,8 @@ def test_background_embedding_waits_while_a_turn_is_under_way(embedder, tmp_path
         wait_until(lambda: running_in(VectorCache._wait_for_quiet, threading.Condition.wait), 10, "the background embedding to wait for the turn")
         assert counting.calls == []
     cache.wait()
-    assert sum(counting.calls) == 3
-    assert len(cache.vectors(session_id, conversation_messages(store.get_session(session_id)))) == 3 and sum(counting.calls) == 3
+    assert counting.calls == [3, 3], "the three messages, then their three words (message, conversation, churn)"
+    assert len(cache.vectors(session_id, conversation_messages(store.get_session(session_id)))) == 3 and sum(counting.calls) == 6
 
 
 def test_a_first_turn_with_too_much_to_embed_goes_by_words_and_leaves_the_embedding_to_the_background(embedder, model_env):

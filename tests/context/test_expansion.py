@@ -1,0 +1,115 @@
+"""The prompt's words widened by meaning (``context.expansion``): hand-made vectors for the rules, the real model for the point."""
+
+from __future__ import annotations
+
+import numpy
+import pytest
+from test_relevance import Counting, approx, embedder  # noqa: F401 - embedder is a fixture
+
+from oblix_jupyter.context.expansion import MIN_SIMILARITY, NEIGHBOURS, WEIGHT, WordTable, vocabulary
+from oblix_jupyter.context.selector import conversation_messages, select_context
+from oblix_jupyter.sessions import SessionManager
+
+
+def test_the_vocabulary_is_the_words_bm25_counts_as_written_in_the_order_first_met():
+    found = vocabulary(["The kids loved the POTTERY class!", "Pottery again; kids and clay, ok?"])
+    assert list(found) == ["kids", "loved", "pottery", "class", "clay"]
+    assert list(vocabulary(["More clay, and glaze."], into=found)) == ["kids", "loved", "pottery", "class", "clay", "glaze"]
+
+
+def table(groups: dict[str, list[str]]) -> WordTable:
+    """Words whose vectors are alike within a group and unlike across groups (a direction per group, a little noise each)."""
+    rng = numpy.random.default_rng(7)
+    directions = numpy.linalg.qr(rng.normal(size=(384, len(groups))))[0].T
+    words, rows = [], []
+    for direction, members in zip(directions, groups.values()):
+        for word in members:
+            row = direction + 0.15 * rng.normal(size=384) / numpy.sqrt(384)
+            words.append(word)
+            rows.append(row / numpy.linalg.norm(row))
+    return WordTable(words, numpy.array(rows, dtype=numpy.float32))
+
+
+GROUPS = {
+    "children": ["children", "kids", "child", "toddlers", "sons", "daughters"],
+    "pottery": ["pottery", "clay", "ceramics"],
+    "names": ["caroline", "charlotte", "nicole"],
+    "weather": ["rain", "sunny"],
+}
+
+
+def test_each_word_of_the_prompt_brings_its_nearest_words_stems_weighted_by_closeness():
+    words = table(GROUPS)
+    wider = words.widen("What did the kids make with clay?", {"kid": 1.0, "make": 1.0, "clai": 1.0})
+    assert set(wider) <= {"children", "child", "toddler", "son", "daughter", "potteri", "ceram"}
+    assert {"potteri", "ceram"} <= set(wider), "the pottery words come with clay"
+    assert sum(1 for stem in wider if stem not in ("potteri", "ceram")) == NEIGHBOURS, "at most NEIGHBOURS per prompt word"
+    for word, weight in wider.values():
+        assert MIN_SIMILARITY * WEIGHT <= weight <= WEIGHT and word in words.rows
+    assert "rain" not in wider and "sunni" not in wider, "unrelated words never come"
+
+
+def test_names_and_words_the_conversation_never_wrote_are_not_widened():
+    words = table(GROUPS)
+    assert words.widen("Why did Caroline go?", {"carolin": 1.0}) == {}, "a capitalised word after the first is a name"
+    assert "charlott" in words.widen("Caroline: what happened?", {"carolin": 1.0}), "the first word is widened whatever its case"
+    assert words.widen("What about the spreadsheet?", {"spreadsheet": 1.0}) == {}, "no vector for it: nothing to widen"
+    assert WordTable(["kids"], numpy.ones((1, 384), dtype=numpy.float32)).widen("the kids", {"kid": 1.0}) == {}
+
+
+FILLER = [f"We compared sales table {n} with the weekly prices of store {n}." for n in range(30)]
+TEXTS = [*FILLER[:10], "Note: the kids menu needs new prices.", *FILLER[10:20], "Our children spent Saturday at a pottery class.", *FILLER[20:]]
+
+
+def test_a_question_in_other_words_than_its_answer_finds_it_with_the_words_table(embedder, tmp_path):  # noqa: F811
+    """The answer says "children", the question "kids": by words it scores nothing, and a tight budget sends other messages."""
+    from oblix_jupyter.context.vector_cache import VectorCache
+
+    store = SessionManager(tmp_path)
+    session_id = store.create_session(title="the weekend")
+    for number, text in enumerate(TEXTS):
+        store.save_message(session_id, text, role="assistant" if number % 2 else "user")
+    counting = Counting(embedder)
+    cache = VectorCache(store, counting)
+    messages = conversation_messages(store.get_session(session_id))
+    cache.vectors(session_id, messages)
+    assert cache.words(session_id) is None, "words are embedded in the background, never on a turn's path"
+    cache.update_later(session_id, messages)
+    cache.wait()
+    words = cache.words(session_id)
+    assert words is not None and {"kids", "children", "pottery", "saturday"} <= set(words.rows)
+
+    prompt = "What did the kids do?"
+    evidence = "msg_22"
+    plain = select_context(store.get_session(session_id), prompt, 180, approx, pin_first_exchange=False)
+    assert evidence not in [item.message_id for item in plain.items]
+    wider = select_context(store.get_session(session_id), prompt, 180, approx, words=words, pin_first_exchange=False)
+    assert evidence in [item.message_id for item in wider.items], [item.message_id for item in wider.items]
+    assert "children" in " ".join(wider.notes), wider.notes
+
+    counting.calls.clear()
+    again = VectorCache(SessionManager(tmp_path), counting)  # another kernel: the words' vectors come from the store
+    again.update_later(session_id, messages)
+    again.wait()
+    assert again.words(session_id) is not None and len(again.words(session_id)) == len(words)
+    assert counting.calls == [], "nothing embedded twice"
+
+
+@pytest.mark.parametrize("prompt", ["", "?", "OK", "ALL CAPS SHOUTING", "über naïve café"])
+def test_any_prompt_widens_without_error(prompt):
+    assert isinstance(table(GROUPS).widen(prompt, {}), dict)
+
+
+def test_a_turn_widens_its_prompt_by_the_words_embedded_in_the_background_after_the_last_turn(embedder, model_env):  # noqa: F811
+    from oblix_jupyter import OblixClient
+
+    client = OblixClient(max_input_tokens=500)
+    session_id = client.create_session_sync()
+    for number, text in enumerate(TEXTS):
+        client.session_manager.save_message(session_id, text, role="assistant" if number % 2 else "user")
+    first = client.execute_sync("Any news from the stores?", session_id)["plan"]
+    assert "Also looked for" not in " ".join(first.notes), "no words were embedded before this first turn"
+    client.wait_for_background()
+    plan = client.execute_sync("What did the kids do?", session_id)["plan"]
+    assert "msg_22" in [item.message_id for item in plan.items], "the children's Saturday, found by its word"
+    assert "children" in " ".join(plan.notes), plan.notes
