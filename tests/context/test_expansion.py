@@ -113,3 +113,25 @@ def test_a_turn_widens_its_prompt_by_the_words_embedded_in_the_background_after_
     plan = client.execute_sync("What did the kids do?", session_id)["plan"]
     assert "msg_22" in [item.message_id for item in plan.items], "the children's Saturday, found by its word"
     assert "children" in " ".join(plan.notes), plan.notes
+
+
+def test_deleting_a_session_removes_its_words_vectors_and_keeps_those_another_session_uses(embedder, model_env):  # noqa: F811
+    from oblix_jupyter import OblixClient
+    from oblix_jupyter.context.embedder import digest
+
+    client = OblixClient(max_input_tokens=500)
+    store = client.session_manager
+    mine, theirs = client.create_session_sync(), client.create_session_sync()
+    for number, text in enumerate(TEXTS):
+        store.save_message(mine, text, role="assistant" if number % 2 else "user")
+    store.save_message(theirs, "The children played outside all afternoon.")
+    for session_id in (mine, theirs):
+        client.execute_sync("What did the kids do?", session_id)
+    client.wait_for_background()  # the finished turns, then each session's words
+    only_mine, shared = [digest("pottery"), digest("saturday")], [digest("children")]
+    assert len(store.read_vectors(embedder.name, only_mine + shared)) == 3
+
+    assert client.delete_session(mine)
+    client.wait_for_background()
+    assert store.read_vectors(embedder.name, only_mine) == {}, "gone with the only session that wrote them"
+    assert len(store.read_vectors(embedder.name, shared)) == 1, "still another session's"
