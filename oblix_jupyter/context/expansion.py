@@ -1,9 +1,9 @@
 """The prompt's words widened by meaning: the conversation's own words closest to each, looked for as well.
 
-A conversation often names a thing in other words than the question does ("the kids"
-for "children", "relax" for "destress", "clay" for "pottery"), and a question about a
-kind of thing ("what activities...") names the kind where the conversation names the
-instances. BM25 finds none of those. Each distinct word of the conversation has a vector
+A conversation often names a thing in other words than the question does: asked about
+"the kids", it said "children"; asked about "pottery", it said "pots" and "clay"; asked
+about "activities", it spoke of a "hobby" (the neighbours found on a LoCoMo
+conversation). BM25 finds none of those. Each distinct word of the conversation has a vector
 of its own (embedded alone, as a one-word message would be: ``vector_cache`` keeps them);
 for each word of the prompt found among them, the ``NEIGHBOURS`` closest by centred
 cosine, if at least ``MIN_SIMILARITY``, join BM25's query as their stems, weighted
