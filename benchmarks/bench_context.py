@@ -178,7 +178,7 @@ def speed(cache_dir: str, embedder: Any) -> None:
         vectors = VectorTable([str(m["id"]) for m in messages], [""] * len(messages), list(index.spans), rows)
         vocabulary_of = list(vocabulary(m["content"] for m in messages))
         word_rows = np.random.default_rng(1).standard_normal((len(vocabulary_of), 384)).astype(np.float32)
-        words = WordTable(vocabulary_of, word_rows / np.linalg.norm(word_rows, axis=1, keepdims=True))
+        words = WordTable.of(vocabulary_of, word_rows / np.linalg.norm(word_rows, axis=1, keepdims=True))
         words.prepare()
         prompt_ms = median_ms(lambda: cache.embed_prompt(prompt), repeat=10)
         sample = messages[:200]
@@ -195,9 +195,9 @@ def speed(cache_dir: str, embedder: Any) -> None:
     report("select_context, 10,000 messages, 20 variables, all cached", f"{warm_ms:.1f} ms", "goal <= 20 ms")
     if words is not None:
         report(f"  of which widening the prompt's words among the {len(words):,} of the conversation", f"{median_ms(lambda: words.widen(prompt, {}), repeat=20):.1f} ms")
-        many = [*words.words, *(f"filler{n}" for n in range(20_000 - len(words)))]  # a long real session's vocabulary
+        many = [*words.vectors.ids, *(f"filler{n}" for n in range(20_000 - len(words)))]  # a long real session's vocabulary
         many_rows = np.random.default_rng(2).standard_normal((len(many), 384)).astype(np.float32)
-        large = WordTable(many, many_rows / np.linalg.norm(many_rows, axis=1, keepdims=True))
+        large = WordTable.of(many, many_rows / np.linalg.norm(many_rows, axis=1, keepdims=True))
         large.prepare()
         report("  the same among 20,000 words", f"{median_ms(lambda: large.widen(prompt, {}), repeat=20):.1f} ms")
     report("  summarize_variables for the 20 variables", f"{summarize_ms:.1f} ms")

@@ -195,7 +195,7 @@ class Vectors:
     def words(self, words: Sequence[str]) -> WordTable:
         """A conversation's words with their vectors, float16-rounded as the store keeps them."""
         self.ensure(words)
-        return WordTable(words, numpy.stack([self.known[self.key(word)] for word in words]).astype(numpy.float16).astype(numpy.float32))
+        return WordTable.of(words, numpy.stack([self.known[self.key(word)] for word in words]).astype(numpy.float16).astype(numpy.float32))
 
 
 @dataclass

@@ -42,6 +42,17 @@ def postgres():
 
 
 @pytest.fixture(scope="session")
+def embedder():
+    """The embedding model, loaded once for the run; the tests that need it are skipped where it cannot be loaded."""
+    from oblix_jupyter.context.embedder import load_embedder, unavailable_reason
+
+    loaded = load_embedder()
+    if loaded is None:
+        pytest.skip(unavailable_reason() or "the embedding model cannot be loaded")
+    return loaded
+
+
+@pytest.fixture(scope="session")
 def model_server():
     with ModelServer() as server:
         yield server

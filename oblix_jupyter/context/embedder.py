@@ -153,10 +153,7 @@ class VectorTable(Mapping[str, Any]):
         numpy = __import__("numpy")
         if not self.ids:
             return numpy.full(spans[-1][1] if spans else 0, numpy.nan, dtype=numpy.float32)
-        query = numpy.asarray(prompt_vector, dtype=numpy.float32)
-        query = query / (numpy.linalg.norm(query) or 1.0) - self._centre
-        query = query / (numpy.linalg.norm(query) or 1.0)
-        scores = (self.matrix @ query - float(self._centre @ query)) / self._centred_norms
+        scores = self.similarities(prompt_vector)[:, 0]
         if list(ids) == self.ids and list(spans) == self.spans:  # the usual case: one product, no copying
             return scores
         total = spans[-1][1] if spans else 0
@@ -168,6 +165,19 @@ class VectorTable(Mapping[str, Any]):
             own = scores[self.spans[number][0] : self.spans[number][1]]
             result[first:end] = own if len(own) == end - first else own.max()
         return result
+
+    def similarities(self, vectors: Any) -> Any:
+        """The centred cosine of every row with each of ``vectors`` (one, or a 2-D array of them): rows × vectors.
+
+        What ``passage_similarities`` ranks a prompt by, and ``expansion`` a prompt's words
+        against a conversation's: each vector is made unit length, then measured, as the
+        rows are, from the rows' mean.
+        """
+        numpy = __import__("numpy")
+        queries = numpy.atleast_2d(numpy.asarray(vectors, dtype=numpy.float32))
+        queries = queries / numpy.maximum(numpy.linalg.norm(queries, axis=1, keepdims=True), 1e-12) - self._centre
+        queries = queries / numpy.maximum(numpy.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
+        return (self.matrix @ queries.T - self._centre @ queries.T) / self._centred_norms[:, None]
 
     def prepare(self) -> None:
         """Compute now what every ranking against this table needs (its centre, its centred norms), so a turn's ranking need not."""

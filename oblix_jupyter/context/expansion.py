@@ -29,6 +29,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from functools import cached_property
 from typing import Any
 
+from .embedder import VectorTable
 from .relevance import STOPWORDS, words
 
 NEIGHBOURS = 3
@@ -55,32 +56,35 @@ def vocabulary(texts: Iterable[str], into: dict[str, None] | None = None) -> dic
 
 
 class WordTable:
-    """A conversation's words and their vectors (one unit row each), for ``widen``."""
+    """A conversation's words and their vectors, for ``widen``: a ``VectorTable`` whose messages are single words (a row each)."""
 
-    def __init__(self, words: Sequence[str], matrix: Any) -> None:
-        self.words = list(words)
-        self.matrix = matrix
-        self.rows = {word: number for number, word in enumerate(self.words)}
+    def __init__(self, vectors: VectorTable) -> None:
+        self.vectors = vectors
+
+    @classmethod
+    def of(cls, words: Sequence[str], rows: Any) -> WordTable:
+        """A table of ``words`` with one vector each (``rows``, in their order)."""
+        return cls(VectorTable.of(dict(zip(words, rows))))
 
     def __len__(self) -> int:
-        return len(self.words)
+        return len(self.vectors)
 
     def prepare(self) -> None:
-        """Compute now what ``widen`` needs (centred rows, stems), so that a turn need not."""
-        self._centred  # noqa: B018 - cached properties, computed for later
-        self._stems  # noqa: B018
+        """Compute now what ``widen`` needs (the table's centred norms, the words' stems), so that a turn need not."""
+        self.vectors.prepare()
+        self._stems  # noqa: B018 - a cached property, computed for later
 
     def widen(self, prompt: str, terms: Mapping[str, float]) -> dict[str, tuple[str, float]]:
         """The terms to look for besides ``terms`` (the prompt's own): each neighbour's stem, with the word and its weight."""
         numpy = __import__("numpy")
+        vectors, stems = self.vectors, self._stems
         asked = [match.group() for match in _WORD.finditer(prompt)]
         own = list(dict.fromkeys(word.lower() for number, word in enumerate(asked) if number == 0 or not word[0].isupper()))
-        rows = [self.rows[word] for word in own if word in self.rows]
-        if not rows or len(self.words) < 2:
+        rows = [vectors.rows[word] for word in own if word in vectors.rows]
+        if not rows or len(vectors) < 2:
             return {}
-        centred, stems = self._centred, self._stems
-        similarities = centred @ centred[rows].T  # words × prompt words
-        depth = min(_LOOKED_AT, len(self.words))
+        similarities = vectors.similarities(vectors.matrix[rows])  # words × prompt words
+        depth = min(_LOOKED_AT, len(vectors))
         nearest = numpy.argpartition(-similarities, depth - 1, axis=0)[:depth]
         added: dict[str, tuple[str, float]] = {}
         for column in range(len(rows)):
@@ -93,18 +97,10 @@ class WordTable:
                 stem = stems[number]
                 if stem is None or stem in terms or stem in added:
                     continue
-                added[stem] = (self.words[number], WEIGHT * similarity)
+                added[stem] = (vectors.ids[number], WEIGHT * similarity)
                 taken += 1
         return added
 
     @cached_property
-    def _centred(self) -> Any:
-        """Rows measured from their mean and made unit length again: what every word shares says nothing."""
-        numpy = __import__("numpy")
-        matrix = numpy.asarray(self.matrix, dtype=numpy.float32)
-        centred = matrix - matrix.mean(axis=0)
-        return centred / numpy.maximum(numpy.linalg.norm(centred, axis=1, keepdims=True), 1e-12)
-
-    @cached_property
     def _stems(self) -> list[str | None]:
-        return [next(iter(words(word)), None) for word in self.words]
+        return [next(iter(words(word)), None) for word in self.vectors.ids]

@@ -219,7 +219,7 @@ class VectorCache:
             table, complete = self._update(session_id, words, None, limit=_WORD_BATCH, tables=self._word_vectors)
         current = self._words.get(session_id)
         if complete and (current is None or len(current) != len(table)):
-            ready = WordTable(table.ids, table.matrix)
+            ready = WordTable(table)
             ready.prepare()
             with self._lock:
                 if session_id not in self._forgotten:

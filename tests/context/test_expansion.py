@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy
 import pytest
-from test_relevance import Counting, approx, embedder  # noqa: F401 - embedder is a fixture
+from test_relevance import Counting, approx
 
 from oblix_jupyter.context.expansion import MIN_SIMILARITY, NEIGHBOURS, WEIGHT, WordTable, vocabulary
 from oblix_jupyter.context.selector import conversation_messages, select_context
@@ -27,7 +27,7 @@ def table(groups: dict[str, list[str]]) -> WordTable:
             row = direction + 0.15 * rng.normal(size=384) / numpy.sqrt(384)
             words.append(word)
             rows.append(row / numpy.linalg.norm(row))
-    return WordTable(words, numpy.array(rows, dtype=numpy.float32))
+    return WordTable.of(words, numpy.array(rows, dtype=numpy.float32))
 
 
 GROUPS = {
@@ -45,7 +45,7 @@ def test_each_word_of_the_prompt_brings_its_nearest_words_stems_weighted_by_clos
     assert {"potteri", "ceram"} <= set(wider), "the pottery words come with clay"
     assert sum(1 for stem in wider if stem not in ("potteri", "ceram")) == NEIGHBOURS, "at most NEIGHBOURS per prompt word"
     for word, weight in wider.values():
-        assert MIN_SIMILARITY * WEIGHT <= weight <= WEIGHT and word in words.rows
+        assert MIN_SIMILARITY * WEIGHT <= weight <= WEIGHT and word in words.vectors.rows
     assert "rain" not in wider and "sunni" not in wider, "unrelated words never come"
 
 
@@ -54,14 +54,14 @@ def test_names_and_words_the_conversation_never_wrote_are_not_widened():
     assert words.widen("Why did Caroline go?", {"carolin": 1.0}) == {}, "a capitalised word after the first is a name"
     assert "charlott" in words.widen("Caroline: what happened?", {"carolin": 1.0}), "the first word is widened whatever its case"
     assert words.widen("What about the spreadsheet?", {"spreadsheet": 1.0}) == {}, "no vector for it: nothing to widen"
-    assert WordTable(["kids"], numpy.ones((1, 384), dtype=numpy.float32)).widen("the kids", {"kid": 1.0}) == {}
+    assert WordTable.of(["kids"], numpy.ones((1, 384), dtype=numpy.float32)).widen("the kids", {"kid": 1.0}) == {}
 
 
 FILLER = [f"We compared sales table {n} with the weekly prices of store {n}." for n in range(30)]
 TEXTS = [*FILLER[:10], "Note: the kids menu needs new prices.", *FILLER[10:20], "Our children spent Saturday at a pottery class.", *FILLER[20:]]
 
 
-def test_a_question_in_other_words_than_its_answer_finds_it_with_the_words_table(embedder, tmp_path):  # noqa: F811
+def test_a_question_in_other_words_than_its_answer_finds_it_with_the_words_table(embedder, tmp_path):
     """The answer says "children", the question "kids": by words it scores nothing, and a tight budget sends other messages."""
     from oblix_jupyter.context.vector_cache import VectorCache
 
@@ -77,7 +77,7 @@ def test_a_question_in_other_words_than_its_answer_finds_it_with_the_words_table
     cache.update_later(session_id, messages)
     cache.wait()
     words = cache.words(session_id)
-    assert words is not None and {"kids", "children", "pottery", "saturday"} <= set(words.rows)
+    assert words is not None and {"kids", "children", "pottery", "saturday"} <= set(words.vectors.rows)
 
     prompt = "What did the kids do?"
     evidence = "msg_22"
@@ -100,7 +100,7 @@ def test_any_prompt_widens_without_error(prompt):
     assert isinstance(table(GROUPS).widen(prompt, {}), dict)
 
 
-def test_a_turn_widens_its_prompt_by_the_words_embedded_in_the_background_after_the_last_turn(embedder, model_env):  # noqa: F811
+def test_a_turn_widens_its_prompt_by_the_words_embedded_in_the_background_after_the_last_turn(embedder, model_env):
     from oblix_jupyter import OblixClient
 
     client = OblixClient(max_input_tokens=500)
@@ -115,7 +115,7 @@ def test_a_turn_widens_its_prompt_by_the_words_embedded_in_the_background_after_
     assert "children" in " ".join(plan.notes), plan.notes
 
 
-def test_deleting_a_session_removes_its_words_vectors_and_keeps_those_another_session_uses(embedder, model_env):  # noqa: F811
+def test_deleting_a_session_removes_its_words_vectors_and_keeps_those_another_session_uses(embedder, model_env):
     from oblix_jupyter import OblixClient
     from oblix_jupyter.context.embedder import digest
 

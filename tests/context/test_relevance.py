@@ -170,16 +170,6 @@ def test_importing_the_package_and_selector_loads_no_embedding_runtime():
 # -- with the embedding model ---------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def embedder():
-    from oblix_jupyter.context.embedder import load_embedder, unavailable_reason
-
-    loaded = load_embedder()
-    if loaded is None:
-        pytest.skip(unavailable_reason() or "the embedding model cannot be loaded")
-    return loaded
-
-
 def test_embeddings_find_a_paraphrase_that_shares_no_word(embedder):
     facts = [
         "The raw extracts sit in an S3 bucket and they are refreshed every Monday at 6am.",
