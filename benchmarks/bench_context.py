@@ -145,7 +145,7 @@ def speed(cache_dir: str, embedder: Any) -> None:
     from oblix_jupyter.context.embedder import VectorTable
     from oblix_jupyter.context.expansion import WordTable, vocabulary
     from oblix_jupyter.sessions import SessionManager
-    from oblix_jupyter.context.vector_cache import VectorCache
+    from oblix_jupyter.context.vector_cache import PROMPT_WORDS, VectorCache
 
     session = long_session(10_000)
     messages = conversation_messages(session)
@@ -181,6 +181,9 @@ def speed(cache_dir: str, embedder: Any) -> None:
         words = WordTable.of(vocabulary_of, word_rows / np.linalg.norm(word_rows, axis=1, keepdims=True))
         words.prepare()
         prompt_ms = median_ms(lambda: cache.embed_prompt(prompt), repeat=10)
+        lacking = words.lacking(prompt)[:PROMPT_WORDS]  # the variables' names: words no message wrote
+        lacking_ms = median_ms(lambda: embedder.embed(lacking), repeat=10)
+        most_ms = median_ms(lambda: embedder.embed(vocabulary_of[:PROMPT_WORDS]), repeat=10)  # the most embedded so
         sample = messages[:200]
         started = time.perf_counter()
         embedder.embed([piece for m in sample for piece in chunks(m["content"])])
@@ -203,6 +206,8 @@ def speed(cache_dir: str, embedder: Any) -> None:
     report("  summarize_variables for the 20 variables", f"{summarize_ms:.1f} ms")
     if cache:
         report("  the prompt's embedding", f"{prompt_ms:.1f} ms")
+        report(f"  then its {len(lacking)} words the conversation lacks, in a batch of their own", f"{lacking_ms:.1f} ms")
+        report(f"  (a prompt of {PROMPT_WORDS} or more such words: the first {PROMPT_WORDS})", f"{most_ms:.1f} ms")
         report("first turn, nothing cached (counts, index, embedding if it fits 2 s)", f"{first_turn:.1f} s")
         report("  embedding all 10,000 messages once (from 200 timed)", f"{per_message * 10_000:.0f} s", f"{1 / per_message:.0f} msg/s")
     else:

@@ -8,7 +8,8 @@ index, embeddings). Turns are 0.2 s apart (untimed), as a person's are: the embe
 of a finished turn runs in the background in that time. The server answers a short
 echo instantly, the same after a hosted model's 300 ms first-token delay, and a typical
 answer (150 words at 15 ms each after 300 ms). Each case also prints what the turn adds
-in milliseconds.
+in milliseconds. One more case asks, each turn, about a word the session never wrote,
+which is embedded beside the prompt (``expansion``): the most a prompt's words add.
 
 The model is named as a priced one (``openai/gpt-4o-mini``), as a user's usually is.
 For a name litellm has no price for, its post-stream logging thread spends about 10 ms
@@ -46,6 +47,7 @@ SERVERS = (
     ("typical answer", Behavior(reply=ANSWER, first_token_delay=0.3, token_delay=0.015)),
 )
 WINDOWS = ((128_000, "fits a 128k window"), (4_096, "overflows a 4k window"))
+NEW_WORDS = "latitude invoice warehouse pigment orchard glacier tariff voltage harbour mortgage satellite vaccine lantern turbine saffron meadow violin compass quarry ledger".split()
 
 
 def main() -> None:
@@ -54,9 +56,10 @@ def main() -> None:
     with ExitStack() as stack:
         base = stack.enter_context(tempfile.TemporaryDirectory())
         urls = [stack.enter_context(server_process(behavior)) for _, behavior in SERVERS]
-        cases = [(MODEL, window, SERVERS, urls) for window in WINDOWS] + [(UNPRICED_MODEL, WINDOWS[0], SERVERS[:2], urls[:2])]
-        for model, (window, label), servers, served in cases:
-            store = SessionManager(os.path.join(base, f"{model}-{window}"))
+        cases = [(MODEL, window, SERVERS, urls, False) for window in WINDOWS]
+        cases += [(UNPRICED_MODEL, WINDOWS[0], SERVERS[:2], urls[:2], False), (MODEL, WINDOWS[1], SERVERS[1:2], urls[1:2], True)]
+        for model, (window, label), servers, served, new_words in cases:
+            store = SessionManager(os.path.join(base, f"{model}-{window}-{new_words}"))
             session_id = store.create_session(title="long", initial_context={"project": "bench"})
             for number in range(500):
                 store.save_message(session_id, f"question {number} about the data frame", role="user")
@@ -66,6 +69,7 @@ def main() -> None:
             client.execute_sync(prompt, session_id)  # the first turn after a restart indexes and embeds the session
             client.wait_for_background()  # or its embedding would slow the bare calls, in our favour
             messages = client.plan(prompt, client.load_session(session_id), model).messages
+            asked = iter(f"and what about the {word} column?" for word in NEW_WORDS)
             for (server_label, _), url in zip(servers, served):
                 client.gateway.model_options = {model: {"api_base": url}}
 
@@ -77,11 +81,11 @@ def main() -> None:
                     "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
 
                 def turn() -> None:
-                    client.execute_sync(prompt, session_id)
+                    client.execute_sync(next(asked) if new_words else prompt, session_id)
 
                 bares, turns = paired_runs(bare, turn, repeat=15, pause=PAUSE)
                 baseline, ours = statistics.median(bares), statistics.median(turns)
-                case = f"{label}, {server_label}" + ("" if model == MODEL else ", unpriced model")
+                case = f"{label}, {server_label}" + ("" if model == MODEL else ", unpriced model") + (", a new word each turn" if new_words else "")
                 report(f"bare litellm.completion, {len(messages)} msgs, {case}", f"{baseline:.2f} ms")
                 report("execute turn, 1,000-message session, same server", f"{ours:.2f} ms")
                 report(f"  execute adds ({case})", f"{ours - baseline:.2f} ms")

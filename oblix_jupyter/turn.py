@@ -224,7 +224,7 @@ class Turns:
                 plan.notes.append(unavailable_reason() or "Meaning is switched off for this client (semantic=False).")
             else:
                 table = vectors.vectors(session_id, messages, self.settings.embed_seconds)
-                plan = selection.finish((table, vectors.embed_prompt(prompt)), vectors.words(session_id))
+                plan = selection.finish((table, vectors.embed_prompt(prompt)), vectors.words(session_id, prompt))
         if limited is not None and not selection.fits:
             plan.notes.append(limited)
         return plan
@@ -366,7 +366,7 @@ class Turns:
         with vectors.during_turn() if vectors is not None else nullcontext():  # background embedding waits meanwhile
             store = self.settings.session_manager
             if session_id and vectors is not None and vectors.keeps(session_id):
-                vectors.embed_prompt_ahead(prompt)  # while the session is read and the plan made
+                vectors.embed_prompt_ahead(prompt, session_id)  # while the session is read and the plan made
             session = store.get_session(session_id) if session_id else None
             if session_id and isinstance(store, Sharing) and not store.can_write(session_id):
                 raise NotPermitted(

@@ -8,7 +8,8 @@ has, within a time cap on a first turn, and does the work that can wait on backg
 threads: a finished turn's messages (``update_later``) and the next prompt while its
 session is read (``embed_prompt_ahead``). After a session's messages, the background
 embeds its words, each alone (``expansion.WordTable``, which ``words`` gives a turn):
-never on a turn's path, so the first turns of a session go without them. It names the
+never on a turn's path, so the first turns of a session go without them. The few words
+of a prompt that its session's table lacks are embedded with the prompt. It names the
 two byte methods it needs as a protocol, so the selector's package knows nothing of the store.
 """
 
@@ -28,6 +29,7 @@ from .relevance import chunks
 _HANDOFF_SECONDS = 0.01  # how long a prompt's embedding may take to start before the caller goes on anyway
 _FIRST_RATE = 100.0  # passages per second assumed until measured: a busy 2-core machine's, so a first turn waits no longer than asked
 _BACKGROUND_BATCH = 8  # messages per background batch: the longest a turn that starts meanwhile waits
+PROMPT_WORDS = 32  # a prompt's words embedded beside it at most (the first ones the session lacks): one batch
 _WORD_BATCH = 64  # words per background batch: about 40 ms at the 1,750 words a second of a quiet 2-core machine
 # A front end still renders the answer after the turn: background work starting at once
 # competes with it for the interpreter lock, so it waits this long after a turn
@@ -82,6 +84,7 @@ class VectorCache:
         self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="oblix-embed")
         self._prompts = ThreadPoolExecutor(max_workers=1, thread_name_prefix="oblix-embed-prompt")
         self._prompt_ahead: tuple[str, dict[str, Any], Future[Any]] | None = None  # prompt, its inputs, the run
+        self._words_ahead: tuple[list[str], dict[str, Any], Future[Any]] | None = None  # a prompt's lacking words, the same
 
     @property
     def embedder(self) -> Embedder | None:
@@ -139,9 +142,25 @@ class VectorCache:
             self.update_later(session_id, messages)
         return table
 
-    def words(self, session_id: str) -> WordTable | None:
-        """The session's words with their vectors, as far as the background has embedded them (None before it has)."""
-        return self._words.get(session_id)
+    def words(self, session_id: str, prompt: str | None = None) -> WordTable | None:
+        """The session's words with their vectors, as far as the background has embedded them (None before it has).
+
+        With ``prompt``: for that prompt, with vectors of (the first ``PROMPT_WORDS`` of)
+        its words the table lacks, those ``embed_prompt_ahead`` embedded or, failing that, now.
+        """
+        table = self._words.get(session_id)
+        lacking = table.lacking(prompt)[:PROMPT_WORDS] if table is not None and prompt is not None else []
+        ahead, self._words_ahead = self._words_ahead, None
+        embedder = self.embedder
+        if table is None or not lacking or embedder is None:
+            return table
+        found: dict[str, Any] = {}
+        if ahead is not None:
+            found = dict(zip(ahead[0], embedder.pooled(ahead[2].result(), ahead[1])))
+        rest = [word for word in lacking if word not in found]
+        if rest:
+            found.update(zip(rest, embedder.embed(rest)))
+        return table.asking({word: found[word] for word in lacking})
 
     def wait(self) -> None:
         """Wait until the background embedding asked for so far is done (benchmarks, tests)."""
@@ -234,11 +253,14 @@ class VectorCache:
         self._vocabularies[session_id] = (len(messages), messages[-1].get("id") if messages else None, found)
         return list(found)
 
-    def embed_prompt_ahead(self, prompt: str) -> None:
+    def embed_prompt_ahead(self, prompt: str, session_id: str | None = None) -> None:
         """Start embedding ``prompt`` in the background; ``embed_prompt`` picks the result up.
 
         So the prompt's embedding runs beside the session's reading and the rest of the
         plan, not after them (measured: see benchmarks/bench_turn.py and README's "Speed").
+        Then, in a batch of their own (one-word inputs pad to a few pieces, not to the
+        prompt's length), the prompt's words that ``session_id``'s word table lacks, which
+        ``words`` picks up.
 
         A worker woken while this thread keeps computing would wait for the interpreter
         lock until this thread next blocks, typically when it asks for the result, and the
@@ -258,6 +280,12 @@ class VectorCache:
 
         self._prompt_ahead = (prompt, feeds, self._prompts.submit(run))
         started.wait(_HANDOFF_SECONDS)
+        table = self._words.get(session_id) if session_id is not None else None
+        lacking = table.lacking(prompt)[:PROMPT_WORDS] if table is not None else []
+        self._words_ahead = None
+        if lacking:
+            word_feeds = embedder.feeds(lacking)
+            self._words_ahead = (lacking, word_feeds, self._prompts.submit(embedder.run, word_feeds))
 
     def embed_prompt(self, prompt: str) -> Any:
         """The prompt's vector (the one ``embed_prompt_ahead`` started, if it was this prompt); None without an embedder."""

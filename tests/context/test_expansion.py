@@ -57,8 +57,33 @@ def test_names_and_words_the_conversation_never_wrote_are_not_widened():
     assert WordTable.of(["kids"], numpy.ones((1, 384), dtype=numpy.float32)).widen("the kids", {"kid": 1.0}) == {}
 
 
+def test_a_prompt_word_the_conversation_never_wrote_is_widened_by_the_vector_asked_with_it():
+    words = table(GROUPS)
+    assert words.lacking("What did Caroline's youngsters make with the clay?") == ["youngsters"], "not a name, nor a word it has"
+    kids = words.vectors.matrix[words.vectors.rows["kids"]]
+    asking = words.asking({"youngsters": kids})
+    wider = asking.widen("What did the youngsters do?", {"youngster": 1.0})
+    assert len(wider) == NEIGHBOURS and set(wider) <= {"kid", "children", "child", "toddler", "son", "daughter"}
+    assert all(word in words.vectors.rows for word, _ in wider.values()), "the neighbours are the conversation's own words"
+    assert words.widen("What did the youngsters do?", {"youngster": 1.0}) == {}, "the table itself is unchanged"
+
+
 FILLER = [f"We compared sales table {n} with the weekly prices of store {n}." for n in range(30)]
 TEXTS = [*FILLER[:10], "Note: the kids menu needs new prices.", *FILLER[10:20], "Our children spent Saturday at a pottery class.", *FILLER[20:]]
+
+
+def weekend(store: SessionManager) -> str:
+    """A session of ``TEXTS``: the children's Saturday (msg_22) among talk of stores and prices."""
+    session_id = store.create_session(title="the weekend")
+    for number, text in enumerate(TEXTS):
+        store.save_message(session_id, text, role="assistant" if number % 2 else "user")
+    return session_id
+
+
+def sent(store: SessionManager, session_id: str, prompt: str, words: WordTable | None) -> list[str]:
+    """The messages a tight budget sends for ``prompt`` (with or without the words table)."""
+    plan = select_context(store.get_session(session_id), prompt, 180, approx, words=words, pin_first_exchange=False)
+    return [item.message_id for item in plan.items]
 
 
 def test_a_question_in_other_words_than_its_answer_finds_it_with_the_words_table(embedder, tmp_path):
@@ -66,9 +91,7 @@ def test_a_question_in_other_words_than_its_answer_finds_it_with_the_words_table
     from oblix_jupyter.context.vector_cache import VectorCache
 
     store = SessionManager(tmp_path)
-    session_id = store.create_session(title="the weekend")
-    for number, text in enumerate(TEXTS):
-        store.save_message(session_id, text, role="assistant" if number % 2 else "user")
+    session_id = weekend(store)
     counting = Counting(embedder)
     cache = VectorCache(store, counting)
     messages = conversation_messages(store.get_session(session_id))
@@ -80,11 +103,9 @@ def test_a_question_in_other_words_than_its_answer_finds_it_with_the_words_table
     assert words is not None and {"kids", "children", "pottery", "saturday"} <= set(words.vectors.rows)
 
     prompt = "What did the kids do?"
-    evidence = "msg_22"
-    plain = select_context(store.get_session(session_id), prompt, 180, approx, pin_first_exchange=False)
-    assert evidence not in [item.message_id for item in plain.items]
+    assert "msg_22" not in sent(store, session_id, prompt, None)
+    assert "msg_22" in sent(store, session_id, prompt, words)
     wider = select_context(store.get_session(session_id), prompt, 180, approx, words=words, pin_first_exchange=False)
-    assert evidence in [item.message_id for item in wider.items], [item.message_id for item in wider.items]
     assert "children" in " ".join(wider.notes), wider.notes
 
     counting.calls.clear()
@@ -93,6 +114,37 @@ def test_a_question_in_other_words_than_its_answer_finds_it_with_the_words_table
     again.wait()
     assert again.words(session_id) is not None and len(again.words(session_id)) == len(words)
     assert counting.calls == [], "nothing embedded twice"
+
+
+def test_a_prompts_word_the_session_never_wrote_is_embedded_beside_the_prompt_and_widened(embedder, tmp_path):
+    """ "toddlers" is no word of the conversation: embedded with the prompt, ahead, it brings "children" all the same."""
+    from oblix_jupyter.context.vector_cache import VectorCache
+
+    store = SessionManager(tmp_path)
+    session_id = weekend(store)
+    counting = Counting(embedder)
+    cache = VectorCache(store, counting)
+    cache.update_later(session_id, conversation_messages(store.get_session(session_id)))
+    cache.wait()
+    prompt = "What did the toddlers do?"
+    own = cache.words(session_id)
+    assert own is not None and "toddlers" not in own.vectors.rows
+    assert "msg_22" not in sent(store, session_id, prompt, own), "by the conversation's words alone, nothing to widen"
+
+    counting.calls.clear()
+    cache.embed_prompt_ahead(prompt, session_id)
+    cache.embed_prompt(prompt)
+    words = cache.words(session_id, prompt)
+    assert counting.calls == [], "embedded ahead, beside the prompt: nothing left for the turn to embed"
+    assert words is not None and list(words.asked) == ["toddlers"]
+    assert float(words.asked["toddlers"] @ embedder.embed(["toddlers"])[0]) > 0.9999
+    assert "msg_22" in sent(store, session_id, prompt, words)
+
+    counting.calls.clear()
+    assert list(cache.words(session_id, prompt).asked) == ["toddlers"]
+    assert counting.calls == [1], "not embedded ahead: embedded when asked for"
+    assert cache.words(session_id, "What did the kids do?").asked == {}, "a prompt of known words embeds nothing"
+    assert counting.calls == [1]
 
 
 @pytest.mark.parametrize("prompt", ["", "?", "OK", "ALL CAPS SHOUTING", "über naïve café"])
@@ -113,6 +165,9 @@ def test_a_turn_widens_its_prompt_by_the_words_embedded_in_the_background_after_
     plan = client.execute_sync("What did the kids do?", session_id)["plan"]
     assert "msg_22" in [item.message_id for item in plan.items], "the children's Saturday, found by its word"
     assert "children" in " ".join(plan.notes), plan.notes
+    client.wait_for_background()
+    plan = client.execute_sync("And the toddlers?", session_id)["plan"]
+    assert "children" in " ".join(plan.notes), "a word no message wrote, embedded with the prompt"
 
 
 def test_deleting_a_session_removes_its_words_vectors_and_keeps_those_another_session_uses(embedder, model_env):

@@ -195,6 +195,9 @@ class Counting:
         self.calls.append(len(texts))
         return self.embedder.embed(texts)
 
+    def __getattr__(self, attribute):  # what embedding ahead uses (feeds, run, pooled): not counted
+        return getattr(self.embedder, attribute)
+
 
 def test_vector_cache_embeds_each_message_once_and_keeps_the_file_private(embedder, tmp_path):
     from oblix_jupyter.context.vector_cache import VectorCache
