@@ -30,6 +30,10 @@ _HANDOFF_SECONDS = 0.01  # how long a prompt's embedding may take to start befor
 _FIRST_RATE = 100.0  # passages per second assumed until measured: a busy 2-core machine's, so a first turn waits no longer than asked
 _BACKGROUND_BATCH = 8  # messages per background batch: the longest a turn that starts meanwhile waits
 PROMPT_WORDS = 32  # a prompt's words embedded beside it at most (the first ones the session lacks): one batch
+# A prompt's lacking words go into its own run when (1 + their number) × its word pieces are at most this:
+# a second run then costs more than the padding (measured on this 2-core machine: a 9-piece prompt with 1 word
+# 3.5 ms in one run, 4.3 in two; 32 pieces with 3 words 11.9 against 8.5).
+_SHARED_RUN = 48
 _WORD_BATCH = 64  # words per background batch: about 40 ms at the 1,750 words a second of a quiet 2-core machine
 # A front end still renders the answer after the turn: background work starting at once
 # competes with it for the interpreter lock, so it waits this long after a turn
@@ -83,8 +87,9 @@ class VectorCache:
         self._rate = _FIRST_RATE  # passages embedded per second, as last measured here
         self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="oblix-embed")
         self._prompts = ThreadPoolExecutor(max_workers=1, thread_name_prefix="oblix-embed-prompt")
-        self._prompt_ahead: tuple[str, dict[str, Any], Future[Any]] | None = None  # prompt, its inputs, the run
-        self._words_ahead: tuple[list[str], dict[str, Any], Future[Any]] | None = None  # a prompt's lacking words, the same
+        # The prompt, its words the session lacks, their inputs (the words' own if not in the prompt's run), the run:
+        self._prompt_ahead: tuple[str, list[str], dict[str, Any], dict[str, Any] | None, Future[Any]] | None = None
+        self._asked: dict[str, Any] = {}  # the vectors of the last prompt's words, from that run (``words``)
 
     @property
     def embedder(self) -> Embedder | None:
@@ -146,20 +151,18 @@ class VectorCache:
         """The session's words with their vectors, as far as the background has embedded them (None before it has).
 
         With ``prompt``: for that prompt, with vectors of (the first ``PROMPT_WORDS`` of)
-        its words the table lacks, those ``embed_prompt_ahead`` embedded or, failing that, now.
+        its words the table lacks, those ``embed_prompt_ahead`` embedded (``embed_prompt``
+        picked them up) or, failing that, now.
         """
         table = self._words.get(session_id)
         lacking = table.lacking(prompt)[:PROMPT_WORDS] if table is not None and prompt is not None else []
-        ahead, self._words_ahead = self._words_ahead, None
+        found, self._asked = self._asked, {}
         embedder = self.embedder
         if table is None or not lacking or embedder is None:
             return table
-        found: dict[str, Any] = {}
-        if ahead is not None:
-            found = dict(zip(ahead[0], embedder.pooled(ahead[2].result(), ahead[1])))
         rest = [word for word in lacking if word not in found]
         if rest:
-            found.update(zip(rest, embedder.embed(rest)))
+            found = {**found, **dict(zip(rest, embedder.embed(rest)))}
         return table.asking({word: found[word] for word in lacking})
 
     def wait(self) -> None:
@@ -258,34 +261,37 @@ class VectorCache:
 
         So the prompt's embedding runs beside the session's reading and the rest of the
         plan, not after them (measured: see benchmarks/bench_turn.py and README's "Speed").
-        Then, in a batch of their own (one-word inputs pad to a few pieces, not to the
-        prompt's length), the prompt's words that ``session_id``'s word table lacks, which
-        ``words`` picks up.
+        The prompt's words that ``session_id``'s word table lacks are embedded with it,
+        for ``words``.
 
         A worker woken while this thread keeps computing would wait for the interpreter
         lock until this thread next blocks, typically when it asks for the result, and the
         embedding would then run after the plan instead of beside it. So the prompt is
         tokenized here, and this waits (briefly, bounded) for the worker to start: from
-        there it needs the lock only to enter onnxruntime, which runs without it.
+        there it needs the lock only to enter onnxruntime, which runs without it. For the
+        same reason the words go into the prompt's own run when padding them to its length
+        costs little (``_SHARED_RUN``): a second run waits for the lock between the two.
         """
         embedder = self.embedder
         if embedder is None:
             return
-        feeds = embedder.feeds([prompt])
-        started = threading.Event()
-
-        def run() -> Any:
-            started.set()
-            return embedder.run(feeds)
-
-        self._prompt_ahead = (prompt, feeds, self._prompts.submit(run))
-        started.wait(_HANDOFF_SECONDS)
         table = self._words.get(session_id) if session_id is not None else None
         lacking = table.lacking(prompt)[:PROMPT_WORDS] if table is not None else []
-        self._words_ahead = None
+        feeds = embedder.feeds([prompt])
+        word_feeds = None
         if lacking:
-            word_feeds = embedder.feeds(lacking)
-            self._words_ahead = (lacking, word_feeds, self._prompts.submit(embedder.run, word_feeds))
+            if (1 + len(lacking)) * feeds["input_ids"].shape[1] <= _SHARED_RUN:
+                feeds = embedder.feeds([prompt, *lacking])
+            else:  # a long prompt: one-word inputs pad to a few pieces in a run of their own, not to its length
+                word_feeds = embedder.feeds(lacking)
+        started = threading.Event()
+
+        def run() -> tuple[Any, Any]:
+            started.set()
+            return embedder.run(feeds), None if word_feeds is None else embedder.run(word_feeds)
+
+        self._prompt_ahead = (prompt, lacking, feeds, word_feeds, self._prompts.submit(run))
+        started.wait(_HANDOFF_SECONDS)
 
     def embed_prompt(self, prompt: str) -> Any:
         """The prompt's vector (the one ``embed_prompt_ahead`` started, if it was this prompt); None without an embedder."""
@@ -293,9 +299,14 @@ class VectorCache:
         embedder = self.embedder
         if embedder is None:
             return None
-        if ahead is not None and ahead[0] == prompt:
-            return embedder.pooled(ahead[2].result(), ahead[1])[0]
-        return embedder.embed([prompt])[0]
+        if ahead is None or ahead[0] != prompt:
+            return embedder.embed([prompt])[0]
+        _, lacking, feeds, word_feeds, future = ahead
+        hidden, word_hidden = future.result()
+        vectors = embedder.pooled(hidden, feeds)
+        words = vectors[1:] if word_feeds is None else embedder.pooled(word_hidden, word_feeds)
+        self._asked = dict(zip(lacking, words))
+        return vectors[0]
 
     def _add(
         self, embedder: Embedder, table: VectorTable, missing: list[Mapping[str, Any]], max_seconds: float | None

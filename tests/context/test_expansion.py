@@ -131,14 +131,17 @@ def test_a_prompts_word_the_session_never_wrote_is_embedded_beside_the_prompt_an
     assert own is not None and "toddlers" not in own.vectors.rows
     assert "msg_22" not in sent(store, session_id, prompt, own), "by the conversation's words alone, nothing to widen"
 
-    counting.calls.clear()
-    cache.embed_prompt_ahead(prompt, session_id)
-    cache.embed_prompt(prompt)
-    words = cache.words(session_id, prompt)
-    assert counting.calls == [], "embedded ahead, beside the prompt: nothing left for the turn to embed"
-    assert words is not None and list(words.asked) == ["toddlers"]
-    assert float(words.asked["toddlers"] @ embedder.embed(["toddlers"])[0]) > 0.9999
-    assert "msg_22" in sent(store, session_id, prompt, words)
+    long = "Thinking back over everything we discussed about the stores, the sales tables and their weekly prices, what did the toddlers do?"
+    for asked in (prompt, long):  # the words in the prompt's own run; a long prompt's in a run of their own
+        counting.calls.clear()
+        cache.embed_prompt_ahead(asked, session_id)
+        vector = cache.embed_prompt(asked)
+        words = cache.words(session_id, asked)
+        assert counting.calls == [], "embedded ahead, beside the prompt: nothing left for the turn to embed"
+        assert words is not None and "toddlers" in words.asked and set(words.asked) == set(own.lacking(asked))
+        assert float(words.asked["toddlers"] @ embedder.embed(["toddlers"])[0]) > 0.9999
+        assert float(vector @ embedder.embed([asked])[0]) > 0.9999
+        assert "msg_22" in sent(store, session_id, asked, words)
 
     counting.calls.clear()
     assert list(cache.words(session_id, prompt).asked) == ["toddlers"]
