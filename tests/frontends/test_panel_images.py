@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import pathlib
+import threading
 
 import pytest
 from kernels import outputs_text, run_cells
@@ -46,6 +47,7 @@ def ask(text):
 
 ask("Nothing attached, please.")
 picker.button.value = True
+picker.wait()
 tiles = list(picker.gallery.children)
 state["gallery"] = picker.gallery.layout.display
 state["tiles"] = [[type(part).__name__ for part in tile.children] for tile in tiles]
@@ -130,11 +132,13 @@ def test_the_picker_shows_only_when_the_kernel_kept_an_image_and_draws_each_thum
         assert (picker.button.description, picker.button.layout.display) == ("Image (1)", None)
         assert picker.gallery.children == () and picker.gallery.layout.display == "none", "nothing is drawn while the picker is shut"
         picker.button.value = True
+        picker.wait()
         (tile,) = picker.gallery.children
         drawn = tile.children[0].value
         picker.button.value = False
         panel.refresh()
         picker.button.value = True
+        picker.wait()
         assert picker.gallery.children == (tile,) and tile.children[0].value is drawn, "the tile and its thumbnail are kept"
         assert picker.chosen == [] and picker.chips.layout.display == "none", "nothing is chosen unasked"
         tile.children[-1].value = True
@@ -143,6 +147,41 @@ def test_the_picker_shows_only_when_the_kernel_kept_an_image_and_draws_each_thum
         chip.click()
         assert picker.chosen == [] and not tile.children[-1].value and "oblix-tile-chosen" not in tile._dom_classes
     finally:
+        panel.close()
+
+
+def test_opening_the_picker_shows_every_tile_at_once_and_draws_the_thumbnails_off_the_kernels_thread(model_env, monkeypatch):
+    """Twenty large figures: the tiles come at once, holding their places; the pictures follow, drawn on the picker's thread."""
+    from oblix_jupyter.frontends import image_picker
+
+    memory = DisplayedImages()
+    for cell in range(1, 21):
+        memory.record(cell, {"image/png": encoded(Image.new("RGB", (2000, 1500), (cell * 10, 80, 160)), "PNG")})
+    looked, drawn_on = threading.Event(), []
+
+    def drawing(image):  # the real thumbnail, once the test has looked at the tiles
+        looked.wait(10)
+        drawn_on.append(threading.current_thread().name)
+        return thumbnail(image)
+
+    monkeypatch.setattr(image_picker, "thumbnail", drawing)
+    panel = ChatPanel(OblixClient(), namespace={}, displayed=memory)
+    picker = panel.image_picker
+    try:
+        picker.button.value = True
+        tiles = picker.gallery.children
+        assert [tile.children[-1].description for tile in tiles[:2]] == ["cell 20", "cell 19"], "newest first"
+        assert len(tiles) == 20 and all("oblix-tile-pending" in tile.children[0]._dom_classes for tile in tiles)
+        tiles[-1].children[-1].value = True  # the kernel's thread takes a click while the pictures are drawn
+        assert [image.label for image in picker.chosen] == ["figure from cell 1"]
+        looked.set()
+        picker.wait()
+        assert len(drawn_on) == 20 and all(name.startswith("oblix-thumbnails") for name in drawn_on), drawn_on
+        assert [type(part).__name__ for part in tiles[0].children] == ["Image", "ToggleButton"]
+        assert Image.open(io.BytesIO(tiles[0].children[0].value)).size == (96, 72)
+        assert picker.gallery.children == tiles and "oblix-tile-chosen" in tiles[-1]._dom_classes, "the same tiles, the choice kept"
+    finally:
+        looked.set()
         panel.close()
 
 
