@@ -131,7 +131,11 @@ not kept (whole 92.5, left out 92.8):
 - which capitalised words of the prompt count as names and are not widened: every word
   widened (no rule), or a capitalised word a name only if the conversation never writes
   it in lower case ("What Console does Nate own?"): 92.5/92.5 whole, left out 92.8 with
-  the rule as built.
+  the rule as built;
+- a short reply (20 words or fewer; 10 and 40 tried) also measured as embedded with the
+  turn before it, its meaning the better of the two (the pair's cosine at 0.4 to 1):
+  whole 92.5 to 92.8, but only conversation 42 moved (up to +1.0) and the tuned left-out
+  mean stayed 92.8, for a second vector per short message.
 """
 
 from __future__ import annotations
