@@ -134,7 +134,7 @@ class ImagePicker:
     def _picture(self, image: NotebookImage) -> widgets.Widget | None:
         """The tile's picture: its thumbnail once drawn, an empty frame of a thumbnail's size until then (None: none can be drawn)."""
         if image not in self._thumbnails:
-            pending = widgets.Box()
+            pending = widgets.Box(layout=_frame(image))
             pending.add_class("oblix-tile-pending")
             return pending
         picture = self._thumbnails[image]
@@ -223,6 +223,18 @@ class ImagePicker:
         drawn = [(image, picture) for image in images if (picture := self.thumbnail(image)) is not None]
         entries = [{"id": str(number), "mime": "image/png", "label": image.label} for number, (image, _) in enumerate(drawn)]
         return entries, lambda attachment_id: drawn[int(attachment_id)][1]
+
+
+def _frame(image: NotebookImage) -> widgets.Layout:
+    """The size of ``image``'s thumbnail as the tile will show it (its border and margins), from the size its header gave.
+
+    So the tile keeps its size when the picture comes. Unknown sizes keep the stylesheet's
+    (a 4:3 figure's, matplotlib's default).
+    """
+    if not image.width or not image.height:
+        return widgets.Layout()
+    scale = min(1.0, THUMBNAIL_PX / max(image.width, image.height))
+    return widgets.Layout(width=f"{round(image.width * scale) + 2}px", height=f"{round(image.height * scale) + 8}px")
 
 
 def _mark(tile: widgets.VBox, toggle: widgets.ToggleButton, chosen: bool) -> None:

@@ -155,8 +155,8 @@ def test_opening_the_picker_shows_every_tile_at_once_and_draws_the_thumbnails_of
     from oblix_jupyter.frontends import image_picker
 
     memory = DisplayedImages()
-    for cell in range(1, 21):
-        memory.record(cell, {"image/png": encoded(Image.new("RGB", (2000, 1500), (cell * 10, 80, 160)), "PNG")})
+    for cell in range(1, 21):  # the newest one tall
+        memory.record(cell, {"image/png": encoded(Image.new("RGB", (2000, 1500)[:: -1 if cell == 20 else 1], (cell * 10, 80, 160)), "PNG")})
     looked, drawn_on = threading.Event(), []
 
     def drawing(image):  # the real thumbnail, once the test has looked at the tiles
@@ -172,13 +172,15 @@ def test_opening_the_picker_shows_every_tile_at_once_and_draws_the_thumbnails_of
         tiles = picker.gallery.children
         assert [tile.children[-1].description for tile in tiles[:2]] == ["cell 20", "cell 19"], "newest first"
         assert len(tiles) == 20 and all("oblix-tile-pending" in tile.children[0]._dom_classes for tile in tiles)
+        frames = [(tile.children[0].layout.width, tile.children[0].layout.height) for tile in tiles[:2]]
+        assert frames == [("74px", "104px"), ("98px", "80px")], "each frame the size its picture will take (from the header)"
         tiles[-1].children[-1].value = True  # the kernel's thread takes a click while the pictures are drawn
         assert [image.label for image in picker.chosen] == ["figure from cell 1"]
         looked.set()
         picker.wait()
         assert len(drawn_on) == 20 and all(name.startswith("oblix-thumbnails") for name in drawn_on), drawn_on
         assert [type(part).__name__ for part in tiles[0].children] == ["Image", "ToggleButton"]
-        assert Image.open(io.BytesIO(tiles[0].children[0].value)).size == (96, 72)
+        assert [Image.open(io.BytesIO(tile.children[0].value)).size for tile in tiles[:2]] == [(72, 96), (96, 72)]
         assert picker.gallery.children == tiles and "oblix-tile-chosen" in tiles[-1]._dom_classes, "the same tiles, the choice kept"
     finally:
         looked.set()
