@@ -18,7 +18,8 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from contextlib import suppress
 from typing import Any
 
 import ipywidgets as widgets
@@ -154,11 +155,20 @@ class ImagePicker:
                     tile.children = (toggle,) if picture is None else (picture, toggle)
                     pending.close()
 
+    def close(self) -> None:
+        """The panel closes: drawing stops after the thumbnail under way, and its thread ends."""
+        with self._lock:
+            self._tiles.clear()  # a thumbnail drawn after this goes into no tile
+            self._recent = []  # and none is drawn after it
+        if self._drawer is not None:
+            self._drawer.shutdown(wait=False, cancel_futures=True)
+
     def wait(self) -> None:
         """Until the thumbnails asked for so far are drawn (tests, and a front end that must show them)."""
         drawing = self._drawing
         if drawing is not None:
-            drawing.result()
+            with suppress(CancelledError):  # closed before it began
+                drawing.result()
 
     def thumbnail(self, image: NotebookImage) -> bytes | None:
         """``image``'s thumbnail, drawn the first time it is asked for (without the lock: the kernel's clicks need it meanwhile)."""

@@ -396,6 +396,7 @@ class ChatPanel(widgets.VBox):
     def close(self) -> None:
         self._closed.set()
         self.follower.close()
+        self.image_picker.close()
         self._stop.set()
         for widget in self._owned_widgets():
             widget.close()

@@ -187,6 +187,33 @@ def test_opening_the_picker_shows_every_tile_at_once_and_draws_the_thumbnails_of
         panel.close()
 
 
+def test_closing_the_panel_while_thumbnails_are_drawn_stops_after_the_one_under_way(model_env, monkeypatch):
+    from oblix_jupyter.frontends import image_picker
+
+    memory = DisplayedImages()
+    for cell in range(1, 6):
+        memory.record(cell, {"image/png": encoded(Image.new("RGB", (1600, 1200), "white"), "PNG")})
+    started, closed, drawn = threading.Event(), threading.Event(), []
+
+    def drawing(image):  # the real thumbnail, the first one held until the panel has closed
+        started.set()
+        closed.wait(10)
+        drawn.append(image.label)
+        return thumbnail(image)
+
+    monkeypatch.setattr(image_picker, "thumbnail", drawing)
+    panel = ChatPanel(OblixClient(), namespace={}, displayed=memory)
+    picker = panel.image_picker
+    picker.button.value = True
+    tiles = picker.gallery.children
+    assert started.wait(10)
+    panel.close()
+    closed.set()
+    picker.wait()
+    assert drawn == ["figure from cell 5"], "the one under way finishes; no other is drawn"
+    assert all("oblix-tile-pending" in tile.children[0]._dom_classes for tile in tiles), "nothing goes into a closed tile"
+
+
 def test_a_thumbnail_is_drawn_only_from_what_the_bytes_claim_to_be_and_never_from_svg_or_a_huge_image():
     white = Image.new("RGB", (400, 300), "white")
     jpeg = encoded(Image.new("CMYK", (400, 300), (0, 0, 0, 0)), "JPEG")
