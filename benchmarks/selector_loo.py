@@ -115,7 +115,7 @@ of the five conversations and the questions embedded: a grid of min 0.4/0.5/0.6,
 the fifth 92.3). As built, with the words the vector cache keeps: left out
 85.4/92.5/95.4 at 1,000/2,000/4,000 against 85.1/91.8/94.9, whole 85.4/92.3/95.0.
 Then the prompt's words the conversation never wrote were widened too, embedded beside
-the prompt (``asked``, as ``vector_cache.words`` gives them): left out 85.9/92.8/95.6,
+the prompt (``for_prompt``, as ``vector_cache.words`` gives them): left out 85.9/92.8/95.6,
 open-domain at 2,000 72.3 against 68.9, the worst conversation at 2,000 89.3 against
 89.8; tuned again, ``MIN_SIMILARITY`` 0.3 to 0.6 chose 0.4 on all five (92.8),
 ``WEIGHT`` 0.3 to 1 chose 0.5 on four (92.7): kept as they were. Measured beside it and
@@ -305,7 +305,7 @@ def warm(
         read = len(messages)
         if meaning and len(known) != len(table_of_words or ()):
             table_of_words = vectors.words(list(known))  # the words of what the session holds, as the vector cache keeps them
-        words = asked(table_of_words, prompt, vectors)
+        words = for_prompt(table_of_words, prompt, vectors)
         plan = selector.select_context(session, prompt, budget, count, vectors=embeddings, words=words, lexical_index=index)
         if question is not None:
             sent = "\n".join(str(m["content"]) for m in plan.messages)
@@ -318,11 +318,11 @@ def warm(
     return results
 
 
-def asked(table: WordTable | None, prompt: str, vectors: Vectors) -> WordTable | None:
+def for_prompt(table: WordTable | None, prompt: str, vectors: Vectors) -> WordTable | None:
     """The conversation's words for ``prompt``, with the vectors of its words the conversation lacks (as the vector cache embeds them)."""
     if table is None:
         return None
-    return table.asking({word: vectors.prompt(word) for word in table.lacking(prompt)[:PROMPT_WORDS]})
+    return table.with_unwritten({word: vectors.prompt(word) for word in table.lacking(prompt)[:PROMPT_WORDS]})
 
 
 def evidence_rank(index: LexicalIndex, question: Question, table: VectorTable, prompt_vector: Any, words: WordTable | None) -> int:

@@ -10,7 +10,7 @@ cosine, if at least ``MIN_SIMILARITY``, join BM25's query as their stems, weight
 ``WEIGHT`` times that cosine. A capitalised word after the first is taken for a name and
 not widened: the names closest to "Caroline" are other people. A prompt's word the
 conversation never wrote is widened too, with a vector of its own embedded beside the
-prompt's (``WordTable.asking``).
+prompt's (``WordTable.with_unwritten``).
 
 On the LoCoMo dev conversations asked in turn, leave-one-out
 (``benchmarks/selector_loo.py``, the words embedded as the vector cache keeps them): the
@@ -61,10 +61,10 @@ def vocabulary(texts: Iterable[str], into: dict[str, None] | None = None) -> dic
     return found
 
 
-def asked_words(prompt: str) -> list[str]:
+def widened_words(prompt: str) -> list[str]:
     """The prompt's words that ``widen`` looks for neighbours of: its vocabulary, less the names (capitalised after the first word)."""
-    asked = [match.group() for match in _WORD.finditer(prompt)]
-    return list(vocabulary(word for number, word in enumerate(asked) if number == 0 or not word[0].isupper()))
+    written = [match.group() for match in _WORD.finditer(prompt)]
+    return list(vocabulary(word for number, word in enumerate(written) if number == 0 or not word[0].isupper()))
 
 
 class WordTable:
@@ -72,20 +72,20 @@ class WordTable:
 
     def __init__(self, vectors: VectorTable) -> None:
         self.vectors = vectors
-        self.asked: Mapping[str, Any] = {}  # vectors of a prompt's words the conversation never wrote (``asking``)
+        self.unwritten: Mapping[str, Any] = {}  # vectors of a prompt's words the conversation never wrote (``with_unwritten``)
 
     def lacking(self, prompt: str) -> list[str]:
         """The words of ``prompt`` that ``widen`` would look for and this table has no vector of."""
-        return [word for word in asked_words(prompt) if word not in self.vectors.rows]
+        return [word for word in widened_words(prompt) if word not in self.vectors.rows]
 
-    def asking(self, vectors: Mapping[str, Any]) -> WordTable:
+    def with_unwritten(self, vectors: Mapping[str, Any]) -> WordTable:
         """This table for one prompt, with ``vectors`` of its words the conversation never wrote (``lacking``): they are widened too.
 
         The conversation's own words are still the only neighbours: a word it never wrote
         would bring BM25 nothing. What the table computed (stems, norms) is shared.
         """
         table = copy(self)
-        table.asked = vectors
+        table.unwritten = vectors
         return table
 
     @classmethod
@@ -105,7 +105,7 @@ class WordTable:
         """The terms to look for besides ``terms`` (the prompt's own): each neighbour's stem, with the word and its weight."""
         numpy = __import__("numpy")
         vectors, stems = self.vectors, self._stems
-        own = [vectors.matrix[vectors.rows[word]] if word in vectors.rows else self.asked.get(word) for word in asked_words(prompt)]
+        own = [vectors[word][0] if word in vectors.rows else self.unwritten.get(word) for word in widened_words(prompt)]
         rows = [vector for vector in own if vector is not None]
         if not rows or len(vectors) < 2:
             return {}

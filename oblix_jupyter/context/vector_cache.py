@@ -89,7 +89,7 @@ class VectorCache:
         self._prompts = ThreadPoolExecutor(max_workers=1, thread_name_prefix="oblix-embed-prompt")
         # The prompt, its words the session lacks, their inputs (the words' own if not in the prompt's run), the run:
         self._prompt_ahead: tuple[str, list[str], dict[str, Any], dict[str, Any] | None, Future[Any]] | None = None
-        self._asked: dict[str, Any] = {}  # the vectors of the last prompt's words, from that run (``words``)
+        self._unwritten: dict[str, Any] = {}  # the vectors of the last prompt's words, from that run (``words``)
 
     @property
     def embedder(self) -> Embedder | None:
@@ -156,14 +156,14 @@ class VectorCache:
         """
         table = self._words.get(session_id)
         lacking = table.lacking(prompt)[:PROMPT_WORDS] if table is not None and prompt is not None else []
-        found, self._asked = self._asked, {}
+        found, self._unwritten = self._unwritten, {}
         embedder = self.embedder
         if table is None or not lacking or embedder is None:
             return table
         rest = [word for word in lacking if word not in found]
         if rest:
             found = {**found, **dict(zip(rest, embedder.embed(rest)))}
-        return table.asking({word: found[word] for word in lacking})
+        return table.with_unwritten({word: found[word] for word in lacking})
 
     def wait(self) -> None:
         """Wait until the background embedding asked for so far is done (benchmarks, tests)."""
@@ -305,7 +305,7 @@ class VectorCache:
         hidden, word_hidden = future.result()
         vectors = embedder.pooled(hidden, feeds)
         words = vectors[1:] if word_feeds is None else embedder.pooled(word_hidden, word_feeds)
-        self._asked = dict(zip(lacking, words))
+        self._unwritten = dict(zip(lacking, words))
         return vectors[0]
 
     def _add(

@@ -61,8 +61,8 @@ def test_a_prompt_word_the_conversation_never_wrote_is_widened_by_the_vector_ask
     words = table(GROUPS)
     assert words.lacking("What did Caroline's youngsters make with the clay?") == ["youngsters"], "not a name, nor a word it has"
     kids = words.vectors.matrix[words.vectors.rows["kids"]]
-    asking = words.asking({"youngsters": kids})
-    wider = asking.widen("What did the youngsters do?", {"youngster": 1.0})
+    unwritten = words.with_unwritten({"youngsters": kids})
+    wider = unwritten.widen("What did the youngsters do?", {"youngster": 1.0})
     assert len(wider) == NEIGHBOURS and set(wider) <= {"kid", "children", "child", "toddler", "son", "daughter"}
     assert all(word in words.vectors.rows for word, _ in wider.values()), "the neighbours are the conversation's own words"
     assert words.widen("What did the youngsters do?", {"youngster": 1.0}) == {}, "the table itself is unchanged"
@@ -138,15 +138,15 @@ def test_a_prompts_word_the_session_never_wrote_is_embedded_beside_the_prompt_an
         vector = cache.embed_prompt(asked)
         words = cache.words(session_id, asked)
         assert counting.calls == [], "embedded ahead, beside the prompt: nothing left for the turn to embed"
-        assert words is not None and "toddlers" in words.asked and set(words.asked) == set(own.lacking(asked))
-        assert float(words.asked["toddlers"] @ embedder.embed(["toddlers"])[0]) > 0.9999
+        assert words is not None and "toddlers" in words.unwritten and set(words.unwritten) == set(own.lacking(asked))
+        assert float(words.unwritten["toddlers"] @ embedder.embed(["toddlers"])[0]) > 0.9999
         assert float(vector @ embedder.embed([asked])[0]) > 0.9999
         assert "msg_22" in sent(store, session_id, asked, words)
 
     counting.calls.clear()
-    assert list(cache.words(session_id, prompt).asked) == ["toddlers"]
+    assert list(cache.words(session_id, prompt).unwritten) == ["toddlers"]
     assert counting.calls == [1], "not embedded ahead: embedded when asked for"
-    assert cache.words(session_id, "What did the kids do?").asked == {}, "a prompt of known words embeds nothing"
+    assert cache.words(session_id, "What did the kids do?").unwritten == {}, "a prompt of known words embeds nothing"
     assert counting.calls == [1]
 
 
