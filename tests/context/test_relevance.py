@@ -184,16 +184,22 @@ def test_embeddings_find_a_paraphrase_that_shares_no_word(embedder):
 
 
 class Counting:
-    """The real embedder, counting the texts it is asked to embed."""
+    """The real embedder, counting the texts it is asked to embed, and noting on which thread (``threads``)."""
 
     def __init__(self, embedder):
         self.embedder = embedder
         self.name = embedder.name
         self.calls = []
+        self.threads = []
 
     def embed(self, texts):
         self.calls.append(len(texts))
+        self.threads.append(threading.current_thread().name)
         return self.embedder.embed(texts)
+
+    def here(self) -> int:
+        """How many texts were embedded on this thread (a turn's), not the background's."""
+        return sum(n for n, thread in zip(self.calls, self.threads) if thread == threading.current_thread().name)
 
     def __getattr__(self, attribute):  # what embedding ahead uses (feeds, run, pooled): not counted
         return getattr(self.embedder, attribute)
@@ -215,13 +221,13 @@ def test_vector_cache_embeds_each_message_once_and_keeps_the_file_private(embedd
     path = os.path.join(tmp_path, ".vectors", FILE_NAME)
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert table["msg_1"].shape == (len(chunks(messages[0]["content"])), 384)
-    embedded = sum(counting.calls)
+    embedded = counting.here()
     cache.vectors("5f3e9a7b-6c1d-4d8e-9e7a-9b8c7d6e5f4a", messages)
-    assert sum(counting.calls) == embedded  # nothing embedded twice
+    assert counting.here() == embedded  # nothing embedded twice
     session["messages"].append({"id": "msg_3", "role": "user", "content": "Thanks."})
     fresh = VectorCache(SessionManager(tmp_path), counting)  # another process: reads the file
     table = fresh.vectors("5f3e9a7b-6c1d-4d8e-9e7a-9b8c7d6e5f4a", conversation_messages(session))
-    assert sum(counting.calls) == embedded + 1 and list(table) == ["msg_1", "msg_2", "msg_3"]
+    assert counting.here() == embedded + 1 and list(table) == ["msg_1", "msg_2", "msg_3"]
 
     prompt = "Which storage location holds the source files?"
     plan = select_context(
@@ -253,18 +259,18 @@ def test_a_session_holding_messages_already_embedded_gets_their_vectors_without_
     store.save_message(copy, "A question of the copy's own.")
     for number, text in enumerate(texts):
         store.save_message(copy, text, role="user" if number % 2 else "assistant")  # ids and roles differ
-    counting.calls.clear()
+    counting = Counting(embedder)
     cache = VectorCache(SessionManager(tmp_path), counting)  # another kernel: nothing in memory
     table = cache.vectors(copy, conversation_messages(store.get_session(copy)))
-    assert counting.calls == [1], "only the copy's own message is embedded"
+    assert counting.here() == 1, "only the copy's own message is embedded"
     assert list(table) == ["msg_1", "msg_2", "msg_3", "msg_4", "msg_5"]
     for number in range(len(texts)):
         assert abs(table[f"msg_{number + 2}"] - first[f"msg_{number + 1}"]).max() < 1e-2  # float16 on disk
 
     store.delete_session(original)  # the copy still uses them
-    counting.calls.clear()
+    counting = Counting(embedder)
     again = VectorCache(SessionManager(tmp_path), counting).vectors(copy, conversation_messages(store.get_session(copy)))
-    assert counting.calls == [] and list(again) == list(table)
+    assert counting.here() == 0 and list(again) == list(table)
 
 
 def test_turns_on_a_long_session_find_a_fact_by_meaning_and_embed_each_finished_turn(embedder, model_env):
