@@ -12,10 +12,11 @@ never on a turn's path, so the first turns of a session go without them. The few
 of a prompt that its session's table lacks are embedded with the prompt. It names the
 two byte methods it needs as a protocol, so the selector's package knows nothing of the store.
 
-The background embeds only while no turn is under way, but it reads what the store
-keeps at once: turns that follow one another with no pause between them (a benchmark,
-a script) would otherwise never get the words of a session embedded before. Reading a
-680-turn LoCoMo session's 1,793 words took 8-15 ms here, once per session and kernel.
+The background embeds only while no turn is under way, but the words of a session new
+to this kernel it reads from the store at once (``_fill_words``): turns that follow one
+another with no pause between them (a benchmark, a script) would otherwise never get
+the words of a session embedded before. Reading a 680-turn LoCoMo session's 1,793 words
+took 8-15 ms here, once per session and kernel.
 """
 
 from __future__ import annotations
@@ -205,8 +206,8 @@ class VectorCache:
                 return table, True  # the usual turn: the background embedded everything already
             missing = [m for m in embeddable if m["id"] not in table.rows][:limit]
             entries: dict[str, bytes | None] = {}
-            embedder = self.embedder
-            if missing and embedder is not None:
+            embedder = self.embedder if missing else None  # nothing to look up (``limit`` 0): the model need not load
+            if embedder is not None:
                 table, entries = self._add(embedder, table, missing, max_seconds)
             table = table.arranged(ids)
             table.prepare()  # here, often in the background, rather than in the next turn's ranking
@@ -227,13 +228,13 @@ class VectorCache:
                 self._quiet.wait(left)
 
     def _fill(self, session_id: str, messages: list[Mapping[str, Any]]) -> None:
-        """Background: what the store has at once, then embed the rest ``_BACKGROUND_BATCH`` messages at a time, never while a turn is under way.
+        """Background: embed what is missing ``_BACKGROUND_BATCH`` messages at a time, never while a turn is under way; then the words.
 
         A batch already running when a turn starts finishes first, which is why batches
         are small (measured: see benchmarks/bench_background.py). Each batch is stored as
-        soon as it is done. Then the session's words, likewise.
+        soon as it is done.
         """
-        _, complete = self._update(session_id, messages, 0.0)  # what the store has, at once: only embedding waits
+        _, complete = self._update(session_id, messages, None, limit=0)  # complete already (a turn found it all)? Then no wait
         while not complete and session_id not in self._forgotten and self.embedder is not None:
             self._wait_for_quiet()
             _, complete = self._update(session_id, messages, None, limit=_BACKGROUND_BATCH)
@@ -241,13 +242,18 @@ class VectorCache:
             self._fill_words(session_id, messages)
 
     def _fill_words(self, session_id: str, messages: list[Mapping[str, Any]]) -> None:
-        """Background: the session's words the store has at once, the rest embedded ``_WORD_BATCH`` at a time; then the turns' table.
+        """Background: the session's words not embedded yet, ``_WORD_BATCH`` at a time, never while a turn is under way; then the turns' table.
 
         Each word is kept as a one-word message would be (under a digest of it), so a
         word met in any session is embedded once, and goes with the sessions that use it.
+        The words of a session new to this kernel are read from the store at once, turn
+        or not: it may hold them all (the session was used before), and reading is quick.
+        Not before a turn loaded the model, which waits for a quiet moment as embedding does.
         """
         words = [{"id": word, "content": word} for word in self._vocabulary(session_id, messages)]
-        table, complete = self._update(session_id, words, 0.0, tables=self._word_vectors)  # the store's, at once
+        table, complete = VectorTable.empty(), False
+        if session_id not in self._words and self._embedder is not None:  # new here, after a turn that loaded the model
+            table, complete = self._update(session_id, words, 0.0, tables=self._word_vectors)  # the store's, at once
         while not complete and session_id not in self._forgotten and self.embedder is not None:
             self._wait_for_quiet()
             table, complete = self._update(session_id, words, None, limit=_WORD_BATCH, tables=self._word_vectors)

@@ -130,8 +130,8 @@ def test_a_session_embedded_before_has_its_words_from_the_store_while_turns_foll
     before.vectors(session_id, messages)
     before.wait()
 
-    counting = Counting(embedder)
-    cache = VectorCache(SessionManager(tmp_path), counting)
+    counting, kept = Counting(embedder), Reads(SessionManager(tmp_path))
+    cache = VectorCache(kept, counting)
     with cache.during_turn():  # a turn under way from start to end: the background never has a quiet moment
         cache.vectors(session_id, messages)
         words = wait_until(lambda: cache.words(session_id), 10, "the session's words, read from the store during the turn")
@@ -152,6 +152,29 @@ def test_a_session_embedded_before_has_its_words_from_the_store_while_turns_foll
     turn, *background = counting.threads
     assert turn == threading.current_thread().name and counting.calls[0] == 1, "the turn embedded the new message"
     assert background and all(thread.startswith("oblix-embed_") for thread in background), "its new words, in the background"
+
+    store.save_message(session_id, "The twins learned to juggle oranges.")  # what a turn just wrote: the store has no vector of it
+    reads = kept.reads
+    with cache.during_turn():  # the words are ready here: the background no longer reads at once
+        cache.update_later(session_id, conversation_messages(store.get_session(session_id)))
+        wait_until(lambda: running_in(VectorCache._fill, VectorCache._wait_for_quiet), 10, "the finished turn's embedding waiting")
+        assert kept.reads == reads, "nothing read while a turn is under way"
+    cache.wait()
+    assert "juggle" in cache.words(session_id).vectors.rows
+
+
+class Reads:
+    """A real store's vector bytes, counting the reads."""
+
+    def __init__(self, store: SessionManager) -> None:
+        self.store, self.reads = store, 0
+
+    def read_vectors(self, model, keys):
+        self.reads += 1
+        return self.store.read_vectors(model, keys)
+
+    def write_vectors(self, model, session_id, entries):
+        self.store.write_vectors(model, session_id, entries)
 
 
 def test_a_prompts_word_the_session_never_wrote_is_embedded_beside_the_prompt_and_widened(embedder, tmp_path):
