@@ -206,7 +206,7 @@ class VectorCache:
                 return table, True  # the usual turn: the background embedded everything already
             missing = [m for m in embeddable if m["id"] not in table.rows][:limit]
             entries: dict[str, bytes | None] = {}
-            embedder = self.embedder if missing else None  # nothing to look up (``limit`` 0): the model need not load
+            embedder = self.embedder if missing else None  # nothing to look up (``_fill``'s first look): the model need not load
             if embedder is not None:
                 table, entries = self._add(embedder, table, missing, max_seconds)
             table = table.arranged(ids)

@@ -142,18 +142,27 @@ class ImagePicker:
         return widgets.Image(value=picture, format="png") if picture is not None else None
 
     def _draw(self, images: Sequence[NotebookImage]) -> None:
-        """The picker's thread: each thumbnail not drawn yet, put into its tile as soon as it is (no lock held while drawing)."""
+        """The picker's thread: each tile still holding its frame gets its thumbnail, drawn now unless drawn already (no lock held while drawing).
+
+        Drawn already: by an earlier round, or by a prompt sent meanwhile (``pending``),
+        whose picture the frame still waits for.
+        """
         for image in images:
             with self._lock:
-                if image in self._thumbnails or image not in self._recent:
-                    continue  # drawn since, or gone from the kernel's memory
+                if image not in self._recent or not self._framed(image):
+                    continue  # gone from the kernel's memory, or its picture shown by an earlier round
             self.thumbnail(image)
             with self._lock:
-                if image in self._tiles:
+                if self._framed(image):
                     tile, toggle = self._tiles[image]
                     pending, picture = tile.children[0], self._picture(image)
                     tile.children = (toggle,) if picture is None else (picture, toggle)
                     pending.close()
+
+    def _framed(self, image: NotebookImage) -> bool:
+        """Whether ``image`` has a tile that still holds an empty frame where its thumbnail goes."""
+        tile = self._tiles.get(image)
+        return tile is not None and "oblix-tile-pending" in tile[0].children[0]._dom_classes
 
     def close(self) -> None:
         """The panel closes: drawing stops after the thumbnail under way, and its thread ends."""

@@ -214,6 +214,37 @@ def test_closing_the_panel_while_thumbnails_are_drawn_stops_after_the_one_under_
     assert all("oblix-tile-pending" in tile.children[0]._dom_classes for tile in tiles), "nothing goes into a closed tile"
 
 
+def test_an_image_sent_before_the_picker_drew_it_gets_its_thumbnail_in_its_tile_all_the_same(model_env, monkeypatch):
+    """The prompt draws the chosen image's thumbnail first (``pending``): the picker's round must still put it in the tile."""
+    from oblix_jupyter.frontends import image_picker
+
+    memory = DisplayedImages()
+    for cell in (1, 2):
+        memory.record(cell, {"image/png": encoded(Image.new("RGB", (1600, 1200), "white"), "PNG")})
+    held = threading.Event()
+
+    def drawing(image):  # the real thumbnail, held on the picker's thread only
+        if threading.current_thread().name.startswith("oblix-thumbnails"):
+            held.wait(10)
+        return thumbnail(image)
+
+    monkeypatch.setattr(image_picker, "thumbnail", drawing)
+    panel = ChatPanel(OblixClient(), namespace={}, displayed=memory)
+    picker = panel.image_picker
+    try:
+        picker.button.value = True
+        newest, oldest = picker.gallery.children
+        oldest.children[-1].value = True
+        entries, _ = picker.pending(picker.chosen)  # sent while the picker's thread still draws the newest
+        assert [entry["label"] for entry in entries] == ["figure from cell 1"]
+        held.set()
+        picker.wait()
+        assert [[type(part).__name__ for part in tile.children] for tile in (newest, oldest)] == [["Image", "ToggleButton"]] * 2
+    finally:
+        held.set()
+        panel.close()
+
+
 def test_a_thumbnail_is_drawn_only_from_what_the_bytes_claim_to_be_and_never_from_svg_or_a_huge_image():
     white = Image.new("RGB", (400, 300), "white")
     jpeg = encoded(Image.new("CMYK", (400, 300), (0, 0, 0, 0)), "JPEG")
