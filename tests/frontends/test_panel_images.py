@@ -150,13 +150,21 @@ def test_the_picker_shows_only_when_the_kernel_kept_an_image_and_draws_each_thum
         panel.close()
 
 
-def test_opening_the_picker_shows_every_tile_at_once_and_draws_the_thumbnails_off_the_kernels_thread(model_env, monkeypatch):
-    """Twenty large figures: the tiles come at once, holding their places; the pictures follow, drawn on the picker's thread."""
+def opened_picker(monkeypatch, figures: list, drawing) -> ChatPanel:
+    """A panel whose kernel displayed ``figures`` (cell 1 first), its thumbnails drawn by ``drawing``, its picker opened."""
     from oblix_jupyter.frontends import image_picker
 
     memory = DisplayedImages()
-    for cell in range(1, 21):  # the newest one tall
-        memory.record(cell, {"image/png": encoded(Image.new("RGB", (2000, 1500)[:: -1 if cell == 20 else 1], (cell * 10, 80, 160)), "PNG")})
+    for cell, figure in enumerate(figures, start=1):
+        memory.record(cell, {"image/png": encoded(figure, "PNG")})
+    monkeypatch.setattr(image_picker, "thumbnail", drawing)
+    panel = ChatPanel(OblixClient(), namespace={}, displayed=memory)
+    panel.image_picker.button.value = True
+    return panel
+
+
+def test_opening_the_picker_shows_every_tile_at_once_and_draws_the_thumbnails_off_the_kernels_thread(model_env, monkeypatch):
+    """Twenty large figures: the tiles come at once, holding their places; the pictures follow, drawn on the picker's thread."""
     looked, drawn_on = threading.Event(), []
 
     def drawing(image):  # the real thumbnail, once the test has looked at the tiles
@@ -164,11 +172,10 @@ def test_opening_the_picker_shows_every_tile_at_once_and_draws_the_thumbnails_of
         drawn_on.append(threading.current_thread().name)
         return thumbnail(image)
 
-    monkeypatch.setattr(image_picker, "thumbnail", drawing)
-    panel = ChatPanel(OblixClient(), namespace={}, displayed=memory)
+    figures = [Image.new("RGB", (2000, 1500)[:: -1 if cell == 20 else 1], (cell * 10, 80, 160)) for cell in range(1, 21)]  # the newest tall
+    panel = opened_picker(monkeypatch, figures, drawing)
     picker = panel.image_picker
     try:
-        picker.button.value = True
         tiles = picker.gallery.children
         assert [tile.children[-1].description for tile in tiles[:2]] == ["cell 20", "cell 19"], "newest first"
         assert len(tiles) == 20 and all("oblix-tile-pending" in tile.children[0]._dom_classes for tile in tiles)
@@ -188,11 +195,6 @@ def test_opening_the_picker_shows_every_tile_at_once_and_draws_the_thumbnails_of
 
 
 def test_closing_the_panel_while_thumbnails_are_drawn_stops_after_the_one_under_way(model_env, monkeypatch):
-    from oblix_jupyter.frontends import image_picker
-
-    memory = DisplayedImages()
-    for cell in range(1, 6):
-        memory.record(cell, {"image/png": encoded(Image.new("RGB", (1600, 1200), "white"), "PNG")})
     started, closed, drawn = threading.Event(), threading.Event(), []
 
     def drawing(image):  # the real thumbnail, the first one held until the panel has closed
@@ -201,10 +203,8 @@ def test_closing_the_panel_while_thumbnails_are_drawn_stops_after_the_one_under_
         drawn.append(image.label)
         return thumbnail(image)
 
-    monkeypatch.setattr(image_picker, "thumbnail", drawing)
-    panel = ChatPanel(OblixClient(), namespace={}, displayed=memory)
+    panel = opened_picker(monkeypatch, [Image.new("RGB", (1600, 1200), "white")] * 5, drawing)
     picker = panel.image_picker
-    picker.button.value = True
     tiles = picker.gallery.children
     assert started.wait(10)
     panel.close()
@@ -216,11 +216,6 @@ def test_closing_the_panel_while_thumbnails_are_drawn_stops_after_the_one_under_
 
 def test_an_image_sent_before_the_picker_drew_it_gets_its_thumbnail_in_its_tile_all_the_same(model_env, monkeypatch):
     """The prompt draws the chosen image's thumbnail first (``pending``): the picker's round must still put it in the tile."""
-    from oblix_jupyter.frontends import image_picker
-
-    memory = DisplayedImages()
-    for cell in (1, 2):
-        memory.record(cell, {"image/png": encoded(Image.new("RGB", (1600, 1200), "white"), "PNG")})
     held = threading.Event()
 
     def drawing(image):  # the real thumbnail, held on the picker's thread only
@@ -228,11 +223,9 @@ def test_an_image_sent_before_the_picker_drew_it_gets_its_thumbnail_in_its_tile_
             held.wait(10)
         return thumbnail(image)
 
-    monkeypatch.setattr(image_picker, "thumbnail", drawing)
-    panel = ChatPanel(OblixClient(), namespace={}, displayed=memory)
+    panel = opened_picker(monkeypatch, [Image.new("RGB", (1600, 1200), "white")] * 2, drawing)
     picker = panel.image_picker
     try:
-        picker.button.value = True
         newest, oldest = picker.gallery.children
         oldest.children[-1].value = True
         entries, _ = picker.pending(picker.chosen)  # sent while the picker's thread still draws the newest
