@@ -60,7 +60,6 @@ DEFAULT_RECENT_SHARE = 0.05  # beyond the last two exchanges; LoCoMo dev, 2,000 
 NOTEBOOK_SHARE = 0.5  # variables, error and cells together take at most this share of the room
 FIRST_EXCHANGE_SHARE = 0.25  # the automatically pinned first exchange is cut beyond this share
 RELEVANCE_FLOOR = 0.05  # fused relevance (0..1) below which a message does not count as relevant
-PASSAGE_OVERHEAD = 2  # the "[…]" around a passage sent without the rest of its message
 NEIGHBOUR_WHOLE = 80  # a chosen passage's partner message comes along whole if it is this short...
 NEIGHBOUR_RELEVANCE = 0.8  # ...and the passage at least this relevant: 0.7 before the spread reached 4 messages
 # (``relevance.spread``); with it, LoCoMo dev left-out mean at 1,000 tokens 82.8% at 0.7, 84.5% tuned (0.8 on four of five)
@@ -512,6 +511,27 @@ def _day_of(stamp: str) -> str:
     return f"{when.day} {when:%B %Y}"
 
 
+class _DayMarks:
+    """What the day's mark costs a message chosen by relevance: ``_Turn.date_days`` marks each day's first once.
+
+    Counted as the passages are chosen, so that the room they fill is the room left
+    after the marks (no mark when the conversation is of one day, as ``date_days`` does).
+    """
+
+    def __init__(self, turn: _Turn) -> None:
+        self.turn = turn
+        earlier = turn.earlier
+        self.marked = _day(earlier[0]) != _day(earlier[-1])
+        self.seen: set[str] = set()
+
+    def cost(self, position: int) -> int:
+        day = _day(self.turn.earlier[position])
+        return self.turn.count(f"[{day}]") if self.marked and day and day not in self.seen else 0  # its space joins the text's first word
+
+    def add(self, position: int) -> None:
+        self.seen.add(_day(self.turn.earlier[position]))
+
+
 @dataclass
 class _Section:
     item: PlanItem
@@ -764,10 +784,24 @@ class _Turn:
             similarities = similarities.copy()
             similarities[list(asked)] = float("nan")
         fused = dated(spread(fuse(words, similarities, len(index.texts), RELEVANCE_FLOOR), index), index, self.days)
-        candidates = best_passages(fused, CANDIDATES, RELEVANCE_FLOOR)
-        relevance = fused.tolist()  # indexing a NumPy array makes a scalar object per read
+        self.take_passages(best_passages(fused, CANDIDATES, RELEVANCE_FLOOR), fused.tolist())  # a list: indexing an array makes an object per read
+
+    def take_passages(self, candidates: Sequence[int], relevance: Sequence[float]) -> None:
+        """Choose ``candidates`` best first while they fit, each measured as it will be sent.
+
+        A passage costs its text, the ``[…]`` it adds to its message or saves (it may
+        close a gap), and for a message's first passage the message's own tokens and
+        its day's mark (``date_days``). Measured so, the passages fill the room that is
+        really left: a fixed allowance per passage left a twentieth of a 2,000-token
+        window unused on LoCoMo, and too small a one got the plan trimmed afterwards.
+        """
+        index, asked = self.index, self.asked
         texts, owners, chosen, partial, count = index.texts, index.owners, self.chosen, self.partial, self.count
         sent = {_normal(texts[c]) for p in chosen for c in range(*index.spans[p])}
+        ellipsis, days = count(ELLIPSIS), _DayMarks(self)
+        for position in chosen:  # the pinned and recent messages' marks
+            self.room -= days.cost(position)
+            days.add(position)
         for passage in candidates:  # best first: ranked by value per token instead, 0.6 points fewer on LoCoMo
             if self.room < MIN_PIECE:
                 break
@@ -777,17 +811,29 @@ class _Turn:
             key = _normal(texts[passage])
             if key in sent:
                 continue
-            extra = count(texts[passage]) + PASSAGE_OVERHEAD + (0 if position in partial else MESSAGE_OVERHEAD + PASSAGE_OVERHEAD)
+            first, end = index.spans[position]
+            kept = partial.get(position)
+            gap_before = passage > first and (not kept or passage - 1 not in kept)  # a "[…]" will stand just before it
+            gap_after = passage < end - 1 and (not kept or passage + 1 not in kept)
+            if kept:  # it splits a gap in two, shortens one, or fills one
+                extra = count(texts[passage]) + ellipsis * ((gap_before and gap_after) - (not gap_before and not gap_after))
+            else:
+                extra = count(texts[passage]) + ellipsis * (gap_before + gap_after) + MESSAGE_OVERHEAD + days.cost(position)
             if extra > self.room:
                 continue
             score = relevance[passage]
-            partial.setdefault(position, {})[passage] = score
+            if not kept:
+                kept = partial[position] = {}
+                days.add(position)
+            kept[passage] = score
             self.room -= extra
             sent.add(key)
             if score >= NEIGHBOUR_RELEVANCE:
                 partner = self.partner(position)
                 if partner is not None and partner not in chosen and partner not in partial and self.tokens(partner) <= NEIGHBOUR_WHOLE:
-                    self.take(partner, "neighbour", limit=self.tokens(partner))
+                    # With its passage's relevance: if the plan must shed, it goes with that passage, not first.
+                    if self.take(partner, "neighbour", limit=self.tokens(partner), score=score):
+                        chosen[partner].note = f"with {self.earlier[position].get('id')}'s passage, at its relevance"
 
     def settle_partial(self) -> None:
         """Turn the passages chosen per message into the text sent for it."""

@@ -14,6 +14,7 @@ from oblix_jupyter.context.relevance import LexicalIndex
 from oblix_jupyter.context.selector import (
     FAILED,
     MESSAGE_OVERHEAD,
+    MIN_PIECE,
     conversation_messages,
     failed_exchange,
     select_context,
@@ -380,3 +381,61 @@ def test_an_earlier_question_to_the_model_is_no_evidence_but_its_answer_and_stat
     sent = sent_ids(plan)
     assert "msg_71" in sent and "msg_41" in sent
     assert "msg_11" not in sent, "the question already put to the model is not evidence"
+
+
+TOMATOES = "How many tomatoes did I plant in the garden?"
+
+
+def garden(days: bool) -> dict:
+    """120 messages whose first sentence answers the prompt: each is sent as that passage and a ``[…]``."""
+    messages = []
+    for n in range(120):
+        text = (
+            f"I planted {n + 3} tomatoes in the garden bed. The weather on day {n} was grey and windy again. "
+            f"Then I took the long way home past the river number {n}."
+        )
+        day = 1 + (n // 4 if days else 0)
+        messages.append({"id": f"m{n}", "role": "user" if n % 2 == 0 else "assistant", "content": text, "timestamp": f"2024-03-{day:02d}T10:00:00Z"})
+    return {"id": "s", "messages": messages, "context": {}}
+
+
+@pytest.mark.parametrize("days", [False, True], ids=["one day", "a day's mark every four messages"])
+@pytest.mark.parametrize("budget", [1000, 2000])
+def test_passages_fill_the_room_as_they_are_sent(days, budget):
+    """A fixed allowance per passage (the old way) left 63 and 103 tokens of these windows unused on one day."""
+    count = functools.partial(litellm_count, "gpt-4o-mini")
+    plan = select_context(garden(days), TOMATOES, budget, count, pin_first_exchange=False)
+    assert plan.used == recount(plan, count) <= budget
+    assert budget - plan.used < MIN_PIECE  # no passage would have fitted in what is left
+    cut = [item for item in plan.items if item.cut]
+    assert len(cut) >= 10 and all(item.text.count("[…]") == 1 for item in cut)
+    if days:
+        assert sum(item.text.startswith("[") and "March 2024]" in item.text for item in plan.items) > len(cut) // 5
+
+
+def lumpy(text: str) -> int:
+    """Words, and a long text dearer than its parts: some tokenizers count a joined text above the sum of its pieces."""
+    return len(text.split()) + (30 if len(text) > 150 else 0)
+
+
+def test_a_short_question_that_came_with_the_best_passage_is_not_the_first_thing_shed():
+    """When the sent text counts above what was measured, the least relevant go first, not the partners of the best.
+
+    The partner came along because its passage was strongly relevant: it is shed with that
+    relevance. Before, it had none, and was the first thing shed.
+    """
+    messages = []
+    for n in range(60):
+        messages.append({"id": f"u{n}", "role": "user", "content": f"Was walk {n} by the pond a long one?"})
+        messages.append({"id": f"a{n}", "role": "assistant", "content": f"Walk {n} went round the pond."})
+    needle = (
+        "I saw seven herons by the old mill pond this morning. Herons stand so still at the mill pond that you miss them. "
+        "The dog chased a duck into the reeds and came back soaked. Seven herons at one pond is the most I have ever seen."
+    )
+    messages[50:50] = [{"id": "guess", "role": "user", "content": "Guess what I saw today?"}, {"id": "needle", "role": "assistant", "content": needle}]
+    plan = select_context({"id": "s", "messages": messages, "context": {}}, "How many herons did I see by the old mill pond?", 240, lumpy, pin_first_exchange=False)
+    sent = {item.message_id: item for item in plan.items if item.message_id}
+    assert sent["needle"].cut and len(sent["needle"].text) > 150  # three short passages, joined: counted 30 above their parts
+    assert plan.used <= 240
+    assert sent["guess"].reason == "neighbour"
+    assert min(item.score for item in sent.values() if item.reason == "relevant") < sent["guess"].score
