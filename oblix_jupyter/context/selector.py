@@ -502,6 +502,11 @@ def _day(message: Mapping[str, Any]) -> str:
     return _day_of(str(message.get("timestamp") or ""))
 
 
+def _day_mark(day: str) -> str:
+    """What ``_Turn.date_days`` puts before the first chosen message of ``day``."""
+    return f"[{day}] "
+
+
 @functools.lru_cache(maxsize=4096)  # every turn asks again for the same messages' days
 def _day_of(stamp: str) -> str:
     try:
@@ -520,13 +525,13 @@ class _DayMarks:
 
     def __init__(self, turn: _Turn) -> None:
         self.turn = turn
-        earlier = turn.earlier
-        self.marked = _day(earlier[0]) != _day(earlier[-1])
         self.seen: set[str] = set()
 
     def cost(self, position: int) -> int:
         day = _day(self.turn.earlier[position])
-        return self.turn.count(f"[{day}]") if self.marked and day and day not in self.seen else 0  # its space joins the text's first word
+        if not (self.turn.several_days and day) or day in self.seen:
+            return 0
+        return self.turn.count(_day_mark(day).rstrip())  # its space joins the text's first word
 
     def add(self, position: int) -> None:
         self.seen.add(_day(self.turn.earlier[position]))
@@ -565,6 +570,11 @@ class _Turn:
         """The passages and word statistics of ``earlier``; built only when there is a choice to make."""
         kept = self.kept_index
         return kept if kept is not None and kept.describes(self.earlier) else LexicalIndex(self.earlier)
+
+    @cached_property
+    def several_days(self) -> bool:
+        """Whether the messages chosen from span more than one day: only then are days marked (``date_days``)."""
+        return bool(self.earlier) and _day(self.earlier[0]) != _day(self.earlier[-1])
 
     @cached_property
     def word_scores(self) -> dict[int, float]:
@@ -815,10 +825,9 @@ class _Turn:
             kept = partial.get(position)
             gap_before = passage > first and (not kept or passage - 1 not in kept)  # a "[…]" will stand just before it
             gap_after = passage < end - 1 and (not kept or passage + 1 not in kept)
-            if kept:  # it splits a gap in two, shortens one, or fills one
-                extra = count(texts[passage]) + ellipsis * ((gap_before and gap_after) - (not gap_before and not gap_after))
-            else:
-                extra = count(texts[passage]) + ellipsis * (gap_before + gap_after) + MESSAGE_OVERHEAD + days.cost(position)
+            # The gap it sat in had one "[…]" (a message not sent yet, none): it leaves two, one or none.
+            markers = gap_before + gap_after - (1 if kept else 0)
+            extra = count(texts[passage]) + ellipsis * markers + (0 if kept else MESSAGE_OVERHEAD + days.cost(position))
             if extra > self.room:
                 continue
             score = relevance[passage]
@@ -867,14 +876,14 @@ class _Turn:
         message. Marks are placed afresh whenever the choice changes. A conversation sent
         whole is sent as it is: it was measured to fit without them.
         """
-        if len(self.chosen) == len(self.earlier) or _day(self.earlier[0]) == _day(self.earlier[-1]):
+        if len(self.chosen) == len(self.earlier) or not self.several_days:
             return
         previous = None
         for position in sorted(self.chosen):
             choice = self.chosen[position]
             day = _day(self.earlier[position])
             text = choice.text.removeprefix(choice.dated)
-            mark = f"[{day}] " if day and day != previous else ""
+            mark = _day_mark(day) if day and day != previous else ""
             if mark != choice.dated:
                 choice.text, choice.dated = mark + text, mark
                 choice.tokens = self.count(choice.text) + MESSAGE_OVERHEAD
